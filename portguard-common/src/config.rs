@@ -1,0 +1,77 @@
+//! The per-policy configuration, written into the kernel object as a read-only global
+//! (`PG_CONFIG`) when it is loaded. A new policy means a new program load, so the verifier sees
+//! these values as constants and prunes the branches a policy does not use.
+
+/// Drop verdicts are counted as "would drop" and the packet passes.
+pub const FLAG_MONITOR: u32 = 1 << 0;
+/// Ports no rule names are allowed (otherwise denied).
+pub const FLAG_DEFAULT_ALLOW: u32 = 1 << 1;
+/// Packets too short or malformed to parse pass (otherwise dropped).
+pub const FLAG_MALFORMED_PASS: u32 = 1 << 2;
+/// Non-first fragments whose first fragment was never seen pass (otherwise dropped).
+pub const FLAG_FRAG_UNSEEN_PASS: u32 = 1 << 3;
+/// ICMP (v4) messages other than errors and echo replies are dropped.
+pub const FLAG_ICMP_DENY: u32 = 1 << 4;
+/// ICMPv6 messages other than errors, echo replies, neighbour discovery and MLD are dropped.
+pub const FLAG_ICMPV6_DENY: u32 = 1 << 5;
+/// IP protocols other than TCP, UDP, ICMP and ICMPv6 are dropped.
+pub const FLAG_OTHER_DENY: u32 = 1 << 6;
+/// TCP segments that cannot open a connection (no SYN, or SYN+ACK) pass without a flow lookup.
+pub const FLAG_TCP_NON_SYN_PASS: u32 = 1 << 7;
+/// The policy has an IPv4 source blocklist.
+pub const FLAG_HAS_BLOCKLIST4: u32 = 1 << 8;
+/// The policy has an IPv6 source blocklist.
+pub const FLAG_HAS_BLOCKLIST6: u32 = 1 << 9;
+/// The policy has `never_block` networks.
+pub const FLAG_HAS_NEVER_BLOCK: u32 = 1 << 10;
+/// IPv4 blocklist entries of /16 or shorter exist (the wide table must be consulted).
+pub const FLAG_HAS_BLOCKLIST4_WIDE: u32 = 1 << 11;
+
+/// Most distinct IPv6 prefix lengths the blocklist probes, longest first.
+pub const MAX_BL6_PREFIX_LENS: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Number of valid entries in `bl6_prefix_lens`.
+    pub bl6_prefix_count: u32,
+    /// IPv6 blocklist prefix lengths present in `PG_BL6`, longest first.
+    pub bl6_prefix_lens: [u8; MAX_BL6_PREFIX_LENS],
+    /// How long a recorded outbound UDP flow admits replies.
+    pub udp_reply_timeout_ns: u64,
+    /// How long a first fragment's verdict applies to the rest of its datagram.
+    pub frag_timeout_ns: u64,
+    /// Policy generation, bumped on every reload; reported in status.
+    pub generation: u64,
+}
+
+impl Config {
+    pub const fn zeroed() -> Self {
+        Self {
+            flags: 0,
+            bl6_prefix_count: 0,
+            bl6_prefix_lens: [0; MAX_BL6_PREFIX_LENS],
+            udp_reply_timeout_ns: 0,
+            frag_timeout_ns: 0,
+            generation: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::zeroed()
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Config {}

@@ -1,0 +1,155 @@
+//! Map names, keys and values.
+//!
+//! Addresses are always 16 bytes: IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so
+//! one key type serves both families and an IPv4 prefix of length `n` is an IPv6 prefix of
+//! length `96 + n`.
+
+// Maps that belong to one policy generation: created fresh for every (re)load.
+/// `Array<PortRule>`, indexed by `port_index(proto, port)`.
+pub const MAP_PORTS: &str = "PG_PORTS";
+/// `LpmTrie<SrcAllowKey, u16>`: sources a port with a `from` list admits; value is the rule.
+pub const MAP_SRC_ALLOW: &str = "PG_SRC_ALLOW";
+/// `Array<u8>` of 65536 entries, indexed by the top 16 bits of an IPv4 source: 1 = blocked.
+pub const MAP_BL4_WIDE: &str = "PG_BL4_WIDE";
+/// `HashMap<u32, Bitmap256>`: IPv4 /24 (source >> 8) to the set of blocked last octets.
+pub const MAP_BL4: &str = "PG_BL4";
+/// `HashMap<Bl6Key, u8>`: IPv6 prefixes, probed for each length in `Config::bl6_prefix_lens`.
+pub const MAP_BL6: &str = "PG_BL6";
+/// `LpmTrie<[u8; 16], u8>`: sources never dropped by a blocklist or an automatic block.
+pub const MAP_NEVER_BLOCK: &str = "PG_NEVER_BLOCK";
+
+// Maps that outlive a policy generation: pinned and reused by every reload and restart.
+/// `PerCpuArray<Counter>`, see `counters`.
+pub const MAP_COUNTERS: &str = "PG_COUNTERS";
+/// `Array<u64>`, indexed by `port_index(proto, port)`: drops (or would-drops) per port.
+pub const MAP_PORT_DROPS: &str = "PG_PORT_DROPS";
+/// `LruHashMap<FlowKey, u64>`: flows the host sent packets on, with the last time (ns).
+pub const MAP_FLOWS: &str = "PG_FLOWS";
+/// `LruHashMap<FragKey, FragVerdict>`: verdicts of first fragments.
+pub const MAP_FRAGS: &str = "PG_FRAGS";
+
+/// Maps shared by every generation of an attachment.
+pub const SHARED_MAPS: [&str; 4] = [MAP_COUNTERS, MAP_PORT_DROPS, MAP_FLOWS, MAP_FRAGS];
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Entries in `PG_PORTS` and `PG_PORT_DROPS`: one block of 65536 ports for TCP, one for UDP.
+pub const PORT_TABLE_LEN: u32 = 2 * 65536;
+
+/// Index into the per-port tables; `None` for protocols without ports.
+#[inline(always)]
+pub const fn port_index(proto: u8, port: u16) -> Option<u32> {
+    match proto {
+        PROTO_TCP => Some(port as u32),
+        PROTO_UDP => Some(65536 + port as u32),
+        _ => None,
+    }
+}
+
+/// What the policy says about one destination port.
+pub const PORT_UNLISTED: u8 = 0;
+pub const PORT_ALLOW: u8 = 1;
+pub const PORT_DENY: u8 = 2;
+/// Allowed only from the sources in `PG_SRC_ALLOW`.
+pub const PORT_ALLOW_FROM: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// `PORT_*`.
+    pub action: u8,
+    pub _pad: u8,
+    /// 1-based index of the deciding rule in the policy (0: none); reported by `verify`.
+    pub rule: u16,
+}
+
+/// Data of an `LpmTrie` key in `PG_SRC_ALLOW`: the first 32 bits (protocol, zero, port) are
+/// always matched in full, so a key's prefix length is `32 + address prefix length`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SrcAllowKey {
+    pub proto: u8,
+    pub _zero: u8,
+    /// Destination port, big endian (LPM keys compare bytes in order).
+    pub port_be: [u8; 2],
+    pub addr: [u8; 16],
+}
+
+/// Prefix bits of `SrcAllowKey` before the address.
+pub const SRC_ALLOW_FIXED_BITS: u32 = 32;
+
+/// 256 bits, one per last octet of an IPv4 /24.
+pub type Bitmap256 = [u64; 4];
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Bl6Key {
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+    /// The address with every bit past `prefix_len` cleared.
+    pub addr: [u8; 16],
+}
+
+/// A flow as seen from this host: `remote` is the peer, `local` this host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub remote: [u8; 16],
+    pub local: [u8; 16],
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragVerdict {
+    /// When the first fragment was seen (`bpf_ktime_get_ns`).
+    pub seen_ns: u64,
+    /// The first fragment's `Reason`.
+    pub reason: u8,
+    pub _pad: [u8; 7],
+}
+
+/// `::ffff:0:0/96`, the prefix of IPv4-mapped addresses.
+pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+#[inline(always)]
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
+const _: () = assert!(core::mem::size_of::<SrcAllowKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Bl6Key>() == 20);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FragVerdict>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for SrcAllowKey {}
+    unsafe impl aya::Pod for Bl6Key {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragVerdict {}
+}

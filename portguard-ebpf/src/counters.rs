@@ -1,0 +1,54 @@
+//! Counting: one verdict slot per packet (see `portguard_common::counters`), plus the
+//! per-port drop table.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use portguard_common::{
+    Config,
+    config::FLAG_MONITOR,
+    counters::{MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER},
+};
+
+use crate::{
+    maps::{PG_COUNTERS, PG_PORT_DROPS},
+    verdict::Verdict,
+};
+
+/// Index of `Verdict::port_index` when the packet had no destination port.
+pub const NO_PORT: u32 = u32::MAX;
+
+/// Counts the verdict and returns whether the packet must be dropped.
+#[inline(always)]
+pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) -> bool {
+    let drop = verdict.reason.is_drop();
+    let monitored = drop && cfg.has(FLAG_MONITOR);
+    let slot = verdict.reason as u32 + if monitored { MONITOR_BASE } else { 0 };
+    add(slot, frame_len as u64);
+    if verdict.fragment_first {
+        add(OBS_FRAGMENT_FIRST, frame_len as u64);
+    } else if verdict.fragment_later {
+        add(OBS_FRAGMENT_LATER, frame_len as u64);
+    }
+    if drop && verdict.port_index != NO_PORT {
+        if let Some(cell) = PG_PORT_DROPS.get_ptr_mut(verdict.port_index) {
+            // Shared by all CPUs (a per-CPU copy of 131072 ports costs 1 MiB per CPU), so the
+            // add must be atomic. The BPF target has no compare-and-swap, hence no
+            // `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(cell, 1) };
+        }
+    }
+    drop && !monitored
+}
+
+/// Adds one observation to a counter slot; tolerated to fail for an out-of-range slot
+/// (cannot happen: slots are compile-time constants plus a bounded reason).
+#[inline(always)]
+pub fn add(slot: u32, bytes: u64) {
+    if let Some(counter) = PG_COUNTERS.get_ptr_mut(slot) {
+        // Per-CPU: no other CPU writes this copy, so plain adds are exact.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}

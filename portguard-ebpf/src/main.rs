@@ -1,0 +1,60 @@
+//! portguard's kernel programs. Entry points only: parsing, verdict, maps and counting live in
+//! their own modules so the packet path reads top to bottom in `verdict.rs`.
+#![no_std]
+#![no_main]
+// Atomic add on the shared per-port table (see counters.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod blocklist;
+mod counters;
+mod flows;
+mod maps;
+mod parse;
+mod verdict;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use portguard_common::Config;
+
+/// The policy's settings, written by the loader before the program is loaded (read-only to the
+/// verifier, so branches for unused features are pruned).
+#[unsafe(no_mangle)]
+static PG_CONFIG: Config = Config::zeroed();
+
+#[inline(always)]
+fn config() -> Config {
+    // Volatile: otherwise the compiler folds the all-zero initial value into the code.
+    unsafe { core::ptr::read_volatile(&PG_CONFIG) }
+}
+
+/// Inbound: judge every frame, count it, drop it unless it passes (or the policy only monitors).
+#[xdp]
+pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
+    let cfg = config();
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let verdict = verdict::judge(data, end, &cfg);
+    let enforced = counters::count(&verdict, &cfg, end - data);
+    if enforced {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// Outbound: remember the flows the host starts, so their replies pass a default-deny policy.
+/// Never drops.
+#[classifier]
+pub fn pg_tc_egress(ctx: TcContext) -> i32 {
+    flows::record_egress(&ctx);
+    TC_ACT_OK
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,93 @@
+//! `portguard status`: every attachment found under /sys/fs/bpf/portguard.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use portguard::{
+    loader, paths,
+    state::{RunState, loader_running},
+};
+use serde_json::json;
+
+use super::format_uptime;
+
+/// Interfaces with a pin directory, sorted.
+pub fn attached_interfaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(paths::PIN_ROOT)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub fn run(json: bool) -> Result<ExitCode> {
+    let interfaces = attached_interfaces();
+    let mut rows = Vec::new();
+    for iface in &interfaces {
+        let state = RunState::read(iface);
+        let enforcing = loader::is_attached(iface);
+        let running = loader_running(iface);
+        rows.push((iface, state, enforcing, running));
+    }
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(iface, state, enforcing, running)| {
+                json!({
+                    "interface": iface,
+                    "enforcing": enforcing,
+                    "loader_running": running,
+                    "pid": state.as_ref().map(|s| s.pid),
+                    "policy": state.as_ref().map(|s| &s.policy),
+                    "summary": state.as_ref().map(|s| &s.summary),
+                    "mode": state.as_ref().map(|s| s.mode),
+                    "xdp_mode": state.as_ref().map(|s| s.xdp_mode),
+                    "generation": state.as_ref().map(|s| s.generation),
+                    "uptime_secs": state.as_ref().map(|s| s.uptime_secs()),
+                    "netns": state.as_ref().and_then(|s| s.netns.clone()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("portguard is not attached anywhere");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (iface, state, enforcing, running) in rows {
+        let loader = match (running, &state) {
+            (true, Some(state)) => format!("loader running (pid {})", state.pid),
+            (true, None) => "loader running".to_string(),
+            (false, _) if enforcing => {
+                "loader NOT running: pinned programs still enforce; `portguard detach` removes them"
+                    .to_string()
+            }
+            (false, _) => {
+                "left-behind pins, nothing enforcing; `portguard detach` removes them".to_string()
+            }
+        };
+        println!("{iface}: {loader}");
+        if let Some(state) = state {
+            let netns = state
+                .netns
+                .as_deref()
+                .map(|n| format!(", netns {n}"))
+                .unwrap_or_default();
+            println!(
+                "  XDP {} mode{netns}, up {}, policy generation {}",
+                state.xdp_mode,
+                format_uptime(state.uptime_secs()),
+                state.generation
+            );
+            println!("  policy {}: {}", state.policy.display(), state.summary);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

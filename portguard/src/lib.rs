@@ -1,0 +1,13 @@
+//! portguard: port policy and port-scan defence for edge hosts, enforced in the kernel with XDP.
+//!
+//! The library holds everything the CLI verbs share, so the integration tests and xtask can
+//! drive the same code: `policy` (read, validate, compile), `loader` (load, attach, pin),
+//! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`.
+
+pub mod loader;
+pub mod maps;
+pub mod paths;
+pub mod policy;
+pub mod sockets;
+pub mod state;
+pub mod system;

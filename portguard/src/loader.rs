@@ -1,0 +1,367 @@
+//! Loading the kernel object for one policy generation, attaching it, pinning it, and taking it
+//! away again.
+//!
+//! Every policy generation is a fresh load: the policy maps are created and filled before the
+//! program runs, and the policy's settings are read-only globals the verifier can see. Maps
+//! that must outlive a generation (counters, flows, fragments) are pinned under
+//! `/sys/fs/bpf/portguard/IFACE/` and reused by every load that names that directory.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use log::{info, warn};
+use portguard_common::maps::{
+    Bitmap256, Bl6Key, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_FLOWS, MAP_FRAGS, MAP_NEVER_BLOCK,
+    MAP_PORTS, MAP_SRC_ALLOW, PortRule, SHARED_MAPS, SrcAllowKey,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    paths,
+    policy::{Limits, compile::MapImage},
+};
+
+/// The kernel object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
+pub static KERNEL_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard"));
+
+pub const XDP_PROGRAM: &str = "pg_xdp_ingress";
+pub const TC_EGRESS_PROGRAM: &str = "pg_tc_egress";
+
+/// How to attach XDP, as asked on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeChoice {
+    /// Native (driver) mode where the driver supports it, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// How XDP ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        })
+    }
+}
+
+/// Loads the kernel object with `image`'s settings and maps, fills the maps and loads the
+/// programs into the kernel (running the verifier). Nothing is attached yet.
+///
+/// With `shared_pins`, the shared maps are taken from (or pinned into) that bpffs directory.
+pub fn load(image: &MapImage, limits: &Limits, shared_pins: Option<&Path>) -> Result<Ebpf> {
+    if KERNEL_OBJECT.is_empty() {
+        bail!(
+            "this portguard was built without its kernel programs (AYA_BUILD_SKIP=1); rebuild it \
+             with `cargo xtask build`"
+        );
+    }
+    let pin_paths: Vec<(&str, PathBuf)> = match shared_pins {
+        Some(dir) => SHARED_MAPS
+            .iter()
+            .map(|name| (*name, dir.join(name)))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("PG_CONFIG", &image.config, true)
+        .map_max_entries(MAP_SRC_ALLOW, size(image.src_allow.len()))
+        .map_max_entries(MAP_BL4, size(image.bl4.len()))
+        .map_max_entries(MAP_BL6, size(image.bl6.len()))
+        .map_max_entries(MAP_NEVER_BLOCK, size(image.never_block.len()))
+        .map_max_entries(MAP_FLOWS, limits.flows)
+        .map_max_entries(MAP_FRAGS, limits.fragments);
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(KERNEL_OBJECT)
+        .context("creating the BPF maps failed")?;
+    fill(&mut ebpf, image).context("filling the policy maps failed")?;
+
+    let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
+    xdp.load()
+        .map_err(verifier_error)
+        .context("the kernel refused the XDP program")?;
+    let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?;
+    tc.load()
+        .map_err(verifier_error)
+        .context("the kernel refused the TC egress program")?;
+    Ok(ebpf)
+}
+
+/// A map needs at least one entry even when the policy has none.
+fn size(entries: usize) -> u32 {
+    u32::try_from(entries.max(1)).unwrap_or(u32::MAX)
+}
+
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the kernel object has no program `{name}` (a build mismatch?)"))?;
+    program
+        .try_into()
+        .with_context(|| format!("program `{name}` has an unexpected type"))
+}
+
+/// Surfaces the verifier log, which is what explains a refused program.
+fn verifier_error(error: ProgramError) -> anyhow::Error {
+    match error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            anyhow!("{io_error}\nverifier log:\n{verifier_log}")
+        }
+        other => other.into(),
+    }
+}
+
+fn map_data<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("the kernel object has no map `{name}`"))
+}
+
+fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
+    let mut ports: Array<&mut MapData, PortRule> = Array::try_from(map_data(ebpf, MAP_PORTS)?)?;
+    for (index, rule) in &image.ports {
+        ports
+            .set(*index, rule, 0)
+            .with_context(|| format!("writing {MAP_PORTS}[{index}]"))?;
+    }
+    let mut src_allow: LpmTrie<&mut MapData, SrcAllowKey, u16> =
+        LpmTrie::try_from(map_data(ebpf, MAP_SRC_ALLOW)?)?;
+    for (prefix_len, key, rule) in &image.src_allow {
+        src_allow
+            .insert(&Key::new(*prefix_len, *key), rule, 0)
+            .context(MAP_SRC_ALLOW)?;
+    }
+    let mut wide: Array<&mut MapData, u8> = Array::try_from(map_data(ebpf, MAP_BL4_WIDE)?)?;
+    for index in &image.bl4_wide {
+        wide.set(*index, 1, 0).context(MAP_BL4_WIDE)?;
+    }
+    let mut bl4: HashMap<&mut MapData, u32, Bitmap256> =
+        HashMap::try_from(map_data(ebpf, MAP_BL4)?)?;
+    for (bucket, bits) in &image.bl4 {
+        bl4.insert(bucket, bits, 0).context(MAP_BL4)?;
+    }
+    let mut bl6: HashMap<&mut MapData, Bl6Key, u8> = HashMap::try_from(map_data(ebpf, MAP_BL6)?)?;
+    for key in &image.bl6 {
+        bl6.insert(key, 1, 0).context(MAP_BL6)?;
+    }
+    let mut never: LpmTrie<&mut MapData, [u8; 16], u8> =
+        LpmTrie::try_from(map_data(ebpf, MAP_NEVER_BLOCK)?)?;
+    for (prefix_len, addr) in &image.never_block {
+        never
+            .insert(&Key::new(*prefix_len, *addr), 1, 0)
+            .context(MAP_NEVER_BLOCK)?;
+    }
+    Ok(())
+}
+
+/// A running attachment's kernel side: the loaded object and its links.
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: AttachedMode,
+    pub ebpf: Ebpf,
+    links: Vec<(PathBuf, PinnedLink)>,
+}
+
+impl Attachment {
+    /// Attaches a loaded object to `iface`: XDP on ingress, TC on egress, links pinned beside
+    /// the shared maps so other portguard commands (and a restarted loader) find them.
+    pub fn attach(
+        mut ebpf: Ebpf,
+        iface: &str,
+        ifindex: u32,
+        choice: XdpModeChoice,
+    ) -> Result<Self> {
+        let (xdp_link, mode) = attach_xdp(&mut ebpf, iface, choice)?;
+        let mut attachment = Self {
+            iface: iface.to_owned(),
+            ifindex,
+            mode,
+            ebpf,
+            links: Vec::new(),
+        };
+        attachment.pin_link(xdp_link, paths::XDP_LINK)?;
+        let tc_link = attach_tc_egress(&mut attachment.ebpf, iface)?;
+        attachment.pin_link(tc_link, paths::TC_EGRESS_LINK)?;
+        Ok(attachment)
+    }
+
+    fn pin_link(&mut self, link: FdLink, name: &str) -> Result<()> {
+        let path = paths::link_pin(&self.iface, name);
+        let pinned = link
+            .pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+        self.links.push((path, pinned));
+        Ok(())
+    }
+
+    /// Detaches both programs and removes every pin of this attachment.
+    pub fn detach(self) -> Result<()> {
+        let Self {
+            iface, links, ebpf, ..
+        } = self;
+        for (path, link) in links {
+            // Unpinning leaves our fd as the last reference; dropping it detaches the program.
+            let fd_link = link
+                .unpin()
+                .with_context(|| format!("unpinning {}", path.display()))?;
+            drop(fd_link);
+        }
+        drop(ebpf);
+        remove_pins(&iface)
+    }
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    choice: XdpModeChoice,
+) -> Result<(FdLink, AttachedMode)> {
+    let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
+    let attempts: &[(XdpMode, AttachedMode)] = match choice {
+        XdpModeChoice::Auto => &[
+            (XdpMode::Driver, AttachedMode::Native),
+            (XdpMode::Skb, AttachedMode::Generic),
+        ],
+        XdpModeChoice::Native => &[(XdpMode::Driver, AttachedMode::Native)],
+        XdpModeChoice::Generic => &[(XdpMode::Skb, AttachedMode::Generic)],
+    };
+    let mut last_error = None;
+    for (xdp_mode, attached) in attempts {
+        match xdp.attach(iface, *xdp_mode) {
+            Ok(id) => {
+                let link = xdp.take_link(id)?;
+                let link = FdLink::try_from(link).map_err(|_| {
+                    anyhow!("the kernel attached XDP without a bpf_link (kernel older than 5.9?); portguard needs bpf_link to pin it")
+                })?;
+                return Ok((link, *attached));
+            }
+            Err(error) => {
+                if choice == XdpModeChoice::Auto && *attached == AttachedMode::Native {
+                    warn!(
+                        "native XDP is not available on {iface} ({error}); falling back to generic mode"
+                    );
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    let error = last_error.expect("at least one attempt");
+    let busy = matches!(&error, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EBUSY));
+    if busy {
+        bail!(
+            "{iface} already has an XDP program (another tool's, or a left-behind portguard one): \
+             `ip link show {iface}` shows it; `portguard detach {iface}` removes portguard's"
+        );
+    }
+    Err(anyhow::Error::new(error)).with_context(|| match choice {
+        XdpModeChoice::Native => format!("attaching XDP to {iface} in native mode failed; the driver may not support it: try --xdp-mode generic"),
+        _ => format!("attaching XDP to {iface} failed"),
+    })
+}
+
+fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str) -> Result<FdLink> {
+    // Kernels before 6.6 need a clsact qdisc (TCX does not); it may already exist.
+    if let Err(error) = aya::programs::tc::qdisc_add_clsact(iface) {
+        log::debug!("clsact on {iface}: {error} (fine if it exists or TCX is used)");
+    }
+    let tc: &mut SchedClassifier = program(ebpf, TC_EGRESS_PROGRAM)?;
+    let id = tc
+        .attach(iface, TcAttachType::Egress)
+        .with_context(|| format!("attaching the TC egress program to {iface} failed"))?;
+    let link = tc.take_link(id)?;
+    FdLink::try_from(link).map_err(|_| {
+        anyhow!("TC egress was attached through netlink (kernel older than 6.6); portguard needs TCX links to pin it")
+    })
+}
+
+/// Removes an attachment's pins (links and shared maps) and its directory. Missing pins are
+/// fine: this also cleans up after a loader that was killed half-way.
+pub fn remove_pins(iface: &str) -> Result<()> {
+    let dir = paths::pin_dir(iface);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
+    }
+    std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    info!("removed {}", dir.display());
+    Ok(())
+}
+
+/// Whether `iface` has a pinned XDP link, i.e. portguard enforces there (loader alive or not).
+pub fn is_attached(iface: &str) -> bool {
+    paths::link_pin(iface, paths::XDP_LINK).exists()
+}
+
+/// `bpf_ktime_get_coarse_ns` as userspace sees it (CLOCK_MONOTONIC_COARSE).
+pub fn kernel_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+pub fn addr16(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => portguard_common::maps::v4_mapped(v4.octets()),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Records the host's existing connections as flows, so attaching under default deny does not
+/// cut them (their packets are not connection attempts, and they are now known flows).
+pub fn seed_flows(ebpf: &mut Ebpf, sockets: &[crate::sockets::Socket]) -> Result<usize> {
+    let mut flows: HashMap<&mut MapData, portguard_common::maps::FlowKey, u64> =
+        HashMap::try_from(map_data(ebpf, MAP_FLOWS)?)?;
+    let now = kernel_now_ns();
+    let mut seeded = 0;
+    for socket in sockets.iter().filter(|s| s.has_peer()) {
+        let key = portguard_common::maps::FlowKey {
+            remote: addr16(socket.remote.ip()),
+            local: addr16(socket.local.ip()),
+            remote_port: socket.remote.port(),
+            local_port: socket.local.port(),
+            proto: socket.proto.number(),
+            _pad: [0; 3],
+        };
+        flows.insert(key, now, 0).context(MAP_FLOWS)?;
+        seeded += 1;
+    }
+    Ok(seeded)
+}

@@ -1,0 +1,233 @@
+//! Typed, read-side access to the shared maps: verdict counters and per-port drops, from the
+//! pins of a running attachment or from a loaded object (tests, `verify`).
+
+use std::{
+    borrow::Borrow,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{Map, MapData, PerCpuArray};
+use portguard_common::{
+    Counter, Reason,
+    counters::{ALL_REASONS, COUNTER_SLOTS, MONITOR_BASE},
+    maps::{MAP_COUNTERS, MAP_PORT_DROPS, PORT_TABLE_LEN},
+};
+use serde::Serialize;
+
+use crate::{paths, policy::Proto};
+
+/// Every counter slot, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    pub slots: Vec<Counter>,
+}
+
+impl Counters {
+    pub fn zero() -> Self {
+        Self {
+            slots: vec![Counter::default(); COUNTER_SLOTS as usize],
+        }
+    }
+
+    /// Packets judged with `reason` and handled accordingly.
+    pub fn applied(&self, reason: Reason) -> Counter {
+        self.slots[reason as usize]
+    }
+
+    /// Packets judged with a drop `reason` that passed because the policy only monitors.
+    pub fn would_drop(&self, reason: Reason) -> Counter {
+        self.slots[(MONITOR_BASE + reason as u32) as usize]
+    }
+
+    pub fn slot(&self, slot: u32) -> Counter {
+        self.slots[slot as usize]
+    }
+
+    /// Every packet is counted in exactly one verdict slot.
+    pub fn total(&self) -> Counter {
+        sum(ALL_REASONS
+            .iter()
+            .flat_map(|r| [self.applied(*r), self.would_drop(*r)]))
+    }
+
+    pub fn passed(&self) -> Counter {
+        sum(ALL_REASONS
+            .iter()
+            .filter(|r| !r.is_drop())
+            .map(|r| self.applied(*r)))
+    }
+
+    pub fn dropped(&self) -> Counter {
+        sum(ALL_REASONS
+            .iter()
+            .filter(|r| r.is_drop())
+            .map(|r| self.applied(*r)))
+    }
+
+    pub fn monitored(&self) -> Counter {
+        sum(ALL_REASONS
+            .iter()
+            .filter(|r| r.is_drop())
+            .map(|r| self.would_drop(*r)))
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let slots = self
+            .slots
+            .iter()
+            .zip(&earlier.slots)
+            .map(|(now, then)| Counter {
+                packets: now.packets.wrapping_sub(then.packets),
+                bytes: now.bytes.wrapping_sub(then.bytes),
+            })
+            .collect();
+        Self { slots }
+    }
+}
+
+fn sum(counters: impl Iterator<Item = Counter>) -> Counter {
+    counters.fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}
+
+pub fn read_counters<T: Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Result<Counters> {
+    let mut slots = Vec::with_capacity(COUNTER_SLOTS as usize);
+    for slot in 0..COUNTER_SLOTS {
+        let per_cpu = map
+            .get(&slot, 0)
+            .with_context(|| format!("reading {MAP_COUNTERS}[{slot}]"))?;
+        slots.push(sum(per_cpu.iter().copied()));
+    }
+    Ok(Counters { slots })
+}
+
+/// `PG_PORT_DROPS`, mapped read-only into our memory.
+pub struct PortDrops {
+    base: *const u64,
+    len: usize,
+}
+
+impl PortDrops {
+    pub fn map(fd: BorrowedFd<'_>) -> Result<Self> {
+        let len = PORT_TABLE_LEN as usize;
+        let bytes = len * size_of::<u64>();
+        // SAFETY: a read-only shared mapping of an mmapable BPF array of exactly this size.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            bail!(
+                "mapping {MAP_PORT_DROPS} failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Self {
+            base: base.cast(),
+            len,
+        })
+    }
+
+    pub fn get(&self, proto: Proto, port: u16) -> u64 {
+        let index =
+            portguard_common::maps::port_index(proto.number(), port).expect("tcp or udp") as usize;
+        self.at(index)
+    }
+
+    fn at(&self, index: usize) -> u64 {
+        assert!(index < self.len);
+        // SAFETY: in bounds of the mapping; the kernel updates it concurrently, hence volatile.
+        unsafe { self.base.add(index).read_volatile() }
+    }
+
+    pub fn snapshot(&self) -> Vec<u64> {
+        (0..self.len).map(|i| self.at(i)).collect()
+    }
+}
+
+impl Drop for PortDrops {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.base as *mut _, self.len * size_of::<u64>()) };
+    }
+}
+
+/// Ports with the most drops in a `PortDrops::snapshot` (or a difference of two).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PortCount {
+    pub proto: Proto,
+    pub port: u16,
+    pub drops: u64,
+}
+
+pub fn top_ports(snapshot: &[u64], limit: usize) -> Vec<PortCount> {
+    let mut ports: Vec<PortCount> = snapshot
+        .iter()
+        .enumerate()
+        .filter(|(_, drops)| **drops > 0)
+        .map(|(index, drops)| PortCount {
+            proto: if index < 65536 {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            },
+            port: (index % 65536) as u16,
+            drops: *drops,
+        })
+        .collect();
+    ports.sort_by(|a, b| {
+        b.drops
+            .cmp(&a.drops)
+            .then(a.proto.cmp(&b.proto))
+            .then(a.port.cmp(&b.port))
+    });
+    ports.truncate(limit);
+    ports
+}
+
+/// The shared maps of an attachment, opened from its pins.
+pub struct PinnedMaps {
+    pub counters: PerCpuArray<MapData, Counter>,
+    pub port_drops: PortDrops,
+}
+
+impl PinnedMaps {
+    pub fn open(iface: &str) -> Result<Self> {
+        let counters = open_pinned(iface, MAP_COUNTERS)?;
+        let counters = PerCpuArray::try_from(counters)?;
+        let port_drops = open_pinned(iface, MAP_PORT_DROPS)?;
+        let port_drops = match &port_drops {
+            Map::Array(data) => PortDrops::map(data.fd().as_fd())?,
+            _ => bail!("{MAP_PORT_DROPS} is not an array"),
+        };
+        Ok(Self {
+            counters,
+            port_drops,
+        })
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        read_counters(&self.counters)
+    }
+}
+
+fn open_pinned(iface: &str, name: &str) -> Result<Map> {
+    let path = paths::map_pin(iface, name);
+    let data = MapData::from_pin(&path).map_err(|error| {
+        anyhow!(
+            "cannot open {} ({error}); is portguard attached to {iface}? (`portguard status` lists attachments)",
+            path.display()
+        )
+    })?;
+    Ok(Map::from_map_data(data)?)
+}

@@ -1,0 +1,36 @@
+//! Every filesystem path portguard uses, in one place.
+
+use std::path::PathBuf;
+
+/// Where bpffs is (or gets) mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// portguard's own directory on bpffs.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/portguard";
+/// Runtime state of running attachments (pid, policy summary), cleared by a reboot.
+pub const RUN_DIR: &str = "/run/portguard";
+
+/// Pins of one attachment: the shared maps and the links.
+pub fn pin_dir(iface: &str) -> PathBuf {
+    PathBuf::from(PIN_ROOT).join(iface)
+}
+
+pub fn map_pin(iface: &str, map: &str) -> PathBuf {
+    pin_dir(iface).join(map)
+}
+
+pub const XDP_LINK: &str = "link_xdp";
+pub const TC_EGRESS_LINK: &str = "link_tc_egress";
+
+pub fn link_pin(iface: &str, link: &str) -> PathBuf {
+    pin_dir(iface).join(link)
+}
+
+/// What `status` reads about an attachment.
+pub fn state_file(iface: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{iface}.json"))
+}
+
+/// Held (flock) by the loader of an attachment for as long as it runs.
+pub fn lock_file(iface: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{iface}.lock"))
+}

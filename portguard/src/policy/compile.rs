@@ -1,0 +1,378 @@
+//! Policy -> `MapImage`: exactly the entries the kernel maps will hold. Pure, so it is unit
+//! tested here and shared by `check`, `attach` and every later command.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Result, bail};
+use ipnet::IpNet;
+use portguard_common::{
+    Config,
+    config::*,
+    maps::{
+        Bitmap256, Bl6Key, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PortRule, SRC_ALLOW_FIXED_BITS,
+        SrcAllowKey, port_index, v4_mapped,
+    },
+};
+
+use super::{Action, Mode, Policy, RuleKind, TcpNonSyn};
+
+/// What one policy generation writes into the kernel.
+#[derive(Debug, Default, Clone)]
+pub struct MapImage {
+    pub config: Config,
+    /// `PG_PORTS` entries that differ from "unlisted".
+    pub ports: BTreeMap<u32, PortRule>,
+    /// `PG_SRC_ALLOW`: (prefix length, key, rule number).
+    pub src_allow: Vec<(u32, SrcAllowKey, u16)>,
+    /// `PG_BL4_WIDE` indices (IPv4 /16s) that are fully blocked.
+    pub bl4_wide: BTreeSet<u32>,
+    /// `PG_BL4`: IPv4 /24 -> blocked last octets.
+    pub bl4: BTreeMap<u32, Bitmap256>,
+    /// `PG_BL6` keys.
+    pub bl6: BTreeSet<Bl6Key>,
+    /// `PG_NEVER_BLOCK`: (prefix length over the 16-byte address, address).
+    pub never_block: Vec<(u32, [u8; 16])>,
+}
+
+/// Largest IPv6 expansion of one prefix to a longer probed length.
+const MAX_BL6_EXPANSION: u128 = 1 << 12;
+
+pub fn compile(policy: &Policy, generation: u64) -> Result<MapImage> {
+    let mut image = MapImage::default();
+    compile_ports(policy, &mut image);
+    compile_blocklist(&policy.blocklist, &mut image)?;
+    for net in &policy.never_block {
+        let (len, addr) = mapped(net);
+        image.never_block.push((len, addr));
+    }
+    image.config = config(policy, &image, generation);
+    Ok(image)
+}
+
+fn compile_ports(policy: &Policy, image: &mut MapImage) {
+    for rule in &policy.rules {
+        let action = match (rule.kind, &rule.from) {
+            (RuleKind::Deny, _) => PORT_DENY,
+            (RuleKind::Allow, None) => PORT_ALLOW,
+            (RuleKind::Allow, Some(_)) => PORT_ALLOW_FROM,
+        };
+        for range in &rule.ports {
+            for port in range.clone() {
+                let Some(index) = port_index(rule.proto.number(), port) else {
+                    continue;
+                };
+                let entry = image.ports.entry(index).or_default();
+                // Validation rejects allow+deny on one port; an open allow beats a `from` one.
+                if entry.action == PORT_ALLOW && action == PORT_ALLOW_FROM {
+                    continue;
+                }
+                *entry = PortRule {
+                    action,
+                    _pad: 0,
+                    rule: rule.number,
+                };
+                if let Some(from) = &rule.from {
+                    for net in from {
+                        let (len, addr) = mapped(net);
+                        let key = SrcAllowKey {
+                            proto: rule.proto.number(),
+                            _zero: 0,
+                            port_be: port.to_be_bytes(),
+                            addr,
+                        };
+                        image
+                            .src_allow
+                            .push((SRC_ALLOW_FIXED_BITS + len, key, rule.number));
+                    }
+                }
+            }
+        }
+    }
+    // Source entries of ports an open allow took over are never consulted: drop them.
+    let ports = &image.ports;
+    image.src_allow.retain(|(_, key, _)| {
+        let port = u16::from_be_bytes(key.port_be);
+        port_index(key.proto, port)
+            .and_then(|index| ports.get(&index))
+            .is_some_and(|rule| rule.action == PORT_ALLOW_FROM)
+    });
+}
+
+/// A network as (prefix length over 16 bytes, IPv4-mapped or IPv6 address).
+fn mapped(net: &IpNet) -> (u32, [u8; 16]) {
+    match net {
+        IpNet::V4(v4) => (
+            96 + v4.prefix_len() as u32,
+            v4_mapped(v4.network().octets()),
+        ),
+        IpNet::V6(v6) => (v6.prefix_len() as u32, v6.network().octets()),
+    }
+}
+
+fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
+    let mut v6_by_len: BTreeMap<u8, BTreeSet<u128>> = BTreeMap::new();
+    for net in nets {
+        match net {
+            IpNet::V4(v4) => {
+                let base = u32::from(v4.network());
+                let len = v4.prefix_len() as u32;
+                if len <= 16 {
+                    let first = base >> 16;
+                    let count = 1u32 << (16 - len);
+                    image.bl4_wide.extend(first..first + count);
+                } else if len < 24 {
+                    let first = base >> 8;
+                    for bucket in first..first + (1u32 << (24 - len)) {
+                        image.bl4.insert(bucket, [u64::MAX; 4]);
+                    }
+                } else {
+                    let bits = image.bl4.entry(base >> 8).or_default();
+                    let first = (base & 0xff) as usize;
+                    for octet in first..first + (1usize << (32 - len)) {
+                        bits[octet >> 6] |= 1 << (octet & 63);
+                    }
+                }
+            }
+            IpNet::V6(v6) => {
+                v6_by_len
+                    .entry(v6.prefix_len())
+                    .or_default()
+                    .insert(u128::from(v6.network()));
+            }
+        }
+    }
+    // /24s inside a blocked /16 are never consulted.
+    let wide = &image.bl4_wide;
+    image.bl4.retain(|bucket, _| !wide.contains(&(bucket >> 8)));
+
+    reduce_v6_lengths(&mut v6_by_len)?;
+    for (len, prefixes) in v6_by_len {
+        for prefix in prefixes {
+            image.bl6.insert(Bl6Key {
+                prefix_len: len,
+                _pad: [0; 3],
+                addr: prefix.to_be_bytes(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The kernel probes one hash lookup per distinct IPv6 prefix length. Above
+/// `MAX_BL6_PREFIX_LENS` lengths, expand the cheapest length into the next longer one.
+fn reduce_v6_lengths(by_len: &mut BTreeMap<u8, BTreeSet<u128>>) -> Result<()> {
+    while by_len.len() > MAX_BL6_PREFIX_LENS {
+        let lengths: Vec<u8> = by_len.keys().copied().collect();
+        let (len, next) = lengths
+            .windows(2)
+            .map(|w| (w[0], w[1]))
+            .min_by_key(|&(len, next)| (by_len[&len].len() as u128) << (next - len))
+            .expect("more than one length");
+        let factor = 1u128 << (next - len);
+        if factor > MAX_BL6_EXPANSION {
+            bail!(
+                "the IPv6 blocklist uses more than {MAX_BL6_PREFIX_LENS} distinct prefix lengths \
+                 and /{len} cannot be folded into /{next}; merge some prefixes"
+            );
+        }
+        let prefixes = by_len.remove(&len).expect("present");
+        let target = by_len.get_mut(&next).expect("present");
+        let step = 1u128 << (128 - next as u32);
+        for prefix in prefixes {
+            for i in 0..factor {
+                target.insert(prefix | (i * step));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
+    let mut flags = 0;
+    let mut set = |on: bool, flag: u32| {
+        if on {
+            flags |= flag;
+        }
+    };
+    set(policy.mode == Mode::Monitor, FLAG_MONITOR);
+    set(policy.default == Action::Allow, FLAG_DEFAULT_ALLOW);
+    set(
+        policy.inbound.malformed == Action::Allow,
+        FLAG_MALFORMED_PASS,
+    );
+    set(
+        policy.inbound.fragments_unseen == Action::Allow,
+        FLAG_FRAG_UNSEEN_PASS,
+    );
+    set(policy.inbound.icmp == Action::Deny, FLAG_ICMP_DENY);
+    set(policy.inbound.icmpv6 == Action::Deny, FLAG_ICMPV6_DENY);
+    set(
+        policy.inbound.other_protocols == Action::Deny,
+        FLAG_OTHER_DENY,
+    );
+    set(
+        policy.inbound.tcp_non_syn == TcpNonSyn::Pass,
+        FLAG_TCP_NON_SYN_PASS,
+    );
+    set(
+        !image.bl4.is_empty() || !image.bl4_wide.is_empty(),
+        FLAG_HAS_BLOCKLIST4,
+    );
+    set(!image.bl4_wide.is_empty(), FLAG_HAS_BLOCKLIST4_WIDE);
+    set(!image.bl6.is_empty(), FLAG_HAS_BLOCKLIST6);
+    set(!image.never_block.is_empty(), FLAG_HAS_NEVER_BLOCK);
+
+    let mut lengths: Vec<u8> = image.bl6.iter().map(|k| k.prefix_len).collect();
+    lengths.sort_unstable_by(|a, b| b.cmp(a));
+    lengths.dedup();
+    let mut bl6_prefix_lens = [0u8; MAX_BL6_PREFIX_LENS];
+    bl6_prefix_lens[..lengths.len()].copy_from_slice(&lengths);
+
+    Config {
+        flags,
+        bl6_prefix_count: lengths.len() as u32,
+        bl6_prefix_lens,
+        udp_reply_timeout_ns: policy.inbound.udp_reply_window.as_nanos() as u64,
+        frag_timeout_ns: policy.inbound.fragment_timeout.as_nanos() as u64,
+        generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::{LoadOptions, parse};
+
+    fn image(text: &str) -> MapImage {
+        let loaded = parse(text, Path::new("test.toml"), LoadOptions::default()).unwrap();
+        compile(&loaded.policy, 1).unwrap()
+    }
+
+    #[test]
+    fn ranges_expand_into_the_port_table() {
+        let image = image(
+            r#"
+            default = "deny"
+            [[allow]]
+            proto = "tcp"
+            ports = [80, "8000-8002"]
+            [[deny]]
+            proto = "udp"
+            ports = [53]
+            "#,
+        );
+        let entries: Vec<(u32, u8, u16)> = image
+            .ports
+            .iter()
+            .map(|(i, r)| (*i, r.action, r.rule))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (80, PORT_ALLOW, 1),
+                (8000, PORT_ALLOW, 1),
+                (8001, PORT_ALLOW, 1),
+                (8002, PORT_ALLOW, 1),
+                (65536 + 53, PORT_DENY, 2)
+            ]
+        );
+        assert_eq!(image.config.flags & FLAG_DEFAULT_ALLOW, 0);
+    }
+
+    #[test]
+    fn from_lists_become_source_entries() {
+        let image = image(
+            r#"
+            default = "deny"
+            [[allow]]
+            proto = "tcp"
+            ports = [22]
+            from = ["198.51.100.0/24", "2001:db8:1::/48"]
+            "#,
+        );
+        assert_eq!(image.ports[&22].action, PORT_ALLOW_FROM);
+        let lens: Vec<u32> = image.src_allow.iter().map(|(l, _, _)| *l).collect();
+        assert_eq!(lens, [32 + 96 + 24, 32 + 48]);
+        assert_eq!(image.src_allow[0].1.port_be, [0, 22]);
+        assert_eq!(&image.src_allow[0].1.addr[12..], &[198, 51, 100, 0]);
+    }
+
+    #[test]
+    fn open_allow_beats_from_allow() {
+        let image = image(
+            r#"
+            default = "deny"
+            [[allow]]
+            proto = "tcp"
+            ports = [22]
+            from = ["198.51.100.0/24"]
+            [[allow]]
+            proto = "tcp"
+            ports = [22, 23]
+            "#,
+        );
+        assert_eq!(image.ports[&22].action, PORT_ALLOW);
+        assert!(image.src_allow.is_empty());
+    }
+
+    #[test]
+    fn ipv4_blocklist_expands_to_wide_blocks_and_bitmaps() {
+        let image = image(
+            r#"
+            default = "allow"
+            [blocklist]
+            sources = ["203.0.113.7", "203.0.113.64/26", "198.51.0.0/16", "198.18.0.0/15", "192.0.2.0/23", "198.51.7.0/24"]
+            "#,
+        );
+        let wide: Vec<u32> = image.bl4_wide.iter().copied().collect();
+        assert_eq!(wide, [(198 << 8) | 18, (198 << 8) | 19, (198 << 8) | 51]);
+        let bucket = image.bl4[&((203 << 16) | (0 << 8) | 113)];
+        assert_eq!(bucket[0], 1 << 7);
+        assert_eq!(bucket[1], u64::MAX);
+        assert_eq!(bucket[2] | bucket[3], 0);
+        assert_eq!(image.bl4[&((192 << 16) | 2)], [u64::MAX; 4]);
+        assert_eq!(image.bl4[&((192 << 16) | 3)], [u64::MAX; 4]);
+        // 198.51.7.0/24 lies inside the blocked 198.51.0.0/16.
+        assert!(!image.bl4.contains_key(&((198 << 16) | (51 << 8) | 7)));
+        assert!(image.config.has(FLAG_HAS_BLOCKLIST4_WIDE));
+    }
+
+    #[test]
+    fn ipv6_blocklist_lists_lengths_longest_first() {
+        let image = image(
+            r#"
+            default = "allow"
+            [blocklist]
+            sources = ["2001:db8:bad::/48", "2001:db8::1", "2001:db8:bad:1::/64"]
+            "#,
+        );
+        assert_eq!(image.config.bl6_prefix_count, 3);
+        assert_eq!(&image.config.bl6_prefix_lens[..3], &[128, 64, 48]);
+        assert!(image.config.has(FLAG_HAS_BLOCKLIST6));
+    }
+
+    #[test]
+    fn many_ipv6_lengths_fold_into_sixteen() {
+        let mut by_len: BTreeMap<u8, BTreeSet<u128>> = BTreeMap::new();
+        for len in 30..50u8 {
+            let prefix = 0x2001_0db8u128 << 96 | (len as u128) << 80;
+            let mask = !0u128 << (128 - len as u32);
+            by_len.entry(len).or_default().insert(prefix & mask);
+        }
+        reduce_v6_lengths(&mut by_len).unwrap();
+        assert_eq!(by_len.len(), MAX_BL6_PREFIX_LENS);
+        // Every original prefix is still covered by some kept prefix.
+        for len in 30..50u8 {
+            let prefix =
+                (0x2001_0db8u128 << 96 | (len as u128) << 80) & (!0u128 << (128 - len as u32));
+            // Host bits past /len are zero, so the prefix is its own first expansion.
+            assert!(
+                by_len
+                    .iter()
+                    .any(|(kept, set)| *kept >= len && set.contains(&prefix))
+            );
+        }
+    }
+}

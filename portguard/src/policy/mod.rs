@@ -1,0 +1,248 @@
+//! The policy: read from TOML, validated with file/line/column diagnostics, then compiled into
+//! exactly what the kernel maps will hold (`compile`). `check`, `attach` and every later policy
+//! command go through `load`; only the loader touches the kernel.
+
+pub mod compile;
+pub mod diagnostic;
+mod raw;
+pub mod sources;
+mod validate;
+
+use std::{
+    fmt,
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Drop what the policy denies.
+    Enforce,
+    /// Count what would be dropped; drop nothing.
+    Monitor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => portguard_common::maps::PROTO_TCP,
+            Self::Udp => portguard_common::maps::PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleKind {
+    Allow,
+    Deny,
+}
+
+/// An `[[allow]]` or `[[deny]]` table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rule {
+    /// 1-based, in file order across allow and deny rules.
+    pub number: u16,
+    pub kind: RuleKind,
+    pub name: Option<String>,
+    pub proto: Proto,
+    pub ports: Vec<RangeInclusive<u16>>,
+    /// Sources the rule is limited to (allow rules only); `None` means every source.
+    pub from: Option<Vec<IpNet>>,
+    pub line: usize,
+}
+
+impl Rule {
+    /// How the rule is named in messages: `rule 3 "ssh" (line 12)`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("rule {} \"{name}\" (line {})", self.number, self.line),
+            None => format!("rule {} (line {})", self.number, self.line),
+        }
+    }
+
+    pub fn port_count(&self) -> usize {
+        self.ports.iter().map(|r| r.clone().count()).sum()
+    }
+}
+
+/// What happens to inbound packets the port rules do not decide.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inbound {
+    pub malformed: Action,
+    pub fragments_unseen: Action,
+    #[serde(with = "humantime_serde_secs")]
+    pub fragment_timeout: Duration,
+    pub icmp: Action,
+    pub icmpv6: Action,
+    pub other_protocols: Action,
+    pub tcp_non_syn: TcpNonSyn,
+    #[serde(with = "humantime_serde_secs")]
+    pub udp_reply_window: Duration,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Self {
+            malformed: Action::Deny,
+            fragments_unseen: Action::Deny,
+            fragment_timeout: Duration::from_secs(30),
+            icmp: Action::Allow,
+            icmpv6: Action::Allow,
+            other_protocols: Action::Allow,
+            tcp_non_syn: TcpNonSyn::Track,
+            udp_reply_window: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpNonSyn {
+    /// Segments that cannot open a connection pass to a closed port only for known flows.
+    Track,
+    /// They always pass (stateless; the kernel answers strays with a RST).
+    Pass,
+}
+
+/// Sizes of the tables shared by every policy generation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Limits {
+    pub flows: u32,
+    pub fragments: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            flows: 65536,
+            fragments: 8192,
+        }
+    }
+}
+
+/// Where the blocklist entries came from, for summaries.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlocklistSource {
+    pub origin: String,
+    pub entries: usize,
+    pub bad_lines: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub mode: Mode,
+    pub default: Action,
+    pub rules: Vec<Rule>,
+    pub never_block: Vec<IpNet>,
+    pub blocklist: Vec<IpNet>,
+    pub blocklist_sources: Vec<BlocklistSource>,
+    pub inbound: Inbound,
+    pub limits: Limits,
+}
+
+impl Policy {
+    pub fn allow_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(|r| r.kind == RuleKind::Allow)
+    }
+
+    pub fn deny_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter().filter(|r| r.kind == RuleKind::Deny)
+    }
+
+    pub fn rule(&self, number: u16) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.number == number)
+    }
+
+    /// One line for humans: `enforce, default deny, 3 allow / 1 deny rules, 2 blocklist entries`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}, default {}, {} allow / {} deny rules, {} blocklist entries, {} never_block",
+            match self.mode {
+                Mode::Enforce => "enforce",
+                Mode::Monitor => "monitor",
+            },
+            match self.default {
+                Action::Allow => "allow",
+                Action::Deny => "deny",
+            },
+            self.allow_rules().count(),
+            self.deny_rules().count(),
+            self.blocklist.len(),
+            self.never_block.len(),
+        )
+    }
+}
+
+/// Options that change how strictly a policy is read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Bad lines in blocklist files are errors, not warnings.
+    pub strict: bool,
+}
+
+/// A valid policy and the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub policy: Policy,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads and validates a policy file (and the blocklist files it names).
+pub fn load(path: &Path, options: LoadOptions) -> Result<Loaded, PolicyErrors> {
+    let text = std::fs::read_to_string(path).map_err(|error| PolicyErrors {
+        diagnostics: vec![Diagnostic {
+            severity: Severity::Error,
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the policy file: {error}"),
+        }],
+    })?;
+    parse(&text, path, options)
+}
+
+/// Validates policy text; `path` names it in messages and anchors relative blocklist files.
+pub fn parse(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded, PolicyErrors> {
+    validate::validate(text, path, options)
+}
+
+mod humantime_serde_secs {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}

@@ -1,0 +1,60 @@
+//! The policy file as written: every value keeps its byte span so validation can point at the
+//! line that is wrong. Unknown keys are rejected by serde (with their span).
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub mode: Option<Spanned<String>>,
+    pub default: Option<Spanned<String>>,
+    #[serde(default)]
+    pub never_block: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<RawRule>>,
+    pub blocklist: Option<RawBlocklist>,
+    pub inbound: Option<RawInbound>,
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Option<Spanned<String>>,
+    pub proto: Spanned<String>,
+    /// Numbers and `"low-high"` strings; checked one by one in validation.
+    pub ports: Spanned<Vec<Spanned<Value>>>,
+    pub from: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBlocklist {
+    #[serde(default)]
+    pub sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub files: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbound {
+    pub malformed: Option<Spanned<String>>,
+    pub fragments_unseen: Option<Spanned<String>>,
+    pub fragment_timeout: Option<Spanned<String>>,
+    pub icmp: Option<Spanned<String>>,
+    pub icmpv6: Option<Spanned<String>>,
+    pub other_protocols: Option<Spanned<String>>,
+    pub tcp_non_syn: Option<Spanned<String>>,
+    pub udp_reply_window: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub flows: Option<Spanned<i64>>,
+    pub fragments: Option<Spanned<i64>>,
+}

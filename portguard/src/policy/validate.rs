@@ -1,0 +1,639 @@
+//! From `RawPolicy` (what was written) to `Policy` (what it means), reporting every problem with
+//! its line: unknown keys, bad values, and rules that overlap or contradict each other.
+
+use std::{
+    collections::BTreeMap,
+    ops::{Range, RangeInclusive},
+    path::Path,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use toml::{Spanned, Value};
+
+use super::{
+    Action, BlocklistSource, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto, Rule,
+    RuleKind, TcpNonSyn,
+    diagnostic::{Diagnostic, PolicyErrors, Reporter, Severity},
+    raw::{RawBlocklist, RawInbound, RawLimits, RawPolicy, RawRule},
+    sources::{parse_net_strict, read_source_file},
+};
+
+pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded, PolicyErrors> {
+    let mut report = Reporter::new(path.to_owned(), text);
+    let raw: RawPolicy = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let span = error.span().unwrap_or(0..0);
+            report.error_at(span, toml_message(&error));
+            return Err(PolicyErrors {
+                diagnostics: report.diagnostics,
+            });
+        }
+    };
+
+    let mode = match &raw.mode {
+        None => Mode::Enforce,
+        Some(mode) => match mode.get_ref().as_str() {
+            "enforce" => Mode::Enforce,
+            "monitor" => Mode::Monitor,
+            other => {
+                report.error_at(
+                    mode.span(),
+                    format!("mode must be \"enforce\" or \"monitor\", not \"{other}\""),
+                );
+                Mode::Enforce
+            }
+        },
+    };
+    let default = match &raw.default {
+        None => {
+            report.warning_at(
+                0..0,
+                "no `default` given: ports no rule names are allowed (write default = \"deny\" \
+                 to close them)",
+            );
+            Action::Allow
+        }
+        Some(value) => action(&mut report, value, "default", "allow", "deny"),
+    };
+
+    let rules = rules(&mut report, &raw.allow, &raw.deny);
+    check_overlaps(&mut report, &rules);
+
+    let never_block = nets(&mut report, &raw.never_block);
+    let (blocklist, blocklist_sources) =
+        blocklist(&mut report, raw.blocklist.as_ref(), path, options);
+    check_blocklist_against_never_block(&mut report, &raw, &blocklist, &never_block);
+
+    let inbound = inbound(&mut report, raw.inbound.as_ref());
+    let limits = limits(&mut report, raw.limits.as_ref());
+
+    if default == Action::Deny && !admits_ssh(&rules) {
+        report.warning_at(
+            raw.default.as_ref().map(Spanned::span).unwrap_or(0..0),
+            "default deny and no rule allows tcp port 22: attached on a remote host, this policy \
+             cuts off SSH (add an [[allow]] for port 22, limited with `from` to your admin network)",
+        );
+    }
+
+    if report.has_errors() {
+        return Err(PolicyErrors {
+            diagnostics: report.diagnostics,
+        });
+    }
+    Ok(Loaded {
+        policy: Policy {
+            path: path.to_owned(),
+            mode,
+            default,
+            rules,
+            never_block,
+            blocklist,
+            blocklist_sources,
+            inbound,
+            limits,
+        },
+        warnings: report.diagnostics,
+    })
+}
+
+/// toml's messages carry their own rendering of the line; keep only the sentence.
+fn toml_message(error: &toml::de::Error) -> String {
+    let message = error.message().trim().to_string();
+    if message.starts_with("unknown field") {
+        format!("{message} (check the key's spelling and the table it is in)")
+    } else {
+        message
+    }
+}
+
+fn action(
+    report: &mut Reporter,
+    value: &Spanned<String>,
+    key: &str,
+    allow: &str,
+    deny: &str,
+) -> Action {
+    match value.get_ref().as_str() {
+        v if v == allow => Action::Allow,
+        v if v == deny => Action::Deny,
+        other => {
+            report.error_at(
+                value.span(),
+                format!("{key} must be \"{allow}\" or \"{deny}\", not \"{other}\""),
+            );
+            Action::Deny
+        }
+    }
+}
+
+fn rules(
+    report: &mut Reporter,
+    allow: &[Spanned<RawRule>],
+    deny: &[Spanned<RawRule>],
+) -> Vec<Rule> {
+    let mut all: Vec<(RuleKind, &Spanned<RawRule>)> = allow
+        .iter()
+        .map(|r| (RuleKind::Allow, r))
+        .chain(deny.iter().map(|r| (RuleKind::Deny, r)))
+        .collect();
+    // Number rules in the order they appear in the file, allow and deny alike.
+    all.sort_by_key(|(_, r)| r.span().start);
+    if all.len() > u16::MAX as usize {
+        report.error_at(
+            0..0,
+            format!(
+                "{} rules is more than the {} supported",
+                all.len(),
+                u16::MAX
+            ),
+        );
+        return Vec::new();
+    }
+    all.into_iter()
+        .enumerate()
+        .filter_map(|(i, (kind, raw))| rule(report, i as u16 + 1, kind, raw))
+        .collect()
+}
+
+fn rule(
+    report: &mut Reporter,
+    number: u16,
+    kind: RuleKind,
+    raw: &Spanned<RawRule>,
+) -> Option<Rule> {
+    let span = raw.span();
+    let raw = raw.get_ref();
+    let proto = match raw.proto.get_ref().as_str() {
+        "tcp" => Some(Proto::Tcp),
+        "udp" => Some(Proto::Udp),
+        "icmp" | "icmpv6" => {
+            report.error_at(
+                raw.proto.span(),
+                format!(
+                    "rules take proto \"tcp\" or \"udp\"; {} is set with `{}` in [inbound]",
+                    raw.proto.get_ref(),
+                    raw.proto.get_ref()
+                ),
+            );
+            None
+        }
+        other => {
+            report.error_at(
+                raw.proto.span(),
+                format!("proto must be \"tcp\" or \"udp\", not \"{other}\""),
+            );
+            None
+        }
+    };
+    let mut ports = Vec::new();
+    if raw.ports.get_ref().is_empty() {
+        report.error_at(
+            raw.ports.span(),
+            "ports is empty: list at least one port or range",
+        );
+    }
+    for item in raw.ports.get_ref() {
+        if let Some(range) = port_range(report, item) {
+            ports.push(range);
+        }
+    }
+    let from = match &raw.from {
+        None => None,
+        Some(from) if kind == RuleKind::Deny => {
+            report.error_at(
+                from.span(),
+                "deny rules take no `from`: deny the port for everyone, or allow it `from` the \
+                 sources that may use it",
+            );
+            None
+        }
+        Some(from) if from.get_ref().is_empty() => {
+            report.error_at(
+                from.span(),
+                "from is empty, so the rule admits nobody: list sources or remove `from`",
+            );
+            None
+        }
+        Some(from) => Some(nets(report, from.get_ref())),
+    };
+    let name = raw.name.as_ref().map(|n| n.get_ref().clone());
+    Some(Rule {
+        number,
+        kind,
+        name,
+        proto: proto?,
+        ports,
+        from,
+        line: report.line_of(span.start),
+    })
+}
+
+fn port_range(report: &mut Reporter, item: &Spanned<Value>) -> Option<RangeInclusive<u16>> {
+    let span = item.span();
+    match item.get_ref() {
+        Value::Integer(port) => port_number(report, span, *port).map(|p| p..=p),
+        Value::String(text) => {
+            let Some((low, high)) = text.split_once('-') else {
+                return match text.trim().parse::<i64>() {
+                    Ok(port) => port_number(report, span, port).map(|p| p..=p),
+                    Err(_) => {
+                        report.error_at(
+                            span,
+                            format!("\"{text}\" is not a port or a range like \"8000-8100\""),
+                        );
+                        None
+                    }
+                };
+            };
+            let (Ok(low), Ok(high)) = (low.trim().parse::<i64>(), high.trim().parse::<i64>())
+            else {
+                report.error_at(
+                    span,
+                    format!("\"{text}\" is not a port range like \"8000-8100\""),
+                );
+                return None;
+            };
+            let low = port_number(report, span.clone(), low)?;
+            let high = port_number(report, span.clone(), high)?;
+            if low > high {
+                report.error_at(
+                    span,
+                    format!("range \"{text}\" runs backwards; write \"{high}-{low}\""),
+                );
+                return None;
+            }
+            Some(low..=high)
+        }
+        other => {
+            report.error_at(
+                span,
+                format!(
+                    "a port is a number or a \"low-high\" string, not {}",
+                    other.type_str()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn port_number(report: &mut Reporter, span: Range<usize>, port: i64) -> Option<u16> {
+    match u16::try_from(port) {
+        Ok(0) => {
+            report.error_at(
+                span,
+                "port 0 is not a real destination port (valid ports are 1-65535)",
+            );
+            None
+        }
+        Ok(port) => Some(port),
+        Err(_) => {
+            report.error_at(
+                span,
+                format!("port {port} is out of range (valid ports are 1-65535)"),
+            );
+            None
+        }
+    }
+}
+
+fn nets(report: &mut Reporter, items: &[Spanned<String>]) -> Vec<IpNet> {
+    items
+        .iter()
+        .filter_map(|item| match parse_net_strict(item.get_ref()) {
+            Ok(net) => Some(net),
+            Err(reason) => {
+                report.error_at(item.span(), reason);
+                None
+            }
+        })
+        .collect()
+}
+
+/// Who decides a port, per protocol: the rules that name it.
+#[derive(Default, Clone)]
+struct PortOwners {
+    allow_any: Option<usize>,
+    allow_from: Option<usize>,
+    deny: Option<usize>,
+}
+
+/// Reports rules that name the same port: allow and deny together is an error (which one
+/// wins would be a guess); two allows, or an allow that makes a `from` list moot, are warnings.
+fn check_overlaps(report: &mut Reporter, rules: &[Rule]) {
+    // (first rule, second rule, proto) -> ports they share, reported as ranges.
+    let mut conflicts: BTreeMap<(usize, usize, Proto), Vec<u16>> = BTreeMap::new();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let mut owners = vec![PortOwners::default(); 65536];
+        for (index, rule) in rules.iter().enumerate().filter(|(_, r)| r.proto == proto) {
+            for range in &rule.ports {
+                for port in range.clone() {
+                    let owner = &mut owners[port as usize];
+                    // Sources of several `from` allows add up: no overlap to report there.
+                    let shares_with = match (rule.kind, rule.from.is_some()) {
+                        (RuleKind::Allow, true) => owner.deny.or(owner.allow_any),
+                        _ => owner.deny.or(owner.allow_any).or(owner.allow_from),
+                    };
+                    if let Some(other) = shares_with.filter(|&other| other != index) {
+                        conflicts
+                            .entry((other, index, proto))
+                            .or_default()
+                            .push(port);
+                    }
+                    let slot = match (rule.kind, rule.from.is_some()) {
+                        (RuleKind::Deny, _) => &mut owner.deny,
+                        (RuleKind::Allow, false) => &mut owner.allow_any,
+                        (RuleKind::Allow, true) => &mut owner.allow_from,
+                    };
+                    slot.get_or_insert(index);
+                }
+            }
+        }
+    }
+    for ((first, second, proto), ports) in conflicts {
+        let (a, b) = (&rules[first], &rules[second]);
+        let ports = describe_ports(&ports);
+        let line = b.line;
+        match (a.kind, b.kind) {
+            (RuleKind::Allow, RuleKind::Deny) | (RuleKind::Deny, RuleKind::Allow) => {
+                let (allow, deny) = if a.kind == RuleKind::Allow {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
+                report.at_line(
+                    Severity::Error,
+                    line,
+                    format!(
+                        "{proto} {ports} allowed by {} and denied by {}: a port can only be one; \
+                         remove it from one of the rules",
+                        allow.label(),
+                        deny.label()
+                    ),
+                );
+            }
+            (RuleKind::Deny, RuleKind::Deny) => report.at_line(
+                Severity::Warning,
+                line,
+                format!(
+                    "{proto} {ports} denied twice, by {} and {}",
+                    a.label(),
+                    b.label()
+                ),
+            ),
+            (RuleKind::Allow, RuleKind::Allow) => {
+                let (open, limited) = match (a.from.is_some(), b.from.is_some()) {
+                    (false, true) => (Some(a), Some(b)),
+                    (true, false) => (Some(b), Some(a)),
+                    _ => (None, None),
+                };
+                match (open, limited) {
+                    (Some(open), Some(limited)) => report.at_line(
+                        Severity::Warning,
+                        line,
+                        format!(
+                            "{proto} {ports}: {} admits every source, so the `from` list of {} \
+                             has no effect there",
+                            open.label(),
+                            limited.label()
+                        ),
+                    ),
+                    _ => report.at_line(
+                        Severity::Warning,
+                        line,
+                        format!(
+                            "{proto} {ports} allowed twice, by {} and {}",
+                            a.label(),
+                            b.label()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// `port 22`, `ports 80, 443, 8000-8100` (first few ranges).
+fn describe_ports(ports: &[u16]) -> String {
+    let mut ranges: Vec<(u16, u16)> = Vec::new();
+    for &port in ports {
+        match ranges.last_mut() {
+            Some((_, high)) if *high as u32 + 1 == port as u32 => *high = port,
+            _ => ranges.push((port, port)),
+        }
+    }
+    let shown: Vec<String> = ranges
+        .iter()
+        .take(5)
+        .map(|&(l, h)| {
+            if l == h {
+                l.to_string()
+            } else {
+                format!("{l}-{h}")
+            }
+        })
+        .collect();
+    let more = if ranges.len() > 5 {
+        format!(" and {} more ranges", ranges.len() - 5)
+    } else {
+        String::new()
+    };
+    let noun = if ports.len() == 1 { "port" } else { "ports" };
+    format!("{noun} {}{more}", shown.join(", "))
+}
+
+fn blocklist(
+    report: &mut Reporter,
+    raw: Option<&RawBlocklist>,
+    policy_path: &Path,
+    options: LoadOptions,
+) -> (Vec<IpNet>, Vec<BlocklistSource>) {
+    let Some(raw) = raw else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut entries = nets(report, &raw.sources);
+    let mut sources = Vec::new();
+    if !raw.sources.is_empty() {
+        sources.push(BlocklistSource {
+            origin: "policy".into(),
+            entries: entries.len(),
+            bad_lines: 0,
+        });
+    }
+    let base = policy_path.parent().unwrap_or(Path::new("."));
+    for file in &raw.files {
+        let path = base.join(file.get_ref());
+        let list = match read_source_file(&path) {
+            Ok(list) => list,
+            Err(error) => {
+                report.error_at(
+                    file.span(),
+                    format!("cannot read blocklist file {}: {error}", path.display()),
+                );
+                continue;
+            }
+        };
+        let severity = if options.strict {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
+        const SHOWN: usize = 20;
+        for bad in list.bad_lines.iter().take(SHOWN) {
+            report.push_external(Diagnostic {
+                severity,
+                file: path.clone(),
+                line: bad.line,
+                column: 1,
+                message: format!("{} (line skipped)", bad.reason),
+            });
+        }
+        if list.bad_lines.len() > SHOWN {
+            report.push_external(Diagnostic {
+                severity,
+                file: path.clone(),
+                line: 0,
+                column: 0,
+                message: format!("{} more bad lines skipped", list.bad_lines.len() - SHOWN),
+            });
+        }
+        sources.push(BlocklistSource {
+            origin: path.display().to_string(),
+            entries: list.entries.len(),
+            bad_lines: list.bad_lines.len(),
+        });
+        entries.extend(list.entries);
+    }
+    (entries, sources)
+}
+
+fn check_blocklist_against_never_block(
+    report: &mut Reporter,
+    raw: &RawPolicy,
+    blocklist: &[IpNet],
+    never_block: &[IpNet],
+) {
+    if never_block.is_empty() || blocklist.is_empty() {
+        return;
+    }
+    for (index, keep) in never_block.iter().enumerate() {
+        if let Some(blocked) = blocklist
+            .iter()
+            .find(|b| b.contains(keep) || keep.contains(*b))
+        {
+            report.warning_at(
+                raw.never_block[index].span(),
+                format!("never_block {keep} overlaps blocklist entry {blocked}: never_block wins"),
+            );
+        }
+    }
+}
+
+fn admits_ssh(rules: &[Rule]) -> bool {
+    rules.iter().any(|r| {
+        r.kind == RuleKind::Allow
+            && r.proto == Proto::Tcp
+            && r.ports.iter().any(|p| p.contains(&22))
+    })
+}
+
+fn duration(report: &mut Reporter, value: &Spanned<String>, key: &str) -> Option<Duration> {
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(duration) if !duration.is_zero() => Some(duration),
+        Ok(_) => {
+            report.error_at(value.span(), format!("{key} must be longer than zero"));
+            None
+        }
+        Err(error) => {
+            report.error_at(
+                value.span(),
+                format!(
+                    "{key} = \"{}\" is not a duration like \"30s\" or \"2m\": {error}",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn inbound(report: &mut Reporter, raw: Option<&RawInbound>) -> Inbound {
+    let mut inbound = Inbound::default();
+    let Some(raw) = raw else {
+        return inbound;
+    };
+    let pass_drop =
+        |report: &mut Reporter, value: &Option<Spanned<String>>, key: &str, current: Action| {
+            value
+                .as_ref()
+                .map_or(current, |v| action(report, v, key, "pass", "drop"))
+        };
+    inbound.malformed = pass_drop(report, &raw.malformed, "malformed", inbound.malformed);
+    inbound.fragments_unseen = pass_drop(
+        report,
+        &raw.fragments_unseen,
+        "fragments_unseen",
+        inbound.fragments_unseen,
+    );
+    let allow_deny =
+        |report: &mut Reporter, value: &Option<Spanned<String>>, key: &str, current: Action| {
+            value
+                .as_ref()
+                .map_or(current, |v| action(report, v, key, "allow", "deny"))
+        };
+    inbound.icmp = allow_deny(report, &raw.icmp, "icmp", inbound.icmp);
+    inbound.icmpv6 = allow_deny(report, &raw.icmpv6, "icmpv6", inbound.icmpv6);
+    inbound.other_protocols = allow_deny(
+        report,
+        &raw.other_protocols,
+        "other_protocols",
+        inbound.other_protocols,
+    );
+    if let Some(value) = &raw.tcp_non_syn {
+        inbound.tcp_non_syn = match value.get_ref().as_str() {
+            "track" => TcpNonSyn::Track,
+            "pass" => TcpNonSyn::Pass,
+            other => {
+                report.error_at(
+                    value.span(),
+                    format!("tcp_non_syn must be \"track\" or \"pass\", not \"{other}\""),
+                );
+                TcpNonSyn::Track
+            }
+        };
+    }
+    if let Some(value) = &raw.fragment_timeout {
+        inbound.fragment_timeout =
+            duration(report, value, "fragment_timeout").unwrap_or(inbound.fragment_timeout);
+    }
+    if let Some(value) = &raw.udp_reply_window {
+        inbound.udp_reply_window =
+            duration(report, value, "udp_reply_window").unwrap_or(inbound.udp_reply_window);
+    }
+    inbound
+}
+
+fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
+    let mut limits = Limits::default();
+    let Some(raw) = raw else {
+        return limits;
+    };
+    let mut size = |value: &Option<Spanned<i64>>, key: &str, current: u32| -> u32 {
+        let Some(value) = value else { return current };
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if (1024..=16_777_216).contains(&n) => n,
+            _ => {
+                report.error_at(
+                    value.span(),
+                    format!("{key} must be between 1024 and 16777216 entries"),
+                );
+                current
+            }
+        }
+    };
+    limits.flows = size(&raw.flows, "flows", limits.flows);
+    limits.fragments = size(&raw.fragments, "fragments", limits.fragments);
+    limits
+}

@@ -1,0 +1,126 @@
+//! The host's own sockets, read from /proc/net/{tcp,tcp6,udp,udp6} of the current network
+//! namespace. `attach` seeds the flow table from them so connections that exist before
+//! portguard attaches keep working under default deny.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::policy::Proto;
+
+/// TCP states as the kernel numbers them in /proc/net/tcp.
+pub const TCP_CLOSE: u8 = 0x07;
+pub const TCP_LISTEN: u8 = 0x0a;
+/// A connected UDP socket shows as "established".
+pub const UDP_ESTABLISHED: u8 = 0x01;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socket {
+    pub proto: Proto,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u8,
+}
+
+impl Socket {
+    /// A socket with a peer: an established (or closing) TCP connection, a connected UDP socket.
+    pub fn has_peer(&self) -> bool {
+        match self.proto {
+            Proto::Tcp => self.state != TCP_LISTEN && self.state != TCP_CLOSE,
+            Proto::Udp => self.state == UDP_ESTABLISHED && !self.remote.ip().is_unspecified(),
+        }
+    }
+}
+
+pub fn read_all() -> Result<Vec<Socket>> {
+    let mut sockets = Vec::new();
+    for (file, proto) in [
+        ("tcp", Proto::Tcp),
+        ("tcp6", Proto::Tcp),
+        ("udp", Proto::Udp),
+        ("udp6", Proto::Udp),
+    ] {
+        let path = format!("/proc/net/{file}");
+        match fs::read_to_string(&path) {
+            Ok(text) => sockets.extend(parse_table(&text, proto)),
+            // No IPv6 in this kernel: nothing to read.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error).with_context(|| format!("reading {path}")),
+        }
+    }
+    Ok(sockets)
+}
+
+pub fn parse_table(text: &str, proto: Proto) -> Vec<Socket> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let local = parse_endpoint(fields.next()?)?;
+            let remote = parse_endpoint(fields.next()?)?;
+            let state = u8::from_str_radix(fields.next()?, 16).ok()?;
+            Some(Socket {
+                proto,
+                local,
+                remote,
+                state,
+            })
+        })
+        .collect()
+}
+
+/// `0100007F:0016` or 32 hex digits + port: each 32-bit word is in host byte order.
+fn parse_endpoint(text: &str) -> Option<SocketAddr> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut octets = [0u8; 16];
+            for i in 0..4 {
+                octets[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_tables() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+   1: 020200C0:C350 010200C0:01BB 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 20 4 30 10 -1
+";
+        let sockets = parse_table(tcp, Proto::Tcp);
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(sockets[0].local, "127.0.0.1:22".parse().unwrap());
+        assert!(!sockets[0].has_peer());
+        assert_eq!(sockets[1].local, "192.0.2.2:50000".parse().unwrap());
+        assert_eq!(sockets[1].remote, "192.0.2.1:443".parse().unwrap());
+        assert!(sockets[1].has_peer());
+
+        let tcp6 =
+            "  sl  local_address                         remote_address                        st
+   0: B80D0120000000000000000002000000:0016 B80D0120000000000000000001000000:D431 01 0
+";
+        let sockets = parse_table(tcp6, Proto::Tcp);
+        assert_eq!(sockets[0].local, "[2001:db8::2]:22".parse().unwrap());
+        assert_eq!(sockets[0].remote, "[2001:db8::1]:54321".parse().unwrap());
+    }
+}

@@ -1,0 +1,104 @@
+//! The host facts portguard depends on, each checked with an error that says what to do:
+//! root, the memlock limit, bpffs, interfaces and network namespaces.
+
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, bail};
+use log::{debug, info};
+use nix::{
+    mount::{MsFlags, mount},
+    sched::{CloneFlags, setns},
+    sys::{
+        resource::{Resource, setrlimit},
+        statfs::statfs,
+    },
+};
+
+use crate::paths;
+
+/// bpffs's magic number (`BPF_FS_MAGIC` in linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub fn require_root(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("{what} needs root (CAP_BPF and CAP_NET_ADMIN): run it with sudo");
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+pub fn raise_memlock() {
+    if let Err(error) = setrlimit(
+        Resource::RLIMIT_MEMLOCK,
+        libc::RLIM_INFINITY,
+        libc::RLIM_INFINITY,
+    ) {
+        debug!("could not lift the memlock limit ({error}); kernels >= 5.11 do not need it");
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when it is missing (fresh machines often lack it).
+pub fn ensure_bpffs() -> Result<()> {
+    let mounted =
+        statfs(paths::BPFFS).is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+    if mounted {
+        return Ok(());
+    }
+    fs::create_dir_all(paths::BPFFS).with_context(|| format!("creating {}", paths::BPFFS))?;
+    mount(
+        Some("bpf"),
+        paths::BPFFS,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "bpffs is not mounted at {0} and mounting it failed; mount it yourself with \
+                 `mount -t bpf bpf {0}`",
+            paths::BPFFS
+        )
+    })?;
+    info!("mounted bpffs at {}", paths::BPFFS);
+    Ok(())
+}
+
+/// Creates a directory (and parents) readable by root only.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {} to root", path.display()))
+}
+
+pub fn ifindex(iface: &str) -> Result<u32> {
+    match nix::net::if_::if_nametoindex(iface) {
+        Ok(index) => Ok(index),
+        Err(_) => bail!(
+            "interface `{iface}` does not exist in this network namespace (`ip link` lists them; \
+             use --netns NAME for an interface in another namespace)"
+        ),
+    }
+}
+
+/// Moves the calling thread into the network namespace `/run/netns/NAME` (as `ip netns exec`
+/// does, but without its private mount namespace, so pins stay visible to everyone). Call it
+/// before starting any other thread: new threads inherit the namespace of their creator.
+pub fn enter_netns(name: &str) -> Result<()> {
+    let path = Path::new("/run/netns").join(name);
+    let file = fs::File::open(&path).with_context(|| {
+        format!(
+            "network namespace `{name}` not found ({} is missing; `ip netns list` lists them)",
+            path.display()
+        )
+    })?;
+    setns(file, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace `{name}`"))
+}
