@@ -17,6 +17,8 @@ fn main() -> anyhow::Result<()> {
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         fs::write(&object, []).context("writing the empty kernel object stub")?;
+        fs::write(out_dir.join("portguard-testkit"), [])
+            .context("writing the empty testkit stub")?;
         return Ok(());
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../portguard-ebpf");

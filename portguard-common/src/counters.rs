@@ -72,6 +72,10 @@ pub const OBS_FRAGMENT_FIRST: u32 = OBSERVATION_BASE;
 pub const OBS_FRAGMENT_LATER: u32 = OBSERVATION_BASE + 1;
 /// The fragment table could not record a first fragment's verdict.
 pub const OBS_FRAGMENT_TABLE_FULL: u32 = OBSERVATION_BASE + 2;
+/// A frame with one VLAN tag (802.1Q or 802.1ad).
+pub const OBS_VLAN_SINGLE: u32 = OBSERVATION_BASE + 3;
+/// A frame with two or more VLAN tags (QinQ).
+pub const OBS_VLAN_STACKED: u32 = OBSERVATION_BASE + 4;
 /// Entries in `PG_COUNTERS`.
 pub const COUNTER_SLOTS: u32 = OBSERVATION_BASE + 16;
 

@@ -6,7 +6,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use portguard_common::{
     Config,
     config::FLAG_MONITOR,
-    counters::{MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER},
+    counters::{
+        MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED,
+    },
 };
 
 use crate::{
@@ -28,6 +30,11 @@ pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) -> bool {
         add(OBS_FRAGMENT_FIRST, frame_len as u64);
     } else if verdict.fragment_later {
         add(OBS_FRAGMENT_LATER, frame_len as u64);
+    }
+    if verdict.vlan_tags == 1 {
+        add(OBS_VLAN_SINGLE, frame_len as u64);
+    } else if verdict.vlan_tags > 1 {
+        add(OBS_VLAN_STACKED, frame_len as u64);
     }
     if drop && verdict.port_index != NO_PORT {
         if let Some(cell) = PG_PORT_DROPS.get_ptr_mut(verdict.port_index) {

@@ -35,7 +35,7 @@ pub fn record_egress(ctx: &TcContext) {
     if linear < want as usize {
         let _ = ctx.pull_data(want);
     }
-    let Parsed::Ip(packet) = parse(ctx.data(), ctx.data_end()) else {
+    let Parsed::Ip(packet) = parse(ctx.data(), ctx.data_end()).parsed else {
         return;
     };
     if packet.frag == FragKind::Later {

@@ -79,6 +79,12 @@ pub enum Parsed {
     Ip(Packet),
 }
 
+/// A parse result and the number of VLAN tags walked on the way.
+pub struct Frame {
+    pub parsed: Parsed,
+    pub vlan_tags: u8,
+}
+
 /// Pointer to a `T` at `offset` bytes into the frame, if the whole `T` is inside it.
 ///
 /// `end` goes through `black_box`: otherwise LLVM drops this comparison whenever it can prove
@@ -100,9 +106,13 @@ fn be16(bytes: [u8; 2]) -> u16 {
 }
 
 #[inline(always)]
-pub fn parse(data: usize, end: usize) -> Parsed {
+pub fn parse(data: usize, end: usize) -> Frame {
+    let mut vlan_tags = 0;
     let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
-        return Parsed::Malformed;
+        return Frame {
+            parsed: Parsed::Malformed,
+            vlan_tags,
+        };
     };
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut offset = EthHdr::LEN;
@@ -111,17 +121,22 @@ pub fn parse(data: usize, end: usize) -> Parsed {
             break;
         }
         let Some(tag) = ptr_at::<VlanHdr>(data, end, offset) else {
-            return Parsed::Malformed;
+            return Frame {
+                parsed: Parsed::Malformed,
+                vlan_tags,
+            };
         };
         ether_type = u16::from_be(unsafe { (*tag).ether_type });
         offset += VlanHdr::LEN;
+        vlan_tags += 1;
     }
-    match ether_type {
+    let parsed = match ether_type {
         ETH_P_IP => parse_ipv4(data, end, offset),
         ETH_P_IPV6 => parse_ipv6(data, end, offset),
         ETH_P_8021Q | ETH_P_8021AD => Parsed::Malformed,
         _ => Parsed::NotIp,
-    }
+    };
+    Frame { parsed, vlan_tags }
 }
 
 #[inline(always)]

@@ -29,6 +29,7 @@ use crate::{
 
 pub struct Verdict {
     pub reason: Reason,
+    pub vlan_tags: u8,
     /// `port_index` of the destination port, or `NO_PORT`.
     pub port_index: u32,
     pub fragment_first: bool,
@@ -37,9 +38,10 @@ pub struct Verdict {
 
 impl Verdict {
     #[inline(always)]
-    const fn of(reason: Reason) -> Self {
+    const fn of(reason: Reason, vlan_tags: u8) -> Self {
         Self {
             reason,
+            vlan_tags,
             port_index: NO_PORT,
             fragment_first: false,
             fragment_later: false,
@@ -49,14 +51,17 @@ impl Verdict {
 
 #[inline(always)]
 pub fn judge(data: usize, end: usize, cfg: &Config) -> Verdict {
-    let packet = match parse(data, end) {
-        Parsed::NotIp => return Verdict::of(Reason::PassNotIp),
+    let frame = parse(data, end);
+    let vlan_tags = frame.vlan_tags;
+    let packet = match frame.parsed {
+        Parsed::NotIp => return Verdict::of(Reason::PassNotIp, vlan_tags),
         Parsed::Malformed => {
-            return Verdict::of(if cfg.has(FLAG_MALFORMED_PASS) {
+            let reason = if cfg.has(FLAG_MALFORMED_PASS) {
                 Reason::PassMalformed
             } else {
                 Reason::DropMalformed
-            });
+            };
+            return Verdict::of(reason, vlan_tags);
         }
         Parsed::Ip(packet) => packet,
     };
@@ -68,6 +73,7 @@ pub fn judge(data: usize, end: usize, cfg: &Config) -> Verdict {
     };
     Verdict {
         reason,
+        vlan_tags,
         port_index,
         fragment_first: packet.frag == FragKind::First,
         fragment_later: packet.frag == FragKind::Later,

@@ -4,6 +4,7 @@
 //! drive the same code: `policy` (read, validate, compile), `loader` (load, attach, pin),
 //! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`.
 
+pub mod judge;
 pub mod loader;
 pub mod maps;
 pub mod paths;
@@ -11,3 +12,8 @@ pub mod policy;
 pub mod sockets;
 pub mod state;
 pub mod system;
+
+/// Test fixture programs (see portguard-ebpf/src/testkit.rs), for the namespace lab.
+#[cfg(feature = "testkit")]
+pub static TESTKIT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard-testkit"));

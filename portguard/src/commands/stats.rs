@@ -9,7 +9,10 @@ use anyhow::{Result, bail};
 use portguard::maps::{Counters, PinnedMaps, PortCount, top_ports};
 use portguard_common::{
     Reason,
-    counters::{ALL_REASONS, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_FRAGMENT_TABLE_FULL},
+    counters::{
+        ALL_REASONS, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_FRAGMENT_TABLE_FULL,
+        OBS_VLAN_SINGLE, OBS_VLAN_STACKED,
+    },
 };
 use serde_json::{Value, json};
 
@@ -127,6 +130,17 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
             group(c.slot(OBS_FRAGMENT_TABLE_FULL).packets)
         );
     }
+    let (single, stacked) = (
+        c.slot(OBS_VLAN_SINGLE).packets,
+        c.slot(OBS_VLAN_STACKED).packets,
+    );
+    if single + stacked > 0 {
+        println!(
+            "  VLAN-tagged frames: {} single tag, {} stacked (QinQ)",
+            group(single),
+            group(stacked)
+        );
+    }
     if !ports.is_empty() {
         let list: Vec<String> = ports
             .iter()
@@ -180,6 +194,10 @@ fn to_json(
             "first": c.slot(OBS_FRAGMENT_FIRST).packets,
             "later": c.slot(OBS_FRAGMENT_LATER).packets,
             "untracked": c.slot(OBS_FRAGMENT_TABLE_FULL).packets,
+        },
+        "vlan": {
+            "single": c.slot(OBS_VLAN_SINGLE).packets,
+            "stacked": c.slot(OBS_VLAN_STACKED).packets,
         },
         "top_dropped_ports": ports,
         "rates": rates,

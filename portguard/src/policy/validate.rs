@@ -637,3 +637,246 @@ fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
     limits.fragments = size(&raw.fragments, "fragments", limits.fragments);
     limits
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::policy::parse;
+
+    const EXAMPLE: &str = include_str!("../../../examples/policy.toml");
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text, Path::new("p.toml"), LoadOptions::default()) {
+            Ok(loaded) => panic!("accepted: {:?}", loaded.policy.summary()),
+            Err(errors) => errors.errors().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn warnings(text: &str) -> Vec<String> {
+        let loaded = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap();
+        loaded.warnings.iter().map(ToString::to_string).collect()
+    }
+
+    #[track_caller]
+    fn assert_one(list: &[String], expected: &str) {
+        assert!(
+            list.iter().any(|e| e.contains(expected)),
+            "{expected:?} not in {list:#?}"
+        );
+    }
+
+    #[test]
+    fn the_example_is_accepted_as_written() {
+        let loaded = parse(EXAMPLE, Path::new("policy.toml"), LoadOptions::default()).unwrap();
+        let policy = loaded.policy;
+        assert_eq!(policy.mode, Mode::Enforce);
+        assert_eq!(policy.default, Action::Deny);
+        assert_eq!(policy.rules.len(), 4);
+        assert_eq!(policy.rules[0].ports, vec![80..=80, 443..=443, 8000..=8100]);
+        assert_eq!(policy.rules[0].line, 5);
+        assert_eq!(policy.rules[1].from.as_ref().unwrap().len(), 2);
+        assert_eq!(policy.rules[3].kind, RuleKind::Deny);
+        assert_eq!(policy.blocklist.len(), 2);
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn unknown_keys_name_their_line() {
+        let list = errors("mode = \"enforce\"\n[[allow]]\nproto = \"tcp\"\nport = [80]\n");
+        assert_one(&list, "p.toml:4:1: error: unknown field `port`");
+        let list = errors("modes = \"enforce\"\n");
+        assert_one(&list, "p.toml:1:1: error: unknown field `modes`");
+    }
+
+    #[test]
+    fn bad_ports() {
+        let list = errors(
+            "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [80, 70000, \"9-8\", \"x\", 0, true]\n",
+        );
+        assert_one(
+            &list,
+            "p.toml:4:14: error: port 70000 is out of range (valid ports are 1-65535)",
+        );
+        assert_one(&list, "p.toml:4:21: error: range \"9-8\" runs backwards");
+        assert_one(&list, "p.toml:4:28: error: \"x\" is not a port");
+        assert_one(
+            &list,
+            "p.toml:4:33: error: port 0 is not a real destination port",
+        );
+        assert_one(
+            &list,
+            "p.toml:4:36: error: a port is a number or a \"low-high\" string, not boolean",
+        );
+        assert_one(
+            &errors("[[allow]]\nproto = \"tcp\"\nports = []\n"),
+            "p.toml:3:9: error: ports is empty",
+        );
+        assert_one(
+            &errors("[[allow]]\nproto = \"tcp\"\nports = [\"1-99999\"]\n"),
+            "port 99999 is out of range",
+        );
+    }
+
+    #[test]
+    fn bad_values() {
+        assert_one(
+            &errors("mode = \"block\"\n"),
+            "p.toml:1:8: error: mode must be \"enforce\" or \"monitor\", not \"block\"",
+        );
+        assert_one(
+            &errors("default = \"drop\"\n"),
+            "default must be \"allow\" or \"deny\", not \"drop\"",
+        );
+        assert_one(
+            &errors("[[allow]]\nproto = \"sctp\"\nports = [1]\n"),
+            "p.toml:2:9: error: proto must be \"tcp\" or \"udp\"",
+        );
+        assert_one(
+            &errors("[[allow]]\nproto = \"icmp\"\nports = [1]\n"),
+            "icmp is set with `icmp` in [inbound]",
+        );
+        assert_one(
+            &errors("[inbound]\nmalformed = \"allow\"\n"),
+            "malformed must be \"pass\" or \"drop\"",
+        );
+        assert_one(
+            &errors("[inbound]\nudp_reply_window = \"soon\"\n"),
+            "udp_reply_window = \"soon\" is not a duration",
+        );
+        assert_one(
+            &errors("[limits]\nflows = 10\n"),
+            "flows must be between 1024 and 16777216",
+        );
+        assert_one(
+            &errors("mode = 3\n"),
+            "p.toml:1:8: error: invalid type: integer `3`, expected a string",
+        );
+        assert_one(&errors("mode = \"enforce\"\n[[allow]\n"), "p.toml:2");
+    }
+
+    #[test]
+    fn bad_networks() {
+        let list = errors(
+            "[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.7/24\", \"300.1.1.1\", \"2001:db8::/129\"]\n",
+        );
+        assert_one(
+            &list,
+            "p.toml:4:9: error: `198.51.100.7/24` has bits set past its prefix length; the network is 198.51.100.0/24",
+        );
+        assert_one(
+            &list,
+            "p.toml:4:28: error: `300.1.1.1` is not an IP address or network",
+        );
+        assert_one(
+            &list,
+            "p.toml:4:41: error: `2001:db8::/129` is not a network",
+        );
+        assert_one(
+            &errors("[blocklist]\nsources = [\"bad\"]\n"),
+            "p.toml:2:12: error: `bad` is not an IP address",
+        );
+        assert_one(
+            &errors("never_block = [\"10.0.0.0/33\"]\n"),
+            "is not a network",
+        );
+        assert_one(
+            &errors("[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = []\n"),
+            "from is empty",
+        );
+        assert_one(
+            &errors("[[deny]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n"),
+            "deny rules take no `from`",
+        );
+    }
+
+    #[test]
+    fn contradictions_are_errors_overlaps_are_warnings() {
+        let contradiction = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [\"20-25\", 80]\n\n[[deny]]\nname = \"legacy\"\nproto = \"tcp\"\nports = [23, 24, 80]\n";
+        assert_one(
+            &errors(contradiction),
+            "p.toml:6:1: error: tcp ports 23-24, 80 allowed by rule 1 (line 2) and denied by rule 2 \"legacy\" (line 6)",
+        );
+        // The same port on another protocol is no conflict.
+        let fine = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22, 53]\n[[deny]]\nproto = \"udp\"\nports = [53]\n";
+        assert!(warnings(fine).is_empty());
+        let moot = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [\"1-1024\"]\n";
+        assert_one(
+            &warnings(moot),
+            "tcp port 22: rule 2 (line 6) admits every source, so the `from` list of rule 1 (line 2) has no effect there",
+        );
+        let twice = "default = \"deny\"\n[[allow]]\nproto = \"udp\"\nports = [53]\n[[allow]]\nproto = \"udp\"\nports = [\"50-60\"]\n";
+        assert_one(
+            &warnings(twice),
+            "udp port 53 allowed twice, by rule 1 (line 2) and rule 2 (line 5)",
+        );
+        let sources_add_up = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\n";
+        assert!(warnings(sources_add_up).is_empty());
+    }
+
+    #[test]
+    fn lockout_and_never_block_warnings() {
+        assert_one(
+            &warnings("default = \"deny\"\n"),
+            "no rule allows tcp port 22",
+        );
+        assert_one(&warnings("mode = \"enforce\"\n"), "no `default` given");
+        let overlap = "default = \"allow\"\nnever_block = [\"203.0.113.0/28\"]\n[blocklist]\nsources = [\"203.0.113.0/24\"]\n";
+        assert_one(
+            &warnings(overlap),
+            "p.toml:2:16: warning: never_block 203.0.113.0/28 overlaps blocklist entry 203.0.113.0/24: never_block wins",
+        );
+    }
+
+    #[test]
+    fn blocklist_files_are_read_relative_to_the_policy() {
+        let dir = tempfile_dir();
+        std::fs::write(
+            dir.join("bad.txt"),
+            "203.0.113.9\nnonsense\n# comment\n2001:db8:bad::/48 ; SBL1\n",
+        )
+        .unwrap();
+        let policy = dir.join("policy.toml");
+        std::fs::write(
+            &policy,
+            "default = \"allow\"\n[blocklist]\nfiles = [\"bad.txt\", \"missing.txt\"]\n",
+        )
+        .unwrap();
+        let errors = crate::policy::load(&policy, LoadOptions::default()).unwrap_err();
+        let text = errors.to_string();
+        assert!(
+            text.contains("policy.toml:3:21: error: cannot read blocklist file"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bad.txt:2:1: warning: `nonsense` is not an IP address"),
+            "{text}"
+        );
+
+        std::fs::write(
+            &policy,
+            "default = \"allow\"\n[blocklist]\nfiles = [\"bad.txt\"]\n",
+        )
+        .unwrap();
+        let loaded = crate::policy::load(&policy, LoadOptions::default()).unwrap();
+        assert_eq!(loaded.policy.blocklist.len(), 2);
+        assert_eq!(loaded.warnings.len(), 1);
+        let strict = crate::policy::load(&policy, LoadOptions { strict: true }).unwrap_err();
+        assert!(
+            strict.to_string().contains("bad.txt:2:1: error:"),
+            "{strict}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "portguard-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

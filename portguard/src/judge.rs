@@ -1,0 +1,109 @@
+//! Running the real kernel program on crafted or captured frames with `BPF_PROG_TEST_RUN`:
+//! no interface is involved. Used by the tests (parser and verdict checks) and by anything
+//! that replays traffic against a policy before it is attached.
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::PerCpuArray,
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use portguard_common::{
+    Counter, Reason,
+    counters::{ALL_REASONS, MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER},
+    maps::MAP_COUNTERS,
+};
+
+use crate::{
+    loader::{self, XDP_PROGRAM},
+    maps::{Counters, read_counters},
+    policy::{Limits, compile::MapImage},
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// What the kernel program did with one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The XDP action returned.
+    pub action: u32,
+    /// The verdict counted.
+    pub reason: Reason,
+    /// The verdict was a drop that monitor mode only counted.
+    pub monitored: bool,
+    pub fragment_first: bool,
+    pub fragment_later: bool,
+}
+
+impl Outcome {
+    pub fn dropped(&self) -> bool {
+        self.action == XDP_DROP
+    }
+}
+
+/// One loaded policy generation, not attached anywhere.
+pub struct Judge {
+    ebpf: Ebpf,
+}
+
+impl Judge {
+    pub fn new(image: &MapImage, limits: &Limits) -> Result<Self> {
+        Ok(Self {
+            ebpf: loader::load(image, limits, None)?,
+        })
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let map = self.ebpf.map(MAP_COUNTERS).context("no counter map")?;
+        read_counters(&PerCpuArray::<_, Counter>::try_from(map)?)
+    }
+
+    /// Runs the program once on `frame` (at least 14 bytes: the kernel's minimum for XDP).
+    pub fn run(&mut self, frame: &[u8]) -> Result<Outcome> {
+        let before = self.counters()?;
+        let action = self.run_raw(frame, 1)?.0;
+        let delta = self.counters()?.since(&before);
+        outcome_from(action, &delta)
+    }
+
+    /// Runs `frame` `repeat` times; returns the action and the kernel's average time per run.
+    pub fn run_raw(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration)> {
+        let xdp: &mut Xdp = loader::program(&mut self.ebpf, XDP_PROGRAM)?;
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN failed")?;
+        Ok((result.return_value, result.duration))
+    }
+}
+
+fn outcome_from(action: u32, delta: &Counters) -> Result<Outcome> {
+    let mut found = None;
+    for reason in ALL_REASONS {
+        for (slot, monitored) in [(reason as u32, false), (MONITOR_BASE + reason as u32, true)] {
+            match delta.slot(slot).packets {
+                0 => {}
+                1 if found.is_none() => found = Some((reason, monitored)),
+                n => bail!("verdict counters moved by {n} more than one packet (slot {slot})"),
+            }
+        }
+    }
+    let Some((reason, monitored)) = found else {
+        bail!("no verdict counter moved: the program did not count the frame");
+    };
+    Ok(Outcome {
+        action,
+        reason,
+        monitored,
+        fragment_first: delta.slot(OBS_FRAGMENT_FIRST).packets == 1,
+        fragment_later: delta.slot(OBS_FRAGMENT_LATER).packets == 1,
+    })
+}

@@ -1,0 +1,199 @@
+//! Driving the real `portguard` binary, as a user would, inside a lab namespace.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use tempfile::NamedTempFile;
+
+use crate::Netns;
+
+/// The binary under test: `PORTGUARD_BIN`, or the workspace's debug build.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PORTGUARD_BIN") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/portguard");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `portguard ARGS...` to completion in `netns` (or the host's namespace).
+pub fn portguard(netns: Option<&Netns>, args: &[&str]) -> Output {
+    let mut command = Command::new(binary());
+    if let Some(netns) = netns {
+        command.args(["--netns", &netns.name]);
+    }
+    command.args(args).output().expect("running portguard")
+}
+
+/// A `portguard attach` running in the background; detached (SIGTERM) on drop.
+pub struct Attached {
+    child: Option<Child>,
+    pub iface: String,
+    pub netns: String,
+    _policy: NamedTempFile,
+    /// What `attach` printed before it reported running.
+    pub banner: String,
+    /// Reported running: only then is whatever is left behind ours to detach.
+    started: bool,
+}
+
+impl Attached {
+    /// Starts `portguard --netns NS attach IFACE --policy <policy_text> EXTRA...` and waits
+    /// until it reports that it runs.
+    pub fn start(netns: &Netns, iface: &str, policy_text: &str, extra: &[&str]) -> Result<Self> {
+        let mut policy = tempfile::Builder::new()
+            .prefix("pgt-policy-")
+            .suffix(".toml")
+            .tempfile()?;
+        std::io::Write::write_all(&mut policy, policy_text.as_bytes())?;
+        let policy_path = policy.path().to_str().context("temp path")?.to_owned();
+        let mut child = Command::new(binary())
+            .args([
+                "--netns",
+                &netns.name,
+                "attach",
+                iface,
+                "--policy",
+                &policy_path,
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting portguard attach")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut attached = Self {
+            child: Some(child),
+            iface: iface.to_owned(),
+            netns: netns.name.clone(),
+            _policy: policy,
+            banner: String::new(),
+            started: false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    attached.banner.push_str(&line);
+                    attached.banner.push('\n');
+                    if line.starts_with("running until") {
+                        attached.started = true;
+                        return Ok(attached);
+                    }
+                }
+                Err(_) => {
+                    let stderr = attached.stop_and_collect_stderr();
+                    bail!(
+                        "portguard attach did not start:\n{}{stderr}",
+                        attached.banner
+                    );
+                }
+            }
+        }
+    }
+
+    /// `portguard stats IFACE --json`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let output = self.run(&["stats", &self.iface, "--json"]);
+        assert!(
+            output.status.success(),
+            "stats failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("stats JSON")
+    }
+
+    /// Runs another portguard command in the same namespace.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(binary());
+        command.args(["--netns", &self.netns]).args(args);
+        command.output().expect("running portguard")
+    }
+
+    /// Whether the loader process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status success and stderr.
+    pub fn stop(mut self) -> (bool, String) {
+        let success = self.terminate();
+        let stderr = self.stop_and_collect_stderr();
+        (success, stderr)
+    }
+
+    fn terminate(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn stop_and_collect_stderr(&mut self) -> String {
+        self.terminate();
+        let mut stderr = String::new();
+        if let Some(mut child) = self.child.take() {
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+        }
+        stderr
+    }
+
+    /// Kills the loader with SIGKILL: enforcement stays pinned until this guard drops.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+        if !self.started {
+            // Never attached (say, refused because another loader holds the interface).
+            return;
+        }
+        // Whatever is left (a killed loader's pins): remove it. Errors mean nothing was left.
+        let _ = Command::new(binary())
+            .args(["--netns", &self.netns, "detach", &self.iface])
+            .output();
+    }
+}

@@ -1,0 +1,196 @@
+//! Real traffic through real sockets, bounded in count and time.
+
+use std::{
+    collections::HashMap,
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::Netns;
+
+/// How long a connection attempt or request waits before it counts as blocked.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(700);
+/// Time for the servers' poll loop (2 ms) to take what already arrived.
+const SETTLE: Duration = Duration::from_millis(150);
+/// No server runs longer than this, whatever the test does.
+const SERVER_LIFETIME: Duration = Duration::from_secs(300);
+
+/// TCP listeners and UDP echo sockets in a namespace, on `[::]` (IPv4 and IPv6), counting
+/// what arrives per port. Stopped on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<HashMap<u16, u64>>>,
+    echoed: Arc<Mutex<HashMap<u16, u64>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Servers {
+    pub fn start(netns: &Netns, tcp_ports: &[u16], udp_ports: &[u16]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(Mutex::new(HashMap::new()));
+        let echoed = Arc::new(Mutex::new(HashMap::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (tcp_ports, udp_ports) = (tcp_ports.to_vec(), udp_ports.to_vec());
+        let thread = {
+            let (stop, accepted, echoed) = (stop.clone(), accepted.clone(), echoed.clone());
+            netns.spawn(move || {
+                let listeners: Vec<(u16, TcpListener)> =
+                    tcp_ports.iter().map(|&p| (p, tcp_listener(p))).collect();
+                let sockets: Vec<(u16, UdpSocket)> =
+                    udp_ports.iter().map(|&p| (p, udp_socket(p))).collect();
+                ready_tx.send(()).unwrap();
+                let started = Instant::now();
+                let mut buffer = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < SERVER_LIFETIME {
+                    let mut idle = true;
+                    for (port, listener) in &listeners {
+                        // Accept and close: the handshake is what the tests look at.
+                        while let Ok((_stream, _)) = listener.accept() {
+                            idle = false;
+                            *accepted.lock().unwrap().entry(*port).or_default() += 1;
+                        }
+                    }
+                    for (port, socket) in &sockets {
+                        while let Ok((n, peer)) = socket.recv_from(&mut buffer) {
+                            idle = false;
+                            *echoed.lock().unwrap().entry(*port).or_default() += 1;
+                            let _ = socket.send_to(&buffer[..n], peer);
+                        }
+                    }
+                    if idle {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            })
+        };
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("servers did not start");
+        Self {
+            stop,
+            accepted,
+            echoed,
+            thread: Some(thread),
+        }
+    }
+
+    /// TCP connections accepted on `port` so far (after letting the accept loop catch up
+    /// with handshakes the kernel already completed).
+    pub fn accepted(&self, port: u16) -> u64 {
+        std::thread::sleep(SETTLE);
+        self.accepted
+            .lock()
+            .unwrap()
+            .get(&port)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// UDP datagrams received on `port` so far.
+    pub fn received(&self, port: u16) -> u64 {
+        std::thread::sleep(SETTLE);
+        self.echoed.lock().unwrap().get(&port).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn tcp_listener(port: u16) -> TcpListener {
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    socket.set_only_v6(false).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket
+        .bind(&SockAddr::from(SocketAddr::new(
+            IpAddr::from([0u16; 8]),
+            port,
+        )))
+        .unwrap();
+    socket.listen(1024).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    socket.into()
+}
+
+fn udp_socket(port: u16) -> UdpSocket {
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    socket.set_only_v6(false).unwrap();
+    socket
+        .bind(&SockAddr::from(SocketAddr::new(
+            IpAddr::from([0u16; 8]),
+            port,
+        )))
+        .unwrap();
+    socket.set_nonblocking(true).unwrap();
+    socket.into()
+}
+
+/// Whether a TCP connection from `source` (an address of this namespace, or the default)
+/// to `target` completes within `ATTEMPT_TIMEOUT`. Runs in `netns`.
+pub fn tcp_connects(netns: &Netns, source: Option<IpAddr>, target: SocketAddr) -> bool {
+    netns.run(move || tcp_connect_here(source, target))
+}
+
+pub fn tcp_connect_here(source: Option<IpAddr>, target: SocketAddr) -> bool {
+    let domain = if target.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    if let Some(source) = source {
+        socket
+            .bind(&SockAddr::from(SocketAddr::new(source, 0)))
+            .unwrap();
+    }
+    socket
+        .connect_timeout(&SockAddr::from(target), ATTEMPT_TIMEOUT)
+        .is_ok()
+}
+
+/// Sends one datagram from `source` to `target` and waits for the echo. Runs in `netns`.
+pub fn udp_echoes(netns: &Netns, source: Option<IpAddr>, target: SocketAddr) -> bool {
+    netns.run(move || {
+        let bind = match (source, target.is_ipv6()) {
+            (Some(source), _) => SocketAddr::new(source, 0),
+            (None, true) => "[::]:0".parse().unwrap(),
+            (None, false) => "0.0.0.0:0".parse().unwrap(),
+        };
+        let socket = UdpSocket::bind(bind).unwrap();
+        socket.set_read_timeout(Some(ATTEMPT_TIMEOUT)).unwrap();
+        socket.send_to(b"portguard", target).unwrap();
+        let mut buffer = [0u8; 64];
+        match socket.recv_from(&mut buffer) {
+            Ok((n, from)) => from == target && &buffer[..n] == b"portguard",
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+            Err(e) => panic!("udp receive: {e}"),
+        }
+    })
+}
+
+/// `count` TCP connection attempts; returns how many completed.
+pub fn tcp_connect_many(
+    netns: &Netns,
+    source: Option<IpAddr>,
+    target: SocketAddr,
+    count: usize,
+) -> usize {
+    netns.run(move || {
+        (0..count)
+            .filter(|_| tcp_connect_here(source, target))
+            .count()
+    })
+}
