@@ -41,7 +41,7 @@ pub struct Attached {
     child: Option<Child>,
     pub iface: String,
     pub netns: String,
-    _policy: NamedTempFile,
+    _policy: Option<NamedTempFile>,
     /// What `attach` printed before it reported running.
     pub banner: String,
     /// Reported running: only then is whatever is left behind ours to detach.
@@ -58,6 +58,17 @@ impl Attached {
             .tempfile()?;
         std::io::Write::write_all(&mut policy, policy_text.as_bytes())?;
         let policy_path = policy.path().to_str().context("temp path")?.to_owned();
+        Self::start_file(netns, iface, &policy_path, extra, Some(policy))
+    }
+
+    /// Like `start`, with a policy file that already exists.
+    pub fn start_file(
+        netns: &Netns,
+        iface: &str,
+        policy_path: &str,
+        extra: &[&str],
+        policy: Option<NamedTempFile>,
+    ) -> Result<Self> {
         let mut child = Command::new(binary())
             .args([
                 "--netns",
@@ -65,7 +76,7 @@ impl Attached {
                 "attach",
                 iface,
                 "--policy",
-                &policy_path,
+                policy_path,
             ])
             .args(extra)
             .stdout(Stdio::piped())

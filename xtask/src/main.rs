@@ -1,1 +1,131 @@
-fn main() {}
+//! `cargo xtask`: everything the project needs done, from a fresh machine on.
+//!
+//! - `setup`  install (or, without root, check) every prerequisite
+//! - `build`  build the `portguard` binary with its kernel programs embedded
+//! - `demo`   run portguard on a built-in namespace lab (no real interface is touched)
+//! - `test`   run every test: unit, BPF_PROG_TEST_RUN, real traffic in namespaces
+
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "portguard project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install missing prerequisites (apt packages, nightly rust-src, bpf-linker for LLVM 22).
+    Setup {
+        /// Only report what is missing; install nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build `portguard` (target/debug/portguard, or target/release with --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the demo: attach a policy in a namespace lab, send allowed and denied traffic,
+    /// show the counters.
+    Demo,
+    /// Run every test (as root, the real-kernel tests run too).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup { check } => setup::run(check),
+        Task::Build { release } => setup::run(false).and_then(|()| build(release)),
+        Task::Demo => setup::run(false)
+            .and_then(|()| build(false))
+            .and_then(|()| demo()),
+        Task::Test { args } => setup::run(false).and_then(|()| test(&args)),
+    };
+    if let Err(error) = result {
+        eprintln!("xtask: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "--locked", "--package", "portguard"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)?;
+    let profile = if release { "release" } else { "debug" };
+    println!(
+        "xtask: built {}",
+        workspace_root()
+            .join("target")
+            .join(profile)
+            .join("portguard")
+            .display()
+    );
+    Ok(())
+}
+
+/// The demo lives in the tests crate (it drives the same namespace lab as the tests); xtask
+/// itself must build without the BPF toolchain, since it is what installs it.
+fn demo() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the demo creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask demo)"
+        );
+    }
+    cargo(&[
+        "run",
+        "--locked",
+        "--quiet",
+        "--package",
+        "portguard-tests",
+        "--bin",
+        "portguard-demo",
+    ])
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "xtask: not root: the real-kernel tests will print SKIPPED; run `sudo -E cargo xtask test` to run them"
+        );
+    }
+    cargo(&["fmt", "--all", "--", "--check"])
+        .context("code is not formatted: run `cargo fmt --all`")?;
+    build(false)?;
+    let mut args = vec!["test", "--locked", "--workspace", "--no-fail-fast"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}

@@ -1,0 +1,200 @@
+//! `cargo xtask demo`: portguard on a namespace lab. Two network namespaces joined by a veth
+//! pair stand in for "the internet" and "your server"; no real interface is touched, and
+//! everything is deleted at the end (or on Ctrl-C, by the guards' Drop).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::ExitCode,
+};
+
+use portguard_tests::{
+    ADMIN_V4, ADMIN_V6, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, Lab, SERVER_V4,
+    SERVER_V6,
+    portguard_cli::portguard,
+    traffic::{Servers, tcp_connects, udp_echoes},
+};
+
+const POLICY: &str = include_str!("../../../examples/policy.toml");
+
+struct Probe {
+    proto: &'static str,
+    source: IpAddr,
+    target: IpAddr,
+    port: u16,
+    expect_open: bool,
+    why: &'static str,
+}
+
+fn main() -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the demo needs root (network namespaces, XDP): sudo -E cargo xtask demo");
+        return ExitCode::FAILURE;
+    }
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("demo failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<bool> {
+    println!("== portguard demo: a namespace lab, no real interface touched ==\n");
+    let lab = Lab::new()?;
+    println!(
+        "lab: namespace {} (the internet) <-veth-> namespace {} (your server)",
+        lab.client.name, lab.server.name
+    );
+    println!(
+        "  server {SERVER_V4} / {SERVER_V6} on {}: services on tcp 22, 23, 80, 443, 3306, udp 53, 5353",
+        lab.server_if
+    );
+    println!(
+        "  client {CLIENT_V4} / {CLIENT_V6}, admin {ADMIN_V4} / {ADMIN_V6}, attacker {BLOCKED_V4} / {BLOCKED_V6}\n"
+    );
+    let _services = Servers::start(&lab.server, &[22, 23, 80, 443, 3306], &[53, 5353]);
+
+    println!("policy (examples/policy.toml):");
+    for line in POLICY.lines().filter(|l| !l.trim().is_empty()) {
+        println!("  | {line}");
+    }
+    println!(
+        "\n$ portguard --netns {} attach {} --policy examples/policy.toml",
+        lab.server.name, lab.server_if
+    );
+    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.toml");
+    let attached = Attached::start_file(&lab.server, &lab.server_if, policy, &[], None)?;
+    for line in attached.banner.lines() {
+        println!("  {line}");
+    }
+
+    let probes = probes();
+    println!("\ntraffic from the client namespace:");
+    let mut all_as_expected = true;
+    for probe in &probes {
+        let target = SocketAddr::new(probe.target, probe.port);
+        let open = match probe.proto {
+            "tcp" => tcp_connects(&lab.client, Some(probe.source), target),
+            _ => udp_echoes(&lab.client, Some(probe.source), target),
+        };
+        let mark = if open == probe.expect_open {
+            ""
+        } else {
+            "   <-- UNEXPECTED"
+        };
+        all_as_expected &= open == probe.expect_open;
+        println!(
+            "  {} {:>15} -> {:<22} {:<10} {}{mark}",
+            probe.proto,
+            probe.source.to_string(),
+            target.to_string(),
+            if open { "open" } else { "blocked" },
+            probe.why
+        );
+    }
+
+    println!("\n$ portguard stats {}", lab.server_if);
+    let stats = portguard(Some(&lab.server), &["stats", &lab.server_if]);
+    print!("{}", String::from_utf8_lossy(&stats.stdout));
+    eprint!("{}", String::from_utf8_lossy(&stats.stderr));
+
+    println!("\n$ portguard status");
+    let status = portguard(Some(&lab.server), &["status"]);
+    print!("{}", String::from_utf8_lossy(&status.stdout));
+
+    println!("\nstopping portguard (SIGTERM), which detaches and removes its pins");
+    let (clean, stderr) = attached.stop();
+    if !clean {
+        eprintln!("portguard did not exit cleanly: {stderr}");
+        all_as_expected = false;
+    }
+    drop(lab);
+    println!("lab deleted");
+    if all_as_expected {
+        println!("\ndemo: every probe behaved as the policy says");
+    } else {
+        println!("\ndemo: some probes did not behave as the policy says (see UNEXPECTED above)");
+    }
+    Ok(all_as_expected)
+}
+
+fn probes() -> Vec<Probe> {
+    let client: IpAddr = CLIENT_V4.into();
+    let client6: IpAddr = CLIENT_V6.into();
+    let server: IpAddr = SERVER_V4.into();
+    let server6: IpAddr = SERVER_V6.into();
+    let probe = |proto, source, target, port, expect_open, why| Probe {
+        proto,
+        source,
+        target,
+        port,
+        expect_open,
+        why,
+    };
+    vec![
+        probe("tcp", client, server, 80, true, "allowed (rule 1: web)"),
+        probe("tcp", client, server, 443, true, "allowed (rule 1: web)"),
+        probe(
+            "tcp",
+            client,
+            server,
+            23,
+            false,
+            "denied (rule 4: telnet, SMB, RDP)",
+        ),
+        probe(
+            "tcp",
+            client,
+            server,
+            3306,
+            false,
+            "no rule names it: default deny",
+        ),
+        probe(
+            "tcp",
+            client,
+            server,
+            22,
+            false,
+            "SSH only from the admin network",
+        ),
+        probe(
+            "tcp",
+            ADMIN_V4.into(),
+            server,
+            22,
+            true,
+            "SSH from the admin network (rule 2)",
+        ),
+        probe(
+            "tcp",
+            BLOCKED_V4.into(),
+            server,
+            80,
+            false,
+            "source in the blocklist",
+        ),
+        probe("udp", client, server, 53, true, "allowed (rule 3: DNS)"),
+        probe("udp", client, server, 5353, false, "default deny"),
+        probe("tcp", client6, server6, 443, true, "allowed, IPv6"),
+        probe("tcp", client6, server6, 3306, false, "default deny, IPv6"),
+        probe(
+            "tcp",
+            ADMIN_V6.into(),
+            server6,
+            22,
+            true,
+            "SSH from the IPv6 admin network",
+        ),
+        probe(
+            "tcp",
+            BLOCKED_V6.into(),
+            server6,
+            443,
+            false,
+            "IPv6 source in the blocklist",
+        ),
+    ]
+}

@@ -1,0 +1,219 @@
+//! Prerequisites, each checked and (as root) installed, with a clear line per item.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian packages: LLVM 22 for bpf-linker (matching nightly's LLVM), and the tools the
+/// tests and the demo drive (iproute2, ethtool, bpftool, nmap, nsenter from util-linux).
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "nmap",
+    "util-linux",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+pub fn run(check_only: bool) -> Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let install = !check_only && root;
+    let mut missing = Vec::new();
+
+    let absent: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if absent.is_empty() {
+        ok("Debian packages", &APT_PACKAGES.join(" "));
+    } else if install {
+        step(&format!("installing {}", absent.join(" ")));
+        apt_install(&absent)?;
+    } else {
+        missing.push(format!(
+            "Debian packages {} (sudo apt-get install -y {})",
+            absent.join(", "),
+            absent.join(" ")
+        ));
+    }
+
+    match rustup(&["run", "nightly", "rustc", "--version"]) {
+        Ok(version) => ok("nightly toolchain", version.trim()),
+        Err(_) if install => {
+            step("installing the nightly toolchain");
+            run_cmd(
+                "rustup",
+                &["toolchain", "install", "nightly", "--profile", "minimal"],
+                &[],
+            )?;
+        }
+        Err(_) => missing.push("the nightly toolchain (rustup toolchain install nightly)".into()),
+    }
+
+    let components =
+        rustup(&["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        ok("nightly rust-src", "installed");
+    } else if !check_only {
+        // rustup installs into the user's own toolchain: no root needed.
+        step("adding rust-src to the nightly toolchain");
+        run_cmd(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+            &[],
+        )?;
+    } else {
+        missing.push(
+            "rust-src for nightly (rustup component add rust-src --toolchain nightly)".into(),
+        );
+    }
+
+    match bpf_linker_state() {
+        LinkerState::Good => ok("bpf-linker", &format!("{BPF_LINKER_VERSION}, LLVM 22")),
+        state if !check_only && !absent_llvm() => {
+            step(&format!("installing bpf-linker {BPF_LINKER_VERSION} for LLVM 22 ({})", state.describe()));
+            let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+            run_cmd(
+                "cargo",
+                &[
+                    "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force",
+                    "--no-default-features", "--features", "llvm-22",
+                ],
+                &[("PATH", &path)],
+            )?;
+        }
+        state => missing.push(format!(
+            "bpf-linker {BPF_LINKER_VERSION} built for LLVM 22 ({}): after installing llvm-22-dev, \
+             PATH={LLVM_BIN}:$PATH cargo install bpf-linker --version {BPF_LINKER_VERSION} --locked \
+             --no-default-features --features llvm-22",
+            state.describe()
+        )),
+    }
+
+    if !missing.is_empty() {
+        for item in &missing {
+            eprintln!("xtask: missing: {item}");
+        }
+        if !root && !check_only {
+            bail!(
+                "some prerequisites need root to install: run `sudo -E cargo xtask setup` (or install them as listed)"
+            );
+        }
+        bail!("{} prerequisite(s) missing", missing.len());
+    }
+    Ok(())
+}
+
+fn ok(what: &str, detail: &str) {
+    println!("xtask: ok: {what} ({detail})");
+}
+
+fn step(what: &str) {
+    println!("xtask: {what} ...");
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn absent_llvm() -> bool {
+    !std::path::Path::new(LLVM_BIN).join("llvm-config").exists()
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    if run_cmd("apt-get", &args, &env).is_err() {
+        // A fresh machine may have stale or no package lists.
+        run_cmd("apt-get", &["update"], &env)?;
+        run_cmd("apt-get", &args, &env)?;
+    }
+    Ok(())
+}
+
+fn rustup(args: &[&str]) -> Result<String> {
+    let output = Command::new("rustup")
+        .args(args)
+        .output()
+        .context("running rustup (is Rust installed with rustup?)")?;
+    if !output.status.success() {
+        bail!("rustup {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn run_cmd(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed", args.join(" "));
+    }
+    Ok(())
+}
+
+enum LinkerState {
+    Good,
+    Missing,
+    WrongVersion(String),
+    WrongLlvm,
+}
+
+impl LinkerState {
+    fn describe(&self) -> String {
+        match self {
+            Self::Good => "ok".into(),
+            Self::Missing => "not installed".into(),
+            Self::WrongVersion(v) => format!("found {v}"),
+            Self::WrongLlvm => "built against another LLVM".into(),
+        }
+    }
+}
+
+/// bpf-linker must be our version and linked against LLVM 22 (nightly's LLVM); 0.13 defaults
+/// to LLVM 23, whose bitcode nightly's cannot read.
+fn bpf_linker_state() -> LinkerState {
+    let Ok(output) = Command::new("bpf-linker").arg("--version").output() else {
+        return LinkerState::Missing;
+    };
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if !version.ends_with(BPF_LINKER_VERSION) {
+        return LinkerState::WrongVersion(version);
+    }
+    let Ok(path) = which("bpf-linker") else {
+        return LinkerState::Missing;
+    };
+    let linked = Command::new("ldd")
+        .arg(&path)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    match linked {
+        Ok(text) if text.contains("libLLVM.so.22") => LinkerState::Good,
+        Ok(text) if text.contains("libLLVM") => LinkerState::WrongLlvm,
+        // Statically linked: trust the version.
+        _ => LinkerState::Good,
+    }
+}
+
+fn which(program: &str) -> Result<String> {
+    let output = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()?;
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    if path.is_empty() {
+        bail!("{program} not found");
+    }
+    Ok(path)
+}
