@@ -56,7 +56,7 @@ pub fn record_egress(ctx: &TcContext) {
         _pad: [0; 3],
     };
     let now = now_ns();
-    if let Some(last) = PG_FLOWS.get_ptr_mut(&key) {
+    if let Some(last) = PG_FLOWS.get_ptr_mut(key) {
         unsafe {
             if now.wrapping_sub(*last) < REFRESH_NS {
                 return;
@@ -65,7 +65,7 @@ pub fn record_egress(ctx: &TcContext) {
         }
         return;
     }
-    let _ = PG_FLOWS.insert(&key, &now, 0);
+    let _ = PG_FLOWS.insert(key, now, 0);
 }
 
 /// Whether an inbound packet belongs to a flow the host took part in (for UDP: recently).
@@ -79,7 +79,7 @@ pub fn known(packet: &Packet, cfg: &Config) -> bool {
         proto: packet.proto,
         _pad: [0; 3],
     };
-    match unsafe { PG_FLOWS.get(&key) } {
+    match unsafe { PG_FLOWS.get(key) } {
         None => false,
         Some(last) => {
             packet.proto == PROTO_TCP || now_ns().wrapping_sub(*last) < cfg.udp_reply_timeout_ns

@@ -236,14 +236,14 @@ fn remember_first_fragment(packet: &Packet, reason: Reason) {
         reason: reason as u8,
         _pad: [0; 7],
     };
-    if PG_FRAGS.insert(&frag_key(packet), &verdict, 0).is_err() {
+    if PG_FRAGS.insert(frag_key(packet), verdict, 0).is_err() {
         crate::counters::add(portguard_common::counters::OBS_FRAGMENT_TABLE_FULL, 0);
     }
 }
 
 #[inline(always)]
 fn later_fragment(packet: &Packet, cfg: &Config) -> Reason {
-    if let Some(first) = unsafe { PG_FRAGS.get(&frag_key(packet)) } {
+    if let Some(first) = unsafe { PG_FRAGS.get(frag_key(packet)) } {
         if flows::now_ns().wrapping_sub(first.seen_ns) <= cfg.frag_timeout_ns {
             return if first.reason >= DROP_BASE {
                 Reason::DropFragment

@@ -43,8 +43,7 @@ pub fn raise_memlock() {
 
 /// Mounts bpffs at /sys/fs/bpf when it is missing (fresh machines often lack it).
 pub fn ensure_bpffs() -> Result<()> {
-    let mounted =
-        statfs(paths::BPFFS).is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+    let mounted = statfs(paths::BPFFS).is_ok_and(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC);
     if mounted {
         return Ok(());
     }

@@ -52,7 +52,7 @@ pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> R
     let Some(interval) = watch else {
         return Ok(ExitCode::SUCCESS);
     };
-    if !(interval > 0.0) {
+    if interval.is_nan() || interval <= 0.0 {
         bail!("--watch needs a positive number of seconds");
     }
     loop {

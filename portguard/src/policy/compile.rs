@@ -328,7 +328,7 @@ mod tests {
         );
         let wide: Vec<u32> = image.bl4_wide.iter().copied().collect();
         assert_eq!(wide, [(198 << 8) | 18, (198 << 8) | 19, (198 << 8) | 51]);
-        let bucket = image.bl4[&((203 << 16) | (0 << 8) | 113)];
+        let bucket = image.bl4[&((203 << 16) | 113)];
         assert_eq!(bucket[0], 1 << 7);
         assert_eq!(bucket[1], u64::MAX);
         assert_eq!(bucket[2] | bucket[3], 0);
