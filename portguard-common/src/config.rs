@@ -27,6 +27,15 @@ pub const FLAG_HAS_NEVER_BLOCK: u32 = 1 << 10;
 /// IPv4 blocklist entries of /16 or shorter exist (the wide table must be consulted).
 pub const FLAG_HAS_BLOCKLIST4_WIDE: u32 = 1 << 11;
 
+/// Scan detection counts negative attempts per source (`[scan_detection]`).
+pub const FLAG_SCAN_DETECT: u32 = 1 << 12;
+/// A detected scanner is blocked for `scan_block_ns` (otherwise only reported).
+pub const FLAG_SCAN_BLOCK: u32 = 1 << 13;
+/// Ports flagged `PORT_FLAG_TRAP` block whoever tries to open them (`[trap_ports]`).
+pub const FLAG_TRAPS: u32 = 1 << 14;
+/// Automatic blocks exist in this policy's world: consult `PG_AUTO_BLOCK` on every packet.
+pub const FLAG_AUTO_BLOCK: u32 = 1 << 15;
+
 /// Most distinct IPv6 prefix lengths the blocklist probes, longest first.
 pub const MAX_BL6_PREFIX_LENS: usize = 16;
 
@@ -45,6 +54,16 @@ pub struct Config {
     pub frag_timeout_ns: u64,
     /// Policy generation, bumped on every reload; reported in status.
     pub generation: u64,
+    /// Distinct denied (or refused) destination ports per source and protocol that make a scan.
+    pub scan_threshold: u32,
+    /// Drop events each CPU may send per second (the rest are counted as suppressed).
+    pub drop_events_per_sec: u32,
+    /// Length of the scan detection window (tumbling).
+    pub scan_window_ns: u64,
+    /// How long a detected scanner stays blocked.
+    pub scan_block_ns: u64,
+    /// How long a trap port hit blocks its source.
+    pub trap_block_ns: u64,
 }
 
 impl Config {
@@ -56,6 +75,11 @@ impl Config {
             udp_reply_timeout_ns: 0,
             frag_timeout_ns: 0,
             generation: 0,
+            scan_threshold: 0,
+            drop_events_per_sec: 0,
+            scan_window_ns: 0,
+            scan_block_ns: 0,
+            trap_block_ns: 0,
         }
     }
 
@@ -71,7 +95,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 80);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

@@ -76,6 +76,20 @@ pub const OBS_FRAGMENT_TABLE_FULL: u32 = OBSERVATION_BASE + 2;
 pub const OBS_VLAN_SINGLE: u32 = OBSERVATION_BASE + 3;
 /// A frame with two or more VLAN tags (QinQ).
 pub const OBS_VLAN_STACKED: u32 = OBSERVATION_BASE + 4;
+/// Events the ring buffer had no room for (never silently lost: reported by the reader).
+pub const OBS_EVENTS_LOST: u32 = OBSERVATION_BASE + 5;
+/// Drop events not sent because of the per-source or per-CPU rate limits.
+pub const OBS_EVENTS_SUPPRESSED: u32 = OBSERVATION_BASE + 6;
+/// Scans detected (one per source and window).
+pub const OBS_SCANS_DETECTED: u32 = OBSERVATION_BASE + 7;
+/// Sources blocked automatically after a scan.
+pub const OBS_SCAN_BLOCKS: u32 = OBSERVATION_BASE + 8;
+/// Sources blocked automatically for touching a trap port.
+pub const OBS_TRAP_BLOCKS: u32 = OBSERVATION_BASE + 9;
+/// Automatic blocks found expired by the packet path (and removed).
+pub const OBS_BLOCKS_EXPIRED: u32 = OBSERVATION_BASE + 10;
+/// Negative answers the host sent (TCP RST, ICMP port unreachable), seen on egress.
+pub const OBS_REFUSALS_SENT: u32 = OBSERVATION_BASE + 11;
 /// Entries in `PG_COUNTERS`.
 pub const COUNTER_SLOTS: u32 = OBSERVATION_BASE + 16;
 

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod counters;
+pub mod events;
 pub mod maps;
 
 pub use config::Config;

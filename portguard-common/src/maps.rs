@@ -28,8 +28,23 @@ pub const MAP_FLOWS: &str = "PG_FLOWS";
 /// `LruHashMap<FragKey, FragVerdict>`: verdicts of first fragments.
 pub const MAP_FRAGS: &str = "PG_FRAGS";
 
+/// `LruHashMap<[u8; 16], ScanState>`: per-source scan detection state.
+pub const MAP_SCAN: &str = "PG_SCAN";
+/// `LruHashMap<[u8; 16], AutoBlock>`: sources blocked by scan detection or trap ports.
+pub const MAP_AUTO_BLOCK: &str = "PG_AUTO_BLOCK";
+/// `RingBuf` of `Event`s.
+pub const MAP_EVENTS: &str = "PG_EVENTS";
+
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 4] = [MAP_COUNTERS, MAP_PORT_DROPS, MAP_FLOWS, MAP_FRAGS];
+pub const SHARED_MAPS: [&str; 7] = [
+    MAP_COUNTERS,
+    MAP_PORT_DROPS,
+    MAP_FLOWS,
+    MAP_FRAGS,
+    MAP_SCAN,
+    MAP_AUTO_BLOCK,
+    MAP_EVENTS,
+];
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -56,12 +71,16 @@ pub const PORT_DENY: u8 = 2;
 /// Allowed only from the sources in `PG_SRC_ALLOW`.
 pub const PORT_ALLOW_FROM: u8 = 3;
 
+/// `PortRule::flags`: a trap port (whoever tries to open it gets blocked).
+pub const PORT_FLAG_TRAP: u8 = 1;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortRule {
     /// `PORT_*`.
     pub action: u8,
-    pub _pad: u8,
+    /// `PORT_FLAG_*`.
+    pub flags: u8,
     /// 1-based index of the deciding rule in the policy (0: none); reported by `verify`.
     pub rule: u16,
 }
@@ -126,6 +145,49 @@ pub struct FragVerdict {
     pub _pad: [u8; 7],
 }
 
+/// Bits per protocol in `ScanState::ports` (a hashed set of destination ports).
+pub const SCAN_PORT_BITS: u32 = 512;
+
+/// Per-source scan detection state (one tumbling window).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanState {
+    pub window_start_ns: u64,
+    pub last_drop_event_ns: u64,
+    /// Hashed sets of destination ports: words 0-7 TCP, 8-15 UDP.
+    pub ports: [u64; 16],
+    /// Distinct ports in the window: TCP, UDP.
+    pub distinct: [u16; 2],
+    /// A scan was reported in this window.
+    pub alerted: u8,
+    pub samples: u8,
+    pub _pad: [u8; 2],
+    /// Negative attempts in the window by `ScanKind`.
+    pub kinds: [u16; 8],
+    /// The first distinct ports seen in the window.
+    pub sample_ports: [u16; 8],
+}
+
+/// Why a source was blocked automatically.
+pub const CAUSE_SCAN: u8 = 1;
+pub const CAUSE_TRAP: u8 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AutoBlock {
+    /// `bpf_ktime_get_coarse_ns` when the block was set.
+    pub added_ns: u64,
+    /// The block stops matching at this time (same clock).
+    pub expires_ns: u64,
+    /// `CAUSE_*`.
+    pub cause: u8,
+    /// `ScanKind` of the scan, or the protocol of the trap port.
+    pub kind: u8,
+    /// Trap port, or the distinct ports that made the scan.
+    pub port: u16,
+    pub _pad: [u8; 4],
+}
+
 /// `::ffff:0:0/96`, the prefix of IPv4-mapped addresses.
 pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
@@ -142,6 +204,8 @@ const _: () = assert!(core::mem::size_of::<Bl6Key>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragVerdict>() == 16);
+const _: () = assert!(core::mem::size_of::<ScanState>() == 184);
+const _: () = assert!(core::mem::size_of::<AutoBlock>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -152,4 +216,6 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragVerdict {}
+    unsafe impl aya::Pod for ScanState {}
+    unsafe impl aya::Pod for AutoBlock {}
 }

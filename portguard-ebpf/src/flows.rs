@@ -4,12 +4,18 @@
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, programs::TcContext};
 use portguard_common::{
     Config,
-    maps::{FlowKey, PROTO_TCP, PROTO_UDP},
+    config::FLAG_SCAN_DETECT,
+    counters::OBS_REFUSALS_SENT,
+    events::ScanKind,
+    maps::{FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
 };
 
 use crate::{
-    maps::PG_FLOWS,
-    parse::{FragKind, Packet, Parsed, TCP_RST, parse},
+    counters,
+    events::Subject,
+    maps::{PG_FLOWS, PG_PACKET, SCRATCH_TC},
+    parse::{FragKind, Packet, Parsed, TCP_ACK, TCP_RST, parse, unreachable_probe},
+    scan,
 };
 
 /// Refresh a flow's timestamp at most this often (saves a map write per outbound packet).
@@ -24,7 +30,7 @@ pub fn now_ns() -> u64 {
 
 /// Called for every packet the host sends.
 #[inline(always)]
-pub fn record_egress(ctx: &TcContext) {
+pub fn record_egress(ctx: &TcContext, cfg: &Config) {
     // Headers of locally generated packets are normally linear already; pull when they are not.
     let linear = ctx.data_end() - ctx.data();
     let want = if ctx.len() < PULL_LEN {
@@ -35,17 +41,35 @@ pub fn record_egress(ctx: &TcContext) {
     if linear < want as usize {
         let _ = ctx.pull_data(want);
     }
-    let Parsed::Ip(packet) = parse(ctx.data(), ctx.data_end()).parsed else {
+    let Some(packet) = PG_PACKET.get_ptr_mut(SCRATCH_TC) else {
         return;
     };
+    // SAFETY: this CPU's slot, used by nothing else while this program runs.
+    let packet = unsafe { &mut *packet };
+    if parse(ctx.data(), ctx.data_end(), packet).parsed != Parsed::Ip {
+        return;
+    }
+    let packet: &Packet = packet;
     if packet.frag == FragKind::Later {
         return;
     }
-    match packet.proto {
-        PROTO_UDP => {}
-        // A RST refuses a connection: it must not open the door for the peer.
-        PROTO_TCP if packet.tcp_flags & TCP_RST == 0 => {}
-        _ => return,
+    let refused = match packet.proto {
+        PROTO_TCP => packet.tcp_flags & TCP_RST != 0,
+        PROTO_ICMP => !packet.is_v6 && packet.icmp_type == 3 && packet.icmp_code == 3,
+        PROTO_ICMPV6 => packet.is_v6 && packet.icmp_type == 1 && packet.icmp_code == 4,
+        _ => false,
+    };
+    if refused {
+        // A refusal must not open the door for the peer; it counts towards scan detection.
+        counters::add(OBS_REFUSALS_SENT, 0);
+        if cfg.has(FLAG_SCAN_DETECT) {
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            refusal(ctx, packet, ifindex, cfg);
+        }
+        return;
+    }
+    if packet.proto != PROTO_TCP && packet.proto != PROTO_UDP {
+        return;
     }
     let key = FlowKey {
         remote: packet.dst,
@@ -85,4 +109,42 @@ pub fn known(packet: &Packet, cfg: &Config) -> bool {
             packet.proto == PROTO_TCP || now_ns().wrapping_sub(*last) < cfg.udp_reply_timeout_ns
         }
     }
+}
+
+/// The host refused a probe: a TCP RST (the prober is its destination) or an ICMP port
+/// unreachable (the prober is the destination of the quoted datagram).
+#[inline(always)]
+fn refusal(ctx: &TcContext, packet: &Packet, ifindex: u32, cfg: &Config) {
+    if packet.proto == PROTO_TCP {
+        // RST+ACK answers a SYN (or FIN, NULL, Xmas); a bare RST answers an ACK probe.
+        let kind = if packet.tcp_flags & TCP_ACK != 0 {
+            ScanKind::Syn
+        } else {
+            ScanKind::Ack
+        };
+        let subject = Subject {
+            src: &packet.dst,
+            dst: &packet.src,
+            sport: packet.dport,
+            dport: packet.sport,
+            proto: PROTO_TCP,
+            tcp_flags: packet.tcp_flags,
+            ifindex,
+        };
+        let _ = scan::failed_attempt(cfg, &subject, &packet.dst, packet.sport, kind);
+        return;
+    }
+    let Some((prober, port)) = unreachable_probe(ctx.data(), ctx.data_end(), packet) else {
+        return;
+    };
+    let subject = Subject {
+        src: &prober,
+        dst: &packet.src,
+        sport: 0,
+        dport: port,
+        proto: PROTO_UDP,
+        tcp_flags: 0,
+        ifindex,
+    };
+    let _ = scan::failed_attempt(cfg, &subject, &prober, port, ScanKind::Udp);
 }

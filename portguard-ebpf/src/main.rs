@@ -1,5 +1,5 @@
-//! portguard's kernel programs. Entry points only: parsing, verdict, maps and counting live in
-//! their own modules so the packet path reads top to bottom in `verdict.rs`.
+//! portguard's kernel programs. Entry points only: parsing, verdict, detection, maps and
+//! counting live in their own modules so the packet path reads top to bottom in `verdict.rs`.
 #![no_std]
 #![no_main]
 // Atomic add on the shared per-port table (see counters.rs).
@@ -8,9 +8,11 @@
 
 mod blocklist;
 mod counters;
+mod events;
 mod flows;
 mod maps;
 mod parse;
+mod scan;
 mod verdict;
 
 use aya_ebpf::{
@@ -36,7 +38,7 @@ fn config() -> Config {
 pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
     let cfg = config();
     let (data, end) = (ctx.data(), ctx.data_end());
-    let verdict = verdict::judge(data, end, &cfg);
+    let verdict = verdict::judge(data, end, ctx.ingress_ifindex() as u32, &cfg);
     let enforced = counters::count(&verdict, &cfg, end - data);
     if enforced {
         xdp_action::XDP_DROP
@@ -45,11 +47,12 @@ pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Outbound: remember the flows the host starts, so their replies pass a default-deny policy.
-/// Never drops.
+/// Outbound: learn the flows the host takes part in (so their replies pass a default-deny
+/// policy) and the refusals it sends (scan detection). Never drops.
 #[classifier]
 pub fn pg_tc_egress(ctx: TcContext) -> i32 {
-    flows::record_egress(&ctx);
+    let cfg = config();
+    flows::record_egress(&ctx, &cfg);
     TC_ACT_OK
 }
 

@@ -4,13 +4,14 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use portguard_common::{
     Counter,
     counters::COUNTER_SLOTS,
     maps::{
-        Bitmap256, Bl6Key, FlowKey, FragKey, FragVerdict, PORT_TABLE_LEN, PortRule, SrcAllowKey,
+        AutoBlock, Bitmap256, Bl6Key, FlowKey, FragKey, FragVerdict, PORT_TABLE_LEN, PortRule,
+        ScanState, SrcAllowKey,
     },
 };
 
@@ -48,3 +49,37 @@ pub static PG_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(655
 
 #[map]
 pub static PG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(8192, 0);
+
+#[map]
+pub static PG_SCAN: LruHashMap<[u8; 16], ScanState> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static PG_AUTO_BLOCK: LruHashMap<[u8; 16], AutoBlock> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+// --- Per-CPU scratch (not pinned, nothing to keep) ------------------------------------------
+
+/// The parsed packet: slot 0 for XDP, slot 1 for TC egress. The BPF stack (512 bytes) cannot
+/// hold it beside everything else.
+pub const SCRATCH_XDP: u32 = 0;
+pub const SCRATCH_TC: u32 = 1;
+
+#[map]
+pub static PG_PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(2, 0);
+
+/// A zeroed `ScanState` is built here before insertion: too big for the stack.
+#[map]
+pub static PG_SCAN_TEMPLATE: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct EventBudget {
+    pub second_start_ns: u64,
+    pub used: u32,
+    pub _pad: u32,
+}
+
+/// Drop events sent by this CPU in the current second.
+#[map]
+pub static PG_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);

@@ -60,7 +60,13 @@ pub struct Packet {
     pub sport: u16,
     pub dport: u16,
     pub tcp_flags: u8,
+    /// TCP data offset in 32-bit words, and window: tell a raw scanner's SYN from a stack's.
+    pub tcp_doff: u8,
+    pub tcp_window: u16,
     pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// Offset of the layer-4 header in the frame (0 for later fragments).
+    pub l4_offset: u16,
     /// IPv4 TTL or IPv6 hop limit.
     pub hop_limit: u8,
     pub frag: FragKind,
@@ -71,12 +77,14 @@ pub struct Packet {
     pub frag_proto: u8,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
     /// Not an IP packet (ARP, LLDP, ...).
     NotIp,
     /// Too short, lengths that lie, unknown version, too many tags or extension headers.
     Malformed,
-    Ip(Packet),
+    /// An IP packet, written into the `Packet` passed to `parse`.
+    Ip,
 }
 
 /// A parse result and the number of VLAN tags walked on the way.
@@ -106,7 +114,9 @@ fn be16(bytes: [u8; 2]) -> u16 {
 }
 
 #[inline(always)]
-pub fn parse(data: usize, end: usize) -> Frame {
+/// Parses the frame into `packet` (a per-CPU scratch slot: the stack is too small to copy
+/// it around).
+pub fn parse(data: usize, end: usize, packet: &mut Packet) -> Frame {
     let mut vlan_tags = 0;
     let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
         return Frame {
@@ -131,8 +141,8 @@ pub fn parse(data: usize, end: usize) -> Frame {
         vlan_tags += 1;
     }
     let parsed = match ether_type {
-        ETH_P_IP => parse_ipv4(data, end, offset),
-        ETH_P_IPV6 => parse_ipv6(data, end, offset),
+        ETH_P_IP => parse_ipv4(data, end, offset, packet),
+        ETH_P_IPV6 => parse_ipv6(data, end, offset, packet),
         ETH_P_8021Q | ETH_P_8021AD => Parsed::Malformed,
         _ => Parsed::NotIp,
     };
@@ -140,7 +150,7 @@ pub fn parse(data: usize, end: usize) -> Frame {
 }
 
 #[inline(always)]
-fn parse_ipv4(data: usize, end: usize, offset: usize) -> Parsed {
+fn parse_ipv4(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Parsed {
     let Some(ip) = ptr_at::<Ipv4Hdr>(data, end, offset) else {
         return Parsed::Malformed;
     };
@@ -169,7 +179,7 @@ fn parse_ipv4(data: usize, end: usize, offset: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let src = ip.src_addr;
-    let mut packet = Packet {
+    *packet = Packet {
         is_v6: false,
         proto: ip.proto,
         src4: u32::from_be_bytes(src),
@@ -178,26 +188,30 @@ fn parse_ipv4(data: usize, end: usize, offset: usize) -> Parsed {
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        tcp_doff: 0,
+        tcp_window: 0,
         icmp_type: 0,
+        icmp_code: 0,
+        l4_offset: 0,
         hop_limit: ip.ttl,
         frag,
         frag_id: be16(ip.id) as u32,
         frag_proto: ip.proto,
     };
     if frag == FragKind::Later {
-        return Parsed::Ip(packet);
+        return Parsed::Ip;
     }
     let l4 = offset + header_len;
     let l4_end = offset + total_len;
-    if parse_l4(data, end, l4, l4_end, &mut packet) {
-        Parsed::Ip(packet)
+    if parse_l4(data, end, l4, l4_end, packet) {
+        Parsed::Ip
     } else {
         Parsed::Malformed
     }
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, end: usize, offset: usize) -> Parsed {
+fn parse_ipv6(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Parsed {
     let Some(ip) = ptr_at::<Ipv6Hdr>(data, end, offset) else {
         return Parsed::Malformed;
     };
@@ -213,7 +227,7 @@ fn parse_ipv6(data: usize, end: usize, offset: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let l4_end = if jumbo { end - data } else { l4_end };
-    let mut packet = Packet {
+    *packet = Packet {
         is_v6: true,
         proto: ip.next_hdr,
         src4: 0,
@@ -222,7 +236,11 @@ fn parse_ipv6(data: usize, end: usize, offset: usize) -> Parsed {
         sport: 0,
         dport: 0,
         tcp_flags: 0,
+        tcp_doff: 0,
+        tcp_window: 0,
         icmp_type: 0,
+        icmp_code: 0,
+        l4_offset: 0,
         hop_limit: ip.hop_limit,
         frag: FragKind::Whole,
         frag_id: 0,
@@ -270,7 +288,7 @@ fn parse_ipv6(data: usize, end: usize, offset: usize) -> Parsed {
                         }
                         packet.frag = FragKind::Later;
                         packet.proto = next;
-                        return Parsed::Ip(packet);
+                        return Parsed::Ip;
                     }
                     packet.frag = FragKind::First;
                 }
@@ -290,8 +308,8 @@ fn parse_ipv6(data: usize, end: usize, offset: usize) -> Parsed {
         return Parsed::Malformed;
     }
     packet.proto = next;
-    if parse_l4(data, end, cursor, l4_end, &mut packet) {
-        Parsed::Ip(packet)
+    if parse_l4(data, end, cursor, l4_end, packet) {
+        Parsed::Ip
     } else {
         Parsed::Malformed
     }
@@ -301,6 +319,7 @@ fn parse_ipv6(data: usize, end: usize, offset: usize) -> Parsed {
 /// ends. Returns false when a header the policy needs is cut short.
 #[inline(always)]
 fn parse_l4(data: usize, end: usize, offset: usize, l4_end: usize, packet: &mut Packet) -> bool {
+    packet.l4_offset = offset as u16;
     match packet.proto {
         PROTO_TCP => {
             let Some(tcp) = ptr_at::<TcpHdr>(data, end, offset) else {
@@ -319,6 +338,8 @@ fn parse_l4(data: usize, end: usize, offset: usize, l4_end: usize, packet: &mut 
             // Byte 13 of the header holds CWR..FIN.
             let raw = unsafe { *((tcp as *const TcpHdr as *const u8).add(13)) };
             packet.tcp_flags = raw;
+            packet.tcp_doff = tcp.doff() as u8;
+            packet.tcp_window = be16(tcp.window);
             true
         }
         PROTO_UDP => {
@@ -341,8 +362,38 @@ fn parse_l4(data: usize, end: usize, offset: usize, l4_end: usize, packet: &mut 
                 return false;
             }
             packet.icmp_type = unsafe { (*icmp)[0] };
+            packet.icmp_code = unsafe { (*icmp)[1] };
             true
         }
         _ => true,
+    }
+}
+
+/// The probe an ICMP "port unreachable" answers: (prober's address, probed port), read from the
+/// original datagram quoted after the 8-byte ICMP header. `None` unless it quotes UDP.
+#[inline(always)]
+pub fn unreachable_probe(data: usize, end: usize, packet: &Packet) -> Option<([u8; 16], u16)> {
+    let quoted = packet.l4_offset as usize + 8;
+    // The offset comes back from a map: bound it again for the verifier.
+    if quoted > 1024 {
+        return None;
+    }
+    if packet.is_v6 {
+        let ip = ptr_at::<Ipv6Hdr>(data, end, quoted)?;
+        let ip = unsafe { &*ip };
+        if ip.next_hdr != PROTO_UDP {
+            return None;
+        }
+        let udp = ptr_at::<UdpHdr>(data, end, quoted + Ipv6Hdr::LEN)?;
+        Some((ip.dst_addr, be16(unsafe { (*udp).dst })))
+    } else {
+        let ip = ptr_at::<Ipv4Hdr>(data, end, quoted)?;
+        let ip = unsafe { &*ip };
+        let header_len = ((ip.vihl & 0x0f) as usize) * 4;
+        if ip.proto != PROTO_UDP || header_len < Ipv4Hdr::LEN {
+            return None;
+        }
+        let udp = ptr_at::<UdpHdr>(data, end, quoted + header_len)?;
+        Some((v4_mapped(ip.dst_addr), be16(unsafe { (*udp).dst })))
     }
 }

@@ -3,28 +3,34 @@
 //! 1. not IP -> pass; malformed -> the policy's `malformed` action
 //! 2. IPv6 neighbour discovery from the link (hop limit 255) -> pass, always
 //! 3. blocklisted source (any protocol), unless in `never_block` -> drop
-//! 4. later fragment -> the verdict its first fragment got (or the `unseen` action)
-//! 5. TCP/UDP -> port policy; a drop is lifted for packets of flows the host is part of
-//!    (TCP segments that cannot open a connection, UDP replies)
-//! 6. ICMP, ICMPv6, other protocols -> the policy's protocol actions
+//! 4. automatically blocked source (scan, trap port), unless expired -> drop
+//! 5. later fragment -> the verdict its first fragment got (or the `unseen` action)
+//! 6. TCP/UDP -> port policy; a drop is lifted for packets of flows the host is part of
+//!    (TCP segments that cannot open a connection, UDP replies); a refused attempt counts
+//!    towards scan detection, an attempt on a trap port blocks its source
+//! 7. ICMP, ICMPv6, other protocols -> the policy's protocol actions
 
 use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config, Reason,
     config::*,
-    counters::DROP_BASE,
+    counters::{DROP_BASE, OBS_FRAGMENT_TABLE_FULL, OBS_TRAP_BLOCKS},
+    events::EventKind,
     maps::{
-        FragKey, FragVerdict, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PROTO_ICMP, PROTO_ICMPV6,
-        PROTO_TCP, PROTO_UDP, SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_index,
+        CAUSE_TRAP, FragKey, FragVerdict, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PORT_FLAG_TRAP,
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SRC_ALLOW_FIXED_BITS, SrcAllowKey,
+        port_index,
     },
 };
 
 use crate::{
-    blocklist,
+    blocklist, counters,
     counters::NO_PORT,
+    events::{self, Details, Subject},
     flows,
-    maps::{PG_FRAGS, PG_PORTS, PG_SRC_ALLOW},
+    maps::{PG_FRAGS, PG_PACKET, PG_PORTS, PG_SRC_ALLOW, SCRATCH_XDP},
     parse::{FragKind, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
+    scan,
 };
 
 pub struct Verdict {
@@ -49,11 +55,33 @@ impl Verdict {
     }
 }
 
+/// What the port policy and the detectors made of a packet.
+struct Judged {
+    reason: Reason,
+    /// A drop event may be sent (the per-source rate limit allows it, nothing else reported).
+    report: bool,
+}
+
+impl Judged {
+    #[inline(always)]
+    const fn new(reason: Reason) -> Self {
+        Self {
+            reason,
+            report: true,
+        }
+    }
+}
+
 #[inline(always)]
-pub fn judge(data: usize, end: usize, cfg: &Config) -> Verdict {
-    let frame = parse(data, end);
+pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
+    let Some(packet) = PG_PACKET.get_ptr_mut(SCRATCH_XDP) else {
+        return Verdict::of(Reason::PassNotIp, 0);
+    };
+    // SAFETY: this CPU's slot, used by nothing else while this program runs.
+    let packet = unsafe { &mut *packet };
+    let frame = parse(data, end, packet);
     let vlan_tags = frame.vlan_tags;
-    let packet = match frame.parsed {
+    let packet: &Packet = match frame.parsed {
         Parsed::NotIp => return Verdict::of(Reason::PassNotIp, vlan_tags),
         Parsed::Malformed => {
             let reason = if cfg.has(FLAG_MALFORMED_PASS) {
@@ -63,16 +91,32 @@ pub fn judge(data: usize, end: usize, cfg: &Config) -> Verdict {
             };
             return Verdict::of(reason, vlan_tags);
         }
-        Parsed::Ip(packet) => packet,
+        Parsed::Ip => packet,
     };
-    let reason = judge_packet(&packet, cfg);
+    let subject = Subject {
+        src: &packet.src,
+        dst: &packet.dst,
+        sport: packet.sport,
+        dport: packet.dport,
+        proto: packet.proto,
+        tcp_flags: packet.tcp_flags,
+        ifindex,
+    };
+    let judged = judge_packet(packet, &subject, cfg);
+    if judged.reason.is_drop() && judged.report && events::drop_event_allowed(cfg) {
+        let details = Details {
+            reason: judged.reason as u8,
+            ..Default::default()
+        };
+        events::emit(EventKind::Drop, &subject, &details);
+    }
     let port_index = if packet.frag == FragKind::Later {
         NO_PORT
     } else {
         port_index(packet.proto, packet.dport).unwrap_or(NO_PORT)
     };
     Verdict {
-        reason,
+        reason: judged.reason,
         vlan_tags,
         port_index,
         fragment_first: packet.frag == FragKind::First,
@@ -81,27 +125,25 @@ pub fn judge(data: usize, end: usize, cfg: &Config) -> Verdict {
 }
 
 #[inline(always)]
-fn judge_packet(packet: &Packet, cfg: &Config) -> Reason {
+fn judge_packet(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if is_neighbor_discovery(packet) {
-        return Reason::PassNeighbor;
+        return Judged::new(Reason::PassNeighbor);
     }
-    if blocklist::in_policy_blocklist(packet, cfg) && !never_blocked(packet, cfg) {
-        return Reason::DropBlocklist;
+    if blocklist::in_policy_blocklist(packet, cfg) && !scan::exempt(cfg, &packet.src) {
+        return Judged::new(Reason::DropBlocklist);
+    }
+    if cfg.has(FLAG_AUTO_BLOCK) && scan::auto_blocked(cfg, subject) {
+        return Judged::new(Reason::DropAutoBlock);
     }
     match packet.frag {
-        FragKind::Later => later_fragment(packet, cfg),
+        FragKind::Later => Judged::new(later_fragment(packet, cfg)),
         FragKind::First => {
-            let reason = by_protocol(packet, cfg);
-            remember_first_fragment(packet, reason);
-            reason
+            let judged = by_protocol(packet, subject, cfg);
+            remember_first_fragment(packet, judged.reason);
+            judged
         }
-        FragKind::Whole => by_protocol(packet, cfg),
+        FragKind::Whole => by_protocol(packet, subject, cfg),
     }
-}
-
-#[inline(always)]
-fn never_blocked(packet: &Packet, cfg: &Config) -> bool {
-    cfg.has(FLAG_HAS_NEVER_BLOCK) && blocklist::never_block(&packet.src)
 }
 
 /// Router/neighbour solicitation and advertisement, redirect: a host without them loses its
@@ -117,39 +159,98 @@ fn is_neighbor_discovery(packet: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn by_protocol(packet: &Packet, cfg: &Config) -> Reason {
-    match packet.proto {
-        PROTO_TCP | PROTO_UDP => port_policy(packet, cfg),
+fn by_protocol(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
+    let reason = match packet.proto {
+        PROTO_TCP | PROTO_UDP => return port_policy(packet, subject, cfg),
         PROTO_ICMP if !packet.is_v6 => icmp(packet, cfg),
         PROTO_ICMPV6 if packet.is_v6 => icmpv6(packet, cfg),
         _ if cfg.has(FLAG_OTHER_DENY) => Reason::DropProtocol,
         _ => Reason::PassProtocol,
-    }
+    };
+    Judged::new(reason)
 }
 
 #[inline(always)]
-fn port_policy(packet: &Packet, cfg: &Config) -> Reason {
-    let decision = port_decision(packet, cfg);
+fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
+    let rule = port_index(packet.proto, packet.dport).and_then(|index| PG_PORTS.get(index));
+    let (action, flags) = rule.map(|r| (r.action, r.flags)).unwrap_or((0, 0));
+    let attempt = packet.proto == PROTO_UDP || is_connection_attempt(packet.tcp_flags);
+    if flags & PORT_FLAG_TRAP != 0 && attempt && cfg.has(FLAG_TRAPS) {
+        if let Some(judged) = trap(packet, subject, cfg) {
+            return judged;
+        }
+    }
+    let decision = port_decision(packet, action, cfg);
     if !decision.is_drop() {
-        return decision;
+        return Judged::new(decision);
     }
     // The policy decides who may open a connection or send a datagram to a port. Segments
     // that cannot open a connection, and UDP replies, pass when they belong to a flow the
     // host itself took part in (learnt on egress).
-    if packet.proto == PROTO_TCP && !is_connection_attempt(packet.tcp_flags) {
+    let reason = if !attempt {
         if cfg.has(FLAG_TCP_NON_SYN_PASS) {
-            return Reason::PassTcpNonSyn;
+            return Judged::new(Reason::PassTcpNonSyn);
         }
-        return if flows::known(packet, cfg) {
-            Reason::PassFlow
-        } else {
-            Reason::DropNoFlow
+        if flows::known(packet, cfg) {
+            return Judged::new(Reason::PassFlow);
+        }
+        Reason::DropNoFlow
+    } else {
+        if packet.proto == PROTO_UDP && flows::known(packet, cfg) {
+            return Judged::new(Reason::PassFlow);
+        }
+        decision
+    };
+    if !cfg.has(FLAG_SCAN_DETECT) {
+        return Judged::new(reason);
+    }
+    let (report, blocked) = scan::failed_attempt(
+        cfg,
+        subject,
+        &packet.src,
+        packet.dport,
+        scan::kind_of(packet),
+    );
+    if blocked {
+        return Judged {
+            reason: scan::BLOCKED,
+            report: false,
         };
     }
-    if packet.proto == PROTO_UDP && flows::known(packet, cfg) {
-        return Reason::PassFlow;
+    Judged { reason, report }
+}
+
+/// An attempt on a trap port: the source is blocked at once (unless `never_block`).
+#[inline(always)]
+fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> Option<Judged> {
+    let exempt = scan::exempt(cfg, &packet.src);
+    let now = flows::now_ns();
+    let expires_ns = if exempt { 0 } else { now + cfg.trap_block_ns };
+    let details = Details {
+        reason: CAUSE_TRAP,
+        scan_kind: scan::kind_of(packet) as u8,
+        count: 1,
+        expires_ns,
+        ..Default::default()
+    };
+    events::emit(EventKind::TrapHit, subject, &details);
+    if exempt {
+        return None;
     }
-    decision
+    scan::block(
+        &packet.src,
+        now,
+        expires_ns,
+        CAUSE_TRAP,
+        packet.proto,
+        packet.dport,
+    );
+    counters::add(OBS_TRAP_BLOCKS, 0);
+    events::emit(EventKind::AutoBlocked, subject, &details);
+    Some(Judged {
+        reason: scan::BLOCKED,
+        report: false,
+    })
 }
 
 /// A SYN without ACK: the only segment that opens a connection.
@@ -159,12 +260,8 @@ fn is_connection_attempt(flags: u8) -> bool {
 }
 
 #[inline(always)]
-fn port_decision(packet: &Packet, cfg: &Config) -> Reason {
-    let rule = port_index(packet.proto, packet.dport)
-        .and_then(|index| PG_PORTS.get(index))
-        .map(|rule| rule.action)
-        .unwrap_or(0);
-    match rule {
+fn port_decision(packet: &Packet, action: u8, cfg: &Config) -> Reason {
+    match action {
         PORT_ALLOW => Reason::PassPortAllowed,
         PORT_DENY => Reason::DropPortDenied,
         PORT_ALLOW_FROM => {
@@ -236,14 +333,14 @@ fn remember_first_fragment(packet: &Packet, reason: Reason) {
         reason: reason as u8,
         _pad: [0; 7],
     };
-    if PG_FRAGS.insert(frag_key(packet), verdict, 0).is_err() {
-        crate::counters::add(portguard_common::counters::OBS_FRAGMENT_TABLE_FULL, 0);
+    if PG_FRAGS.insert(&frag_key(packet), &verdict, 0).is_err() {
+        counters::add(OBS_FRAGMENT_TABLE_FULL, 0);
     }
 }
 
 #[inline(always)]
 fn later_fragment(packet: &Packet, cfg: &Config) -> Reason {
-    if let Some(first) = unsafe { PG_FRAGS.get(frag_key(packet)) } {
+    if let Some(first) = unsafe { PG_FRAGS.get(&frag_key(packet)) } {
         if flows::now_ns().wrapping_sub(first.seen_ns) <= cfg.frag_timeout_ns {
             return if first.reason >= DROP_BASE {
                 Reason::DropFragment

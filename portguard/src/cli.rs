@@ -44,6 +44,18 @@ pub enum Command {
         /// Treat bad lines in blocklist files as errors.
         #[arg(long)]
         strict: bool,
+        /// Print events as JSON, one object per line (for log shippers).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the events (drops, scans, blocks) of an attachment started elsewhere.
+    #[command(after_help = "Example:\n  sudo portguard events eth0 --json | jq .")]
+    Events {
+        /// Interface (default: every attached interface).
+        iface: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a policy without touching the kernel; explains every error with its line.
     #[command(after_help = "Example:\n  portguard check policy.toml")]

@@ -17,7 +17,7 @@ use portguard_common::{
 use crate::{
     loader::{self, XDP_PROGRAM},
     maps::{Counters, read_counters},
-    policy::{Limits, compile::MapImage},
+    policy::{Policy, compile::MapImage},
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -48,14 +48,18 @@ pub struct Judge {
 }
 
 impl Judge {
-    pub fn new(image: &MapImage, limits: &Limits) -> Result<Self> {
+    pub fn new(image: &MapImage, policy: &Policy) -> Result<Self> {
         Ok(Self {
-            ebpf: loader::load(image, limits, None)?,
+            ebpf: loader::load(image, policy, None)?,
         })
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     pub fn counters(&self) -> Result<Counters> {

@@ -4,6 +4,7 @@
 //! drive the same code: `policy` (read, validate, compile), `loader` (load, attach, pin),
 //! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`.
 
+pub mod events;
 pub mod judge;
 pub mod loader;
 pub mod maps;

@@ -22,14 +22,15 @@ use aya::{
 };
 use log::{info, warn};
 use portguard_common::maps::{
-    Bitmap256, Bl6Key, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_FLOWS, MAP_FRAGS, MAP_NEVER_BLOCK,
-    MAP_PORTS, MAP_SRC_ALLOW, PortRule, SHARED_MAPS, SrcAllowKey,
+    Bitmap256, Bl6Key, MAP_AUTO_BLOCK, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_EVENTS, MAP_FLOWS,
+    MAP_FRAGS, MAP_NEVER_BLOCK, MAP_PORTS, MAP_SCAN, MAP_SRC_ALLOW, PortRule, SHARED_MAPS,
+    SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     paths,
-    policy::{Limits, compile::MapImage},
+    policy::{Policy, compile::MapImage},
 };
 
 /// The kernel object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
@@ -68,7 +69,8 @@ impl fmt::Display for AttachedMode {
 /// programs into the kernel (running the verifier). Nothing is attached yet.
 ///
 /// With `shared_pins`, the shared maps are taken from (or pinned into) that bpffs directory.
-pub fn load(image: &MapImage, limits: &Limits, shared_pins: Option<&Path>) -> Result<Ebpf> {
+pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Result<Ebpf> {
+    let limits = &policy.limits;
     if KERNEL_OBJECT.is_empty() {
         bail!(
             "this portguard was built without its kernel programs (AYA_BUILD_SKIP=1); rebuild it \
@@ -90,7 +92,10 @@ pub fn load(image: &MapImage, limits: &Limits, shared_pins: Option<&Path>) -> Re
         .map_max_entries(MAP_BL6, size(image.bl6.len()))
         .map_max_entries(MAP_NEVER_BLOCK, size(image.never_block.len()))
         .map_max_entries(MAP_FLOWS, limits.flows)
-        .map_max_entries(MAP_FRAGS, limits.fragments);
+        .map_max_entries(MAP_FRAGS, limits.fragments)
+        .map_max_entries(MAP_SCAN, limits.sources)
+        .map_max_entries(MAP_AUTO_BLOCK, limits.auto_blocks)
+        .map_max_entries(MAP_EVENTS, policy.events.ring_buffer_kib * 1024);
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -318,6 +323,8 @@ pub fn remove_pins(iface: &str) -> Result<()> {
     }
     std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
     info!("removed {}", dir.display());
+    // Leave no empty portguard directory behind once the last attachment is gone.
+    let _ = std::fs::remove_dir(paths::PIN_ROOT);
     Ok(())
 }
 

@@ -7,11 +7,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use portguard_common::{
     Counter, Reason,
     counters::{ALL_REASONS, COUNTER_SLOTS, MONITOR_BASE},
-    maps::{MAP_COUNTERS, MAP_PORT_DROPS, PORT_TABLE_LEN},
+    maps::{AutoBlock, MAP_AUTO_BLOCK, MAP_COUNTERS, MAP_PORT_DROPS, PORT_TABLE_LEN},
 };
 use serde::Serialize;
 
@@ -199,6 +199,7 @@ pub fn top_ports(snapshot: &[u64], limit: usize) -> Vec<PortCount> {
 pub struct PinnedMaps {
     pub counters: PerCpuArray<MapData, Counter>,
     pub port_drops: PortDrops,
+    pub auto_blocks: HashMap<MapData, [u8; 16], AutoBlock>,
 }
 
 impl PinnedMaps {
@@ -210,9 +211,11 @@ impl PinnedMaps {
             Map::Array(data) => PortDrops::map(data.fd().as_fd())?,
             _ => bail!("{MAP_PORT_DROPS} is not an array"),
         };
+        let auto_blocks = HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
         Ok(Self {
             counters,
             port_drops,
+            auto_blocks,
         })
     }
 

@@ -30,6 +30,11 @@ pub fn state_file(iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{iface}.json"))
 }
 
+/// The loader's event stream for `portguard events` (a Unix socket, root only).
+pub fn event_socket(iface: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{iface}.events.sock"))
+}
+
 /// Held (flock) by the loader of an attachment for as long as it runs.
 pub fn lock_file(iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{iface}.lock"))

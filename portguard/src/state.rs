@@ -101,6 +101,23 @@ impl LoaderLock {
     }
 }
 
+impl LoaderLock {
+    /// Releases the lock and deletes its file (the loader is done with the interface).
+    pub fn release(self, iface: &str) {
+        // Unlink while still holding it: a racing attach fails on the held lock instead of
+        // locking a file that is about to disappear.
+        let _ = fs::remove_file(paths::lock_file(iface));
+        drop(self);
+    }
+}
+
+/// Removes a lock file nobody holds (after a loader that was killed).
+pub fn remove_stale_lock(iface: &str) {
+    if !loader_running(iface) {
+        let _ = fs::remove_file(paths::lock_file(iface));
+    }
+}
+
 /// Whether a loader holds `iface`'s lock right now.
 pub fn loader_running(iface: &str) -> bool {
     let Ok(file) = fs::File::open(paths::lock_file(iface)) else {

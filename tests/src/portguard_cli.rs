@@ -46,6 +46,10 @@ pub struct Attached {
     pub banner: String,
     /// Reported running: only then is whatever is left behind ours to detach.
     started: bool,
+    /// What `attach` prints after it runs (events, one per line).
+    lines: mpsc::Receiver<String>,
+    /// Lines taken from `lines` so far.
+    pub output: Vec<String>,
 }
 
 impl Attached {
@@ -99,11 +103,13 @@ impl Attached {
             _policy: policy,
             banner: String::new(),
             started: false,
+            lines: rx,
+            output: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            match attached.lines.recv_timeout(left) {
                 Ok(line) => {
                     attached.banner.push_str(&line);
                     attached.banner.push('\n');
@@ -119,6 +125,47 @@ impl Attached {
                         attached.banner
                     );
                 }
+            }
+        }
+    }
+
+    /// Takes what `attach` printed since the last call (waiting up to `wait` for more).
+    pub fn collect(&mut self, wait: Duration) -> &[String] {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.output.push(line),
+                Err(_) => break,
+            }
+        }
+        &self.output
+    }
+
+    /// Events printed so far (attach must run with `--json`), waiting `wait` for more.
+    pub fn events(&mut self, wait: Duration) -> Vec<serde_json::Value> {
+        self.collect(wait)
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until an event matching `wanted` arrives (or `timeout` passes).
+    pub fn wait_for_event(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            let events = self.events(Duration::from_millis(100));
+            if let Some(found) = events.iter().skip(seen).find(|e| wanted(e)) {
+                return Some(found.clone());
+            }
+            seen = events.len();
+            if Instant::now() >= deadline {
+                return None;
             }
         }
     }

@@ -21,7 +21,7 @@ fn judge(policy: &str) -> Judge {
     )
     .expect("policy");
     let image = compile(&loaded.policy, 1).expect("compile");
-    Judge::new(&image, &loaded.policy.limits).expect("load the kernel program")
+    Judge::new(&image, &loaded.policy).expect("load the kernel program")
 }
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {

@@ -265,9 +265,9 @@ fn vlan_and_qinq_tagged_traffic() {
         assert!(applied(&stats, "port-denied") >= 2, "{options:?}: {stats}");
         // The tags really were on the wire, as the XDP program saw them.
         let seen = if options.outer_vlan.is_some() {
-            &stats["vlan"]["stacked"]
+            &stats["observations"]["vlan_stacked"]
         } else {
-            &stats["vlan"]["single"]
+            &stats["observations"]["vlan_single"]
         };
         assert!(seen.as_u64().unwrap() >= 4, "{options:?}: {stats}");
     }

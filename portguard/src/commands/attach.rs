@@ -6,6 +6,7 @@ use std::{path::Path, process::ExitCode};
 use anyhow::{Context as _, Result, bail};
 use log::info;
 use portguard::{
+    events::EventSource,
     loader::{self, Attachment, XdpModeChoice},
     paths,
     policy::{self, LoadOptions, compile::compile},
@@ -13,15 +14,15 @@ use portguard::{
     state::{LoaderLock, RunState, now_unix},
     system,
 };
-use tokio::signal::unix::{SignalKind, signal};
 
-use super::print_warnings;
+use super::{print_warnings, serve};
 
 pub fn run(
     iface: &str,
     policy_path: &Path,
     xdp_mode: XdpModeChoice,
     strict: bool,
+    json: bool,
     netns: Option<&str>,
 ) -> Result<ExitCode> {
     system::require_root("portguard attach")?;
@@ -48,7 +49,7 @@ pub fn run(
 
     let attachment = {
         let cleanup = PinCleanup(iface);
-        let mut ebpf = loader::load(&image, &policy.limits, Some(&pin_dir))?;
+        let mut ebpf = loader::load(&image, &policy, Some(&pin_dir))?;
         let existing = sockets::read_all()?;
         let seeded = loader::seed_flows(&mut ebpf, &existing)?;
         info!("flow table seeded with {seeded} existing connections");
@@ -82,31 +83,17 @@ pub fn run(
         "pins under {}; counters: `portguard stats {iface}`",
         pin_dir.display()
     );
-    println!("running until Ctrl-C or SIGTERM");
+    println!("running until Ctrl-C or SIGTERM; events follow");
 
-    let outcome = wait_for_stop();
+    let outcome = EventSource::from_ebpf(iface, &attachment.ebpf)
+        .and_then(|source| serve::run(iface, source, serve::Output { json }));
     let detached = attachment.detach();
     RunState::remove(iface);
-    drop(lock);
+    lock.release(iface);
     outcome?;
     detached.context("detaching")?;
     println!("portguard: detached from {iface}");
     Ok(ExitCode::SUCCESS)
-}
-
-fn wait_for_stop() -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        tokio::select! {
-            _ = interrupt.recv() => info!("SIGINT: detaching"),
-            _ = terminate.recv() => info!("SIGTERM: detaching"),
-        }
-        Ok(())
-    })
 }
 
 /// Removes the pins if attaching fails half-way.

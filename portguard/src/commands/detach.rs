@@ -60,6 +60,7 @@ fn detach_one(iface: &str) -> Result<()> {
     // detaches the programs once no process holds them.
     loader::remove_pins(iface)?;
     RunState::remove(iface);
+    portguard::state::remove_stale_lock(iface);
     println!("portguard: detached from {iface}");
     Ok(())
 }

@@ -3,6 +3,8 @@
 mod attach;
 mod check;
 mod detach;
+mod events;
+mod serve;
 mod stats;
 mod status;
 
@@ -24,7 +26,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             policy,
             xdp_mode,
             strict,
-        } => attach::run(&iface, &policy, xdp_mode, strict, cli.netns.as_deref()),
+            json,
+        } => attach::run(
+            &iface,
+            &policy,
+            xdp_mode,
+            strict,
+            json,
+            cli.netns.as_deref(),
+        ),
+        Command::Events { iface, json } => events::run(iface.as_deref(), json),
         Command::Check {
             policy,
             strict,

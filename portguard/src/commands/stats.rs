@@ -1,4 +1,5 @@
-//! `portguard stats [IFACE]`: verdict counters and the most dropped ports.
+//! `portguard stats [IFACE]`: verdict counters, detections, automatic blocks and the most
+//! dropped ports.
 
 use std::{
     process::ExitCode,
@@ -6,23 +7,75 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use portguard::maps::{Counters, PinnedMaps, PortCount, top_ports};
-use portguard_common::{
-    Reason,
-    counters::{
-        ALL_REASONS, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_FRAGMENT_TABLE_FULL,
-        OBS_VLAN_SINGLE, OBS_VLAN_STACKED,
-    },
+use portguard::{
+    events::{ActiveBlock, active_blocks},
+    maps::{Counters, PinnedMaps, PortCount, top_ports},
 };
+use portguard_common::{Reason, counters::*};
 use serde_json::{Value, json};
 
-use super::{group, status::attached_interfaces};
+use super::{format_uptime, group, status::attached_interfaces};
 
 struct Snapshot {
     counters: Counters,
     port_drops: Vec<u64>,
+    blocks: Vec<ActiveBlock>,
     at: Instant,
 }
+
+impl Snapshot {
+    fn take(maps: &PinnedMaps) -> Result<Self> {
+        Ok(Self {
+            counters: maps.counters()?,
+            port_drops: maps.port_drops.snapshot(),
+            blocks: active_blocks(&maps.auto_blocks),
+            at: Instant::now(),
+        })
+    }
+}
+
+/// Observation counters as (JSON name, human label, slot).
+const OBSERVATIONS: [(&str, &str, u32); 11] = [
+    ("fragments_first", "first fragments", OBS_FRAGMENT_FIRST),
+    ("fragments_later", "later fragments", OBS_FRAGMENT_LATER),
+    (
+        "fragments_untracked",
+        "fragments not tracked (table full)",
+        OBS_FRAGMENT_TABLE_FULL,
+    ),
+    ("vlan_single", "frames with one VLAN tag", OBS_VLAN_SINGLE),
+    (
+        "vlan_stacked",
+        "frames with stacked VLAN tags",
+        OBS_VLAN_STACKED,
+    ),
+    ("scans_detected", "scans detected", OBS_SCANS_DETECTED),
+    (
+        "scan_blocks",
+        "sources blocked for scanning",
+        OBS_SCAN_BLOCKS,
+    ),
+    (
+        "trap_blocks",
+        "sources blocked by trap ports",
+        OBS_TRAP_BLOCKS,
+    ),
+    (
+        "blocks_expired",
+        "automatic blocks expired on the packet path",
+        OBS_BLOCKS_EXPIRED,
+    ),
+    (
+        "refusals_sent",
+        "refusals sent by the host (RST, port unreachable)",
+        OBS_REFUSALS_SENT,
+    ),
+    (
+        "events_lost",
+        "events lost (ring buffer full)",
+        OBS_EVENTS_LOST,
+    ),
+];
 
 pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> Result<ExitCode> {
     let interfaces = match iface {
@@ -38,14 +91,10 @@ pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> R
         .iter()
         .map(|i| Ok((i.clone(), PinnedMaps::open(i)?)))
         .collect::<Result<_>>()?;
-    let take = |maps: &PinnedMaps| -> Result<Snapshot> {
-        Ok(Snapshot {
-            counters: maps.counters()?,
-            port_drops: maps.port_drops.snapshot(),
-            at: Instant::now(),
-        })
-    };
-    let mut previous: Vec<Snapshot> = maps.iter().map(|(_, m)| take(m)).collect::<Result<_>>()?;
+    let mut previous: Vec<Snapshot> = maps
+        .iter()
+        .map(|(_, m)| Snapshot::take(m))
+        .collect::<Result<_>>()?;
     for ((iface, _), snapshot) in maps.iter().zip(&previous) {
         print(iface, snapshot, None, json, top);
     }
@@ -58,7 +107,7 @@ pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> R
     loop {
         std::thread::sleep(Duration::from_secs_f64(interval));
         for (index, (iface, maps)) in maps.iter().enumerate() {
-            let current = take(maps)?;
+            let current = Snapshot::take(maps)?;
             print(iface, &current, Some(&previous[index]), json, top);
             previous[index] = current;
         }
@@ -72,10 +121,7 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
     let delta = before.map(|b| now.counters.since(&b.counters));
     let ports = top_ports(&now.port_drops, top);
     if json {
-        println!(
-            "{}",
-            to_json(iface, &now.counters, delta.as_ref(), seconds, &ports)
-        );
+        println!("{}", to_json(iface, now, delta.as_ref(), seconds, &ports));
         return;
     }
     let c = &now.counters;
@@ -120,26 +166,11 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
             );
         }
     }
-    let first = c.slot(OBS_FRAGMENT_FIRST).packets;
-    let later = c.slot(OBS_FRAGMENT_LATER).packets;
-    if first + later > 0 {
-        println!(
-            "  fragments: {} first, {} later ({} not tracked: table full)",
-            group(first),
-            group(later),
-            group(c.slot(OBS_FRAGMENT_TABLE_FULL).packets)
-        );
-    }
-    let (single, stacked) = (
-        c.slot(OBS_VLAN_SINGLE).packets,
-        c.slot(OBS_VLAN_STACKED).packets,
-    );
-    if single + stacked > 0 {
-        println!(
-            "  VLAN-tagged frames: {} single tag, {} stacked (QinQ)",
-            group(single),
-            group(stacked)
-        );
+    for (_, label, slot) in OBSERVATIONS {
+        let count = c.slot(slot).packets;
+        if count > 0 {
+            println!("  {label}: {}", group(count));
+        }
     }
     if !ports.is_empty() {
         let list: Vec<String> = ports
@@ -148,15 +179,34 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
             .collect();
         println!("  top dropped ports: {}", list.join(", "));
     }
+    if !now.blocks.is_empty() {
+        println!("  automatic blocks ({}):", now.blocks.len());
+        for block in now.blocks.iter().take(50) {
+            println!(
+                "    {:<40} {:<5} {:<24} {} left",
+                block.source.to_string(),
+                block.cause,
+                block.detail,
+                format_uptime(block.seconds_left)
+            );
+        }
+        if now.blocks.len() > 50 {
+            println!(
+                "    ... and {} more (--json lists all)",
+                now.blocks.len() - 50
+            );
+        }
+    }
 }
 
 fn to_json(
     iface: &str,
-    c: &Counters,
+    now: &Snapshot,
     delta: Option<&Counters>,
     seconds: Option<f64>,
     ports: &[PortCount],
 ) -> Value {
+    let c = &now.counters;
     let reasons: Vec<Value> = ALL_REASONS
         .iter()
         .flat_map(|reason| {
@@ -182,6 +232,10 @@ fn to_json(
         }),
         _ => Value::Null,
     };
+    let observations: serde_json::Map<String, Value> = OBSERVATIONS
+        .iter()
+        .map(|(name, _, slot)| (name.to_string(), json!(c.slot(*slot).packets)))
+        .collect();
     json!({
         "interface": iface,
         "packets": total.packets,
@@ -190,16 +244,9 @@ fn to_json(
         "dropped": c.dropped().packets,
         "would_drop": c.monitored().packets,
         "reasons": reasons,
-        "fragments": {
-            "first": c.slot(OBS_FRAGMENT_FIRST).packets,
-            "later": c.slot(OBS_FRAGMENT_LATER).packets,
-            "untracked": c.slot(OBS_FRAGMENT_TABLE_FULL).packets,
-        },
-        "vlan": {
-            "single": c.slot(OBS_VLAN_SINGLE).packets,
-            "stacked": c.slot(OBS_VLAN_STACKED).packets,
-        },
+        "observations": observations,
         "top_dropped_ports": ports,
+        "auto_blocks": now.blocks,
         "rates": rates,
     })
 }

@@ -9,12 +9,12 @@ use portguard_common::{
     Config,
     config::*,
     maps::{
-        Bitmap256, Bl6Key, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PortRule, SRC_ALLOW_FIXED_BITS,
-        SrcAllowKey, port_index, v4_mapped,
+        Bitmap256, Bl6Key, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PORT_FLAG_TRAP, PortRule,
+        SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_index, v4_mapped,
     },
 };
 
-use super::{Action, Mode, Policy, RuleKind, TcpNonSyn};
+use super::{Action, Mode, Policy, Proto, Response, RuleKind, TcpNonSyn};
 
 /// What one policy generation writes into the kernel.
 #[derive(Debug, Default, Clone)]
@@ -68,7 +68,7 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
                 }
                 *entry = PortRule {
                     action,
-                    _pad: 0,
+                    flags: entry.flags,
                     rule: rule.number,
                 };
                 if let Some(from) = &rule.from {
@@ -86,6 +86,17 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
                     }
                 }
             }
+        }
+    }
+    for (proto, ranges) in [
+        (Proto::Tcp, &policy.trap_ports.tcp),
+        (Proto::Udp, &policy.trap_ports.udp),
+    ] {
+        for port in ranges.iter().flat_map(|r| r.clone()) {
+            let Some(index) = port_index(proto.number(), port) else {
+                continue;
+            };
+            image.ports.entry(index).or_default().flags |= PORT_FLAG_TRAP;
         }
     }
     // Source entries of ports an open allow took over are never consulted: drop them.
@@ -221,6 +232,14 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
     set(!image.bl4_wide.is_empty(), FLAG_HAS_BLOCKLIST4_WIDE);
     set(!image.bl6.is_empty(), FLAG_HAS_BLOCKLIST6);
     set(!image.never_block.is_empty(), FLAG_HAS_NEVER_BLOCK);
+    let scan = policy.scan_detection.action;
+    set(scan != Response::Off, FLAG_SCAN_DETECT);
+    set(scan == Response::Block, FLAG_SCAN_BLOCK);
+    set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
+    set(
+        scan == Response::Block || !policy.trap_ports.is_empty(),
+        FLAG_AUTO_BLOCK,
+    );
 
     let mut lengths: Vec<u8> = image.bl6.iter().map(|k| k.prefix_len).collect();
     lengths.sort_unstable_by(|a, b| b.cmp(a));
@@ -235,6 +254,11 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
         udp_reply_timeout_ns: policy.inbound.udp_reply_window.as_nanos() as u64,
         frag_timeout_ns: policy.inbound.fragment_timeout.as_nanos() as u64,
         generation,
+        scan_threshold: policy.scan_detection.threshold,
+        drop_events_per_sec: policy.events.drop_events_per_second,
+        scan_window_ns: policy.scan_detection.window.as_nanos() as u64,
+        scan_block_ns: policy.scan_detection.block_for.as_nanos() as u64,
+        trap_block_ns: policy.trap_ports.block_for.as_nanos() as u64,
     }
 }
 

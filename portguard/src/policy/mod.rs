@@ -139,6 +139,10 @@ pub enum TcpNonSyn {
 pub struct Limits {
     pub flows: u32,
     pub fragments: u32,
+    /// Sources tracked by scan detection (LRU: the least recently seen are forgotten).
+    pub sources: u32,
+    /// Automatic blocks held at once (LRU: the oldest go first under a flood).
+    pub auto_blocks: u32,
 }
 
 impl Default for Limits {
@@ -146,6 +150,80 @@ impl Default for Limits {
         Self {
             flows: 65536,
             fragments: 8192,
+            sources: 65536,
+            auto_blocks: 65536,
+        }
+    }
+}
+
+/// What a detector does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    Off,
+    Alert,
+    Block,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScanDetection {
+    /// Distinct refused destination ports (per protocol) in one window that make a scan.
+    pub threshold: u32,
+    #[serde(with = "humantime_serde_secs")]
+    pub window: Duration,
+    pub action: Response,
+    #[serde(with = "humantime_serde_secs")]
+    pub block_for: Duration,
+}
+
+impl Default for ScanDetection {
+    fn default() -> Self {
+        Self {
+            threshold: 20,
+            window: Duration::from_secs(5),
+            action: Response::Alert,
+            block_for: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrapPorts {
+    pub tcp: Vec<RangeInclusive<u16>>,
+    pub udp: Vec<RangeInclusive<u16>>,
+    #[serde(with = "humantime_serde_secs")]
+    pub block_for: Duration,
+}
+
+impl Default for TrapPorts {
+    fn default() -> Self {
+        Self {
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            block_for: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl TrapPorts {
+    pub fn is_empty(&self) -> bool {
+        self.tcp.is_empty() && self.udp.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Events {
+    /// Drop events each CPU may send per second; the rest are counted as suppressed.
+    pub drop_events_per_second: u32,
+    /// Size of the kernel's event ring buffer.
+    pub ring_buffer_kib: u32,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            drop_events_per_second: 50,
+            ring_buffer_kib: 256,
         }
     }
 }
@@ -169,6 +247,9 @@ pub struct Policy {
     pub blocklist_sources: Vec<BlocklistSource>,
     pub inbound: Inbound,
     pub limits: Limits,
+    pub scan_detection: ScanDetection,
+    pub trap_ports: TrapPorts,
+    pub events: Events,
 }
 
 impl Policy {

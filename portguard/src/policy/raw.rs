@@ -18,6 +18,35 @@ pub struct RawPolicy {
     pub blocklist: Option<RawBlocklist>,
     pub inbound: Option<RawInbound>,
     pub limits: Option<RawLimits>,
+    pub scan_detection: Option<RawScanDetection>,
+    pub trap_ports: Option<RawTrapPorts>,
+    pub events: Option<RawEvents>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScanDetection {
+    pub threshold: Option<Spanned<i64>>,
+    pub window: Option<Spanned<String>>,
+    pub action: Option<Spanned<String>>,
+    pub block_for: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrapPorts {
+    #[serde(default)]
+    pub tcp: Vec<Spanned<Value>>,
+    #[serde(default)]
+    pub udp: Vec<Spanned<Value>>,
+    pub block_for: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    pub drop_events_per_second: Option<Spanned<i64>>,
+    pub ring_buffer_kib: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,4 +86,6 @@ pub struct RawInbound {
 pub struct RawLimits {
     pub flows: Option<Spanned<i64>>,
     pub fragments: Option<Spanned<i64>>,
+    pub sources: Option<Spanned<i64>>,
+    pub auto_blocks: Option<Spanned<i64>>,
 }

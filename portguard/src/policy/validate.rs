@@ -12,10 +12,13 @@ use ipnet::IpNet;
 use toml::{Spanned, Value};
 
 use super::{
-    Action, BlocklistSource, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto, Rule,
-    RuleKind, TcpNonSyn,
+    Action, BlocklistSource, Events, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto,
+    Response, Rule, RuleKind, ScanDetection, TcpNonSyn, TrapPorts,
     diagnostic::{Diagnostic, PolicyErrors, Reporter, Severity},
-    raw::{RawBlocklist, RawInbound, RawLimits, RawPolicy, RawRule},
+    raw::{
+        RawBlocklist, RawEvents, RawInbound, RawLimits, RawPolicy, RawRule, RawScanDetection,
+        RawTrapPorts,
+    },
     sources::{parse_net_strict, read_source_file},
 };
 
@@ -68,6 +71,9 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
 
     let inbound = inbound(&mut report, raw.inbound.as_ref());
     let limits = limits(&mut report, raw.limits.as_ref());
+    let scan_detection = scan_detection(&mut report, raw.scan_detection.as_ref());
+    let trap_ports = trap_ports(&mut report, raw.trap_ports.as_ref(), &rules);
+    let events = events(&mut report, raw.events.as_ref());
 
     if default == Action::Deny && !admits_ssh(&rules) {
         report.warning_at(
@@ -93,6 +99,9 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
             blocklist_sources,
             inbound,
             limits,
+            scan_detection,
+            trap_ports,
+            events,
         },
         warnings: report.diagnostics,
     })
@@ -415,6 +424,15 @@ fn check_overlaps(report: &mut Reporter, rules: &[Rule]) {
     }
 }
 
+/// `port 22` or `ports 8000-8100`.
+fn describe_range(range: &RangeInclusive<u16>) -> String {
+    if range.start() == range.end() {
+        format!("port {}", range.start())
+    } else {
+        format!("ports {}-{}", range.start(), range.end())
+    }
+}
+
 /// `port 22`, `ports 80, 443, 8000-8100` (first few ranges).
 fn describe_ports(ports: &[u16]) -> String {
     let mut ranges: Vec<(u16, u16)> = Vec::new();
@@ -635,7 +653,140 @@ fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
     };
     limits.flows = size(&raw.flows, "flows", limits.flows);
     limits.fragments = size(&raw.fragments, "fragments", limits.fragments);
+    limits.sources = size(&raw.sources, "sources", limits.sources);
+    limits.auto_blocks = size(&raw.auto_blocks, "auto_blocks", limits.auto_blocks);
     limits
+}
+
+fn response(report: &mut Reporter, value: &Spanned<String>) -> Response {
+    match value.get_ref().as_str() {
+        "off" => Response::Off,
+        "alert" => Response::Alert,
+        "block" => Response::Block,
+        other => {
+            report.error_at(
+                value.span(),
+                format!("action must be \"alert\", \"block\" or \"off\", not \"{other}\""),
+            );
+            Response::Alert
+        }
+    }
+}
+
+fn integer_in(
+    report: &mut Reporter,
+    value: &Spanned<i64>,
+    key: &str,
+    range: RangeInclusive<i64>,
+) -> Option<u32> {
+    if range.contains(value.get_ref()) {
+        Some(*value.get_ref() as u32)
+    } else {
+        report.error_at(
+            value.span(),
+            format!(
+                "{key} = {} is out of range ({}-{})",
+                value.get_ref(),
+                range.start(),
+                range.end()
+            ),
+        );
+        None
+    }
+}
+
+fn scan_detection(report: &mut Reporter, raw: Option<&RawScanDetection>) -> ScanDetection {
+    let mut scan = ScanDetection::default();
+    let Some(raw) = raw else {
+        return scan;
+    };
+    if let Some(value) = &raw.threshold {
+        // The kernel keeps a 512-bit hashed port set per protocol: far above useful thresholds.
+        scan.threshold = integer_in(report, value, "threshold", 2..=256).unwrap_or(scan.threshold);
+    }
+    if let Some(value) = &raw.window {
+        scan.window = duration(report, value, "window").unwrap_or(scan.window);
+    }
+    if let Some(value) = &raw.action {
+        scan.action = response(report, value);
+    }
+    if let Some(value) = &raw.block_for {
+        scan.block_for = duration(report, value, "block_for").unwrap_or(scan.block_for);
+        if scan.action != Response::Block {
+            report.warning_at(
+                value.span(),
+                "block_for has no effect unless action = \"block\"",
+            );
+        }
+    }
+    scan
+}
+
+fn trap_ports(report: &mut Reporter, raw: Option<&RawTrapPorts>, rules: &[Rule]) -> TrapPorts {
+    let mut traps = TrapPorts::default();
+    let Some(raw) = raw else {
+        return traps;
+    };
+    for (proto, items, list) in [
+        (Proto::Tcp, &raw.tcp, &mut traps.tcp),
+        (Proto::Udp, &raw.udp, &mut traps.udp),
+    ] {
+        for item in items {
+            let Some(range) = port_range(report, item) else {
+                continue;
+            };
+            // A trap on a port the policy opens would block the service's own clients.
+            let open = rules.iter().find(|r| {
+                r.kind == RuleKind::Allow
+                    && r.proto == proto
+                    && r.ports
+                        .iter()
+                        .any(|p| p.start() <= range.end() && range.start() <= p.end())
+            });
+            if let Some(rule) = open {
+                report.error_at(
+                    item.span(),
+                    format!(
+                        "trap {proto} {} is opened by {}: a trap blocks everyone who connects; \
+                         remove the port from one of them",
+                        describe_range(&range),
+                        rule.label()
+                    ),
+                );
+                continue;
+            }
+            list.push(range);
+        }
+    }
+    if let Some(value) = &raw.block_for {
+        traps.block_for = duration(report, value, "block_for").unwrap_or(traps.block_for);
+    }
+    traps
+}
+
+fn events(report: &mut Reporter, raw: Option<&RawEvents>) -> Events {
+    let mut events = Events::default();
+    let Some(raw) = raw else {
+        return events;
+    };
+    if let Some(value) = &raw.drop_events_per_second {
+        events.drop_events_per_second =
+            integer_in(report, value, "drop_events_per_second", 0..=100_000)
+                .unwrap_or(events.drop_events_per_second);
+    }
+    if let Some(value) = &raw.ring_buffer_kib {
+        let kib = integer_in(report, value, "ring_buffer_kib", 4..=65536);
+        match kib {
+            // The kernel wants a power of two number of pages.
+            Some(kib) if kib.is_power_of_two() => events.ring_buffer_kib = kib,
+            Some(kib) => report.error_at(
+                value.span(),
+                format!("ring_buffer_kib = {kib} must be a power of two (4, 8, ..., 65536)"),
+            ),
+            None => {}
+        }
+    }
+    events
 }
 
 #[cfg(test)]

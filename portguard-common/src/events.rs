@@ -1,0 +1,126 @@
+//! Events the kernel sends to userspace through the `PG_EVENTS` ring buffer.
+
+/// `Event::kind`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A packet was dropped (sampled: rate-limited per source and per CPU).
+    Drop = 1,
+    /// A source crossed the scan threshold in a window.
+    ScanDetected = 2,
+    /// A source was blocked automatically (scan or trap port).
+    AutoBlocked = 3,
+    /// An automatic block expired and was removed.
+    BlockExpired = 4,
+    /// A source tried to open a trap port.
+    TrapHit = 5,
+}
+
+impl EventKind {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        [
+            Self::Drop,
+            Self::ScanDetected,
+            Self::AutoBlocked,
+            Self::BlockExpired,
+            Self::TrapHit,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == value)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::ScanDetected => "scan_detected",
+            Self::AutoBlocked => "auto_blocked",
+            Self::BlockExpired => "block_expired",
+            Self::TrapHit => "trap_hit",
+        }
+    }
+}
+
+/// How a source probes, from the packets it sends (or the refusals it gets).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ScanKind {
+    /// Half-open SYN from a raw-socket scanner (short option list, small window).
+    Syn = 0,
+    /// SYN from a full TCP stack: `connect()`.
+    Connect = 1,
+    Fin = 2,
+    Null = 3,
+    /// FIN + PSH + URG.
+    Xmas = 4,
+    /// ACK without SYN to a port with no flow.
+    Ack = 5,
+    Udp = 6,
+    /// Other flag combinations.
+    Other = 7,
+}
+
+pub const SCAN_KINDS: usize = 8;
+
+impl ScanKind {
+    pub fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Syn,
+            1 => Self::Connect,
+            2 => Self::Fin,
+            3 => Self::Null,
+            4 => Self::Xmas,
+            5 => Self::Ack,
+            6 => Self::Udp,
+            _ => Self::Other,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Syn => "syn",
+            Self::Connect => "connect",
+            Self::Fin => "fin",
+            Self::Null => "null",
+            Self::Xmas => "xmas",
+            Self::Ack => "ack",
+            Self::Udp => "udp",
+            Self::Other => "other",
+        }
+    }
+}
+
+pub const SAMPLE_PORTS: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when it happened.
+    pub time_ns: u64,
+    /// For blocks: when the block expires (`bpf_ktime_get_coarse_ns` clock).
+    pub expires_ns: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub ifindex: u32,
+    /// Scans: distinct ports in the window. Drops: drops of this kind not reported since the
+    /// last event (suppressed by the rate limit), where known.
+    pub count: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// `EventKind`.
+    pub kind: u8,
+    /// The packet's `Reason` (drop events), or the block cause (`CAUSE_*`).
+    pub reason: u8,
+    pub proto: u8,
+    /// `ScanKind`.
+    pub scan_kind: u8,
+    pub tcp_flags: u8,
+    /// Valid entries in `sample_ports`.
+    pub samples: u8,
+    pub _pad: [u8; 2],
+    pub sample_ports: [u16; SAMPLE_PORTS],
+}
+
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Event {}

@@ -1,0 +1,91 @@
+//! Events to userspace through the `PG_EVENTS` ring buffer. A full ring is never silent: the
+//! event is counted in `OBS_EVENTS_LOST`, which the reader reports.
+
+use portguard_common::{
+    Config,
+    counters::{OBS_EVENTS_LOST, OBS_EVENTS_SUPPRESSED},
+    events::{Event, EventKind, SAMPLE_PORTS},
+};
+
+use crate::{
+    counters,
+    flows::now_ns,
+    maps::{PG_EVENT_BUDGET, PG_EVENTS},
+};
+
+/// Who and what an event is about.
+pub struct Subject<'a> {
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ifindex: u32,
+}
+
+/// Details that depend on the kind of event.
+#[derive(Default)]
+pub struct Details<'a> {
+    pub reason: u8,
+    pub scan_kind: u8,
+    pub count: u32,
+    pub expires_ns: u64,
+    pub samples: u8,
+    pub sample_ports: Option<&'a [u16; SAMPLE_PORTS]>,
+}
+
+#[inline(always)]
+pub fn emit(kind: EventKind, subject: &Subject, details: &Details) {
+    let Some(mut entry) = PG_EVENTS.reserve::<Event>(0) else {
+        counters::add(OBS_EVENTS_LOST, 0);
+        return;
+    };
+    // Written field by field into the ring: an Event on the stack would not fit beside the
+    // parser's state.
+    let event = entry.as_mut_ptr();
+    unsafe {
+        (*event).time_ns = now_ns();
+        (*event).expires_ns = details.expires_ns;
+        (*event).src = *subject.src;
+        (*event).dst = *subject.dst;
+        (*event).ifindex = subject.ifindex;
+        (*event).count = details.count;
+        (*event).sport = subject.sport;
+        (*event).dport = subject.dport;
+        (*event).kind = kind as u8;
+        (*event).reason = details.reason;
+        (*event).proto = subject.proto;
+        (*event).scan_kind = details.scan_kind;
+        (*event).tcp_flags = subject.tcp_flags;
+        (*event).samples = details.samples;
+        (*event)._pad = [0; 2];
+        (*event).sample_ports = match details.sample_ports {
+            Some(ports) => *ports,
+            None => [0; SAMPLE_PORTS],
+        };
+    }
+    entry.submit(0);
+}
+
+/// The per-CPU budget of drop events for this second; when it is spent the drop is counted
+/// as suppressed instead, so a flood cannot drown the reader.
+#[inline(always)]
+pub fn drop_event_allowed(cfg: &Config) -> bool {
+    let Some(budget) = PG_EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = now_ns();
+    unsafe {
+        if now.wrapping_sub((*budget).second_start_ns) >= 1_000_000_000 {
+            (*budget).second_start_ns = now;
+            (*budget).used = 0;
+        }
+        if (*budget).used < cfg.drop_events_per_sec {
+            (*budget).used += 1;
+            return true;
+        }
+    }
+    counters::add(OBS_EVENTS_SUPPRESSED, 0);
+    false
+}
