@@ -13,7 +13,7 @@ use portguard_common::{
 
 use crate::{
     maps::{PG_COUNTERS, PG_PORT_DROPS},
-    verdict::Verdict,
+    verdict::{FRAG_FIRST, FRAG_LATER, Verdict},
 };
 
 /// Index of `Verdict::port_index` when the packet had no destination port.
@@ -22,14 +22,14 @@ pub const NO_PORT: u32 = u32::MAX;
 /// Counts the verdict and returns whether the packet must be dropped.
 #[inline(always)]
 pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) -> bool {
-    let drop = verdict.reason.is_drop();
+    let drop = verdict.is_drop();
     let monitored = drop && cfg.has(FLAG_MONITOR);
     let slot = verdict.reason as u32 + if monitored { MONITOR_BASE } else { 0 };
     add(slot, frame_len as u64);
-    if verdict.fragment_first {
-        add(OBS_FRAGMENT_FIRST, frame_len as u64);
-    } else if verdict.fragment_later {
-        add(OBS_FRAGMENT_LATER, frame_len as u64);
+    match verdict.frag {
+        FRAG_FIRST => add(OBS_FRAGMENT_FIRST, frame_len as u64),
+        FRAG_LATER => add(OBS_FRAGMENT_LATER, frame_len as u64),
+        _ => {}
     }
     if verdict.vlan_tags == 1 {
         add(OBS_VLAN_SINGLE, frame_len as u64);

@@ -24,18 +24,20 @@ pub struct Subject<'a> {
     pub ifindex: u32,
 }
 
-/// Details that depend on the kind of event.
+/// Details that depend on the kind of event (plain values: the verifier loses track of
+/// pointers passed through a struct to a BPF-to-BPF call).
 #[derive(Default)]
-pub struct Details<'a> {
+pub struct Details {
     pub reason: u8,
     pub scan_kind: u8,
     pub count: u32,
     pub expires_ns: u64,
     pub samples: u8,
-    pub sample_ports: Option<&'a [u16; SAMPLE_PORTS]>,
+    pub sample_ports: [u16; SAMPLE_PORTS],
 }
 
-#[inline(always)]
+/// A BPF-to-BPF call: emitted from several places, verified and stored once each.
+#[inline(never)]
 pub fn emit(kind: EventKind, subject: &Subject, details: &Details) {
     let Some(mut entry) = PG_EVENTS.reserve::<Event>(0) else {
         counters::add(OBS_EVENTS_LOST, 0);
@@ -60,10 +62,7 @@ pub fn emit(kind: EventKind, subject: &Subject, details: &Details) {
         (*event).tcp_flags = subject.tcp_flags;
         (*event).samples = details.samples;
         (*event)._pad = [0; 2];
-        (*event).sample_ports = match details.sample_ports {
-            Some(ports) => *ports,
-            None => [0; SAMPLE_PORTS],
-        };
+        (*event).sample_ports = details.sample_ports;
     }
     entry.submit(0);
 }

@@ -14,7 +14,7 @@ use crate::{
     counters,
     events::Subject,
     maps::{PG_FLOWS, PG_PACKET, SCRATCH_TC},
-    parse::{FragKind, Packet, Parsed, TCP_ACK, TCP_RST, parse, unreachable_probe},
+    parse::{FragKind, PARSED_IP, Packet, TCP_ACK, TCP_RST, parse, unreachable_probe},
     scan,
 };
 
@@ -46,7 +46,8 @@ pub fn record_egress(ctx: &TcContext, cfg: &Config) {
     };
     // SAFETY: this CPU's slot, used by nothing else while this program runs.
     let packet = unsafe { &mut *packet };
-    if parse(ctx.data(), ctx.data_end(), packet).parsed != Parsed::Ip {
+    parse(ctx.data(), ctx.data_end(), packet);
+    if unsafe { core::ptr::read_volatile(&packet.parsed) } != PARSED_IP {
         return;
     }
     let packet: &Packet = packet;
@@ -131,7 +132,7 @@ fn refusal(ctx: &TcContext, packet: &Packet, ifindex: u32, cfg: &Config) {
             tcp_flags: packet.tcp_flags,
             ifindex,
         };
-        let _ = scan::failed_attempt(cfg, &subject, &packet.dst, packet.sport, kind);
+        let _ = scan::failed_attempt(cfg, &subject, kind as u8);
         return;
     }
     let Some((prober, port)) = unreachable_probe(ctx.data(), ctx.data_end(), packet) else {
@@ -146,5 +147,5 @@ fn refusal(ctx: &TcContext, packet: &Packet, ifindex: u32, cfg: &Config) {
         tcp_flags: 0,
         ifindex,
     };
-    let _ = scan::failed_attempt(cfg, &subject, &prober, port, ScanKind::Udp);
+    let _ = scan::failed_attempt(cfg, &subject, ScanKind::Udp as u8);
 }

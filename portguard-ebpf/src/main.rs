@@ -11,6 +11,7 @@ mod counters;
 mod events;
 mod flows;
 mod maps;
+mod opaque;
 mod parse;
 mod scan;
 mod verdict;
@@ -38,8 +39,12 @@ fn config() -> Config {
 pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
     let cfg = config();
     let (data, end) = (ctx.data(), ctx.data_end());
-    let verdict = verdict::judge(data, end, ctx.ingress_ifindex() as u32, &cfg);
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let verdict = verdict::opaque(verdict::judge(data, end, ifindex, &cfg));
     let enforced = counters::count(&verdict, &cfg, end - data);
+    if verdict.is_drop() && verdict.report != 0 {
+        verdict::report_drop(&verdict, ifindex, &cfg);
+    }
     if enforced {
         xdp_action::XDP_DROP
     } else {

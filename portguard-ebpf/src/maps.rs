@@ -69,6 +69,10 @@ pub const SCRATCH_TC: u32 = 1;
 #[map]
 pub static PG_PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(2, 0);
 
+/// See `opaque.rs`.
+#[map]
+pub static PG_OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// A zeroed `ScanState` is built here before insertion: too big for the stack.
 #[map]
 pub static PG_SCAN_TEMPLATE: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);

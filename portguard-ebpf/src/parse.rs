@@ -48,6 +48,11 @@ pub enum FragKind {
 
 #[derive(Clone, Copy)]
 pub struct Packet {
+    /// `PARSED_*`, and the VLAN tags walked: written last by `parse`, read by the caller from
+    /// this map slot (not from registers), so the verifier sees one state, not one per parse
+    /// path.
+    pub parsed: u8,
+    pub vlan_tags: u8,
     pub is_v6: bool,
     /// Layer-4 protocol (after IPv6 extension headers).
     pub proto: u8,
@@ -77,21 +82,20 @@ pub struct Packet {
     pub frag_proto: u8,
 }
 
+/// `Packet::parsed`: what the frame turned out to be.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
     /// Not an IP packet (ARP, LLDP, ...).
     NotIp,
     /// Too short, lengths that lie, unknown version, too many tags or extension headers.
     Malformed,
-    /// An IP packet, written into the `Packet` passed to `parse`.
+    /// An IP packet: the other fields of the `Packet` are valid.
     Ip,
 }
 
-/// A parse result and the number of VLAN tags walked on the way.
-pub struct Frame {
-    pub parsed: Parsed,
-    pub vlan_tags: u8,
-}
+pub const PARSED_NOT_IP: u8 = 0;
+pub const PARSED_MALFORMED: u8 = 1;
+pub const PARSED_IP: u8 = 2;
 
 /// Pointer to a `T` at `offset` bytes into the frame, if the whole `T` is inside it.
 ///
@@ -113,16 +117,28 @@ fn be16(bytes: [u8; 2]) -> u16 {
     u16::from_be_bytes(bytes)
 }
 
-#[inline(always)]
 /// Parses the frame into `packet` (a per-CPU scratch slot: the stack is too small to copy
 /// it around).
-pub fn parse(data: usize, end: usize, packet: &mut Packet) -> Frame {
+///
+/// Not inlined, on purpose: as a BPF-to-BPF call, every way through the parser (tags,
+/// extension headers, fragments) returns to one point with nothing but the result in
+/// registers, so the verifier checks the rest of the program once, not once per parse path.
+#[inline(never)]
+pub fn parse(data: usize, end: usize, packet: &mut Packet) {
+    let (parsed, vlan_tags) = parse_frame(data, end, packet);
+    packet.parsed = match parsed {
+        Parsed::NotIp => PARSED_NOT_IP,
+        Parsed::Malformed => PARSED_MALFORMED,
+        Parsed::Ip => PARSED_IP,
+    };
+    packet.vlan_tags = vlan_tags;
+}
+
+#[inline(always)]
+fn parse_frame(data: usize, end: usize, packet: &mut Packet) -> (Parsed, u8) {
     let mut vlan_tags = 0;
     let Some(eth) = ptr_at::<EthHdr>(data, end, 0) else {
-        return Frame {
-            parsed: Parsed::Malformed,
-            vlan_tags,
-        };
+        return (Parsed::Malformed, vlan_tags);
     };
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut offset = EthHdr::LEN;
@@ -131,10 +147,7 @@ pub fn parse(data: usize, end: usize, packet: &mut Packet) -> Frame {
             break;
         }
         let Some(tag) = ptr_at::<VlanHdr>(data, end, offset) else {
-            return Frame {
-                parsed: Parsed::Malformed,
-                vlan_tags,
-            };
+            return (Parsed::Malformed, vlan_tags);
         };
         ether_type = u16::from_be(unsafe { (*tag).ether_type });
         offset += VlanHdr::LEN;
@@ -146,7 +159,7 @@ pub fn parse(data: usize, end: usize, packet: &mut Packet) -> Frame {
         ETH_P_8021Q | ETH_P_8021AD => Parsed::Malformed,
         _ => Parsed::NotIp,
     };
-    Frame { parsed, vlan_tags }
+    (parsed, vlan_tags)
 }
 
 #[inline(always)]
@@ -180,6 +193,8 @@ fn parse_ipv4(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Pa
     }
     let src = ip.src_addr;
     *packet = Packet {
+        parsed: PARSED_NOT_IP,
+        vlan_tags: 0,
         is_v6: false,
         proto: ip.proto,
         src4: u32::from_be_bytes(src),
@@ -228,6 +243,8 @@ fn parse_ipv6(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Pa
     }
     let l4_end = if jumbo { end - data } else { l4_end };
     *packet = Packet {
+        parsed: PARSED_NOT_IP,
+        vlan_tags: 0,
         is_v6: true,
         proto: ip.next_hdr,
         src4: 0,

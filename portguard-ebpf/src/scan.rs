@@ -43,19 +43,21 @@ pub fn kind_of(packet: &Packet) -> ScanKind {
     }
 }
 
-/// One failed attempt by `prober` on `port`. Returns whether a drop event may be sent for this
-/// source now (per-source rate limit), and whether the source has just been blocked.
-#[inline(always)]
-pub fn failed_attempt(
-    cfg: &Config,
-    subject: &Subject,
-    prober: &[u8; 16],
-    port: u16,
-    kind: ScanKind,
-) -> (bool, bool) {
+/// `failed_attempt` result bits: a drop event may be sent for this source now (per-source rate
+/// limit); the source has just been blocked.
+pub const REPORT: u32 = 1;
+pub const BLOCKED_NOW: u32 = 2;
+
+/// One failed attempt by `subject.src` on `subject.dport` (the prober and the probed port).
+///
+/// A BPF-to-BPF call rather than inlined code: the verifier then joins its many inner paths at
+/// the return instead of checking the caller's remaining code once per path.
+#[inline(never)]
+pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
+    let (prober, port) = (subject.src, subject.dport);
     let now = now_ns();
     let Some(state) = state_of(prober, now) else {
-        return (true, false);
+        return REPORT;
     };
     let slot = if subject.proto == PROTO_UDP { 1 } else { 0 };
     let state = unsafe { &mut *state };
@@ -93,7 +95,7 @@ pub fn failed_attempt(
             scan_kind: dominant,
             count: distinct,
             samples: state.samples,
-            sample_ports: Some(&state.sample_ports),
+            sample_ports: state.sample_ports,
             ..Default::default()
         };
         events::emit(EventKind::ScanDetected, subject, &details);
@@ -113,14 +115,16 @@ pub fn failed_attempt(
             blocked = true;
         }
     }
-    let report = now.wrapping_sub(state.last_drop_event_ns) >= DROP_EVENT_INTERVAL_NS;
-    if report {
+    let mut outcome = if blocked { BLOCKED_NOW } else { 0 };
+    if now.wrapping_sub(state.last_drop_event_ns) >= DROP_EVENT_INTERVAL_NS {
         state.last_drop_event_ns = now;
+        outcome |= REPORT;
     }
-    (report, blocked)
+    outcome
 }
 
-#[inline(always)]
+/// The most frequent kind; a call of its own so its 2^7 comparison paths end at the return.
+#[inline(never)]
 fn dominant_kind(state: &ScanState) -> u8 {
     let mut best = 0usize;
     for i in 1..SCAN_KINDS {

@@ -29,29 +29,58 @@ use crate::{
     events::{self, Details, Subject},
     flows,
     maps::{PG_FRAGS, PG_PACKET, PG_PORTS, PG_SRC_ALLOW, SCRATCH_XDP},
-    parse::{FragKind, Packet, Parsed, TCP_ACK, TCP_SYN, parse},
+    opaque,
+    parse::{FragKind, PARSED_IP, PARSED_MALFORMED, Packet, TCP_ACK, TCP_SYN, parse},
     scan,
 };
 
+/// The verdict on one frame, as plain numbers (8 bytes), so the entry point can pass it
+/// through a map slot (`opaque`) before acting on it.
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Verdict {
-    pub reason: Reason,
+    /// `Reason`.
+    pub reason: u8,
     pub vlan_tags: u8,
+    /// `FRAG_*`.
+    pub frag: u8,
+    /// A drop event may be sent (the per-source rate limit allows it, nothing else reported).
+    pub report: u8,
     /// `port_index` of the destination port, or `NO_PORT`.
     pub port_index: u32,
-    pub fragment_first: bool,
-    pub fragment_later: bool,
 }
+
+pub const FRAG_WHOLE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
 
 impl Verdict {
     #[inline(always)]
     const fn of(reason: Reason, vlan_tags: u8) -> Self {
         Self {
-            reason,
+            reason: reason as u8,
             vlan_tags,
+            frag: FRAG_WHOLE,
+            report: 0,
             port_index: NO_PORT,
-            fragment_first: false,
-            fragment_later: false,
         }
+    }
+
+    #[inline(always)]
+    pub const fn is_drop(&self) -> bool {
+        self.reason >= DROP_BASE
+    }
+}
+
+/// The verdict, made opaque to the verifier (see `opaque.rs`): the paths that led to
+/// different verdicts merge here instead of each checking the rest of the program again.
+#[inline(always)]
+pub fn opaque(verdict: Verdict) -> Verdict {
+    // SAFETY: `Verdict` is 8 bytes of plain integers.
+    unsafe {
+        core::mem::transmute::<u64, Verdict>(opaque::u64(core::mem::transmute::<Verdict, u64>(
+            verdict,
+        )))
     }
 }
 
@@ -72,6 +101,12 @@ impl Judged {
     }
 }
 
+/// The packet `judge` parsed (this CPU's XDP slot).
+#[inline(always)]
+pub fn packet() -> Option<&'static Packet> {
+    PG_PACKET.get_ptr(SCRATCH_XDP).map(|p| unsafe { &*p })
+}
+
 #[inline(always)]
 pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
     let Some(packet) = PG_PACKET.get_ptr_mut(SCRATCH_XDP) else {
@@ -79,11 +114,16 @@ pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
     };
     // SAFETY: this CPU's slot, used by nothing else while this program runs.
     let packet = unsafe { &mut *packet };
-    let frame = parse(data, end, packet);
-    let vlan_tags = frame.vlan_tags;
-    let packet: &Packet = match frame.parsed {
-        Parsed::NotIp => return Verdict::of(Reason::PassNotIp, vlan_tags),
-        Parsed::Malformed => {
+    parse(data, end, packet);
+    let (parsed, vlan_tags) = unsafe {
+        (
+            core::ptr::read_volatile(&packet.parsed),
+            core::ptr::read_volatile(&packet.vlan_tags),
+        )
+    };
+    match parsed {
+        PARSED_IP => {}
+        PARSED_MALFORMED => {
             let reason = if cfg.has(FLAG_MALFORMED_PASS) {
                 Reason::PassMalformed
             } else {
@@ -91,9 +131,34 @@ pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
             };
             return Verdict::of(reason, vlan_tags);
         }
-        Parsed::Ip => packet,
+        _ => return Verdict::of(Reason::PassNotIp, vlan_tags),
+    }
+    let packet: &Packet = packet;
+    let subject = subject_of(packet, ifindex);
+    let judged = judge_packet(packet, &subject, cfg);
+    let (frag, port_index) = match packet.frag {
+        FragKind::Later => (FRAG_LATER, NO_PORT),
+        FragKind::First => (
+            FRAG_FIRST,
+            port_index(packet.proto, packet.dport).unwrap_or(NO_PORT),
+        ),
+        FragKind::Whole => (
+            FRAG_WHOLE,
+            port_index(packet.proto, packet.dport).unwrap_or(NO_PORT),
+        ),
     };
-    let subject = Subject {
+    Verdict {
+        reason: judged.reason as u8,
+        vlan_tags,
+        frag,
+        report: judged.report as u8,
+        port_index,
+    }
+}
+
+#[inline(always)]
+fn subject_of(packet: &Packet, ifindex: u32) -> Subject<'_> {
+    Subject {
         src: &packet.src,
         dst: &packet.dst,
         sport: packet.sport,
@@ -101,27 +166,21 @@ pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
         proto: packet.proto,
         tcp_flags: packet.tcp_flags,
         ifindex,
-    };
-    let judged = judge_packet(packet, &subject, cfg);
-    if judged.reason.is_drop() && judged.report && events::drop_event_allowed(cfg) {
-        let details = Details {
-            reason: judged.reason as u8,
-            ..Default::default()
-        };
-        events::emit(EventKind::Drop, &subject, &details);
     }
-    let port_index = if packet.frag == FragKind::Later {
-        NO_PORT
-    } else {
-        port_index(packet.proto, packet.dport).unwrap_or(NO_PORT)
-    };
-    Verdict {
-        reason: judged.reason,
-        vlan_tags,
-        port_index,
-        fragment_first: packet.frag == FragKind::First,
-        fragment_later: packet.frag == FragKind::Later,
+}
+
+/// A sampled drop event for the verdict just counted (per-CPU budget permitting).
+#[inline(never)]
+pub fn report_drop(verdict: &Verdict, ifindex: u32, cfg: &Config) {
+    let Some(packet) = packet() else { return };
+    if !events::drop_event_allowed(cfg) {
+        return;
     }
+    let details = Details {
+        reason: verdict.reason,
+        ..Default::default()
+    };
+    events::emit(EventKind::Drop, &subject_of(packet, ifindex), &details);
 }
 
 #[inline(always)]
@@ -204,20 +263,18 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if !cfg.has(FLAG_SCAN_DETECT) {
         return Judged::new(reason);
     }
-    let (report, blocked) = scan::failed_attempt(
-        cfg,
-        subject,
-        &packet.src,
-        packet.dport,
-        scan::kind_of(packet),
-    );
-    if blocked {
+    let kind = opaque::u64(scan::kind_of(packet) as u64) as u8;
+    let outcome = scan::failed_attempt(cfg, subject, kind);
+    if outcome & scan::BLOCKED_NOW != 0 {
         return Judged {
             reason: scan::BLOCKED,
             report: false,
         };
     }
-    Judged { reason, report }
+    Judged {
+        reason,
+        report: outcome & scan::REPORT != 0,
+    }
 }
 
 /// An attempt on a trap port: the source is blocked at once (unless `never_block`).

@@ -47,13 +47,19 @@ pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 pub const BLOCKED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 7);
 /// In 2001:db8:1::/48, the example policy's IPv6 admin network.
 pub const ADMIN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 7);
+/// More client addresses on the lab's own network, for a scanner and an intruder.
+pub const SCANNER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 66);
+pub const INTRUDER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
 
-/// Every client address a lab configures, and the prefix the server routes it by.
-const CLIENT_EXTRA: [(&str, &str); 4] = [
-    ("203.0.113.7/24", "203.0.113.0/24"),
-    ("198.51.100.7/24", "198.51.100.0/24"),
-    ("2001:db8:bad::7/64", "2001:db8:bad::/48"),
-    ("2001:db8:1::7/64", "2001:db8:1::/48"),
+/// Every extra client address a lab configures, and the prefix the server routes it by (none
+/// when it is on the lab's own network).
+const CLIENT_EXTRA: [(&str, Option<&str>); 6] = [
+    ("203.0.113.7/24", Some("203.0.113.0/24")),
+    ("198.51.100.7/24", Some("198.51.100.0/24")),
+    ("2001:db8:bad::7/64", Some("2001:db8:bad::/48")),
+    ("2001:db8:1::7/64", Some("2001:db8:1::/48")),
+    ("192.0.2.66/24", None),
+    ("192.0.2.77/24", None),
 ];
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -245,8 +251,10 @@ impl Lab {
         )?;
         for (address, route) in CLIENT_EXTRA {
             lab.address(&lab.client, &lab.client_if, &[address])?;
-            lab.server
-                .ip(&["route", "add", route, "dev", &lab.server_if])?;
+            if let Some(route) = route {
+                lab.server
+                    .ip(&["route", "add", route, "dev", &lab.server_if])?;
+            }
         }
         Ok(lab)
     }

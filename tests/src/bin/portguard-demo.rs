@@ -8,13 +8,14 @@ use std::{
 };
 
 use portguard_tests::{
-    ADMIN_V4, ADMIN_V6, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, Lab, SERVER_V4,
-    SERVER_V6,
+    ADMIN_V4, ADMIN_V6, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, INTRUDER_V4, Lab,
+    SCANNER_V4, SERVER_V4, SERVER_V6,
     portguard_cli::portguard,
     traffic::{Servers, tcp_connects, udp_echoes},
 };
 
-const POLICY: &str = include_str!("../../../examples/policy.toml");
+const POLICY: &str = include_str!("../../../examples/edge-host.toml");
+const POLICY_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/edge-host.toml");
 
 struct Probe {
     proto: &'static str,
@@ -56,20 +57,21 @@ fn run() -> anyhow::Result<bool> {
     );
     let _services = Servers::start(&lab.server, &[22, 23, 80, 443, 3306], &[53, 5353]);
 
-    println!("policy (examples/policy.toml):");
+    println!("policy (examples/edge-host.toml):");
     for line in POLICY.lines().filter(|l| !l.trim().is_empty()) {
         println!("  | {line}");
     }
     println!(
-        "\n$ portguard --netns {} attach {} --policy examples/policy.toml",
+        "\n$ portguard --netns {} attach {} --policy examples/edge-host.toml",
         lab.server.name, lab.server_if
     );
-    let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/policy.toml");
-    let attached = Attached::start_file(&lab.server, &lab.server_if, policy, &[], None)?;
+    let mut attached = Attached::start_file(&lab.server, &lab.server_if, POLICY_PATH, &[], None)?;
     for line in attached.banner.lines() {
         println!("  {line}");
     }
 
+    let server: IpAddr = SERVER_V4.into();
+    let client: IpAddr = CLIENT_V4.into();
     let probes = probes();
     println!("\ntraffic from the client namespace:");
     let mut all_as_expected = true;
@@ -95,6 +97,79 @@ fn run() -> anyhow::Result<bool> {
         );
     }
 
+    println!("\n== a port scan: nmap -sS -p 1-300 from {SCANNER_V4} ==");
+    let target = SERVER_V4.to_string();
+    let scanner = SCANNER_V4.to_string();
+    let nmap = lab.client.exec(
+        "timeout",
+        &[
+            "60",
+            "nmap",
+            "-n",
+            "-Pn",
+            "-sS",
+            "-T5",
+            "--max-retries",
+            "1",
+            "--host-timeout",
+            "30s",
+            "-p",
+            "1-300",
+            "-S",
+            &scanner,
+            "-e",
+            &lab.client_if,
+            &target,
+        ],
+    )?;
+    let summary = String::from_utf8_lossy(&nmap.stdout);
+    for line in summary
+        .lines()
+        .filter(|l| l.contains("/tcp") || l.starts_with("Not shown") || l.contains("done"))
+    {
+        println!("  nmap| {line}");
+    }
+    println!("portguard's alerts while it ran:");
+    print_new_lines(&mut attached);
+    let web = SocketAddr::new(server, 80);
+    let scanner_blocked = !tcp_connects(&lab.client, Some(SCANNER_V4.into()), web);
+    let client_fine = tcp_connects(&lab.client, Some(client), web);
+    println!(
+        "  the scanner can reach the web port now: {}",
+        if scanner_blocked {
+            "no (blocked)"
+        } else {
+            "YES   <-- UNEXPECTED"
+        }
+    );
+    println!(
+        "  other clients still can: {}",
+        if client_fine {
+            "yes"
+        } else {
+            "NO   <-- UNEXPECTED"
+        }
+    );
+    all_as_expected &= scanner_blocked && client_fine;
+
+    println!("\n== a trap port: one connection attempt to tcp/23 from {INTRUDER_V4} ==");
+    let _ = tcp_connects(
+        &lab.client,
+        Some(INTRUDER_V4.into()),
+        SocketAddr::new(server, 23),
+    );
+    print_new_lines(&mut attached);
+    let intruder_blocked = !tcp_connects(&lab.client, Some(INTRUDER_V4.into()), web);
+    println!(
+        "  the intruder can reach the web port now: {}",
+        if intruder_blocked {
+            "no (blocked for 1h)"
+        } else {
+            "YES   <-- UNEXPECTED"
+        }
+    );
+    all_as_expected &= intruder_blocked;
+
     println!("\n$ portguard stats {}", lab.server_if);
     let stats = portguard(Some(&lab.server), &["stats", &lab.server_if]);
     print!("{}", String::from_utf8_lossy(&stats.stdout));
@@ -118,6 +193,26 @@ fn run() -> anyhow::Result<bool> {
         println!("\ndemo: some probes did not behave as the policy says (see UNEXPECTED above)");
     }
     Ok(all_as_expected)
+}
+
+/// Prints what `attach` printed (its alerts) since the last call.
+fn print_new_lines(attached: &mut Attached) {
+    let already = attached.output.len();
+    let lines = attached.collect(std::time::Duration::from_millis(700));
+    let fresh: Vec<&String> = lines[already..]
+        .iter()
+        .filter(|l| !l.contains(" DROP "))
+        .collect();
+    let drops = lines[already..]
+        .iter()
+        .filter(|l| l.contains(" DROP "))
+        .count();
+    for line in fresh {
+        println!("  | {line}");
+    }
+    if drops > 0 {
+        println!("  | ... and {drops} sampled DROP lines (rate-limited per source)");
+    }
 }
 
 fn probes() -> Vec<Probe> {
