@@ -186,6 +186,8 @@ pub struct AutoBlock {
     /// Trap port, or the distinct ports that made the scan.
     pub port: u16,
     pub _pad: [u8; 4],
+    /// When a drop event was last sent for this source (one per second at most).
+    pub last_event_ns: u64,
 }
 
 /// `::ffff:0:0/96`, the prefix of IPv4-mapped addresses.
@@ -205,7 +207,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragVerdict>() == 16);
 const _: () = assert!(core::mem::size_of::<ScanState>() == 184);
-const _: () = assert!(core::mem::size_of::<AutoBlock>() == 24);
+const _: () = assert!(core::mem::size_of::<AutoBlock>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -182,20 +182,34 @@ pub fn block(src: &[u8; 16], now: u64, expires_ns: u64, cause: u8, kind: u8, por
         kind,
         port,
         _pad: [0; 4],
+        last_event_ns: now,
     };
     let _ = PG_AUTO_BLOCK.insert(src, &entry, 0);
 }
 
-/// Whether `src` is blocked automatically right now; an expired block is removed (and
-/// reported) on the way.
+/// `auto_blocked` result bits.
+pub const IS_BLOCKED: u32 = 4;
+
+/// Whether `src` is blocked automatically right now (`IS_BLOCKED`, with `REPORT` when a drop
+/// event is due: one per source per second, so a blocked scanner cannot flood the reader).
+/// An expired block is removed, and reported, on the way.
 #[inline(always)]
-pub fn auto_blocked(cfg: &Config, subject: &Subject) -> bool {
-    let Some(entry) = PG_AUTO_BLOCK.get_ptr(subject.src) else {
-        return false;
+pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
+    let Some(entry) = PG_AUTO_BLOCK.get_ptr_mut(subject.src) else {
+        return 0;
     };
+    let now = now_ns();
     let (expires_ns, cause) = unsafe { ((*entry).expires_ns, (*entry).cause) };
-    if now_ns() < expires_ns {
-        return !exempt(cfg, subject.src);
+    if now < expires_ns {
+        if exempt(cfg, subject.src) {
+            return 0;
+        }
+        let last = unsafe { &mut (*entry).last_event_ns };
+        if now.wrapping_sub(*last) >= DROP_EVENT_INTERVAL_NS {
+            *last = now;
+            return IS_BLOCKED | REPORT;
+        }
+        return IS_BLOCKED;
     }
     if PG_AUTO_BLOCK.remove(subject.src).is_ok() {
         counters::add(portguard_common::counters::OBS_BLOCKS_EXPIRED, 0);
@@ -206,7 +220,7 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> bool {
         };
         events::emit(EventKind::BlockExpired, subject, &details);
     }
-    false
+    0
 }
 
 /// The reason a packet gets when its sender has just been blocked.

@@ -191,8 +191,14 @@ fn judge_packet(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if blocklist::in_policy_blocklist(packet, cfg) && !scan::exempt(cfg, &packet.src) {
         return Judged::new(Reason::DropBlocklist);
     }
-    if cfg.has(FLAG_AUTO_BLOCK) && scan::auto_blocked(cfg, subject) {
-        return Judged::new(Reason::DropAutoBlock);
+    if cfg.has(FLAG_AUTO_BLOCK) {
+        let blocked = scan::auto_blocked(cfg, subject);
+        if blocked & scan::IS_BLOCKED != 0 {
+            return Judged {
+                reason: Reason::DropAutoBlock,
+                report: blocked & scan::REPORT != 0,
+            };
+        }
     }
     match packet.frag {
         FragKind::Later => Judged::new(later_fragment(packet, cfg)),

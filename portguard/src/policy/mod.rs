@@ -222,7 +222,7 @@ pub struct Events {
 impl Default for Events {
     fn default() -> Self {
         Self {
-            drop_events_per_second: 50,
+            drop_events_per_second: 20,
             ring_buffer_kib: 256,
         }
     }
