@@ -35,7 +35,7 @@ impl Snapshot {
 }
 
 /// Observation counters as (JSON name, human label, slot).
-const OBSERVATIONS: [(&str, &str, u32); 11] = [
+const OBSERVATIONS: [(&str, &str, u32); 12] = [
     ("fragments_first", "first fragments", OBS_FRAGMENT_FIRST),
     ("fragments_later", "later fragments", OBS_FRAGMENT_LATER),
     (
@@ -74,6 +74,11 @@ const OBSERVATIONS: [(&str, &str, u32); 11] = [
         "events_lost",
         "events lost (ring buffer full)",
         OBS_EVENTS_LOST,
+    ),
+    (
+        "events_suppressed",
+        "drop events held back by the rate limits",
+        OBS_EVENTS_SUPPRESSED,
     ),
 ];
 
