@@ -17,18 +17,13 @@ fn main() -> anyhow::Result<()> {
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         fs::write(&object, []).context("writing the empty kernel object stub")?;
-        fs::write(out_dir.join("portguard-testkit"), [])
-            .context("writing the empty testkit stub")?;
+        fs::write(out_dir.join("portguard-testkit"), []).context("writing the empty testkit stub")?;
         return Ok(());
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../portguard-ebpf");
     let root = root.to_str().context("non-UTF-8 path to portguard-ebpf")?;
     aya_build::build_ebpf(
-        [Package {
-            name: "portguard-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [Package { name: "portguard-ebpf", root_dir: root, ..Default::default() }],
         Toolchain::Nightly,
     )
     .context(

@@ -18,15 +18,9 @@ pub enum EventKind {
 
 impl EventKind {
     pub fn from_u8(value: u8) -> Option<Self> {
-        [
-            Self::Drop,
-            Self::ScanDetected,
-            Self::AutoBlocked,
-            Self::BlockExpired,
-            Self::TrapHit,
-        ]
-        .into_iter()
-        .find(|k| *k as u8 == value)
+        [Self::Drop, Self::ScanDetected, Self::AutoBlocked, Self::BlockExpired, Self::TrapHit]
+            .into_iter()
+            .find(|k| *k as u8 == value)
     }
 
     pub const fn name(self) -> &'static str {

@@ -34,9 +34,13 @@ pub const MAP_SCAN: &str = "PG_SCAN";
 pub const MAP_AUTO_BLOCK: &str = "PG_AUTO_BLOCK";
 /// `RingBuf` of `Event`s.
 pub const MAP_EVENTS: &str = "PG_EVENTS";
+/// `LpmTrie<[u8; 16], ManualBlock>`: sources blocked by hand (`portguard block`).
+pub const MAP_MANUAL: &str = "PG_MANUAL";
+/// `Array<Runtime>` of one entry: state userspace keeps for the packet path.
+pub const MAP_RUNTIME: &str = "PG_RUNTIME";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 7] = [
+pub const SHARED_MAPS: [&str; 9] = [
     MAP_COUNTERS,
     MAP_PORT_DROPS,
     MAP_FLOWS,
@@ -44,6 +48,8 @@ pub const SHARED_MAPS: [&str; 7] = [
     MAP_SCAN,
     MAP_AUTO_BLOCK,
     MAP_EVENTS,
+    MAP_MANUAL,
+    MAP_RUNTIME,
 ];
 
 pub const PROTO_TCP: u8 = 6;
@@ -190,14 +196,31 @@ pub struct AutoBlock {
     pub last_event_ns: u64,
 }
 
+/// A block set by hand.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManualBlock {
+    /// Stops matching at this `bpf_ktime_get_coarse_ns` time; 0: until unblocked.
+    pub expires_ns: u64,
+    /// When a drop event was last sent for a source in this block (one per second at most).
+    pub last_event_ns: u64,
+}
+
+/// What userspace tells the packet path outside the policy (shared by every generation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Runtime {
+    /// Entries in `PG_MANUAL`: the lookup is skipped while there are none.
+    pub manual_blocks: u32,
+    pub _pad: u32,
+}
+
 /// `::ffff:0:0/96`, the prefix of IPv4-mapped addresses.
 pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
 #[inline(always)]
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
 }
 
 const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
@@ -208,6 +231,8 @@ const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragVerdict>() == 16);
 const _: () = assert!(core::mem::size_of::<ScanState>() == 184);
 const _: () = assert!(core::mem::size_of::<AutoBlock>() == 32);
+const _: () = assert!(core::mem::size_of::<ManualBlock>() == 16);
+const _: () = assert!(core::mem::size_of::<Runtime>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -220,4 +245,6 @@ mod pod {
     unsafe impl aya::Pod for FragVerdict {}
     unsafe impl aya::Pod for ScanState {}
     unsafe impl aya::Pod for AutoBlock {}
+    unsafe impl aya::Pod for ManualBlock {}
+    unsafe impl aya::Pod for Runtime {}
 }

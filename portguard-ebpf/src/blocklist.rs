@@ -7,9 +7,7 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config,
-    config::{
-        FLAG_HAS_BLOCKLIST4, FLAG_HAS_BLOCKLIST4_WIDE, FLAG_HAS_BLOCKLIST6, MAX_BL6_PREFIX_LENS,
-    },
+    config::{FLAG_HAS_BLOCKLIST4, FLAG_HAS_BLOCKLIST4_WIDE, FLAG_HAS_BLOCKLIST6, MAX_BL6_PREFIX_LENS},
     maps::Bl6Key,
 };
 
@@ -43,12 +41,8 @@ fn v4_blocked(src: u32, cfg: &Config) -> bool {
 
 #[inline(always)]
 fn v6_blocked(src: &[u8; 16], cfg: &Config) -> bool {
-    let hi = u64::from_be_bytes([
-        src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7],
-    ]);
-    let lo = u64::from_be_bytes([
-        src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15],
-    ]);
+    let hi = u64::from_be_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]);
+    let lo = u64::from_be_bytes([src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15]]);
     for i in 0..MAX_BL6_PREFIX_LENS {
         if i as u32 >= cfg.bl6_prefix_count {
             break;
@@ -58,11 +52,7 @@ fn v6_blocked(src: &[u8; 16], cfg: &Config) -> bool {
         let mut addr = [0u8; 16];
         addr[..8].copy_from_slice(&(hi & hi_mask).to_be_bytes());
         addr[8..].copy_from_slice(&(lo & lo_mask).to_be_bytes());
-        let key = Bl6Key {
-            prefix_len: len as u8,
-            _pad: [0; 3],
-            addr,
-        };
+        let key = Bl6Key { prefix_len: len as u8, _pad: [0; 3], addr };
         if unsafe { PG_BL6.get(key) }.is_some() {
             return true;
         }

@@ -6,9 +6,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use portguard_common::{
     Config,
     config::FLAG_MONITOR,
-    counters::{
-        MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED,
-    },
+    counters::{MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED},
 };
 
 use crate::{

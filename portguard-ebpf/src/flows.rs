@@ -33,11 +33,7 @@ pub fn now_ns() -> u64 {
 pub fn record_egress(ctx: &TcContext, cfg: &Config) {
     // Headers of locally generated packets are normally linear already; pull when they are not.
     let linear = ctx.data_end() - ctx.data();
-    let want = if ctx.len() < PULL_LEN {
-        ctx.len()
-    } else {
-        PULL_LEN
-    };
+    let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
     if linear < want as usize {
         let _ = ctx.pull_data(want);
     }
@@ -106,9 +102,7 @@ pub fn known(packet: &Packet, cfg: &Config) -> bool {
     };
     match unsafe { PG_FLOWS.get(key) } {
         None => false,
-        Some(last) => {
-            packet.proto == PROTO_TCP || now_ns().wrapping_sub(*last) < cfg.udp_reply_timeout_ns
-        }
+        Some(last) => packet.proto == PROTO_TCP || now_ns().wrapping_sub(*last) < cfg.udp_reply_timeout_ns,
     }
 }
 
@@ -118,11 +112,7 @@ pub fn known(packet: &Packet, cfg: &Config) -> bool {
 fn refusal(ctx: &TcContext, packet: &Packet, ifindex: u32, cfg: &Config) {
     if packet.proto == PROTO_TCP {
         // RST+ACK answers a SYN (or FIN, NULL, Xmas); a bare RST answers an ACK probe.
-        let kind = if packet.tcp_flags & TCP_ACK != 0 {
-            ScanKind::Syn
-        } else {
-            ScanKind::Ack
-        };
+        let kind = if packet.tcp_flags & TCP_ACK != 0 { ScanKind::Syn } else { ScanKind::Ack };
         let subject = Subject {
             src: &packet.dst,
             dst: &packet.src,

@@ -45,11 +45,7 @@ pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
     if verdict.is_drop() && verdict.report != 0 {
         verdict::report_drop(&verdict, ifindex, &cfg);
     }
-    if enforced {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    }
+    if enforced { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }
 
 /// Outbound: learn the flows the host takes part in (so their replies pass a default-deny

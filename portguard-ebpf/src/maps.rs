@@ -10,8 +10,8 @@ use portguard_common::{
     Counter,
     counters::COUNTER_SLOTS,
     maps::{
-        AutoBlock, Bitmap256, Bl6Key, FlowKey, FragKey, FragVerdict, PORT_TABLE_LEN, PortRule,
-        ScanState, SrcAllowKey,
+        AutoBlock, Bitmap256, Bl6Key, FlowKey, FragKey, FragVerdict, ManualBlock, PORT_TABLE_LEN, PortRule,
+        Runtime, ScanState, SrcAllowKey,
     },
 };
 
@@ -58,6 +58,12 @@ pub static PG_AUTO_BLOCK: LruHashMap<[u8; 16], AutoBlock> = LruHashMap::with_max
 
 #[map]
 pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[map]
+pub static PG_MANUAL: LpmTrie<[u8; 16], ManualBlock> = LpmTrie::with_max_entries(65536, 0);
+
+#[map]
+pub static PG_RUNTIME: Array<Runtime> = Array::with_max_entries(1, 0);
 
 // --- Per-CPU scratch (not pinned, nothing to keep) ------------------------------------------
 

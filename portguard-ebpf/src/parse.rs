@@ -218,11 +218,7 @@ fn parse_ipv4(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Pa
     }
     let l4 = offset + header_len;
     let l4_end = offset + total_len;
-    if parse_l4(data, end, l4, l4_end, packet) {
-        Parsed::Ip
-    } else {
-        Parsed::Malformed
-    }
+    if parse_l4(data, end, l4, l4_end, packet) { Parsed::Ip } else { Parsed::Malformed }
 }
 
 #[inline(always)]
@@ -325,11 +321,7 @@ fn parse_ipv6(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Pa
         return Parsed::Malformed;
     }
     packet.proto = next;
-    if parse_l4(data, end, cursor, l4_end, packet) {
-        Parsed::Ip
-    } else {
-        Parsed::Malformed
-    }
+    if parse_l4(data, end, cursor, l4_end, packet) { Parsed::Ip } else { Parsed::Malformed }
 }
 
 /// Reads the layer-4 header at `offset`; `l4_end` is where the IP datagram (or this fragment)

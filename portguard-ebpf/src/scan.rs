@@ -6,19 +6,20 @@
 //! on `scan_threshold` distinct ports of one protocol within one window is reported once per
 //! window, and blocked right there if the policy says so.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config, Reason,
     config::{FLAG_HAS_NEVER_BLOCK, FLAG_SCAN_BLOCK},
     counters::{OBS_SCAN_BLOCKS, OBS_SCANS_DETECTED},
     events::{EventKind, SAMPLE_PORTS, SCAN_KINDS, ScanKind},
-    maps::{AutoBlock, CAUSE_SCAN, PROTO_UDP, SCAN_PORT_BITS, ScanState},
+    maps::{AutoBlock, CAUSE_SCAN, ManualBlock, PROTO_UDP, SCAN_PORT_BITS, ScanState},
 };
 
 use crate::{
     blocklist, counters,
     events::{self, Details, Subject},
     flows::now_ns,
-    maps::{PG_AUTO_BLOCK, PG_SCAN, PG_SCAN_TEMPLATE},
+    maps::{PG_AUTO_BLOCK, PG_MANUAL, PG_RUNTIME, PG_SCAN, PG_SCAN_TEMPLATE},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG},
 };
 
@@ -101,14 +102,7 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
         events::emit(EventKind::ScanDetected, subject, &details);
         if will_block {
             let expires_ns = now + cfg.scan_block_ns;
-            block(
-                prober,
-                now,
-                expires_ns,
-                CAUSE_SCAN,
-                dominant,
-                distinct as u16,
-            );
+            block(prober, now, expires_ns, CAUSE_SCAN, dominant, distinct as u16);
             counters::add(OBS_SCAN_BLOCKS, 0);
             details.expires_ns = expires_ns;
             events::emit(EventKind::AutoBlocked, subject, &details);
@@ -175,15 +169,7 @@ pub fn exempt(cfg: &Config, src: &[u8; 16]) -> bool {
 
 #[inline(always)]
 pub fn block(src: &[u8; 16], now: u64, expires_ns: u64, cause: u8, kind: u8, port: u16) {
-    let entry = AutoBlock {
-        added_ns: now,
-        expires_ns,
-        cause,
-        kind,
-        port,
-        _pad: [0; 4],
-        last_event_ns: now,
-    };
+    let entry = AutoBlock { added_ns: now, expires_ns, cause, kind, port, _pad: [0; 4], last_event_ns: now };
     let _ = PG_AUTO_BLOCK.insert(src, &entry, 0);
 }
 
@@ -213,14 +199,36 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
     }
     if PG_AUTO_BLOCK.remove(subject.src).is_ok() {
         counters::add(portguard_common::counters::OBS_BLOCKS_EXPIRED, 0);
-        let details = Details {
-            reason: cause,
-            expires_ns,
-            ..Default::default()
-        };
+        let details = Details { reason: cause, expires_ns, ..Default::default() };
         events::emit(EventKind::BlockExpired, subject, &details);
     }
     0
+}
+
+/// Whether `src` is blocked by hand right now (`IS_BLOCKED`, with `REPORT` when a drop event
+/// is due). Expired entries stop matching here; the loader removes them.
+#[inline(always)]
+pub fn manually_blocked(cfg: &Config, subject: &Subject) -> u32 {
+    let none = PG_RUNTIME.get(0).map(|r| r.manual_blocks == 0).unwrap_or(true);
+    if none {
+        return 0;
+    }
+    let Some(entry) = PG_MANUAL.get(Key::new(128, *subject.src)) else {
+        return 0;
+    };
+    let entry = entry as *const ManualBlock as *mut ManualBlock;
+    let now = now_ns();
+    let expires_ns = unsafe { (*entry).expires_ns };
+    if (expires_ns != 0 && now >= expires_ns) || exempt(cfg, subject.src) {
+        return 0;
+    }
+    // One drop event per second per blocked network, written into the map's own value.
+    let last = unsafe { &mut (*entry).last_event_ns };
+    if now.wrapping_sub(*last) >= DROP_EVENT_INTERVAL_NS {
+        *last = now;
+        return IS_BLOCKED | REPORT;
+    }
+    IS_BLOCKED
 }
 
 /// The reason a packet gets when its sender has just been blocked.

@@ -3,7 +3,8 @@
 //! 1. not IP -> pass; malformed -> the policy's `malformed` action
 //! 2. IPv6 neighbour discovery from the link (hop limit 255) -> pass, always
 //! 3. blocklisted source (any protocol), unless in `never_block` -> drop
-//! 4. automatically blocked source (scan, trap port), unless expired -> drop
+//! 4. source blocked by hand (`portguard block`) or automatically (scan, trap port), unless
+//!    expired or in `never_block` -> drop
 //! 5. later fragment -> the verdict its first fragment got (or the `unseen` action)
 //! 6. TCP/UDP -> port policy; a drop is lifted for packets of flows the host is part of
 //!    (TCP segments that cannot open a connection, UDP replies); a refused attempt counts
@@ -17,9 +18,8 @@ use portguard_common::{
     counters::{DROP_BASE, OBS_FRAGMENT_TABLE_FULL, OBS_TRAP_BLOCKS},
     events::EventKind,
     maps::{
-        CAUSE_TRAP, FragKey, FragVerdict, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PORT_FLAG_TRAP,
-        PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SRC_ALLOW_FIXED_BITS, SrcAllowKey,
-        port_index,
+        CAUSE_TRAP, FragKey, FragVerdict, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PORT_FLAG_TRAP, PROTO_ICMP,
+        PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_index,
     },
 };
 
@@ -57,13 +57,7 @@ pub const FRAG_LATER: u8 = 2;
 impl Verdict {
     #[inline(always)]
     const fn of(reason: Reason, vlan_tags: u8) -> Self {
-        Self {
-            reason: reason as u8,
-            vlan_tags,
-            frag: FRAG_WHOLE,
-            report: 0,
-            port_index: NO_PORT,
-        }
+        Self { reason: reason as u8, vlan_tags, frag: FRAG_WHOLE, report: 0, port_index: NO_PORT }
     }
 
     #[inline(always)]
@@ -78,9 +72,7 @@ impl Verdict {
 pub fn opaque(verdict: Verdict) -> Verdict {
     // SAFETY: `Verdict` is 8 bytes of plain integers.
     unsafe {
-        core::mem::transmute::<u64, Verdict>(opaque::u64(core::mem::transmute::<Verdict, u64>(
-            verdict,
-        )))
+        core::mem::transmute::<u64, Verdict>(opaque::u64(core::mem::transmute::<Verdict, u64>(verdict)))
     }
 }
 
@@ -94,10 +86,7 @@ struct Judged {
 impl Judged {
     #[inline(always)]
     const fn new(reason: Reason) -> Self {
-        Self {
-            reason,
-            report: true,
-        }
+        Self { reason, report: true }
     }
 }
 
@@ -115,20 +104,13 @@ pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
     // SAFETY: this CPU's slot, used by nothing else while this program runs.
     let packet = unsafe { &mut *packet };
     parse(data, end, packet);
-    let (parsed, vlan_tags) = unsafe {
-        (
-            core::ptr::read_volatile(&packet.parsed),
-            core::ptr::read_volatile(&packet.vlan_tags),
-        )
-    };
+    let (parsed, vlan_tags) =
+        unsafe { (core::ptr::read_volatile(&packet.parsed), core::ptr::read_volatile(&packet.vlan_tags)) };
     match parsed {
         PARSED_IP => {}
         PARSED_MALFORMED => {
-            let reason = if cfg.has(FLAG_MALFORMED_PASS) {
-                Reason::PassMalformed
-            } else {
-                Reason::DropMalformed
-            };
+            let reason =
+                if cfg.has(FLAG_MALFORMED_PASS) { Reason::PassMalformed } else { Reason::DropMalformed };
             return Verdict::of(reason, vlan_tags);
         }
         _ => return Verdict::of(Reason::PassNotIp, vlan_tags),
@@ -138,22 +120,10 @@ pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
     let judged = judge_packet(packet, &subject, cfg);
     let (frag, port_index) = match packet.frag {
         FragKind::Later => (FRAG_LATER, NO_PORT),
-        FragKind::First => (
-            FRAG_FIRST,
-            port_index(packet.proto, packet.dport).unwrap_or(NO_PORT),
-        ),
-        FragKind::Whole => (
-            FRAG_WHOLE,
-            port_index(packet.proto, packet.dport).unwrap_or(NO_PORT),
-        ),
+        FragKind::First => (FRAG_FIRST, port_index(packet.proto, packet.dport).unwrap_or(NO_PORT)),
+        FragKind::Whole => (FRAG_WHOLE, port_index(packet.proto, packet.dport).unwrap_or(NO_PORT)),
     };
-    Verdict {
-        reason: judged.reason as u8,
-        vlan_tags,
-        frag,
-        report: judged.report as u8,
-        port_index,
-    }
+    Verdict { reason: judged.reason as u8, vlan_tags, frag, report: judged.report as u8, port_index }
 }
 
 #[inline(always)]
@@ -176,10 +146,7 @@ pub fn report_drop(verdict: &Verdict, ifindex: u32, cfg: &Config) {
     if !events::drop_event_allowed(cfg) {
         return;
     }
-    let details = Details {
-        reason: verdict.reason,
-        ..Default::default()
-    };
+    let details = Details { reason: verdict.reason, ..Default::default() };
     events::emit(EventKind::Drop, &subject_of(packet, ifindex), &details);
 }
 
@@ -191,13 +158,14 @@ fn judge_packet(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if blocklist::in_policy_blocklist(packet, cfg) && !scan::exempt(cfg, &packet.src) {
         return Judged::new(Reason::DropBlocklist);
     }
+    let manual = scan::manually_blocked(cfg, subject);
+    if manual & scan::IS_BLOCKED != 0 {
+        return Judged { reason: Reason::DropManualBlock, report: manual & scan::REPORT != 0 };
+    }
     if cfg.has(FLAG_AUTO_BLOCK) {
         let blocked = scan::auto_blocked(cfg, subject);
         if blocked & scan::IS_BLOCKED != 0 {
-            return Judged {
-                reason: Reason::DropAutoBlock,
-                report: blocked & scan::REPORT != 0,
-            };
+            return Judged { reason: Reason::DropAutoBlock, report: blocked & scan::REPORT != 0 };
         }
     }
     match packet.frag {
@@ -272,15 +240,9 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     let kind = opaque::u64(scan::kind_of(packet) as u64) as u8;
     let outcome = scan::failed_attempt(cfg, subject, kind);
     if outcome & scan::BLOCKED_NOW != 0 {
-        return Judged {
-            reason: scan::BLOCKED,
-            report: false,
-        };
+        return Judged { reason: scan::BLOCKED, report: false };
     }
-    Judged {
-        reason,
-        report: outcome & scan::REPORT != 0,
-    }
+    Judged { reason, report: outcome & scan::REPORT != 0 }
 }
 
 /// An attempt on a trap port: the source is blocked at once (unless `never_block`).
@@ -300,20 +262,10 @@ fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> Option<Judged> {
     if exempt {
         return None;
     }
-    scan::block(
-        &packet.src,
-        now,
-        expires_ns,
-        CAUSE_TRAP,
-        packet.proto,
-        packet.dport,
-    );
+    scan::block(&packet.src, now, expires_ns, CAUSE_TRAP, packet.proto, packet.dport);
     counters::add(OBS_TRAP_BLOCKS, 0);
     events::emit(EventKind::AutoBlocked, subject, &details);
-    Some(Judged {
-        reason: scan::BLOCKED,
-        report: false,
-    })
+    Some(Judged { reason: scan::BLOCKED, report: false })
 }
 
 /// A SYN without ACK: the only segment that opens a connection.
@@ -341,15 +293,9 @@ fn port_decision(packet: &Packet, action: u8, cfg: &Config) -> Reason {
 
 #[inline(always)]
 fn source_allowed(packet: &Packet) -> bool {
-    let key = SrcAllowKey {
-        proto: packet.proto,
-        _zero: 0,
-        port_be: packet.dport.to_be_bytes(),
-        addr: packet.src,
-    };
-    PG_SRC_ALLOW
-        .get(Key::new(SRC_ALLOW_FIXED_BITS + 128, key))
-        .is_some()
+    let key =
+        SrcAllowKey { proto: packet.proto, _zero: 0, port_be: packet.dport.to_be_bytes(), addr: packet.src };
+    PG_SRC_ALLOW.get(Key::new(SRC_ALLOW_FIXED_BITS + 128, key)).is_some()
 }
 
 /// With `icmp = "deny"`, errors (unreachable, time exceeded, parameter problem) and echo
@@ -380,22 +326,12 @@ fn icmpv6(packet: &Packet, cfg: &Config) -> Reason {
 
 #[inline(always)]
 fn frag_key(packet: &Packet) -> FragKey {
-    FragKey {
-        src: packet.src,
-        dst: packet.dst,
-        id: packet.frag_id,
-        proto: packet.frag_proto,
-        _pad: [0; 3],
-    }
+    FragKey { src: packet.src, dst: packet.dst, id: packet.frag_id, proto: packet.frag_proto, _pad: [0; 3] }
 }
 
 #[inline(always)]
 fn remember_first_fragment(packet: &Packet, reason: Reason) {
-    let verdict = FragVerdict {
-        seen_ns: flows::now_ns(),
-        reason: reason as u8,
-        _pad: [0; 7],
-    };
+    let verdict = FragVerdict { seen_ns: flows::now_ns(), reason: reason as u8, _pad: [0; 7] };
     if PG_FRAGS.insert(&frag_key(packet), &verdict, 0).is_err() {
         counters::add(OBS_FRAGMENT_TABLE_FULL, 0);
     }
@@ -405,16 +341,8 @@ fn remember_first_fragment(packet: &Packet, reason: Reason) {
 fn later_fragment(packet: &Packet, cfg: &Config) -> Reason {
     if let Some(first) = unsafe { PG_FRAGS.get(&frag_key(packet)) } {
         if flows::now_ns().wrapping_sub(first.seen_ns) <= cfg.frag_timeout_ns {
-            return if first.reason >= DROP_BASE {
-                Reason::DropFragment
-            } else {
-                Reason::PassFragment
-            };
+            return if first.reason >= DROP_BASE { Reason::DropFragment } else { Reason::PassFragment };
         }
     }
-    if cfg.has(FLAG_FRAG_UNSEEN_PASS) {
-        Reason::PassFragmentUnseen
-    } else {
-        Reason::DropFragmentUnseen
-    }
+    if cfg.has(FLAG_FRAG_UNSEEN_PASS) { Reason::PassFragmentUnseen } else { Reason::DropFragmentUnseen }
 }

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
 use portguard::loader::XdpModeChoice;
 
@@ -29,9 +31,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Enforce a policy on an interface; runs in the foreground until Ctrl-C or SIGTERM.
-    #[command(
-        after_help = "Example:\n  sudo portguard attach eth0 --policy /etc/portguard/policy.toml"
-    )]
+    #[command(after_help = "Example:\n  sudo portguard attach eth0 --policy /etc/portguard/policy.toml")]
     Attach {
         /// Interface to protect (inbound traffic is judged, outbound flows are learnt).
         iface: String,
@@ -47,7 +47,68 @@ pub enum Command {
         /// Print events as JSON, one object per line (for log shippers).
         #[arg(long)]
         json: bool,
+        /// Leave enforcement in place when this loader exits (a later attach adopts it,
+        /// `portguard detach` removes it).
+        #[arg(long)]
+        pin: bool,
+        /// Detach by itself unless `portguard confirm` runs within this time (e.g. 2m): a
+        /// policy that cuts your SSH session undoes itself.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        confirm_within: Option<Duration>,
     },
+    /// Swap in a new policy atomically (no packet sees a mix of old and new rules); counters
+    /// carry over. An invalid policy is refused and the running one stays.
+    #[command(
+        after_help = "Example:\n  sudo portguard reload eth0 --policy new.toml --confirm-within 2m\n  sudo portguard confirm eth0"
+    )]
+    Reload {
+        /// Interface (default: every attachment).
+        iface: Option<String>,
+        /// The new policy (default: the running policy's file, read again).
+        #[arg(short, long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        strict: bool,
+        /// Roll back to the previous policy unless `portguard confirm` runs within this time.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        confirm_within: Option<Duration>,
+    },
+    /// Keep a change made with --confirm-within.
+    Confirm { iface: Option<String> },
+    /// Block sources now, on every packet, without a restart; saved across restarts and reboots.
+    #[command(
+        after_help = "Example:\n  sudo portguard block 203.0.113.7 2001:db8:bad::/48 --for 1h --reason \"ssh brute force\""
+    )]
+    Block {
+        /// Addresses or networks (IPv4, IPv6).
+        #[arg(required = true, value_name = "ADDR_OR_CIDR")]
+        sources: Vec<String>,
+        /// How long (e.g. 30s, 15m, 2h); default: until `portguard unblock`.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this attachment (default: all, including future ones).
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// Lift manual (and automatic) blocks.
+    Unblock {
+        #[arg(required = true, value_name = "ADDR_OR_CIDR")]
+        sources: Vec<String>,
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// List active blocks: policy, manual and automatic, with reason and time left.
+    Blocks {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// (internal) carries out a --confirm-within rollback.
+    #[command(hide = true)]
+    RollbackGuard { iface: String, token: String },
     /// Follow the events (drops, scans, blocks) of an attachment started elsewhere.
     #[command(after_help = "Example:\n  sudo portguard events eth0 --json | jq .")]
     Events {
@@ -96,4 +157,12 @@ pub enum Command {
         #[arg(long, conflicts_with = "iface")]
         all: bool,
     },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("the duration must be longer than zero".into()),
+        Err(error) => Err(format!("`{text}` is not a duration like 30s, 15m or 2h: {error}")),
+    }
 }

@@ -96,10 +96,7 @@ impl EventRecord {
 
     /// Ring buffer overflow, reported by the reader from the kernel's counter.
     pub fn events_lost(time: SystemTime, interface: &str, count: u64) -> Self {
-        Self {
-            count: Some(count),
-            ..Self::new(time, interface, "events_lost")
-        }
+        Self { count: Some(count), ..Self::new(time, interface, "events_lost") }
     }
 
     /// One line for people: time, interface, what, who, details.
@@ -113,42 +110,27 @@ impl EventRecord {
         let proto = self.protocol.as_deref().unwrap_or("");
         let kind = self.scan_kind.as_deref().unwrap_or("");
         let block = match (self.block_seconds, &self.expires) {
-            (Some(secs), _) => format!(
-                "for {}",
-                humantime::format_duration(Duration::from_secs(secs))
-            ),
+            (Some(secs), _) => format!("for {}", humantime::format_duration(Duration::from_secs(secs))),
             _ => String::new(),
         };
         let details = match self.event.as_str() {
             "drop" => format!(
                 "{who} -> {target} {proto}{} dropped: {}",
-                self.tcp_flags
-                    .as_deref()
-                    .map(|f| format!(" {f}"))
-                    .unwrap_or_default(),
+                self.tcp_flags.as_deref().map(|f| format!(" {f}")).unwrap_or_default(),
                 self.reason.as_deref().unwrap_or("?")
             ),
             "scan_detected" => format!(
                 "{who} -> {} {kind} scan: {} distinct {proto} ports refused (sample {}){}",
                 self.destination.map(|d| d.to_string()).unwrap_or_default(),
                 self.distinct_ports.unwrap_or(0),
-                self.ports_sample
-                    .as_deref()
-                    .map(ports_list)
-                    .unwrap_or_default(),
-                if self.action.as_deref() == Some("blocked") {
-                    "; blocking"
-                } else {
-                    "; alert only"
-                }
+                self.ports_sample.as_deref().map(ports_list).unwrap_or_default(),
+                if self.action.as_deref() == Some("blocked") { "; blocking" } else { "; alert only" }
             ),
             "auto_blocked" => format!(
                 "{who} blocked {block} ({})",
                 match self.reason.as_deref() {
-                    Some("trap") => format!(
-                        "touched trap port {proto}/{}",
-                        self.destination_port.unwrap_or(0)
-                    ),
+                    Some("trap") =>
+                        format!("touched trap port {proto}/{}", self.destination_port.unwrap_or(0)),
                     _ => format!("{kind} scan of {} ports", self.distinct_ports.unwrap_or(0)),
                 }
             ),
@@ -195,11 +177,7 @@ fn bracket(ip: IpAddr) -> String {
 }
 
 fn ports_list(ports: &[u16]) -> String {
-    ports
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// An address as the kernel stores it (IPv4-mapped for IPv4).
@@ -222,24 +200,10 @@ pub fn protocol_name(proto: u8) -> String {
 }
 
 pub fn tcp_flags(flags: u8) -> String {
-    const NAMES: [(u8, &str); 6] = [
-        (0x02, "SYN"),
-        (0x10, "ACK"),
-        (0x01, "FIN"),
-        (0x04, "RST"),
-        (0x08, "PSH"),
-        (0x20, "URG"),
-    ];
-    let set: Vec<&str> = NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, n)| *n)
-        .collect();
-    if set.is_empty() {
-        "none".into()
-    } else {
-        set.join("|")
-    }
+    const NAMES: [(u8, &str); 6] =
+        [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x20, "URG")];
+    let set: Vec<&str> = NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| *n).collect();
+    if set.is_empty() { "none".into() } else { set.join("|") }
 }
 
 fn cause_name(cause: u8) -> &'static str {
@@ -259,10 +223,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        Self {
-            wall: SystemTime::now(),
-            mono_ns: kernel_now_ns(),
-        }
+        Self { wall: SystemTime::now(), mono_ns: kernel_now_ns() }
     }
 
     pub fn wall(&self, mono_ns: u64) -> SystemTime {
@@ -298,11 +259,7 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
     };
     match kind {
         EventKind::Drop => {
-            record.reason = Some(
-                Reason::from_u8(event.reason)
-                    .map_or("unknown", Reason::name)
-                    .to_string(),
-            );
+            record.reason = Some(Reason::from_u8(event.reason).map_or("unknown", Reason::name).to_string());
         }
         EventKind::ScanDetected => {
             record.scan_kind = Some(ScanKind::from_u8(event.scan_kind).name().to_string());
@@ -310,14 +267,7 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
             let samples = (event.samples as usize).min(SAMPLE_PORTS);
             record.ports_sample = Some(event.sample_ports[..samples].to_vec());
             // The kernel sends auto_blocked right after when it blocks; say so here too.
-            record.action = Some(
-                if event.reason == CAUSE_SCAN {
-                    "blocked"
-                } else {
-                    "alert"
-                }
-                .to_string(),
-            );
+            record.action = Some(if event.reason == CAUSE_SCAN { "blocked" } else { "alert" }.to_string());
             record.reason = Some("scan".into());
         }
         EventKind::AutoBlocked => {
@@ -332,14 +282,7 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
         EventKind::TrapHit => {
             record.reason = Some("trap".into());
             record.scan_kind = Some(ScanKind::from_u8(event.scan_kind).name().to_string());
-            record.action = Some(
-                if event.expires_ns != 0 {
-                    "blocked"
-                } else {
-                    "alert"
-                }
-                .to_string(),
-            );
+            record.action = Some(if event.expires_ns != 0 { "blocked" } else { "alert" }.to_string());
             block(&mut record);
         }
         EventKind::BlockExpired => {
@@ -367,16 +310,10 @@ impl EventSource {
     pub fn from_pins(interface: &str) -> Result<Self> {
         let open = |name: &str| -> Result<Map> {
             let path = paths::map_pin(interface, name);
-            let data =
-                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+            let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             Ok(Map::from_map_data(data)?)
         };
-        Self::from_maps(
-            interface,
-            open(MAP_EVENTS)?,
-            open(MAP_COUNTERS)?,
-            open(MAP_AUTO_BLOCK)?,
-        )
+        Self::from_maps(interface, open(MAP_EVENTS)?, open(MAP_COUNTERS)?, open(MAP_AUTO_BLOCK)?)
     }
 
     /// From a loaded object (its maps are shared, not taken).
@@ -384,19 +321,12 @@ impl EventSource {
         let open = |name: &str| -> Result<Map> {
             let map = ebpf.map(name).with_context(|| format!("no map {name}"))?;
             let id = match map {
-                Map::RingBuf(data) | Map::PerCpuArray(data) | Map::LruHashMap(data) => {
-                    data.info()?.id()
-                }
+                Map::RingBuf(data) | Map::PerCpuArray(data) | Map::LruHashMap(data) => data.info()?.id(),
                 _ => bail!("{name} has an unexpected type"),
             };
             Ok(Map::from_map_data(MapData::from_id(id)?)?)
         };
-        Self::from_maps(
-            interface,
-            open(MAP_EVENTS)?,
-            open(MAP_COUNTERS)?,
-            open(MAP_AUTO_BLOCK)?,
-        )
+        Self::from_maps(interface, open(MAP_EVENTS)?, open(MAP_COUNTERS)?, open(MAP_AUTO_BLOCK)?)
     }
 
     fn from_maps(interface: &str, ring: Map, counters: Map, auto_blocks: Map) -> Result<Self> {
@@ -461,8 +391,7 @@ impl EventSource {
         for (addr, block) in expired {
             // Whoever removes it (we, or the packet path) reports it: never both.
             if self.auto_blocks.remove(&addr).is_ok() {
-                let mut record =
-                    EventRecord::new(SystemTime::now(), &self.interface, "block_expired");
+                let mut record = EventRecord::new(SystemTime::now(), &self.interface, "block_expired");
                 record.source = Some(ip_of(addr));
                 record.reason = Some(cause_name(block.cause).to_string());
                 records.push(record);
@@ -485,10 +414,8 @@ impl EventSource {
     pub fn watch(self) -> Result<tokio::io::unix::AsyncFd<Self>> {
         // SAFETY: the fd is the ring buffer's, owned by `self.ring` for as long as the
         // `AsyncFd` owns `self`, and `as_raw_fd` always returns that same fd.
-        unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE)
-        }
-        .map_err(|error| anyhow::anyhow!("watching the event ring buffer: {}", error))
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE) }
+            .map_err(|error| anyhow::anyhow!("watching the event ring buffer: {}", error))
     }
 }
 
@@ -517,11 +444,7 @@ pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
             cause: cause_name(b.cause).to_string(),
             detail: match b.cause {
                 CAUSE_TRAP => format!("{}/{}", protocol_name(b.kind), b.port),
-                _ => format!(
-                    "{} scan, {} ports",
-                    ScanKind::from_u8(b.kind).name(),
-                    b.port
-                ),
+                _ => format!("{} scan, {} ports", ScanKind::from_u8(b.kind).name(), b.port),
             },
             seconds_left: (b.expires_ns - now).div_ceil(1_000_000_000),
             since_seconds: now.saturating_sub(b.added_ns) / 1_000_000_000,
@@ -559,10 +482,7 @@ mod tests {
     }
 
     fn clock() -> Clock {
-        Clock {
-            wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
-            mono_ns: 10_000_000_000,
-        }
+        Clock { wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000), mono_ns: 10_000_000_000 }
     }
 
     #[test]
@@ -603,9 +523,7 @@ mod tests {
         assert_eq!(record.block_seconds, Some(900));
         assert_eq!(record.expires.as_deref(), Some("2027-01-15T08:15:00Z"));
         assert!(
-            record
-                .human()
-                .ends_with("BLOCK   203.0.113.7 blocked for 15m (syn scan of 20 ports)"),
+            record.human().ends_with("BLOCK   203.0.113.7 blocked for 15m (syn scan of 20 ports)"),
             "{}",
             record.human()
         );
@@ -621,9 +539,7 @@ mod tests {
         let record = decode(&raw, "eth0", &clock()).unwrap();
         assert_eq!(record.action.as_deref(), Some("blocked"));
         assert!(
-            record
-                .human()
-                .ends_with("TRAP    203.0.113.7 -> 192.0.2.2:23 tcp trap port: blocked for 1h"),
+            record.human().ends_with("TRAP    203.0.113.7 -> 192.0.2.2:23 tcp trap port: blocked for 1h"),
             "{}",
             record.human()
         );
@@ -637,9 +553,7 @@ mod tests {
         let record = decode(&raw, "eth0", &clock()).unwrap();
         assert_eq!(record.destination_port, None);
         assert!(
-            record
-                .human()
-                .ends_with("UNBLOCK 203.0.113.7 unblocked: its trap block expired"),
+            record.human().ends_with("UNBLOCK 203.0.113.7 unblocked: its trap block expired"),
             "{}",
             record.human()
         );
@@ -663,9 +577,7 @@ mod tests {
         assert_eq!(record.source_port, None);
         assert_eq!(record.protocol.as_deref(), Some("icmpv6"));
         assert!(
-            record
-                .human()
-                .contains("2001:db8:bad::7 -> 2001:db8::2 icmpv6 dropped: blocklist"),
+            record.human().contains("2001:db8:bad::7 -> 2001:db8::2 icmpv6 dropped: blocklist"),
             "{}",
             record.human()
         );

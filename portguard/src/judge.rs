@@ -49,9 +49,7 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(image: &MapImage, policy: &Policy) -> Result<Self> {
-        Ok(Self {
-            ebpf: loader::load(image, policy, None)?,
-        })
+        Ok(Self { ebpf: loader::load(image, policy, None)? })
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -79,11 +77,7 @@ impl Judge {
     pub fn run_raw(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration)> {
         let xdp: &mut Xdp = loader::program(&mut self.ebpf, XDP_PROGRAM)?;
         let result = xdp
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..Default::default()
-            })
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..Default::default() })
             .context("BPF_PROG_TEST_RUN failed")?;
         Ok((result.return_value, result.duration))
     }

@@ -4,9 +4,12 @@
 //! drive the same code: `policy` (read, validate, compile), `loader` (load, attach, pin),
 //! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`.
 
+pub mod blocks;
+pub mod control;
 pub mod events;
 pub mod judge;
 pub mod loader;
+pub mod manager;
 pub mod maps;
 pub mod paths;
 pub mod policy;

@@ -18,13 +18,14 @@ use aya::{
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use log::{info, warn};
 use portguard_common::maps::{
-    Bitmap256, Bl6Key, MAP_AUTO_BLOCK, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_EVENTS, MAP_FLOWS,
-    MAP_FRAGS, MAP_NEVER_BLOCK, MAP_PORTS, MAP_SCAN, MAP_SRC_ALLOW, PortRule, SHARED_MAPS,
-    SrcAllowKey,
+    Bitmap256, Bl6Key, MAP_AUTO_BLOCK, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS,
+    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORTS, MAP_SCAN, MAP_SRC_ALLOW, PortRule, SHARED_MAPS, SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,10 +79,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         );
     }
     let pin_paths: Vec<(&str, PathBuf)> = match shared_pins {
-        Some(dir) => SHARED_MAPS
-            .iter()
-            .map(|name| (*name, dir.join(name)))
-            .collect(),
+        Some(dir) => SHARED_MAPS.iter().map(|name| (*name, dir.join(name))).collect(),
         None => Vec::new(),
     };
     let mut loader = EbpfLoader::new();
@@ -95,23 +93,18 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         .map_max_entries(MAP_FRAGS, limits.fragments)
         .map_max_entries(MAP_SCAN, limits.sources)
         .map_max_entries(MAP_AUTO_BLOCK, limits.auto_blocks)
-        .map_max_entries(MAP_EVENTS, policy.events.ring_buffer_kib * 1024);
+        .map_max_entries(MAP_EVENTS, policy.events.ring_buffer_kib * 1024)
+        .map_max_entries(MAP_MANUAL, limits.manual_blocks);
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader
-        .load(KERNEL_OBJECT)
-        .context("creating the BPF maps failed")?;
+    let mut ebpf = loader.load(KERNEL_OBJECT).context("creating the BPF maps failed")?;
     fill(&mut ebpf, image).context("filling the policy maps failed")?;
 
     let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
-    xdp.load()
-        .map_err(verifier_error)
-        .context("the kernel refused the XDP program")?;
+    xdp.load().map_err(verifier_error).context("the kernel refused the XDP program")?;
     let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?;
-    tc.load()
-        .map_err(verifier_error)
-        .context("the kernel refused the TC egress program")?;
+    tc.load().map_err(verifier_error).context("the kernel refused the TC egress program")?;
     Ok(ebpf)
 }
 
@@ -127,18 +120,13 @@ where
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("the kernel object has no program `{name}` (a build mismatch?)"))?;
-    program
-        .try_into()
-        .with_context(|| format!("program `{name}` has an unexpected type"))
+    program.try_into().with_context(|| format!("program `{name}` has an unexpected type"))
 }
 
 /// Surfaces the verifier log, which is what explains a refused program.
 fn verifier_error(error: ProgramError) -> anyhow::Error {
     match error {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
+        ProgramError::LoadError { io_error, verifier_log } => {
             anyhow!("{io_error}\nverifier log:\n{verifier_log}")
         }
         other => other.into(),
@@ -146,30 +134,24 @@ fn verifier_error(error: ProgramError) -> anyhow::Error {
 }
 
 fn map_data<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or_else(|| anyhow!("the kernel object has no map `{name}`"))
+    ebpf.map_mut(name).ok_or_else(|| anyhow!("the kernel object has no map `{name}`"))
 }
 
 fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
     let mut ports: Array<&mut MapData, PortRule> = Array::try_from(map_data(ebpf, MAP_PORTS)?)?;
     for (index, rule) in &image.ports {
-        ports
-            .set(*index, rule, 0)
-            .with_context(|| format!("writing {MAP_PORTS}[{index}]"))?;
+        ports.set(*index, rule, 0).with_context(|| format!("writing {MAP_PORTS}[{index}]"))?;
     }
     let mut src_allow: LpmTrie<&mut MapData, SrcAllowKey, u16> =
         LpmTrie::try_from(map_data(ebpf, MAP_SRC_ALLOW)?)?;
     for (prefix_len, key, rule) in &image.src_allow {
-        src_allow
-            .insert(&Key::new(*prefix_len, *key), rule, 0)
-            .context(MAP_SRC_ALLOW)?;
+        src_allow.insert(&Key::new(*prefix_len, *key), rule, 0).context(MAP_SRC_ALLOW)?;
     }
     let mut wide: Array<&mut MapData, u8> = Array::try_from(map_data(ebpf, MAP_BL4_WIDE)?)?;
     for index in &image.bl4_wide {
         wide.set(*index, 1, 0).context(MAP_BL4_WIDE)?;
     }
-    let mut bl4: HashMap<&mut MapData, u32, Bitmap256> =
-        HashMap::try_from(map_data(ebpf, MAP_BL4)?)?;
+    let mut bl4: HashMap<&mut MapData, u32, Bitmap256> = HashMap::try_from(map_data(ebpf, MAP_BL4)?)?;
     for (bucket, bits) in &image.bl4 {
         bl4.insert(bucket, bits, 0).context(MAP_BL4)?;
     }
@@ -177,85 +159,88 @@ fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
     for key in &image.bl6 {
         bl6.insert(key, 1, 0).context(MAP_BL6)?;
     }
-    let mut never: LpmTrie<&mut MapData, [u8; 16], u8> =
-        LpmTrie::try_from(map_data(ebpf, MAP_NEVER_BLOCK)?)?;
+    let mut never: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map_data(ebpf, MAP_NEVER_BLOCK)?)?;
     for (prefix_len, addr) in &image.never_block {
-        never
-            .insert(&Key::new(*prefix_len, *addr), 1, 0)
-            .context(MAP_NEVER_BLOCK)?;
+        never.insert(&Key::new(*prefix_len, *addr), 1, 0).context(MAP_NEVER_BLOCK)?;
     }
     Ok(())
 }
 
-/// A running attachment's kernel side: the loaded object and its links.
-pub struct Attachment {
-    pub iface: String,
-    pub ifindex: u32,
-    pub mode: AttachedMode,
-    pub ebpf: Ebpf,
-    links: Vec<(PathBuf, PinnedLink)>,
-}
-
-impl Attachment {
-    /// Attaches a loaded object to `iface`: XDP on ingress, TC on egress, links pinned beside
-    /// the shared maps so other portguard commands (and a restarted loader) find them.
-    pub fn attach(
-        mut ebpf: Ebpf,
-        iface: &str,
-        ifindex: u32,
-        choice: XdpModeChoice,
-    ) -> Result<Self> {
-        let (xdp_link, mode) = attach_xdp(&mut ebpf, iface, choice)?;
-        let mut attachment = Self {
-            iface: iface.to_owned(),
-            ifindex,
-            mode,
-            ebpf,
-            links: Vec::new(),
-        };
-        attachment.pin_link(xdp_link, paths::XDP_LINK)?;
-        let tc_link = attach_tc_egress(&mut attachment.ebpf, iface)?;
-        attachment.pin_link(tc_link, paths::TC_EGRESS_LINK)?;
-        Ok(attachment)
-    }
-
-    fn pin_link(&mut self, link: FdLink, name: &str) -> Result<()> {
-        let path = paths::link_pin(&self.iface, name);
-        let pinned = link
-            .pin(&path)
-            .with_context(|| format!("pinning {}", path.display()))?;
-        self.links.push((path, pinned));
-        Ok(())
-    }
-
-    /// Detaches both programs and removes every pin of this attachment.
-    pub fn detach(self) -> Result<()> {
-        let Self {
-            iface, links, ebpf, ..
-        } = self;
-        for (path, link) in links {
-            // Unpinning leaves our fd as the last reference; dropping it detaches the program.
-            let fd_link = link
-                .unpin()
-                .with_context(|| format!("unpinning {}", path.display()))?;
-            drop(fd_link);
+/// Attaches a loaded generation to `iface` for the first time: XDP on ingress, TC on egress,
+/// both links pinned beside the shared maps. The pins hold the links: the loader keeps no link
+/// of its own, so enforcement survives it (SIGKILL included) until `detach` unpins them.
+pub fn attach_new(ebpf: &mut Ebpf, iface: &str, choice: XdpModeChoice) -> Result<AttachedMode> {
+    let (xdp_link, mode) = attach_xdp(ebpf, iface, choice)?;
+    pin_link(xdp_link, iface, paths::XDP_LINK)?;
+    let tc_link = match attach_tc_egress(ebpf, iface) {
+        Ok(link) => link,
+        Err(error) => {
+            let _ = unpin_link(iface, paths::XDP_LINK);
+            return Err(error);
         }
-        drop(ebpf);
-        remove_pins(&iface)
+    };
+    if let Err(error) = pin_link(tc_link, iface, paths::TC_EGRESS_LINK) {
+        let _ = unpin_link(iface, paths::XDP_LINK);
+        return Err(error);
+    }
+    Ok(mode)
+}
+
+fn pin_link(link: FdLink, iface: &str, name: &str) -> Result<()> {
+    let path = paths::link_pin(iface, name);
+    // Dropping the PinnedLink closes our fd; the pin keeps the link.
+    link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+    Ok(())
+}
+
+/// Unpins a link; with no other holder, the kernel detaches its program.
+fn unpin_link(iface: &str, name: &str) -> Result<()> {
+    let path = paths::link_pin(iface, name);
+    match PinnedLink::from_pin(&path) {
+        Ok(link) => {
+            link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
+            Ok(())
+        }
+        Err(_) if !path.exists() => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("opening {}", path.display())),
     }
 }
 
-fn attach_xdp(
-    ebpf: &mut Ebpf,
-    iface: &str,
-    choice: XdpModeChoice,
-) -> Result<(FdLink, AttachedMode)> {
+/// Swaps a loaded generation in for the running one, through the pinned links
+/// (`bpf_link_update`): each packet is judged entirely by the old program or entirely by the
+/// new one, never by a mix, and there is no moment without a program.
+pub fn replace(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+    let xdp_pin = paths::link_pin(iface, paths::XDP_LINK);
+    let link = PinnedLink::from_pin(&xdp_pin).with_context(|| format!("opening {}", xdp_pin.display()))?;
+    let link = XdpLink::try_from(FdLink::from(link))
+        .map_err(|e| anyhow!("{} is not an XDP link: {e}", xdp_pin.display()))?;
+    let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
+    let id = xdp.attach_to_link(link).context("switching the XDP program")?;
+    drop(xdp.take_link(id)?);
+
+    let tc_pin = paths::link_pin(iface, paths::TC_EGRESS_LINK);
+    let link = PinnedLink::from_pin(&tc_pin).with_context(|| format!("opening {}", tc_pin.display()))?;
+    let link = SchedClassifierLink::try_from(FdLink::from(link))
+        .map_err(|e| anyhow!("{} is not a TC link: {e}", tc_pin.display()))?;
+    let tc: &mut SchedClassifier = program(ebpf, TC_EGRESS_PROGRAM)?;
+    let id = tc.attach_to_link(link).context("switching the TC egress program")?;
+    drop(tc.take_link(id)?);
+    Ok(())
+}
+
+/// Detaches both programs (by unpinning their links) and removes every pin of `iface`.
+pub fn detach(iface: &str) -> Result<()> {
+    unpin_link(iface, paths::XDP_LINK)?;
+    unpin_link(iface, paths::TC_EGRESS_LINK)?;
+    remove_pins(iface)
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, iface: &str, choice: XdpModeChoice) -> Result<(FdLink, AttachedMode)> {
     let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
     let attempts: &[(XdpMode, AttachedMode)] = match choice {
-        XdpModeChoice::Auto => &[
-            (XdpMode::Driver, AttachedMode::Native),
-            (XdpMode::Skb, AttachedMode::Generic),
-        ],
+        XdpModeChoice::Auto => {
+            &[(XdpMode::Driver, AttachedMode::Native), (XdpMode::Skb, AttachedMode::Generic)]
+        }
         XdpModeChoice::Native => &[(XdpMode::Driver, AttachedMode::Native)],
         XdpModeChoice::Generic => &[(XdpMode::Skb, AttachedMode::Generic)],
     };
@@ -271,16 +256,15 @@ fn attach_xdp(
             }
             Err(error) => {
                 if choice == XdpModeChoice::Auto && *attached == AttachedMode::Native {
-                    warn!(
-                        "native XDP is not available on {iface} ({error}); falling back to generic mode"
-                    );
+                    warn!("native XDP is not available on {iface} ({error}); falling back to generic mode");
                 }
                 last_error = Some(error);
             }
         }
     }
     let error = last_error.expect("at least one attempt");
-    let busy = matches!(&error, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EBUSY));
+    let busy =
+        matches!(&error, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EBUSY));
     if busy {
         bail!(
             "{iface} already has an XDP program (another tool's, or a left-behind portguard one): \
@@ -335,10 +319,7 @@ pub fn is_attached(iface: &str) -> bool {
 
 /// `bpf_ktime_get_coarse_ns` as userspace sees it (CLOCK_MONOTONIC_COARSE).
 pub fn kernel_now_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64

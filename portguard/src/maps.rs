@@ -25,9 +25,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn zero() -> Self {
-        Self {
-            slots: vec![Counter::default(); COUNTER_SLOTS as usize],
-        }
+        Self { slots: vec![Counter::default(); COUNTER_SLOTS as usize] }
     }
 
     /// Packets judged with `reason` and handled accordingly.
@@ -46,30 +44,19 @@ impl Counters {
 
     /// Every packet is counted in exactly one verdict slot.
     pub fn total(&self) -> Counter {
-        sum(ALL_REASONS
-            .iter()
-            .flat_map(|r| [self.applied(*r), self.would_drop(*r)]))
+        sum(ALL_REASONS.iter().flat_map(|r| [self.applied(*r), self.would_drop(*r)]))
     }
 
     pub fn passed(&self) -> Counter {
-        sum(ALL_REASONS
-            .iter()
-            .filter(|r| !r.is_drop())
-            .map(|r| self.applied(*r)))
+        sum(ALL_REASONS.iter().filter(|r| !r.is_drop()).map(|r| self.applied(*r)))
     }
 
     pub fn dropped(&self) -> Counter {
-        sum(ALL_REASONS
-            .iter()
-            .filter(|r| r.is_drop())
-            .map(|r| self.applied(*r)))
+        sum(ALL_REASONS.iter().filter(|r| r.is_drop()).map(|r| self.applied(*r)))
     }
 
     pub fn monitored(&self) -> Counter {
-        sum(ALL_REASONS
-            .iter()
-            .filter(|r| r.is_drop())
-            .map(|r| self.would_drop(*r)))
+        sum(ALL_REASONS.iter().filter(|r| r.is_drop()).map(|r| self.would_drop(*r)))
     }
 
     /// What happened between `earlier` and `self`.
@@ -97,9 +84,7 @@ fn sum(counters: impl Iterator<Item = Counter>) -> Counter {
 pub fn read_counters<T: Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Result<Counters> {
     let mut slots = Vec::with_capacity(COUNTER_SLOTS as usize);
     for slot in 0..COUNTER_SLOTS {
-        let per_cpu = map
-            .get(&slot, 0)
-            .with_context(|| format!("reading {MAP_COUNTERS}[{slot}]"))?;
+        let per_cpu = map.get(&slot, 0).with_context(|| format!("reading {MAP_COUNTERS}[{slot}]"))?;
         slots.push(sum(per_cpu.iter().copied()));
     }
     Ok(Counters { slots })
@@ -117,30 +102,16 @@ impl PortDrops {
         let bytes = len * size_of::<u64>();
         // SAFETY: a read-only shared mapping of an mmapable BPF array of exactly this size.
         let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
+            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
         };
         if base == libc::MAP_FAILED {
-            bail!(
-                "mapping {MAP_PORT_DROPS} failed: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("mapping {MAP_PORT_DROPS} failed: {}", std::io::Error::last_os_error());
         }
-        Ok(Self {
-            base: base.cast(),
-            len,
-        })
+        Ok(Self { base: base.cast(), len })
     }
 
     pub fn get(&self, proto: Proto, port: u16) -> u64 {
-        let index =
-            portguard_common::maps::port_index(proto.number(), port).expect("tcp or udp") as usize;
+        let index = portguard_common::maps::port_index(proto.number(), port).expect("tcp or udp") as usize;
         self.at(index)
     }
 
@@ -176,21 +147,12 @@ pub fn top_ports(snapshot: &[u64], limit: usize) -> Vec<PortCount> {
         .enumerate()
         .filter(|(_, drops)| **drops > 0)
         .map(|(index, drops)| PortCount {
-            proto: if index < 65536 {
-                Proto::Tcp
-            } else {
-                Proto::Udp
-            },
+            proto: if index < 65536 { Proto::Tcp } else { Proto::Udp },
             port: (index % 65536) as u16,
             drops: *drops,
         })
         .collect();
-    ports.sort_by(|a, b| {
-        b.drops
-            .cmp(&a.drops)
-            .then(a.proto.cmp(&b.proto))
-            .then(a.port.cmp(&b.port))
-    });
+    ports.sort_by(|a, b| b.drops.cmp(&a.drops).then(a.proto.cmp(&b.proto)).then(a.port.cmp(&b.port)));
     ports.truncate(limit);
     ports
 }
@@ -212,11 +174,7 @@ impl PinnedMaps {
             _ => bail!("{MAP_PORT_DROPS} is not an array"),
         };
         let auto_blocks = HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
-        Ok(Self {
-            counters,
-            port_drops,
-            auto_blocks,
-        })
+        Ok(Self { counters, port_drops, auto_blocks })
     }
 
     pub fn counters(&self) -> Result<Counters> {
@@ -224,7 +182,7 @@ impl PinnedMaps {
     }
 }
 
-fn open_pinned(iface: &str, name: &str) -> Result<Map> {
+pub fn open_pinned(iface: &str, name: &str) -> Result<Map> {
     let path = paths::map_pin(iface, name);
     let data = MapData::from_pin(&path).map_err(|error| {
         anyhow!(

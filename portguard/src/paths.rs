@@ -8,6 +8,23 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const PIN_ROOT: &str = "/sys/fs/bpf/portguard";
 /// Runtime state of running attachments (pid, policy summary), cleared by a reboot.
 pub const RUN_DIR: &str = "/run/portguard";
+/// State that must survive a reboot: manual blocks, the policy each attachment runs.
+pub const STATE_DIR: &str = "/var/lib/portguard";
+
+/// Manual blocks (`portguard block`), written atomically, root only.
+pub fn blocks_file() -> PathBuf {
+    PathBuf::from(STATE_DIR).join("blocks.json")
+}
+
+/// The text of the policy an attachment runs now: what a rollback returns to.
+pub fn active_policy(iface: &str) -> PathBuf {
+    PathBuf::from(STATE_DIR).join(format!("{iface}.active-policy.json"))
+}
+
+/// A change waiting for `portguard confirm` (`--confirm-within`).
+pub fn pending_file(iface: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{iface}.pending.json"))
+}
 
 /// Pins of one attachment: the shared maps and the links.
 pub fn pin_dir(iface: &str) -> PathBuf {
@@ -30,12 +47,17 @@ pub fn state_file(iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{iface}.json"))
 }
 
-/// The loader's event stream for `portguard events` (a Unix socket, root only).
-pub fn event_socket(iface: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("{iface}.events.sock"))
+/// The loader's control socket (events for `portguard events`, `reload`), root only.
+pub fn control_socket(iface: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{iface}.sock"))
 }
 
 /// Held (flock) by the loader of an attachment for as long as it runs.
 pub fn lock_file(iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{iface}.lock"))
+}
+
+/// Left by `portguard detach` for a loader started with `--pin`: stop enforcing too.
+pub fn detach_request(iface: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{iface}.detach"))
 }

@@ -37,12 +37,9 @@ impl Socket {
 
 pub fn read_all() -> Result<Vec<Socket>> {
     let mut sockets = Vec::new();
-    for (file, proto) in [
-        ("tcp", Proto::Tcp),
-        ("tcp6", Proto::Tcp),
-        ("udp", Proto::Udp),
-        ("udp6", Proto::Udp),
-    ] {
+    for (file, proto) in
+        [("tcp", Proto::Tcp), ("tcp6", Proto::Tcp), ("udp", Proto::Udp), ("udp6", Proto::Udp)]
+    {
         let path = format!("/proc/net/{file}");
         match fs::read_to_string(&path) {
             Ok(text) => sockets.extend(parse_table(&text, proto)),
@@ -62,12 +59,7 @@ pub fn parse_table(text: &str, proto: Proto) -> Vec<Socket> {
             let local = parse_endpoint(fields.next()?)?;
             let remote = parse_endpoint(fields.next()?)?;
             let state = u8::from_str_radix(fields.next()?, 16).ok()?;
-            Some(Socket {
-                proto,
-                local,
-                remote,
-                state,
-            })
+            Some(Socket { proto, local, remote, state })
         })
         .collect()
 }
@@ -77,11 +69,7 @@ fn parse_endpoint(text: &str) -> Option<SocketAddr> {
     let (addr, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
     let word = |i: usize| -> Option<[u8; 4]> {
-        Some(
-            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
-                .ok()?
-                .to_ne_bytes(),
-        )
+        Some(u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
     };
     let ip = match addr.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
@@ -115,8 +103,7 @@ mod tests {
         assert_eq!(sockets[1].remote, "192.0.2.1:443".parse().unwrap());
         assert!(sockets[1].has_peer());
 
-        let tcp6 =
-            "  sl  local_address                         remote_address                        st
+        let tcp6 = "  sl  local_address                         remote_address                        st
    0: B80D0120000000000000000002000000:0016 B80D0120000000000000000001000000:D431 01 0
 ";
         let sockets = parse_table(tcp6, Proto::Tcp);

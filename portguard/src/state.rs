@@ -5,7 +5,7 @@ use std::{
     fs,
     io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -29,28 +29,41 @@ pub struct RunState {
     pub attached_at: u64,
     pub generation: u64,
     pub netns: Option<String>,
+    /// The policy's `never_block` networks (so `block` can warn about them).
+    #[serde(default)]
+    pub never_block: Vec<ipnet::IpNet>,
+    /// Where the policy's blocklist came from, for `blocks`.
+    #[serde(default)]
+    pub blocklist_sources: Vec<crate::policy::BlocklistSource>,
+    /// Leave enforcement in place when the loader exits (`attach --pin`).
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 impl RunState {
     pub fn write(&self) -> Result<()> {
-        system::create_private_dir(&PathBuf::from(paths::RUN_DIR))?;
-        let path = paths::state_file(&self.iface);
-        let temporary = path.with_extension("json.tmp");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .with_context(|| format!("writing {}", temporary.display()))?;
-        file.write_all(serde_json::to_string_pretty(self)?.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temporary, &path).with_context(|| format!("replacing {}", path.display()))
+        write_atomically(&paths::state_file(&self.iface), serde_json::to_string_pretty(self)?.as_bytes())
     }
 
     pub fn read(iface: &str) -> Option<Self> {
         let text = fs::read_to_string(paths::state_file(iface)).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    pub fn all() -> Vec<Self> {
+        let Ok(entries) = fs::read_dir(paths::RUN_DIR) else {
+            return Vec::new();
+        };
+        let mut states: Vec<Self> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let iface = name.strip_suffix(".json")?;
+                (!iface.contains('.')).then(|| Self::read(iface)).flatten()
+            })
+            .collect();
+        states.sort_by(|a, b| a.iface.cmp(&b.iface));
+        states
     }
 
     pub fn remove(iface: &str) {
@@ -71,6 +84,7 @@ impl RunState {
 /// released by the kernel however the loader ends (even SIGKILL).
 pub struct LoaderLock {
     _lock: Flock<fs::File>,
+    path: PathBuf,
 }
 
 impl LoaderLock {
@@ -87,11 +101,9 @@ impl LoaderLock {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Self { _lock: lock }),
+            Ok(lock) => Ok(Self { _lock: lock, path }),
             Err((_, _)) => {
-                let pid = RunState::read(iface)
-                    .map(|s| format!(" (pid {})", s.pid))
-                    .unwrap_or_default();
+                let pid = RunState::read(iface).map(|s| format!(" (pid {})", s.pid)).unwrap_or_default();
                 bail!(
                     "portguard is already attached to {iface}: its loader is running{pid}; \
                      `portguard detach {iface}` removes it"
@@ -101,13 +113,11 @@ impl LoaderLock {
     }
 }
 
-impl LoaderLock {
-    /// Releases the lock and deletes its file (the loader is done with the interface).
-    pub fn release(self, iface: &str) {
-        // Unlink while still holding it: a racing attach fails on the held lock instead of
-        // locking a file that is about to disappear.
-        let _ = fs::remove_file(paths::lock_file(iface));
-        drop(self);
+impl Drop for LoaderLock {
+    /// Deletes the lock file while still holding it: a racing attach fails on the held lock
+    /// instead of locking a file that is about to disappear.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -127,9 +137,30 @@ pub fn loader_running(iface: &str) -> bool {
     Flock::lock(file, FlockArg::LockSharedNonblock).is_err()
 }
 
+/// Writes a root-only file so that readers see the old or the new content, never a mix, even
+/// across a crash: a temporary file, flushed, then renamed over the old one.
+pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        system::create_private_dir(dir)?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    file.write_all(content)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        // The rename itself must reach the disk too.
+        fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    }
+    Ok(())
+}
+
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -32,11 +32,7 @@ pub fn require_root(what: &str) -> Result<()> {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
 pub fn raise_memlock() {
-    if let Err(error) = setrlimit(
-        Resource::RLIMIT_MEMLOCK,
-        libc::RLIM_INFINITY,
-        libc::RLIM_INFINITY,
-    ) {
+    if let Err(error) = setrlimit(Resource::RLIMIT_MEMLOCK, libc::RLIM_INFINITY, libc::RLIM_INFINITY) {
         debug!("could not lift the memlock limit ({error}); kernels >= 5.11 do not need it");
     }
 }
@@ -98,6 +94,5 @@ pub fn enter_netns(name: &str) -> Result<()> {
             path.display()
         )
     })?;
-    setns(file, CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("entering network namespace `{name}`"))
+    setns(file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace `{name}`"))
 }

@@ -27,9 +27,7 @@ pub use portguard_cli::Attached;
 macro_rules! require_root {
     () => {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!(
-                "SKIPPED: this test needs root (network namespaces, XDP); CI runs it as root"
-            );
+            eprintln!("SKIPPED: this test needs root (network namespaces, XDP); CI runs it as root");
             return;
         }
     };
@@ -72,9 +70,10 @@ pub fn unique(tag: &str) -> String {
 
 /// Runs a command, failing with its output when it fails.
 pub fn run(program: &str, args: &[&str]) -> Result<Output> {
-    let output = Command::new(program).args(args).output().with_context(|| {
-        format!("running {program} (is it installed? `cargo xtask setup` installs it)")
-    })?;
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} (is it installed? `cargo xtask setup` installs it)"))?;
     if !output.status.success() {
         bail!(
             "{program} {} failed: {}{}",
@@ -118,9 +117,7 @@ impl Netns {
     /// A `Command` that runs in this namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/run/netns/{}", self.name))
-            .arg(program);
+        command.arg(format!("--net=/run/netns/{}", self.name)).arg(program);
         command
     }
 
@@ -153,9 +150,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace deletes the interfaces in it (and both ends of a veth pair).
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -179,26 +174,15 @@ pub struct Lab {
 }
 
 /// Loads one testkit program and attaches it with TCX in the calling thread's namespace.
-fn attach_testkit(
-    name: &str,
-    iface: &str,
-    hook: TcAttachType,
-    inner: u16,
-    outer: u16,
-) -> Result<aya::Ebpf> {
+fn attach_testkit(name: &str, iface: &str, hook: TcAttachType, inner: u16, outer: u16) -> Result<aya::Ebpf> {
     let mut ebpf = aya::EbpfLoader::new()
         .override_global("PG_TEST_VLAN_INNER", &inner, true)
         .override_global("PG_TEST_VLAN_OUTER", &outer, true)
         .load(portguard::TESTKIT_OBJECT)
         .context("loading the testkit")?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .context("testkit program")?
-        .try_into()?;
+    let program: &mut SchedClassifier = ebpf.program_mut(name).context("testkit program")?.try_into()?;
     program.load()?;
-    program
-        .attach(iface, hook)
-        .with_context(|| format!("attaching {name} to {iface}"))?;
+    program.attach(iface, hook).with_context(|| format!("attaching {name} to {iface}"))?;
     Ok(ebpf)
 }
 
@@ -229,31 +213,16 @@ impl Lab {
                 &server.name,
             ],
         )?;
-        let mut lab = Self {
-            client,
-            server,
-            server_if,
-            client_if,
-            fixtures: Vec::new(),
-        };
+        let mut lab = Self { client, server, server_if, client_if, fixtures: Vec::new() };
         lab.client.ip(&["link", "set", &lab.client_if, "up"])?;
         lab.server.ip(&["link", "set", &lab.server_if, "up"])?;
         lab.tag_vlans(options)?;
-        lab.address(
-            &lab.server,
-            &lab.server_if,
-            &["192.0.2.2/24", "2001:db8::2/64"],
-        )?;
-        lab.address(
-            &lab.client,
-            &lab.client_if,
-            &["192.0.2.1/24", "2001:db8::1/64"],
-        )?;
+        lab.address(&lab.server, &lab.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
+        lab.address(&lab.client, &lab.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
         for (address, route) in CLIENT_EXTRA {
             lab.address(&lab.client, &lab.client_if, &[address])?;
             if let Some(route) = route {
-                lab.server
-                    .ip(&["route", "add", route, "dev", &lab.server_if])?;
+                lab.server.ip(&["route", "add", route, "dev", &lab.server_if])?;
             }
         }
         Ok(lab)
@@ -267,32 +236,16 @@ impl Lab {
             return Ok(());
         }
         // Offloaded tags would travel in skb metadata instead of the frame.
-        self.client.exec(
-            "ethtool",
-            &[
-                "-K",
-                &self.client_if,
-                "txvlan",
-                "off",
-                "tx-vlan-stag-hw-insert",
-                "off",
-            ],
-        )?;
+        self.client
+            .exec("ethtool", &["-K", &self.client_if, "txvlan", "off", "tx-vlan-stag-hw-insert", "off"])?;
         let (inner, outer) = (options.vlan.unwrap_or(0), options.outer_vlan.unwrap_or(0));
         let client_if = self.client_if.clone();
-        let tagger = self.client.run(move || {
-            attach_testkit(
-                "pg_test_tag",
-                &client_if,
-                TcAttachType::Egress,
-                inner,
-                outer,
-            )
-        });
+        let tagger = self
+            .client
+            .run(move || attach_testkit("pg_test_tag", &client_if, TcAttachType::Egress, inner, outer));
         let server_if = self.server_if.clone();
-        let untagger = self
-            .server
-            .run(move || attach_testkit("pg_test_untag", &server_if, TcAttachType::Ingress, 0, 0));
+        let untagger =
+            self.server.run(move || attach_testkit("pg_test_untag", &server_if, TcAttachType::Ingress, 0, 0));
         self.fixtures.push(tagger?);
         self.fixtures.push(untagger?);
         Ok(())
@@ -310,10 +263,6 @@ impl Lab {
     }
 
     pub fn server_addr(v6: bool) -> IpAddr {
-        if v6 {
-            SERVER_V6.into()
-        } else {
-            SERVER_V4.into()
-        }
+        if v6 { SERVER_V6.into() } else { SERVER_V4.into() }
     }
 }

@@ -3,9 +3,7 @@
 
 use std::net::IpAddr;
 
-use etherparse::{
-    IpFragOffset, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, UdpHeader,
-};
+use etherparse::{IpFragOffset, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, UdpHeader};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -41,14 +39,9 @@ pub fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
 }
 
 pub fn udp_header(sport: u16, dport: u16, payload_len: usize) -> Vec<u8> {
-    UdpHeader {
-        source_port: sport,
-        destination_port: dport,
-        length: (8 + payload_len) as u16,
-        checksum: 0,
-    }
-    .to_bytes()
-    .to_vec()
+    UdpHeader { source_port: sport, destination_port: dport, length: (8 + payload_len) as u16, checksum: 0 }
+        .to_bytes()
+        .to_vec()
 }
 
 /// An ICMP or ICMPv6 header: type, code, checksum, 4 bytes of rest.
@@ -75,15 +68,7 @@ pub struct Ip {
 
 impl Ip {
     pub fn new(src: IpAddr, dst: IpAddr, proto: u8) -> Self {
-        Self {
-            src,
-            dst,
-            proto,
-            hop_limit: 64,
-            ipv4_option_words: 0,
-            ipv6_ext: Vec::new(),
-            fragment: None,
-        }
+        Self { src, dst, proto, hop_limit: 64, ipv4_option_words: 0, ipv6_ext: Vec::new(), fragment: None }
     }
 }
 
@@ -103,18 +88,9 @@ pub fn ip_packet(ip: &Ip, l4: &[u8]) -> Vec<u8> {
     match (ip.src, ip.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let options = vec![1u8; 4 * ip.ipv4_option_words as usize]; // NOP options
-            let mut header = Ipv4Header::new(
-                0,
-                ip.hop_limit,
-                IpNumber(ip.proto),
-                src.octets(),
-                dst.octets(),
-            )
-            .unwrap();
-            header.options = options
-                .as_slice()
-                .try_into()
-                .expect("at most 40 option bytes");
+            let mut header =
+                Ipv4Header::new(0, ip.hop_limit, IpNumber(ip.proto), src.octets(), dst.octets()).unwrap();
+            header.options = options.as_slice().try_into().expect("at most 40 option bytes");
             header.total_len = (header.header_len() + l4.len()) as u16;
             if let Some((id, offset, more)) = ip.fragment {
                 header.identification = id as u16;
@@ -198,8 +174,6 @@ pub fn arp() -> Vec<u8> {
     let mut frame = vec![0xff; 6];
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
     frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    frame.extend_from_slice(&[
-        0x02, 0, 0, 0, 0, 1, 192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 192, 0, 2, 2,
-    ]);
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 192, 0, 2, 2]);
     frame
 }

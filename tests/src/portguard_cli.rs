@@ -19,11 +19,7 @@ pub fn binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/portguard");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo xtask test` does)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: build it first (`cargo xtask test` does)", path.display());
     path
 }
 
@@ -56,10 +52,7 @@ impl Attached {
     /// Starts `portguard --netns NS attach IFACE --policy <policy_text> EXTRA...` and waits
     /// until it reports that it runs.
     pub fn start(netns: &Netns, iface: &str, policy_text: &str, extra: &[&str]) -> Result<Self> {
-        let mut policy = tempfile::Builder::new()
-            .prefix("pgt-policy-")
-            .suffix(".toml")
-            .tempfile()?;
+        let mut policy = tempfile::Builder::new().prefix("pgt-policy-").suffix(".toml").tempfile()?;
         std::io::Write::write_all(&mut policy, policy_text.as_bytes())?;
         let policy_path = policy.path().to_str().context("temp path")?.to_owned();
         Self::start_file(netns, iface, &policy_path, extra, Some(policy))
@@ -74,14 +67,7 @@ impl Attached {
         policy: Option<NamedTempFile>,
     ) -> Result<Self> {
         let mut child = Command::new(binary())
-            .args([
-                "--netns",
-                &netns.name,
-                "attach",
-                iface,
-                "--policy",
-                policy_path,
-            ])
+            .args(["--netns", &netns.name, "attach", iface, "--policy", policy_path])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -120,10 +106,7 @@ impl Attached {
                 }
                 Err(_) => {
                     let stderr = attached.stop_and_collect_stderr();
-                    bail!(
-                        "portguard attach did not start:\n{}{stderr}",
-                        attached.banner
-                    );
+                    bail!("portguard attach did not start:\n{}{stderr}", attached.banner);
                 }
             }
         }
@@ -144,10 +127,7 @@ impl Attached {
 
     /// Events printed so far (attach must run with `--json`), waiting `wait` for more.
     pub fn events(&mut self, wait: Duration) -> Vec<serde_json::Value> {
-        self.collect(wait)
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.collect(wait).iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Waits until an event matching `wanted` arrives (or `timeout` passes).
@@ -173,11 +153,7 @@ impl Attached {
     /// `portguard stats IFACE --json`, parsed.
     pub fn stats(&self) -> serde_json::Value {
         let output = self.run(&["stats", &self.iface, "--json"]);
-        assert!(
-            output.status.success(),
-            "stats failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "stats failed: {}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice(&output.stdout).expect("stats JSON")
     }
 
@@ -190,9 +166,7 @@ impl Attached {
 
     /// Whether the loader process still runs.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Sends SIGTERM and waits; returns the exit status success and stderr.
@@ -250,8 +224,6 @@ impl Drop for Attached {
             return;
         }
         // Whatever is left (a killed loader's pins): remove it. Errors mean nothing was left.
-        let _ = Command::new(binary())
-            .args(["--netns", &self.netns, "detach", &self.iface])
-            .output();
+        let _ = Command::new(binary()).args(["--netns", &self.netns, "detach", &self.iface]).output();
     }
 }

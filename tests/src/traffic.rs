@@ -44,8 +44,7 @@ impl Servers {
             netns.spawn(move || {
                 let listeners: Vec<(u16, TcpListener)> =
                     tcp_ports.iter().map(|&p| (p, tcp_listener(p))).collect();
-                let sockets: Vec<(u16, UdpSocket)> =
-                    udp_ports.iter().map(|&p| (p, udp_socket(p))).collect();
+                let sockets: Vec<(u16, UdpSocket)> = udp_ports.iter().map(|&p| (p, udp_socket(p))).collect();
                 ready_tx.send(()).unwrap();
                 let started = Instant::now();
                 let mut buffer = [0u8; 2048];
@@ -71,27 +70,15 @@ impl Servers {
                 }
             })
         };
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("servers did not start");
-        Self {
-            stop,
-            accepted,
-            echoed,
-            thread: Some(thread),
-        }
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("servers did not start");
+        Self { stop, accepted, echoed, thread: Some(thread) }
     }
 
     /// TCP connections accepted on `port` so far (after letting the accept loop catch up
     /// with handshakes the kernel already completed).
     pub fn accepted(&self, port: u16) -> u64 {
         std::thread::sleep(SETTLE);
-        self.accepted
-            .lock()
-            .unwrap()
-            .get(&port)
-            .copied()
-            .unwrap_or(0)
+        self.accepted.lock().unwrap().get(&port).copied().unwrap_or(0)
     }
 
     /// UDP datagrams received on `port` so far.
@@ -114,12 +101,7 @@ fn tcp_listener(port: u16) -> TcpListener {
     let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)).unwrap();
     socket.set_only_v6(false).unwrap();
     socket.set_reuse_address(true).unwrap();
-    socket
-        .bind(&SockAddr::from(SocketAddr::new(
-            IpAddr::from([0u16; 8]),
-            port,
-        )))
-        .unwrap();
+    socket.bind(&SockAddr::from(SocketAddr::new(IpAddr::from([0u16; 8]), port))).unwrap();
     socket.listen(1024).unwrap();
     socket.set_nonblocking(true).unwrap();
     socket.into()
@@ -128,12 +110,7 @@ fn tcp_listener(port: u16) -> TcpListener {
 fn udp_socket(port: u16) -> UdpSocket {
     let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).unwrap();
     socket.set_only_v6(false).unwrap();
-    socket
-        .bind(&SockAddr::from(SocketAddr::new(
-            IpAddr::from([0u16; 8]),
-            port,
-        )))
-        .unwrap();
+    socket.bind(&SockAddr::from(SocketAddr::new(IpAddr::from([0u16; 8]), port))).unwrap();
     socket.set_nonblocking(true).unwrap();
     socket.into()
 }
@@ -145,20 +122,12 @@ pub fn tcp_connects(netns: &Netns, source: Option<IpAddr>, target: SocketAddr) -
 }
 
 pub fn tcp_connect_here(source: Option<IpAddr>, target: SocketAddr) -> bool {
-    let domain = if target.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
+    let domain = if target.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
     if let Some(source) = source {
-        socket
-            .bind(&SockAddr::from(SocketAddr::new(source, 0)))
-            .unwrap();
+        socket.bind(&SockAddr::from(SocketAddr::new(source, 0))).unwrap();
     }
-    socket
-        .connect_timeout(&SockAddr::from(target), ATTEMPT_TIMEOUT)
-        .is_ok()
+    socket.connect_timeout(&SockAddr::from(target), ATTEMPT_TIMEOUT).is_ok()
 }
 
 /// Sends one datagram from `source` to `target` and waits for the echo. Runs in `netns`.
@@ -182,15 +151,6 @@ pub fn udp_echoes(netns: &Netns, source: Option<IpAddr>, target: SocketAddr) -> 
 }
 
 /// `count` TCP connection attempts; returns how many completed.
-pub fn tcp_connect_many(
-    netns: &Netns,
-    source: Option<IpAddr>,
-    target: SocketAddr,
-    count: usize,
-) -> usize {
-    netns.run(move || {
-        (0..count)
-            .filter(|_| tcp_connect_here(source, target))
-            .count()
-    })
+pub fn tcp_connect_many(netns: &Netns, source: Option<IpAddr>, target: SocketAddr, count: usize) -> usize {
+    netns.run(move || (0..count).filter(|_| tcp_connect_here(source, target)).count())
 }

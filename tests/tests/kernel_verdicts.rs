@@ -14,12 +14,7 @@ use portguard_tests::{packets::*, require_root};
 const EXAMPLE: &str = include_str!("../../examples/policy.toml");
 
 fn judge(policy: &str) -> Judge {
-    let loaded = parse(
-        policy,
-        std::path::Path::new("test.toml"),
-        LoadOptions::default(),
-    )
-    .expect("policy");
+    let loaded = parse(policy, std::path::Path::new("test.toml"), LoadOptions::default()).expect("policy");
     let image = compile(&loaded.policy, 1).expect("compile");
     Judge::new(&image, &loaded.policy).expect("load the kernel program")
 }
@@ -51,11 +46,7 @@ fn server6() -> IpAddr {
 #[track_caller]
 fn expect(outcome: Outcome, reason: Reason) {
     assert_eq!(outcome.reason, reason, "{outcome:?}");
-    let action = if reason.is_drop() && !outcome.monitored {
-        XDP_DROP
-    } else {
-        XDP_PASS
-    };
+    let action = if reason.is_drop() && !outcome.monitored { XDP_DROP } else { XDP_PASS };
     assert_eq!(outcome.action, action, "{outcome:?}");
 }
 
@@ -65,31 +56,16 @@ fn ports_allow_deny_and_default() {
     let mut j = judge(EXAMPLE);
     for (src, dst) in [(client(), server()), (client6(), server6())] {
         for port in [80, 443, 8000, 8050, 8100] {
-            expect(
-                j.run(&tcp(src, dst, 40000, port, SYN)).unwrap(),
-                Reason::PassPortAllowed,
-            );
+            expect(j.run(&tcp(src, dst, 40000, port, SYN)).unwrap(), Reason::PassPortAllowed);
         }
         for port in [23, 445, 3389] {
-            expect(
-                j.run(&tcp(src, dst, 40000, port, SYN)).unwrap(),
-                Reason::DropPortDenied,
-            );
+            expect(j.run(&tcp(src, dst, 40000, port, SYN)).unwrap(), Reason::DropPortDenied);
         }
         for port in [21, 7999, 8101, 3306, 65535] {
-            expect(
-                j.run(&tcp(src, dst, 40000, port, SYN)).unwrap(),
-                Reason::DropDefaultDeny,
-            );
+            expect(j.run(&tcp(src, dst, 40000, port, SYN)).unwrap(), Reason::DropDefaultDeny);
         }
-        expect(
-            j.run(&udp(src, dst, 40000, 53)).unwrap(),
-            Reason::PassPortAllowed,
-        );
-        expect(
-            j.run(&udp(src, dst, 40000, 54)).unwrap(),
-            Reason::DropDefaultDeny,
-        );
+        expect(j.run(&udp(src, dst, 40000, 53)).unwrap(), Reason::PassPortAllowed);
+        expect(j.run(&udp(src, dst, 40000, 54)).unwrap(), Reason::DropDefaultDeny);
     }
 }
 
@@ -97,36 +73,19 @@ fn ports_allow_deny_and_default() {
 fn source_limited_ports() {
     require_root!();
     let mut j = judge(EXAMPLE);
+    expect(j.run(&tcp(v4(198, 51, 100, 9), server(), 40000, 22, SYN)).unwrap(), Reason::PassSourceAllowed);
+    expect(j.run(&tcp(v4(198, 51, 101, 9), server(), 40000, 22, SYN)).unwrap(), Reason::DropSourceNotAllowed);
+    expect(j.run(&tcp(client(), server(), 40000, 22, SYN)).unwrap(), Reason::DropSourceNotAllowed);
     expect(
-        j.run(&tcp(v4(198, 51, 100, 9), server(), 40000, 22, SYN))
-            .unwrap(),
+        j.run(&tcp(v6("2001:db8:1:ffff::9"), server6(), 40000, 22, SYN)).unwrap(),
         Reason::PassSourceAllowed,
     );
     expect(
-        j.run(&tcp(v4(198, 51, 101, 9), server(), 40000, 22, SYN))
-            .unwrap(),
-        Reason::DropSourceNotAllowed,
-    );
-    expect(
-        j.run(&tcp(client(), server(), 40000, 22, SYN)).unwrap(),
-        Reason::DropSourceNotAllowed,
-    );
-    expect(
-        j.run(&tcp(v6("2001:db8:1:ffff::9"), server6(), 40000, 22, SYN))
-            .unwrap(),
-        Reason::PassSourceAllowed,
-    );
-    expect(
-        j.run(&tcp(v6("2001:db8:2::9"), server6(), 40000, 22, SYN))
-            .unwrap(),
+        j.run(&tcp(v6("2001:db8:2::9"), server6(), 40000, 22, SYN)).unwrap(),
         Reason::DropSourceNotAllowed,
     );
     // The source list belongs to port 22 only.
-    expect(
-        j.run(&tcp(v4(198, 51, 100, 9), server(), 40000, 2222, SYN))
-            .unwrap(),
-        Reason::DropDefaultDeny,
-    );
+    expect(j.run(&tcp(v4(198, 51, 100, 9), server(), 40000, 2222, SYN)).unwrap(), Reason::DropDefaultDeny);
 }
 
 #[test]
@@ -165,26 +124,16 @@ fn blocklist_cidrs_and_addresses_any_protocol() {
     ];
     for src in blocked {
         let dst = if src.is_ipv6() { server6() } else { server() };
+        expect(j.run(&tcp(src, dst, 1234, 80, SYN)).unwrap(), Reason::DropBlocklist);
+        expect(j.run(&udp(src, dst, 1234, 53)).unwrap(), Reason::DropBlocklist);
         expect(
-            j.run(&tcp(src, dst, 1234, 80, SYN)).unwrap(),
-            Reason::DropBlocklist,
-        );
-        expect(
-            j.run(&udp(src, dst, 1234, 53)).unwrap(),
-            Reason::DropBlocklist,
-        );
-        expect(
-            j.run(&icmp(src, dst, if src.is_ipv6() { 128 } else { 8 }, 64))
-                .unwrap(),
+            j.run(&icmp(src, dst, if src.is_ipv6() { 128 } else { 8 }, 64)).unwrap(),
             Reason::DropBlocklist,
         );
     }
     for src in passing {
         let dst = if src.is_ipv6() { server6() } else { server() };
-        expect(
-            j.run(&tcp(src, dst, 1234, 80, SYN)).unwrap(),
-            Reason::PassDefaultAllow,
-        );
+        expect(j.run(&tcp(src, dst, 1234, 80, SYN)).unwrap(), Reason::PassDefaultAllow);
     }
 }
 
@@ -201,21 +150,9 @@ fn never_block_beats_blocklist_but_not_port_policy() {
         sources = ["203.0.113.0/24"]
     "#;
     let mut j = judge(policy);
-    expect(
-        j.run(&tcp(v4(203, 0, 113, 70), server(), 1234, 80, SYN))
-            .unwrap(),
-        Reason::PassPortAllowed,
-    );
-    expect(
-        j.run(&tcp(v4(203, 0, 113, 70), server(), 1234, 81, SYN))
-            .unwrap(),
-        Reason::DropDefaultDeny,
-    );
-    expect(
-        j.run(&tcp(v4(203, 0, 113, 7), server(), 1234, 80, SYN))
-            .unwrap(),
-        Reason::DropBlocklist,
-    );
+    expect(j.run(&tcp(v4(203, 0, 113, 70), server(), 1234, 80, SYN)).unwrap(), Reason::PassPortAllowed);
+    expect(j.run(&tcp(v4(203, 0, 113, 70), server(), 1234, 81, SYN)).unwrap(), Reason::DropDefaultDeny);
+    expect(j.run(&tcp(v4(203, 0, 113, 7), server(), 1234, 80, SYN)).unwrap(), Reason::DropBlocklist);
 }
 
 #[test]
@@ -226,42 +163,22 @@ fn vlan_and_qinq_tags_are_seen_through() {
         &[(TPID_8021Q, 100)],
         &[(TPID_8021AD, 200), (TPID_8021Q, 100)],
         &[(TPID_8021Q, 1), (TPID_8021Q, 2), (TPID_8021Q, 3)],
-        &[
-            (TPID_8021AD, 1),
-            (TPID_8021AD, 2),
-            (TPID_8021Q, 3),
-            (TPID_8021Q, 4),
-        ],
+        &[(TPID_8021AD, 1), (TPID_8021AD, 2), (TPID_8021Q, 3), (TPID_8021Q, 4)],
         &[(TPID_8021Q, 4095)],
     ];
     for tags in stacks {
         for v6 in [false, true] {
-            let (src, dst) = if v6 {
-                (client6(), server6())
-            } else {
-                (client(), server())
-            };
-            let allowed = ethernet(
-                &ip_packet(&Ip::new(src, dst, TCP), &tcp_header(1, 443, SYN)),
-                v6,
-                tags,
-            );
+            let (src, dst) = if v6 { (client6(), server6()) } else { (client(), server()) };
+            let allowed = ethernet(&ip_packet(&Ip::new(src, dst, TCP), &tcp_header(1, 443, SYN)), v6, tags);
             expect(j.run(&allowed).unwrap(), Reason::PassPortAllowed);
-            let denied = ethernet(
-                &ip_packet(&Ip::new(src, dst, TCP), &tcp_header(1, 23, SYN)),
-                v6,
-                tags,
-            );
+            let denied = ethernet(&ip_packet(&Ip::new(src, dst, TCP), &tcp_header(1, 23, SYN)), v6, tags);
             expect(j.run(&denied).unwrap(), Reason::DropPortDenied);
         }
     }
     // More tags than the parser walks: not judged by a guess.
     let five = [(TPID_8021Q, 1); 5];
-    let frame = ethernet(
-        &ip_packet(&Ip::new(client(), server(), TCP), &tcp_header(1, 443, SYN)),
-        false,
-        &five,
-    );
+    let frame =
+        ethernet(&ip_packet(&Ip::new(client(), server(), TCP), &tcp_header(1, 443, SYN)), false, &five);
     expect(j.run(&frame).unwrap(), Reason::DropMalformed);
 }
 
@@ -272,14 +189,8 @@ fn ipv4_options_use_ihl() {
     for words in 0..=10 {
         let mut ip = Ip::new(client(), server(), TCP);
         ip.ipv4_option_words = words;
-        expect(
-            j.run(&frame(&ip, &tcp_header(1, 80, SYN))).unwrap(),
-            Reason::PassPortAllowed,
-        );
-        expect(
-            j.run(&frame(&ip, &tcp_header(1, 23, SYN))).unwrap(),
-            Reason::DropPortDenied,
-        );
+        expect(j.run(&frame(&ip, &tcp_header(1, 80, SYN))).unwrap(), Reason::PassPortAllowed);
+        expect(j.run(&frame(&ip, &tcp_header(1, 23, SYN))).unwrap(), Reason::DropPortDenied);
     }
 }
 
@@ -289,44 +200,23 @@ fn ipv6_extension_header_chains() {
     let mut j = judge(EXAMPLE);
     let chains: Vec<Vec<(u8, Vec<u8>)>> = vec![
         vec![(HOP_BY_HOP, ipv6_ext(0))],
-        vec![
-            (HOP_BY_HOP, ipv6_ext(0)),
-            (ROUTING, ipv6_ext(2)),
-            (DEST_OPTS, ipv6_ext(1)),
-        ],
+        vec![(HOP_BY_HOP, ipv6_ext(0)), (ROUTING, ipv6_ext(2)), (DEST_OPTS, ipv6_ext(1))],
         vec![(DEST_OPTS, ipv6_ext(30))],
-        vec![(
-            AUTH,
-            vec![
-                0, 4, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ],
-        )],
+        vec![(AUTH, vec![0, 4, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])],
         (0..8).map(|_| (DEST_OPTS, ipv6_ext(0))).collect(),
     ];
     for chain in chains {
         let mut ip = Ip::new(client6(), server6(), TCP);
         ip.ipv6_ext = chain.clone();
-        expect(
-            j.run(&frame(&ip, &tcp_header(1, 80, SYN))).unwrap(),
-            Reason::PassPortAllowed,
-        );
-        expect(
-            j.run(&frame(&ip, &tcp_header(1, 3389, SYN))).unwrap(),
-            Reason::DropPortDenied,
-        );
+        expect(j.run(&frame(&ip, &tcp_header(1, 80, SYN))).unwrap(), Reason::PassPortAllowed);
+        expect(j.run(&frame(&ip, &tcp_header(1, 3389, SYN))).unwrap(), Reason::DropPortDenied);
         ip.proto = UDP;
-        expect(
-            j.run(&frame(&ip, &udp_header(1, 53, 0))).unwrap(),
-            Reason::PassPortAllowed,
-        );
+        expect(j.run(&frame(&ip, &udp_header(1, 53, 0))).unwrap(), Reason::PassPortAllowed);
     }
     // Nine extension headers: longer than the walk, so it is not judged by a guess.
     let mut ip = Ip::new(client6(), server6(), TCP);
     ip.ipv6_ext = (0..9).map(|_| (DEST_OPTS, ipv6_ext(0))).collect();
-    expect(
-        j.run(&frame(&ip, &tcp_header(1, 80, SYN))).unwrap(),
-        Reason::DropMalformed,
-    );
+    expect(j.run(&frame(&ip, &tcp_header(1, 80, SYN))).unwrap(), Reason::DropMalformed);
 }
 
 #[test]
@@ -388,18 +278,11 @@ fn lying_lengths_and_bad_headers() {
             "total length below the header",
             mutate(&|f| f[ip + 2..ip + 4].copy_from_slice(&10u16.to_be_bytes())),
         ),
-        (
-            "total length cuts TCP",
-            mutate(&|f| f[ip + 2..ip + 4].copy_from_slice(&30u16.to_be_bytes())),
-        ),
+        ("total length cuts TCP", mutate(&|f| f[ip + 2..ip + 4].copy_from_slice(&30u16.to_be_bytes()))),
         ("TCP data offset 4", mutate(&|f| f[ip + 20 + 12] = 0x40)),
     ];
     for (what, frame) in cases {
-        assert_eq!(
-            j.run(&frame).unwrap().reason,
-            Reason::DropMalformed,
-            "{what}"
-        );
+        assert_eq!(j.run(&frame).unwrap().reason, Reason::DropMalformed, "{what}");
     }
     let good6 = tcp(client6(), server6(), 1, 80, SYN);
     let mut long6 = good6.clone();
@@ -430,15 +313,7 @@ fn not_ip_passes() {
     expect(j.run(&arp()).unwrap(), Reason::PassNotIp);
 }
 
-fn fragment(
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    id: u32,
-    offset: u16,
-    more: bool,
-    l4: &[u8],
-) -> Vec<u8> {
+fn fragment(src: IpAddr, dst: IpAddr, proto: u8, id: u32, offset: u16, more: bool, l4: &[u8]) -> Vec<u8> {
     let mut ip = Ip::new(src, dst, proto);
     ip.fragment = Some((id, offset, more));
     frame(&ip, l4)
@@ -454,62 +329,27 @@ fn later_fragments_share_the_first_fragments_verdict() {
         let outcome = j.run(&fragment(src, dst, TCP, 7, 0, true, &first)).unwrap();
         expect(outcome, Reason::PassPortAllowed);
         assert!(outcome.fragment_first);
-        let later = j
-            .run(&fragment(src, dst, TCP, 7, 5, true, &[0u8; 24]))
-            .unwrap();
+        let later = j.run(&fragment(src, dst, TCP, 7, 5, true, &[0u8; 24])).unwrap();
         expect(later, Reason::PassFragment);
         assert!(later.fragment_later);
-        expect(
-            j.run(&fragment(src, dst, TCP, 7, 8, false, &[0u8; 24]))
-                .unwrap(),
-            Reason::PassFragment,
-        );
+        expect(j.run(&fragment(src, dst, TCP, 7, 8, false, &[0u8; 24])).unwrap(), Reason::PassFragment);
 
         let mut denied = tcp_header(1, 3389, SYN);
         denied.extend_from_slice(&[0u8; 16]);
-        expect(
-            j.run(&fragment(src, dst, TCP, 8, 0, true, &denied))
-                .unwrap(),
-            Reason::DropPortDenied,
-        );
-        expect(
-            j.run(&fragment(src, dst, TCP, 8, 5, false, &[0u8; 24]))
-                .unwrap(),
-            Reason::DropFragment,
-        );
+        expect(j.run(&fragment(src, dst, TCP, 8, 0, true, &denied)).unwrap(), Reason::DropPortDenied);
+        expect(j.run(&fragment(src, dst, TCP, 8, 5, false, &[0u8; 24])).unwrap(), Reason::DropFragment);
 
         // A later fragment whose first was never seen: dropped by default.
-        expect(
-            j.run(&fragment(src, dst, TCP, 9, 5, false, &[0u8; 24]))
-                .unwrap(),
-            Reason::DropFragmentUnseen,
-        );
+        expect(j.run(&fragment(src, dst, TCP, 9, 5, false, &[0u8; 24])).unwrap(), Reason::DropFragmentUnseen);
         // Another datagram (other id, other protocol, other source) is not matched.
-        expect(
-            j.run(&fragment(src, dst, UDP, 7, 5, false, &[0u8; 24]))
-                .unwrap(),
-            Reason::DropFragmentUnseen,
-        );
+        expect(j.run(&fragment(src, dst, UDP, 7, 5, false, &[0u8; 24])).unwrap(), Reason::DropFragmentUnseen);
         // The classic bypass: a first fragment too short to hold the ports, and a TCP
         // fragment at offset 8 bytes that would rewrite the header.
         expect(
-            j.run(&fragment(
-                src,
-                dst,
-                TCP,
-                10,
-                0,
-                true,
-                &[0, 80, 0, 80, 0, 0, 0, 0],
-            ))
-            .unwrap(),
+            j.run(&fragment(src, dst, TCP, 10, 0, true, &[0, 80, 0, 80, 0, 0, 0, 0])).unwrap(),
             Reason::DropMalformed,
         );
-        expect(
-            j.run(&fragment(src, dst, TCP, 7, 1, true, &[0u8; 24]))
-                .unwrap(),
-            Reason::DropMalformed,
-        );
+        expect(j.run(&fragment(src, dst, TCP, 7, 1, true, &[0u8; 24])).unwrap(), Reason::DropMalformed);
     }
 }
 
@@ -518,8 +358,7 @@ fn unseen_fragments_pass_when_configured() {
     require_root!();
     let mut j = judge("default = \"deny\"\n[inbound]\nfragments_unseen = \"pass\"\n");
     expect(
-        j.run(&fragment(client(), server(), UDP, 3, 10, false, &[0u8; 16]))
-            .unwrap(),
+        j.run(&fragment(client(), server(), UDP, 3, 10, false, &[0u8; 16])).unwrap(),
         Reason::PassFragmentUnseen,
     );
 }
@@ -538,57 +377,26 @@ fn icmp_and_neighbor_discovery() {
         sources = ["2001:db8:bad::/48"]
         "#,
     );
-    expect(
-        j.run(&icmp(client(), server(), 8, 64)).unwrap(),
-        Reason::DropProtocol,
-    );
+    expect(j.run(&icmp(client(), server(), 8, 64)).unwrap(), Reason::DropProtocol);
     for t in [0, 3, 11, 12] {
-        expect(
-            j.run(&icmp(client(), server(), t, 64)).unwrap(),
-            Reason::PassProtocol,
-        );
+        expect(j.run(&icmp(client(), server(), t, 64)).unwrap(), Reason::PassProtocol);
     }
-    expect(
-        j.run(&icmp(client6(), server6(), 128, 64)).unwrap(),
-        Reason::DropProtocol,
-    );
+    expect(j.run(&icmp(client6(), server6(), 128, 64)).unwrap(), Reason::DropProtocol);
     for t in [1, 2, 3, 4, 129, 143] {
-        expect(
-            j.run(&icmp(client6(), server6(), t, 64)).unwrap(),
-            Reason::PassProtocol,
-        );
+        expect(j.run(&icmp(client6(), server6(), t, 64)).unwrap(), Reason::PassProtocol);
     }
     // Neighbour discovery from the link passes even from a blocklisted source.
     for t in 133..=137 {
-        expect(
-            j.run(&icmp(v6("2001:db8:bad::7"), server6(), t, 255))
-                .unwrap(),
-            Reason::PassNeighbor,
-        );
+        expect(j.run(&icmp(v6("2001:db8:bad::7"), server6(), t, 255)).unwrap(), Reason::PassNeighbor);
     }
     // Hop limit below 255: not from the link, so not exempt.
-    expect(
-        j.run(&icmp(v6("2001:db8:bad::7"), server6(), 135, 64))
-            .unwrap(),
-        Reason::DropBlocklist,
-    );
+    expect(j.run(&icmp(v6("2001:db8:bad::7"), server6(), 135, 64)).unwrap(), Reason::DropBlocklist);
     // Another protocol (GRE).
-    expect(
-        j.run(&frame(&Ip::new(client(), server(), 47), &[0u8; 8]))
-            .unwrap(),
-        Reason::DropProtocol,
-    );
+    expect(j.run(&frame(&Ip::new(client(), server(), 47), &[0u8; 8])).unwrap(), Reason::DropProtocol);
 
     let mut open = judge("default = \"deny\"\n");
-    expect(
-        open.run(&icmp(client(), server(), 8, 64)).unwrap(),
-        Reason::PassProtocol,
-    );
-    expect(
-        open.run(&frame(&Ip::new(client(), server(), 47), &[0u8; 8]))
-            .unwrap(),
-        Reason::PassProtocol,
-    );
+    expect(open.run(&icmp(client(), server(), 8, 64)).unwrap(), Reason::PassProtocol);
+    expect(open.run(&frame(&Ip::new(client(), server(), 47), &[0u8; 8])).unwrap(), Reason::PassProtocol);
 }
 
 #[test]
@@ -597,50 +405,28 @@ fn tcp_segments_that_cannot_open_connections() {
     let mut j = judge(EXAMPLE);
     // To an allowed port every segment passes.
     for flags in [SYN, ACK, SYN | ACK, FIN | ACK, RST] {
-        expect(
-            j.run(&tcp(client(), server(), 1, 80, flags)).unwrap(),
-            Reason::PassPortAllowed,
-        );
+        expect(j.run(&tcp(client(), server(), 1, 80, flags)).unwrap(), Reason::PassPortAllowed);
     }
     // To a closed port: no known flow, so dropped (ACK, FIN, NULL and Xmas probes included).
     for flags in [ACK, SYN | ACK, FIN, 0, FIN | PSH | URG, RST] {
-        expect(
-            j.run(&tcp(client(), server(), 1, 5555, flags)).unwrap(),
-            Reason::DropNoFlow,
-        );
+        expect(j.run(&tcp(client(), server(), 1, 5555, flags)).unwrap(), Reason::DropNoFlow);
     }
     let mut stateless = judge("default = \"deny\"\n[inbound]\ntcp_non_syn = \"pass\"\n");
-    expect(
-        stateless
-            .run(&tcp(client(), server(), 1, 5555, ACK))
-            .unwrap(),
-        Reason::PassTcpNonSyn,
-    );
-    expect(
-        stateless
-            .run(&tcp(client(), server(), 1, 5555, SYN))
-            .unwrap(),
-        Reason::DropDefaultDeny,
-    );
+    expect(stateless.run(&tcp(client(), server(), 1, 5555, ACK)).unwrap(), Reason::PassTcpNonSyn);
+    expect(stateless.run(&tcp(client(), server(), 1, 5555, SYN)).unwrap(), Reason::DropDefaultDeny);
 }
 
 #[test]
 fn monitor_mode_counts_and_passes() {
     require_root!();
-    let mut j = judge(
-        "mode = \"monitor\"\ndefault = \"deny\"\n[blocklist]\nsources = [\"203.0.113.0/24\"]\n",
-    );
+    let mut j =
+        judge("mode = \"monitor\"\ndefault = \"deny\"\n[blocklist]\nsources = [\"203.0.113.0/24\"]\n");
     let outcome = j.run(&tcp(client(), server(), 1, 23, SYN)).unwrap();
     assert_eq!(outcome.reason, Reason::DropDefaultDeny);
     assert!(outcome.monitored);
     assert_eq!(outcome.action, XDP_PASS);
-    let outcome = j
-        .run(&tcp(v4(203, 0, 113, 1), server(), 1, 23, SYN))
-        .unwrap();
-    assert_eq!(
-        (outcome.reason, outcome.monitored, outcome.action),
-        (Reason::DropBlocklist, true, XDP_PASS)
-    );
+    let outcome = j.run(&tcp(v4(203, 0, 113, 1), server(), 1, 23, SYN)).unwrap();
+    assert_eq!((outcome.reason, outcome.monitored, outcome.action), (Reason::DropBlocklist, true, XDP_PASS));
     let counters = j.counters().unwrap();
     assert_eq!(counters.dropped().packets, 0);
     assert_eq!(counters.monitored().packets, 2);
@@ -657,14 +443,8 @@ fn replies_pass_only_for_known_flows() {
     let mut j = judge(EXAMPLE);
     let dns = v4(198, 51, 100, 53);
     // A reply to an ephemeral port is denied unless the host started the flow.
-    expect(
-        j.run(&udp(dns, server(), 53, 40000)).unwrap(),
-        Reason::DropDefaultDeny,
-    );
-    expect(
-        j.run(&tcp(dns, server(), 443, 40001, SYN | ACK)).unwrap(),
-        Reason::DropNoFlow,
-    );
+    expect(j.run(&udp(dns, server(), 53, 40000)).unwrap(), Reason::DropDefaultDeny);
+    expect(j.run(&tcp(dns, server(), 443, 40001, SYN | ACK)).unwrap(), Reason::DropNoFlow);
     let flows = [
         Socket {
             proto: Proto::Udp,
@@ -693,32 +473,13 @@ fn replies_pass_only_for_known_flows() {
         },
     ];
     assert_eq!(seed_flows(j.ebpf_mut(), &flows).unwrap(), 3);
-    expect(
-        j.run(&udp(dns, server(), 53, 40000)).unwrap(),
-        Reason::PassFlow,
-    );
-    expect(
-        j.run(&tcp(dns, server(), 443, 40001, SYN | ACK)).unwrap(),
-        Reason::PassFlow,
-    );
-    expect(
-        j.run(&tcp(v6("2001:db8::99"), server6(), 443, 40002, ACK))
-            .unwrap(),
-        Reason::PassFlow,
-    );
+    expect(j.run(&udp(dns, server(), 53, 40000)).unwrap(), Reason::PassFlow);
+    expect(j.run(&tcp(dns, server(), 443, 40001, SYN | ACK)).unwrap(), Reason::PassFlow);
+    expect(j.run(&tcp(v6("2001:db8::99"), server6(), 443, 40002, ACK)).unwrap(), Reason::PassFlow);
     // Same peer, other port: still unknown. And a SYN is judged by the port policy anyway.
-    expect(
-        j.run(&udp(dns, server(), 54, 40000)).unwrap(),
-        Reason::DropDefaultDeny,
-    );
-    expect(
-        j.run(&tcp(dns, server(), 443, 40001, SYN)).unwrap(),
-        Reason::DropDefaultDeny,
-    );
-    expect(
-        j.run(&tcp(client(), server(), 1, 5555, ACK)).unwrap(),
-        Reason::DropNoFlow,
-    );
+    expect(j.run(&udp(dns, server(), 54, 40000)).unwrap(), Reason::DropDefaultDeny);
+    expect(j.run(&tcp(dns, server(), 443, 40001, SYN)).unwrap(), Reason::DropDefaultDeny);
+    expect(j.run(&tcp(client(), server(), 1, 5555, ACK)).unwrap(), Reason::DropNoFlow);
 }
 
 #[test]
@@ -727,20 +488,10 @@ fn every_feature_at_once_passes_the_verifier_with_headroom() {
     // Blocklists, never_block, source lists, scan blocking and trap ports all at once: the
     // combination the verifier finds hardest. Keep well under its 1,000,000-instruction limit.
     let mut j = judge(include_str!("../../examples/edge-host.toml"));
-    let xdp: &mut aya::programs::Xdp = j
-        .ebpf_mut()
-        .program_mut("pg_xdp_ingress")
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let xdp: &mut aya::programs::Xdp =
+        j.ebpf_mut().program_mut("pg_xdp_ingress").unwrap().try_into().unwrap();
     let verified = xdp.info().unwrap().verified_instruction_count().unwrap();
     eprintln!("XDP program: {verified} instructions verified");
-    assert!(
-        verified < 500_000,
-        "{verified} verified instructions: too close to the limit"
-    );
-    expect(
-        j.run(&tcp(client(), server(), 1, 443, SYN)).unwrap(),
-        Reason::PassPortAllowed,
-    );
+    assert!(verified < 500_000, "{verified} verified instructions: too close to the limit");
+    expect(j.run(&tcp(client(), server(), 1, 443, SYN)).unwrap(), Reason::PassPortAllowed);
 }

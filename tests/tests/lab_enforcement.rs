@@ -7,8 +7,8 @@ use std::{
 };
 
 use portguard_tests::{
-    ADMIN_V4, ADMIN_V6, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, Lab, LabOptions,
-    SERVER_V4, SERVER_V6, require_root,
+    ADMIN_V4, ADMIN_V6, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, Lab, LabOptions, SERVER_V4,
+    SERVER_V6, require_root,
     traffic::{Servers, tcp_connects, udp_echoes},
 };
 use serde_json::Value;
@@ -55,45 +55,20 @@ fn example_policy_on_real_tcp_and_udp_v4_and_v6() {
 
     for v6 in [false, true] {
         for port in [80, 443, 8050] {
-            assert!(
-                tcp_connects(&lab.client, None, at(v6, port)),
-                "tcp {port} v6={v6} must be open"
-            );
+            assert!(tcp_connects(&lab.client, None, at(v6, port)), "tcp {port} v6={v6} must be open");
         }
         for port in [23, 3306, 22] {
-            assert!(
-                !tcp_connects(&lab.client, None, at(v6, port)),
-                "tcp {port} v6={v6} must be closed"
-            );
+            assert!(!tcp_connects(&lab.client, None, at(v6, port)), "tcp {port} v6={v6} must be closed");
         }
         assert!(udp_echoes(&lab.client, None, at(v6, 53)), "udp 53 v6={v6}");
-        assert!(
-            !udp_echoes(&lab.client, None, at(v6, 5353)),
-            "udp 5353 v6={v6}"
-        );
+        assert!(!udp_echoes(&lab.client, None, at(v6, 5353)), "udp 5353 v6={v6}");
     }
     // SSH only from the admin networks.
-    assert!(tcp_connects(
-        &lab.client,
-        Some(ADMIN_V4.into()),
-        at(false, 22)
-    ));
-    assert!(tcp_connects(
-        &lab.client,
-        Some(ADMIN_V6.into()),
-        at(true, 22)
-    ));
-    assert_eq!(
-        servers.accepted(22),
-        2,
-        "only the two admin connections reach sshd"
-    );
+    assert!(tcp_connects(&lab.client, Some(ADMIN_V4.into()), at(false, 22)));
+    assert!(tcp_connects(&lab.client, Some(ADMIN_V6.into()), at(true, 22)));
+    assert_eq!(servers.accepted(22), 2, "only the two admin connections reach sshd");
     assert_eq!(servers.accepted(23), 0);
-    assert_eq!(
-        servers.accepted(3306),
-        1,
-        "only the connection made before attach"
-    );
+    assert_eq!(servers.accepted(3306), 1, "only the connection made before attach");
 
     let stats = pg.stats();
     assert!(applied(&stats, "port-denied") >= 2);
@@ -123,26 +98,12 @@ fn blocklisted_sources_cidr_and_single_address() {
         (ADMIN_V4.into(), false),
         (ADMIN_V6.into(), true),
     ] {
-        assert!(
-            !tcp_connects(&lab.client, Some(source), at(v6, 80)),
-            "{source} must be blocked"
-        );
-        assert!(
-            !udp_echoes(&lab.client, Some(source), at(v6, 53)),
-            "{source} must be blocked (udp)"
-        );
+        assert!(!tcp_connects(&lab.client, Some(source), at(v6, 80)), "{source} must be blocked");
+        assert!(!udp_echoes(&lab.client, Some(source), at(v6, 53)), "{source} must be blocked (udp)");
     }
     // Other sources still reach the allowed ports.
-    assert!(tcp_connects(
-        &lab.client,
-        Some(CLIENT_V4.into()),
-        at(false, 80)
-    ));
-    assert!(tcp_connects(
-        &lab.client,
-        Some(CLIENT_V6.into()),
-        at(true, 80)
-    ));
+    assert!(tcp_connects(&lab.client, Some(CLIENT_V4.into()), at(false, 80)));
+    assert!(tcp_connects(&lab.client, Some(CLIENT_V6.into()), at(true, 80)));
     assert!(applied(&pg.stats(), "blocklist") >= 8);
 }
 
@@ -152,28 +113,18 @@ fn host_outbound_traffic_survives_default_deny() {
     let lab = Lab::new().unwrap();
     // The client plays the outside world: a web server and a DNS server.
     let _outside = Servers::start(&lab.client, &[8443], &[53]);
-    let policy =
-        "mode = \"enforce\"\ndefault = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\n";
+    let policy = "mode = \"enforce\"\ndefault = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\n";
     let pg = Attached::start(&lab.server, &lab.server_if, policy, &[]).unwrap();
     for (v6, peer) in [(false, IpAddr::from(CLIENT_V4)), (true, CLIENT_V6.into())] {
-        assert!(
-            tcp_connects(&lab.server, None, SocketAddr::new(peer, 8443)),
-            "outbound tcp v6={v6}"
-        );
-        assert!(
-            udp_echoes(&lab.server, None, SocketAddr::new(peer, 53)),
-            "outbound udp v6={v6}"
-        );
+        assert!(tcp_connects(&lab.server, None, SocketAddr::new(peer, 8443)), "outbound tcp v6={v6}");
+        assert!(udp_echoes(&lab.server, None, SocketAddr::new(peer, 53)), "outbound udp v6={v6}");
     }
     // While the same ports are closed to connections from outside.
     let _inside = Servers::start(&lab.server, &[8443], &[53]);
     assert!(!tcp_connects(&lab.client, None, at(false, 8443)));
     assert!(!udp_echoes(&lab.client, None, at(false, 53)));
     let stats = pg.stats();
-    assert!(
-        applied(&stats, "flow") >= 4,
-        "replies pass as known flows: {stats}"
-    );
+    assert!(applied(&stats, "flow") >= 4, "replies pass as known flows: {stats}");
 }
 
 #[test]
@@ -184,20 +135,13 @@ fn monitor_mode_drops_nothing_and_counts() {
     let policy = EXAMPLE.replace("mode = \"enforce\"", "mode = \"monitor\"");
     let pg = Attached::start(&lab.server, &lab.server_if, &policy, &[]).unwrap();
     assert!(tcp_connects(&lab.client, None, at(false, 23)));
-    assert!(tcp_connects(
-        &lab.client,
-        Some(BLOCKED_V4.into()),
-        at(false, 80)
-    ));
+    assert!(tcp_connects(&lab.client, Some(BLOCKED_V4.into()), at(false, 80)));
     assert_eq!(servers.accepted(23), 1);
     let stats = pg.stats();
     assert_eq!(stats["dropped"], 0, "{stats}");
     assert!(reason(&stats, "port-denied", "monitor") >= 1);
     assert!(reason(&stats, "blocklist", "monitor") >= 1);
-    assert!(
-        port_drops(&stats, "tcp", 23) >= 1,
-        "would-drops are counted per port too"
-    );
+    assert!(port_drops(&stats, "tcp", 23) >= 1, "would-drops are counted per port too");
 }
 
 #[test]
@@ -239,27 +183,15 @@ fn counters_match_the_traffic_sent_exactly() {
 fn vlan_and_qinq_tagged_traffic() {
     require_root!();
     for options in [
-        LabOptions {
-            vlan: Some(100),
-            outer_vlan: None,
-        },
-        LabOptions {
-            vlan: Some(100),
-            outer_vlan: Some(200),
-        },
+        LabOptions { vlan: Some(100), outer_vlan: None },
+        LabOptions { vlan: Some(100), outer_vlan: Some(200) },
     ] {
         let lab = Lab::with(options).unwrap();
         let _servers = Servers::start(&lab.server, &[80, 23], &[]);
         let pg = Attached::start(&lab.server, &lab.server_if, EXAMPLE, &[]).unwrap();
         for v6 in [false, true] {
-            assert!(
-                tcp_connects(&lab.client, None, at(v6, 80)),
-                "{options:?} v6={v6}"
-            );
-            assert!(
-                !tcp_connects(&lab.client, None, at(v6, 23)),
-                "{options:?} v6={v6}"
-            );
+            assert!(tcp_connects(&lab.client, None, at(v6, 80)), "{options:?} v6={v6}");
+            assert!(!tcp_connects(&lab.client, None, at(v6, 23)), "{options:?} v6={v6}");
         }
         let stats = pg.stats();
         assert!(applied(&stats, "port-denied") >= 2, "{options:?}: {stats}");
@@ -276,14 +208,10 @@ fn vlan_and_qinq_tagged_traffic() {
 #[test]
 fn both_attach_modes_load_and_enforce() {
     require_root!();
-    for (mode, shown) in [
-        ("native", "XDP native mode"),
-        ("generic", "XDP generic mode"),
-    ] {
+    for (mode, shown) in [("native", "XDP native mode"), ("generic", "XDP generic mode")] {
         let lab = Lab::new().unwrap();
         let _servers = Servers::start(&lab.server, &[80, 23], &[]);
-        let pg =
-            Attached::start(&lab.server, &lab.server_if, EXAMPLE, &["--xdp-mode", mode]).unwrap();
+        let pg = Attached::start(&lab.server, &lab.server_if, EXAMPLE, &["--xdp-mode", mode]).unwrap();
         assert!(pg.banner.contains(shown), "{}", pg.banner);
         assert!(tcp_connects(&lab.client, None, at(false, 80)));
         assert!(!tcp_connects(&lab.client, None, at(false, 23)));
@@ -301,42 +229,20 @@ fn second_attach_is_refused_and_detach_leaves_nothing() {
 
     let status = pg.run(&["status", "--json"]);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    let entry = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["interface"] == lab.server_if.as_str())
-        .unwrap();
+    let entry = status.as_array().unwrap().iter().find(|e| e["interface"] == lab.server_if.as_str()).unwrap();
     assert_eq!(entry["loader_running"], true);
 
     let detach = pg.run(&["detach", &lab.server_if]);
-    assert!(
-        detach.status.success(),
-        "{}",
-        String::from_utf8_lossy(&detach.stderr)
-    );
+    assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
     std::thread::sleep(Duration::from_millis(200));
     assert!(!std::path::Path::new(&format!("/sys/fs/bpf/portguard/{}", lab.server_if)).exists());
     assert!(!std::path::Path::new(&format!("/run/portguard/{}.json", lab.server_if)).exists());
-    let link = lab
-        .server
-        .exec("ip", &["-d", "link", "show", "dev", &lab.server_if])
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "XDP still attached"
-    );
-    let net = lab
-        .server
-        .exec("bpftool", &["-j", "net", "show", "dev", &lab.server_if])
-        .unwrap();
+    let link = lab.server.exec("ip", &["-d", "link", "show", "dev", &lab.server_if]).unwrap();
+    assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still attached");
+    let net = lab.server.exec("bpftool", &["-j", "net", "show", "dev", &lab.server_if]).unwrap();
     let net: Value = serde_json::from_slice(&net.stdout).unwrap();
     for hook in ["xdp", "tc", "tcx"] {
-        let attached = net[0]
-            .get(hook)
-            .and_then(Value::as_array)
-            .map(Vec::len)
-            .unwrap_or(0);
+        let attached = net[0].get(hook).and_then(Value::as_array).map(Vec::len).unwrap_or(0);
         assert_eq!(attached, 0, "{hook} program left behind: {net}");
     }
     // The lab still works without portguard.

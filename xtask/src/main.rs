@@ -48,9 +48,7 @@ fn main() {
     let result = match cli.task {
         Task::Setup { check } => setup::run(check),
         Task::Build { release } => setup::run(false).and_then(|()| build(release)),
-        Task::Demo => setup::run(false)
-            .and_then(|()| build(false))
-            .and_then(|()| demo()),
+        Task::Demo => setup::run(false).and_then(|()| build(false)).and_then(|()| demo()),
         Task::Test { args } => setup::run(false).and_then(|()| test(&args)),
     };
     if let Err(error) = result {
@@ -60,10 +58,7 @@ fn main() {
 }
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("workspace root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
@@ -86,14 +81,7 @@ fn build(release: bool) -> Result<()> {
     }
     cargo(&args)?;
     let profile = if release { "release" } else { "debug" };
-    println!(
-        "xtask: built {}",
-        workspace_root()
-            .join("target")
-            .join(profile)
-            .join("portguard")
-            .display()
-    );
+    println!("xtask: built {}", workspace_root().join("target").join(profile).join("portguard").display());
     Ok(())
 }
 
@@ -105,15 +93,7 @@ fn demo() -> Result<()> {
             "the demo creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask demo)"
         );
     }
-    cargo(&[
-        "run",
-        "--locked",
-        "--quiet",
-        "--package",
-        "portguard-tests",
-        "--bin",
-        "portguard-demo",
-    ])
+    cargo(&["run", "--locked", "--quiet", "--package", "portguard-tests", "--bin", "portguard-demo"])
 }
 
 fn test(extra: &[String]) -> Result<()> {
@@ -122,18 +102,10 @@ fn test(extra: &[String]) -> Result<()> {
             "xtask: not root: the real-kernel tests will print SKIPPED; run `sudo -E cargo xtask test` to run them"
         );
     }
-    cargo(&["fmt", "--all", "--", "--check"])
-        .context("code is not formatted: run `cargo fmt --all`")?;
+    cargo(&["fmt", "--all", "--", "--check"]).context("code is not formatted: run `cargo fmt --all`")?;
     build(false)?;
     // The kernel crate only builds for the BPF target (portguard/build.rs builds it).
-    let mut args = vec![
-        "test",
-        "--locked",
-        "--workspace",
-        "--exclude",
-        "portguard-ebpf",
-        "--no-fail-fast",
-    ];
+    let mut args = vec!["test", "--locked", "--workspace", "--exclude", "portguard-ebpf", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
 }

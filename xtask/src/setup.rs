@@ -25,11 +25,7 @@ pub fn run(check_only: bool) -> Result<()> {
     let install = !check_only && root;
     let mut missing = Vec::new();
 
-    let absent: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let absent: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if absent.is_empty() {
         ok("Debian packages", &APT_PACKAGES.join(" "));
     } else if install {
@@ -47,11 +43,7 @@ pub fn run(check_only: bool) -> Result<()> {
         Ok(version) => ok("nightly toolchain", version.trim()),
         Err(_) if install => {
             step("installing the nightly toolchain");
-            run_cmd(
-                "rustup",
-                &["toolchain", "install", "nightly", "--profile", "minimal"],
-                &[],
-            )?;
+            run_cmd("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"], &[])?;
         }
         Err(_) => missing.push("the nightly toolchain (rustup toolchain install nightly)".into()),
     }
@@ -63,15 +55,9 @@ pub fn run(check_only: bool) -> Result<()> {
     } else if !check_only {
         // rustup installs into the user's own toolchain: no root needed.
         step("adding rust-src to the nightly toolchain");
-        run_cmd(
-            "rustup",
-            &["component", "add", "rust-src", "--toolchain", "nightly"],
-            &[],
-        )?;
+        run_cmd("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"], &[])?;
     } else {
-        missing.push(
-            "rust-src for nightly (rustup component add rust-src --toolchain nightly)".into(),
-        );
+        missing.push("rust-src for nightly (rustup component add rust-src --toolchain nightly)".into());
     }
 
     match bpf_linker_state() {
@@ -82,8 +68,15 @@ pub fn run(check_only: bool) -> Result<()> {
             run_cmd(
                 "cargo",
                 &[
-                    "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force",
-                    "--no-default-features", "--features", "llvm-22",
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--locked",
+                    "--force",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
                 ],
                 &[("PATH", &path)],
             )?;
@@ -195,10 +188,8 @@ fn bpf_linker_state() -> LinkerState {
     let Ok(path) = which("bpf-linker") else {
         return LinkerState::Missing;
     };
-    let linked = Command::new("ldd")
-        .arg(&path)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let linked =
+        Command::new("ldd").arg(&path).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     match linked {
         Ok(text) if text.contains("libLLVM.so.22") => LinkerState::Good,
         Ok(text) if text.contains("libLLVM") => LinkerState::WrongLlvm,
@@ -208,9 +199,7 @@ fn bpf_linker_state() -> LinkerState {
 }
 
 fn which(program: &str) -> Result<String> {
-    let output = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()?;
+    let output = Command::new("sh").args(["-c", &format!("command -v {program}")]).output()?;
     let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
     if path.is_empty() {
         bail!("{program} not found");

@@ -1,99 +1,153 @@
-//! `portguard attach IFACE --policy FILE`: load, attach, pin, then stay in the foreground
-//! until Ctrl-C or SIGTERM and detach cleanly.
+//! `portguard attach IFACE --policy FILE`: load, attach (or adopt what a previous loader left
+//! pinned), then stay in the foreground until Ctrl-C or SIGTERM.
 
-use std::{path::Path, process::ExitCode};
+use std::{path::Path, process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use log::info;
 use portguard::{
-    events::EventSource,
-    loader::{self, Attachment, XdpModeChoice},
+    loader::{self, XdpModeChoice},
+    manager::{self, PolicySource, Rollback},
     paths,
-    policy::{self, LoadOptions, compile::compile},
+    policy::{LoadOptions, compile::compile},
     sockets,
     state::{LoaderLock, RunState, now_unix},
     system,
 };
 
-use super::{print_warnings, serve};
+use super::{
+    print_warnings,
+    serve::{self, Exit, Loader, Output},
+};
 
-pub fn run(
-    iface: &str,
-    policy_path: &Path,
-    xdp_mode: XdpModeChoice,
-    strict: bool,
-    json: bool,
-    netns: Option<&str>,
-) -> Result<ExitCode> {
+pub struct Options<'a> {
+    pub iface: &'a str,
+    pub policy: &'a Path,
+    pub xdp_mode: XdpModeChoice,
+    pub strict: bool,
+    pub json: bool,
+    pub pin: bool,
+    pub confirm_within: Option<Duration>,
+    pub netns: Option<&'a str>,
+}
+
+pub fn run(options: Options) -> Result<ExitCode> {
+    let iface = options.iface;
     system::require_root("portguard attach")?;
-    let loaded = policy::load(policy_path, LoadOptions { strict })?;
+    let source = PolicySource::read(options.policy)?;
+    let loaded = source.load(LoadOptions { strict: options.strict })?;
     print_warnings(&loaded.warnings);
     let policy = loaded.policy;
-    let image = compile(&policy, 1)?;
 
     system::raise_memlock();
     system::ensure_bpffs()?;
     let ifindex = system::ifindex(iface)?;
     let lock = LoaderLock::acquire(iface)?;
-    if loader::is_attached(iface) {
-        bail!(
-            "{iface} is still enforced by a portguard attachment whose loader is gone; \
-             `portguard detach {iface}` removes it"
-        );
+    let previous = RunState::read(iface);
+    // Pinned links and no loader (we hold the lock): a loader was killed, or ran with --pin.
+    let adopt = loader::is_attached(iface);
+    let generation = if adopt { previous.as_ref().map_or(1, |s| s.generation) + 1 } else { 1 };
+    let image = compile(&policy, generation)?;
+    if !adopt {
+        // Pins without links: a loader died before it attached. Nothing enforces; start clean.
+        loader::remove_pins(iface)?;
     }
-    // Pins without a link: a loader died before it attached. Nothing enforces; start clean.
-    loader::remove_pins(iface)?;
     system::create_private_dir(Path::new(paths::PIN_ROOT))?;
     let pin_dir = paths::pin_dir(iface);
     system::create_private_dir(&pin_dir)?;
 
-    let attachment = {
-        let cleanup = PinCleanup(iface);
+    let (ebpf, xdp_mode) = {
+        let cleanup = (!adopt).then(|| PinCleanup(iface));
         let mut ebpf = loader::load(&image, &policy, Some(&pin_dir))?;
-        let existing = sockets::read_all()?;
-        let seeded = loader::seed_flows(&mut ebpf, &existing)?;
+        let seeded = loader::seed_flows(&mut ebpf, &sockets::read_all()?)?;
         info!("flow table seeded with {seeded} existing connections");
-        let attachment = Attachment::attach(ebpf, iface, ifindex, xdp_mode)?;
+        let manual = manager::restore_manual_blocks(iface)?;
+        if manual > 0 {
+            println!("portguard: {manual} manual blocks restored from {}", paths::blocks_file().display());
+        }
+        let mode = if adopt {
+            loader::replace(&mut ebpf, iface)?;
+            let mode =
+                previous.as_ref().map(|s| s.xdp_mode).context("adopting without a record of the XDP mode")?;
+            println!(
+                "portguard: adopted the programs left pinned on {iface}: generation {generation} replaces them"
+            );
+            mode
+        } else {
+            loader::attach_new(&mut ebpf, iface, options.xdp_mode)?
+        };
         std::mem::forget(cleanup);
-        attachment
+        (ebpf, mode)
     };
 
     let state = RunState {
         iface: iface.to_owned(),
         ifindex,
         pid: std::process::id(),
-        policy: policy_path
-            .canonicalize()
-            .unwrap_or_else(|_| policy_path.to_owned()),
+        policy: source.path.clone(),
         summary: policy.summary(),
         mode: policy.mode,
-        xdp_mode: attachment.mode,
-        attached_at: now_unix(),
-        generation: 1,
-        netns: netns.map(str::to_owned),
+        xdp_mode,
+        attached_at: previous.filter(|_| adopt).map_or_else(now_unix, |s| s.attached_at),
+        generation,
+        netns: options.netns.map(str::to_owned),
+        never_block: policy.never_block.clone(),
+        blocklist_sources: policy.blocklist_sources.clone(),
+        pinned: options.pin,
     };
-    state.write()?;
+    manager::record(&state, &source)?;
 
     println!(
-        "portguard: attached to {iface} (ifindex {ifindex}): XDP {} mode on ingress, TC on egress",
-        attachment.mode
+        "portguard: attached to {iface} (ifindex {ifindex}): XDP {xdp_mode} mode on ingress, TC on egress"
     );
-    println!("policy {}: {}", policy_path.display(), policy.summary());
-    println!(
-        "pins under {}; counters: `portguard stats {iface}`",
-        pin_dir.display()
-    );
+    println!("policy {}: {}", options.policy.display(), policy.summary());
+    println!("pins under {}; counters: `portguard stats {iface}`", pin_dir.display());
+    if options.pin {
+        println!("--pin: enforcement stays when this loader exits; `portguard detach {iface}` removes it");
+    }
+    if let Some(within) = options.confirm_within {
+        let rollback = if adopt {
+            match manager::PolicySource::active(iface) {
+                Ok(previous) if previous.text != source.text => Rollback::Restore { policy: previous },
+                _ => Rollback::Detach,
+            }
+        } else {
+            Rollback::Detach
+        };
+        manager::arm_rollback(iface, within, rollback)?;
+        println!(
+            "rolls back in {} unless `portguard confirm {iface}` runs first",
+            humantime::format_duration(within)
+        );
+    }
     println!("running until Ctrl-C or SIGTERM; events follow");
 
-    let outcome = EventSource::from_ebpf(iface, &attachment.ebpf)
-        .and_then(|source| serve::run(iface, source, serve::Output { json }));
-    let detached = attachment.detach();
-    RunState::remove(iface);
-    lock.release(iface);
-    outcome?;
-    detached.context("detaching")?;
-    println!("portguard: detached from {iface}");
-    Ok(ExitCode::SUCCESS)
+    let loader =
+        Loader { ebpf, state, source, strict: options.strict, output: Output { json: options.json } };
+    let exit = serve::run(loader);
+    let result = match exit {
+        Ok(Exit::Leave) => {
+            println!(
+                "portguard: loader stopped; enforcement stays pinned on {iface} (`portguard detach {iface}` removes it)"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Exit::Detach) => {
+            loader::detach(iface).context("detaching")?;
+            RunState::remove(iface);
+            let _ = std::fs::remove_file(paths::active_policy(iface));
+            let _ = std::fs::remove_file(paths::pending_file(iface));
+            println!("portguard: detached from {iface}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            let _ = loader::detach(iface);
+            RunState::remove(iface);
+            Err(error)
+        }
+    };
+    drop(lock);
+    result
 }
 
 /// Removes the pins if attaching fails half-way.
@@ -101,7 +155,7 @@ struct PinCleanup<'a>(&'a str);
 
 impl Drop for PinCleanup<'_> {
     fn drop(&mut self) {
-        if let Err(error) = loader::remove_pins(self.0) {
+        if let Err(error) = loader::detach(self.0) {
             log::warn!("cleaning up after a failed attach: {error:#}");
         }
     }

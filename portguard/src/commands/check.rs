@@ -66,24 +66,15 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
             .collect();
         let from = match &rule.from {
             None => String::new(),
-            Some(nets) => format!(
-                " from {}",
-                nets.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Some(nets) => {
+                format!(" from {}", nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+            }
         };
         let kind = match rule.kind {
             policy::RuleKind::Allow => "allow",
             policy::RuleKind::Deny => "deny",
         };
-        println!(
-            "  {}: {kind} {} {}{from}",
-            rule.label(),
-            rule.proto,
-            ports.join(", ")
-        );
+        println!("  {}: {kind} {} {}{from}", rule.label(), rule.proto, ports.join(", "));
     }
     for source in &policy.blocklist_sources {
         println!(

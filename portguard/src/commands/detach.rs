@@ -1,20 +1,9 @@
 //! `portguard detach IFACE`: stop the loader if it runs, then remove what is left.
 
-use std::{
-    process::ExitCode,
-    time::{Duration, Instant},
-};
+use std::process::ExitCode;
 
-use anyhow::{Result, bail};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
-use portguard::{
-    loader, paths,
-    state::{RunState, loader_running},
-    system,
-};
+use anyhow::Result;
+use portguard::{blocks::BlockStore, manager, system};
 
 use super::status::attached_interfaces;
 
@@ -30,37 +19,15 @@ pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for iface in &targets {
-        detach_one(iface)?;
+        manager::detach(iface)?;
+        println!("portguard: detached from {iface}");
+    }
+    let kept = BlockStore::load().map(|s| s.blocks.len()).unwrap_or(0);
+    if kept > 0 {
+        println!(
+            "{kept} manual blocks are kept in {} and apply at the next attach (`portguard unblock` removes them)",
+            portguard::paths::blocks_file().display()
+        );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn detach_one(iface: &str) -> Result<()> {
-    let pins = paths::pin_dir(iface).exists();
-    let running = loader_running(iface);
-    if !pins && !running {
-        bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
-    }
-    if running {
-        if let Some(state) = RunState::read(iface) {
-            // The loader detaches and removes its pins itself on SIGTERM.
-            let _ = kill(Pid::from_raw(state.pid as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while loader_running(iface) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        if loader_running(iface) {
-            bail!(
-                "the loader of {iface} did not stop within 10 s; stop it (or kill it) and run detach again"
-            );
-        }
-    }
-    // Whatever the loader left (or all of it, if it was killed): unpinning the links is what
-    // detaches the programs once no process holds them.
-    loader::remove_pins(iface)?;
-    RunState::remove(iface);
-    portguard::state::remove_stale_lock(iface);
-    println!("portguard: detached from {iface}");
-    Ok(())
 }

@@ -14,7 +14,7 @@ use portguard::{
     system,
 };
 use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::UnixStream,
 };
 
@@ -27,25 +27,20 @@ pub fn run(iface: Option<&str>, json: bool) -> Result<ExitCode> {
         None => attached_interfaces(),
     };
     if interfaces.is_empty() {
-        bail!(
-            "portguard is not attached anywhere (`portguard attach IFACE --policy FILE` starts it)"
-        );
+        bail!("portguard is not attached anywhere (`portguard attach IFACE --policy FILE` starts it)");
     }
     for iface in &interfaces {
         if !paths::pin_dir(iface).exists() {
             bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let mut followers = tokio::task::JoinSet::new();
         for iface in interfaces {
             followers.spawn(follow(iface, json));
         }
-        let mut interrupt =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         loop {
             tokio::select! {
                 done = followers.join_next() => match done {
@@ -62,7 +57,8 @@ pub fn run(iface: Option<&str>, json: bool) -> Result<ExitCode> {
 async fn follow(iface: String, json: bool) -> Result<()> {
     let output = Output { json };
     if loader_running(&iface) {
-        let stream = UnixStream::connect(paths::event_socket(&iface)).await?;
+        let mut stream = UnixStream::connect(paths::control_socket(&iface)).await?;
+        stream.write_all(b"{\"cmd\":\"events\"}\n").await?;
         eprintln!("following the events of {iface} (from its loader)");
         let mut lines = BufReader::new(stream).lines();
         while let Some(line) = lines.next_line().await? {
@@ -77,9 +73,7 @@ async fn follow(iface: String, json: bool) -> Result<()> {
         eprintln!("{iface}: the loader stopped");
         return Ok(());
     }
-    eprintln!(
-        "following the events of {iface} (its loader is not running: reading the kernel directly)"
-    );
+    eprintln!("following the events of {iface} (its loader is not running: reading the kernel directly)");
     let mut source = EventSource::from_pins(&iface)?.watch()?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

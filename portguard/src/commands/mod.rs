@@ -1,9 +1,12 @@
 //! One module per verb. Each returns the process exit code or an error for main to print.
 
 mod attach;
+mod blocks;
 mod check;
+mod confirm;
 mod detach;
 mod events;
+mod reload;
 mod serve;
 mod stats;
 mod status;
@@ -21,33 +24,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         system::enter_netns(netns)?;
     }
     match cli.command {
-        Command::Attach {
-            iface,
-            policy,
-            xdp_mode,
-            strict,
-            json,
-        } => attach::run(
-            &iface,
-            &policy,
-            xdp_mode,
-            strict,
-            json,
-            cli.netns.as_deref(),
-        ),
+        Command::Attach { iface, policy, xdp_mode, strict, json, pin, confirm_within } => {
+            attach::run(attach::Options {
+                iface: &iface,
+                policy: &policy,
+                xdp_mode,
+                strict,
+                json,
+                pin,
+                confirm_within,
+                netns: cli.netns.as_deref(),
+            })
+        }
+        Command::Reload { iface, policy, strict, confirm_within } => {
+            reload::run(iface.as_deref(), policy.as_deref(), strict, confirm_within)
+        }
+        Command::Confirm { iface } => confirm::run(iface.as_deref()),
+        Command::Block { sources, duration, reason, iface } => {
+            blocks::block(&sources, duration, reason, iface.as_deref())
+        }
+        Command::Unblock { sources, iface } => blocks::unblock(&sources, iface.as_deref()),
+        Command::Blocks { json, iface } => blocks::list(json, iface.as_deref()),
+        Command::RollbackGuard { iface, token } => {
+            portguard::manager::guard(&iface, &token)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Events { iface, json } => events::run(iface.as_deref(), json),
-        Command::Check {
-            policy,
-            strict,
-            json,
-        } => check::run(&policy, strict, json),
+        Command::Check { policy, strict, json } => check::run(&policy, strict, json),
         Command::Status { json } => status::run(json),
-        Command::Stats {
-            iface,
-            json,
-            watch,
-            top,
-        } => stats::run(iface.as_deref(), json, watch, top),
+        Command::Stats { iface, json, watch, top } => stats::run(iface.as_deref(), json, watch, top),
         Command::Detach { iface, all } => detach::run(iface.as_deref(), all),
     }
 }

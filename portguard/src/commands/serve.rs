@@ -1,19 +1,25 @@
 //! What a running loader does in the foreground: print events as they happen, report lost
-//! events, sweep expired automatic blocks, and stream events to `portguard events` clients.
+//! events, sweep expired blocks, answer its control socket (`events`, `reload`), reload on
+//! SIGHUP, and stop on SIGINT/SIGTERM.
 
 use std::{os::unix::fs::PermissionsExt as _, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
+use aya::Ebpf;
 use log::{info, warn};
 use portguard::{
+    blocks::{BlockStore, sync_iface},
+    control::{ReloadRequest, Reply, Request},
     events::{EventRecord, EventSource},
+    manager::{self, PolicySource, Rollback},
     paths,
+    state::{RunState, now_unix},
 };
 use tokio::{
-    io::AsyncWriteExt as _,
-    net::UnixListener,
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
-    sync::broadcast,
+    sync::{broadcast, mpsc, oneshot},
 };
 
 /// Lines kept for slow `events` clients before they are told they missed some.
@@ -33,28 +39,48 @@ impl Output {
     }
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub fn run(iface: &str, source: EventSource, output: Output) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(iface, source, output))
+/// A running attachment, as its loader holds it.
+pub struct Loader {
+    pub ebpf: Ebpf,
+    pub state: RunState,
+    pub source: PolicySource,
+    pub strict: bool,
+    pub output: Output,
 }
 
-async fn serve(iface: &str, source: EventSource, output: Output) -> Result<()> {
-    let mut source = source.watch()?;
+/// How the loader ended.
+pub enum Exit {
+    /// Detach and remove the pins.
+    Detach,
+    /// Leave enforcement in place (`--pin`).
+    Leave,
+}
+
+type ReloadCall = (ReloadRequest, oneshot::Sender<Reply>);
+
+/// Runs until SIGINT or SIGTERM.
+pub fn run(loader: Loader) -> Result<Exit> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(loader))
+}
+
+async fn serve(mut loader: Loader) -> Result<Exit> {
+    let iface = loader.state.iface.clone();
+    let mut source = EventSource::from_pins(&iface)?.watch()?;
     let (lines, _) = broadcast::channel::<Arc<str>>(CLIENT_BACKLOG);
-    let socket_path = paths::event_socket(iface);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadCall>(4);
+    let socket_path = paths::control_socket(&iface);
     let _ = std::fs::remove_file(&socket_path);
     let listener = UnixListener::bind(&socket_path)
         .with_context(|| format!("listening on {}", socket_path.display()))?;
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
-    let clients = tokio::spawn(accept_clients(listener, lines.clone()));
+    let clients = tokio::spawn(accept_clients(listener, lines.clone(), reload_tx));
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let publish = |record: &EventRecord| {
+    let publish = |output: &Output, record: &EventRecord| {
         output.print(record);
         let _ = lines.send(Arc::from(record.json()));
     };
@@ -63,35 +89,126 @@ async fn serve(iface: &str, source: EventSource, output: Output) -> Result<()> {
             ready = source.readable_mut() => {
                 let mut guard = ready?;
                 for record in guard.get_inner_mut().drain() {
-                    publish(&record);
+                    publish(&loader.output, &record);
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 let inner = source.get_mut();
                 match inner.newly_lost() {
-                    Ok(Some(record)) => publish(&record),
+                    Ok(Some(record)) => publish(&loader.output, &record),
                     Ok(None) => {}
                     Err(error) => warn!("reading the lost-event counter: {error:#}"),
                 }
                 match inner.sweep_expired() {
-                    Ok(records) => records.iter().for_each(&publish),
+                    Ok(records) => records.iter().for_each(|r| publish(&loader.output, r)),
                     Err(error) => warn!("sweeping expired blocks: {error:#}"),
                 }
+                sweep_manual_blocks(&iface);
             }
-            _ = interrupt.recv() => { info!("SIGINT: detaching"); break; }
-            _ = terminate.recv() => { info!("SIGTERM: detaching"); break; }
+            call = reload_rx.recv() => {
+                if let Some((request, reply)) = call {
+                    let _ = reply.send(reload(&mut loader, request));
+                }
+            }
+            _ = hangup.recv() => {
+                info!("SIGHUP: reloading {}", loader.state.policy.display());
+                let reply = reload(&mut loader, ReloadRequest::default());
+                if !reply.ok {
+                    eprintln!("portguard: reload refused, the running policy stays: {}", reply.message);
+                }
+            }
+            _ = interrupt.recv() => { info!("SIGINT"); break; }
+            _ = terminate.recv() => { info!("SIGTERM"); break; }
         }
     }
     clients.abort();
     let _ = std::fs::remove_file(&socket_path);
-    Ok(())
+    let asked_to_detach = std::fs::remove_file(paths::detach_request(&iface)).is_ok();
+    Ok(if loader.state.pinned && !asked_to_detach { Exit::Leave } else { Exit::Detach })
 }
 
-async fn accept_clients(listener: UnixListener, lines: broadcast::Sender<Arc<str>>) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        let mut receiver = lines.subscribe();
+/// Swaps in a new policy generation; the running one stays if anything is wrong.
+fn reload(loader: &mut Loader, request: ReloadRequest) -> Reply {
+    match try_reload(loader, &request) {
+        Ok(message) => {
+            println!("portguard: {message}");
+            Reply { ok: true, message }
+        }
+        Err(error) => Reply { ok: false, message: format!("{error:#}") },
+    }
+}
+
+fn try_reload(loader: &mut Loader, request: &ReloadRequest) -> Result<String> {
+    let source = match (&request.policy_text, &request.policy) {
+        (Some(text), Some(path)) => PolicySource { path: path.clone(), text: text.clone() },
+        (_, Some(path)) => PolicySource::read(path)?,
+        (_, None) => PolicySource::read(&loader.state.policy)?,
+    };
+    let iface = loader.state.iface.clone();
+    let generation = loader.state.generation + 1;
+    let (ebpf, loaded) =
+        manager::apply_generation(&iface, &source, request.strict || loader.strict, generation)?;
+    for warning in &loaded.warnings {
+        eprintln!("{warning}");
+    }
+    // The old generation's programs and policy maps go with it.
+    loader.ebpf = ebpf;
+    let previous = std::mem::replace(&mut loader.source, source);
+    let policy = &loaded.policy;
+    let state = &mut loader.state;
+    state.generation = generation;
+    state.policy = loader.source.path.clone();
+    state.summary = policy.summary();
+    state.mode = policy.mode;
+    state.never_block = policy.never_block.clone();
+    state.blocklist_sources = policy.blocklist_sources.clone();
+    manager::record(state, &loader.source)?;
+    let mut message = format!("reloaded {iface}: generation {generation}, {}", policy.summary());
+    if let Some(secs) = request.confirm_within_secs {
+        manager::arm_rollback(&iface, Duration::from_secs(secs), Rollback::Restore { policy: previous })?;
+        message.push_str(&format!("; rolls back in {secs} s unless `portguard confirm {iface}`"));
+    }
+    Ok(message)
+}
+
+/// Drops expired manual blocks from the saved list and from the map (the packet path already
+/// ignores them).
+fn sweep_manual_blocks(iface: &str) {
+    let Ok(mut store) = BlockStore::load() else { return };
+    if store.blocks.iter().any(|b| b.expired(now_unix())) {
+        store.prune(now_unix());
+        if store.save().is_ok() {
+            let entries: Vec<_> = store.for_iface(iface).collect();
+            let _ = sync_iface(iface, &entries);
+        }
+    }
+}
+
+async fn accept_clients(
+    listener: UnixListener,
+    lines: broadcast::Sender<Arc<str>>,
+    reloads: mpsc::Sender<ReloadCall>,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let (lines, reloads) = (lines.clone(), reloads.clone());
         tokio::spawn(async move {
+            let _ = client(stream, lines, reloads).await;
+        });
+    }
+}
+
+async fn client(
+    stream: UnixStream,
+    lines: broadcast::Sender<Arc<str>>,
+    reloads: mpsc::Sender<ReloadCall>,
+) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut input = BufReader::new(read).lines();
+    let Some(first) = input.next_line().await? else { return Ok(()) };
+    match serde_json::from_str::<Request>(&first) {
+        Ok(Request::Events) => {
+            let mut receiver = lines.subscribe();
             loop {
                 let line = match receiver.recv().await {
                     Ok(line) => format!("{line}\n"),
@@ -100,10 +217,19 @@ async fn accept_clients(listener: UnixListener, lines: broadcast::Sender<Arc<str
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
-                if stream.write_all(line.as_bytes()).await.is_err() {
-                    break;
-                }
+                write.write_all(line.as_bytes()).await?;
             }
-        });
+        }
+        Ok(Request::Reload(request)) => {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            reloads.send((request, reply_tx)).await?;
+            let reply = reply_rx.await?;
+            write.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
+        }
+        Err(error) => {
+            let reply = Reply { ok: false, message: format!("bad request: {error}") };
+            write.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
+        }
     }
+    Ok(())
 }

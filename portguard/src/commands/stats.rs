@@ -38,48 +38,16 @@ impl Snapshot {
 const OBSERVATIONS: [(&str, &str, u32); 12] = [
     ("fragments_first", "first fragments", OBS_FRAGMENT_FIRST),
     ("fragments_later", "later fragments", OBS_FRAGMENT_LATER),
-    (
-        "fragments_untracked",
-        "fragments not tracked (table full)",
-        OBS_FRAGMENT_TABLE_FULL,
-    ),
+    ("fragments_untracked", "fragments not tracked (table full)", OBS_FRAGMENT_TABLE_FULL),
     ("vlan_single", "frames with one VLAN tag", OBS_VLAN_SINGLE),
-    (
-        "vlan_stacked",
-        "frames with stacked VLAN tags",
-        OBS_VLAN_STACKED,
-    ),
+    ("vlan_stacked", "frames with stacked VLAN tags", OBS_VLAN_STACKED),
     ("scans_detected", "scans detected", OBS_SCANS_DETECTED),
-    (
-        "scan_blocks",
-        "sources blocked for scanning",
-        OBS_SCAN_BLOCKS,
-    ),
-    (
-        "trap_blocks",
-        "sources blocked by trap ports",
-        OBS_TRAP_BLOCKS,
-    ),
-    (
-        "blocks_expired",
-        "automatic blocks expired on the packet path",
-        OBS_BLOCKS_EXPIRED,
-    ),
-    (
-        "refusals_sent",
-        "refusals sent by the host (RST, port unreachable)",
-        OBS_REFUSALS_SENT,
-    ),
-    (
-        "events_lost",
-        "events lost (ring buffer full)",
-        OBS_EVENTS_LOST,
-    ),
-    (
-        "events_suppressed",
-        "drop events held back by the rate limits",
-        OBS_EVENTS_SUPPRESSED,
-    ),
+    ("scan_blocks", "sources blocked for scanning", OBS_SCAN_BLOCKS),
+    ("trap_blocks", "sources blocked by trap ports", OBS_TRAP_BLOCKS),
+    ("blocks_expired", "automatic blocks expired on the packet path", OBS_BLOCKS_EXPIRED),
+    ("refusals_sent", "refusals sent by the host (RST, port unreachable)", OBS_REFUSALS_SENT),
+    ("events_lost", "events lost (ring buffer full)", OBS_EVENTS_LOST),
+    ("events_suppressed", "drop events held back by the rate limits", OBS_EVENTS_SUPPRESSED),
 ];
 
 pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> Result<ExitCode> {
@@ -88,18 +56,11 @@ pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> R
         None => attached_interfaces(),
     };
     if interfaces.is_empty() {
-        bail!(
-            "portguard is not attached anywhere (`portguard attach IFACE --policy FILE` starts it)"
-        );
+        bail!("portguard is not attached anywhere (`portguard attach IFACE --policy FILE` starts it)");
     }
-    let maps: Vec<(String, PinnedMaps)> = interfaces
-        .iter()
-        .map(|i| Ok((i.clone(), PinnedMaps::open(i)?)))
-        .collect::<Result<_>>()?;
-    let mut previous: Vec<Snapshot> = maps
-        .iter()
-        .map(|(_, m)| Snapshot::take(m))
-        .collect::<Result<_>>()?;
+    let maps: Vec<(String, PinnedMaps)> =
+        interfaces.iter().map(|i| Ok((i.clone(), PinnedMaps::open(i)?))).collect::<Result<_>>()?;
+    let mut previous: Vec<Snapshot> = maps.iter().map(|(_, m)| Snapshot::take(m)).collect::<Result<_>>()?;
     for ((iface, _), snapshot) in maps.iter().zip(&previous) {
         print(iface, snapshot, None, json, top);
     }
@@ -120,9 +81,7 @@ pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> R
 }
 
 fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top: usize) {
-    let seconds = before
-        .map(|b| now.at.duration_since(b.at).as_secs_f64())
-        .filter(|s| *s > 0.0);
+    let seconds = before.map(|b| now.at.duration_since(b.at).as_secs_f64()).filter(|s| *s > 0.0);
     let delta = before.map(|b| now.counters.since(&b.counters));
     let ports = top_ports(&now.port_drops, top);
     if json {
@@ -149,11 +108,7 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
     for reason in ALL_REASONS {
         let (applied, would) = (c.applied(reason), c.would_drop(reason));
         if applied.packets > 0 {
-            let verb = if reason.is_drop() {
-                "dropped"
-            } else {
-                "passed"
-            };
+            let verb = if reason.is_drop() { "dropped" } else { "passed" };
             println!(
                 "  {verb:<11} {:<20} {:>14} pkts {:>16} bytes",
                 reason.name(),
@@ -178,10 +133,8 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
         }
     }
     if !ports.is_empty() {
-        let list: Vec<String> = ports
-            .iter()
-            .map(|p| format!("{}/{} {}", p.proto, p.port, group(p.drops)))
-            .collect();
+        let list: Vec<String> =
+            ports.iter().map(|p| format!("{}/{} {}", p.proto, p.port, group(p.drops))).collect();
         println!("  top dropped ports: {}", list.join(", "));
     }
     if !now.blocks.is_empty() {
@@ -196,10 +149,7 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
             );
         }
         if now.blocks.len() > 50 {
-            println!(
-                "    ... and {} more (--json lists all)",
-                now.blocks.len() - 50
-            );
+            println!("    ... and {} more (--json lists all)", now.blocks.len() - 50);
         }
     }
 }
@@ -217,12 +167,7 @@ fn to_json(
         .flat_map(|reason| {
             let applied = c.applied(*reason);
             let would = c.would_drop(*reason);
-            let mut rows = vec![reason_json(
-                *reason,
-                "applied",
-                applied.packets,
-                applied.bytes,
-            )];
+            let mut rows = vec![reason_json(*reason, "applied", applied.packets, applied.bytes)];
             if reason.is_drop() {
                 rows.push(reason_json(*reason, "monitor", would.packets, would.bytes));
             }
@@ -237,10 +182,8 @@ fn to_json(
         }),
         _ => Value::Null,
     };
-    let observations: serde_json::Map<String, Value> = OBSERVATIONS
-        .iter()
-        .map(|(name, _, slot)| (name.to_string(), json!(c.slot(*slot).packets)))
-        .collect();
+    let observations: serde_json::Map<String, Value> =
+        OBSERVATIONS.iter().map(|(name, _, slot)| (name.to_string(), json!(c.slot(*slot).packets))).collect();
     json!({
         "interface": iface,
         "packets": total.packets,

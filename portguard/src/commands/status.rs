@@ -51,6 +51,8 @@ pub fn run(json: bool) -> Result<ExitCode> {
                     "generation": state.as_ref().map(|s| s.generation),
                     "uptime_secs": state.as_ref().map(|s| s.uptime_secs()),
                     "netns": state.as_ref().and_then(|s| s.netns.clone()),
+                    "pinned": state.as_ref().map(|s| s.pinned),
+                    "confirm_seconds_left": portguard::manager::Pending::read(iface).map(|p| p.seconds_left()),
                 })
             })
             .collect();
@@ -69,17 +71,17 @@ pub fn run(json: bool) -> Result<ExitCode> {
                 "loader NOT running: pinned programs still enforce; `portguard detach` removes them"
                     .to_string()
             }
-            (false, _) => {
-                "left-behind pins, nothing enforcing; `portguard detach` removes them".to_string()
-            }
+            (false, _) => "left-behind pins, nothing enforcing; `portguard detach` removes them".to_string(),
         };
         println!("{iface}: {loader}");
+        if let Some(pending) = portguard::manager::Pending::read(iface) {
+            println!(
+                "  WAITING FOR CONFIRMATION: rolls back in {} unless `portguard confirm {iface}`",
+                format_uptime(pending.seconds_left())
+            );
+        }
         if let Some(state) = state {
-            let netns = state
-                .netns
-                .as_deref()
-                .map(|n| format!(", netns {n}"))
-                .unwrap_or_default();
+            let netns = state.netns.as_deref().map(|n| format!(", netns {n}")).unwrap_or_default();
             println!(
                 "  XDP {} mode{netns}, up {}, policy generation {}",
                 state.xdp_mode,

@@ -41,6 +41,7 @@ pub fn compile(policy: &Policy, generation: u64) -> Result<MapImage> {
     let mut image = MapImage::default();
     compile_ports(policy, &mut image);
     compile_blocklist(&policy.blocklist, &mut image)?;
+    check_blocklist_size(&image, policy.limits.blocklist)?;
     for net in &policy.never_block {
         let (len, addr) = mapped(net);
         image.never_block.push((len, addr));
@@ -66,11 +67,7 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
                 if entry.action == PORT_ALLOW && action == PORT_ALLOW_FROM {
                     continue;
                 }
-                *entry = PortRule {
-                    action,
-                    flags: entry.flags,
-                    rule: rule.number,
-                };
+                *entry = PortRule { action, flags: entry.flags, rule: rule.number };
                 if let Some(from) = &rule.from {
                     for net in from {
                         let (len, addr) = mapped(net);
@@ -80,18 +77,13 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
                             port_be: port.to_be_bytes(),
                             addr,
                         };
-                        image
-                            .src_allow
-                            .push((SRC_ALLOW_FIXED_BITS + len, key, rule.number));
+                        image.src_allow.push((SRC_ALLOW_FIXED_BITS + len, key, rule.number));
                     }
                 }
             }
         }
     }
-    for (proto, ranges) in [
-        (Proto::Tcp, &policy.trap_ports.tcp),
-        (Proto::Udp, &policy.trap_ports.udp),
-    ] {
+    for (proto, ranges) in [(Proto::Tcp, &policy.trap_ports.tcp), (Proto::Udp, &policy.trap_ports.udp)] {
         for port in ranges.iter().flat_map(|r| r.clone()) {
             let Some(index) = port_index(proto.number(), port) else {
                 continue;
@@ -112,10 +104,7 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
 /// A network as (prefix length over 16 bytes, IPv4-mapped or IPv6 address).
 fn mapped(net: &IpNet) -> (u32, [u8; 16]) {
     match net {
-        IpNet::V4(v4) => (
-            96 + v4.prefix_len() as u32,
-            v4_mapped(v4.network().octets()),
-        ),
+        IpNet::V4(v4) => (96 + v4.prefix_len() as u32, v4_mapped(v4.network().octets())),
         IpNet::V6(v6) => (v6.prefix_len() as u32, v6.network().octets()),
     }
 }
@@ -145,10 +134,7 @@ fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
                 }
             }
             IpNet::V6(v6) => {
-                v6_by_len
-                    .entry(v6.prefix_len())
-                    .or_default()
-                    .insert(u128::from(v6.network()));
+                v6_by_len.entry(v6.prefix_len()).or_default().insert(u128::from(v6.network()));
             }
         }
     }
@@ -159,12 +145,23 @@ fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
     reduce_v6_lengths(&mut v6_by_len)?;
     for (len, prefixes) in v6_by_len {
         for prefix in prefixes {
-            image.bl6.insert(Bl6Key {
-                prefix_len: len,
-                _pad: [0; 3],
-                addr: prefix.to_be_bytes(),
-            });
+            image.bl6.insert(Bl6Key { prefix_len: len, _pad: [0; 3], addr: prefix.to_be_bytes() });
         }
+    }
+    Ok(())
+}
+
+/// The blocklist as the kernel holds it must fit the configured limit: refused before anything
+/// is loaded, never half-applied.
+fn check_blocklist_size(image: &MapImage, limit: u32) -> Result<()> {
+    let entries = image.bl4.len() + image.bl6.len();
+    if entries > limit as usize {
+        bail!(
+            "the blocklist needs {entries} kernel entries ({} IPv4 /24 buckets, {} IPv6 prefixes), \
+             more than [limits] blocklist = {limit}; raise the limit or shorten the list",
+            image.bl4.len(),
+            image.bl6.len()
+        );
     }
     Ok(())
 }
@@ -207,28 +204,13 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
     };
     set(policy.mode == Mode::Monitor, FLAG_MONITOR);
     set(policy.default == Action::Allow, FLAG_DEFAULT_ALLOW);
-    set(
-        policy.inbound.malformed == Action::Allow,
-        FLAG_MALFORMED_PASS,
-    );
-    set(
-        policy.inbound.fragments_unseen == Action::Allow,
-        FLAG_FRAG_UNSEEN_PASS,
-    );
+    set(policy.inbound.malformed == Action::Allow, FLAG_MALFORMED_PASS);
+    set(policy.inbound.fragments_unseen == Action::Allow, FLAG_FRAG_UNSEEN_PASS);
     set(policy.inbound.icmp == Action::Deny, FLAG_ICMP_DENY);
     set(policy.inbound.icmpv6 == Action::Deny, FLAG_ICMPV6_DENY);
-    set(
-        policy.inbound.other_protocols == Action::Deny,
-        FLAG_OTHER_DENY,
-    );
-    set(
-        policy.inbound.tcp_non_syn == TcpNonSyn::Pass,
-        FLAG_TCP_NON_SYN_PASS,
-    );
-    set(
-        !image.bl4.is_empty() || !image.bl4_wide.is_empty(),
-        FLAG_HAS_BLOCKLIST4,
-    );
+    set(policy.inbound.other_protocols == Action::Deny, FLAG_OTHER_DENY);
+    set(policy.inbound.tcp_non_syn == TcpNonSyn::Pass, FLAG_TCP_NON_SYN_PASS);
+    set(!image.bl4.is_empty() || !image.bl4_wide.is_empty(), FLAG_HAS_BLOCKLIST4);
     set(!image.bl4_wide.is_empty(), FLAG_HAS_BLOCKLIST4_WIDE);
     set(!image.bl6.is_empty(), FLAG_HAS_BLOCKLIST6);
     set(!image.never_block.is_empty(), FLAG_HAS_NEVER_BLOCK);
@@ -236,10 +218,7 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
     set(scan != Response::Off, FLAG_SCAN_DETECT);
     set(scan == Response::Block, FLAG_SCAN_BLOCK);
     set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
-    set(
-        scan == Response::Block || !policy.trap_ports.is_empty(),
-        FLAG_AUTO_BLOCK,
-    );
+    set(scan == Response::Block || !policy.trap_ports.is_empty(), FLAG_AUTO_BLOCK);
 
     let mut lengths: Vec<u8> = image.bl6.iter().map(|k| k.prefix_len).collect();
     lengths.sort_unstable_by(|a, b| b.cmp(a));
@@ -287,11 +266,7 @@ mod tests {
             ports = [53]
             "#,
         );
-        let entries: Vec<(u32, u8, u16)> = image
-            .ports
-            .iter()
-            .map(|(i, r)| (*i, r.action, r.rule))
-            .collect();
+        let entries: Vec<(u32, u8, u16)> = image.ports.iter().map(|(i, r)| (*i, r.action, r.rule)).collect();
         assert_eq!(
             entries,
             [
@@ -389,14 +364,9 @@ mod tests {
         assert_eq!(by_len.len(), MAX_BL6_PREFIX_LENS);
         // Every original prefix is still covered by some kept prefix.
         for len in 30..50u8 {
-            let prefix =
-                (0x2001_0db8u128 << 96 | (len as u128) << 80) & (!0u128 << (128 - len as u32));
+            let prefix = (0x2001_0db8u128 << 96 | (len as u128) << 80) & (!0u128 << (128 - len as u32));
             // Host bits past /len are zero, so the prefix is its own first expansion.
-            assert!(
-                by_len
-                    .iter()
-                    .any(|(kept, set)| *kept >= len && set.contains(&prefix))
-            );
+            assert!(by_len.iter().any(|(kept, set)| *kept >= len && set.contains(&prefix)));
         }
     }
 }

@@ -27,14 +27,7 @@ impl fmt::Display for Diagnostic {
         if self.line == 0 {
             write!(f, "{}: {severity}: {}", self.file.display(), self.message)
         } else {
-            write!(
-                f,
-                "{}:{}:{}: {severity}: {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.message
-            )
+            write!(f, "{}:{}:{}: {severity}: {}", self.file.display(), self.line, self.column, self.message)
         }
     }
 }
@@ -47,9 +40,7 @@ pub struct PolicyErrors {
 
 impl PolicyErrors {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
     }
 }
 
@@ -59,11 +50,7 @@ impl fmt::Display for PolicyErrors {
         for diagnostic in &self.diagnostics {
             writeln!(f, "{diagnostic}")?;
         }
-        write!(
-            f,
-            "policy rejected: {count} error{}; nothing was changed",
-            if count == 1 { "" } else { "s" }
-        )
+        write!(f, "policy rejected: {count} error{}; nothing was changed", if count == 1 { "" } else { "s" })
     }
 }
 
@@ -97,11 +84,7 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(file: PathBuf, text: &str) -> Self {
-        Self {
-            file,
-            index: LineIndex::new(text),
-            diagnostics: Vec::new(),
-        }
+        Self { file, index: LineIndex::new(text), diagnostics: Vec::new() }
     }
 
     pub fn error_at(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
@@ -119,13 +102,7 @@ impl Reporter {
 
     /// A diagnostic about a whole line (a rule), at its first column.
     pub fn at_line(&mut self, severity: Severity, line: usize, message: String) {
-        self.diagnostics.push(Diagnostic {
-            severity,
-            file: self.file.clone(),
-            line,
-            column: 1,
-            message,
-        });
+        self.diagnostics.push(Diagnostic { severity, file: self.file.clone(), line, column: 1, message });
     }
 
     pub fn line_of(&self, offset: usize) -> usize {
@@ -134,19 +111,11 @@ impl Reporter {
 
     fn push(&mut self, severity: Severity, offset: usize, message: String) {
         let (line, column) = self.index.locate(offset);
-        self.diagnostics.push(Diagnostic {
-            severity,
-            file: self.file.clone(),
-            line,
-            column,
-            message,
-        });
+        self.diagnostics.push(Diagnostic { severity, file: self.file.clone(), line, column, message });
     }
 
     pub fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error)
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
     }
 }
 

@@ -143,6 +143,10 @@ pub struct Limits {
     pub sources: u32,
     /// Automatic blocks held at once (LRU: the oldest go first under a flood).
     pub auto_blocks: u32,
+    /// Manual blocks (`portguard block`) held at once.
+    pub manual_blocks: u32,
+    /// Blocklist entries once expanded (IPv4 /24 buckets, /16 blocks, IPv6 prefixes).
+    pub blocklist: u32,
 }
 
 impl Default for Limits {
@@ -152,6 +156,8 @@ impl Default for Limits {
             fragments: 8192,
             sources: 65536,
             auto_blocks: 65536,
+            manual_blocks: 65536,
+            blocklist: 4_000_000,
         }
     }
 }
@@ -197,11 +203,7 @@ pub struct TrapPorts {
 
 impl Default for TrapPorts {
     fn default() -> Self {
-        Self {
-            tcp: Vec::new(),
-            udp: Vec::new(),
-            block_for: Duration::from_secs(3600),
-        }
+        Self { tcp: Vec::new(), udp: Vec::new(), block_for: Duration::from_secs(3600) }
     }
 }
 
@@ -221,15 +223,12 @@ pub struct Events {
 
 impl Default for Events {
     fn default() -> Self {
-        Self {
-            drop_events_per_second: 20,
-            ring_buffer_kib: 256,
-        }
+        Self { drop_events_per_second: 20, ring_buffer_kib: 256 }
     }
 }
 
 /// Where the blocklist entries came from, for summaries.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BlocklistSource {
     pub origin: String,
     pub entries: usize,

@@ -88,4 +88,6 @@ pub struct RawLimits {
     pub fragments: Option<Spanned<i64>>,
     pub sources: Option<Spanned<i64>>,
     pub auto_blocks: Option<Spanned<i64>>,
+    pub manual_blocks: Option<Spanned<i64>>,
+    pub blocklist: Option<Spanned<i64>>,
 }

@@ -12,9 +12,7 @@ pub fn parse_net_strict(text: &str) -> Result<IpNet, String> {
     let net = parse_net(text)?;
     let network = net.trunc();
     if network != net {
-        return Err(format!(
-            "`{text}` has bits set past its prefix length; the network is {network}"
-        ));
+        return Err(format!("`{text}` has bits set past its prefix length; the network is {network}"));
     }
     Ok(net)
 }
@@ -41,9 +39,7 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
 pub fn unmap_v4(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96)
-                .map(IpNet::V4)
-                .unwrap_or(net),
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map(IpNet::V4).unwrap_or(net),
             None => net,
         },
         _ => net,
@@ -76,10 +72,7 @@ pub fn parse_source_list(text: &str) -> SourceList {
         };
         match parse_net_lenient(word) {
             Ok(net) => list.entries.push(net),
-            Err(reason) => list.bad_lines.push(BadLine {
-                line: number + 1,
-                reason,
-            }),
+            Err(reason) => list.bad_lines.push(BadLine { line: number + 1, reason }),
         }
     }
     list
@@ -96,26 +89,11 @@ mod tests {
 
     #[test]
     fn strict_accepts_networks_and_addresses() {
-        assert_eq!(
-            parse_net_strict("198.51.100.0/24").unwrap().to_string(),
-            "198.51.100.0/24"
-        );
-        assert_eq!(
-            parse_net_strict("203.0.113.7").unwrap().to_string(),
-            "203.0.113.7/32"
-        );
-        assert_eq!(
-            parse_net_strict("2001:db8:1::/48").unwrap().to_string(),
-            "2001:db8:1::/48"
-        );
-        assert_eq!(
-            parse_net_strict("2001:db8::1").unwrap().to_string(),
-            "2001:db8::1/128"
-        );
-        assert_eq!(
-            parse_net_strict(" 192.0.2.0/24 ").unwrap().to_string(),
-            "192.0.2.0/24"
-        );
+        assert_eq!(parse_net_strict("198.51.100.0/24").unwrap().to_string(), "198.51.100.0/24");
+        assert_eq!(parse_net_strict("203.0.113.7").unwrap().to_string(), "203.0.113.7/32");
+        assert_eq!(parse_net_strict("2001:db8:1::/48").unwrap().to_string(), "2001:db8:1::/48");
+        assert_eq!(parse_net_strict("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
+        assert_eq!(parse_net_strict(" 192.0.2.0/24 ").unwrap().to_string(), "192.0.2.0/24");
     }
 
     #[test]
@@ -130,16 +108,8 @@ mod tests {
 
     #[test]
     fn v4_mapped_networks_become_v4() {
-        assert_eq!(
-            parse_net_strict("::ffff:203.0.113.0/120")
-                .unwrap()
-                .to_string(),
-            "203.0.113.0/24"
-        );
-        assert_eq!(
-            parse_net_strict("::ffff:203.0.113.9").unwrap().to_string(),
-            "203.0.113.9/32"
-        );
+        assert_eq!(parse_net_strict("::ffff:203.0.113.0/120").unwrap().to_string(), "203.0.113.0/24");
+        assert_eq!(parse_net_strict("::ffff:203.0.113.9").unwrap().to_string(), "203.0.113.9/32");
     }
 
     #[test]
@@ -157,18 +127,7 @@ not-an-address
 ";
         let list = parse_source_list(text);
         let entries: Vec<String> = list.entries.iter().map(ToString::to_string).collect();
-        assert_eq!(
-            entries,
-            [
-                "203.0.113.0/24",
-                "198.51.100.7/32",
-                "198.51.100.0/24",
-                "2001:db8:bad::/48"
-            ]
-        );
-        assert_eq!(
-            list.bad_lines.iter().map(|b| b.line).collect::<Vec<_>>(),
-            [8, 9]
-        );
+        assert_eq!(entries, ["203.0.113.0/24", "198.51.100.7/32", "198.51.100.0/24", "2001:db8:bad::/48"]);
+        assert_eq!(list.bad_lines.iter().map(|b| b.line).collect::<Vec<_>>(), [8, 9]);
     }
 }

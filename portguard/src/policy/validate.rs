@@ -12,12 +12,11 @@ use ipnet::IpNet;
 use toml::{Spanned, Value};
 
 use super::{
-    Action, BlocklistSource, Events, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto,
-    Response, Rule, RuleKind, ScanDetection, TcpNonSyn, TrapPorts,
+    Action, BlocklistSource, Events, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto, Response,
+    Rule, RuleKind, ScanDetection, TcpNonSyn, TrapPorts,
     diagnostic::{Diagnostic, PolicyErrors, Reporter, Severity},
     raw::{
-        RawBlocklist, RawEvents, RawInbound, RawLimits, RawPolicy, RawRule, RawScanDetection,
-        RawTrapPorts,
+        RawBlocklist, RawEvents, RawInbound, RawLimits, RawPolicy, RawRule, RawScanDetection, RawTrapPorts,
     },
     sources::{parse_net_strict, read_source_file},
 };
@@ -29,9 +28,7 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
         Err(error) => {
             let span = error.span().unwrap_or(0..0);
             report.error_at(span, toml_message(&error));
-            return Err(PolicyErrors {
-                diagnostics: report.diagnostics,
-            });
+            return Err(PolicyErrors { diagnostics: report.diagnostics });
         }
     };
 
@@ -65,8 +62,7 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
     check_overlaps(&mut report, &rules);
 
     let never_block = nets(&mut report, &raw.never_block);
-    let (blocklist, blocklist_sources) =
-        blocklist(&mut report, raw.blocklist.as_ref(), path, options);
+    let (blocklist, blocklist_sources) = blocklist(&mut report, raw.blocklist.as_ref(), path, options);
     check_blocklist_against_never_block(&mut report, &raw, &blocklist, &never_block);
 
     let inbound = inbound(&mut report, raw.inbound.as_ref());
@@ -84,9 +80,7 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
     }
 
     if report.has_errors() {
-        return Err(PolicyErrors {
-            diagnostics: report.diagnostics,
-        });
+        return Err(PolicyErrors { diagnostics: report.diagnostics });
     }
     Ok(Loaded {
         policy: Policy {
@@ -117,61 +111,31 @@ fn toml_message(error: &toml::de::Error) -> String {
     }
 }
 
-fn action(
-    report: &mut Reporter,
-    value: &Spanned<String>,
-    key: &str,
-    allow: &str,
-    deny: &str,
-) -> Action {
+fn action(report: &mut Reporter, value: &Spanned<String>, key: &str, allow: &str, deny: &str) -> Action {
     match value.get_ref().as_str() {
         v if v == allow => Action::Allow,
         v if v == deny => Action::Deny,
         other => {
-            report.error_at(
-                value.span(),
-                format!("{key} must be \"{allow}\" or \"{deny}\", not \"{other}\""),
-            );
+            report
+                .error_at(value.span(), format!("{key} must be \"{allow}\" or \"{deny}\", not \"{other}\""));
             Action::Deny
         }
     }
 }
 
-fn rules(
-    report: &mut Reporter,
-    allow: &[Spanned<RawRule>],
-    deny: &[Spanned<RawRule>],
-) -> Vec<Rule> {
-    let mut all: Vec<(RuleKind, &Spanned<RawRule>)> = allow
-        .iter()
-        .map(|r| (RuleKind::Allow, r))
-        .chain(deny.iter().map(|r| (RuleKind::Deny, r)))
-        .collect();
+fn rules(report: &mut Reporter, allow: &[Spanned<RawRule>], deny: &[Spanned<RawRule>]) -> Vec<Rule> {
+    let mut all: Vec<(RuleKind, &Spanned<RawRule>)> =
+        allow.iter().map(|r| (RuleKind::Allow, r)).chain(deny.iter().map(|r| (RuleKind::Deny, r))).collect();
     // Number rules in the order they appear in the file, allow and deny alike.
     all.sort_by_key(|(_, r)| r.span().start);
     if all.len() > u16::MAX as usize {
-        report.error_at(
-            0..0,
-            format!(
-                "{} rules is more than the {} supported",
-                all.len(),
-                u16::MAX
-            ),
-        );
+        report.error_at(0..0, format!("{} rules is more than the {} supported", all.len(), u16::MAX));
         return Vec::new();
     }
-    all.into_iter()
-        .enumerate()
-        .filter_map(|(i, (kind, raw))| rule(report, i as u16 + 1, kind, raw))
-        .collect()
+    all.into_iter().enumerate().filter_map(|(i, (kind, raw))| rule(report, i as u16 + 1, kind, raw)).collect()
 }
 
-fn rule(
-    report: &mut Reporter,
-    number: u16,
-    kind: RuleKind,
-    raw: &Spanned<RawRule>,
-) -> Option<Rule> {
+fn rule(report: &mut Reporter, number: u16, kind: RuleKind, raw: &Spanned<RawRule>) -> Option<Rule> {
     let span = raw.span();
     let raw = raw.get_ref();
     let proto = match raw.proto.get_ref().as_str() {
@@ -189,19 +153,13 @@ fn rule(
             None
         }
         other => {
-            report.error_at(
-                raw.proto.span(),
-                format!("proto must be \"tcp\" or \"udp\", not \"{other}\""),
-            );
+            report.error_at(raw.proto.span(), format!("proto must be \"tcp\" or \"udp\", not \"{other}\""));
             None
         }
     };
     let mut ports = Vec::new();
     if raw.ports.get_ref().is_empty() {
-        report.error_at(
-            raw.ports.span(),
-            "ports is empty: list at least one port or range",
-        );
+        report.error_at(raw.ports.span(), "ports is empty: list at least one port or range");
     }
     for item in raw.ports.get_ref() {
         if let Some(range) = port_range(report, item) {
@@ -228,15 +186,7 @@ fn rule(
         Some(from) => Some(nets(report, from.get_ref())),
     };
     let name = raw.name.as_ref().map(|n| n.get_ref().clone());
-    Some(Rule {
-        number,
-        kind,
-        name,
-        proto: proto?,
-        ports,
-        from,
-        line: report.line_of(span.start),
-    })
+    Some(Rule { number, kind, name, proto: proto?, ports, from, line: report.line_of(span.start) })
 }
 
 fn port_range(report: &mut Reporter, item: &Spanned<Value>) -> Option<RangeInclusive<u16>> {
@@ -256,21 +206,14 @@ fn port_range(report: &mut Reporter, item: &Spanned<Value>) -> Option<RangeInclu
                     }
                 };
             };
-            let (Ok(low), Ok(high)) = (low.trim().parse::<i64>(), high.trim().parse::<i64>())
-            else {
-                report.error_at(
-                    span,
-                    format!("\"{text}\" is not a port range like \"8000-8100\""),
-                );
+            let (Ok(low), Ok(high)) = (low.trim().parse::<i64>(), high.trim().parse::<i64>()) else {
+                report.error_at(span, format!("\"{text}\" is not a port range like \"8000-8100\""));
                 return None;
             };
             let low = port_number(report, span.clone(), low)?;
             let high = port_number(report, span.clone(), high)?;
             if low > high {
-                report.error_at(
-                    span,
-                    format!("range \"{text}\" runs backwards; write \"{high}-{low}\""),
-                );
+                report.error_at(span, format!("range \"{text}\" runs backwards; write \"{high}-{low}\""));
                 return None;
             }
             Some(low..=high)
@@ -278,10 +221,7 @@ fn port_range(report: &mut Reporter, item: &Spanned<Value>) -> Option<RangeInclu
         other => {
             report.error_at(
                 span,
-                format!(
-                    "a port is a number or a \"low-high\" string, not {}",
-                    other.type_str()
-                ),
+                format!("a port is a number or a \"low-high\" string, not {}", other.type_str()),
             );
             None
         }
@@ -291,18 +231,12 @@ fn port_range(report: &mut Reporter, item: &Spanned<Value>) -> Option<RangeInclu
 fn port_number(report: &mut Reporter, span: Range<usize>, port: i64) -> Option<u16> {
     match u16::try_from(port) {
         Ok(0) => {
-            report.error_at(
-                span,
-                "port 0 is not a real destination port (valid ports are 1-65535)",
-            );
+            report.error_at(span, "port 0 is not a real destination port (valid ports are 1-65535)");
             None
         }
         Ok(port) => Some(port),
         Err(_) => {
-            report.error_at(
-                span,
-                format!("port {port} is out of range (valid ports are 1-65535)"),
-            );
+            report.error_at(span, format!("port {port} is out of range (valid ports are 1-65535)"));
             None
         }
     }
@@ -346,10 +280,7 @@ fn check_overlaps(report: &mut Reporter, rules: &[Rule]) {
                         _ => owner.deny.or(owner.allow_any).or(owner.allow_from),
                     };
                     if let Some(other) = shares_with.filter(|&other| other != index) {
-                        conflicts
-                            .entry((other, index, proto))
-                            .or_default()
-                            .push(port);
+                        conflicts.entry((other, index, proto)).or_default().push(port);
                     }
                     let slot = match (rule.kind, rule.from.is_some()) {
                         (RuleKind::Deny, _) => &mut owner.deny,
@@ -367,11 +298,7 @@ fn check_overlaps(report: &mut Reporter, rules: &[Rule]) {
         let line = b.line;
         match (a.kind, b.kind) {
             (RuleKind::Allow, RuleKind::Deny) | (RuleKind::Deny, RuleKind::Allow) => {
-                let (allow, deny) = if a.kind == RuleKind::Allow {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
+                let (allow, deny) = if a.kind == RuleKind::Allow { (a, b) } else { (b, a) };
                 report.at_line(
                     Severity::Error,
                     line,
@@ -386,11 +313,7 @@ fn check_overlaps(report: &mut Reporter, rules: &[Rule]) {
             (RuleKind::Deny, RuleKind::Deny) => report.at_line(
                 Severity::Warning,
                 line,
-                format!(
-                    "{proto} {ports} denied twice, by {} and {}",
-                    a.label(),
-                    b.label()
-                ),
+                format!("{proto} {ports} denied twice, by {} and {}", a.label(), b.label()),
             ),
             (RuleKind::Allow, RuleKind::Allow) => {
                 let (open, limited) = match (a.from.is_some(), b.from.is_some()) {
@@ -412,11 +335,7 @@ fn check_overlaps(report: &mut Reporter, rules: &[Rule]) {
                     _ => report.at_line(
                         Severity::Warning,
                         line,
-                        format!(
-                            "{proto} {ports} allowed twice, by {} and {}",
-                            a.label(),
-                            b.label()
-                        ),
+                        format!("{proto} {ports} allowed twice, by {} and {}", a.label(), b.label()),
                     ),
                 }
             }
@@ -445,19 +364,10 @@ fn describe_ports(ports: &[u16]) -> String {
     let shown: Vec<String> = ranges
         .iter()
         .take(5)
-        .map(|&(l, h)| {
-            if l == h {
-                l.to_string()
-            } else {
-                format!("{l}-{h}")
-            }
-        })
+        .map(|&(l, h)| if l == h { l.to_string() } else { format!("{l}-{h}") })
         .collect();
-    let more = if ranges.len() > 5 {
-        format!(" and {} more ranges", ranges.len() - 5)
-    } else {
-        String::new()
-    };
+    let more =
+        if ranges.len() > 5 { format!(" and {} more ranges", ranges.len() - 5) } else { String::new() };
     let noun = if ports.len() == 1 { "port" } else { "ports" };
     format!("{noun} {}{more}", shown.join(", "))
 }
@@ -474,11 +384,7 @@ fn blocklist(
     let mut entries = nets(report, &raw.sources);
     let mut sources = Vec::new();
     if !raw.sources.is_empty() {
-        sources.push(BlocklistSource {
-            origin: "policy".into(),
-            entries: entries.len(),
-            bad_lines: 0,
-        });
+        sources.push(BlocklistSource { origin: "policy".into(), entries: entries.len(), bad_lines: 0 });
     }
     let base = policy_path.parent().unwrap_or(Path::new("."));
     for file in &raw.files {
@@ -486,18 +392,12 @@ fn blocklist(
         let list = match read_source_file(&path) {
             Ok(list) => list,
             Err(error) => {
-                report.error_at(
-                    file.span(),
-                    format!("cannot read blocklist file {}: {error}", path.display()),
-                );
+                report
+                    .error_at(file.span(), format!("cannot read blocklist file {}: {error}", path.display()));
                 continue;
             }
         };
-        let severity = if options.strict {
-            Severity::Error
-        } else {
-            Severity::Warning
-        };
+        let severity = if options.strict { Severity::Error } else { Severity::Warning };
         const SHOWN: usize = 20;
         for bad in list.bad_lines.iter().take(SHOWN) {
             report.push_external(Diagnostic {
@@ -537,10 +437,7 @@ fn check_blocklist_against_never_block(
         return;
     }
     for (index, keep) in never_block.iter().enumerate() {
-        if let Some(blocked) = blocklist
-            .iter()
-            .find(|b| b.contains(keep) || keep.contains(*b))
-        {
+        if let Some(blocked) = blocklist.iter().find(|b| b.contains(keep) || keep.contains(*b)) {
             report.warning_at(
                 raw.never_block[index].span(),
                 format!("never_block {keep} overlaps blocklist entry {blocked}: never_block wins"),
@@ -551,9 +448,7 @@ fn check_blocklist_against_never_block(
 
 fn admits_ssh(rules: &[Rule]) -> bool {
     rules.iter().any(|r| {
-        r.kind == RuleKind::Allow
-            && r.proto == Proto::Tcp
-            && r.ports.iter().any(|p| p.contains(&22))
+        r.kind == RuleKind::Allow && r.proto == Proto::Tcp && r.ports.iter().any(|p| p.contains(&22))
     })
 }
 
@@ -567,10 +462,7 @@ fn duration(report: &mut Reporter, value: &Spanned<String>, key: &str) -> Option
         Err(error) => {
             report.error_at(
                 value.span(),
-                format!(
-                    "{key} = \"{}\" is not a duration like \"30s\" or \"2m\": {error}",
-                    value.get_ref()
-                ),
+                format!("{key} = \"{}\" is not a duration like \"30s\" or \"2m\": {error}", value.get_ref()),
             );
             None
         }
@@ -582,33 +474,19 @@ fn inbound(report: &mut Reporter, raw: Option<&RawInbound>) -> Inbound {
     let Some(raw) = raw else {
         return inbound;
     };
-    let pass_drop =
-        |report: &mut Reporter, value: &Option<Spanned<String>>, key: &str, current: Action| {
-            value
-                .as_ref()
-                .map_or(current, |v| action(report, v, key, "pass", "drop"))
-        };
+    let pass_drop = |report: &mut Reporter, value: &Option<Spanned<String>>, key: &str, current: Action| {
+        value.as_ref().map_or(current, |v| action(report, v, key, "pass", "drop"))
+    };
     inbound.malformed = pass_drop(report, &raw.malformed, "malformed", inbound.malformed);
-    inbound.fragments_unseen = pass_drop(
-        report,
-        &raw.fragments_unseen,
-        "fragments_unseen",
-        inbound.fragments_unseen,
-    );
-    let allow_deny =
-        |report: &mut Reporter, value: &Option<Spanned<String>>, key: &str, current: Action| {
-            value
-                .as_ref()
-                .map_or(current, |v| action(report, v, key, "allow", "deny"))
-        };
+    inbound.fragments_unseen =
+        pass_drop(report, &raw.fragments_unseen, "fragments_unseen", inbound.fragments_unseen);
+    let allow_deny = |report: &mut Reporter, value: &Option<Spanned<String>>, key: &str, current: Action| {
+        value.as_ref().map_or(current, |v| action(report, v, key, "allow", "deny"))
+    };
     inbound.icmp = allow_deny(report, &raw.icmp, "icmp", inbound.icmp);
     inbound.icmpv6 = allow_deny(report, &raw.icmpv6, "icmpv6", inbound.icmpv6);
-    inbound.other_protocols = allow_deny(
-        report,
-        &raw.other_protocols,
-        "other_protocols",
-        inbound.other_protocols,
-    );
+    inbound.other_protocols =
+        allow_deny(report, &raw.other_protocols, "other_protocols", inbound.other_protocols);
     if let Some(value) = &raw.tcp_non_syn {
         inbound.tcp_non_syn = match value.get_ref().as_str() {
             "track" => TcpNonSyn::Track,
@@ -643,10 +521,7 @@ fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
         match u32::try_from(*value.get_ref()) {
             Ok(n) if (1024..=16_777_216).contains(&n) => n,
             _ => {
-                report.error_at(
-                    value.span(),
-                    format!("{key} must be between 1024 and 16777216 entries"),
-                );
+                report.error_at(value.span(), format!("{key} must be between 1024 and 16777216 entries"));
                 current
             }
         }
@@ -655,6 +530,8 @@ fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
     limits.fragments = size(&raw.fragments, "fragments", limits.fragments);
     limits.sources = size(&raw.sources, "sources", limits.sources);
     limits.auto_blocks = size(&raw.auto_blocks, "auto_blocks", limits.auto_blocks);
+    limits.manual_blocks = size(&raw.manual_blocks, "manual_blocks", limits.manual_blocks);
+    limits.blocklist = size(&raw.blocklist, "blocklist", limits.blocklist);
     limits
 }
 
@@ -684,12 +561,7 @@ fn integer_in(
     } else {
         report.error_at(
             value.span(),
-            format!(
-                "{key} = {} is out of range ({}-{})",
-                value.get_ref(),
-                range.start(),
-                range.end()
-            ),
+            format!("{key} = {} is out of range ({}-{})", value.get_ref(), range.start(), range.end()),
         );
         None
     }
@@ -713,10 +585,7 @@ fn scan_detection(report: &mut Reporter, raw: Option<&RawScanDetection>) -> Scan
     if let Some(value) = &raw.block_for {
         scan.block_for = duration(report, value, "block_for").unwrap_or(scan.block_for);
         if scan.action != Response::Block {
-            report.warning_at(
-                value.span(),
-                "block_for has no effect unless action = \"block\"",
-            );
+            report.warning_at(value.span(), "block_for has no effect unless action = \"block\"");
         }
     }
     scan
@@ -727,10 +596,9 @@ fn trap_ports(report: &mut Reporter, raw: Option<&RawTrapPorts>, rules: &[Rule])
     let Some(raw) = raw else {
         return traps;
     };
-    for (proto, items, list) in [
-        (Proto::Tcp, &raw.tcp, &mut traps.tcp),
-        (Proto::Udp, &raw.udp, &mut traps.udp),
-    ] {
+    for (proto, items, list) in
+        [(Proto::Tcp, &raw.tcp, &mut traps.tcp), (Proto::Udp, &raw.udp, &mut traps.udp)]
+    {
         for item in items {
             let Some(range) = port_range(report, item) else {
                 continue;
@@ -739,9 +607,7 @@ fn trap_ports(report: &mut Reporter, raw: Option<&RawTrapPorts>, rules: &[Rule])
             let open = rules.iter().find(|r| {
                 r.kind == RuleKind::Allow
                     && r.proto == proto
-                    && r.ports
-                        .iter()
-                        .any(|p| p.start() <= range.end() && range.start() <= p.end())
+                    && r.ports.iter().any(|p| p.start() <= range.end() && range.start() <= p.end())
             });
             if let Some(rule) = open {
                 report.error_at(
@@ -770,9 +636,8 @@ fn events(report: &mut Reporter, raw: Option<&RawEvents>) -> Events {
         return events;
     };
     if let Some(value) = &raw.drop_events_per_second {
-        events.drop_events_per_second =
-            integer_in(report, value, "drop_events_per_second", 0..=100_000)
-                .unwrap_or(events.drop_events_per_second);
+        events.drop_events_per_second = integer_in(report, value, "drop_events_per_second", 0..=100_000)
+            .unwrap_or(events.drop_events_per_second);
     }
     if let Some(value) = &raw.ring_buffer_kib {
         let kib = integer_in(report, value, "ring_buffer_kib", 4..=65536);
@@ -812,10 +677,7 @@ mod tests {
 
     #[track_caller]
     fn assert_one(list: &[String], expected: &str) {
-        assert!(
-            list.iter().any(|e| e.contains(expected)),
-            "{expected:?} not in {list:#?}"
-        );
+        assert!(list.iter().any(|e| e.contains(expected)), "{expected:?} not in {list:#?}");
     }
 
     #[test]
@@ -846,24 +708,12 @@ mod tests {
         let list = errors(
             "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [80, 70000, \"9-8\", \"x\", 0, true]\n",
         );
-        assert_one(
-            &list,
-            "p.toml:4:14: error: port 70000 is out of range (valid ports are 1-65535)",
-        );
+        assert_one(&list, "p.toml:4:14: error: port 70000 is out of range (valid ports are 1-65535)");
         assert_one(&list, "p.toml:4:21: error: range \"9-8\" runs backwards");
         assert_one(&list, "p.toml:4:28: error: \"x\" is not a port");
-        assert_one(
-            &list,
-            "p.toml:4:33: error: port 0 is not a real destination port",
-        );
-        assert_one(
-            &list,
-            "p.toml:4:36: error: a port is a number or a \"low-high\" string, not boolean",
-        );
-        assert_one(
-            &errors("[[allow]]\nproto = \"tcp\"\nports = []\n"),
-            "p.toml:3:9: error: ports is empty",
-        );
+        assert_one(&list, "p.toml:4:33: error: port 0 is not a real destination port");
+        assert_one(&list, "p.toml:4:36: error: a port is a number or a \"low-high\" string, not boolean");
+        assert_one(&errors("[[allow]]\nproto = \"tcp\"\nports = []\n"), "p.toml:3:9: error: ports is empty");
         assert_one(
             &errors("[[allow]]\nproto = \"tcp\"\nports = [\"1-99999\"]\n"),
             "port 99999 is out of range",
@@ -876,10 +726,7 @@ mod tests {
             &errors("mode = \"block\"\n"),
             "p.toml:1:8: error: mode must be \"enforce\" or \"monitor\", not \"block\"",
         );
-        assert_one(
-            &errors("default = \"drop\"\n"),
-            "default must be \"allow\" or \"deny\", not \"drop\"",
-        );
+        assert_one(&errors("default = \"drop\"\n"), "default must be \"allow\" or \"deny\", not \"drop\"");
         assert_one(
             &errors("[[allow]]\nproto = \"sctp\"\nports = [1]\n"),
             "p.toml:2:9: error: proto must be \"tcp\" or \"udp\"",
@@ -888,22 +735,13 @@ mod tests {
             &errors("[[allow]]\nproto = \"icmp\"\nports = [1]\n"),
             "icmp is set with `icmp` in [inbound]",
         );
-        assert_one(
-            &errors("[inbound]\nmalformed = \"allow\"\n"),
-            "malformed must be \"pass\" or \"drop\"",
-        );
+        assert_one(&errors("[inbound]\nmalformed = \"allow\"\n"), "malformed must be \"pass\" or \"drop\"");
         assert_one(
             &errors("[inbound]\nudp_reply_window = \"soon\"\n"),
             "udp_reply_window = \"soon\" is not a duration",
         );
-        assert_one(
-            &errors("[limits]\nflows = 10\n"),
-            "flows must be between 1024 and 16777216",
-        );
-        assert_one(
-            &errors("mode = 3\n"),
-            "p.toml:1:8: error: invalid type: integer `3`, expected a string",
-        );
+        assert_one(&errors("[limits]\nflows = 10\n"), "flows must be between 1024 and 16777216");
+        assert_one(&errors("mode = 3\n"), "p.toml:1:8: error: invalid type: integer `3`, expected a string");
         assert_one(&errors("mode = \"enforce\"\n[[allow]\n"), "p.toml:2");
     }
 
@@ -916,26 +754,14 @@ mod tests {
             &list,
             "p.toml:4:9: error: `198.51.100.7/24` has bits set past its prefix length; the network is 198.51.100.0/24",
         );
-        assert_one(
-            &list,
-            "p.toml:4:28: error: `300.1.1.1` is not an IP address or network",
-        );
-        assert_one(
-            &list,
-            "p.toml:4:41: error: `2001:db8::/129` is not a network",
-        );
+        assert_one(&list, "p.toml:4:28: error: `300.1.1.1` is not an IP address or network");
+        assert_one(&list, "p.toml:4:41: error: `2001:db8::/129` is not a network");
         assert_one(
             &errors("[blocklist]\nsources = [\"bad\"]\n"),
             "p.toml:2:12: error: `bad` is not an IP address",
         );
-        assert_one(
-            &errors("never_block = [\"10.0.0.0/33\"]\n"),
-            "is not a network",
-        );
-        assert_one(
-            &errors("[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = []\n"),
-            "from is empty",
-        );
+        assert_one(&errors("never_block = [\"10.0.0.0/33\"]\n"), "is not a network");
+        assert_one(&errors("[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = []\n"), "from is empty");
         assert_one(
             &errors("[[deny]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n"),
             "deny rules take no `from`",
@@ -958,20 +784,14 @@ mod tests {
             "tcp port 22: rule 2 (line 6) admits every source, so the `from` list of rule 1 (line 2) has no effect there",
         );
         let twice = "default = \"deny\"\n[[allow]]\nproto = \"udp\"\nports = [53]\n[[allow]]\nproto = \"udp\"\nports = [\"50-60\"]\n";
-        assert_one(
-            &warnings(twice),
-            "udp port 53 allowed twice, by rule 1 (line 2) and rule 2 (line 5)",
-        );
+        assert_one(&warnings(twice), "udp port 53 allowed twice, by rule 1 (line 2) and rule 2 (line 5)");
         let sources_add_up = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\n";
         assert!(warnings(sources_add_up).is_empty());
     }
 
     #[test]
     fn lockout_and_never_block_warnings() {
-        assert_one(
-            &warnings("default = \"deny\"\n"),
-            "no rule allows tcp port 22",
-        );
+        assert_one(&warnings("default = \"deny\"\n"), "no rule allows tcp port 22");
         assert_one(&warnings("mode = \"enforce\"\n"), "no `default` given");
         let overlap = "default = \"allow\"\nnever_block = [\"203.0.113.0/28\"]\n[blocklist]\nsources = [\"203.0.113.0/24\"]\n";
         assert_one(
@@ -983,41 +803,22 @@ mod tests {
     #[test]
     fn blocklist_files_are_read_relative_to_the_policy() {
         let dir = tempfile_dir();
-        std::fs::write(
-            dir.join("bad.txt"),
-            "203.0.113.9\nnonsense\n# comment\n2001:db8:bad::/48 ; SBL1\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("bad.txt"), "203.0.113.9\nnonsense\n# comment\n2001:db8:bad::/48 ; SBL1\n")
+            .unwrap();
         let policy = dir.join("policy.toml");
-        std::fs::write(
-            &policy,
-            "default = \"allow\"\n[blocklist]\nfiles = [\"bad.txt\", \"missing.txt\"]\n",
-        )
-        .unwrap();
+        std::fs::write(&policy, "default = \"allow\"\n[blocklist]\nfiles = [\"bad.txt\", \"missing.txt\"]\n")
+            .unwrap();
         let errors = crate::policy::load(&policy, LoadOptions::default()).unwrap_err();
         let text = errors.to_string();
-        assert!(
-            text.contains("policy.toml:3:21: error: cannot read blocklist file"),
-            "{text}"
-        );
-        assert!(
-            text.contains("bad.txt:2:1: warning: `nonsense` is not an IP address"),
-            "{text}"
-        );
+        assert!(text.contains("policy.toml:3:21: error: cannot read blocklist file"), "{text}");
+        assert!(text.contains("bad.txt:2:1: warning: `nonsense` is not an IP address"), "{text}");
 
-        std::fs::write(
-            &policy,
-            "default = \"allow\"\n[blocklist]\nfiles = [\"bad.txt\"]\n",
-        )
-        .unwrap();
+        std::fs::write(&policy, "default = \"allow\"\n[blocklist]\nfiles = [\"bad.txt\"]\n").unwrap();
         let loaded = crate::policy::load(&policy, LoadOptions::default()).unwrap();
         assert_eq!(loaded.policy.blocklist.len(), 2);
         assert_eq!(loaded.warnings.len(), 1);
         let strict = crate::policy::load(&policy, LoadOptions { strict: true }).unwrap_err();
-        assert!(
-            strict.to_string().contains("bad.txt:2:1: error:"),
-            "{strict}"
-        );
+        assert!(strict.to_string().contains("bad.txt:2:1: error:"), "{strict}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -8,8 +8,8 @@ use std::{
 };
 
 use portguard_tests::{
-    ADMIN_V4, ADMIN_V6, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, INTRUDER_V4, Lab,
-    SCANNER_V4, SERVER_V4, SERVER_V6,
+    ADMIN_V4, ADMIN_V6, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, INTRUDER_V4, Lab, SCANNER_V4,
+    SERVER_V4, SERVER_V6,
     portguard_cli::portguard,
     traffic::{Servers, tcp_connects, udp_echoes},
 };
@@ -81,11 +81,7 @@ fn run() -> anyhow::Result<bool> {
             "tcp" => tcp_connects(&lab.client, Some(probe.source), target),
             _ => udp_echoes(&lab.client, Some(probe.source), target),
         };
-        let mark = if open == probe.expect_open {
-            ""
-        } else {
-            "   <-- UNEXPECTED"
-        };
+        let mark = if open == probe.expect_open { "" } else { "   <-- UNEXPECTED" };
         all_as_expected &= open == probe.expect_open;
         println!(
             "  {} {:>15} -> {:<22} {:<10} {}{mark}",
@@ -126,9 +122,8 @@ fn run() -> anyhow::Result<bool> {
         ],
     )?;
     let summary = String::from_utf8_lossy(&nmap.stdout);
-    for line in summary
-        .lines()
-        .filter(|l| l.contains("/tcp") || l.starts_with("Not shown") || l.contains("done"))
+    for line in
+        summary.lines().filter(|l| l.contains("/tcp") || l.starts_with("Not shown") || l.contains("done"))
     {
         println!("  nmap| {line}");
     }
@@ -139,37 +134,18 @@ fn run() -> anyhow::Result<bool> {
     let client_fine = tcp_connects(&lab.client, Some(client), web);
     println!(
         "  the scanner can reach the web port now: {}",
-        if scanner_blocked {
-            "no (blocked)"
-        } else {
-            "YES   <-- UNEXPECTED"
-        }
+        if scanner_blocked { "no (blocked)" } else { "YES   <-- UNEXPECTED" }
     );
-    println!(
-        "  other clients still can: {}",
-        if client_fine {
-            "yes"
-        } else {
-            "NO   <-- UNEXPECTED"
-        }
-    );
+    println!("  other clients still can: {}", if client_fine { "yes" } else { "NO   <-- UNEXPECTED" });
     all_as_expected &= scanner_blocked && client_fine;
 
     println!("\n== a trap port: one connection attempt to tcp/23 from {INTRUDER_V4} ==");
-    let _ = tcp_connects(
-        &lab.client,
-        Some(INTRUDER_V4.into()),
-        SocketAddr::new(server, 23),
-    );
+    let _ = tcp_connects(&lab.client, Some(INTRUDER_V4.into()), SocketAddr::new(server, 23));
     print_new_lines(&mut attached);
     let intruder_blocked = !tcp_connects(&lab.client, Some(INTRUDER_V4.into()), web);
     println!(
         "  the intruder can reach the web port now: {}",
-        if intruder_blocked {
-            "no (blocked for 1h)"
-        } else {
-            "YES   <-- UNEXPECTED"
-        }
+        if intruder_blocked { "no (blocked for 1h)" } else { "YES   <-- UNEXPECTED" }
     );
     all_as_expected &= intruder_blocked;
 
@@ -223,65 +199,16 @@ fn probes() -> Vec<Probe> {
     vec![
         probe("tcp", client, server, 80, true, "allowed (rule 1: web)"),
         probe("tcp", client, server, 443, true, "allowed (rule 1: web)"),
-        probe(
-            "tcp",
-            client,
-            server,
-            5900,
-            false,
-            "denied (rule 4: legacy remote access)",
-        ),
-        probe(
-            "tcp",
-            client,
-            server,
-            3306,
-            false,
-            "no rule names it: default deny",
-        ),
-        probe(
-            "tcp",
-            client,
-            server,
-            22,
-            false,
-            "SSH only from the admin network",
-        ),
-        probe(
-            "tcp",
-            ADMIN_V4.into(),
-            server,
-            22,
-            true,
-            "SSH from the admin network (rule 2)",
-        ),
-        probe(
-            "tcp",
-            BLOCKED_V4.into(),
-            server,
-            80,
-            false,
-            "source in the blocklist",
-        ),
+        probe("tcp", client, server, 5900, false, "denied (rule 4: legacy remote access)"),
+        probe("tcp", client, server, 3306, false, "no rule names it: default deny"),
+        probe("tcp", client, server, 22, false, "SSH only from the admin network"),
+        probe("tcp", ADMIN_V4.into(), server, 22, true, "SSH from the admin network (rule 2)"),
+        probe("tcp", BLOCKED_V4.into(), server, 80, false, "source in the blocklist"),
         probe("udp", client, server, 53, true, "allowed (rule 3: DNS)"),
         probe("udp", client, server, 5353, false, "default deny"),
         probe("tcp", client6, server6, 443, true, "allowed, IPv6"),
         probe("tcp", client6, server6, 3306, false, "default deny, IPv6"),
-        probe(
-            "tcp",
-            ADMIN_V6.into(),
-            server6,
-            22,
-            true,
-            "SSH from the IPv6 admin network",
-        ),
-        probe(
-            "tcp",
-            BLOCKED_V6.into(),
-            server6,
-            443,
-            false,
-            "IPv6 source in the blocklist",
-        ),
+        probe("tcp", ADMIN_V6.into(), server6, 22, true, "SSH from the IPv6 admin network"),
+        probe("tcp", BLOCKED_V6.into(), server6, 443, false, "IPv6 source in the blocklist"),
     ]
 }

@@ -1,0 +1,197 @@
+//! Manual blocks (`portguard block`): kept in `/var/lib/portguard/blocks.json` so they survive
+//! loader restarts and reboots, and mirrored into each attachment's `PG_MANUAL` map, where the
+//! next packet sees them.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
+use ipnet::IpNet;
+use portguard_common::maps::{MAP_MANUAL, MAP_RUNTIME, ManualBlock, Runtime, v4_mapped};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    loader::kernel_now_ns,
+    maps::open_pinned,
+    paths,
+    state::{now_unix, write_atomically},
+};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualEntry {
+    pub net: IpNet,
+    /// Only this interface; `None`: every attachment.
+    #[serde(default)]
+    pub iface: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub added: u64,
+    /// Seconds since the Unix epoch; `None`: until unblocked. Wall-clock time, so a block
+    /// for 30 s ends 30 s later whatever restarts or reboots happen in between.
+    #[serde(default)]
+    pub expires: Option<u64>,
+}
+
+impl ManualEntry {
+    pub fn applies_to(&self, iface: &str) -> bool {
+        self.iface.as_deref().is_none_or(|i| i == iface)
+    }
+
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
+
+    pub fn seconds_left(&self, now: u64) -> Option<u64> {
+        self.expires.map(|e| e.saturating_sub(now))
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BlockStore {
+    pub blocks: Vec<ManualEntry>,
+}
+
+impl BlockStore {
+    /// The saved blocks (none if the file does not exist yet).
+    pub fn load() -> Result<Self> {
+        let path = paths::blocks_file();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
+                format!("{} is damaged; fix or remove it (it holds the manual blocks)", path.display())
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self) -> Result<()> {
+        write_atomically(&paths::blocks_file(), serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// Drops expired blocks; returns them.
+    pub fn prune(&mut self, now: u64) -> Vec<ManualEntry> {
+        let (expired, active): (Vec<_>, Vec<_>) = self.blocks.drain(..).partition(|b| b.expired(now));
+        self.blocks = active;
+        expired
+    }
+
+    /// Adds a block, replacing one for the same network and scope.
+    pub fn add(&mut self, entry: ManualEntry) {
+        self.blocks.retain(|b| !(b.net == entry.net && b.iface == entry.iface));
+        self.blocks.push(entry);
+    }
+
+    /// Removes the blocks of `net` (in any scope, or only `iface`'s); returns them.
+    pub fn remove(&mut self, net: &IpNet, iface: Option<&str>) -> Vec<ManualEntry> {
+        let (removed, kept): (Vec<_>, Vec<_>) = self
+            .blocks
+            .drain(..)
+            .partition(|b| b.net == *net && (iface.is_none() || b.iface.as_deref() == iface));
+        self.blocks = kept;
+        removed
+    }
+
+    pub fn for_iface<'a>(&'a self, iface: &'a str) -> impl Iterator<Item = &'a ManualEntry> {
+        self.blocks.iter().filter(move |b| b.applies_to(iface))
+    }
+}
+
+pub fn entry(
+    net: IpNet,
+    iface: Option<String>,
+    reason: Option<String>,
+    duration: Option<Duration>,
+) -> ManualEntry {
+    let added = now_unix();
+    ManualEntry { net, iface, reason, added, expires: duration.map(|d| added + d.as_secs().max(1)) }
+}
+
+/// The kernel's key for a network: 16-byte address, prefix length over it.
+fn key_of(net: &IpNet) -> Key<[u8; 16]> {
+    match net {
+        IpNet::V4(v4) => Key::new(96 + v4.prefix_len() as u32, v4_mapped(v4.network().octets())),
+        IpNet::V6(v6) => Key::new(v6.prefix_len() as u32, v6.network().octets()),
+    }
+}
+
+/// Makes `iface`'s `PG_MANUAL` hold exactly `entries` (expired ones left out), and tells the
+/// packet path how many there are. Entries are written before the count goes up and removed
+/// after it goes down, so no packet misses a block that is meant to be there.
+pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
+    let mut manual: LpmTrie<MapData, [u8; 16], ManualBlock> =
+        LpmTrie::try_from(open_pinned(iface, MAP_MANUAL)?)?;
+    let mut runtime: Array<MapData, Runtime> = Array::try_from(open_pinned(iface, MAP_RUNTIME)?)?;
+    let now_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let now_kernel = kernel_now_ns();
+    let mut wanted: BTreeMap<(u32, [u8; 16]), ManualBlock> = BTreeMap::new();
+    for entry in entries {
+        let expires_ns = match entry.expires {
+            None => 0,
+            Some(expires) => {
+                let left = (expires * 1_000_000_000).saturating_sub(now_wall);
+                if left == 0 {
+                    continue;
+                }
+                now_kernel + left
+            }
+        };
+        let key = key_of(&entry.net);
+        wanted.insert((key.prefix_len(), key.data()), ManualBlock { expires_ns, last_event_ns: 0 });
+    }
+    for ((prefix_len, addr), block) in &wanted {
+        manual.insert(&Key::new(*prefix_len, *addr), block, 0).context("adding a manual block")?;
+    }
+    let count = wanted.len() as u32;
+    let current = runtime.get(&0, 0)?;
+    runtime.set(0, Runtime { manual_blocks: count.max(current.manual_blocks), _pad: 0 }, 0)?;
+    let present: Vec<Key<[u8; 16]>> = manual.keys().filter_map(Result::ok).collect();
+    for key in present {
+        if !wanted.contains_key(&(key.prefix_len(), key.data())) {
+            manual.remove(&key).context("removing a manual block")?;
+        }
+    }
+    runtime.set(0, Runtime { manual_blocks: count, _pad: 0 }, 0)?;
+    Ok(wanted.len())
+}
+
+/// Re-applies the saved blocks to every running attachment (and prunes expired ones).
+pub fn sync_all(store: &BlockStore, interfaces: &[String]) -> Result<()> {
+    for iface in interfaces {
+        let entries: Vec<&ManualEntry> = store.for_iface(iface).collect();
+        sync_iface(iface, &entries).with_context(|| format!("applying manual blocks to {iface}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_adds_replaces_removes_and_prunes() {
+        let mut store = BlockStore::default();
+        let net: IpNet = "203.0.113.0/24".parse().unwrap();
+        store.add(ManualEntry { net, iface: None, reason: Some("a".into()), added: 1, expires: Some(100) });
+        store.add(ManualEntry { net, iface: None, reason: Some("b".into()), added: 2, expires: None });
+        store.add(ManualEntry { net, iface: Some("eth1".into()), reason: None, added: 3, expires: Some(50) });
+        assert_eq!(store.blocks.len(), 2);
+        assert_eq!(store.blocks[0].reason.as_deref(), Some("b"));
+        assert_eq!(store.for_iface("eth0").count(), 1);
+        assert_eq!(store.for_iface("eth1").count(), 2);
+        let expired = store.prune(60);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(store.remove(&net, Some("eth9")).len(), 0);
+        assert_eq!(store.remove(&net, None).len(), 1);
+        assert!(store.blocks.is_empty());
+        let text = serde_json::to_string(&BlockStore {
+            blocks: vec![entry(net, None, None, Some(Duration::from_secs(30)))],
+        })
+        .unwrap();
+        let back: BlockStore = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.blocks[0].expires.unwrap() - back.blocks[0].added, 30);
+    }
+}

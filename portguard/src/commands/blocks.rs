@@ -1,0 +1,247 @@
+//! `portguard block`, `unblock` and `blocks`: emergency blocklisting on live attachments.
+
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use aya::maps::{HashMap, MapData};
+use ipnet::IpNet;
+use portguard::{
+    blocks::{self, BlockStore, ManualEntry},
+    events::active_blocks,
+    maps::open_pinned,
+    policy::sources::parse_net_strict,
+    state::{RunState, now_unix},
+    system,
+};
+use portguard_common::maps::{AutoBlock, MAP_AUTO_BLOCK};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{format_uptime, status::attached_interfaces};
+
+fn parse_nets(items: &[String]) -> Result<Vec<IpNet>> {
+    let mut nets = Vec::new();
+    let mut errors = Vec::new();
+    for item in items {
+        match parse_net_strict(item) {
+            Ok(net) => nets.push(net),
+            Err(reason) => errors.push(reason),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}; nothing was changed", errors.join("; "));
+    }
+    Ok(nets)
+}
+
+/// Interfaces a command acts on: the one named (which must be attached), or all.
+fn targets(iface: Option<&str>) -> Result<Vec<String>> {
+    let attached = attached_interfaces();
+    match iface {
+        Some(iface) if !attached.iter().any(|a| a == iface) => {
+            bail!("portguard is not attached to {iface} (`portguard status` lists attachments)")
+        }
+        Some(iface) => Ok(vec![iface.to_owned()]),
+        None => Ok(attached),
+    }
+}
+
+pub fn block(
+    items: &[String],
+    duration: Option<Duration>,
+    reason: Option<String>,
+    iface: Option<&str>,
+) -> Result<ExitCode> {
+    system::require_root("portguard block")?;
+    let started = Instant::now();
+    let nets = parse_nets(items)?;
+    let interfaces = targets(iface)?;
+    let mut store = BlockStore::load()?;
+    store.prune(now_unix());
+    for net in &nets {
+        store.add(blocks::entry(*net, iface.map(str::to_owned), reason.clone(), duration));
+    }
+    store.save()?;
+    blocks::sync_all(&store, &interfaces)?;
+    let took = started.elapsed();
+    let how_long =
+        duration.map_or("until unblocked".to_string(), |d| format!("for {}", humantime::format_duration(d)));
+    for net in &nets {
+        println!(
+            "blocked {net} {how_long}{}",
+            reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+    }
+    if interfaces.is_empty() {
+        println!(
+            "portguard is not attached anywhere: saved in {}, enforced from the next attach",
+            portguard::paths::blocks_file().display()
+        );
+    } else {
+        println!(
+            "in effect on {} from the next packet ({} ms after this command started)",
+            interfaces.join(", "),
+            took.as_millis()
+        );
+    }
+    for state in RunState::all() {
+        for net in &nets {
+            if let Some(keep) = state.never_block.iter().find(|k| k.contains(net) || net.contains(*k)) {
+                eprintln!(
+                    "warning: {net} overlaps never_block {keep} of {}: those sources are not dropped there",
+                    state.iface
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
+    system::require_root("portguard unblock")?;
+    let nets = parse_nets(items)?;
+    let interfaces = targets(iface)?;
+    let mut store = BlockStore::load()?;
+    store.prune(now_unix());
+    let mut missing = Vec::new();
+    for net in &nets {
+        let manual = store.remove(net, iface).len();
+        let automatic = remove_automatic(net, &interfaces)?;
+        if manual + automatic == 0 {
+            missing.push(*net);
+        } else {
+            println!("unblocked {net} ({manual} manual, {automatic} automatic)");
+        }
+    }
+    store.save()?;
+    blocks::sync_all(&store, &interfaces)?;
+    for net in &missing {
+        let in_policy = RunState::all().iter().any(|s| !s.blocklist_sources.is_empty());
+        eprintln!(
+            "{net} was not blocked by hand or automatically{}",
+            if in_policy {
+                " (if it is in a policy blocklist: edit the policy, then `portguard reload`)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(if missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Lifts automatic blocks of addresses inside `net` (a false positive, say).
+fn remove_automatic(net: &IpNet, interfaces: &[String]) -> Result<usize> {
+    let mut removed = 0;
+    for iface in interfaces {
+        let mut map: HashMap<MapData, [u8; 16], AutoBlock> =
+            HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
+        let keys: Vec<[u8; 16]> = map.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            if net.contains(&portguard::events::ip_of(key)) && map.remove(&key).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[derive(Serialize)]
+struct Row {
+    source: String,
+    origin: &'static str,
+    interfaces: Vec<String>,
+    reason: String,
+    added: Option<String>,
+    expires: Option<String>,
+    seconds_left: Option<u64>,
+}
+
+pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
+    system::require_root("portguard blocks")?;
+    let interfaces = targets(iface)?;
+    let now = now_unix();
+    let rfc = |secs: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    };
+    let mut rows = Vec::new();
+    let store = BlockStore::load()?;
+    for entry in store.blocks.iter().filter(|b| !b.expired(now)) {
+        if let Some(only) = iface {
+            if !entry.applies_to(only) {
+                continue;
+            }
+        }
+        rows.push(manual_row(entry, &interfaces, now, &rfc));
+    }
+    for iface in &interfaces {
+        let map: HashMap<MapData, [u8; 16], AutoBlock> =
+            HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
+        for block in active_blocks(&map) {
+            rows.push(Row {
+                source: block.source.to_string(),
+                origin: "automatic",
+                interfaces: vec![iface.clone()],
+                reason: format!("{}: {}", block.cause, block.detail),
+                added: Some(rfc(now.saturating_sub(block.since_seconds))),
+                expires: Some(rfc(now + block.seconds_left)),
+                seconds_left: Some(block.seconds_left),
+            });
+        }
+    }
+    for state in RunState::all().into_iter().filter(|s| interfaces.contains(&s.iface)) {
+        for source in &state.blocklist_sources {
+            rows.push(Row {
+                source: format!("{} entries", source.entries),
+                origin: "policy",
+                interfaces: vec![state.iface.clone()],
+                reason: format!("blocklist {}", source.origin),
+                added: Some(rfc(state.attached_at)),
+                expires: None,
+                seconds_left: None,
+            });
+        }
+    }
+    if json {
+        println!("{}", json!(rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no active blocks");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<28} {:<9} {:<16} {:<21} {:<12} reason",
+        "source", "origin", "interfaces", "added", "time left"
+    );
+    for row in rows {
+        println!(
+            "{:<28} {:<9} {:<16} {:<21} {:<12} {}",
+            row.source,
+            row.origin,
+            row.interfaces.join(","),
+            row.added.unwrap_or_default(),
+            row.seconds_left.map_or("permanent".into(), format_uptime),
+            row.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn manual_row(entry: &ManualEntry, interfaces: &[String], now: u64, rfc: &dyn Fn(u64) -> String) -> Row {
+    Row {
+        source: entry.net.to_string(),
+        origin: "manual",
+        interfaces: match &entry.iface {
+            Some(iface) => vec![iface.clone()],
+            None if interfaces.is_empty() => vec!["(all, none attached)".into()],
+            None => interfaces.to_vec(),
+        },
+        reason: entry.reason.clone().unwrap_or_default(),
+        added: Some(rfc(entry.added)),
+        expires: entry.expires.map(rfc),
+        seconds_left: entry.seconds_left(now),
+    }
+}

@@ -1,0 +1,75 @@
+//! `portguard reload [IFACE] [--policy FILE]`: swap in a policy without a gap, through the
+//! running loader (or directly, when its loader is gone but its programs are pinned).
+
+use std::{path::Path, process::ExitCode, time::Duration};
+
+use anyhow::{Result, bail};
+use portguard::{
+    control::{self, ReloadRequest, Request},
+    manager::{self, PolicySource, Rollback},
+    state::{RunState, loader_running},
+    system,
+};
+
+use super::status::attached_interfaces;
+
+pub fn run(
+    iface: Option<&str>,
+    policy: Option<&Path>,
+    strict: bool,
+    confirm_within: Option<Duration>,
+) -> Result<ExitCode> {
+    system::require_root("portguard reload")?;
+    let interfaces = match iface {
+        Some(iface) => vec![iface.to_owned()],
+        None => attached_interfaces(),
+    };
+    if interfaces.is_empty() {
+        bail!("portguard is not attached anywhere: nothing to reload (`portguard attach` starts it)");
+    }
+    let mut failed = false;
+    for iface in &interfaces {
+        let Some(state) = RunState::read(iface) else {
+            bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
+        };
+        let path = policy.map(Path::to_path_buf).unwrap_or_else(|| state.policy.clone());
+        if loader_running(iface) {
+            let request = ReloadRequest {
+                policy: Some(path),
+                policy_text: None,
+                strict,
+                confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let reply = runtime.block_on(control::request(iface, &Request::Reload(request)))?;
+            if reply.ok {
+                println!("{}", reply.message);
+            } else {
+                eprintln!("{iface}: reload refused, the running policy stays:\n{}", reply.message);
+                failed = true;
+            }
+        } else {
+            // No loader: this process switches the pinned links itself.
+            let previous = PolicySource::active(iface).ok();
+            match PolicySource::read(&path)
+                .and_then(|source| manager::reload_without_loader(iface, &source, strict))
+            {
+                Ok(generation) => {
+                    println!("reloaded {iface} (no loader running): generation {generation}");
+                    if let (Some(within), Some(previous)) = (confirm_within, previous) {
+                        manager::arm_rollback(iface, within, Rollback::Restore { policy: previous })?;
+                        println!(
+                            "rolls back in {} unless `portguard confirm {iface}`",
+                            humantime::format_duration(within)
+                        );
+                    }
+                }
+                Err(error) => {
+                    eprintln!("{iface}: reload refused, the running policy stays:\n{error:#}");
+                    failed = true;
+                }
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,246 @@
+//! Attachments over their lifetime: policy generations, detaching, and changes that roll back
+//! by themselves unless confirmed (`--confirm-within`).
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::Ebpf;
+use log::info;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    blocks::{BlockStore, sync_iface},
+    loader, paths,
+    policy::{self, LoadOptions, Loaded, compile::compile},
+    state::{RunState, loader_running, now_unix, remove_stale_lock, write_atomically},
+};
+
+/// The policy a generation was built from: kept so a rollback can return to it even after
+/// the file on disk changed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PolicySource {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl PolicySource {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        Ok(Self { path, text })
+    }
+
+    /// Validates it (with blocklist files relative to its original place).
+    pub fn load(&self, options: LoadOptions) -> Result<Loaded, policy::PolicyErrors> {
+        policy::parse(&self.text, &self.path, options)
+    }
+
+    /// What `iface` runs now (saved with every generation).
+    pub fn active(iface: &str) -> Result<Self> {
+        let path = paths::active_policy(iface);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn save_active(&self, iface: &str) -> Result<()> {
+        write_atomically(&paths::active_policy(iface), serde_json::to_string(self)?.as_bytes())
+    }
+}
+
+/// Loads `source` as generation `generation` of `iface` and switches the running programs to
+/// it atomically. Nothing changes if anything fails before the switch.
+pub fn apply_generation(
+    iface: &str,
+    source: &PolicySource,
+    strict: bool,
+    generation: u64,
+) -> Result<(Ebpf, Loaded)> {
+    let loaded = source.load(LoadOptions { strict })?;
+    let image = compile(&loaded.policy, generation)?;
+    let mut ebpf = loader::load(&image, &loaded.policy, Some(&paths::pin_dir(iface)))?;
+    loader::replace(&mut ebpf, iface)?;
+    source.save_active(iface)?;
+    Ok((ebpf, loaded))
+}
+
+/// Records what `iface` runs now, for `status` and for rollbacks.
+pub fn record(state: &RunState, source: &PolicySource) -> Result<()> {
+    state.write()?;
+    source.save_active(&state.iface)
+}
+
+/// Re-applies the saved manual blocks to `iface`.
+pub fn restore_manual_blocks(iface: &str) -> Result<usize> {
+    let mut store = BlockStore::load()?;
+    store.prune(now_unix());
+    let entries: Vec<_> = store.for_iface(iface).collect();
+    sync_iface(iface, &entries)
+}
+
+/// Stops the loader of `iface` if it runs, detaches, removes every pin and the runtime state.
+pub fn detach(iface: &str) -> Result<()> {
+    let pins = paths::pin_dir(iface).exists();
+    let running = loader_running(iface);
+    if !pins && !running {
+        bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
+    }
+    if running {
+        if let Some(state) = RunState::read(iface) {
+            // Told it is detaching for good, even if it was started with --pin.
+            let _ = std::fs::write(paths::detach_request(iface), b"");
+            let _ = kill(Pid::from_raw(state.pid as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while loader_running(iface) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if loader_running(iface) {
+            bail!(
+                "the loader of {iface} did not stop within 10 s; stop it (or kill it) and run detach again"
+            );
+        }
+    }
+    // Whatever the loader left (or all of it, if it was killed or pinned).
+    loader::detach(iface)?;
+    RunState::remove(iface);
+    remove_stale_lock(iface);
+    let _ = std::fs::remove_file(paths::detach_request(iface));
+    let _ = std::fs::remove_file(paths::pending_file(iface));
+    let _ = std::fs::remove_file(paths::active_policy(iface));
+    Ok(())
+}
+
+/// What happens when a change is not confirmed in time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "rollback", rename_all = "snake_case")]
+pub enum Rollback {
+    /// Undo an attach: detach.
+    Detach,
+    /// Undo a reload: return to this policy.
+    Restore { policy: PolicySource },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    /// Identifies this change: a later one replaces it (and its guard stands down).
+    pub token: String,
+    /// Seconds since the Unix epoch.
+    pub deadline: u64,
+    #[serde(flatten)]
+    pub rollback: Rollback,
+}
+
+impl Pending {
+    pub fn read(iface: &str) -> Option<Self> {
+        serde_json::from_str(&std::fs::read_to_string(paths::pending_file(iface)).ok()?).ok()
+    }
+
+    pub fn seconds_left(&self) -> u64 {
+        self.deadline.saturating_sub(now_unix())
+    }
+}
+
+/// Arms a rollback of `iface` in `within` unless `portguard confirm` runs first. A separate
+/// process (in its own session, deaf to the terminal hanging up) carries it out, so it happens
+/// even if the operator's connection, or the loader, is gone.
+pub fn arm_rollback(iface: &str, within: Duration, rollback: Rollback) -> Result<()> {
+    let token = format!("{}-{}", std::process::id(), now_unix());
+    let pending = Pending { token: token.clone(), deadline: now_unix() + within.as_secs().max(1), rollback };
+    write_atomically(&paths::pending_file(iface), serde_json::to_string(&pending)?.as_bytes())?;
+    let exe = std::env::current_exe().context("finding the portguard binary")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["rollback-guard", iface, &token])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    command.spawn().context("starting the rollback guard")?;
+    Ok(())
+}
+
+/// `portguard confirm`: keeps the pending change. Returns whether there was one.
+pub fn confirm(iface: &str) -> Result<bool> {
+    match std::fs::remove_file(paths::pending_file(iface)) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error).context("removing the pending change"),
+    }
+}
+
+/// The rollback guard: waits for the deadline and rolls back unless the change was confirmed
+/// (or replaced by a newer one).
+pub fn guard(iface: &str, token: &str) -> Result<()> {
+    loop {
+        let Some(pending) = Pending::read(iface) else {
+            return Ok(());
+        };
+        if pending.token != token {
+            return Ok(());
+        }
+        if now_unix() >= pending.deadline {
+            let _ = std::fs::remove_file(paths::pending_file(iface));
+            info!("{iface}: not confirmed in time, rolling back");
+            return roll_back(iface, pending.rollback);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
+    match rollback {
+        Rollback::Detach => detach(iface),
+        Rollback::Restore { policy } => {
+            let request = crate::control::ReloadRequest {
+                policy: Some(policy.path.clone()),
+                policy_text: Some(policy.text.clone()),
+                strict: false,
+                confirm_within_secs: None,
+            };
+            if loader_running(iface) {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let reply = runtime
+                    .block_on(crate::control::request(iface, &crate::control::Request::Reload(request)))?;
+                if !reply.ok {
+                    bail!("rolling back {iface} failed: {}", reply.message);
+                }
+                Ok(())
+            } else {
+                reload_without_loader(iface, &policy, false).map(|_| ())
+            }
+        }
+    }
+}
+
+/// Reloads an attachment whose loader is gone (killed, or `--pin` and exited): this process
+/// loads the generation, switches the links and lets go; the pins keep it running.
+pub fn reload_without_loader(iface: &str, source: &PolicySource, strict: bool) -> Result<u64> {
+    let mut state = RunState::read(iface)
+        .with_context(|| format!("no runtime state for {iface}; detach it and attach again"))?;
+    let generation = state.generation + 1;
+    let (ebpf, loaded) = apply_generation(iface, source, strict, generation)?;
+    state.generation = generation;
+    state.policy = source.path.clone();
+    state.summary = loaded.policy.summary();
+    state.mode = loaded.policy.mode;
+    state.never_block = loaded.policy.never_block.clone();
+    state.blocklist_sources = loaded.policy.blocklist_sources.clone();
+    record(&state, source)?;
+    // The links reference the new programs now; our handles can go.
+    drop(ebpf);
+    Ok(generation)
+}
