@@ -72,6 +72,29 @@ impl BlockStore {
         write_atomically(&paths::blocks_file(), serde_json::to_string_pretty(self)?.as_bytes())
     }
 
+    /// Reads, changes and writes back the saved blocks under a lock, so two commands at once
+    /// cannot lose each other's changes. Expired blocks are dropped on the way.
+    pub fn edit<T>(change: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let path = paths::blocks_lock();
+        if let Some(dir) = path.parent() {
+            crate::system::create_private_dir(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, error)| error)
+            .with_context(|| format!("locking {}", path.display()))?;
+        let mut store = Self::load()?;
+        store.prune(now_unix());
+        let result = change(&mut store)?;
+        store.save()?;
+        Ok(result)
+    }
+
     /// Drops expired blocks; returns them.
     pub fn prune(&mut self, now: u64) -> Vec<ManualEntry> {
         let (expired, active): (Vec<_>, Vec<_>) = self.blocks.drain(..).partition(|b| b.expired(now));

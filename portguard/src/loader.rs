@@ -137,7 +137,25 @@ fn map_data<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map
     ebpf.map_mut(name).ok_or_else(|| anyhow!("the kernel object has no map `{name}`"))
 }
 
+/// A progress bar on a terminal for blocklists big enough to take a moment (one syscall per
+/// entry: about a million a second).
+fn progress(entries: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if entries < 100_000 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(entries as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "loading the blocklist {bar:40} {pos}/{len} entries ({eta} left)",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
 fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
+    let bar = progress(image.bl4.len() + image.bl6.len());
     let mut ports: Array<&mut MapData, PortRule> = Array::try_from(map_data(ebpf, MAP_PORTS)?)?;
     for (index, rule) in &image.ports {
         ports.set(*index, rule, 0).with_context(|| format!("writing {MAP_PORTS}[{index}]"))?;
@@ -154,11 +172,14 @@ fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
     let mut bl4: HashMap<&mut MapData, u32, Bitmap256> = HashMap::try_from(map_data(ebpf, MAP_BL4)?)?;
     for (bucket, bits) in &image.bl4 {
         bl4.insert(bucket, bits, 0).context(MAP_BL4)?;
+        bar.inc(1);
     }
     let mut bl6: HashMap<&mut MapData, Bl6Key, u8> = HashMap::try_from(map_data(ebpf, MAP_BL6)?)?;
     for key in &image.bl6 {
         bl6.insert(key, 1, 0).context(MAP_BL6)?;
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let mut never: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map_data(ebpf, MAP_NEVER_BLOCK)?)?;
     for (prefix_len, addr) in &image.never_block {
         never.insert(&Key::new(*prefix_len, *addr), 1, 0).context(MAP_NEVER_BLOCK)?;

@@ -78,10 +78,10 @@ pub fn record(state: &RunState, source: &PolicySource) -> Result<()> {
 
 /// Re-applies the saved manual blocks to `iface`.
 pub fn restore_manual_blocks(iface: &str) -> Result<usize> {
-    let mut store = BlockStore::load()?;
-    store.prune(now_unix());
-    let entries: Vec<_> = store.for_iface(iface).collect();
-    sync_iface(iface, &entries)
+    BlockStore::edit(|store| {
+        let entries: Vec<_> = store.for_iface(iface).collect();
+        sync_iface(iface, &entries)
+    })
 }
 
 /// Stops the loader of `iface` if it runs, detaches, removes every pin and the runtime state.

@@ -11,14 +11,25 @@ pub const RUN_DIR: &str = "/run/portguard";
 /// State that must survive a reboot: manual blocks, the policy each attachment runs.
 pub const STATE_DIR: &str = "/var/lib/portguard";
 
+/// `STATE_DIR`, or `PORTGUARD_STATE_DIR` when set (packaging, and tests that must not share
+/// the host's blocks).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("PORTGUARD_STATE_DIR").map_or_else(|| PathBuf::from(STATE_DIR), PathBuf::from)
+}
+
 /// Manual blocks (`portguard block`), written atomically, root only.
 pub fn blocks_file() -> PathBuf {
-    PathBuf::from(STATE_DIR).join("blocks.json")
+    state_dir().join("blocks.json")
+}
+
+/// Held while the manual blocks are read, changed and written back.
+pub fn blocks_lock() -> PathBuf {
+    state_dir().join("blocks.lock")
 }
 
 /// The text of the policy an attachment runs now: what a rollback returns to.
 pub fn active_policy(iface: &str) -> PathBuf {
-    PathBuf::from(STATE_DIR).join(format!("{iface}.active-policy.json"))
+    state_dir().join(format!("{iface}.active-policy.json"))
 }
 
 /// A change waiting for `portguard confirm` (`--confirm-within`).

@@ -46,6 +46,9 @@ pub struct Attached {
     lines: mpsc::Receiver<String>,
     /// Lines taken from `lines` so far.
     pub output: Vec<String>,
+    /// This attachment's own state directory (manual blocks, policy snapshots), so tests do not
+    /// share the host's `/var/lib/portguard` or each other's.
+    pub state_dir: tempfile::TempDir,
 }
 
 impl Attached {
@@ -66,7 +69,9 @@ impl Attached {
         extra: &[&str],
         policy: Option<NamedTempFile>,
     ) -> Result<Self> {
+        let state_dir = tempfile::Builder::new().prefix("pgt-state-").tempdir()?;
         let mut child = Command::new(binary())
+            .env("PORTGUARD_STATE_DIR", state_dir.path())
             .args(["--netns", &netns.name, "attach", iface, "--policy", policy_path])
             .args(extra)
             .stdout(Stdio::piped())
@@ -91,6 +96,7 @@ impl Attached {
             started: false,
             lines: rx,
             output: Vec::new(),
+            state_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -157,11 +163,21 @@ impl Attached {
         serde_json::from_slice(&output.stdout).expect("stats JSON")
     }
 
-    /// Runs another portguard command in the same namespace.
+    /// Runs another portguard command in the same namespace (and state directory).
     pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running portguard")
+    }
+
+    /// A portguard command in the same namespace and state directory.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(binary());
-        command.args(["--netns", &self.netns]).args(args);
-        command.output().expect("running portguard")
+        command.env("PORTGUARD_STATE_DIR", self.state_dir.path()).args(["--netns", &self.netns]).args(args);
+        command
+    }
+
+    /// The loader's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Whether the loader process still runs.
@@ -224,6 +240,6 @@ impl Drop for Attached {
             return;
         }
         // Whatever is left (a killed loader's pins): remove it. Errors mean nothing was left.
-        let _ = Command::new(binary()).args(["--netns", &self.netns, "detach", &self.iface]).output();
+        let _ = self.command(&["detach", &self.iface]).output();
     }
 }

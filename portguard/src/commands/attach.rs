@@ -17,7 +17,7 @@ use portguard::{
 
 use super::{
     print_warnings,
-    serve::{self, Exit, Loader, Output},
+    serve::{self, Exit, Loader, Output, say},
 };
 
 pub struct Options<'a> {
@@ -127,9 +127,9 @@ pub fn run(options: Options) -> Result<ExitCode> {
     let exit = serve::run(loader);
     let result = match exit {
         Ok(Exit::Leave) => {
-            println!(
+            say(&format!(
                 "portguard: loader stopped; enforcement stays pinned on {iface} (`portguard detach {iface}` removes it)"
-            );
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Ok(Exit::Detach) => {
@@ -137,7 +137,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
             RunState::remove(iface);
             let _ = std::fs::remove_file(paths::active_policy(iface));
             let _ = std::fs::remove_file(paths::pending_file(iface));
-            println!("portguard: detached from {iface}");
+            say(&format!("portguard: detached from {iface}"));
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {

@@ -59,13 +59,14 @@ pub fn block(
     let started = Instant::now();
     let nets = parse_nets(items)?;
     let interfaces = targets(iface)?;
-    let mut store = BlockStore::load()?;
-    store.prune(now_unix());
-    for net in &nets {
-        store.add(blocks::entry(*net, iface.map(str::to_owned), reason.clone(), duration));
-    }
-    store.save()?;
-    blocks::sync_all(&store, &interfaces)?;
+    // Applied to the maps under the same lock that guards the saved list, so two commands at
+    // once leave both the file and the maps with both changes.
+    BlockStore::edit(|store| {
+        for net in &nets {
+            store.add(blocks::entry(*net, iface.map(str::to_owned), reason.clone(), duration));
+        }
+        blocks::sync_all(store, &interfaces)
+    })?;
     let took = started.elapsed();
     let how_long =
         duration.map_or("until unblocked".to_string(), |d| format!("for {}", humantime::format_duration(d)));
@@ -104,20 +105,20 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard unblock")?;
     let nets = parse_nets(items)?;
     let interfaces = targets(iface)?;
-    let mut store = BlockStore::load()?;
-    store.prune(now_unix());
-    let mut missing = Vec::new();
-    for net in &nets {
-        let manual = store.remove(net, iface).len();
-        let automatic = remove_automatic(net, &interfaces)?;
-        if manual + automatic == 0 {
-            missing.push(*net);
-        } else {
-            println!("unblocked {net} ({manual} manual, {automatic} automatic)");
+    let missing = BlockStore::edit(|store| {
+        let mut missing = Vec::new();
+        for net in &nets {
+            let manual = store.remove(net, iface).len();
+            let automatic = remove_automatic(net, &interfaces)?;
+            if manual + automatic == 0 {
+                missing.push(*net);
+            } else {
+                println!("unblocked {net} ({manual} manual, {automatic} automatic)");
+            }
         }
-    }
-    store.save()?;
-    blocks::sync_all(&store, &interfaces)?;
+        blocks::sync_all(store, &interfaces)?;
+        Ok(missing)
+    })?;
     for net in &missing {
         let in_policy = RunState::all().iter().any(|s| !s.blocklist_sources.is_empty());
         eprintln!(

@@ -31,12 +31,15 @@ pub struct Output {
 
 impl Output {
     pub fn print(&self, record: &EventRecord) {
-        if self.json {
-            println!("{}", record.json());
-        } else {
-            println!("{}", record.human());
-        }
+        say(&if self.json { record.json() } else { record.human() });
     }
+}
+
+/// Prints a line, shrugging off a closed stdout: a loader whose terminal or pipe went away
+/// must keep enforcing (and serving `portguard events`), not die of a panic.
+pub fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// A running attachment, as its loader holds it.
@@ -132,7 +135,7 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
 fn reload(loader: &mut Loader, request: ReloadRequest) -> Reply {
     match try_reload(loader, &request) {
         Ok(message) => {
-            println!("portguard: {message}");
+            say(&format!("portguard: {message}"));
             Reply { ok: true, message }
         }
         Err(error) => Reply { ok: false, message: format!("{error:#}") },
@@ -175,13 +178,12 @@ fn try_reload(loader: &mut Loader, request: &ReloadRequest) -> Result<String> {
 /// Drops expired manual blocks from the saved list and from the map (the packet path already
 /// ignores them).
 fn sweep_manual_blocks(iface: &str) {
-    let Ok(mut store) = BlockStore::load() else { return };
+    let Ok(store) = BlockStore::load() else { return };
     if store.blocks.iter().any(|b| b.expired(now_unix())) {
-        store.prune(now_unix());
-        if store.save().is_ok() {
+        let _ = BlockStore::edit(|store| {
             let entries: Vec<_> = store.for_iface(iface).collect();
-            let _ = sync_iface(iface, &entries);
-        }
+            sync_iface(iface, &entries).map(|_| ())
+        });
     }
 }
 
