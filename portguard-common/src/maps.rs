@@ -97,7 +97,8 @@ pub struct PortRule {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SrcAllowKey {
     pub proto: u8,
-    pub _zero: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`: an IPv6 network never matches an IPv4 source.
+    pub family: u8,
     /// Destination port, big endian (LPM keys compare bytes in order).
     pub port_be: [u8; 2],
     pub addr: [u8; 16],
@@ -105,6 +106,44 @@ pub struct SrcAllowKey {
 
 /// Prefix bits of `SrcAllowKey` before the address.
 pub const SRC_ALLOW_FIXED_BITS: u32 = 32;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Data of an `LpmTrie` key for networks of either family (`PG_NEVER_BLOCK`, `PG_MANUAL`): the
+/// family byte is always matched, so a key's prefix length is `8 + prefix over the address`,
+/// and `::/0` does not swallow IPv4-mapped addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetKey {
+    pub family: u8,
+    pub addr: [u8; 16],
+}
+
+pub const NET_KEY_FIXED_BITS: u32 = 8;
+
+/// The family of a 16-byte address as the packet path stores it (IPv4-mapped means IPv4:
+/// IPv6 packets with such sources are malformed).
+#[inline(always)]
+pub fn family_of(addr: &[u8; 16]) -> u8 {
+    if addr[0] == 0
+        && addr[1] == 0
+        && addr[2] == 0
+        && addr[3] == 0
+        && addr[4] == 0
+        && addr[5] == 0
+        && addr[6] == 0
+        && addr[7] == 0
+        && addr[8] == 0
+        && addr[9] == 0
+        && addr[10] == 0xff
+        && addr[11] == 0xff
+    {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    }
+}
 
 /// 256 bits, one per last octet of an IPv4 /24.
 pub type Bitmap256 = [u64; 4];
@@ -226,6 +265,7 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
 const _: () = assert!(core::mem::size_of::<SrcAllowKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Bl6Key>() == 20);
+const _: () = assert!(core::mem::size_of::<NetKey>() == 17);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragVerdict>() == 16);
@@ -239,6 +279,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for SrcAllowKey {}
+    unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for Bl6Key {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FragKey {}

@@ -8,7 +8,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config,
     config::{FLAG_HAS_BLOCKLIST4, FLAG_HAS_BLOCKLIST4_WIDE, FLAG_HAS_BLOCKLIST6, MAX_BL6_PREFIX_LENS},
-    maps::Bl6Key,
+    maps::{Bl6Key, NET_KEY_FIXED_BITS, NetKey, family_of},
 };
 
 use crate::{
@@ -84,5 +84,10 @@ fn prefix_masks(len: u32) -> (u64, u64) {
 /// `never_block` networks: exempt from every blocklist and automatic block.
 #[inline(always)]
 pub fn never_block(src: &[u8; 16]) -> bool {
-    PG_NEVER_BLOCK.get(Key::new(128, *src)).is_some()
+    PG_NEVER_BLOCK.get(Key::new(NET_KEY_FIXED_BITS + 128, net_key(src))).is_some()
+}
+
+#[inline(always)]
+pub fn net_key(addr: &[u8; 16]) -> NetKey {
+    NetKey { family: family_of(addr), addr: *addr }
 }

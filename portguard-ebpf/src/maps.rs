@@ -10,8 +10,8 @@ use portguard_common::{
     Counter,
     counters::COUNTER_SLOTS,
     maps::{
-        AutoBlock, Bitmap256, Bl6Key, FlowKey, FragKey, FragVerdict, ManualBlock, PORT_TABLE_LEN, PortRule,
-        Runtime, ScanState, SrcAllowKey,
+        AutoBlock, Bitmap256, Bl6Key, FlowKey, FragKey, FragVerdict, ManualBlock, NetKey, PORT_TABLE_LEN,
+        PortRule, Runtime, ScanState, SrcAllowKey,
     },
 };
 
@@ -33,7 +33,7 @@ pub static PG_BL4: HashMap<u32, Bitmap256> = HashMap::with_max_entries(1, 0);
 pub static PG_BL6: HashMap<Bl6Key, u8> = HashMap::with_max_entries(1, 0);
 
 #[map]
-pub static PG_NEVER_BLOCK: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(1, 0);
+pub static PG_NEVER_BLOCK: LpmTrie<NetKey, u8> = LpmTrie::with_max_entries(1, 0);
 
 // --- Shared by every generation (pinned) --------------------------------------------------
 
@@ -60,7 +60,7 @@ pub static PG_AUTO_BLOCK: LruHashMap<[u8; 16], AutoBlock> = LruHashMap::with_max
 pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map]
-pub static PG_MANUAL: LpmTrie<[u8; 16], ManualBlock> = LpmTrie::with_max_entries(65536, 0);
+pub static PG_MANUAL: LpmTrie<NetKey, ManualBlock> = LpmTrie::with_max_entries(65536, 0);
 
 #[map]
 pub static PG_RUNTIME: Array<Runtime> = Array::with_max_entries(1, 0);

@@ -12,7 +12,7 @@ use network_types::{
     udp::UdpHdr,
     vlan::VlanHdr,
 };
-use portguard_common::maps::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, v4_mapped};
+use portguard_common::maps::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, V4_MAPPED_PREFIX, v4_mapped};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -228,6 +228,11 @@ fn parse_ipv6(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Pa
     };
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    // An IPv4-mapped source has no business on the wire (RFC 4291 2.5.5.2); judged as IPv4 it
+    // would slip into IPv4 rules, judged as IPv6 it would dodge them.
+    if ip.src_addr[..12] == V4_MAPPED_PREFIX {
         return Parsed::Malformed;
     }
     let payload_len = be16(ip.payload_len) as usize;

@@ -12,7 +12,7 @@ use portguard_common::{
     config::{FLAG_HAS_NEVER_BLOCK, FLAG_SCAN_BLOCK},
     counters::{OBS_SCAN_BLOCKS, OBS_SCANS_DETECTED},
     events::{EventKind, SAMPLE_PORTS, SCAN_KINDS, ScanKind},
-    maps::{AutoBlock, CAUSE_SCAN, ManualBlock, PROTO_UDP, SCAN_PORT_BITS, ScanState},
+    maps::{AutoBlock, CAUSE_SCAN, ManualBlock, NET_KEY_FIXED_BITS, PROTO_UDP, SCAN_PORT_BITS, ScanState},
 };
 
 use crate::{
@@ -213,7 +213,8 @@ pub fn manually_blocked(cfg: &Config, subject: &Subject) -> u32 {
     if none {
         return 0;
     }
-    let Some(entry) = PG_MANUAL.get(Key::new(128, *subject.src)) else {
+    let Some(entry) = PG_MANUAL.get(Key::new(NET_KEY_FIXED_BITS + 128, blocklist::net_key(subject.src)))
+    else {
         return 0;
     };
     let entry = entry as *const ManualBlock as *mut ManualBlock;

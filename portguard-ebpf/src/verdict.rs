@@ -18,8 +18,9 @@ use portguard_common::{
     counters::{DROP_BASE, OBS_FRAGMENT_TABLE_FULL, OBS_TRAP_BLOCKS},
     events::EventKind,
     maps::{
-        CAUSE_TRAP, FragKey, FragVerdict, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PORT_FLAG_TRAP, PROTO_ICMP,
-        PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_index,
+        CAUSE_TRAP, FAMILY_V4, FAMILY_V6, FragKey, FragVerdict, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY,
+        PORT_FLAG_TRAP, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SRC_ALLOW_FIXED_BITS, SrcAllowKey,
+        port_index,
     },
 };
 
@@ -293,8 +294,12 @@ fn port_decision(packet: &Packet, action: u8, cfg: &Config) -> Reason {
 
 #[inline(always)]
 fn source_allowed(packet: &Packet) -> bool {
-    let key =
-        SrcAllowKey { proto: packet.proto, _zero: 0, port_be: packet.dport.to_be_bytes(), addr: packet.src };
+    let key = SrcAllowKey {
+        proto: packet.proto,
+        family: if packet.is_v6 { FAMILY_V6 } else { FAMILY_V4 },
+        port_be: packet.dport.to_be_bytes(),
+        addr: packet.src,
+    };
     PG_SRC_ALLOW.get(Key::new(SRC_ALLOW_FIXED_BITS + 128, key)).is_some()
 }
 

@@ -10,13 +10,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::IpNet;
-use portguard_common::maps::{MAP_MANUAL, MAP_RUNTIME, ManualBlock, Runtime, v4_mapped};
+use portguard_common::maps::{MAP_MANUAL, MAP_RUNTIME, ManualBlock, NetKey, Runtime};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     loader::kernel_now_ns,
     maps::open_pinned,
     paths,
+    policy::compile::net_key,
     state::{now_unix, write_atomically},
 };
 
@@ -133,24 +134,22 @@ pub fn entry(
     ManualEntry { net, iface, reason, added, expires: duration.map(|d| added + d.as_secs().max(1)) }
 }
 
-/// The kernel's key for a network: 16-byte address, prefix length over it.
-fn key_of(net: &IpNet) -> Key<[u8; 16]> {
-    match net {
-        IpNet::V4(v4) => Key::new(96 + v4.prefix_len() as u32, v4_mapped(v4.network().octets())),
-        IpNet::V6(v6) => Key::new(v6.prefix_len() as u32, v6.network().octets()),
-    }
+/// The kernel's key for a network.
+fn key_of(net: &IpNet) -> Key<NetKey> {
+    let (prefix_len, key) = net_key(net);
+    Key::new(prefix_len, key)
 }
 
 /// Makes `iface`'s `PG_MANUAL` hold exactly `entries` (expired ones left out), and tells the
 /// packet path how many there are. Entries are written before the count goes up and removed
 /// after it goes down, so no packet misses a block that is meant to be there.
 pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
-    let mut manual: LpmTrie<MapData, [u8; 16], ManualBlock> =
+    let mut manual: LpmTrie<MapData, NetKey, ManualBlock> =
         LpmTrie::try_from(open_pinned(iface, MAP_MANUAL)?)?;
     let mut runtime: Array<MapData, Runtime> = Array::try_from(open_pinned(iface, MAP_RUNTIME)?)?;
     let now_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     let now_kernel = kernel_now_ns();
-    let mut wanted: BTreeMap<(u32, [u8; 16]), ManualBlock> = BTreeMap::new();
+    let mut wanted: BTreeMap<(u32, NetKey), ManualBlock> = BTreeMap::new();
     for entry in entries {
         let expires_ns = match entry.expires {
             None => 0,
@@ -171,7 +170,7 @@ pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
     let count = wanted.len() as u32;
     let current = runtime.get(&0, 0)?;
     runtime.set(0, Runtime { manual_blocks: count.max(current.manual_blocks), _pad: 0 }, 0)?;
-    let present: Vec<Key<[u8; 16]>> = manual.keys().filter_map(Result::ok).collect();
+    let present: Vec<Key<NetKey>> = manual.keys().filter_map(Result::ok).collect();
     for key in present {
         if !wanted.contains_key(&(key.prefix_len(), key.data())) {
             manual.remove(&key).context("removing a manual block")?;

@@ -3,21 +3,25 @@
 //! that replays traffic against a policy before it is attached.
 
 use anyhow::{Context as _, Result, bail};
+use std::os::fd::AsFd as _;
+
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
+    maps::{Map, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use portguard_common::{
     Counter, Reason,
-    counters::{ALL_REASONS, MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER},
-    maps::MAP_COUNTERS,
+    counters::{
+        ALL_REASONS, MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED,
+    },
+    maps::{MAP_COUNTERS, MAP_PORT_DROPS},
 };
 
 use crate::{
     loader::{self, XDP_PROGRAM},
-    maps::{Counters, read_counters},
-    policy::{Policy, compile::MapImage},
+    maps::{Counters, PortDrops, read_counters},
+    policy::{Policy, Proto, compile::MapImage},
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -34,6 +38,10 @@ pub struct Outcome {
     pub monitored: bool,
     pub fragment_first: bool,
     pub fragment_later: bool,
+    pub vlan_single: bool,
+    pub vlan_stacked: bool,
+    /// The frame came back as it went in (portguard never rewrites packets).
+    pub unchanged: bool,
 }
 
 impl Outcome {
@@ -45,11 +53,27 @@ impl Outcome {
 /// One loaded policy generation, not attached anywhere.
 pub struct Judge {
     ebpf: Ebpf,
+    port_drops: PortDrops,
 }
 
 impl Judge {
     pub fn new(image: &MapImage, policy: &Policy) -> Result<Self> {
-        Ok(Self { ebpf: loader::load(image, policy, None)? })
+        let ebpf = loader::load(image, policy, None)?;
+        let port_drops = match ebpf.map(MAP_PORT_DROPS) {
+            Some(Map::Array(data)) => PortDrops::map(data.fd().as_fd())?,
+            _ => bail!("no {MAP_PORT_DROPS} array"),
+        };
+        Ok(Self { ebpf, port_drops })
+    }
+
+    /// Drops counted for a destination port so far.
+    pub fn port_drops(&self, proto: Proto, port: u16) -> u64 {
+        self.port_drops.get(proto, port)
+    }
+
+    /// Drops counted over every port so far.
+    pub fn port_drops_total(&self) -> u64 {
+        self.port_drops.total()
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -68,9 +92,16 @@ impl Judge {
     /// Runs the program once on `frame` (at least 14 bytes: the kernel's minimum for XDP).
     pub fn run(&mut self, frame: &[u8]) -> Result<Outcome> {
         let before = self.counters()?;
-        let action = self.run_raw(frame, 1)?.0;
+        let mut out = vec![0u8; frame.len()];
+        let xdp: &mut Xdp = loader::program(&mut self.ebpf, XDP_PROGRAM)?;
+        let result = xdp
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .context("BPF_PROG_TEST_RUN failed")?;
+        let unchanged = result.data_size_out as usize == frame.len() && out == frame;
         let delta = self.counters()?.since(&before);
-        outcome_from(action, &delta)
+        let mut outcome = outcome_from(result.return_value, &delta)?;
+        outcome.unchanged = unchanged;
+        Ok(outcome)
     }
 
     /// Runs `frame` `repeat` times; returns the action and the kernel's average time per run.
@@ -103,5 +134,8 @@ fn outcome_from(action: u32, delta: &Counters) -> Result<Outcome> {
         monitored,
         fragment_first: delta.slot(OBS_FRAGMENT_FIRST).packets == 1,
         fragment_later: delta.slot(OBS_FRAGMENT_LATER).packets == 1,
+        vlan_single: delta.slot(OBS_VLAN_SINGLE).packets == 1,
+        vlan_stacked: delta.slot(OBS_VLAN_STACKED).packets == 1,
+        unchanged: true,
     })
 }

@@ -25,7 +25,8 @@ use aya::{
 use log::{info, warn};
 use portguard_common::maps::{
     Bitmap256, Bl6Key, MAP_AUTO_BLOCK, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS,
-    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORTS, MAP_SCAN, MAP_SRC_ALLOW, PortRule, SHARED_MAPS, SrcAllowKey,
+    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORTS, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PortRule, SHARED_MAPS,
+    SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -180,7 +181,7 @@ fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let mut never: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map_data(ebpf, MAP_NEVER_BLOCK)?)?;
+    let mut never: LpmTrie<&mut MapData, NetKey, u8> = LpmTrie::try_from(map_data(ebpf, MAP_NEVER_BLOCK)?)?;
     for (prefix_len, addr) in &image.never_block {
         never.insert(&Key::new(*prefix_len, *addr), 1, 0).context(MAP_NEVER_BLOCK)?;
     }

@@ -124,6 +124,12 @@ impl PortDrops {
     pub fn snapshot(&self) -> Vec<u64> {
         (0..self.len).map(|i| self.at(i)).collect()
     }
+
+    /// Drops over every port (a racy sum while the program runs; exact when it does not).
+    pub fn total(&self) -> u64 {
+        // SAFETY: the mapping holds `len` u64s for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.base, self.len) }.iter().sum()
+    }
 }
 
 impl Drop for PortDrops {

@@ -35,6 +35,12 @@ enum Task {
     /// Run the demo: attach a policy in a namespace lab, send allowed and denied traffic,
     /// show the counters.
     Demo,
+    /// A long differential run: the kernel program against the reference model.
+    Fuzz {
+        /// Generated policies (400 frames each); CI runs 250.
+        #[arg(long, default_value_t = 5000)]
+        policies: u32,
+    },
     /// Run every test (as root, the real-kernel tests run too).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -50,6 +56,7 @@ fn main() {
         Task::Build { release } => setup::run(false).and_then(|()| build(release)),
         Task::Demo => setup::run(false).and_then(|()| build(false)).and_then(|()| demo()),
         Task::Test { args } => setup::run(false).and_then(|()| test(&args)),
+        Task::Fuzz { policies } => setup::run(false).and_then(|()| fuzz(policies)),
     };
     if let Err(error) = result {
         eprintln!("xtask: error: {error:#}");
@@ -94,6 +101,30 @@ fn demo() -> Result<()> {
         );
     }
     cargo(&["run", "--locked", "--quiet", "--package", "portguard-tests", "--bin", "portguard-demo"])
+}
+
+fn fuzz(policies: u32) -> Result<()> {
+    println!("xtask: {policies} policies x 400 frames through the kernel program and the model");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "test",
+            "--locked",
+            "--package",
+            "portguard-tests",
+            "--test",
+            "differential",
+            "--",
+            "--nocapture",
+        ])
+        .env("PORTGUARD_DIFF_POLICIES", policies.to_string())
+        .current_dir(workspace_root())
+        .status()?;
+    if !status.success() {
+        bail!(
+            "the kernel and the model disagree (the shrunk case is saved in tests/tests/differential.proptest-regressions)"
+        );
+    }
+    Ok(())
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -9,8 +9,8 @@ use portguard_common::{
     Config,
     config::*,
     maps::{
-        Bitmap256, Bl6Key, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY, PORT_FLAG_TRAP, PortRule,
-        SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_index, v4_mapped,
+        Bitmap256, Bl6Key, FAMILY_V4, FAMILY_V6, NET_KEY_FIXED_BITS, NetKey, PORT_ALLOW, PORT_ALLOW_FROM,
+        PORT_DENY, PORT_FLAG_TRAP, PortRule, SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_index, v4_mapped,
     },
 };
 
@@ -30,8 +30,8 @@ pub struct MapImage {
     pub bl4: BTreeMap<u32, Bitmap256>,
     /// `PG_BL6` keys.
     pub bl6: BTreeSet<Bl6Key>,
-    /// `PG_NEVER_BLOCK`: (prefix length over the 16-byte address, address).
-    pub never_block: Vec<(u32, [u8; 16])>,
+    /// `PG_NEVER_BLOCK`: (prefix length, key).
+    pub never_block: Vec<(u32, NetKey)>,
 }
 
 /// Largest IPv6 expansion of one prefix to a longer probed length.
@@ -43,8 +43,7 @@ pub fn compile(policy: &Policy, generation: u64) -> Result<MapImage> {
     compile_blocklist(&policy.blocklist, &mut image)?;
     check_blocklist_size(&image, policy.limits.blocklist)?;
     for net in &policy.never_block {
-        let (len, addr) = mapped(net);
-        image.never_block.push((len, addr));
+        image.never_block.push(net_key(net));
     }
     image.config = config(policy, &image, generation);
     Ok(image)
@@ -73,7 +72,7 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
                         let (len, addr) = mapped(net);
                         let key = SrcAllowKey {
                             proto: rule.proto.number(),
-                            _zero: 0,
+                            family: family(net),
                             port_be: port.to_be_bytes(),
                             addr,
                         };
@@ -99,6 +98,19 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
             .and_then(|index| ports.get(&index))
             .is_some_and(|rule| rule.action == PORT_ALLOW_FROM)
     });
+}
+
+fn family(net: &IpNet) -> u8 {
+    match net {
+        IpNet::V4(_) => FAMILY_V4,
+        IpNet::V6(_) => FAMILY_V6,
+    }
+}
+
+/// A network as an `LpmTrie` key over `NetKey` (family byte, then the address).
+pub fn net_key(net: &IpNet) -> (u32, NetKey) {
+    let (len, addr) = mapped(net);
+    (NET_KEY_FIXED_BITS + len, NetKey { family: family(net), addr })
 }
 
 /// A network as (prefix length over 16 bytes, IPv4-mapped or IPv6 address).
