@@ -129,6 +129,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a capture (pcap or pcapng) through the real kernel program with a policy and
+    /// report what would pass and drop, by rule and reason. No interface is touched.
+    #[command(
+        after_help = "Example:\n  sudo tcpdump -i eth0 -w today.pcap -c 100000\n  sudo portguard verify --policy new.toml --pcap today.pcap --host 192.0.2.2"
+    )]
+    Verify {
+        #[arg(short, long, value_name = "FILE")]
+        policy: PathBuf,
+        #[arg(long, value_name = "CAPTURE")]
+        pcap: PathBuf,
+        /// The host's own addresses: packets from them go through the egress program (flows
+        /// are learnt), as on the host. Captures of `any` mark direction themselves.
+        #[arg(long = "host", value_name = "ADDR")]
+        hosts: Vec<std::net::IpAddr>,
+        #[arg(long)]
+        strict: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List attached interfaces: policy, modes, uptime, whether the loader runs.
     Status {
         #[arg(long)]

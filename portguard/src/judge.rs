@@ -8,7 +8,7 @@ use std::os::fd::AsFd as _;
 use aya::{
     Ebpf,
     maps::{Map, PerCpuArray},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use portguard_common::{
     Counter, Reason,
@@ -19,7 +19,7 @@ use portguard_common::{
 };
 
 use crate::{
-    loader::{self, XDP_PROGRAM},
+    loader::{self, TC_EGRESS_PROGRAM, XDP_PROGRAM},
     maps::{Counters, PortDrops, read_counters},
     policy::{Policy, Proto, compile::MapImage},
 };
@@ -102,6 +102,14 @@ impl Judge {
         let mut outcome = outcome_from(result.return_value, &delta)?;
         outcome.unchanged = unchanged;
         Ok(outcome)
+    }
+
+    /// Runs the TC egress program on a frame the host sends (it learns flows and refusals).
+    pub fn run_egress(&mut self, frame: &[u8]) -> Result<()> {
+        let tc: &mut SchedClassifier = loader::program(&mut self.ebpf, TC_EGRESS_PROGRAM)?;
+        tc.test_run(TestRunOptions { data_in: Some(frame), ..Default::default() })
+            .context("BPF_PROG_TEST_RUN of the egress program failed")?;
+        Ok(())
     }
 
     /// Runs `frame` `repeat` times; returns the action and the kernel's average time per run.

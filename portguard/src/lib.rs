@@ -5,6 +5,7 @@
 //! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`.
 
 pub mod blocks;
+pub mod capture;
 pub mod control;
 pub mod events;
 pub mod judge;

@@ -15,6 +15,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "nmap",
     "util-linux",
+    "tcpdump",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

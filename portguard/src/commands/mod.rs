@@ -10,6 +10,7 @@ mod reload;
 mod serve;
 mod stats;
 mod status;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Events { iface, json } => events::run(iface.as_deref(), json),
+        Command::Verify { policy, pcap, hosts, strict, json } => {
+            verify::run(&policy, &pcap, &hosts, strict, json)
+        }
         Command::Check { policy, strict, json } => check::run(&policy, strict, json),
         Command::Status { json } => status::run(json),
         Command::Stats { iface, json, watch, top } => stats::run(iface.as_deref(), json, watch, top),
