@@ -35,6 +35,9 @@ enum Task {
     /// Run the demo: attach a policy in a namespace lab, send allowed and denied traffic,
     /// show the counters.
     Demo,
+    /// Benchmarks beside the alternatives (xdp-filter, nftables, iptables); writes
+    /// docs/BENCHMARKS.md.
+    Bench,
     /// A long differential run: the kernel program against the reference model.
     Fuzz {
         /// Generated policies (400 frames each); CI runs 250.
@@ -57,6 +60,7 @@ fn main() {
         Task::Demo => setup::run(false).and_then(|()| build(false)).and_then(|()| demo()),
         Task::Test { args } => setup::run(false).and_then(|()| test(&args)),
         Task::Fuzz { policies } => setup::run(false).and_then(|()| fuzz(policies)),
+        Task::Bench => setup::run(false).and_then(|()| setup::bench_tools()).and_then(|()| bench()),
     };
     if let Err(error) = result {
         eprintln!("xtask: error: {error:#}");
@@ -101,6 +105,34 @@ fn demo() -> Result<()> {
         );
     }
     cargo(&["run", "--locked", "--quiet", "--package", "portguard-tests", "--bin", "portguard-demo"])
+}
+
+fn bench() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark attaches XDP in namespaces: run it as root");
+    }
+    build(true)?;
+    let report = workspace_root().join("docs/BENCHMARKS.md");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "run",
+            "--locked",
+            "--release",
+            "--quiet",
+            "--package",
+            "portguard-tests",
+            "--bin",
+            "portguard-bench",
+            "--",
+        ])
+        .arg(&report)
+        .env("PORTGUARD_BIN", workspace_root().join("target/release/portguard"))
+        .current_dir(workspace_root())
+        .status()?;
+    if !status.success() {
+        bail!("the benchmark failed");
+    }
+    Ok(())
 }
 
 fn fuzz(policies: u32) -> Result<()> {

@@ -104,6 +104,21 @@ pub fn run(check_only: bool) -> Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask bench` compares portguard with.
+pub fn bench_tools() -> Result<()> {
+    const TOOLS: &[&str] = &["nftables", "iptables", "xdp-tools"];
+    let absent: Vec<&str> = TOOLS.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if absent.is_empty() {
+        ok("benchmark tools", &TOOLS.join(" "));
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmark needs {} (sudo apt-get install -y {})", absent.join(", "), absent.join(" "));
+    }
+    step(&format!("installing {}", absent.join(" ")));
+    apt_install(&absent)
+}
+
 fn ok(what: &str, detail: &str) {
     println!("xtask: ok: {what} ({detail})");
 }
