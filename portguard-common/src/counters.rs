@@ -78,8 +78,6 @@ pub const OBS_VLAN_SINGLE: u32 = OBSERVATION_BASE + 3;
 pub const OBS_VLAN_STACKED: u32 = OBSERVATION_BASE + 4;
 /// Events the ring buffer had no room for (never silently lost: reported by the reader).
 pub const OBS_EVENTS_LOST: u32 = OBSERVATION_BASE + 5;
-/// Drop events not sent because of the per-source or per-CPU rate limits.
-pub const OBS_EVENTS_SUPPRESSED: u32 = OBSERVATION_BASE + 6;
 /// Scans detected (one per source and window).
 pub const OBS_SCANS_DETECTED: u32 = OBSERVATION_BASE + 7;
 /// Sources blocked automatically after a scan.

@@ -38,9 +38,12 @@ pub const MAP_EVENTS: &str = "PG_EVENTS";
 pub const MAP_MANUAL: &str = "PG_MANUAL";
 /// `Array<Runtime>` of one entry: state userspace keeps for the packet path.
 pub const MAP_RUNTIME: &str = "PG_RUNTIME";
+/// `PerCpuArray<EventBudget>` of one entry: drop events each CPU may still send.
+pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 9] = [
+pub const SHARED_MAPS: [&str; 10] = [
+    MAP_EVENT_BUDGET,
     MAP_COUNTERS,
     MAP_PORT_DROPS,
     MAP_FLOWS,
@@ -254,6 +257,19 @@ pub struct Runtime {
     pub _pad: u32,
 }
 
+/// A CPU's budget of drop events. The loader refills `tokens` every second (to the policy's
+/// `drop_events_per_second`); the packet path spends one per drop event and counts the drops
+/// it could not report. No clock read on the packet path, and no drop events at all while no
+/// loader reads them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    pub tokens: u32,
+    pub _pad: u32,
+    /// Drop events held back for lack of tokens.
+    pub suppressed: u64,
+}
+
 /// `::ffff:0:0/96`, the prefix of IPv4-mapped addresses.
 pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
@@ -273,6 +289,7 @@ const _: () = assert!(core::mem::size_of::<ScanState>() == 184);
 const _: () = assert!(core::mem::size_of::<AutoBlock>() == 32);
 const _: () = assert!(core::mem::size_of::<ManualBlock>() == 16);
 const _: () = assert!(core::mem::size_of::<Runtime>() == 8);
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -288,4 +305,5 @@ mod pod {
     unsafe impl aya::Pod for AutoBlock {}
     unsafe impl aya::Pod for ManualBlock {}
     unsafe impl aya::Pod for Runtime {}
+    unsafe impl aya::Pod for EventBudget {}
 }

@@ -2,8 +2,7 @@
 //! event is counted in `OBS_EVENTS_LOST`, which the reader reports.
 
 use portguard_common::{
-    Config,
-    counters::{OBS_EVENTS_LOST, OBS_EVENTS_SUPPRESSED},
+    counters::OBS_EVENTS_LOST,
     events::{Event, EventKind, SAMPLE_PORTS},
 };
 
@@ -67,24 +66,19 @@ pub fn emit(kind: EventKind, subject: &Subject, details: &Details) {
     entry.submit(0);
 }
 
-/// The per-CPU budget of drop events for this second; when it is spent the drop is counted
-/// as suppressed instead, so a flood cannot drown the reader.
+/// Spends one of this CPU's drop-event tokens, or counts the drop as suppressed: a flood
+/// cannot drown the reader, and nothing is dropped silently.
 #[inline(always)]
-pub fn drop_event_allowed(cfg: &Config) -> bool {
+pub fn drop_event_allowed() -> bool {
     let Some(budget) = PG_EVENT_BUDGET.get_ptr_mut(0) else {
         return false;
     };
-    let now = now_ns();
     unsafe {
-        if now.wrapping_sub((*budget).second_start_ns) >= 1_000_000_000 {
-            (*budget).second_start_ns = now;
-            (*budget).used = 0;
-        }
-        if (*budget).used < cfg.drop_events_per_sec {
-            (*budget).used += 1;
+        if (*budget).tokens > 0 {
+            (*budget).tokens -= 1;
             return true;
         }
+        (*budget).suppressed += 1;
     }
-    counters::add(OBS_EVENTS_SUPPRESSED, 0);
     false
 }

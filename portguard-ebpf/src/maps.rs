@@ -10,8 +10,8 @@ use portguard_common::{
     Counter,
     counters::COUNTER_SLOTS,
     maps::{
-        AutoBlock, Bitmap256, Bl6Key, FlowKey, FragKey, FragVerdict, ManualBlock, NetKey, PORT_TABLE_LEN,
-        PortRule, Runtime, ScanState, SrcAllowKey,
+        AutoBlock, Bitmap256, Bl6Key, EventBudget, FlowKey, FragKey, FragVerdict, ManualBlock, NetKey,
+        PORT_TABLE_LEN, PortRule, Runtime, ScanState, SrcAllowKey,
     },
 };
 
@@ -83,13 +83,6 @@ pub static PG_OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static PG_SCAN_TEMPLATE: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
 
-#[repr(C)]
-pub struct EventBudget {
-    pub second_start_ns: u64,
-    pub used: u32,
-    pub _pad: u32,
-}
-
-/// Drop events sent by this CPU in the current second.
+/// Drop events this CPU may still send (refilled by the loader; shared, pinned).
 #[map]
 pub static PG_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);

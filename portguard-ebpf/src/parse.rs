@@ -98,18 +98,21 @@ pub const PARSED_MALFORMED: u8 = 1;
 pub const PARSED_IP: u8 = 2;
 
 /// Pointer to a `T` at `offset` bytes into the frame, if the whole `T` is inside it.
-///
-/// `end` goes through `black_box`: otherwise LLVM drops this comparison whenever it can prove
-/// it from earlier ones (say, the IP length checks), and the verifier, which only trusts a
-/// direct comparison of the pointer against the end of the packet, refuses the access.
 #[inline(always)]
 fn ptr_at<T>(data: usize, end: usize, offset: usize) -> Option<*const T> {
-    let end = core::hint::black_box(end);
     let start = data + offset;
     if start + size_of::<T>() > end {
         return None;
     }
     Some(start as *const T)
+}
+
+/// `ptr_at` for reads after the IP length checks: `end` goes through `black_box`, because
+/// LLVM would otherwise drop this comparison as implied by those checks, and the verifier
+/// only trusts a direct comparison of the pointer against the end of the packet.
+#[inline(always)]
+fn ptr_at_fenced<T>(data: usize, end: usize, offset: usize) -> Option<*const T> {
+    ptr_at(data, core::hint::black_box(end), offset)
 }
 
 #[inline(always)]
@@ -336,7 +339,7 @@ fn parse_l4(data: usize, end: usize, offset: usize, l4_end: usize, packet: &mut 
     packet.l4_offset = offset as u16;
     match packet.proto {
         PROTO_TCP => {
-            let Some(tcp) = ptr_at::<TcpHdr>(data, end, offset) else {
+            let Some(tcp) = ptr_at_fenced::<TcpHdr>(data, end, offset) else {
                 return false;
             };
             if offset + TcpHdr::LEN > l4_end {
@@ -357,7 +360,7 @@ fn parse_l4(data: usize, end: usize, offset: usize, l4_end: usize, packet: &mut 
             true
         }
         PROTO_UDP => {
-            let Some(udp) = ptr_at::<UdpHdr>(data, end, offset) else {
+            let Some(udp) = ptr_at_fenced::<UdpHdr>(data, end, offset) else {
                 return false;
             };
             if offset + UdpHdr::LEN > l4_end {
@@ -369,7 +372,7 @@ fn parse_l4(data: usize, end: usize, offset: usize, l4_end: usize, packet: &mut 
             true
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let Some(icmp) = ptr_at::<[u8; 4]>(data, end, offset) else {
+            let Some(icmp) = ptr_at_fenced::<[u8; 4]>(data, end, offset) else {
                 return false;
             };
             if offset + 4 > l4_end {

@@ -140,13 +140,11 @@ fn subject_of(packet: &Packet, ifindex: u32) -> Subject<'_> {
     }
 }
 
-/// A sampled drop event for the verdict just counted (per-CPU budget permitting).
+/// A drop event for the verdict just counted (the caller spent a token for it). A call of
+/// its own: it runs a few times a second, not per packet.
 #[inline(never)]
-pub fn report_drop(verdict: &Verdict, ifindex: u32, cfg: &Config) {
+pub fn report_drop(verdict: &Verdict, ifindex: u32) {
     let Some(packet) = packet() else { return };
-    if !events::drop_event_allowed(cfg) {
-        return;
-    }
     let details = Details { reason: verdict.reason, ..Default::default() };
     events::emit(EventKind::Drop, &subject_of(packet, ifindex), &details);
 }

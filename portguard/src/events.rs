@@ -16,7 +16,10 @@ use portguard_common::{
     Counter, Reason,
     counters::OBS_EVENTS_LOST,
     events::{Event, EventKind, SAMPLE_PORTS, ScanKind},
-    maps::{AutoBlock, CAUSE_SCAN, CAUSE_TRAP, MAP_AUTO_BLOCK, MAP_COUNTERS, MAP_EVENTS},
+    maps::{
+        AutoBlock, CAUSE_SCAN, CAUSE_TRAP, EventBudget, MAP_AUTO_BLOCK, MAP_COUNTERS, MAP_EVENT_BUDGET,
+        MAP_EVENTS,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -302,6 +305,7 @@ pub struct EventSource {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, Counter>,
     auto_blocks: HashMap<MapData, [u8; 16], AutoBlock>,
+    budget: PerCpuArray<MapData, EventBudget>,
     lost_seen: u64,
 }
 
@@ -313,7 +317,13 @@ impl EventSource {
             let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             Ok(Map::from_map_data(data)?)
         };
-        Self::from_maps(interface, open(MAP_EVENTS)?, open(MAP_COUNTERS)?, open(MAP_AUTO_BLOCK)?)
+        Self::from_maps(
+            interface,
+            open(MAP_EVENTS)?,
+            open(MAP_COUNTERS)?,
+            open(MAP_AUTO_BLOCK)?,
+            open(MAP_EVENT_BUDGET)?,
+        )
     }
 
     /// From a loaded object (its maps are shared, not taken).
@@ -326,15 +336,22 @@ impl EventSource {
             };
             Ok(Map::from_map_data(MapData::from_id(id)?)?)
         };
-        Self::from_maps(interface, open(MAP_EVENTS)?, open(MAP_COUNTERS)?, open(MAP_AUTO_BLOCK)?)
+        Self::from_maps(
+            interface,
+            open(MAP_EVENTS)?,
+            open(MAP_COUNTERS)?,
+            open(MAP_AUTO_BLOCK)?,
+            open(MAP_EVENT_BUDGET)?,
+        )
     }
 
-    fn from_maps(interface: &str, ring: Map, counters: Map, auto_blocks: Map) -> Result<Self> {
+    fn from_maps(interface: &str, ring: Map, counters: Map, auto_blocks: Map, budget: Map) -> Result<Self> {
         let mut source = Self {
             interface: interface.to_owned(),
             ring: RingBuf::try_from(ring)?,
             counters: PerCpuArray::try_from(counters)?,
             auto_blocks: HashMap::try_from(auto_blocks)?,
+            budget: PerCpuArray::try_from(budget)?,
             lost_seen: 0,
         };
         // Report only what is lost from now on.
@@ -362,6 +379,12 @@ impl EventSource {
             }
         }
         records
+    }
+
+    /// Gives every CPU `per_second` drop-event tokens (called every second by the reader; the
+    /// kernel spends them).
+    pub fn refill(&mut self, per_second: u32) -> Result<()> {
+        refill_budget(&mut self.budget, per_second)
     }
 
     fn lost_total(&self) -> Result<u64> {
@@ -417,6 +440,21 @@ impl EventSource {
         unsafe { tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE) }
             .map_err(|error| anyhow::anyhow!("watching the event ring buffer: {}", error))
     }
+}
+
+pub fn refill_budget<T: std::borrow::BorrowMut<MapData>>(
+    budget: &mut PerCpuArray<T, EventBudget>,
+    per_second: u32,
+) -> Result<()> {
+    let values: Vec<EventBudget> =
+        budget.get(&0, 0)?.iter().map(|v| EventBudget { tokens: per_second, ..*v }).collect();
+    budget.set(0, aya::maps::PerCpuValues::try_from(values)?, 0)?;
+    Ok(())
+}
+
+/// Drop events held back for lack of tokens, over all CPUs.
+pub fn suppressed<T: std::borrow::Borrow<MapData>>(budget: &PerCpuArray<T, EventBudget>) -> u64 {
+    budget.get(&0, 0).map(|values| values.iter().map(|v| v.suppressed).sum()).unwrap_or(0)
 }
 
 /// An automatic block as `stats` and `blocks` show it.

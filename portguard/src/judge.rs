@@ -15,7 +15,7 @@ use portguard_common::{
     counters::{
         ALL_REASONS, MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED,
     },
-    maps::{MAP_COUNTERS, MAP_PORT_DROPS},
+    maps::{EventBudget, MAP_COUNTERS, MAP_EVENT_BUDGET, MAP_PORT_DROPS},
 };
 
 use crate::{
@@ -58,7 +58,11 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(image: &MapImage, policy: &Policy) -> Result<Self> {
-        let ebpf = loader::load(image, policy, None)?;
+        let mut ebpf = loader::load(image, policy, None)?;
+        // No reader refills the drop-event budget here: grant one second's worth.
+        let mut budget: PerCpuArray<_, EventBudget> =
+            PerCpuArray::try_from(ebpf.map_mut(MAP_EVENT_BUDGET).context("no event budget map")?)?;
+        crate::events::refill_budget(&mut budget, policy.events.drop_events_per_second)?;
         let port_drops = match ebpf.map(MAP_PORT_DROPS) {
             Some(Map::Array(data)) => PortDrops::map(data.fd().as_fd())?,
             _ => bail!("no {MAP_PORT_DROPS} array"),

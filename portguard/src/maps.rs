@@ -11,7 +11,10 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use portguard_common::{
     Counter, Reason,
     counters::{ALL_REASONS, COUNTER_SLOTS, MONITOR_BASE},
-    maps::{AutoBlock, MAP_AUTO_BLOCK, MAP_COUNTERS, MAP_PORT_DROPS, PORT_TABLE_LEN},
+    maps::{
+        AutoBlock, EventBudget, MAP_AUTO_BLOCK, MAP_COUNTERS, MAP_EVENT_BUDGET, MAP_PORT_DROPS,
+        PORT_TABLE_LEN,
+    },
 };
 use serde::Serialize;
 
@@ -168,6 +171,7 @@ pub struct PinnedMaps {
     pub counters: PerCpuArray<MapData, Counter>,
     pub port_drops: PortDrops,
     pub auto_blocks: HashMap<MapData, [u8; 16], AutoBlock>,
+    pub event_budget: PerCpuArray<MapData, EventBudget>,
 }
 
 impl PinnedMaps {
@@ -180,7 +184,8 @@ impl PinnedMaps {
             _ => bail!("{MAP_PORT_DROPS} is not an array"),
         };
         let auto_blocks = HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
-        Ok(Self { counters, port_drops, auto_blocks })
+        let event_budget = PerCpuArray::try_from(open_pinned(iface, MAP_EVENT_BUDGET)?)?;
+        Ok(Self { counters, port_drops, auto_blocks, event_budget })
     }
 
     pub fn counters(&self) -> Result<Counters> {

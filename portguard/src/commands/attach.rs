@@ -122,8 +122,14 @@ pub fn run(options: Options) -> Result<ExitCode> {
     }
     println!("running until Ctrl-C or SIGTERM; events follow");
 
-    let loader =
-        Loader { ebpf, state, source, strict: options.strict, output: Output { json: options.json } };
+    let loader = Loader {
+        ebpf,
+        drop_events_per_second: policy.events.drop_events_per_second,
+        state,
+        source,
+        strict: options.strict,
+        output: Output { json: options.json },
+    };
     let exit = serve::run(loader);
     let result = match exit {
         Ok(Exit::Leave) => {

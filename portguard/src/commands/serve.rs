@@ -45,6 +45,8 @@ pub fn say(line: &str) {
 /// A running attachment, as its loader holds it.
 pub struct Loader {
     pub ebpf: Ebpf,
+    /// The policy's `[events] drop_events_per_second`: each CPU's tokens every second.
+    pub drop_events_per_second: u32,
     pub state: RunState,
     pub source: PolicySource,
     pub strict: bool,
@@ -98,6 +100,9 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
             }
             _ = tick.tick() => {
                 let inner = source.get_mut();
+                if let Err(error) = inner.refill(loader.drop_events_per_second) {
+                    warn!("refilling the drop-event budget: {error:#}");
+                }
                 match inner.newly_lost() {
                     Ok(Some(record)) => publish(&loader.output, &record),
                     Ok(None) => {}
@@ -157,6 +162,7 @@ fn try_reload(loader: &mut Loader, request: &ReloadRequest) -> Result<String> {
     }
     // The old generation's programs and policy maps go with it.
     loader.ebpf = ebpf;
+    loader.drop_events_per_second = loaded.policy.events.drop_events_per_second;
     let previous = std::mem::replace(&mut loader.source, source);
     let policy = &loaded.policy;
     let state = &mut loader.state;

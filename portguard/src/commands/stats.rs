@@ -18,6 +18,8 @@ use super::{format_uptime, group, status::attached_interfaces};
 
 struct Snapshot {
     counters: Counters,
+    /// Drop events held back by the rate limits (per-CPU budget).
+    suppressed: u64,
     port_drops: Vec<u64>,
     blocks: Vec<ActiveBlock>,
     at: Instant,
@@ -27,6 +29,7 @@ impl Snapshot {
     fn take(maps: &PinnedMaps) -> Result<Self> {
         Ok(Self {
             counters: maps.counters()?,
+            suppressed: portguard::events::suppressed(&maps.event_budget),
             port_drops: maps.port_drops.snapshot(),
             blocks: active_blocks(&maps.auto_blocks),
             at: Instant::now(),
@@ -35,7 +38,7 @@ impl Snapshot {
 }
 
 /// Observation counters as (JSON name, human label, slot).
-const OBSERVATIONS: [(&str, &str, u32); 12] = [
+const OBSERVATIONS: [(&str, &str, u32); 11] = [
     ("fragments_first", "first fragments", OBS_FRAGMENT_FIRST),
     ("fragments_later", "later fragments", OBS_FRAGMENT_LATER),
     ("fragments_untracked", "fragments not tracked (table full)", OBS_FRAGMENT_TABLE_FULL),
@@ -47,7 +50,6 @@ const OBSERVATIONS: [(&str, &str, u32); 12] = [
     ("blocks_expired", "automatic blocks expired on the packet path", OBS_BLOCKS_EXPIRED),
     ("refusals_sent", "refusals sent by the host (RST, port unreachable)", OBS_REFUSALS_SENT),
     ("events_lost", "events lost (ring buffer full)", OBS_EVENTS_LOST),
-    ("events_suppressed", "drop events held back by the rate limits", OBS_EVENTS_SUPPRESSED),
 ];
 
 pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> Result<ExitCode> {
@@ -132,6 +134,9 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
             println!("  {label}: {}", group(count));
         }
     }
+    if now.suppressed > 0 {
+        println!("  drop events held back by the rate limit: {}", group(now.suppressed));
+    }
     if !ports.is_empty() {
         let list: Vec<String> =
             ports.iter().map(|p| format!("{}/{} {}", p.proto, p.port, group(p.drops))).collect();
@@ -182,8 +187,9 @@ fn to_json(
         }),
         _ => Value::Null,
     };
-    let observations: serde_json::Map<String, Value> =
+    let mut observations: serde_json::Map<String, Value> =
         OBSERVATIONS.iter().map(|(name, _, slot)| (name.to_string(), json!(c.slot(*slot).packets))).collect();
+    observations.insert("events_suppressed".into(), json!(now.suppressed));
     json!({
         "interface": iface,
         "packets": total.packets,
