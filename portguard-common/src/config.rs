@@ -64,6 +64,10 @@ pub struct Config {
     pub scan_block_ns: u64,
     /// How long a trap port hit blocks its source.
     pub trap_block_ns: u64,
+    /// `PG_PORT_DROPS` holds this many copies of the port table (a power of two); each CPU
+    /// adds to copy `cpu % shards`, so CPUs do not fight over one cache line in a flood.
+    pub port_drop_shards: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -80,6 +84,8 @@ impl Config {
             scan_window_ns: 0,
             scan_block_ns: 0,
             trap_block_ns: 0,
+            port_drop_shards: 1,
+            _pad: 0,
         }
     }
 
@@ -95,7 +101,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 80);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

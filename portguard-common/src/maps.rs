@@ -38,12 +38,25 @@ pub const MAP_EVENTS: &str = "PG_EVENTS";
 pub const MAP_MANUAL: &str = "PG_MANUAL";
 /// `Array<Runtime>` of one entry: state userspace keeps for the packet path.
 pub const MAP_RUNTIME: &str = "PG_RUNTIME";
+/// `Array<u64>` of `FLOW_PORT_WORDS`: one bit per local port (TCP, then UDP) the host has
+/// sent from. A cheap first check before the flow table lookup.
+pub const MAP_FLOW_PORTS: &str = "PG_FLOW_PORTS";
+pub const FLOW_PORT_WORDS: u32 = 2 * 65536 / 64;
+
+/// Word and bit of a local port in `PG_FLOW_PORTS`.
+#[inline(always)]
+pub const fn flow_port_bit(proto: u8, port: u16) -> (u32, u64) {
+    let index = if proto == PROTO_UDP { 65536 + port as u32 } else { port as u32 };
+    (index / 64, 1u64 << (index % 64))
+}
+
 /// `PerCpuArray<EventBudget>` of one entry: drop events each CPU may still send.
 pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 10] = [
+pub const SHARED_MAPS: [&str; 11] = [
     MAP_EVENT_BUDGET,
+    MAP_FLOW_PORTS,
     MAP_COUNTERS,
     MAP_PORT_DROPS,
     MAP_FLOWS,
@@ -60,8 +73,17 @@ pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_ICMPV6: u8 = 58;
 
-/// Entries in `PG_PORTS` and `PG_PORT_DROPS`: one block of 65536 ports for TCP, one for UDP.
+/// Entries in `PG_PORTS` (and in each shard of `PG_PORT_DROPS`): one block of 65536 ports for
+/// TCP, one for UDP.
 pub const PORT_TABLE_LEN: u32 = 2 * 65536;
+
+/// Most copies of the per-port drop table (16 MiB in all).
+pub const MAX_PORT_DROP_SHARDS: u32 = 16;
+
+/// The shard count for a machine with `cpus` CPUs: a power of two, at most 16.
+pub fn port_drop_shards(cpus: u32) -> u32 {
+    cpus.clamp(1, MAX_PORT_DROP_SHARDS).next_power_of_two().min(MAX_PORT_DROP_SHARDS)
+}
 
 /// Index into the per-port tables; `None` for protocols without ports.
 #[inline(always)]

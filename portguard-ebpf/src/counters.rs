@@ -3,10 +3,13 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
+
 use portguard_common::{
     Config,
     config::FLAG_MONITOR,
     counters::{MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED},
+    maps::PORT_TABLE_LEN,
 };
 
 use crate::{
@@ -35,9 +38,13 @@ pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) -> bool {
         add(OBS_VLAN_STACKED, frame_len as u64);
     }
     if drop && verdict.port_index != NO_PORT {
-        if let Some(cell) = PG_PORT_DROPS.get_ptr_mut(verdict.port_index) {
-            // Shared by all CPUs (a per-CPU copy of 131072 ports costs 1 MiB per CPU), so the
-            // add must be atomic. The BPF target has no compare-and-swap, hence no
+        // This CPU's shard of the table (see `Config::port_drop_shards`).
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let shard = cpu & (cfg.port_drop_shards.wrapping_sub(1));
+        let index = shard.wrapping_mul(PORT_TABLE_LEN).wrapping_add(verdict.port_index);
+        if let Some(cell) = PG_PORT_DROPS.get_ptr_mut(index) {
+            // A shard may be shared by several CPUs (a per-CPU copy of 131072 ports costs 1 MiB
+            // per CPU), so the add must be atomic. The BPF target has no compare-and-swap, hence no
             // `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
             unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(cell, 1) };
         }

@@ -7,13 +7,13 @@ use portguard_common::{
     config::FLAG_SCAN_DETECT,
     counters::OBS_REFUSALS_SENT,
     events::ScanKind,
-    maps::{FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
+    maps::{FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, flow_port_bit},
 };
 
 use crate::{
     counters,
     events::Subject,
-    maps::{PG_FLOWS, PG_PACKET, SCRATCH_TC},
+    maps::{PG_FLOW_PORTS, PG_FLOWS, PG_PACKET, SCRATCH_TC},
     parse::{FragKind, PARSED_IP, Packet, TCP_ACK, TCP_RST, parse, unreachable_probe},
     scan,
 };
@@ -76,6 +76,11 @@ pub fn record_egress(ctx: &TcContext, cfg: &Config) {
         proto: packet.proto,
         _pad: [0; 3],
     };
+    let (word, bit) = flow_port_bit(packet.proto, packet.sport);
+    if let Some(bits) = PG_FLOW_PORTS.get_ptr_mut(word) {
+        // Not atomic: a bit lost to a race is set again by the flow's next packet.
+        unsafe { *bits |= bit };
+    }
     let now = now_ns();
     if let Some(last) = PG_FLOWS.get_ptr_mut(key) {
         unsafe {
@@ -92,6 +97,12 @@ pub fn record_egress(ctx: &TcContext, cfg: &Config) {
 /// Whether an inbound packet belongs to a flow the host took part in (for UDP: recently).
 #[inline(always)]
 pub fn known(packet: &Packet, cfg: &Config) -> bool {
+    // Most packets to closed ports aim at ports the host never sent from: one array read
+    // spares them the hash lookup.
+    let (word, bit) = flow_port_bit(packet.proto, packet.dport);
+    if PG_FLOW_PORTS.get(word).is_none_or(|bits| bits & bit == 0) {
+        return false;
+    }
     let key = FlowKey {
         remote: packet.src,
         local: packet.dst,

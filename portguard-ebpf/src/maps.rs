@@ -10,8 +10,8 @@ use portguard_common::{
     Counter,
     counters::COUNTER_SLOTS,
     maps::{
-        AutoBlock, Bitmap256, Bl6Key, EventBudget, FlowKey, FragKey, FragVerdict, ManualBlock, NetKey,
-        PORT_TABLE_LEN, PortRule, Runtime, ScanState, SrcAllowKey,
+        AutoBlock, Bitmap256, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict,
+        ManualBlock, NetKey, PORT_TABLE_LEN, PortRule, Runtime, ScanState, SrcAllowKey,
     },
 };
 
@@ -46,6 +46,10 @@ pub static PG_PORT_DROPS: Array<u64> = Array::with_max_entries(PORT_TABLE_LEN, B
 
 #[map]
 pub static PG_FLOWS: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Local ports the host has sent from (see `portguard_common::maps::MAP_FLOW_PORTS`).
+#[map]
+pub static PG_FLOW_PORTS: Array<u64> = Array::with_max_entries(FLOW_PORT_WORDS, 0);
 
 #[map]
 pub static PG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(8192, 0);

@@ -64,7 +64,7 @@ impl Judge {
             PerCpuArray::try_from(ebpf.map_mut(MAP_EVENT_BUDGET).context("no event budget map")?)?;
         crate::events::refill_budget(&mut budget, policy.events.drop_events_per_second)?;
         let port_drops = match ebpf.map(MAP_PORT_DROPS) {
-            Some(Map::Array(data)) => PortDrops::map(data.fd().as_fd())?,
+            Some(Map::Array(data)) => PortDrops::map(data.fd().as_fd(), data.info()?.max_entries())?,
             _ => bail!("no {MAP_PORT_DROPS} array"),
         };
         Ok(Self { ebpf, port_drops })

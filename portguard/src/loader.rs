@@ -25,8 +25,8 @@ use aya::{
 use log::{info, warn};
 use portguard_common::maps::{
     Bitmap256, Bl6Key, MAP_AUTO_BLOCK, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS,
-    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORTS, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PortRule, SHARED_MAPS,
-    SrcAllowKey,
+    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS, MAP_PORTS, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN,
+    PortRule, SHARED_MAPS, SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +95,8 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         .map_max_entries(MAP_SCAN, limits.sources)
         .map_max_entries(MAP_AUTO_BLOCK, limits.auto_blocks)
         .map_max_entries(MAP_EVENTS, policy.events.ring_buffer_kib * 1024)
-        .map_max_entries(MAP_MANUAL, limits.manual_blocks);
+        .map_max_entries(MAP_MANUAL, limits.manual_blocks)
+        .map_max_entries(MAP_PORT_DROPS, PORT_TABLE_LEN * image.config.port_drop_shards);
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -361,7 +362,9 @@ pub fn seed_flows(ebpf: &mut Ebpf, sockets: &[crate::sockets::Socket]) -> Result
         HashMap::try_from(map_data(ebpf, MAP_FLOWS)?)?;
     let now = kernel_now_ns();
     let mut seeded = 0;
+    let mut ports: Vec<(u32, u64)> = Vec::new();
     for socket in sockets.iter().filter(|s| s.has_peer()) {
+        ports.push(portguard_common::maps::flow_port_bit(socket.proto.number(), socket.local.port()));
         let key = portguard_common::maps::FlowKey {
             remote: addr16(socket.remote.ip()),
             local: addr16(socket.local.ip()),
@@ -372,6 +375,12 @@ pub fn seed_flows(ebpf: &mut Ebpf, sockets: &[crate::sockets::Socket]) -> Result
         };
         flows.insert(key, now, 0).context(MAP_FLOWS)?;
         seeded += 1;
+    }
+    let mut bits: Array<&mut MapData, u64> =
+        Array::try_from(map_data(ebpf, portguard_common::maps::MAP_FLOW_PORTS)?)?;
+    for (word, bit) in ports {
+        let value = bits.get(&word, 0)?;
+        bits.set(word, value | bit, 0)?;
     }
     Ok(seeded)
 }

@@ -93,16 +93,18 @@ pub fn read_counters<T: Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Resul
     Ok(Counters { slots })
 }
 
-/// `PG_PORT_DROPS`, mapped read-only into our memory.
+/// `PG_PORT_DROPS`, mapped read-only into our memory: `shards` copies of the port table,
+/// added up on reading.
 pub struct PortDrops {
     base: *const u64,
-    len: usize,
+    shards: usize,
 }
 
 impl PortDrops {
-    pub fn map(fd: BorrowedFd<'_>) -> Result<Self> {
-        let len = PORT_TABLE_LEN as usize;
-        let bytes = len * size_of::<u64>();
+    /// Maps the table; `entries` is the map's size (a multiple of the port table).
+    pub fn map(fd: BorrowedFd<'_>, entries: u32) -> Result<Self> {
+        let shards = (entries / PORT_TABLE_LEN).max(1) as usize;
+        let bytes = shards * PORT_TABLE_LEN as usize * size_of::<u64>();
         // SAFETY: a read-only shared mapping of an mmapable BPF array of exactly this size.
         let base = unsafe {
             libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
@@ -110,35 +112,43 @@ impl PortDrops {
         if base == libc::MAP_FAILED {
             bail!("mapping {MAP_PORT_DROPS} failed: {}", std::io::Error::last_os_error());
         }
-        Ok(Self { base: base.cast(), len })
+        Ok(Self { base: base.cast(), shards })
+    }
+
+    fn words(&self) -> &[u64] {
+        // SAFETY: the mapping holds `shards` port tables for as long as `self` lives; the kernel
+        // updates it concurrently, so a read is a snapshot of each word.
+        unsafe { std::slice::from_raw_parts(self.base, self.shards * PORT_TABLE_LEN as usize) }
     }
 
     pub fn get(&self, proto: Proto, port: u16) -> u64 {
         let index = portguard_common::maps::port_index(proto.number(), port).expect("tcp or udp") as usize;
-        self.at(index)
+        self.words().chunks(PORT_TABLE_LEN as usize).map(|shard| shard[index]).sum()
     }
 
-    fn at(&self, index: usize) -> u64 {
-        assert!(index < self.len);
-        // SAFETY: in bounds of the mapping; the kernel updates it concurrently, hence volatile.
-        unsafe { self.base.add(index).read_volatile() }
-    }
-
+    /// Drops per port index, over all shards.
     pub fn snapshot(&self) -> Vec<u64> {
-        (0..self.len).map(|i| self.at(i)).collect()
+        let mut sums = vec![0u64; PORT_TABLE_LEN as usize];
+        for shard in self.words().chunks(PORT_TABLE_LEN as usize) {
+            for (sum, value) in sums.iter_mut().zip(shard) {
+                *sum += value;
+            }
+        }
+        sums
     }
 
-    /// Drops over every port (a racy sum while the program runs; exact when it does not).
+    /// Drops over every port.
     pub fn total(&self) -> u64 {
-        // SAFETY: the mapping holds `len` u64s for as long as `self` lives.
-        unsafe { std::slice::from_raw_parts(self.base, self.len) }.iter().sum()
+        self.words().iter().sum()
     }
 }
 
 impl Drop for PortDrops {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.base as *mut _, self.len * size_of::<u64>()) };
+        unsafe {
+            libc::munmap(self.base as *mut _, self.shards * PORT_TABLE_LEN as usize * size_of::<u64>())
+        };
     }
 }
 
@@ -180,7 +190,7 @@ impl PinnedMaps {
         let counters = PerCpuArray::try_from(counters)?;
         let port_drops = open_pinned(iface, MAP_PORT_DROPS)?;
         let port_drops = match &port_drops {
-            Map::Array(data) => PortDrops::map(data.fd().as_fd())?,
+            Map::Array(data) => PortDrops::map(data.fd().as_fd(), data.info()?.max_entries())?,
             _ => bail!("{MAP_PORT_DROPS} is not an array"),
         };
         let auto_blocks = HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;

@@ -10,7 +10,8 @@ use portguard_common::{
     config::*,
     maps::{
         Bitmap256, Bl6Key, FAMILY_V4, FAMILY_V6, NET_KEY_FIXED_BITS, NetKey, PORT_ALLOW, PORT_ALLOW_FROM,
-        PORT_DENY, PORT_FLAG_TRAP, PortRule, SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_index, v4_mapped,
+        PORT_DENY, PORT_FLAG_TRAP, PortRule, SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_drop_shards, port_index,
+        v4_mapped,
     },
 };
 
@@ -207,6 +208,14 @@ fn reduce_v6_lengths(by_len: &mut BTreeMap<u8, BTreeSet<u128>>) -> Result<()> {
     Ok(())
 }
 
+/// CPUs the kernel may run (what per-CPU maps and `bpf_get_smp_processor_id` range over).
+pub fn possible_cpus() -> u32 {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|text| text.trim().rsplit(['-', ',']).next().and_then(|last| last.parse::<u32>().ok()))
+        .map_or(1, |last| last + 1)
+}
+
 fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
     let mut flags = 0;
     let mut set = |on: bool, flag: u32| {
@@ -250,6 +259,8 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
         scan_window_ns: policy.scan_detection.window.as_nanos() as u64,
         scan_block_ns: policy.scan_detection.block_for.as_nanos() as u64,
         trap_block_ns: policy.trap_ports.block_for.as_nanos() as u64,
+        port_drop_shards: port_drop_shards(possible_cpus()),
+        _pad: 0,
     }
 }
 

@@ -249,6 +249,28 @@ pub struct Policy {
     pub scan_detection: ScanDetection,
     pub trap_ports: TrapPorts,
     pub events: Events,
+    pub alerts: Alerts,
+    /// `[metrics] listen`: where to serve Prometheus metrics (`attach --metrics` overrides).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Where alerts go (`[alerts]`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Alerts {
+    /// Receives one JSON document (POST) per alert.
+    pub webhook: Option<String>,
+    /// Runs once per alert: the alert as JSON on stdin, key fields in `PORTGUARD_*`.
+    pub exec: Option<String>,
+    #[serde(with = "humantime_serde_secs")]
+    pub timeout: Duration,
+    pub retries: u32,
+    pub max_per_minute: u32,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Self { webhook: None, exec: None, timeout: Duration::from_secs(5), retries: 3, max_per_minute: 60 }
+    }
 }
 
 impl Policy {

@@ -21,6 +21,24 @@ pub struct RawPolicy {
     pub scan_detection: Option<RawScanDetection>,
     pub trap_ports: Option<RawTrapPorts>,
     pub events: Option<RawEvents>,
+    pub alerts: Option<RawAlerts>,
+    pub metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub webhook: Option<Spanned<String>>,
+    pub exec: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub retries: Option<Spanned<i64>>,
+    pub max_per_minute: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

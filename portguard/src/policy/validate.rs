@@ -12,11 +12,12 @@ use ipnet::IpNet;
 use toml::{Spanned, Value};
 
 use super::{
-    Action, BlocklistSource, Events, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto, Response,
-    Rule, RuleKind, ScanDetection, TcpNonSyn, TrapPorts,
+    Action, Alerts, BlocklistSource, Events, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto,
+    Response, Rule, RuleKind, ScanDetection, TcpNonSyn, TrapPorts,
     diagnostic::{Diagnostic, PolicyErrors, Reporter, Severity},
     raw::{
-        RawBlocklist, RawEvents, RawInbound, RawLimits, RawPolicy, RawRule, RawScanDetection, RawTrapPorts,
+        RawAlerts, RawBlocklist, RawEvents, RawInbound, RawLimits, RawMetrics, RawPolicy, RawRule,
+        RawScanDetection, RawTrapPorts,
     },
     sources::{parse_net_strict, read_source_file},
 };
@@ -70,6 +71,8 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
     let scan_detection = scan_detection(&mut report, raw.scan_detection.as_ref());
     let trap_ports = trap_ports(&mut report, raw.trap_ports.as_ref(), &rules);
     let events = events(&mut report, raw.events.as_ref());
+    let alerts = alerts(&mut report, raw.alerts.as_ref());
+    let metrics_listen = metrics_listen(&mut report, raw.metrics.as_ref());
 
     if default == Action::Deny && !admits_ssh(&rules) {
         report.warning_at(
@@ -96,6 +99,8 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
             scan_detection,
             trap_ports,
             events,
+            alerts,
+            metrics_listen,
         },
         warnings: report.diagnostics,
     })
@@ -652,6 +657,66 @@ fn events(report: &mut Reporter, raw: Option<&RawEvents>) -> Events {
         }
     }
     events
+}
+
+fn alerts(report: &mut Reporter, raw: Option<&RawAlerts>) -> Alerts {
+    let mut alerts = Alerts::default();
+    let Some(raw) = raw else {
+        return alerts;
+    };
+    if let Some(url) = &raw.webhook {
+        let text = url.get_ref();
+        if text.starts_with("http://") || text.starts_with("https://") {
+            alerts.webhook = Some(text.clone());
+        } else {
+            report.error_at(url.span(), format!("webhook = \"{text}\" is not an http:// or https:// URL"));
+        }
+    }
+    if let Some(program) = &raw.exec {
+        let path = Path::new(program.get_ref());
+        if !path.is_absolute() {
+            report.error_at(program.span(), "exec must be an absolute path to a program");
+        } else if !path.is_file() {
+            report
+                .warning_at(program.span(), format!("exec program {} does not exist (yet)", path.display()));
+            alerts.exec = Some(program.get_ref().clone());
+        } else {
+            alerts.exec = Some(program.get_ref().clone());
+        }
+    }
+    if let Some(value) = &raw.timeout {
+        alerts.timeout = duration(report, value, "timeout").unwrap_or(alerts.timeout);
+    }
+    if let Some(value) = &raw.retries {
+        alerts.retries = integer_in(report, value, "retries", 0..=10).unwrap_or(alerts.retries);
+    }
+    if let Some(value) = &raw.max_per_minute {
+        alerts.max_per_minute =
+            integer_in(report, value, "max_per_minute", 1..=100_000).unwrap_or(alerts.max_per_minute);
+    }
+    alerts
+}
+
+fn metrics_listen(report: &mut Reporter, raw: Option<&RawMetrics>) -> Option<std::net::SocketAddr> {
+    let value = raw?.listen.as_ref()?;
+    match value.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(address) => {
+            if !address.ip().is_loopback() {
+                report.warning_at(
+                    value.span(),
+                    format!("metrics on {address} can be read beyond this host (127.0.0.1 keeps them local)"),
+                );
+            }
+            Some(address)
+        }
+        Err(_) => {
+            report.error_at(
+                value.span(),
+                format!("listen = \"{}\" is not an address:port like 127.0.0.1:9464", value.get_ref()),
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]
