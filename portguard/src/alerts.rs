@@ -64,8 +64,11 @@ impl Sinks {
 }
 
 fn deliver(config: Alerts, alerts: Receiver<EventRecord>, counts: Arc<Mutex<LoaderCounts>>) {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(config.timeout)).http_status_as_error(true).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(config.timeout))
+        .http_status_as_error(true)
+        .build()
+        .into();
     let mut window = (Instant::now(), 0u32);
     for alert in alerts {
         // A rate limit, so a flood of alerts cannot flood the receiver.
@@ -80,7 +83,12 @@ fn deliver(config: Alerts, alerts: Receiver<EventRecord>, counts: Arc<Mutex<Load
         let body = alert.json();
         if let Some(url) = &config.webhook {
             let outcome = with_retries(config.retries, || {
-                agent.post(url).header("content-type", "application/json").send(body.as_bytes()).map(|_| ()).map_err(|e| e.to_string())
+                agent
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .send(body.as_bytes())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             });
             record(&counts, "webhook", outcome);
         }

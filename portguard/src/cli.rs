@@ -55,6 +55,10 @@ pub enum Command {
         /// policy that cuts your SSH session undoes itself.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         confirm_within: Option<Duration>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (default 127.0.0.1:9464; anything
+        /// but loopback is your explicit choice). Overrides `[metrics] listen`.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Swap in a new policy atomically (no packet sees a mix of old and new rules); counters
     /// carry over. An invalid policy is refused and the running one stays.
@@ -166,6 +170,27 @@ pub enum Command {
         /// How many of the most dropped ports to show.
         #[arg(long, default_value_t = 10)]
         top: usize,
+    },
+    /// Diagnose the host: readiness for portguard, listening ports exposed to the network (and
+    /// what the policy makes of them), and the state of the protection.
+    #[command(
+        after_help = "Exit status: 0, or 2 when findings at or above --fail-on exist (1: doctor failed).\n\nExample:\n  sudo portguard doctor --policy /etc/portguard/policy.toml --html report.html --fail-on high"
+    )]
+    Doctor {
+        /// Audit the listening ports against this policy (default: the running attachment's).
+        #[arg(short, long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Only this interface (readiness and the running policy).
+        #[arg(long, value_name = "IFACE")]
+        iface: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Also write the report as a self-contained HTML page.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Exit with status 2 when a finding at or above this severity exists.
+        #[arg(long, value_name = "SEVERITY")]
+        fail_on: Option<portguard::doctor::Severity>,
     },
     /// Remove an attachment: stops its loader if it runs, detaches, deletes every pin.
     Detach {

@@ -4,14 +4,17 @@
 //! drive the same code: `policy` (read, validate, compile), `loader` (load, attach, pin),
 //! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`.
 
+pub mod alerts;
 pub mod blocks;
 pub mod capture;
 pub mod control;
+pub mod doctor;
 pub mod events;
 pub mod judge;
 pub mod loader;
 pub mod manager;
 pub mod maps;
+pub mod metrics;
 pub mod paths;
 pub mod policy;
 pub mod sockets;

@@ -143,6 +143,10 @@ impl PortDrops {
     }
 }
 
+// SAFETY: the mapping is read-only and lives as long as the value; any thread may read it.
+unsafe impl Send for PortDrops {}
+unsafe impl Sync for PortDrops {}
+
 impl Drop for PortDrops {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped.

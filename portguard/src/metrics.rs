@@ -1,5 +1,6 @@
 //! Prometheus metrics: read from the kernel maps at scrape time (per-CPU values summed), so a
-//! scrape costs the packet path nothing. Text exposition by `prometheus-client`.
+//! scrape costs the packet path nothing. The text exposition format (0.0.4, what every scraper
+//! reads) comes from the `prometheus` crate: each scrape fills a fresh registry.
 //!
 //! Names follow Prometheus conventions: prefix `portguard_`, counters end in `_total`, an
 //! `interface` label, bounded label sets (reasons, kinds, the ports the policy names), never a
@@ -10,22 +11,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric as _, text::encode},
-    metrics::{
-        MetricType,
-        counter::ConstCounter,
-        family::Family,
-        gauge::{ConstGauge, Gauge},
-    },
-    registry::Registry,
-};
+use anyhow::Result;
 use portguard_common::{
-    Reason,
     counters::*,
+    events::{SCAN_KINDS, ScanKind},
     maps::{MAP_RUNTIME, Runtime},
 };
+use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
     events::{active_blocks, suppressed},
@@ -58,7 +50,12 @@ pub struct Source {
 
 impl Source {
     pub fn new(iface: &str, policy: &Policy, counts: Arc<Mutex<LoaderCounts>>) -> anyhow::Result<Self> {
-        Ok(Self { iface: iface.to_owned(), maps: PinnedMaps::open(iface)?, ports: Mutex::new(named_ports(policy)), counts })
+        Ok(Self {
+            iface: iface.to_owned(),
+            maps: PinnedMaps::open(iface)?,
+            ports: Mutex::new(named_ports(policy)),
+            counts,
+        })
     }
 
     /// After a reload: the ports the new policy names.
@@ -89,156 +86,205 @@ pub fn named_ports(policy: &Policy) -> BTreeSet<(Proto, u16)> {
     ports
 }
 
-#[derive(Debug)]
-struct Collected(Arc<Source>);
+/// One metric family being filled: its label names come from the first row; every row also
+/// gets the `interface` label.
+struct Family<'a> {
+    name: &'static str,
+    help: &'static str,
+    iface: &'a str,
+    rows: Vec<(Vec<(&'static str, String)>, u64)>,
+}
 
-impl Collector for Collected {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let source = &self.0;
-        let iface = source.iface.as_str();
-        let Ok(counters) = source.maps.counters() else { return Ok(()) };
+impl<'a> Family<'a> {
+    fn new(name: &'static str, help: &'static str, iface: &'a str) -> Self {
+        Self { name, help, iface, rows: Vec::new() }
+    }
 
-        let packets = Family::<Vec<(&str, String)>, ConstCounter<u64>>::default();
-        let mut families: Vec<(&str, &str, Vec<(Vec<(&str, String)>, u64)>)> = Vec::new();
-        let mut packet_rows = Vec::new();
-        let mut byte_rows = Vec::new();
-        for reason in ALL_REASONS {
-            let (applied, would) = (counters.applied(reason), counters.would_drop(reason));
-            let action = if reason.is_drop() { "drop" } else { "pass" };
-            let labels = |action: &str| vec![("interface", iface.to_string()), ("action", action.to_string()), ("reason", reason.name().to_string())];
-            packet_rows.push((labels(action), applied.packets));
-            byte_rows.push((labels(action), applied.bytes));
-            if reason.is_drop() {
-                packet_rows.push((labels("would_drop"), would.packets));
-                byte_rows.push((labels("would_drop"), would.bytes));
-            }
+    fn row(mut self, labels: &[(&'static str, &str)], value: u64) -> Self {
+        self.rows.push((labels.iter().map(|(k, v)| (*k, v.to_string())).collect(), value));
+        self
+    }
+
+    fn label_names(&self) -> Vec<&'static str> {
+        let mut names = vec!["interface"];
+        names.extend(
+            self.rows
+                .first()
+                .map(|(labels, _)| labels.iter().map(|(k, _)| *k).collect::<Vec<_>>())
+                .unwrap_or_default(),
+        );
+        names
+    }
+
+    fn values<'r>(&'r self, labels: &'r [(&'static str, String)]) -> Vec<&'r str> {
+        let mut values = vec![self.iface];
+        values.extend(labels.iter().map(|(_, v)| v.as_str()));
+        values
+    }
+
+    fn counter(self, registry: &Registry) -> Result<()> {
+        let vec = IntCounterVec::new(
+            Opts::new(format!("portguard_{}_total", self.name), self.help),
+            &self.label_names(),
+        )?;
+        for (labels, value) in &self.rows {
+            vec.with_label_values(&self.values(labels)).inc_by(*value);
         }
-        drop(packets);
-        families.push(("packets", "Packets judged, by action (pass, drop, would_drop in monitor mode) and reason.", packet_rows));
-        families.push(("bytes", "Bytes of the packets judged (frame length), by action and reason.", byte_rows));
+        registry.register(Box::new(vec))?;
+        Ok(())
+    }
 
-        let drops = source.maps.port_drops.snapshot();
-        let port_rows = source
-            .ports
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(proto, port)| {
-                let index = portguard_common::maps::port_index(proto.number(), *port)? as usize;
-                Some((
-                    vec![("interface", iface.to_string()), ("protocol", proto.to_string()), ("port", port.to_string())],
-                    drops[index],
-                ))
-            })
-            .collect();
-        families.push(("port_drops", "Packets dropped (or would be) per destination port the policy names.", port_rows));
-
-        let counts = source.counts.lock().unwrap();
-        let scan_rows = counts
-            .scans_by_kind
-            .iter()
-            .map(|(kind, n)| (vec![("interface", iface.to_string()), ("kind", kind.clone())], *n))
-            .collect();
-        families.push(("scans_detected", "Port scans detected, by kind (from the events read).", scan_rows));
-        let block_rows = vec![
-            (vec![("interface", iface.to_string()), ("cause", "scan".to_string())], counters.slot(OBS_SCAN_BLOCKS).packets),
-            (vec![("interface", iface.to_string()), ("cause", "trap".to_string())], counters.slot(OBS_TRAP_BLOCKS).packets),
-        ];
-        families.push(("auto_blocks", "Sources blocked automatically, by cause.", block_rows));
-        let one = |value: u64| vec![(vec![("interface", iface.to_string())], value)];
-        families.push(("events_lost", "Events the ring buffer had no room for.", one(counters.slot(OBS_EVENTS_LOST).packets)));
-        families.push(("events_suppressed", "Drop events held back by the rate limits.", one(suppressed(&source.maps.event_budget))));
-        let fragment_rows = [("first", OBS_FRAGMENT_FIRST), ("later", OBS_FRAGMENT_LATER), ("untracked", OBS_FRAGMENT_TABLE_FULL)]
-            .into_iter()
-            .map(|(kind, slot)| (vec![("interface", iface.to_string()), ("kind", kind.to_string())], counters.slot(slot).packets))
-            .collect();
-        families.push(("fragments", "Fragments seen, by kind.", fragment_rows));
-        let sink_rows = |map: &std::collections::BTreeMap<String, u64>| -> Vec<(Vec<(&str, String)>, u64)> {
-            map.iter().map(|(sink, n)| (vec![("interface", iface.to_string()), ("sink", sink.clone())], *n)).collect()
-        };
-        families.push(("alerts_delivered", "Alerts delivered to a sink.", sink_rows(&counts.alerts_delivered)));
-        families.push(("alerts_failed", "Alert deliveries that failed (after retries).", sink_rows(&counts.alerts_failed)));
-        families.push(("alerts_dropped", "Alerts dropped before delivery (queue full or rate limit).", one(counts.alerts_dropped)));
-
-        for (name, help, rows) in families {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (labels, value) in rows {
-                let labels: Vec<(String, String)> = labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-            }
+    fn gauge(self, registry: &Registry) -> Result<()> {
+        let vec =
+            IntGaugeVec::new(Opts::new(format!("portguard_{}", self.name), self.help), &self.label_names())?;
+        for (labels, value) in &self.rows {
+            vec.with_label_values(&self.values(labels)).set(*value as i64);
         }
-
-        // Gauges.
-        let state = RunState::read(iface);
-        let now = crate::loader::kernel_now_ns();
-        let automatic = active_blocks(&source.maps.auto_blocks).len() as i64;
-        let manual = open_pinned(iface, MAP_RUNTIME)
-            .ok()
-            .and_then(|m| aya::maps::Array::<_, Runtime>::try_from(m).ok())
-            .and_then(|a| a.get(&0, 0).ok())
-            .map_or(0, |r| r.manual_blocks as i64);
-        let policy_entries: i64 = state.as_ref().map_or(0, |s| s.blocklist_sources.iter().map(|b| b.entries as i64).sum());
-        let _ = now;
-        let gauges: Vec<(&str, &str, Vec<(Vec<(&str, String)>, i64)>)> = vec![
-            (
-                "active_blocks",
-                "Blocks in force, by origin (policy: blocklist entries as written).",
-                vec![
-                    (vec![("interface", iface.to_string()), ("origin", "automatic".into())], automatic),
-                    (vec![("interface", iface.to_string()), ("origin", "manual".into())], manual),
-                    (vec![("interface", iface.to_string()), ("origin", "policy".into())], policy_entries),
-                ],
-            ),
-            (
-                "policy_generation",
-                "The running policy generation (1 at attach, +1 per reload).",
-                vec![(vec![("interface", iface.to_string())], state.as_ref().map_or(0, |s| s.generation as i64))],
-            ),
-            (
-                "policy_last_load_timestamp_seconds",
-                "When the running policy was loaded (Unix time).",
-                vec![(vec![("interface", iface.to_string())], counts.last_load as i64)],
-            ),
-            (
-                "attached",
-                "1 while portguard is attached, with the XDP mode and policy mode.",
-                vec![(
-                    vec![
-                        ("interface", iface.to_string()),
-                        ("xdp_mode", state.as_ref().map_or("unknown".into(), |s| s.xdp_mode.to_string())),
-                        ("mode", state.as_ref().map_or("unknown".into(), |s| format!("{:?}", s.mode).to_lowercase())),
-                    ],
-                    1,
-                )],
-            ),
-        ];
-        for (name, help, rows) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (labels, value) in rows {
-                let labels: Vec<(String, String)> = labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let _ = Reason::PassNotIp;
+        registry.register(Box::new(vec))?;
         Ok(())
     }
 }
 
-/// The registry for one loader: its attachment, and the build.
-pub fn registry(source: Arc<Source>) -> Registry {
-    let mut registry = Registry::with_prefix("portguard");
-    let build_info = Family::<Vec<(String, String)>, Gauge>::default();
-    build_info.get_or_create(&vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]).set(1);
-    registry.register("build_info", "portguard's version (always 1).", build_info);
-    registry.register_collector(Box::new(Collected(source)));
-    registry
+/// The text exposition of one attachment, read now.
+pub fn render(source: &Source) -> Result<String> {
+    let registry = Registry::new();
+    let iface = source.iface.as_str();
+    let counters = source.maps.counters()?;
+
+    let mut packets = Family::new(
+        "packets",
+        "Packets judged, by action (pass, drop, would_drop in monitor mode) and reason.",
+        iface,
+    );
+    let mut bytes =
+        Family::new("bytes", "Bytes of the packets judged (frame length), by action and reason.", iface);
+    for reason in ALL_REASONS {
+        let (applied, would) = (counters.applied(reason), counters.would_drop(reason));
+        let action = if reason.is_drop() { "drop" } else { "pass" };
+        packets = packets.row(&[("action", action), ("reason", reason.name())], applied.packets);
+        bytes = bytes.row(&[("action", action), ("reason", reason.name())], applied.bytes);
+        if reason.is_drop() {
+            packets = packets.row(&[("action", "would_drop"), ("reason", reason.name())], would.packets);
+            bytes = bytes.row(&[("action", "would_drop"), ("reason", reason.name())], would.bytes);
+        }
+    }
+    packets.counter(&registry)?;
+    bytes.counter(&registry)?;
+
+    // Drops by port: the ports the policy names, every other port in one bucket per protocol,
+    // so the label set stays bounded.
+    let drops = source.maps.port_drops.snapshot();
+    let mut port_drops = Family::new(
+        "port_drops",
+        "Packets dropped (or would be, in monitor mode) by destination port: the ports the policy names, the rest as port=\"other\".",
+        iface,
+    );
+    let named = source.ports.lock().unwrap().clone();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        let index = |port: u16| portguard_common::maps::port_index(proto.number(), port).map(|i| i as usize);
+        let mut named_total = 0;
+        for (_, port) in named.iter().filter(|(p, _)| *p == proto) {
+            let Some(i) = index(*port) else { continue };
+            named_total += drops[i];
+            port_drops =
+                port_drops.row(&[("protocol", &proto.to_string()), ("port", &port.to_string())], drops[i]);
+        }
+        let all: u64 = (0..=u16::MAX).filter_map(index).map(|i| drops[i]).sum();
+        port_drops =
+            port_drops.row(&[("protocol", &proto.to_string()), ("port", "other")], all - named_total);
+    }
+    port_drops.counter(&registry)?;
+
+    let counts = source.counts.lock().unwrap();
+    let mut scans = Family::new(
+        "scans_detected",
+        "Port scans detected, by kind (counted by the loader from the events it reads).",
+        iface,
+    );
+    for kind in (0..SCAN_KINDS as u8).map(|k| ScanKind::from_u8(k).name()) {
+        scans = scans.row(&[("kind", kind)], counts.scans_by_kind.get(kind).copied().unwrap_or(0));
+    }
+    scans.counter(&registry)?;
+    let slot = |index| counters.slot(index).packets;
+    Family::new(
+        "scans_detected_kernel",
+        "Port scans detected, as the kernel counts them (also while no loader runs).",
+        iface,
+    )
+    .row(&[], slot(OBS_SCANS_DETECTED))
+    .counter(&registry)?;
+    Family::new("auto_blocks", "Sources blocked automatically, by cause.", iface)
+        .row(&[("cause", "scan")], slot(OBS_SCAN_BLOCKS))
+        .row(&[("cause", "trap")], slot(OBS_TRAP_BLOCKS))
+        .counter(&registry)?;
+    Family::new("blocks_expired", "Automatic blocks that expired.", iface)
+        .row(&[], slot(OBS_BLOCKS_EXPIRED))
+        .counter(&registry)?;
+    Family::new("events_lost", "Events the ring buffer had no room for.", iface)
+        .row(&[], slot(OBS_EVENTS_LOST))
+        .counter(&registry)?;
+    Family::new("events_suppressed", "Drop events held back by the rate limits.", iface)
+        .row(&[], suppressed(&source.maps.event_budget))
+        .counter(&registry)?;
+    Family::new("fragments", "Fragments seen, by kind.", iface)
+        .row(&[("kind", "first")], slot(OBS_FRAGMENT_FIRST))
+        .row(&[("kind", "later")], slot(OBS_FRAGMENT_LATER))
+        .row(&[("kind", "untracked")], slot(OBS_FRAGMENT_TABLE_FULL))
+        .counter(&registry)?;
+    let by_sink = |name, help, map: &std::collections::BTreeMap<String, u64>| {
+        ["webhook", "exec"].into_iter().fold(Family::new(name, help, iface), |family, sink| {
+            family.row(&[("sink", sink)], map.get(sink).copied().unwrap_or(0))
+        })
+    };
+    by_sink("alerts_delivered", "Alerts delivered to a sink.", &counts.alerts_delivered)
+        .counter(&registry)?;
+    by_sink("alerts_failed", "Alert deliveries that failed (after retries).", &counts.alerts_failed)
+        .counter(&registry)?;
+    Family::new("alerts_dropped", "Alerts dropped before delivery (queue full or rate limit).", iface)
+        .row(&[], counts.alerts_dropped)
+        .counter(&registry)?;
+
+    let state = RunState::read(iface);
+    let manual = open_pinned(iface, MAP_RUNTIME)
+        .ok()
+        .and_then(|m| aya::maps::Array::<_, Runtime>::try_from(m).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .map_or(0, |r| r.manual_blocks as u64);
+    let policy_entries: u64 =
+        state.as_ref().map_or(0, |s| s.blocklist_sources.iter().map(|b| b.entries as u64).sum());
+    Family::new("active_blocks", "Blocks in force, by origin (policy: blocklist entries as written).", iface)
+        .row(&[("origin", "automatic")], active_blocks(&source.maps.auto_blocks).len() as u64)
+        .row(&[("origin", "manual")], manual)
+        .row(&[("origin", "policy")], policy_entries)
+        .gauge(&registry)?;
+    Family::new("policy_generation", "The running policy generation (1 at attach, +1 per reload).", iface)
+        .row(&[], state.as_ref().map_or(0, |s| s.generation))
+        .gauge(&registry)?;
+    Family::new(
+        "policy_last_load_timestamp_seconds",
+        "When the running policy was loaded (Unix time).",
+        iface,
+    )
+    .row(&[], counts.last_load)
+    .gauge(&registry)?;
+    let xdp_mode = state.as_ref().map_or("unknown".into(), |s| s.xdp_mode.to_string());
+    let mode = state
+        .as_ref()
+        .map_or("unknown", |s| if s.mode == crate::policy::Mode::Monitor { "monitor" } else { "enforce" });
+    Family::new("attached", "1 while portguard is attached; its XDP mode and policy mode as labels.", iface)
+        .row(&[("xdp_mode", &xdp_mode), ("mode", mode)], 1)
+        .gauge(&registry)?;
+    drop(counts);
+
+    let build =
+        IntGaugeVec::new(Opts::new("portguard_build_info", "portguard's version (always 1)."), &["version"])?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry.register(Box::new(build))?;
+
+    let mut text = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut text)?;
+    Ok(String::from_utf8(text)?)
 }
 
-/// The text exposition of `registry`.
-pub fn render(registry: &Registry) -> String {
-    let mut text = String::new();
-    if encode(&mut text, registry).is_err() {
-        text.clear();
-    }
-    text
-}
+/// The content type of `render`'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

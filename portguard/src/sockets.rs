@@ -23,6 +23,8 @@ pub struct Socket {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: u8,
+    /// The socket's inode (0 when the table does not show it): what ties it to a process.
+    pub inode: u64,
 }
 
 impl Socket {
@@ -31,6 +33,15 @@ impl Socket {
         match self.proto {
             Proto::Tcp => self.state != TCP_LISTEN && self.state != TCP_CLOSE,
             Proto::Udp => self.state == UDP_ESTABLISHED && !self.remote.ip().is_unspecified(),
+        }
+    }
+
+    /// A socket that waits for others: a listening TCP socket, an unconnected bound UDP socket.
+    pub fn is_listening(&self) -> bool {
+        match self.proto {
+            Proto::Tcp => self.state == TCP_LISTEN,
+            // Unconnected UDP sockets show the TCP_CLOSE state number.
+            Proto::Udp => self.state == TCP_CLOSE && self.local.port() != 0,
         }
     }
 }
@@ -59,7 +70,9 @@ pub fn parse_table(text: &str, proto: Proto) -> Vec<Socket> {
             let local = parse_endpoint(fields.next()?)?;
             let remote = parse_endpoint(fields.next()?)?;
             let state = u8::from_str_radix(fields.next()?, 16).ok()?;
-            Some(Socket { proto, local, remote, state })
+            // tx/rx queue, timer, retransmits, uid, timeout, then the inode.
+            let inode = fields.nth(5).and_then(|f| f.parse().ok()).unwrap_or(0);
+            Some(Socket { proto, local, remote, state, inode })
         })
         .collect()
 }
@@ -99,6 +112,10 @@ mod tests {
         assert_eq!(sockets.len(), 2);
         assert_eq!(sockets[0].local, "127.0.0.1:22".parse().unwrap());
         assert!(!sockets[0].has_peer());
+        assert!(sockets[0].is_listening());
+        assert_eq!(sockets[0].inode, 1);
+        assert_eq!(sockets[1].inode, 2);
+        assert!(!sockets[1].is_listening());
         assert_eq!(sockets[1].local, "192.0.2.2:50000".parse().unwrap());
         assert_eq!(sockets[1].remote, "192.0.2.1:443".parse().unwrap());
         assert!(sockets[1].has_peer());
@@ -109,5 +126,15 @@ mod tests {
         let sockets = parse_table(tcp6, Proto::Tcp);
         assert_eq!(sockets[0].local, "[2001:db8::2]:22".parse().unwrap());
         assert_eq!(sockets[0].remote, "[2001:db8::1]:54321".parse().unwrap());
+
+        let udp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  10: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 777 2 0000000000000000 0
+  11: 0100007F:D6F1 0100007F:0035 01 00000000:00000000 00:00000000 00000000     0        0 778 2 0000000000000000 0
+";
+        let sockets = parse_table(udp, Proto::Udp);
+        assert!(sockets[0].is_listening());
+        assert_eq!(sockets[0].inode, 777);
+        assert!(!sockets[1].is_listening());
+        assert!(sockets[1].has_peer());
     }
 }

@@ -451,18 +451,21 @@ fn replies_pass_only_for_known_flows() {
             local: "192.0.2.2:40000".parse().unwrap(),
             remote: "198.51.100.53:53".parse().unwrap(),
             state: UDP_ESTABLISHED,
+            inode: 0,
         },
         Socket {
             proto: Proto::Tcp,
             local: "192.0.2.2:40001".parse().unwrap(),
             remote: "198.51.100.53:443".parse().unwrap(),
             state: 1,
+            inode: 0,
         },
         Socket {
             proto: Proto::Tcp,
             local: "[2001:db8::2]:40002".parse().unwrap(),
             remote: "[2001:db8::99]:443".parse().unwrap(),
             state: 1,
+            inode: 0,
         },
         // Listening sockets are not flows.
         Socket {
@@ -470,6 +473,7 @@ fn replies_pass_only_for_known_flows() {
             local: "0.0.0.0:5555".parse().unwrap(),
             remote: "0.0.0.0:0".parse().unwrap(),
             state: TCP_LISTEN,
+            inode: 0,
         },
     ];
     assert_eq!(seed_flows(j.ebpf_mut(), &flows).unwrap(), 3);

@@ -154,7 +154,7 @@ fn million_entry_list() -> (String, Vec<usize>, Vec<IpAddr>) {
     let mut bad = Vec::new();
     let mut sample = Vec::new();
     let mut line = 0usize;
-    let mut push = |text: &mut String, entry: &str| {
+    let push = |text: &mut String, entry: &str| {
         text.push_str(entry);
         text.push('\n');
     };

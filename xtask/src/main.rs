@@ -4,6 +4,7 @@
 //! - `build`  build the `portguard` binary with its kernel programs embedded
 //! - `demo`   run portguard on a built-in namespace lab (no real interface is touched)
 //! - `test`   run every test: unit, BPF_PROG_TEST_RUN, real traffic in namespaces
+//! - `dist`   install the binary, the systemd unit and an example policy
 
 mod setup;
 
@@ -44,6 +45,13 @@ enum Task {
         #[arg(long, default_value_t = 5000)]
         policies: u32,
     },
+    /// Install portguard as a service: the release binary in /usr/local/bin, the systemd unit
+    /// `portguard@.service`, the example policies in /etc/portguard (existing files are kept).
+    Dist {
+        /// Install under this root instead of / (for packaging).
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
+    },
     /// Run every test (as root, the real-kernel tests run too).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -61,6 +69,7 @@ fn main() {
         Task::Test { args } => setup::run(false).and_then(|()| test(&args)),
         Task::Fuzz { policies } => setup::run(false).and_then(|()| fuzz(policies)),
         Task::Bench => setup::run(false).and_then(|()| setup::bench_tools()).and_then(|()| bench()),
+        Task::Dist { destdir } => setup::run(false).and_then(|()| build(true)).and_then(|()| dist(&destdir)),
     };
     if let Err(error) = result {
         eprintln!("xtask: error: {error:#}");
@@ -132,6 +141,40 @@ fn bench() -> Result<()> {
     if !status.success() {
         bail!("the benchmark failed");
     }
+    Ok(())
+}
+
+/// Copies `from` (relative to the workspace) to `destdir/to` with `mode`; `keep` leaves an
+/// existing file alone (an operator's edited policy).
+fn install(from: &str, destdir: &std::path::Path, to: &str, mode: u32, keep: bool) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let target = destdir.join(to.trim_start_matches('/'));
+    if keep && target.exists() {
+        println!("xtask: kept {} (already there)", target.display());
+        return Ok(());
+    }
+    let dir = target.parent().context("install target has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {} (root needed?)", dir.display()))?;
+    // Copy beside, then rename: a running binary is replaced, not overwritten in place.
+    let staging = target.with_extension("xtask-new");
+    std::fs::copy(workspace_root().join(from), &staging)
+        .with_context(|| format!("copying {from} to {}", staging.display()))?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&staging, &target)?;
+    println!("xtask: installed {}", target.display());
+    Ok(())
+}
+
+fn dist(destdir: &std::path::Path) -> Result<()> {
+    install("target/release/portguard", destdir, "/usr/local/bin/portguard", 0o755, false)?;
+    install("dist/portguard@.service", destdir, "/etc/systemd/system/portguard@.service", 0o644, false)?;
+    install("examples/edge-host.toml", destdir, "/etc/portguard/example-edge-host.toml", 0o644, true)?;
+    install("examples/policy.toml", destdir, "/etc/portguard/example-policy.toml", 0o644, true)?;
+    install("README.md", destdir, "/usr/local/share/doc/portguard/README.md", 0o644, false)?;
+    println!(
+        "\nnext, for eth0:\n  cp /etc/portguard/example-edge-host.toml /etc/portguard/eth0.toml   # then edit it\n  \
+         portguard check /etc/portguard/eth0.toml\n  systemctl daemon-reload && systemctl enable --now portguard@eth0"
+    );
     Ok(())
 }
 

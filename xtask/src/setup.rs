@@ -5,7 +5,8 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages: LLVM 22 for bpf-linker (matching nightly's LLVM), and the tools the
-/// tests and the demo drive (iproute2, ethtool, bpftool, nmap, nsenter from util-linux).
+/// tests and the demo drive (iproute2, ethtool, bpftool, nmap, nsenter from util-linux,
+/// promtool from prometheus to lint the metrics, systemd-analyze to check the unit).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -16,6 +17,8 @@ const APT_PACKAGES: &[&str] = &[
     "nmap",
     "util-linux",
     "tcpdump",
+    "prometheus",
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -32,6 +35,13 @@ pub fn run(check_only: bool) -> Result<()> {
     } else if install {
         step(&format!("installing {}", absent.join(" ")));
         apt_install(&absent)?;
+        if absent.contains(&"prometheus") && std::path::Path::new("/run/systemd/system").exists() {
+            // Only promtool is wanted: the package also starts a Prometheus server.
+            step(
+                "stopping and disabling the prometheus service the package started (promtool is all the tests need)",
+            );
+            let _ = run_cmd("systemctl", &["disable", "--now", "prometheus"], &[]);
+        }
     } else {
         missing.push(format!(
             "Debian packages {} (sudo apt-get install -y {})",

@@ -1,13 +1,20 @@
 //! `portguard attach IFACE --policy FILE`: load, attach (or adopt what a previous loader left
 //! pinned), then stay in the foreground until Ctrl-C or SIGTERM.
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use log::info;
 use portguard::{
+    alerts::Sinks,
     loader::{self, XdpModeChoice},
     manager::{self, PolicySource, Rollback},
+    metrics::{self, LoaderCounts},
     paths,
     policy::{LoadOptions, compile::compile},
     sockets,
@@ -28,6 +35,8 @@ pub struct Options<'a> {
     pub json: bool,
     pub pin: bool,
     pub confirm_within: Option<Duration>,
+    /// `--metrics`: overrides the policy's `[metrics] listen`.
+    pub metrics: Option<std::net::SocketAddr>,
     pub netns: Option<&'a str>,
 }
 
@@ -43,6 +52,15 @@ pub fn run(options: Options) -> Result<ExitCode> {
     system::ensure_bpffs()?;
     let ifindex = system::ifindex(iface)?;
     let lock = LoaderLock::acquire(iface)?;
+    // Bound before anything attaches: a taken port fails the command and changes nothing.
+    let metrics_listen = options.metrics.or(policy.metrics_listen);
+    let metrics_listener = metrics_listen
+        .map(|address| {
+            std::net::TcpListener::bind(address).with_context(|| {
+                format!("serving metrics on {address}: is the port taken? choose another with --metrics ADDR")
+            })
+        })
+        .transpose()?;
     let previous = RunState::read(iface);
     // Pinned links and no loader (we hold the lock): a loader was killed, or ran with --pin.
     let adopt = loader::is_attached(iface);
@@ -120,10 +138,28 @@ pub fn run(options: Options) -> Result<ExitCode> {
             humantime::format_duration(within)
         );
     }
+    if let Some(address) = metrics_listen {
+        println!("metrics: http://{address}/metrics");
+    }
+    let counts = Arc::new(Mutex::new(LoaderCounts { last_load: now_unix(), ..Default::default() }));
+    let metrics = match metrics_listener {
+        Some(listener) => Some((listener, Arc::new(metrics::Source::new(iface, &policy, counts.clone())?))),
+        None => None,
+    };
+    let sinks = Sinks::start(&policy.alerts, counts.clone());
+    if let Some(webhook) = &policy.alerts.webhook {
+        println!("alerts: POST {webhook}");
+    }
+    if let Some(program) = &policy.alerts.exec {
+        println!("alerts: run {program}");
+    }
     println!("running until Ctrl-C or SIGTERM; events follow");
 
     let loader = Loader {
         ebpf,
+        metrics,
+        counts,
+        sinks,
         drop_events_per_second: policy.events.drop_events_per_second,
         state,
         source,

@@ -5,6 +5,7 @@ mod blocks;
 mod check;
 mod confirm;
 mod detach;
+mod doctor;
 mod events;
 mod reload;
 mod serve;
@@ -25,7 +26,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         system::enter_netns(netns)?;
     }
     match cli.command {
-        Command::Attach { iface, policy, xdp_mode, strict, json, pin, confirm_within } => {
+        Command::Attach { iface, policy, xdp_mode, strict, json, pin, confirm_within, metrics } => {
             attach::run(attach::Options {
                 iface: &iface,
                 policy: &policy,
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 json,
                 pin,
                 confirm_within,
+                metrics,
                 netns: cli.netns.as_deref(),
             })
         }
@@ -57,6 +59,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check { policy, strict, json } => check::run(&policy, strict, json),
         Command::Status { json } => status::run(json),
         Command::Stats { iface, json, watch, top } => stats::run(iface.as_deref(), json, watch, top),
+        Command::Doctor { policy, iface, json, html, fail_on } => doctor::run(doctor::Options {
+            policy: policy.as_deref(),
+            iface: iface.as_deref(),
+            json,
+            html: html.as_deref(),
+            fail_on,
+        }),
         Command::Detach { iface, all } => detach::run(iface.as_deref(), all),
     }
 }

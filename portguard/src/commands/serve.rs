@@ -2,16 +2,22 @@
 //! events, sweep expired blocks, answer its control socket (`events`, `reload`), reload on
 //! SIGHUP, and stop on SIGINT/SIGTERM.
 
-use std::{os::unix::fs::PermissionsExt as _, sync::Arc, time::Duration};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use log::{info, warn};
 use portguard::{
+    alerts::Sinks,
     blocks::{BlockStore, sync_iface},
     control::{ReloadRequest, Reply, Request},
     events::{EventRecord, EventSource},
     manager::{self, PolicySource, Rollback},
+    metrics::{self, LoaderCounts},
     paths,
     state::{RunState, now_unix},
 };
@@ -45,6 +51,11 @@ pub fn say(line: &str) {
 /// A running attachment, as its loader holds it.
 pub struct Loader {
     pub ebpf: Ebpf,
+    /// Where `/metrics` is served (bound before attaching), and what it reads.
+    pub metrics: Option<(std::net::TcpListener, Arc<metrics::Source>)>,
+    /// What the loader counts itself (for the metrics).
+    pub counts: Arc<Mutex<LoaderCounts>>,
+    pub sinks: Option<Sinks>,
     /// The policy's `[events] drop_events_per_second`: each CPU's tokens every second.
     pub drop_events_per_second: u32,
     pub state: RunState,
@@ -72,6 +83,15 @@ pub fn run(loader: Loader) -> Result<Exit> {
 async fn serve(mut loader: Loader) -> Result<Exit> {
     let iface = loader.state.iface.clone();
     let mut source = EventSource::from_pins(&iface)?.watch()?;
+    let metrics = match loader.metrics.take() {
+        Some((listener, source)) => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(serve_metrics(listener, source.clone()));
+            Some(source)
+        }
+        None => None,
+    };
     let (lines, _) = broadcast::channel::<Arc<str>>(CLIENT_BACKLOG);
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadCall>(4);
     let socket_path = paths::control_socket(&iface);
@@ -85,16 +105,23 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let publish = |output: &Output, record: &EventRecord| {
-        output.print(record);
+    let publish = |loader: &Loader, record: &EventRecord| {
+        loader.output.print(record);
         let _ = lines.send(Arc::from(record.json()));
+        if record.event == "scan_detected" {
+            let kind = record.scan_kind.clone().unwrap_or_default();
+            *loader.counts.lock().unwrap().scans_by_kind.entry(kind).or_default() += 1;
+        }
+        if let Some(sinks) = &loader.sinks {
+            sinks.send(record);
+        }
     };
     loop {
         tokio::select! {
             ready = source.readable_mut() => {
                 let mut guard = ready?;
                 for record in guard.get_inner_mut().drain() {
-                    publish(&loader.output, &record);
+                    publish(&loader, &record);
                 }
                 guard.clear_ready();
             }
@@ -104,24 +131,24 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
                     warn!("refilling the drop-event budget: {error:#}");
                 }
                 match inner.newly_lost() {
-                    Ok(Some(record)) => publish(&loader.output, &record),
+                    Ok(Some(record)) => publish(&loader, &record),
                     Ok(None) => {}
                     Err(error) => warn!("reading the lost-event counter: {error:#}"),
                 }
                 match inner.sweep_expired() {
-                    Ok(records) => records.iter().for_each(|r| publish(&loader.output, r)),
+                    Ok(records) => records.iter().for_each(|r| publish(&loader, r)),
                     Err(error) => warn!("sweeping expired blocks: {error:#}"),
                 }
                 sweep_manual_blocks(&iface);
             }
             call = reload_rx.recv() => {
                 if let Some((request, reply)) = call {
-                    let _ = reply.send(reload(&mut loader, request));
+                    let _ = reply.send(reload(&mut loader, request, metrics.as_deref()));
                 }
             }
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading {}", loader.state.policy.display());
-                let reply = reload(&mut loader, ReloadRequest::default());
+                let reply = reload(&mut loader, ReloadRequest::default(), metrics.as_deref());
                 if !reply.ok {
                     eprintln!("portguard: reload refused, the running policy stays: {}", reply.message);
                 }
@@ -137,8 +164,8 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
 }
 
 /// Swaps in a new policy generation; the running one stays if anything is wrong.
-fn reload(loader: &mut Loader, request: ReloadRequest) -> Reply {
-    match try_reload(loader, &request) {
+fn reload(loader: &mut Loader, request: ReloadRequest, metrics: Option<&metrics::Source>) -> Reply {
+    match try_reload(loader, &request, metrics) {
         Ok(message) => {
             say(&format!("portguard: {message}"));
             Reply { ok: true, message }
@@ -147,7 +174,11 @@ fn reload(loader: &mut Loader, request: ReloadRequest) -> Reply {
     }
 }
 
-fn try_reload(loader: &mut Loader, request: &ReloadRequest) -> Result<String> {
+fn try_reload(
+    loader: &mut Loader,
+    request: &ReloadRequest,
+    metrics: Option<&metrics::Source>,
+) -> Result<String> {
     let source = match (&request.policy_text, &request.policy) {
         (Some(text), Some(path)) => PolicySource { path: path.clone(), text: text.clone() },
         (_, Some(path)) => PolicySource::read(path)?,
@@ -163,6 +194,12 @@ fn try_reload(loader: &mut Loader, request: &ReloadRequest) -> Result<String> {
     // The old generation's programs and policy maps go with it.
     loader.ebpf = ebpf;
     loader.drop_events_per_second = loaded.policy.events.drop_events_per_second;
+    loader.counts.lock().unwrap().last_load = now_unix();
+    if let Some(metrics) = metrics {
+        metrics.set_policy(&loaded.policy);
+    }
+    // Alert sinks follow the new policy (the old thread ends with its queue).
+    loader.sinks = Sinks::start(&loaded.policy.alerts, loader.counts.clone());
     let previous = std::mem::replace(&mut loader.source, source);
     let policy = &loaded.policy;
     let state = &mut loader.state;
@@ -189,6 +226,39 @@ fn sweep_manual_blocks(iface: &str) {
         let _ = BlockStore::edit(|store| {
             let entries: Vec<_> = store.for_iface(iface).collect();
             sync_iface(iface, &entries).map(|_| ())
+        });
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format; anything else is a 404.
+async fn serve_metrics(listener: tokio::net::TcpListener, source: Arc<metrics::Source>) {
+    use http_body_util::Full;
+    use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+    while let Ok((stream, _)) = listener.accept().await {
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let source = source.clone();
+                async move {
+                    let response = if request.uri().path() == "/metrics" {
+                        match metrics::render(&source) {
+                            Ok(text) => Response::builder()
+                                .header("content-type", metrics::CONTENT_TYPE)
+                                .body(Full::new(bytes::Bytes::from(text))),
+                            Err(error) => Response::builder().status(500).body(Full::new(
+                                bytes::Bytes::from(format!("reading the counters: {error:#}\n")),
+                            )),
+                        }
+                    } else {
+                        Response::builder()
+                            .status(404)
+                            .body(Full::new(bytes::Bytes::from_static(b"try /metrics\n")))
+                    };
+                    Ok::<_, std::convert::Infallible>(response.expect("a valid response"))
+                }
+            });
+            let _ =
+                http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
         });
     }
 }

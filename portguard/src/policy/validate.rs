@@ -761,6 +761,31 @@ mod tests {
     }
 
     #[test]
+    fn alerts_and_metrics() {
+        let text = "default = \"deny\"\n[alerts]\nwebhook = \"https://hooks.example.net/portguard\"\nexec = \"/bin/true\"\ntimeout = \"2s\"\nretries = 0\nmax_per_minute = 10\n[metrics]\nlisten = \"127.0.0.1:9100\"\n";
+        let loaded = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap();
+        let alerts = &loaded.policy.alerts;
+        assert_eq!(alerts.webhook.as_deref(), Some("https://hooks.example.net/portguard"));
+        assert_eq!(alerts.exec.as_deref(), Some("/bin/true"));
+        assert_eq!((alerts.timeout, alerts.retries, alerts.max_per_minute), (Duration::from_secs(2), 0, 10));
+        assert_eq!(loaded.policy.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+
+        let list = errors(
+            "[alerts]\nwebhook = \"ftp://x\"\nexec = \"notify.sh\"\nretries = 11\nmax_per_minute = 0\n[metrics]\nlisten = \"localhost\"\n",
+        );
+        assert_one(&list, "p.toml:2:11: error: webhook = \"ftp://x\" is not an http:// or https:// URL");
+        assert_one(&list, "p.toml:3:8: error: exec must be an absolute path to a program");
+        assert_one(&list, "p.toml:4:11: error: retries");
+        assert_one(&list, "p.toml:5:18: error: max_per_minute");
+        assert_one(&list, "p.toml:7:10: error: listen = \"localhost\" is not an address:port");
+        assert_one(
+            &errors("[alerts]\nwebhok = \"https://x\"\n"),
+            "p.toml:2:1: error: unknown field `webhok`",
+        );
+        assert_one(&warnings("[metrics]\nlisten = \"0.0.0.0:9464\"\n"), "can be read beyond this host");
+    }
+
+    #[test]
     fn unknown_keys_name_their_line() {
         let list = errors("mode = \"enforce\"\n[[allow]]\nproto = \"tcp\"\nport = [80]\n");
         assert_one(&list, "p.toml:4:1: error: unknown field `port`");

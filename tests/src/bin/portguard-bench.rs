@@ -201,6 +201,7 @@ fn portguard_judge(dir: &std::path::Path, size: usize, scan: &str) -> Result<Jud
         local: "192.0.2.2:41000".parse()?,
         remote: "198.51.100.53:53".parse()?,
         state: UDP_ESTABLISHED,
+        inode: 0,
     };
     seed_flows(judge.ebpf_mut(), &[flow])?;
     // The later fragment's first fragment, so it is a tracked datagram.

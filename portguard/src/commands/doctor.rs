@@ -1,0 +1,122 @@
+//! `portguard doctor`: host readiness, exposed listening ports against the policy, and the
+//! state of the protection, as text, JSON or a self-contained HTML page. The exit code says
+//! whether findings at or above `--fail-on` exist, for cron and CI.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use portguard::doctor::{self, Report, Severity};
+
+use super::group;
+
+/// The exit code when findings reach `--fail-on` (1 stays "doctor itself failed").
+pub const FINDINGS_EXIT: u8 = 2;
+
+pub struct Options<'a> {
+    pub policy: Option<&'a Path>,
+    pub iface: Option<&'a str>,
+    pub json: bool,
+    pub html: Option<&'a Path>,
+    pub fail_on: Option<Severity>,
+}
+
+pub fn run(options: Options) -> Result<ExitCode> {
+    let report = doctor::run(&doctor::Options { policy: options.policy, iface: options.iface })?;
+    if let Some(path) = options.html {
+        let page = doctor::html::render(&report).context("rendering the HTML report")?;
+        std::fs::write(path, page.as_bytes())
+            .with_context(|| format!("writing {} (is the directory writable?)", path.display()))?;
+    }
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+        if let Some(path) = options.html {
+            println!("\nHTML report: {}", path.display());
+        }
+    }
+    let failing =
+        options.fail_on.is_some_and(|threshold| report.findings.iter().any(|f| f.severity >= threshold));
+    Ok(if failing { ExitCode::from(FINDINGS_EXIT) } else { ExitCode::SUCCESS })
+}
+
+fn print_human(report: &Report) {
+    let counts: Vec<String> = report
+        .summary
+        .counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(severity, n)| format!("{n} {severity}"))
+        .collect();
+    println!(
+        "portguard doctor: {} (kernel {}), worst finding: {}{}",
+        report.host,
+        report.kernel,
+        report.summary.worst.name(),
+        if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) }
+    );
+    if let Some(policy) = &report.policy {
+        let how = if report.policy_enforced { "enforced" } else { "not attached: what it would do" };
+        println!("policy audited: {} ({how})", policy.display());
+    }
+
+    println!("\nFINDINGS");
+    if report.findings.is_empty() {
+        println!("  none");
+    }
+    for finding in &report.findings {
+        println!("  {:<9}{:<11}{}", finding.severity.name().to_uppercase(), finding.category, finding.title);
+        println!("  {:20}{}", "", finding.detail);
+        println!("  {:20}fix: {}", "", finding.remedy);
+    }
+
+    println!("\nLISTENING");
+    if report.listening.is_empty() {
+        println!("  nothing listens");
+    }
+    let service_width =
+        report.listening.iter().filter_map(|s| s.service).map(str::len).max().unwrap_or(0) + 2;
+    for socket in &report.listening {
+        let port = format!("{}/{}", socket.protocol, socket.port);
+        let service = socket.service.unwrap_or("");
+        let reach = if socket.reachable { "network" } else { "loopback" };
+        let program = socket.program.as_deref().unwrap_or("-");
+        println!(
+            "  {:<9}{port:<12}{:<26}{service:<service_width$}{reach:<9}{program:<22}{}",
+            socket.severity.name(),
+            socket.address.to_string(),
+            socket.policy
+        );
+    }
+
+    println!("\nPROTECTION");
+    if report.attachments.is_empty() {
+        println!("  not attached anywhere");
+    }
+    for a in &report.attachments {
+        println!(
+            "  {}: {} mode, XDP {}, generation {}, loader {}; {} packets, {} dropped, {} automatic blocks",
+            a.interface,
+            a.mode_text(),
+            a.xdp_mode.as_deref().unwrap_or("?"),
+            a.generation.map_or("?".into(), |g| g.to_string()),
+            if a.loader_running { "running" } else { "NOT running" },
+            group(a.packets),
+            group(a.dropped),
+            a.active_blocks
+        );
+    }
+    if !report.drops_by_port.is_empty() {
+        let top: Vec<String> = report
+            .drops_by_port
+            .iter()
+            .map(|p| format!("{}/{} {}", p.proto, p.port, group(p.drops)))
+            .collect();
+        println!("  most dropped: {}", top.join(", "));
+    }
+
+    println!("\nREADINESS");
+    for check in &report.readiness {
+        println!("  {:<5}{:<12}{}", if check.ok { "ok" } else { "FIX" }, check.name, check.detail);
+    }
+}

@@ -1,0 +1,194 @@
+//! Just enough HTTP for the tests: scrape a `/metrics` page and receive webhook posts, each
+//! inside a lab namespace and bounded in time.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::Netns;
+
+/// `GET path` from inside `netns`: the status code and the body.
+pub fn get(netns: &Netns, address: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let path = path.to_owned();
+    netns.run(move || {
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").context("no end of headers")?;
+        let status = head.split_whitespace().nth(1).context("no status")?.parse()?;
+        Ok((status, body.to_owned()))
+    })
+}
+
+/// How a `Receiver` treats a post.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answer 204 at once.
+    Accept,
+    /// Read the request and never answer (a receiver that hangs).
+    Hang,
+}
+
+/// A webhook receiver on 127.0.0.1 in a namespace: keeps every body it was posted.
+pub struct Receiver {
+    pub address: SocketAddr,
+    bodies: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Longest a receiver lives, whatever the test does.
+const LIFETIME: Duration = Duration::from_secs(120);
+
+impl Receiver {
+    pub fn start(netns: &Netns, port: u16, behaviour: Behaviour) -> Self {
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (bodies, stop) = (bodies.clone(), stop.clone());
+            netns.spawn(move || {
+                let listener = TcpListener::bind(address).expect("binding the webhook receiver");
+                listener.set_nonblocking(true).unwrap();
+                ready_tx.send(()).unwrap();
+                let started = Instant::now();
+                // Held open, unanswered, in `Hang` mode.
+                let mut hung = Vec::new();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < LIFETIME {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).unwrap();
+                            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            if let Ok(body) = read_request(&stream) {
+                                bodies.lock().unwrap().push(body);
+                            }
+                            match behaviour {
+                                Behaviour::Accept => {
+                                    let _ = (&stream).write_all(
+                                        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                                    );
+                                }
+                                Behaviour::Hang => hung.push(stream),
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("the webhook receiver did not start");
+        Self { address, bodies, stop, thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/portguard", self.address)
+    }
+
+    /// The bodies received so far.
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    /// Waits up to `wait` until `done` holds for the bodies received; returns them.
+    pub fn wait_for(&self, wait: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let bodies = self.bodies();
+            if done(&bodies) || Instant::now() >= deadline {
+                return bodies;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads one request: headers, then `Content-Length` bytes of body.
+fn read_request(stream: &TcpStream) -> Result<String> {
+    let mut reader = BufReader::new(stream);
+    let mut length = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("connection closed in the headers");
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse()?;
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8(body)?)
+}
+
+/// One sample of a text exposition: name, labels, value.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// The samples of a Prometheus text exposition (comments skipped; label values without
+/// escaped quotes, which portguard never writes).
+pub fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|l| !l.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').expect("label has a value");
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect();
+            Sample { name: name.to_owned(), labels, value: value.parse().expect("numeric value") }
+        })
+        .collect()
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let matching: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .collect();
+    assert_eq!(matching.len(), 1, "expected one {name}{labels:?}, found {matching:?}");
+    matching[0].value
+}

@@ -1,0 +1,614 @@
+//! Operations: Prometheus metrics scraped during real traffic (and linted by promtool), alert
+//! sinks fed by a real scan (a webhook receiver that answers, one that hangs, a program run per
+//! alert), `portguard doctor` on a namespace with risky listeners, the systemd unit.
+
+use std::{
+    net::{SocketAddr, TcpListener, UdpSocket},
+    os::unix::fs::PermissionsExt as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use portguard_tests::{
+    ADMIN_V4, Attached, CLIENT_V4, INTRUDER_V4, Lab, SCANNER_V4, SERVER_V4,
+    http::{self, Behaviour, Receiver, Sample},
+    portguard_cli::portguard,
+    require_root,
+    traffic::{Servers, tcp_connects},
+};
+use serde_json::Value;
+
+const METRICS: &str = "127.0.0.1:9464";
+
+fn scrape(pg: &Attached, lab: &Lab) -> (String, Vec<Sample>) {
+    let (status, body) =
+        http::get(&lab.server, METRICS.parse().unwrap(), "/metrics").expect("scraping /metrics");
+    assert_eq!(status, 200, "{body}");
+    let _ = pg;
+    let samples = http::samples(&body);
+    (body, samples)
+}
+
+/// `promtool check metrics`: the exposition parses and follows the naming conventions.
+fn promtool_lint(exposition: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), exposition.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool rejects the exposition:\n{}{}\n{exposition}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn counter(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
+    http::value(samples, name, labels) as u64
+}
+
+/// Sends `count` UDP datagrams of `payload` bytes from the client namespace.
+fn udp_send(lab: &Lab, target: SocketAddr, count: usize, payload: usize) {
+    lab.client.run(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..count {
+            socket.send_to(&vec![0x42; payload], target).unwrap();
+        }
+    });
+}
+
+const METRICS_POLICY: &str = r#"
+mode = "enforce"
+default = "deny"
+
+[[allow]]
+proto = "tcp"
+ports = [80]
+
+[[allow]]
+proto = "udp"
+ports = [53]
+
+[[deny]]
+proto = "tcp"
+ports = [23]
+
+[scan_detection]
+action = "off"
+"#;
+
+#[test]
+fn metrics_match_the_traffic_sent() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let services = Servers::start(&lab.server, &[80, 23], &[53]);
+    let pg = Attached::start(&lab.server, &lab.server_if, METRICS_POLICY, &["--metrics"]).unwrap();
+    assert!(pg.banner.contains(&format!("metrics: http://{METRICS}/metrics")), "{}", pg.banner);
+
+    let (_, before) = scrape(&pg, &lab);
+    let server = |port| SocketAddr::new(SERVER_V4.into(), port);
+    let (allowed, denied, defaulted, udp_denied) = (10u64, 7u64, 5u64, 4u64);
+    for _ in 0..allowed {
+        assert!(tcp_connects(&lab.client, None, server(80)));
+    }
+    // One SYN per attempt: each gives up before the first retransmission.
+    for _ in 0..denied {
+        assert!(!tcp_connects(&lab.client, None, server(23)));
+    }
+    for _ in 0..defaulted {
+        assert!(!tcp_connects(&lab.client, None, server(8081)));
+    }
+    const PAYLOAD: usize = 10;
+    udp_send(&lab, server(5353), udp_denied as usize, PAYLOAD);
+    assert_eq!(services.accepted(80), allowed);
+    assert_eq!(services.accepted(23), 0);
+
+    let (exposition, after) = scrape(&pg, &lab);
+    promtool_lint(&exposition);
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| counter(&after, name, labels) - counter(&before, name, labels);
+    let iface = lab.server_if.as_str();
+    let denied_labels = [("interface", iface), ("action", "drop"), ("reason", "port-denied")];
+    assert_eq!(delta("portguard_packets_total", &denied_labels), denied);
+    // A Linux SYN: 14 Ethernet + 20 IPv4 + 40 TCP (with options) bytes.
+    assert_eq!(delta("portguard_bytes_total", &denied_labels), denied * 74);
+    let default_labels = [("interface", iface), ("action", "drop"), ("reason", "default-deny")];
+    assert_eq!(delta("portguard_packets_total", &default_labels), defaulted + udp_denied);
+    assert_eq!(
+        delta("portguard_bytes_total", &default_labels),
+        defaulted * 74 + udp_denied * (14 + 20 + 8 + PAYLOAD as u64)
+    );
+    let allowed_labels = [("interface", iface), ("action", "pass"), ("reason", "port-allowed")];
+    // A connection's client side: SYN, ACK, FIN, ACK.
+    assert_eq!(delta("portguard_packets_total", &allowed_labels), allowed * 4);
+    assert_eq!(delta("portguard_port_drops_total", &[("protocol", "tcp"), ("port", "23")]), denied);
+    assert_eq!(delta("portguard_port_drops_total", &[("protocol", "tcp"), ("port", "other")]), defaulted);
+    assert_eq!(delta("portguard_port_drops_total", &[("protocol", "udp"), ("port", "other")]), udp_denied);
+    assert_eq!(delta("portguard_port_drops_total", &[("protocol", "tcp"), ("port", "80")]), 0);
+
+    // The same numbers as `portguard stats` reads.
+    let stats = pg.stats();
+    let stats_denied: u64 = stats["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == "port-denied" && r["counted_as"] == "applied")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stats_denied, counter(&after, "portguard_packets_total", &denied_labels));
+
+    // Gauges and identity.
+    assert_eq!(http::value(&after, "portguard_policy_generation", &[("interface", iface)]), 1.0);
+    assert_eq!(http::value(&after, "portguard_attached", &[("interface", iface), ("mode", "enforce")]), 1.0);
+    assert_eq!(http::value(&after, "portguard_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    let loaded = http::value(&after, "portguard_policy_last_load_timestamp_seconds", &[("interface", iface)]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(now - loaded < 120.0 && now >= loaded, "last load {loaded}, now {now}");
+
+    // Bounded labels: never a source address, no port outside the policy's own.
+    for sample in &after {
+        for (key, value) in &sample.labels {
+            assert!(!["source", "src", "address", "ip"].contains(&key.as_str()), "{sample:?}");
+            assert!(!value.contains(&CLIENT_V4.to_string()), "a source address in {sample:?}");
+        }
+        if let Some((_, port)) = sample.labels.iter().find(|(k, _)| k == "port") {
+            assert!(["80", "53", "23", "other"].contains(&port.as_str()), "{sample:?}");
+        }
+    }
+
+    // Loopback only by default: the client cannot reach it.
+    assert!(http::get(&lab.client, SocketAddr::new(SERVER_V4.into(), 9464), "/metrics").is_err());
+    let (status, _) = http::get(&lab.server, METRICS.parse().unwrap(), "/other").unwrap();
+    assert_eq!(status, 404);
+}
+
+/// The example's port rules, a scan that blocks, trap ports, and the sinks given.
+fn alert_policy(sinks: &str) -> String {
+    format!(
+        r#"
+mode = "enforce"
+default = "deny"
+never_block = ["198.51.100.0/24"]
+
+[[allow]]
+proto = "tcp"
+ports = [80]
+
+[scan_detection]
+threshold = 20
+window = "5s"
+action = "block"
+block_for = "15m"
+
+[trap_ports]
+tcp = [2323]
+block_for = "15m"
+
+[alerts]
+{sinks}
+"#
+    )
+}
+
+fn nmap_syn_scan(lab: &Lab) {
+    let target = SERVER_V4.to_string();
+    let args = [
+        "60",
+        "nmap",
+        "-n",
+        "-Pn",
+        "-T5",
+        "--max-retries",
+        "1",
+        "--host-timeout",
+        "40s",
+        "-p",
+        "1-300",
+        "-sS",
+        &target,
+    ];
+    let output = lab.client.exec("timeout", &args).expect("nmap runs");
+    assert!(output.status.success(), "nmap failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn alerts_of(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| {
+            ["scan_detected", "auto_blocked", "trap_hit", "block_expired"]
+                .contains(&e["event"].as_str().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_real_scan_reaches_the_webhook_and_the_program() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _services = Servers::start(&lab.server, &[80], &[]);
+    let receiver = Receiver::start(&lab.server, 8099, Behaviour::Accept);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("alerts.log");
+    let program = dir.path().join("on-alert.sh");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\n{{ echo \"$PORTGUARD_EVENT $PORTGUARD_SOURCE $PORTGUARD_SCAN_KIND $PORTGUARD_INTERFACE\"; cat; echo; }} >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sinks = format!("webhook = \"{}\"\nexec = \"{}\"\n", receiver.url(), program.display());
+    let mut pg =
+        Attached::start(&lab.server, &lab.server_if, &alert_policy(&sinks), &["--json", "--metrics"])
+            .unwrap();
+    assert!(pg.banner.contains(&format!("alerts: POST {}", receiver.url())), "{}", pg.banner);
+
+    nmap_syn_scan(&lab);
+    pg.wait_for_event(Duration::from_secs(5), |e| e["event"] == "auto_blocked").expect("auto_blocked event");
+    let printed: Vec<Value> = pg.events(Duration::from_millis(300));
+    let printed_alerts: Vec<String> = alerts_of(&printed).iter().map(|e| e.to_string()).collect();
+    assert!(printed_alerts.iter().any(|e| e.contains("\"scan_detected\"")), "{printed_alerts:?}");
+
+    // Every alert printed reaches the webhook, as the same JSON document.
+    let bodies = receiver.wait_for(Duration::from_secs(10), |b| b.len() >= printed_alerts.len());
+    let received: Vec<Value> = bodies.iter().map(|b| serde_json::from_str(b).expect("a JSON body")).collect();
+    let printed_values: Vec<Value> = alerts_of(&printed).into_iter().cloned().collect();
+    assert_eq!(received, printed_values, "webhook bodies are the events `--json` prints");
+    let scan = received.iter().find(|e| e["event"] == "scan_detected").unwrap();
+    assert_eq!(scan["source"], CLIENT_V4.to_string());
+    assert_eq!(scan["scan_kind"], "syn");
+    assert_eq!(scan["interface"], lab.server_if);
+    assert!(scan["time"].as_str().unwrap().ends_with('Z'));
+    let blocked = received.iter().find(|e| e["event"] == "auto_blocked").unwrap();
+    assert_eq!(blocked["source"], CLIENT_V4.to_string());
+    assert!(bodies.iter().all(|b| !b.contains("\"drop\"")), "drop events are not alerts");
+
+    // The program ran once per alert, with the event on stdin and key fields in its environment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().filter(|l| l.starts_with('{')).count() >= printed_values.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(text.contains(&format!("scan_detected {CLIENT_V4} syn {}", lab.server_if)), "{text}");
+    let documents: Vec<Value> =
+        text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(documents, printed_values);
+
+    let (_, samples) = scrape(&pg, &lab);
+    let iface = lab.server_if.as_str();
+    let delivered =
+        |sink| counter(&samples, "portguard_alerts_delivered_total", &[("interface", iface), ("sink", sink)]);
+    assert_eq!(delivered("webhook"), printed_values.len() as u64);
+    assert_eq!(delivered("exec"), printed_values.len() as u64);
+    assert_eq!(counter(&samples, "portguard_alerts_failed_total", &[("sink", "webhook")]), 0);
+    assert_eq!(counter(&samples, "portguard_scans_detected_total", &[("kind", "syn")]), 1);
+    assert_eq!(counter(&samples, "portguard_auto_blocks_total", &[("cause", "scan")]), 1);
+    assert_eq!(http::value(&samples, "portguard_active_blocks", &[("origin", "automatic")]), 1.0);
+}
+
+#[test]
+fn a_hung_receiver_stalls_nothing_and_failures_are_counted() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let services = Servers::start(&lab.server, &[80], &[]);
+    let receiver = Receiver::start(&lab.server, 8099, Behaviour::Hang);
+    // Each delivery takes 1 s + 0.5 s + 1 s before it fails: done inline, four alerts would
+    // hold the event reader for 10 s.
+    let sinks =
+        format!("webhook = \"{}\"\ntimeout = \"1s\"\nretries = 1\nmax_per_minute = 2\n", receiver.url());
+    let mut pg =
+        Attached::start(&lab.server, &lab.server_if, &alert_policy(&sinks), &["--json", "--metrics"])
+            .unwrap();
+
+    // One SYN to the trap port from each of three sources: three trap alerts, three blocks.
+    let trap = SocketAddr::new(SERVER_V4.into(), 2323);
+    for source in [CLIENT_V4, SCANNER_V4, INTRUDER_V4] {
+        assert!(!tcp_connects(&lab.client, Some(source.into()), trap));
+    }
+    // Delivered inline, the third alert would print 5 s after the first.
+    let sent = Instant::now();
+    let mut traps = Vec::new();
+    while traps.len() < 3 && sent.elapsed() < Duration::from_secs(5) {
+        traps.extend(
+            pg.events(Duration::from_millis(100))
+                .into_iter()
+                .filter(|e| e["event"] == "trap_hit")
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(traps.len(), 3, "every trap hit printed at once: {:?}", pg.output);
+    assert!(sent.elapsed() < Duration::from_secs(2), "events were held up: {:?}", sent.elapsed());
+
+    // Enforcement goes on: the admin network is never blocked and reaches the web server.
+    assert!(tcp_connects(&lab.client, Some(ADMIN_V4.into()), SocketAddr::new(SERVER_V4.into(), 80)));
+    assert!(services.accepted(80) >= 1);
+    assert!(
+        !tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 80)),
+        "a trapped source stays blocked"
+    );
+
+    // Two alerts fit the rate limit and fail after their retry; the rest are dropped, counted.
+    let iface = lab.server_if.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (failed, dropped) = loop {
+        let (_, samples) = scrape(&pg, &lab);
+        let failed =
+            counter(&samples, "portguard_alerts_failed_total", &[("interface", &iface), ("sink", "webhook")]);
+        let dropped = counter(&samples, "portguard_alerts_dropped_total", &[("interface", &iface)]);
+        if failed >= 2 || Instant::now() >= deadline {
+            break (failed, dropped);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let alerts =
+        alerts_of(&pg.output.iter().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<Value>>())
+            .len();
+    assert_eq!(failed, 2, "deliveries failed after the timeout and retry");
+    assert_eq!(
+        dropped,
+        alerts as u64 - 2,
+        "alerts past the rate limit are dropped and counted ({alerts} alerts)"
+    );
+    // The receiver saw each of the two alerts twice (first try and one retry).
+    assert_eq!(receiver.bodies().len(), 4);
+    let (_, stderr) = pg.stop();
+    assert!(stderr.contains("alert to webhook failed"), "{stderr}");
+}
+
+/// `<!DOCTYPE html>` is the page's only DTD.
+const XML: roxmltree::ParsingOptions = roxmltree::ParsingOptions { allow_dtd: true, nodes_limit: u32::MAX };
+
+const DOCTOR_POLICY: &str = r#"
+mode = "enforce"
+default = "deny"
+
+[[allow]]
+proto = "tcp"
+ports = [8080]
+"#;
+
+fn doctor_schema() -> jsonschema::Validator {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/doctor.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).expect("a valid JSON schema")
+}
+
+fn listening(report: &Value, port: u16) -> &Value {
+    report["listening"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["port"] == port && l["protocol"] == "tcp")
+        .unwrap_or_else(|| panic!("port {port} not in {:#}", report["listening"]))
+}
+
+#[test]
+fn doctor_names_risky_listeners_against_the_policy() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _services = Servers::start(&lab.server, &[23, 3306, 8080], &[]);
+    let _loopback_redis = lab.server.run(|| TcpListener::bind("127.0.0.1:6379").unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, DOCTOR_POLICY).unwrap();
+    let policy = policy.to_str().unwrap();
+    let html = dir.path().join("report.html");
+
+    let output = portguard(
+        Some(&lab.server),
+        &[
+            "doctor",
+            "--policy",
+            policy,
+            "--json",
+            "--html",
+            html.to_str().unwrap(),
+            "--iface",
+            &lab.server_if,
+        ],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let validator = doctor_schema();
+    let errors: Vec<String> =
+        validator.iter_errors(&report).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "doctor --json breaks docs/doctor.schema.json: {errors:#?}");
+
+    let telnet = listening(&report, 23);
+    assert_eq!(telnet["severity"], "high");
+    assert_eq!(telnet["service"], "telnet");
+    assert_eq!(telnet["reachable"], true);
+    assert!(telnet["policy"].as_str().unwrap().contains("blocked"), "{telnet}");
+    let mysql = listening(&report, 3306);
+    assert_eq!(mysql["severity"], "high");
+    assert_eq!(mysql["service"], "MySQL");
+    assert!(mysql["policy"].as_str().unwrap().contains("blocked"), "{mysql}");
+    let web = listening(&report, 8080);
+    assert_eq!(web["severity"], "info");
+    assert!(web["policy"].as_str().unwrap().starts_with("open"), "{web}");
+    let redis = listening(&report, 6379);
+    assert_eq!(redis["reachable"], false);
+    assert_eq!(redis["severity"], "info");
+    // The test process holds the sockets.
+    assert!(mysql["program"].as_str().unwrap().contains(&format!("pid {}", std::process::id())), "{mysql}");
+
+    let findings = report["findings"].as_array().unwrap();
+    let exposure: Vec<&Value> = findings.iter().filter(|f| f["category"] == "exposure").collect();
+    assert_eq!(exposure.len(), 2, "telnet and MySQL, not 8080 or loopback Redis: {exposure:#?}");
+    assert!(exposure.iter().any(|f| f["title"].as_str().unwrap().starts_with("telnet tcp/23")));
+    assert!(exposure.iter().any(|f| f["title"].as_str().unwrap().starts_with("MySQL tcp/3306")));
+    assert!(exposure.iter().all(|f| f["severity"] == "high" && !f["remedy"].as_str().unwrap().is_empty()));
+    assert_eq!(report["summary"]["worst"], "high");
+    assert_eq!(report["policy_enforced"], false);
+
+    // The HTML page: well-formed, self-contained, naming each port.
+    let page = std::fs::read_to_string(&html).unwrap();
+    let document =
+        roxmltree::Document::parse_with_options(&page, XML).expect("the HTML report is well-formed XHTML");
+    for node in document.descendants().filter(|n| n.is_element()) {
+        let tag = node.tag_name().name();
+        assert!(
+            !["script", "link", "img", "iframe", "object"].contains(&tag),
+            "external or active content: <{tag}>"
+        );
+        for attribute in node.attributes() {
+            let value = attribute.value();
+            let fetches = ["src", "href"].contains(&attribute.name()) && !value.starts_with('#');
+            assert!(!fetches, "<{tag} {}={value}> loads something", attribute.name());
+        }
+    }
+    assert!(!page.contains("url(") && !page.contains("@import"), "the CSS loads something");
+    for text in ["tcp/23", "tcp/3306", "tcp/8080", "telnet", "MySQL", "bind MySQL to 127.0.0.1"] {
+        assert!(page.contains(text), "{text} missing from the page");
+    }
+
+    // Exit codes for cron and CI.
+    let fail_on = |severity: &str| {
+        portguard(Some(&lab.server), &["doctor", "--policy", policy, "--fail-on", severity]).status.code()
+    };
+    assert_eq!(fail_on("high"), Some(2));
+    assert_eq!(fail_on("critical"), Some(0));
+
+    // Attached: the running policy is the audited one, the protection is reported, and the
+    // drops it counts make the chart.
+    let pg = Attached::start_file(&lab.server, &lab.server_if, policy, &[], None).unwrap();
+    for _ in 0..3 {
+        assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 3306)));
+    }
+    let output = pg.run(&["doctor", "--json", "--html", html.to_str().unwrap(), "--iface", &lab.server_if]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(validator.iter_errors(&report).next().is_none());
+    assert_eq!(report["policy_enforced"], true);
+    let attachment = report["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["interface"] == lab.server_if)
+        .expect("the attachment is reported");
+    assert_eq!(attachment["loader_running"], true);
+    assert_eq!(attachment["mode"], "enforce");
+    assert_eq!(attachment["generation"], 1);
+    assert!(attachment["dropped"].as_u64().unwrap() >= 3);
+    let mysql_drops = report["drops_by_port"].as_array().unwrap().iter().find(|p| p["port"] == 3306).unwrap();
+    assert_eq!(mysql_drops["drops"], 3);
+    let page = std::fs::read_to_string(&html).unwrap();
+    let document = roxmltree::Document::parse_with_options(&page, XML).unwrap();
+    let bars = document.descendants().filter(|n| n.tag_name().name() == "rect").count();
+    assert_eq!(bars, report["drops_by_port"].as_array().unwrap().len().min(10));
+}
+
+/// The unit as installed, with ExecStart pointing at the binary under test (verify checks
+/// that it exists).
+fn unit_under_test(dir: &std::path::Path) -> std::path::PathBuf {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/portguard@.service")).unwrap();
+    let binary = portguard_tests::portguard_cli::binary().canonicalize().unwrap();
+    std::fs::write(
+        dir.join("portguard@.service"),
+        unit.replace("/usr/local/bin/portguard", binary.to_str().unwrap()),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("portguard@.service", dir.join("portguard@eth0.service")).unwrap();
+    dir.join("portguard@eth0.service")
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_under_test(dir.path());
+    let output = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package; `cargo xtask setup` installs it)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // verify exits 0 on unknown keys and bad values: every line it prints is a problem.
+    assert!(output.status.success() && stderr.trim().is_empty(), "systemd-analyze verify:\n{stderr}");
+}
+
+#[test]
+fn the_units_capabilities_are_enough_to_attach_and_enforce() {
+    require_root!();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/portguard@.service")).unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds its capabilities")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let lab = Lab::new().unwrap();
+    let services = Servers::start(&lab.server, &[80, 3306], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, DOCTOR_POLICY.replace("8080", "80")).unwrap();
+    // The unit's bounding set, as systemd would apply it; `--netns` needs CAP_SYS_ADMIN for
+    // setns, so the namespace is entered before the capabilities are dropped.
+    let bounding = format!("-all,{}", caps.join(","));
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.server.name))
+        .args(["setpriv", "--inh-caps=-all", "--bounding-set", &bounding, "--"])
+        .arg(portguard_tests::portguard_cli::binary())
+        .args(["attach", &lab.server_if, "--policy", policy.to_str().unwrap()])
+        .env("PORTGUARD_STATE_DIR", dir.path().join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(&mut child, lab.server_if.clone());
+    // Reads the banner on a thread: bounded by the receive timeout below.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut attached = false;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.starts_with("running until") {
+            attached = true;
+            break;
+        }
+    }
+    assert!(attached, "attach with only {caps:?} failed");
+    assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 80)));
+    assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 3306)));
+    assert_eq!(services.accepted(3306), 0);
+    drop(guard);
+}
+
+/// Stops the loader (SIGTERM: it detaches) and removes whatever it left.
+struct ChildGuard<'a>(&'a mut std::process::Child, String);
+
+impl Drop for ChildGuard<'_> {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.0.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = portguard(None, &["detach", &self.1]);
+    }
+}
