@@ -5,6 +5,7 @@
 
 use std::{
     io::Write as _,
+    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -16,7 +17,7 @@ use std::{
 
 use log::warn;
 
-use crate::{events::EventRecord, metrics::LoaderCounts, policy::Alerts};
+use crate::{events::EventRecord, lock, metrics::LoaderCounts, policy::Alerts};
 
 /// Alerts waiting for delivery before new ones are dropped (and counted).
 const QUEUE: usize = 256;
@@ -26,62 +27,79 @@ pub fn is_alert(record: &EventRecord) -> bool {
     matches!(record.event.as_str(), "scan_detected" | "auto_blocked" | "trap_hit" | "block_expired")
 }
 
+/// The alert sinks of one loader: one delivery thread for its whole life, so a reload changes
+/// where alerts go without a second thread (or a second rate limit) appearing.
 pub struct Sinks {
     queue: SyncSender<EventRecord>,
+    config: Arc<Mutex<Alerts>>,
     counts: Arc<Mutex<LoaderCounts>>,
     _worker: JoinHandle<()>,
 }
 
 impl Sinks {
-    /// `None` when the policy configures no sink.
-    pub fn start(config: &Alerts, counts: Arc<Mutex<LoaderCounts>>) -> Option<Self> {
-        if config.webhook.is_none() && config.exec.is_none() {
-            return None;
-        }
+    pub fn start(config: &Alerts, counts: Arc<Mutex<LoaderCounts>>) -> Self {
         let (queue, receiver) = sync_channel(QUEUE);
+        let config = Arc::new(Mutex::new(config.clone()));
         let worker = {
             let (config, counts) = (config.clone(), counts.clone());
             std::thread::Builder::new()
                 .name("portguard-alerts".into())
-                .spawn(move || deliver(config, receiver, counts))
+                .spawn(move || deliver(&config, receiver, &counts))
                 .expect("starting the alert thread")
         };
-        Some(Self { queue, counts, _worker: worker })
+        Self { queue, config, counts, _worker: worker }
+    }
+
+    /// After a reload: alerts from now on go where the new policy says.
+    pub fn reconfigure(&self, config: &Alerts) {
+        *lock(&self.config) = config.clone();
     }
 
     /// Hands an alert to the delivery thread; never waits.
     pub fn send(&self, record: &EventRecord) {
-        if !is_alert(record) {
+        let configured = {
+            let config = lock(&self.config);
+            config.webhook.is_some() || config.exec.is_some()
+        };
+        if !configured || !is_alert(record) {
             return;
         }
-        match self.queue.try_send(record.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counts.lock().unwrap().alerts_dropped += 1;
-            }
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.queue.try_send(record.clone())
+        {
+            lock(&self.counts).alerts_dropped += 1;
         }
     }
 }
 
-fn deliver(config: Alerts, alerts: Receiver<EventRecord>, counts: Arc<Mutex<LoaderCounts>>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(config.timeout))
-        .http_status_as_error(true)
-        .build()
-        .into();
+fn deliver(config: &Mutex<Alerts>, alerts: Receiver<EventRecord>, counts: &Mutex<LoaderCounts>) {
+    let mut agent: Option<(Duration, ureq::Agent)> = None;
     let mut window = (Instant::now(), 0u32);
     for alert in alerts {
+        let config = lock(config).clone();
         // A rate limit, so a flood of alerts cannot flood the receiver.
         if window.0.elapsed() >= Duration::from_secs(60) {
             window = (Instant::now(), 0);
         }
         if window.1 >= config.max_per_minute {
-            counts.lock().unwrap().alerts_dropped += 1;
+            lock(counts).alerts_dropped += 1;
             continue;
         }
         window.1 += 1;
         let body = alert.json();
         if let Some(url) = &config.webhook {
+            let agent = match &agent {
+                Some((timeout, agent)) if *timeout == config.timeout => agent.clone(),
+                _ => {
+                    let built: ureq::Agent = ureq::Agent::config_builder()
+                        .timeout_global(Some(config.timeout))
+                        .http_status_as_error(true)
+                        .build()
+                        .into();
+                    agent = Some((config.timeout, built.clone()));
+                    built
+                }
+            };
             let outcome = with_retries(config.retries, || {
                 agent
                     .post(url)
@@ -90,17 +108,17 @@ fn deliver(config: Alerts, alerts: Receiver<EventRecord>, counts: Arc<Mutex<Load
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             });
-            record(&counts, "webhook", outcome);
+            record(counts, "webhook", outcome);
         }
         if let Some(program) = &config.exec {
-            let outcome = with_retries(0, || run_program(program, &alert, &body, config.timeout));
-            record(&counts, "exec", outcome);
+            let outcome = run_program(program, &alert, &body, config.timeout);
+            record(counts, "exec", outcome);
         }
     }
 }
 
 fn record(counts: &Mutex<LoaderCounts>, sink: &str, outcome: Result<(), String>) {
-    let mut counts = counts.lock().unwrap();
+    let mut counts = lock(counts);
     match outcome {
         Ok(()) => *counts.alerts_delivered.entry(sink.into()).or_default() += 1,
         Err(error) => {
@@ -125,8 +143,8 @@ fn with_retries(retries: u32, mut attempt: impl FnMut() -> Result<(), String>) -
     result
 }
 
-/// Runs the program with the alert as JSON on stdin and its key fields in the environment;
-/// killed if it outlives `timeout`.
+/// Runs the program with the alert as JSON on stdin and its key fields in the environment, in
+/// a process group of its own: if it outlives `timeout`, it and whatever it started are killed.
 fn run_program(program: &str, alert: &EventRecord, body: &str, timeout: Duration) -> Result<(), String> {
     let opt = |v: Option<String>| v.unwrap_or_default();
     let mut child = Command::new(program)
@@ -143,6 +161,7 @@ fn run_program(program: &str, alert: &EventRecord, body: &str, timeout: Duration
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("starting {program}: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
@@ -154,7 +173,8 @@ fn run_program(program: &str, alert: &EventRecord, body: &str, timeout: Duration
             Ok(Some(status)) if status.success() => return Ok(()),
             Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
             Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
+                let group = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                 let _ = child.wait();
                 return Err(format!("{program} ran longer than {timeout:?}; killed"));
             }

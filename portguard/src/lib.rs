@@ -21,6 +21,12 @@ pub mod sockets;
 pub mod state;
 pub mod system;
 
+/// Locks `mutex`, also after a panic elsewhere poisoned it: the counters it guards are still
+/// good, and one failed scrape or delivery must not stop the loader.
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Test fixture programs (see portguard-ebpf/src/testkit.rs), for the namespace lab.
 #[cfg(feature = "testkit")]
 pub static TESTKIT_OBJECT: &[u8] =

@@ -21,13 +21,14 @@ use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextE
 
 use crate::{
     events::{active_blocks, suppressed},
+    lock,
     maps::{PinnedMaps, open_pinned},
     policy::{Policy, Proto},
     state::RunState,
 };
 
 /// What the loader itself counts (from events and alert deliveries), shared with the scrape.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LoaderCounts {
     /// Scans detected, by kind (from the events the loader read).
     pub scans_by_kind: std::collections::BTreeMap<String, u64>,
@@ -42,6 +43,8 @@ pub struct LoaderCounts {
 /// What a scrape of one attachment reads.
 pub struct Source {
     pub iface: String,
+    /// Where the metrics are served.
+    pub address: std::net::SocketAddr,
     pub maps: PinnedMaps,
     /// The ports the policy names (rules and traps): the only ports with a label.
     pub ports: Mutex<BTreeSet<(Proto, u16)>>,
@@ -49,9 +52,15 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(iface: &str, policy: &Policy, counts: Arc<Mutex<LoaderCounts>>) -> anyhow::Result<Self> {
+    pub fn new(
+        iface: &str,
+        address: std::net::SocketAddr,
+        policy: &Policy,
+        counts: Arc<Mutex<LoaderCounts>>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             iface: iface.to_owned(),
+            address,
             maps: PinnedMaps::open(iface)?,
             ports: Mutex::new(named_ports(policy)),
             counts,
@@ -60,7 +69,7 @@ impl Source {
 
     /// After a reload: the ports the new policy names.
     pub fn set_policy(&self, policy: &Policy) {
-        *self.ports.lock().unwrap() = named_ports(policy);
+        *lock(&self.ports) = named_ports(policy);
     }
 }
 
@@ -179,7 +188,7 @@ pub fn render(source: &Source) -> Result<String> {
         "Packets dropped (or would be, in monitor mode) by destination port: the ports the policy names, the rest as port=\"other\".",
         iface,
     );
-    let named = source.ports.lock().unwrap().clone();
+    let named = lock(&source.ports).clone();
     for proto in [Proto::Tcp, Proto::Udp] {
         let index = |port: u16| portguard_common::maps::port_index(proto.number(), port).map(|i| i as usize);
         let mut named_total = 0;
@@ -195,7 +204,8 @@ pub fn render(source: &Source) -> Result<String> {
     }
     port_drops.counter(&registry)?;
 
-    let counts = source.counts.lock().unwrap();
+    // A copy: the lock is not held across the map and file reads below.
+    let counts = lock(&source.counts).clone();
     let mut scans = Family::new(
         "scans_detected",
         "Port scans detected, by kind (counted by the loader from the events it reads).",
@@ -274,7 +284,6 @@ pub fn render(source: &Source) -> Result<String> {
     Family::new("attached", "1 while portguard is attached; its XDP mode and policy mode as labels.", iface)
         .row(&[("xdp_mode", &xdp_mode), ("mode", mode)], 1)
         .gauge(&registry)?;
-    drop(counts);
 
     let build =
         IntGaugeVec::new(Opts::new("portguard_build_info", "portguard's version (always 1)."), &["version"])?;

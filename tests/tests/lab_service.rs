@@ -78,6 +78,11 @@ ports = [53]
 proto = "tcp"
 ports = [23]
 
+# Open, so that only the loopback binding keeps the client out of /metrics.
+[[allow]]
+proto = "tcp"
+ports = [9464]
+
 [scan_detection]
 action = "off"
 "#;
@@ -157,12 +162,13 @@ fn metrics_match_the_traffic_sent() {
             assert!(!value.contains(&CLIENT_V4.to_string()), "a source address in {sample:?}");
         }
         if let Some((_, port)) = sample.labels.iter().find(|(k, _)| k == "port") {
-            assert!(["80", "53", "23", "other"].contains(&port.as_str()), "{sample:?}");
+            assert!(["80", "53", "23", "9464", "other"].contains(&port.as_str()), "{sample:?}");
         }
     }
 
-    // Loopback only by default: the client cannot reach it.
-    assert!(http::get(&lab.client, SocketAddr::new(SERVER_V4.into(), 9464), "/metrics").is_err());
+    // Loopback only by default: the port is open, and still the client cannot reach it.
+    let refused = http::get(&lab.client, SocketAddr::new(SERVER_V4.into(), 9464), "/metrics").unwrap_err();
+    assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
     let (status, _) = http::get(&lab.server, METRICS.parse().unwrap(), "/other").unwrap();
     assert_eq!(status, 404);
 }
@@ -285,12 +291,22 @@ fn a_real_scan_reaches_the_webhook_and_the_program() {
         text.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(documents, printed_values);
 
-    let (_, samples) = scrape(&pg, &lab);
+    // Counted once each program has exited: poll until both sinks are.
     let iface = lab.server_if.as_str();
-    let delivered =
-        |sink| counter(&samples, "portguard_alerts_delivered_total", &[("interface", iface), ("sink", sink)]);
-    assert_eq!(delivered("webhook"), printed_values.len() as u64);
-    assert_eq!(delivered("exec"), printed_values.len() as u64);
+    let expected = printed_values.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let samples = loop {
+        let (_, samples) = scrape(&pg, &lab);
+        let delivered = |sink| {
+            counter(&samples, "portguard_alerts_delivered_total", &[("interface", iface), ("sink", sink)])
+        };
+        let both = (delivered("webhook"), delivered("exec"));
+        if both == (expected, expected) || Instant::now() >= deadline {
+            assert_eq!(both, (expected, expected), "deliveries counted (webhook, exec)");
+            break samples;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(counter(&samples, "portguard_alerts_failed_total", &[("sink", "webhook")]), 0);
     assert_eq!(counter(&samples, "portguard_scans_detected_total", &[("kind", "syn")]), 1);
     assert_eq!(counter(&samples, "portguard_auto_blocks_total", &[("cause", "scan")]), 1);
@@ -341,25 +357,21 @@ fn a_hung_receiver_stalls_nothing_and_failures_are_counted() {
     // Two alerts fit the rate limit and fail after their retry; the rest are dropped, counted.
     let iface = lab.server_if.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let alerts =
+        alerts_of(&pg.output.iter().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<Value>>())
+            .len() as u64;
     let (failed, dropped) = loop {
         let (_, samples) = scrape(&pg, &lab);
         let failed =
             counter(&samples, "portguard_alerts_failed_total", &[("interface", &iface), ("sink", "webhook")]);
         let dropped = counter(&samples, "portguard_alerts_dropped_total", &[("interface", &iface)]);
-        if failed >= 2 || Instant::now() >= deadline {
+        if (failed, dropped) == (2, alerts - 2) || Instant::now() >= deadline {
             break (failed, dropped);
         }
         std::thread::sleep(Duration::from_millis(250));
     };
-    let alerts =
-        alerts_of(&pg.output.iter().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<Value>>())
-            .len();
     assert_eq!(failed, 2, "deliveries failed after the timeout and retry");
-    assert_eq!(
-        dropped,
-        alerts as u64 - 2,
-        "alerts past the rate limit are dropped and counted ({alerts} alerts)"
-    );
+    assert_eq!(dropped, alerts - 2, "alerts past the rate limit are dropped and counted ({alerts} alerts)");
     // The receiver saw each of the two alerts twice (first try and one retry).
     assert_eq!(receiver.bodies().len(), 4);
     let (_, stderr) = pg.stop();
@@ -381,7 +393,7 @@ ports = [8080]
 fn doctor_schema() -> jsonschema::Validator {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/doctor.schema.json");
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    jsonschema::validator_for(&schema).expect("a valid JSON schema")
+    jsonschema::options().should_validate_formats(true).build(&schema).expect("a valid JSON schema")
 }
 
 fn listening(report: &Value, port: u16) -> &Value {
@@ -425,18 +437,19 @@ fn doctor_names_risky_listeners_against_the_policy() {
         validator.iter_errors(&report).map(|e| format!("{e} at {}", e.instance_path)).collect();
     assert!(errors.is_empty(), "doctor --json breaks docs/doctor.schema.json: {errors:#?}");
 
+    // Not attached: nothing filters these ports now, whatever the file says.
     let telnet = listening(&report, 23);
-    assert_eq!(telnet["severity"], "high");
+    assert_eq!(telnet["severity"], "critical");
     assert_eq!(telnet["service"], "telnet");
     assert_eq!(telnet["reachable"], true);
     assert!(telnet["policy"].as_str().unwrap().contains("blocked"), "{telnet}");
     let mysql = listening(&report, 3306);
-    assert_eq!(mysql["severity"], "high");
+    assert_eq!(mysql["severity"], "critical");
     assert_eq!(mysql["service"], "MySQL");
     assert!(mysql["policy"].as_str().unwrap().contains("blocked"), "{mysql}");
     let web = listening(&report, 8080);
     assert_eq!(web["severity"], "info");
-    assert!(web["policy"].as_str().unwrap().starts_with("open"), "{web}");
+    assert!(web["policy"].as_str().unwrap().starts_with("open by rule 1"), "{web}");
     let redis = listening(&report, 6379);
     assert_eq!(redis["reachable"], false);
     assert_eq!(redis["severity"], "info");
@@ -448,8 +461,10 @@ fn doctor_names_risky_listeners_against_the_policy() {
     assert_eq!(exposure.len(), 2, "telnet and MySQL, not 8080 or loopback Redis: {exposure:#?}");
     assert!(exposure.iter().any(|f| f["title"].as_str().unwrap().starts_with("telnet tcp/23")));
     assert!(exposure.iter().any(|f| f["title"].as_str().unwrap().starts_with("MySQL tcp/3306")));
-    assert!(exposure.iter().all(|f| f["severity"] == "high" && !f["remedy"].as_str().unwrap().is_empty()));
-    assert_eq!(report["summary"]["worst"], "high");
+    assert!(
+        exposure.iter().all(|f| f["severity"] == "critical" && !f["remedy"].as_str().unwrap().is_empty())
+    );
+    assert_eq!(report["summary"]["worst"], "critical");
     assert_eq!(report["policy_enforced"], false);
 
     // The HTML page: well-formed, self-contained, naming each port.
@@ -478,7 +493,7 @@ fn doctor_names_risky_listeners_against_the_policy() {
         portguard(Some(&lab.server), &["doctor", "--policy", policy, "--fail-on", severity]).status.code()
     };
     assert_eq!(fail_on("high"), Some(2));
-    assert_eq!(fail_on("critical"), Some(0));
+    assert_eq!(fail_on("critical"), Some(2));
 
     // Attached: the running policy is the audited one, the protection is reported, and the
     // drops it counts make the chart.
@@ -491,6 +506,17 @@ fn doctor_names_risky_listeners_against_the_policy() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(validator.iter_errors(&report).next().is_none());
     assert_eq!(report["policy_enforced"], true);
+    // Enforced: only the policy stands between these services and the network.
+    for port in [23, 3306] {
+        let row = listening(&report, port);
+        assert_eq!(row["severity"], "medium", "{row}");
+        assert_eq!(row["policy"], "blocked (default deny)");
+    }
+    assert_eq!(listening(&report, 8080)["severity"], "info");
+    let attached_fail_on =
+        |severity: &str| pg.run(&["doctor", "--iface", &lab.server_if, "--fail-on", severity]).status.code();
+    assert_eq!(attached_fail_on("high"), Some(0));
+    assert_eq!(attached_fail_on("medium"), Some(2));
     let attachment = report["attachments"]
         .as_array()
         .unwrap()
@@ -558,12 +584,17 @@ fn the_units_capabilities_are_enough_to_attach_and_enforce() {
     // The unit's bounding set, as systemd would apply it; `--netns` needs CAP_SYS_ADMIN for
     // setns, so the namespace is entered before the capabilities are dropped.
     let bounding = format!("-all,{}", caps.join(","));
+    // systemd's readiness socket (Type=notify): READY=1 must come once enforcing.
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.server.name))
         .args(["setpriv", "--inh-caps=-all", "--bounding-set", &bounding, "--"])
         .arg(portguard_tests::portguard_cli::binary())
         .args(["attach", &lab.server_if, "--policy", policy.to_str().unwrap()])
         .env("PORTGUARD_STATE_DIR", dir.path().join("state"))
+        .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -588,6 +619,9 @@ fn the_units_capabilities_are_enough_to_attach_and_enforce() {
         }
     }
     assert!(attached, "attach with only {caps:?} failed");
+    let mut message = [0u8; 256];
+    let n = notify.recv(&mut message).expect("READY=1 on NOTIFY_SOCKET");
+    assert!(String::from_utf8_lossy(&message[..n]).contains("READY=1"));
     assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 80)));
     assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 3306)));
     assert_eq!(services.accepted(3306), 0);

@@ -8,6 +8,8 @@
 
 mod setup;
 
+use setup::Needs;
+
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
@@ -63,13 +65,17 @@ enum Task {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
-        Task::Setup { check } => setup::run(check),
-        Task::Build { release } => setup::run(false).and_then(|()| build(release)),
-        Task::Demo => setup::run(false).and_then(|()| build(false)).and_then(|()| demo()),
-        Task::Test { args } => setup::run(false).and_then(|()| test(&args)),
-        Task::Fuzz { policies } => setup::run(false).and_then(|()| fuzz(policies)),
-        Task::Bench => setup::run(false).and_then(|()| setup::bench_tools()).and_then(|()| bench()),
-        Task::Dist { destdir } => setup::run(false).and_then(|()| build(true)).and_then(|()| dist(&destdir)),
+        Task::Setup { check } => setup::run(check, Needs::Tests),
+        Task::Build { release } => setup::run(false, Needs::Build).and_then(|()| build(release)),
+        Task::Demo => setup::run(false, Needs::Tests).and_then(|()| build(false)).and_then(|()| demo()),
+        Task::Test { args } => setup::run(false, Needs::Tests).and_then(|()| test(&args)),
+        Task::Fuzz { policies } => setup::run(false, Needs::Tests).and_then(|()| fuzz(policies)),
+        Task::Bench => {
+            setup::run(false, Needs::Tests).and_then(|()| setup::bench_tools()).and_then(|()| bench())
+        }
+        Task::Dist { destdir } => {
+            setup::run(false, Needs::Build).and_then(|()| build(true)).and_then(|()| dist(&destdir))
+        }
     };
     if let Err(error) = result {
         eprintln!("xtask: error: {error:#}");

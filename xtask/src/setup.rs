@@ -4,34 +4,39 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker (matching nightly's LLVM), and the tools the
-/// tests and the demo drive (iproute2, ethtool, bpftool, nmap, nsenter from util-linux,
-/// promtool from prometheus to lint the metrics, systemd-analyze to check the unit).
-const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "iproute2",
-    "ethtool",
-    "bpftool",
-    "nmap",
-    "util-linux",
-    "tcpdump",
-    "prometheus",
-    "systemd",
-];
+/// Debian packages to build: LLVM 22 for bpf-linker (matching nightly's LLVM).
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+
+/// Debian packages the tests and the demo drive: iproute2, ethtool, bpftool, nmap, nsenter
+/// from util-linux, tcpdump, promtool from prometheus to lint the metrics, systemd-analyze to
+/// check the unit. `cargo xtask dist` does not install them on a production host.
+const TEST_PACKAGES: &[&str] =
+    &["iproute2", "ethtool", "bpftool", "nmap", "util-linux", "tcpdump", "prometheus", "systemd"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
-pub fn run(check_only: bool) -> Result<()> {
+/// What a task needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Building the binary.
+    Build,
+    /// Building, and the tools the tests and the demo drive.
+    Tests,
+}
+
+pub fn run(check_only: bool, needs: Needs) -> Result<()> {
     let root = nix::unistd::geteuid().is_root();
     let install = !check_only && root;
     let mut missing = Vec::new();
 
-    let absent: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let mut packages = BUILD_PACKAGES.to_vec();
+    if needs == Needs::Tests {
+        packages.extend_from_slice(TEST_PACKAGES);
+    }
+    let absent: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if absent.is_empty() {
-        ok("Debian packages", &APT_PACKAGES.join(" "));
+        ok("Debian packages", &packages.join(" "));
     } else if install {
         step(&format!("installing {}", absent.join(" ")));
         apt_install(&absent)?;

@@ -140,10 +140,16 @@ pub fn run(options: Options) -> Result<ExitCode> {
     }
     if let Some(address) = metrics_listen {
         println!("metrics: http://{address}/metrics");
+        if !address.ip().is_loopback() {
+            eprintln!("portguard: warning: metrics on {address} can be read beyond this host");
+        }
     }
     let counts = Arc::new(Mutex::new(LoaderCounts { last_load: now_unix(), ..Default::default() }));
     let metrics = match metrics_listener {
-        Some(listener) => Some((listener, Arc::new(metrics::Source::new(iface, &policy, counts.clone())?))),
+        Some(listener) => {
+            let address = listener.local_addr()?;
+            Some((listener, Arc::new(metrics::Source::new(iface, address, &policy, counts.clone())?)))
+        }
         None => None,
     };
     let sinks = Sinks::start(&policy.alerts, counts.clone());
@@ -154,6 +160,10 @@ pub fn run(options: Options) -> Result<ExitCode> {
         println!("alerts: run {program}");
     }
     println!("running until Ctrl-C or SIGTERM; events follow");
+    // Under systemd (Type=notify): the unit counts as started only now, once enforcing.
+    if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        log::warn!("telling systemd we are ready: {error}");
+    }
 
     let loader = Loader {
         ebpf,

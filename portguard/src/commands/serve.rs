@@ -16,6 +16,7 @@ use portguard::{
     blocks::{BlockStore, sync_iface},
     control::{ReloadRequest, Reply, Request},
     events::{EventRecord, EventSource},
+    lock,
     manager::{self, PolicySource, Rollback},
     metrics::{self, LoaderCounts},
     paths,
@@ -55,7 +56,7 @@ pub struct Loader {
     pub metrics: Option<(std::net::TcpListener, Arc<metrics::Source>)>,
     /// What the loader counts itself (for the metrics).
     pub counts: Arc<Mutex<LoaderCounts>>,
-    pub sinks: Option<Sinks>,
+    pub sinks: Sinks,
     /// The policy's `[events] drop_events_per_second`: each CPU's tokens every second.
     pub drop_events_per_second: u32,
     pub state: RunState,
@@ -110,11 +111,9 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
         let _ = lines.send(Arc::from(record.json()));
         if record.event == "scan_detected" {
             let kind = record.scan_kind.clone().unwrap_or_default();
-            *loader.counts.lock().unwrap().scans_by_kind.entry(kind).or_default() += 1;
+            *lock(&loader.counts).scans_by_kind.entry(kind).or_default() += 1;
         }
-        if let Some(sinks) = &loader.sinks {
-            sinks.send(record);
-        }
+        loader.sinks.send(record);
     };
     loop {
         tokio::select! {
@@ -194,12 +193,11 @@ fn try_reload(
     // The old generation's programs and policy maps go with it.
     loader.ebpf = ebpf;
     loader.drop_events_per_second = loaded.policy.events.drop_events_per_second;
-    loader.counts.lock().unwrap().last_load = now_unix();
+    lock(&loader.counts).last_load = now_unix();
     if let Some(metrics) = metrics {
         metrics.set_policy(&loaded.policy);
     }
-    // Alert sinks follow the new policy (the old thread ends with its queue).
-    loader.sinks = Sinks::start(&loaded.policy.alerts, loader.counts.clone());
+    loader.sinks.reconfigure(&loaded.policy.alerts);
     let previous = std::mem::replace(&mut loader.source, source);
     let policy = &loaded.policy;
     let state = &mut loader.state;
@@ -211,6 +209,10 @@ fn try_reload(
     state.blocklist_sources = policy.blocklist_sources.clone();
     manager::record(state, &loader.source)?;
     let mut message = format!("reloaded {iface}: generation {generation}, {}", policy.summary());
+    let serving = metrics.map(|m| m.address);
+    if policy.metrics_listen.is_some_and(|wanted| Some(wanted) != serving) {
+        message.push_str("; metrics stay where they are served now (a new [metrics] listen takes effect at the next attach)");
+    }
     if let Some(secs) = request.confirm_within_secs {
         manager::arm_rollback(&iface, Duration::from_secs(secs), Rollback::Restore { policy: previous })?;
         message.push_str(&format!("; rolls back in {secs} s unless `portguard confirm {iface}`"));
@@ -230,37 +232,68 @@ fn sweep_manual_blocks(iface: &str) {
     }
 }
 
+/// Scrapes served at once; more wait for a slot.
+const METRICS_CONNECTIONS: usize = 16;
+/// A scraper that sends no request within this is cut off, and no connection lasts longer
+/// than `METRICS_CONNECTION_LIFETIME`: slow clients cannot hold the slots.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
 /// `GET /metrics` in the Prometheus text format; anything else is a 404.
 async fn serve_metrics(listener: tokio::net::TcpListener, source: Arc<metrics::Source>) {
-    use http_body_util::Full;
-    use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
-    while let Ok((stream, _)) = listener.accept().await {
+    use hyper::{Request, body::Incoming, server::conn::http1, service::service_fn};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: keep serving once it passes.
+                warn!("metrics: accepting a connection: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         let source = source.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request: Request<Incoming>| {
                 let source = source.clone();
                 async move {
-                    let response = if request.uri().path() == "/metrics" {
-                        match metrics::render(&source) {
-                            Ok(text) => Response::builder()
-                                .header("content-type", metrics::CONTENT_TYPE)
-                                .body(Full::new(bytes::Bytes::from(text))),
-                            Err(error) => Response::builder().status(500).body(Full::new(
-                                bytes::Bytes::from(format!("reading the counters: {error:#}\n")),
-                            )),
-                        }
-                    } else {
-                        Response::builder()
-                            .status(404)
-                            .body(Full::new(bytes::Bytes::from_static(b"try /metrics\n")))
-                    };
-                    Ok::<_, std::convert::Infallible>(response.expect("a valid response"))
+                    Ok::<_, std::convert::Infallible>(metrics_response(request.uri().path(), source).await)
                 }
             });
-            let _ =
-                http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, connection).await;
         });
     }
+}
+
+async fn metrics_response(
+    path: &str,
+    source: Arc<metrics::Source>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use http_body_util::Full;
+    use hyper::Response;
+    let response = if path == "/metrics" {
+        // Reading the maps is blocking work: off the loader's event thread.
+        match tokio::task::spawn_blocking(move || metrics::render(&source)).await {
+            Ok(Ok(text)) => {
+                Response::builder().header("content-type", metrics::CONTENT_TYPE).body(Full::new(text.into()))
+            }
+            Ok(Err(error)) => Response::builder()
+                .status(500)
+                .body(Full::new(format!("reading the counters: {error:#}\n").into())),
+            Err(error) => Response::builder().status(500).body(Full::new(format!("{error}\n").into())),
+        }
+    } else {
+        Response::builder().status(404).body(Full::new(bytes::Bytes::from_static(b"try /metrics\n")))
+    };
+    response.expect("a valid response")
 }
 
 async fn accept_clients(

@@ -181,37 +181,74 @@ fn service(proto: Proto, port: u16) -> Option<&'static str> {
 }
 
 /// What the policy does with a connection attempt to `port` from somewhere on the network.
-fn verdict(policy: &Policy, proto: Proto, port: u16) -> (String, bool, bool) {
-    // (description, open to anyone, open to some)
+fn verdict(policy: &Policy, proto: Proto, port: u16) -> Reach {
     let traps = match proto {
         Proto::Tcp => &policy.trap_ports.tcp,
         Proto::Udp => &policy.trap_ports.udp,
     };
-    if traps.iter().any(|r| r.contains(&port)) {
-        return ("trap port (blocked, and whoever tries is blocked)".into(), false, false);
-    }
     let naming: Vec<_> = policy
         .rules
         .iter()
         .filter(|r| r.proto == proto && r.ports.iter().any(|p| p.contains(&port)))
         .collect();
-    let (text, open, limited) = if let Some(rule) = naming.iter().find(|r| r.kind == RuleKind::Deny) {
-        (format!("blocked by {}", rule.label()), false, false)
+    let reach = if traps.iter().any(|r| r.contains(&port)) {
+        Reach::closed("a trap port (blocked, and whoever tries is blocked)".into())
+    } else if let Some(rule) = naming.iter().find(|r| r.kind == RuleKind::Deny) {
+        Reach::closed(format!("blocked by {}", rule.label()))
     } else if let Some(rule) = naming.iter().find(|r| r.kind == RuleKind::Allow && r.from.is_none()) {
-        (format!("open by {}", rule.label()), true, true)
+        Reach::open(format!("open by {}", rule.label()))
     } else if naming.iter().any(|r| r.kind == RuleKind::Allow) {
         let nets: Vec<String> =
             naming.iter().filter_map(|r| r.from.as_ref()).flatten().map(IpNet::to_string).collect();
-        (format!("open to {}", nets.join(", ")), false, true)
+        Reach { text: format!("open to {}", nets.join(", ")), to_all: false, to_some: true }
     } else if policy.default == Action::Allow {
-        ("open (default allow)".into(), true, true)
+        Reach::open("open (default allow)".into())
     } else {
-        ("blocked (default deny)".into(), false, false)
+        Reach::closed("blocked (default deny)".into())
     };
-    if policy.mode == Mode::Monitor && !open {
-        return (format!("{text}, but monitor mode drops nothing"), true, true);
+    if policy.mode == Mode::Monitor && !reach.to_all {
+        return Reach::open(format!("{}, but monitor mode drops nothing", reach.text));
     }
-    (text, open, limited)
+    reach
+}
+
+/// Who can reach a port under a policy.
+#[derive(Clone, Debug)]
+struct Reach {
+    text: String,
+    to_all: bool,
+    /// Some sources at least (all of them when `to_all`).
+    to_some: bool,
+}
+
+impl Reach {
+    fn open(text: String) -> Self {
+        Self { text, to_all: true, to_some: true }
+    }
+
+    fn closed(text: String) -> Self {
+        Self { text, to_all: false, to_some: false }
+    }
+}
+
+/// How bad a listening socket is. Risky services are judged by what reaches them now (the
+/// policy in force, or nothing): open to all is critical, open to some networks high, and
+/// blocked medium, since only the policy stands between them and the network. Other services
+/// are judged by what the audited policy means to do with them.
+fn severity(reachable: bool, risky: bool, now: &Reach, intended: Option<&Reach>) -> Severity {
+    match (reachable, risky) {
+        (false, _) => Severity::Info,
+        (true, true) if now.to_all => Severity::Critical,
+        (true, true) if now.to_some => Severity::High,
+        (true, true) => Severity::Medium,
+        (true, false) => match intended {
+            Some(reach) if reach.text.starts_with("open (default allow)") => Severity::Medium,
+            Some(reach) if reach.to_some => Severity::Info,
+            // Something listens that the policy keeps everyone from: likely not needed.
+            Some(_) => Severity::Low,
+            None => Severity::Low,
+        },
+    }
 }
 
 /// Which program holds each socket inode (reading /proc/*/fd; best effort).
@@ -238,7 +275,12 @@ fn programs() -> BTreeMap<u64, String> {
     owners
 }
 
-fn listening(sockets: &[Socket], policy: Option<&Policy>, findings: &mut Vec<Finding>) -> Vec<Listening> {
+/// `policy`: the audited policy and whether an attachment enforces it.
+fn listening(
+    sockets: &[Socket],
+    policy: Option<(&Policy, bool)>,
+    findings: &mut Vec<Finding>,
+) -> Vec<Listening> {
     let owners = programs();
     let mut seen = std::collections::BTreeSet::new();
     let mut rows = Vec::new();
@@ -250,30 +292,21 @@ fn listening(sockets: &[Socket], policy: Option<&Policy>, findings: &mut Vec<Fin
         let reachable = !address.is_loopback();
         let program = owners.get(&socket.inode).cloned();
         let risk = risky(proto, port);
-        let (policy_text, open, some) = match policy {
-            Some(policy) => verdict(policy, proto, port),
-            None => ("no policy (not attached)".into(), true, true),
-        };
-        let severity = match (reachable, risk, open, some) {
-            (false, _, _, _) => Severity::Info,
-            (true, Some(_), true, _) => Severity::Critical,
-            (true, Some(_), false, true) => Severity::Medium,
-            // A risky service listening in the open: the policy is all that stands in the way.
-            (true, Some(_), false, false) => Severity::High,
-            (true, None, true, _) if policy.is_none() || policy_text.contains("default allow") => {
-                Severity::Medium
-            }
-            (true, None, true, _) => Severity::Info,
-            (true, None, false, true) => Severity::Info,
-            // Something listens that the policy keeps everyone from: likely not needed.
-            (true, None, false, false) => Severity::Low,
+        let intended = policy.map(|(policy, _)| verdict(policy, proto, port));
+        let enforced = policy.is_some_and(|(_, enforced)| enforced);
+        let nothing = Reach::open("nothing filters it (portguard is not attached)".into());
+        let now = if enforced { intended.clone().unwrap_or(nothing) } else { nothing };
+        let severity = severity(reachable, risk.is_some(), &now, intended.as_ref());
+        let policy_text = match (&intended, enforced) {
+            (Some(reach), true) => reach.text.clone(),
+            (Some(reach), false) => format!("{} once attached; nothing filters it now", reach.text),
+            (None, _) => now.text.clone(),
         };
         let who = program.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
         let name = service(proto, port).map(|s| format!("{s} ")).unwrap_or_default();
         if reachable && severity >= Severity::Medium {
             let remedy = match risk {
                 Some((_, remedy)) => remedy.to_string(),
-                None if policy.is_none() => "attach portguard with a default-deny policy".into(),
                 None => format!("close {proto}/{port} in the policy if nobody outside needs it"),
             };
             findings.push(Finding {
@@ -571,7 +604,8 @@ pub fn run(options: &Options) -> Result<Report> {
     readiness.extend(interfaces(options.iface, &mut findings));
     let policy = audit_policy(options)?;
     let sockets = sockets::read_all()?;
-    let listening = listening(&sockets, policy.as_ref().map(|(_, p, _)| p), &mut findings);
+    let listening =
+        listening(&sockets, policy.as_ref().map(|(_, p, enforced)| (p, *enforced)), &mut findings);
     let (attachments, drops_by_port) = protection(options.iface, &mut findings);
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.title.cmp(&b.title)));
     let mut counts = BTreeMap::new();
@@ -594,4 +628,55 @@ pub fn run(options: &Options) -> Result<Report> {
         attachments,
         drops_by_port,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        policy::parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy
+    }
+
+    #[test]
+    fn what_the_policy_does_with_a_port() {
+        let p = policy(
+            "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [8080]\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\n[trap_ports]\ntcp = [23]\n",
+        );
+        let reach = |port| verdict(&p, Proto::Tcp, port);
+        assert!(reach(8080).to_all && reach(8080).text.starts_with("open by rule 1"));
+        assert!(!reach(22).to_all && reach(22).to_some && reach(22).text == "open to 198.51.100.0/24");
+        assert!(!reach(23).to_some && reach(23).text.contains("trap port"));
+        assert!(!reach(3306).to_some && reach(3306).text == "blocked (default deny)");
+        assert!(verdict(&p, Proto::Udp, 8080).text == "blocked (default deny)");
+
+        let monitor = policy("mode = \"monitor\"\ndefault = \"deny\"\n[trap_ports]\ntcp = [23]\n");
+        let trap = verdict(&monitor, Proto::Tcp, 23);
+        assert!(trap.to_all && trap.text.ends_with("but monitor mode drops nothing"), "{trap:?}");
+        let open = policy("default = \"allow\"\n[[deny]]\nproto = \"tcp\"\nports = [23]\n");
+        assert!(verdict(&open, Proto::Tcp, 3306).to_all);
+        assert!(verdict(&open, Proto::Tcp, 23).text.starts_with("blocked by rule 1"));
+    }
+
+    #[test]
+    fn severities() {
+        let (all, some, none) = (
+            Reach::open("open".into()),
+            Reach { text: "open to".into(), to_all: false, to_some: true },
+            Reach::closed("blocked".into()),
+        );
+        // Risky services: by what reaches them now.
+        assert_eq!(severity(true, true, &all, Some(&none)), Severity::Critical);
+        assert_eq!(severity(true, true, &some, Some(&some)), Severity::High);
+        assert_eq!(severity(true, true, &none, Some(&none)), Severity::Medium);
+        assert_eq!(severity(false, true, &all, None), Severity::Info);
+        // Others: by what the policy means to do.
+        assert_eq!(severity(true, false, &all, Some(&all)), Severity::Info);
+        assert_eq!(
+            severity(true, false, &all, Some(&Reach::open("open (default allow)".into()))),
+            Severity::Medium
+        );
+        assert_eq!(severity(true, false, &none, Some(&none)), Severity::Low);
+        assert_eq!(severity(true, false, &all, None), Severity::Low);
+    }
 }

@@ -681,7 +681,29 @@ fn alerts(report: &mut Reporter, raw: Option<&RawAlerts>) -> Alerts {
                 .warning_at(program.span(), format!("exec program {} does not exist (yet)", path.display()));
             alerts.exec = Some(program.get_ref().clone());
         } else {
-            alerts.exec = Some(program.get_ref().clone());
+            // It runs as the loader does (root, with its capabilities): nobody else may change it.
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(path).ok();
+            if meta.as_ref().is_some_and(|m| m.mode() & 0o022 != 0) {
+                report.error_at(
+                    program.span(),
+                    format!(
+                        "exec program {} is writable by group or others, and it would run as root: chmod go-w it",
+                        path.display()
+                    ),
+                );
+            } else {
+                if meta.is_some_and(|m| m.uid() != 0) {
+                    report.warning_at(
+                        program.span(),
+                        format!(
+                            "exec program {} is not owned by root, and it would run as root",
+                            path.display()
+                        ),
+                    );
+                }
+                alerts.exec = Some(program.get_ref().clone());
+            }
         }
     }
     if let Some(value) = &raw.timeout {
@@ -783,6 +805,18 @@ mod tests {
             "p.toml:2:1: error: unknown field `webhok`",
         );
         assert_one(&warnings("[metrics]\nlisten = \"0.0.0.0:9464\"\n"), "can be read beyond this host");
+    }
+
+    #[test]
+    fn an_exec_program_others_can_change_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let program = tempfile::NamedTempFile::new().unwrap();
+        std::fs::set_permissions(program.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let text = format!("[alerts]\nexec = \"{}\"\n", program.path().display());
+        assert_one(&errors(&text), "is writable by group or others, and it would run as root");
+        std::fs::set_permissions(program.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let loaded = parse(&text, Path::new("p.toml"), LoadOptions::default()).unwrap();
+        assert_eq!(loaded.policy.alerts.exec.as_deref(), program.path().to_str());
     }
 
     #[test]
