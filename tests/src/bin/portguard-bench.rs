@@ -98,6 +98,9 @@ fn bench() -> Result<String> {
         eprintln!("== load time, memory, block latency");
         operations(&mut report)?;
     }
+    // What bounds the numbers: written by people, kept beside the generator.
+    report.push('\n');
+    report.push_str(include_str!("../../../docs/benchmarks-reading.md"));
     Ok(report)
 }
 
