@@ -9,6 +9,12 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // `portguard stats | head` should end quietly when head does, as other tools do. The
+    // loader keeps Rust's default (SIGPIPE ignored): a client leaving its socket must not kill it.
+    if !matches!(cli.command, cli::Command::Attach { .. }) {
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     env_logger::Builder::new()
         .filter_level(match cli.verbose {
             0 => log::LevelFilter::Warn,
