@@ -382,6 +382,8 @@ impl Drop for Unload {
             .arg(format!("--net=/run/netns/{}", self.netns))
             .args(["xdp-filter", "unload", "--all", &self.iface])
             .output();
+        // libxdp leaves its (now empty) directory behind; nothing else of ours is in it.
+        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
     }
 }
 
