@@ -10,8 +10,9 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // `portguard stats | head` should end quietly when head does, as other tools do. The
-    // loader keeps Rust's default (SIGPIPE ignored): a client leaving its socket must not kill it.
-    if !matches!(cli.command, cli::Command::Attach { .. }) {
+    // loader and the rollback guard keep Rust's default (SIGPIPE ignored): a client leaving a
+    // socket or pipe must not kill them.
+    if !matches!(cli.command, cli::Command::Attach { .. } | cli::Command::RollbackGuard { .. }) {
         // SAFETY: restoring a signal's default disposition before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
