@@ -335,6 +335,21 @@ pub fn remove_pins(iface: &str) -> Result<()> {
     Ok(())
 }
 
+/// Interfaces with a pin directory (attached, or left half-way by a dead loader), sorted.
+pub fn attached_interfaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(paths::PIN_ROOT)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Whether `iface` has a pinned XDP link, i.e. portguard enforces there (loader alive or not).
 pub fn is_attached(iface: &str) -> bool {
     paths::link_pin(iface, paths::XDP_LINK).exists()

@@ -264,6 +264,18 @@ impl Lab {
         Ok(())
     }
 
+    /// Runs nmap from the client against the server's ports 1-300 with `args` (a scan kind);
+    /// bounded by nmap's own host timeout and ours.
+    pub fn nmap(&self, args: &[&str]) {
+        let target = SERVER_V4.to_string();
+        let mut full = vec!["60", "nmap", "-n", "-Pn", "-T5", "--max-retries", "1", "--host-timeout", "40s"];
+        full.extend_from_slice(&["-p", "1-300"]);
+        full.extend_from_slice(args);
+        full.push(&target);
+        let output = self.client.exec("timeout", &full).expect("nmap runs");
+        assert!(output.status.success(), "nmap failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
     pub fn server_addr(v6: bool) -> IpAddr {
         if v6 { SERVER_V6.into() } else { SERVER_V4.into() }
     }

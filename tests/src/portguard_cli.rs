@@ -32,6 +32,17 @@ pub fn portguard(netns: Option<&Netns>, args: &[&str]) -> Output {
     command.args(args).output().expect("running portguard")
 }
 
+/// Packets counted as applied (not would-drop) for verdict reason `name` in `stats --json`.
+pub fn applied(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["reasons"]
+        .as_array()
+        .expect("stats has reasons")
+        .iter()
+        .filter(|r| r["reason"] == name && r["counted_as"] == "applied")
+        .map(|r| r["packets"].as_u64().expect("a packet count"))
+        .sum()
+}
+
 /// A `portguard attach` running in the background; detached (SIGTERM) on drop.
 pub struct Attached {
     child: Option<Child>,

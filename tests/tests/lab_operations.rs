@@ -18,7 +18,9 @@ use portguard::{
 };
 use portguard_common::Reason;
 use portguard_tests::{
-    ADMIN_V4, ADMIN_V6, Attached, CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, packets, require_root,
+    ADMIN_V4, ADMIN_V6, Attached, CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, packets,
+    portguard_cli::applied,
+    require_root,
     traffic::{Servers, tcp_connects},
 };
 use serde_json::Value;
@@ -44,16 +46,6 @@ fn ok(output: std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn applied(stats: &Value, name: &str) -> u64 {
-    stats["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["reason"] == name && r["counted_as"] == "applied")
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum()
 }
 
 #[test]

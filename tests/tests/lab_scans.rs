@@ -9,10 +9,11 @@ use portguard::{
     policy::{LoadOptions, compile::compile, parse},
 };
 use portguard_tests::{
-    ADMIN_V4, Attached, CLIENT_V4, Lab, SERVER_V4, packets, require_root,
+    ADMIN_V4, Attached, CLIENT_V4, Lab, SERVER_V4, packets,
+    portguard_cli::applied,
+    require_root,
     traffic::{Servers, tcp_connect_many, tcp_connects},
 };
-use serde_json::Value;
 
 const THRESHOLD: u64 = 20;
 
@@ -42,31 +43,11 @@ block_for = "15m"
     )
 }
 
-fn applied(stats: &Value, name: &str) -> u64 {
-    stats["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["reason"] == name && r["counted_as"] == "applied")
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum()
-}
-
-/// Runs nmap from the client namespace; bounded by nmap's own host timeout and ours.
-fn nmap(lab: &Lab, args: &[&str]) {
-    let target = SERVER_V4.to_string();
-    let mut full = vec!["-n", "-Pn", "-T5", "--max-retries", "1", "--host-timeout", "40s", "-p", "1-300"];
-    full.extend_from_slice(args);
-    full.push(&target);
-    let output = lab.client.exec("timeout", &[&["60", "nmap"][..], &full].concat()).expect("nmap runs");
-    assert!(output.status.success(), "nmap failed: {}", String::from_utf8_lossy(&output.stderr));
-}
-
 fn scan_is_detected_and_blocked(nmap_args: &[&str], expected_kind: &str) {
     let lab = Lab::new().unwrap();
     let _services = Servers::start(&lab.server, &[80, 443], &[53]);
     let mut pg = Attached::start(&lab.server, &lab.server_if, &scan_policy("block"), &["--json"]).unwrap();
-    nmap(&lab, nmap_args);
+    lab.nmap(nmap_args);
 
     let scan = pg
         .wait_for_event(Duration::from_secs(5), |e| e["event"] == "scan_detected")
@@ -133,7 +114,7 @@ fn alert_only_reports_and_blocks_nothing() {
     let lab = Lab::new().unwrap();
     let _services = Servers::start(&lab.server, &[80], &[]);
     let mut pg = Attached::start(&lab.server, &lab.server_if, &scan_policy("alert"), &["--json"]).unwrap();
-    nmap(&lab, &["-sS"]);
+    lab.nmap(&["-sS"]);
     let scan =
         pg.wait_for_event(Duration::from_secs(5), |e| e["event"] == "scan_detected").expect("scan event");
     assert_eq!(scan["action"], "alert");
@@ -253,7 +234,7 @@ fn refusals_sent_by_the_host_count_under_default_allow() {
     // ports) tell a scanner from a client.
     let policy = scan_policy("block").replace("default = \"deny\"", "default = \"allow\"");
     let mut pg = Attached::start(&lab.server, &lab.server_if, &policy, &["--json"]).unwrap();
-    nmap(&lab, &["-sS"]);
+    lab.nmap(&["-sS"]);
     let scan =
         pg.wait_for_event(Duration::from_secs(5), |e| e["event"] == "scan_detected").expect("scan_detected");
     assert_eq!(scan["source"], CLIENT_V4.to_string());

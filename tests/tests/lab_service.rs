@@ -12,6 +12,7 @@ use std::{
 use portguard_tests::{
     ADMIN_V4, Attached, CLIENT_V4, INTRUDER_V4, Lab, SCANNER_V4, SERVER_V4,
     http::{self, Behaviour, Receiver, Sample},
+    portguard_cli::applied,
     portguard_cli::portguard,
     require_root,
     traffic::{Servers, tcp_connects},
@@ -138,14 +139,7 @@ fn metrics_match_the_traffic_sent() {
 
     // The same numbers as `portguard stats` reads.
     let stats = pg.stats();
-    let stats_denied: u64 = stats["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["reason"] == "port-denied" && r["counted_as"] == "applied")
-        .map(|r| r["packets"].as_u64().unwrap())
-        .sum();
-    assert_eq!(stats_denied, counter(&after, "portguard_packets_total", &denied_labels));
+    assert_eq!(applied(&stats, "port-denied"), counter(&after, "portguard_packets_total", &denied_labels));
 
     // Gauges and identity.
     assert_eq!(http::value(&after, "portguard_policy_generation", &[("interface", iface)]), 1.0);
@@ -201,27 +195,6 @@ block_for = "15m"
     )
 }
 
-fn nmap_syn_scan(lab: &Lab) {
-    let target = SERVER_V4.to_string();
-    let args = [
-        "60",
-        "nmap",
-        "-n",
-        "-Pn",
-        "-T5",
-        "--max-retries",
-        "1",
-        "--host-timeout",
-        "40s",
-        "-p",
-        "1-300",
-        "-sS",
-        &target,
-    ];
-    let output = lab.client.exec("timeout", &args).expect("nmap runs");
-    assert!(output.status.success(), "nmap failed: {}", String::from_utf8_lossy(&output.stderr));
-}
-
 fn alerts_of(events: &[Value]) -> Vec<&Value> {
     events
         .iter()
@@ -256,7 +229,7 @@ fn a_real_scan_reaches_the_webhook_and_the_program() {
             .unwrap();
     assert!(pg.banner.contains(&format!("alerts: POST {}", receiver.url())), "{}", pg.banner);
 
-    nmap_syn_scan(&lab);
+    lab.nmap(&["-sS"]);
     pg.wait_for_event(Duration::from_secs(5), |e| e["event"] == "auto_blocked").expect("auto_blocked event");
     let printed: Vec<Value> = pg.events(Duration::from_millis(300));
     let printed_alerts: Vec<String> = alerts_of(&printed).iter().map(|e| e.to_string()).collect();

@@ -4,27 +4,14 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use portguard::{
-    loader, paths,
+    loader,
     state::{RunState, loader_running},
 };
 use serde_json::json;
 
 use super::format_uptime;
 
-/// Interfaces with a pin directory, sorted.
-pub fn attached_interfaces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(paths::PIN_ROOT)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
+pub use portguard::loader::attached_interfaces;
 
 pub fn run(json: bool) -> Result<ExitCode> {
     let interfaces = attached_interfaces();
