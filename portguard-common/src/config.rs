@@ -36,6 +36,10 @@ pub const FLAG_TRAPS: u32 = 1 << 14;
 /// Automatic blocks exist in this policy's world: consult `PG_AUTO_BLOCK` on every packet.
 pub const FLAG_AUTO_BLOCK: u32 = 1 << 15;
 
+/// A `never_block` IPv6 network is narrower than `ipv6_prefix`: an automatic block of an IPv6
+/// network may cover exempt sources, so a hit checks `never_block` again.
+pub const FLAG_NEVER_BLOCK_INSIDE_V6_NET: u32 = 1 << 16;
+
 /// Most distinct IPv6 prefix lengths the blocklist probes, longest first.
 pub const MAX_BL6_PREFIX_LENS: usize = 16;
 
@@ -52,22 +56,31 @@ pub struct Config {
     pub udp_reply_timeout_ns: u64,
     /// How long a first fragment's verdict applies to the rest of its datagram.
     pub frag_timeout_ns: u64,
-    /// Policy generation, bumped on every reload; reported in status.
+    /// Policy generation, bumped on every reload (`status` reads it from the loader's state;
+    /// kept here so a dumped program says which generation it is).
     pub generation: u64,
-    /// Distinct denied (or refused) destination ports per source and protocol that make a scan.
-    pub scan_threshold: u32,
-    /// Drop events each CPU may send per second (the rest are counted as suppressed).
-    pub drop_events_per_sec: u32,
-    /// Length of the scan detection window (tumbling).
+    /// Bits of a short-window port set that make a scan: the number of bits `threshold`
+    /// distinct ports set on average (the loader computes it), so hash collisions neither
+    /// delay nor hasten detection on average.
+    pub scan_threshold_bits: u32,
+    /// The same for the long window; 0: slow-scan detection off.
+    pub slow_threshold_bits: u32,
+    /// Length of the short scan detection window (tumbling).
     pub scan_window_ns: u64,
+    /// Length of the long (slow-scan) window (tumbling).
+    pub slow_window_ns: u64,
     /// How long a detected scanner stays blocked.
     pub scan_block_ns: u64,
     /// How long a trap port hit blocks its source.
     pub trap_block_ns: u64,
+    /// The mask, byte by byte, that cuts an IPv6 source to the network scan detection counts
+    /// and automatic blocks block (`ipv6_prefix`).
+    pub v6_source_mask: [u8; 16],
     /// `PG_PORT_DROPS` holds this many copies of the port table (a power of two); each CPU
     /// adds to copy `cpu % shards`, so CPUs do not fight over one cache line in a flood.
     pub port_drop_shards: u32,
-    pub _pad: u32,
+    /// The prefix length `v6_source_mask` keeps.
+    pub v6_source_prefix: u32,
 }
 
 impl Config {
@@ -79,13 +92,15 @@ impl Config {
             udp_reply_timeout_ns: 0,
             frag_timeout_ns: 0,
             generation: 0,
-            scan_threshold: 0,
-            drop_events_per_sec: 0,
+            scan_threshold_bits: 0,
+            slow_threshold_bits: 0,
             scan_window_ns: 0,
+            slow_window_ns: 0,
             scan_block_ns: 0,
             trap_block_ns: 0,
+            v6_source_mask: [0xff; 16],
             port_drop_shards: 1,
-            _pad: 0,
+            v6_source_prefix: 128,
         }
     }
 
@@ -101,7 +116,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<Config>() == 112);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

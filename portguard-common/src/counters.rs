@@ -88,6 +88,14 @@ pub const OBS_TRAP_BLOCKS: u32 = OBSERVATION_BASE + 9;
 pub const OBS_BLOCKS_EXPIRED: u32 = OBSERVATION_BASE + 10;
 /// Negative answers the host sent (TCP RST, ICMP port unreachable), seen on egress.
 pub const OBS_REFUSALS_SENT: u32 = OBSERVATION_BASE + 11;
+/// Automatic blocks not added because this second's `new_blocks_per_second` was spent (a
+/// flood of sources to a trap port, most likely forged).
+pub const OBS_BLOCKS_NOT_ADMITTED: u32 = OBSERVATION_BASE + 12;
+/// Sources given per-source scan state: they failed on a second distinct port.
+pub const OBS_SCAN_SOURCES_ADMITTED: u32 = OBSERVATION_BASE + 13;
+/// Refusals the host sent on flows it had sent on before (its own connections being reset,
+/// late replies to closed client sockets): not counted against the peer.
+pub const OBS_REFUSALS_OWN_FLOWS: u32 = OBSERVATION_BASE + 14;
 /// Entries in `PG_COUNTERS`.
 pub const COUNTER_SLOTS: u32 = OBSERVATION_BASE + 16;
 

@@ -85,6 +85,10 @@ impl ScanKind {
 
 pub const SAMPLE_PORTS: usize = 8;
 
+/// `Event::flags` of a scan: a block follows (the policy blocks scanners and the source is
+/// not exempt).
+pub const EVENT_FLAG_BLOCKING: u8 = 1;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -102,7 +106,8 @@ pub struct Event {
     pub dport: u16,
     /// `EventKind`.
     pub kind: u8,
-    /// The packet's `Reason` (drop events), or the block cause (`CAUSE_*`).
+    /// The packet's `Reason` (drop events), or the cause (`CAUSE_*`: for scans, which window
+    /// saw it; for blocks, why).
     pub reason: u8,
     pub proto: u8,
     /// `ScanKind`.
@@ -110,7 +115,11 @@ pub struct Event {
     pub tcp_flags: u8,
     /// Valid entries in `sample_ports`.
     pub samples: u8,
-    pub _pad: [u8; 2],
+    /// Scans and automatic blocks: `src` is a network of this prefix length (IPv6 sources
+    /// are counted and blocked by the policy's `ipv6_prefix`); 0 for other events.
+    pub prefix_len: u8,
+    /// `EVENT_FLAG_*`.
+    pub flags: u8,
     pub sample_ports: [u16; SAMPLE_PORTS],
 }
 

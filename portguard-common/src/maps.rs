@@ -28,9 +28,11 @@ pub const MAP_FLOWS: &str = "PG_FLOWS";
 /// `LruHashMap<FragKey, FragVerdict>`: verdicts of first fragments.
 pub const MAP_FRAGS: &str = "PG_FRAGS";
 
-/// `LruHashMap<[u8; 16], ScanState>`: per-source scan detection state.
+/// `LruHashMap<ScanKey, ScanState>`: per-source scan detection state, for sources admitted
+/// by `PG_SCAN_ADMIT` (they failed on a second distinct port).
 pub const MAP_SCAN: &str = "PG_SCAN";
-/// `LruHashMap<[u8; 16], AutoBlock>`: sources blocked by scan detection or trap ports.
+/// `LruHashMap<[u8; 16], AutoBlock>`: sources blocked by scan detection or trap ports (IPv6
+/// sources cut to the policy's `ipv6_prefix`).
 pub const MAP_AUTO_BLOCK: &str = "PG_AUTO_BLOCK";
 /// `RingBuf` of `Event`s.
 pub const MAP_EVENTS: &str = "PG_EVENTS";
@@ -170,6 +172,27 @@ pub fn family_of(addr: &[u8; 16]) -> u8 {
     }
 }
 
+/// Masks keeping the first `len` bits of a 128-bit address split in two big-endian halves.
+#[inline(always)]
+pub const fn prefix_masks(len: u32) -> (u64, u64) {
+    let len = if len > 128 { 128 } else { len };
+    let hi = if len == 0 {
+        0
+    } else if len >= 64 {
+        u64::MAX
+    } else {
+        u64::MAX << (64 - len)
+    };
+    let lo = if len <= 64 {
+        0
+    } else if len == 128 {
+        u64::MAX
+    } else {
+        u64::MAX << (128 - len)
+    };
+    (hi, lo)
+}
+
 /// 256 bits, one per last octet of an IPv4 /24.
 pub type Bitmap256 = [u64; 4];
 
@@ -215,32 +238,62 @@ pub struct FragVerdict {
     pub _pad: [u8; 7],
 }
 
-/// Bits per protocol in `ScanState::ports` (a hashed set of destination ports).
+/// Bits in each of `ScanState`'s port sets (a keyed hash picks a port's bit, see
+/// `ScanState`).
 pub const SCAN_PORT_BITS: u32 = 512;
 
-/// Per-source scan detection state (one tumbling window).
+/// Slots of the per-CPU admission table in front of `PG_SCAN` (a power of two).
+pub const SCAN_ADMIT_SLOTS: u32 = 1 << 16;
+
+/// `ScanState::alerted` bits: a scan was reported in the current short window, or in the
+/// current long (slow-scan) window.
+pub const ALERTED_FAST: u8 = 1;
+pub const ALERTED_SLOW: u8 = 2;
+
+/// Key of the per-source scan state: the source (an IPv6 source cut to the policy's
+/// `ipv6_prefix`) and the protocol, so a TCP scan and a UDP scan are counted and reported
+/// apart. Aligned so the packet path can read the address as two words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScanKey {
+    pub addr: [u8; 16],
+    pub proto: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Per-source, per-protocol scan detection state: two tumbling windows, a short one
+/// (`scan_window_ns`) and a long one for slow scans (`slow_window_ns`), each with a set of
+/// the destination ports refused in it. A port's bit in a set is picked by a hash keyed with
+/// `Runtime::scan_key` and the window's start, so nobody outside the host can choose ports
+/// that share bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanState {
     pub window_start_ns: u64,
+    pub slow_start_ns: u64,
     pub last_drop_event_ns: u64,
-    /// Hashed sets of destination ports: words 0-7 TCP, 8-15 UDP.
-    pub ports: [u64; 16],
-    /// Distinct ports in the window: TCP, UDP.
-    pub distinct: [u16; 2],
-    /// A scan was reported in this window.
+    /// Port set of the short window.
+    pub ports: [u64; 8],
+    /// Port set of the long window.
+    pub slow_ports: [u64; 8],
+    /// Bits set in `ports` and `slow_ports`.
+    pub bits: u16,
+    pub slow_bits: u16,
+    /// `ALERTED_*`.
     pub alerted: u8,
     pub samples: u8,
-    pub _pad: [u8; 2],
-    /// Negative attempts in the window by `ScanKind`.
-    pub kinds: [u16; 8],
-    /// The first distinct ports seen in the window.
+    /// Distinct ports of the short window by `ScanKind` (saturating).
+    pub kinds: [u8; 8],
+    /// The first distinct ports seen in the short window.
     pub sample_ports: [u16; 8],
+    pub _pad: [u8; 2],
 }
 
 /// Why a source was blocked automatically.
 pub const CAUSE_SCAN: u8 = 1;
 pub const CAUSE_TRAP: u8 = 2;
+/// A slow scan: the long window's threshold was crossed.
+pub const CAUSE_SLOW_SCAN: u8 = 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -255,7 +308,10 @@ pub struct AutoBlock {
     pub kind: u8,
     /// Trap port, or the distinct ports that made the scan.
     pub port: u16,
-    pub _pad: [u8; 4],
+    /// Prefix length of the blocked network (the key is its address): 32 for IPv4
+    /// sources, the policy's `ipv6_prefix` for IPv6 ones.
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
     /// When a drop event was last sent for this source (one per second at most).
     pub last_event_ns: u64,
 }
@@ -270,14 +326,26 @@ pub struct ManualBlock {
     pub last_event_ns: u64,
 }
 
-/// What userspace tells the packet path outside the policy (shared by every generation).
+/// State shared by every generation outside the policy, in `PG_RUNTIME`. Two entries with
+/// one writer each, because a map value is always written whole: `RUNTIME_USER` is written
+/// by userspace, `RUNTIME_KERNEL` by the packet path (and cleared by the loader, see
+/// `Runtime::auto_blocks`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Runtime {
-    /// Entries in `PG_MANUAL`: the lookup is skipped while there are none.
+    /// `RUNTIME_USER`: entries in `PG_MANUAL`; the lookup is skipped while there are none.
     pub manual_blocks: u32,
-    pub _pad: u32,
+    /// `RUNTIME_KERNEL`: nonzero once the packet path has added an automatic block; the
+    /// `PG_AUTO_BLOCK` lookup is skipped while it is zero. The loader clears it when that
+    /// table is empty (and sets it again if a block raced in).
+    pub auto_blocks: u32,
+    /// `RUNTIME_USER`: the random key of the scan detector's hashes, chosen once when the
+    /// shared maps are created (zero until then: detection still works, unkeyed).
+    pub scan_key: [u64; 2],
 }
+
+pub const RUNTIME_USER: u32 = 0;
+pub const RUNTIME_KERNEL: u32 = 1;
 
 /// A CPU's budget of drop events. The loader refills `tokens` every second (to the policy's
 /// `drop_events_per_second`); the packet path spends one per drop event and counts the drops
@@ -287,7 +355,10 @@ pub struct Runtime {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBudget {
     pub tokens: u32,
-    pub _pad: u32,
+    /// Automatic blocks this CPU may still add (refilled to the policy's
+    /// `[limits] new_blocks_per_second`, divided among CPUs): a spoofed-source flood to a
+    /// trap port cannot fill the block table with forged sources.
+    pub block_tokens: u32,
     /// Drop events held back for lack of tokens.
     pub suppressed: u64,
 }
@@ -310,7 +381,8 @@ const _: () = assert!(core::mem::size_of::<FragVerdict>() == 16);
 const _: () = assert!(core::mem::size_of::<ScanState>() == 184);
 const _: () = assert!(core::mem::size_of::<AutoBlock>() == 32);
 const _: () = assert!(core::mem::size_of::<ManualBlock>() == 16);
-const _: () = assert!(core::mem::size_of::<Runtime>() == 8);
+const _: () = assert!(core::mem::size_of::<Runtime>() == 24);
+const _: () = assert!(core::mem::size_of::<ScanKey>() == 24);
 const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
 
 #[cfg(feature = "user")]
@@ -324,6 +396,7 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragVerdict {}
     unsafe impl aya::Pod for ScanState {}
+    unsafe impl aya::Pod for ScanKey {}
     unsafe impl aya::Pod for AutoBlock {}
     unsafe impl aya::Pod for ManualBlock {}
     unsafe impl aya::Pod for Runtime {}

@@ -8,7 +8,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config,
     config::{FLAG_HAS_BLOCKLIST4, FLAG_HAS_BLOCKLIST4_WIDE, FLAG_HAS_BLOCKLIST6, MAX_BL6_PREFIX_LENS},
-    maps::{Bl6Key, NET_KEY_FIXED_BITS, NetKey, family_of},
+    maps::{Bl6Key, NET_KEY_FIXED_BITS, NetKey, family_of, prefix_masks},
 };
 
 use crate::{
@@ -58,27 +58,6 @@ fn v6_blocked(src: &[u8; 16], cfg: &Config) -> bool {
         }
     }
     false
-}
-
-/// Masks keeping the first `len` bits of a 128-bit address split in two big-endian halves.
-#[inline(always)]
-fn prefix_masks(len: u32) -> (u64, u64) {
-    let len = len.min(128);
-    let hi = if len == 0 {
-        0
-    } else if len >= 64 {
-        u64::MAX
-    } else {
-        u64::MAX << (64 - len)
-    };
-    let lo = if len <= 64 {
-        0
-    } else if len == 128 {
-        u64::MAX
-    } else {
-        u64::MAX << (128 - len)
-    };
-    (hi, lo)
 }
 
 /// `never_block` networks: exempt from every blocklist and automatic block.

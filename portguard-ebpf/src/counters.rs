@@ -14,11 +14,8 @@ use portguard_common::{
 
 use crate::{
     maps::{PG_COUNTERS, PG_PORT_DROPS},
-    verdict::{FRAG_FIRST, FRAG_LATER, Verdict},
+    types::{FRAG_FIRST, FRAG_LATER, NO_PORT, Verdict},
 };
-
-/// Index of `Verdict::port_index` when the packet had no destination port.
-pub const NO_PORT: u32 = u32::MAX;
 
 /// Counts the verdict and returns whether the packet must be dropped.
 #[inline(always)]

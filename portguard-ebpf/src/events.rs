@@ -3,36 +3,25 @@
 
 use portguard_common::{
     counters::OBS_EVENTS_LOST,
-    events::{Event, EventKind, SAMPLE_PORTS},
+    events::{Event, EventKind},
 };
 
+pub use crate::types::{Details, Subject};
 use crate::{
     counters,
-    flows::now_ns,
-    maps::{PG_EVENT_BUDGET, PG_EVENTS},
+    maps::{PG_EVENT_BUDGET, PG_EVENT_DRAFT, PG_EVENTS},
+    time::now_ns,
 };
 
-/// Who and what an event is about.
-pub struct Subject<'a> {
-    pub src: &'a [u8; 16],
-    pub dst: &'a [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub tcp_flags: u8,
-    pub ifindex: u32,
-}
-
-/// Details that depend on the kind of event (plain values: the verifier loses track of
-/// pointers passed through a struct to a BPF-to-BPF call).
-#[derive(Default)]
-pub struct Details {
-    pub reason: u8,
-    pub scan_kind: u8,
-    pub count: u32,
-    pub expires_ns: u64,
-    pub samples: u8,
-    pub sample_ports: [u16; SAMPLE_PORTS],
+/// This CPU's scratch `Details`, reset: events raised deep in a call chain build their details
+/// in map memory, because the BPF stack is 512 bytes for the whole chain.
+#[inline(always)]
+pub fn draft() -> Option<&'static mut Details> {
+    let details = PG_EVENT_DRAFT.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; XDP and TC egress do not interleave on one CPU.
+    let details = unsafe { &mut *details };
+    *details = Details::default();
+    Some(details)
 }
 
 /// A BPF-to-BPF call: emitted from several places, verified and stored once each.
@@ -60,7 +49,8 @@ pub fn emit(kind: EventKind, subject: &Subject, details: &Details) {
         (*event).scan_kind = details.scan_kind;
         (*event).tcp_flags = subject.tcp_flags;
         (*event).samples = details.samples;
-        (*event)._pad = [0; 2];
+        (*event).prefix_len = details.prefix_len;
+        (*event).flags = details.flags;
         (*event).sample_ports = details.sample_ports;
     }
     entry.submit(0);

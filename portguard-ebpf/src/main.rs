@@ -6,14 +6,21 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+// Layered, each module using only those listed above it: leaves (time, hash, types, parse),
+// maps, then counting and events, lookups, detection, and the two paths.
 mod blocklist;
+mod blocks;
 mod counters;
+mod egress;
 mod events;
 mod flows;
+mod hash;
 mod maps;
 mod opaque;
 mod parse;
 mod scan;
+mod time;
+mod types;
 mod verdict;
 
 use aya_ebpf::{
@@ -55,7 +62,7 @@ pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn pg_tc_egress(ctx: TcContext) -> i32 {
     let cfg = config();
-    flows::record_egress(&ctx, cfg);
+    egress::record_egress(&ctx, cfg);
     TC_ACT_OK
 }
 

@@ -11,7 +11,8 @@ use portguard_common::{
     counters::COUNTER_SLOTS,
     maps::{
         AutoBlock, Bitmap256, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict,
-        ManualBlock, NetKey, PORT_TABLE_LEN, PortRule, Runtime, ScanState, SrcAllowKey,
+        ManualBlock, NetKey, PORT_TABLE_LEN, PortRule, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState,
+        SrcAllowKey,
     },
 };
 
@@ -55,7 +56,7 @@ pub static PG_FLOW_PORTS: Array<u64> = Array::with_max_entries(FLOW_PORT_WORDS, 
 pub static PG_FRAGS: LruHashMap<FragKey, FragVerdict> = LruHashMap::with_max_entries(8192, 0);
 
 #[map]
-pub static PG_SCAN: LruHashMap<[u8; 16], ScanState> = LruHashMap::with_max_entries(65536, 0);
+pub static PG_SCAN: LruHashMap<ScanKey, ScanState> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 pub static PG_AUTO_BLOCK: LruHashMap<[u8; 16], AutoBlock> = LruHashMap::with_max_entries(65536, 0);
@@ -67,7 +68,7 @@ pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 pub static PG_MANUAL: LpmTrie<NetKey, ManualBlock> = LpmTrie::with_max_entries(65536, 0);
 
 #[map]
-pub static PG_RUNTIME: Array<Runtime> = Array::with_max_entries(1, 0);
+pub static PG_RUNTIME: Array<Runtime> = Array::with_max_entries(2, 0);
 
 // --- Per-CPU scratch (not pinned, nothing to keep) ------------------------------------------
 
@@ -86,6 +87,19 @@ pub static PG_OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// A zeroed `ScanState` is built here before insertion: too big for the stack.
 #[map]
 pub static PG_SCAN_TEMPLATE: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The source key being worked on (see `blocks::source_key`).
+#[map]
+pub static PG_SOURCE_KEY: PerCpuArray<ScanKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// The details of the event being built (see `events::draft`).
+#[map]
+pub static PG_EVENT_DRAFT: PerCpuArray<crate::types::Details> = PerCpuArray::with_max_entries(1, 0);
+
+/// First failures per source, this CPU's (see `scan.rs`): a keyed-hash-indexed slot per source,
+/// overwritten by whichever source comes next. Per CPU, so a flood writes no shared line.
+#[map]
+pub static PG_SCAN_ADMIT: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCAN_ADMIT_SLOTS, 0);
 
 /// Drop events this CPU may still send (refilled by the loader; shared, pinned).
 #[map]

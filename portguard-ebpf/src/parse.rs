@@ -386,10 +386,18 @@ fn parse_l4(data: usize, end: usize, offset: usize, l4_end: usize, packet: &mut 
     }
 }
 
-/// The probe an ICMP "port unreachable" answers: (prober's address, probed port), read from the
-/// original datagram quoted after the 8-byte ICMP header. `None` unless it quotes UDP.
+/// The probe an ICMP "port unreachable" answers, read from the original datagram quoted after
+/// the 8-byte ICMP header (sent by the prober to this host). `None` unless it quotes UDP.
+pub struct QuotedProbe {
+    /// The prober's address (the quoted source).
+    pub prober: [u8; 16],
+    /// The prober's port and the probed port (the quoted source and destination ports).
+    pub prober_port: u16,
+    pub port: u16,
+}
+
 #[inline(always)]
-pub fn unreachable_probe(data: usize, end: usize, packet: &Packet) -> Option<([u8; 16], u16)> {
+pub fn unreachable_probe(data: usize, end: usize, packet: &Packet) -> Option<QuotedProbe> {
     let quoted = packet.l4_offset as usize + 8;
     // The offset comes back from a map: bound it again for the verifier.
     if quoted > 1024 {
@@ -402,7 +410,8 @@ pub fn unreachable_probe(data: usize, end: usize, packet: &Packet) -> Option<([u
             return None;
         }
         let udp = ptr_at::<UdpHdr>(data, end, quoted + Ipv6Hdr::LEN)?;
-        Some((ip.dst_addr, be16(unsafe { (*udp).dst })))
+        let (sport, dport) = unsafe { (be16((*udp).src), be16((*udp).dst)) };
+        Some(QuotedProbe { prober: ip.src_addr, prober_port: sport, port: dport })
     } else {
         let ip = ptr_at::<Ipv4Hdr>(data, end, quoted)?;
         let ip = unsafe { &*ip };
@@ -411,6 +420,7 @@ pub fn unreachable_probe(data: usize, end: usize, packet: &Packet) -> Option<([u
             return None;
         }
         let udp = ptr_at::<UdpHdr>(data, end, quoted + header_len)?;
-        Some((v4_mapped(ip.dst_addr), be16(unsafe { (*udp).dst })))
+        let (sport, dport) = unsafe { (be16((*udp).src), be16((*udp).dst)) };
+        Some(QuotedProbe { prober: v4_mapped(ip.src_addr), prober_port: sport, port: dport })
     }
 }

@@ -1,30 +1,41 @@
-//! Scan detection and automatic blocking, in the packet path.
+//! Scan detection, in the packet path.
 //!
 //! A source is counted when it tries a port and fails: the port policy refuses it on ingress,
-//! or the host refuses it (TCP RST, ICMP port unreachable) on egress. Clients that connect to
-//! open ports never fail, so hundreds of connections to 443 count nothing. A source that fails
-//! on `scan_threshold` distinct ports of one protocol within one window is reported once per
-//! window, and blocked right there if the policy says so.
+//! or the host refuses it (TCP RST, ICMP port unreachable) on egress for a flow the host had
+//! not sent on. Clients that connect to open ports never fail, so hundreds of connections to
+//! 443 count nothing. Sources are counted per protocol, IPv6 sources by their `ipv6_prefix`
+//! network.
+//!
+//! The cost must not depend on how many sources attack or how hard one hammers:
+//! - Admission: a source's first failure only writes one slot of a per-CPU table
+//!   (`PG_SCAN_ADMIT`, keyed hash of the source); repeats on the same port change nothing. Only
+//!   a second distinct port gives it shared state in `PG_SCAN` (both ports counted), so a
+//!   spoofed flood, whose sources fail once each, never touches the shared table.
+//! - Shared state is written only when something changes: a new port in a window, a window
+//!   rolling over, a report. A source hammering one port, or one already reported, only reads.
+//! - Two tumbling windows: a short one (`threshold` ports in `window`) and a long one for slow
+//!   scans (`slow_threshold` ports in `slow_window`). Each reports once per window.
 
-use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
-    Config, Reason,
-    config::{FLAG_HAS_NEVER_BLOCK, FLAG_SCAN_BLOCK},
-    counters::{OBS_SCAN_BLOCKS, OBS_SCANS_DETECTED},
-    events::{EventKind, SAMPLE_PORTS, SCAN_KINDS, ScanKind},
-    maps::{AutoBlock, CAUSE_SCAN, ManualBlock, NET_KEY_FIXED_BITS, PROTO_UDP, SCAN_PORT_BITS, ScanState},
+    Config,
+    config::FLAG_SCAN_BLOCK,
+    counters::{OBS_SCAN_BLOCKS, OBS_SCAN_SOURCES_ADMITTED, OBS_SCANS_DETECTED},
+    events::{EVENT_FLAG_BLOCKING, EventKind, SAMPLE_PORTS, SCAN_KINDS, ScanKind},
+    maps::{
+        ALERTED_FAST, ALERTED_SLOW, CAUSE_SCAN, CAUSE_SLOW_SCAN, PROTO_UDP, RUNTIME_USER, SCAN_ADMIT_SLOTS,
+        SCAN_PORT_BITS, ScanKey, ScanState,
+    },
 };
 
 use crate::{
-    blocklist, counters,
-    events::{self, Details, Subject},
-    flows::now_ns,
-    maps::{PG_AUTO_BLOCK, PG_MANUAL, PG_RUNTIME, PG_SCAN, PG_SCAN_TEMPLATE},
+    blocks::{self, DROP_EVENT_INTERVAL_NS, REPORT},
+    counters,
+    events::{self, Subject},
+    hash,
+    maps::{PG_RUNTIME, PG_SCAN, PG_SCAN_ADMIT, PG_SCAN_TEMPLATE},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG},
+    time::now_ns,
 };
-
-/// At most one drop event per source per second.
-const DROP_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// How a packet probes, from its flags (and, for SYNs, whether a full TCP stack sent it).
 #[inline(always)]
@@ -44,10 +55,18 @@ pub fn kind_of(packet: &Packet) -> ScanKind {
     }
 }
 
-/// `failed_attempt` result bits: a drop event may be sent for this source now (per-source rate
-/// limit); the source has just been blocked.
-pub const REPORT: u32 = 1;
+/// `failed_attempt` result bits besides `REPORT`: a window's threshold was just crossed (the
+/// caller then calls `report`, which says `BLOCKED_NOW` if it blocked the source). The cause
+/// and the port set's bit count ride in bits 8-15 and 16-31.
+pub const DETECTED: u32 = 8;
 pub const BLOCKED_NOW: u32 = 2;
+
+// Admission slot layout (u64): fingerprint (32 bits) | first port (16) | second of the last
+// drop event (14) | admitted | used.
+const SLOT_USED: u64 = 1;
+const SLOT_ADMITTED: u64 = 2;
+const SLOT_SECOND_SHIFT: u32 = 2;
+const SLOT_SECOND_MASK: u64 = 0x3fff << SLOT_SECOND_SHIFT;
 
 /// One failed attempt by `subject.src` on `subject.dport` (the prober and the probed port).
 ///
@@ -55,69 +74,193 @@ pub const BLOCKED_NOW: u32 = 2;
 /// the return instead of checking the caller's remaining code once per path.
 #[inline(never)]
 pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
-    let (prober, port) = (subject.src, subject.dport);
-    let now = now_ns();
-    let Some(state) = state_of(prober, now) else {
+    let Some(runtime) = PG_RUNTIME.get(RUNTIME_USER) else {
         return REPORT;
     };
-    let slot = if subject.proto == PROTO_UDP { 1 } else { 0 };
-    let state = unsafe { &mut *state };
-    if now.wrapping_sub(state.window_start_ns) >= cfg.scan_window_ns {
-        reset(state, now);
+    let Some(key) = blocks::source_key(subject.src, subject.is_v6, subject.proto, cfg) else {
+        return REPORT;
+    };
+    let hash = hash::source(&runtime.scan_key, key);
+    let Some(slot) = PG_SCAN_ADMIT.get_ptr_mut((hash as u32) & (SCAN_ADMIT_SLOTS - 1)) else {
+        return REPORT;
+    };
+    let port = subject.dport;
+    let now = now_ns();
+    // About a second (2^30 ns), modulo 2^14: enough to tell "this second" from "before".
+    let second = ((now >> 30) << SLOT_SECOND_SHIFT) & SLOT_SECOND_MASK;
+    let fingerprint = hash & 0xffff_ffff_0000_0000;
+    let seen = unsafe { *slot };
+    if seen & SLOT_USED == 0 || seen & 0xffff_ffff_0000_0000 != fingerprint {
+        // First failure seen here: remember the port, keep no state.
+        unsafe { *slot = fingerprint | ((port as u64) << 16) | second | SLOT_USED };
+        return REPORT;
     }
-    // A multiplicative hash spreads sequential ports over the set.
-    let bit = (port as u32).wrapping_mul(2_654_435_761) >> (32 - 9);
-    let word = (slot * (SCAN_PORT_BITS / 64) + (bit >> 6)) as usize;
-    let mask = 1u64 << (bit & 63);
-    if word < state.ports.len() && state.ports[word] & mask == 0 {
+    let first_port = (seen >> 16) as u16;
+    if seen & SLOT_ADMITTED == 0 {
+        if first_port == port {
+            // The same port again (a flood, a retransmission): nothing to learn. A drop
+            // event per second at most.
+            if seen & SLOT_SECOND_MASK == second {
+                return 0;
+            }
+            unsafe { *slot = (seen & !SLOT_SECOND_MASK) | second };
+            return REPORT;
+        }
+        unsafe { *slot = seen | SLOT_ADMITTED };
+    }
+    let admitted_now = seen & SLOT_ADMITTED == 0;
+    let Some(state) = state_of(key, now, admitted_now) else {
+        return REPORT;
+    };
+    // SAFETY: a value of the shared map; a racing CPU may lose an update, never more.
+    let state = unsafe { &mut *state };
+    roll_windows(state, cfg, now);
+    if admitted_now {
+        add_port(state, cfg, &runtime.scan_key, first_port, kind);
+    }
+    add_port(state, cfg, &runtime.scan_key, port, kind);
+    let outcome = detect(state, cfg);
+    if outcome & DETECTED != 0 {
+        return outcome;
+    }
+    if now.wrapping_sub(state.last_drop_event_ns) >= DROP_EVENT_INTERVAL_NS {
+        state.last_drop_event_ns = now;
+        return outcome | REPORT;
+    }
+    outcome
+}
+
+/// The source's shared state; created (zeroed, windows starting now) when the source has just
+/// been admitted, or when it was admitted before but its state has since been evicted.
+#[inline(always)]
+fn state_of(key: &ScanKey, now: u64, admitted_now: bool) -> Option<*mut ScanState> {
+    if let Some(state) = PG_SCAN.get_ptr_mut(key) {
+        return Some(state);
+    }
+    // Built in a per-CPU scratch slot: 184 bytes do not fit on the stack beside the parser.
+    let fresh = PG_SCAN_TEMPLATE.get_ptr_mut(0)?;
+    zero(fresh as *mut u64, core::mem::size_of::<ScanState>() / 8);
+    unsafe {
+        (*fresh).window_start_ns = now;
+        (*fresh).slow_start_ns = now;
+        PG_SCAN.insert(key, &*fresh, 0).ok()?;
+    }
+    if admitted_now {
+        counters::add(OBS_SCAN_SOURCES_ADMITTED, 0);
+    }
+    PG_SCAN.get_ptr_mut(key)
+}
+
+/// Starts a new window (and with it a new port-to-bit mapping) when the current one is over.
+#[inline(always)]
+fn roll_windows(state: &mut ScanState, cfg: &Config, now: u64) {
+    if now.wrapping_sub(state.window_start_ns) >= cfg.scan_window_ns {
+        zero(state.ports.as_mut_ptr(), 8);
+        state.bits = 0;
+        state.samples = 0;
+        state.kinds = [0; SCAN_KINDS];
+        state.alerted &= !ALERTED_FAST;
+        state.window_start_ns = now;
+    }
+    if cfg.slow_threshold_bits != 0 && now.wrapping_sub(state.slow_start_ns) >= cfg.slow_window_ns {
+        zero(state.slow_ports.as_mut_ptr(), 8);
+        state.slow_bits = 0;
+        state.alerted &= !ALERTED_SLOW;
+        state.slow_start_ns = now;
+    }
+}
+
+/// Adds `port` to both windows' sets; writes only what changes. A call of its own, so the
+/// verifier joins its paths at the return instead of multiplying them with the caller's.
+#[inline(never)]
+fn add_port(state: &mut ScanState, cfg: &Config, key: &[u64; 2], port: u16, kind: u8) {
+    let bit = hash::port_bit(key, state.window_start_ns, port, SCAN_PORT_BITS);
+    let (word, mask) = ((bit >> 6) as usize & 7, 1u64 << (bit & 63));
+    if state.ports[word] & mask == 0 {
         state.ports[word] |= mask;
-        state.distinct[slot as usize] = state.distinct[slot as usize].saturating_add(1);
+        state.bits = state.bits.saturating_add(1);
+        let kind = kind as usize;
+        if kind < SCAN_KINDS {
+            state.kinds[kind] = state.kinds[kind].saturating_add(1);
+        }
         let samples = state.samples as usize;
         if samples < SAMPLE_PORTS {
             state.sample_ports[samples] = port;
             state.samples += 1;
         }
     }
-    let kind_slot = kind as usize;
-    if kind_slot < SCAN_KINDS {
-        state.kinds[kind_slot] = state.kinds[kind_slot].saturating_add(1);
-    }
-
-    let mut blocked = false;
-    let distinct = state.distinct[slot as usize] as u32;
-    if state.alerted == 0 && distinct >= cfg.scan_threshold {
-        state.alerted = 1;
-        counters::add(OBS_SCANS_DETECTED, 0);
-        let dominant = dominant_kind(state);
-        let will_block = cfg.has(FLAG_SCAN_BLOCK) && !exempt(cfg, prober);
-        let mut details = Details {
-            // Tells the reader whether a block follows.
-            reason: if will_block { CAUSE_SCAN } else { 0 },
-            scan_kind: dominant,
-            count: distinct,
-            samples: state.samples,
-            sample_ports: state.sample_ports,
-            ..Default::default()
-        };
-        events::emit(EventKind::ScanDetected, subject, &details);
-        if will_block {
-            let expires_ns = now + cfg.scan_block_ns;
-            block(prober, now, expires_ns, CAUSE_SCAN, dominant, distinct as u16);
-            counters::add(OBS_SCAN_BLOCKS, 0);
-            details.expires_ns = expires_ns;
-            events::emit(EventKind::AutoBlocked, subject, &details);
-            blocked = true;
+    if cfg.slow_threshold_bits != 0 {
+        let bit = hash::port_bit(key, state.slow_start_ns, port, SCAN_PORT_BITS);
+        let (word, mask) = ((bit >> 6) as usize & 7, 1u64 << (bit & 63));
+        if state.slow_ports[word] & mask == 0 {
+            state.slow_ports[word] |= mask;
+            state.slow_bits = state.slow_bits.saturating_add(1);
         }
     }
-    let mut outcome = if blocked { BLOCKED_NOW } else { 0 };
-    if now.wrapping_sub(state.last_drop_event_ns) >= DROP_EVENT_INTERVAL_NS {
-        state.last_drop_event_ns = now;
-        outcome |= REPORT;
-    }
-    outcome
 }
 
-/// The most frequent kind; a call of its own so its 2^7 comparison paths end at the return.
+/// Marks a window whose threshold was just crossed (once per window; a fast scan is not
+/// reported again as a slow one) and says so (`DETECTED`, cause, bits) to the caller.
+#[inline(always)]
+fn detect(state: &mut ScanState, cfg: &Config) -> u32 {
+    let fast = state.alerted & ALERTED_FAST == 0 && state.bits as u32 >= cfg.scan_threshold_bits;
+    let slow = !fast
+        && cfg.slow_threshold_bits != 0
+        && state.alerted & ALERTED_SLOW == 0
+        && state.slow_bits as u32 >= cfg.slow_threshold_bits;
+    if !fast && !slow {
+        return 0;
+    }
+    state.alerted |= if fast { ALERTED_FAST | ALERTED_SLOW } else { ALERTED_SLOW };
+    let (cause, bits) = if fast { (CAUSE_SCAN, state.bits) } else { (CAUSE_SLOW_SCAN, state.slow_bits) };
+    DETECTED | (cause as u32) << 8 | (bits as u32) << 16
+}
+
+/// Reports the scan `failed_attempt` detected, and blocks the source's network if the policy
+/// says so (`BLOCKED_NOW`). A call of its own, made by the path that counted the attempt (not
+/// from inside `failed_attempt`): the BPF stack is 512 bytes for a whole chain of calls.
+#[inline(never)]
+pub fn report(cfg: &Config, subject: &Subject, outcome: u32) -> u32 {
+    let (cause, bits) = ((outcome >> 8) as u8, (outcome >> 16) as u16);
+    let Some(key) = blocks::source_key(subject.src, subject.is_v6, subject.proto, cfg) else {
+        return 0;
+    };
+    // SAFETY: read once for the report; a concurrent update only changes the sample shown.
+    let Some(state) = (unsafe { PG_SCAN.get(key) }) else {
+        return 0;
+    };
+    let prefix_len = blocks::source_prefix(subject.is_v6, cfg);
+    counters::add(OBS_SCANS_DETECTED, 0);
+    let dominant = dominant_kind(state);
+    let will_block = cfg.has(FLAG_SCAN_BLOCK) && !blocks::exempt(cfg, subject.src);
+    let subject = Subject { src: &key.addr, ..*subject };
+    let Some(details) = events::draft() else {
+        return 0;
+    };
+    details.reason = cause;
+    details.flags = if will_block { EVENT_FLAG_BLOCKING } else { 0 };
+    details.scan_kind = dominant;
+    details.count = bits as u32;
+    details.samples = state.samples;
+    details.sample_ports = state.sample_ports;
+    details.prefix_len = prefix_len;
+    events::emit(EventKind::ScanDetected, &subject, details);
+    if !will_block {
+        return 0;
+    }
+    let now = now_ns();
+    let expires_ns = now + cfg.scan_block_ns;
+    if !blocks::block(&key.addr, prefix_len, now, expires_ns, cause, dominant, bits) {
+        return 0;
+    }
+    counters::add(OBS_SCAN_BLOCKS, 0);
+    details.expires_ns = expires_ns;
+    events::emit(EventKind::AutoBlocked, &subject, details);
+    BLOCKED_NOW
+}
+
+/// The most frequent kind among the window's distinct ports; a call of its own so its 2^7
+/// comparison paths end at the return.
 #[inline(never)]
 fn dominant_kind(state: &ScanState) -> u8 {
     let mut best = 0usize;
@@ -129,108 +272,11 @@ fn dominant_kind(state: &ScanState) -> u8 {
     best as u8
 }
 
+/// Zeroes `words` u64s. Volatile stores, because LLVM would otherwise emit a byte-wise `memset`
+/// loop that the verifier walks once per byte on every path.
 #[inline(always)]
-fn reset(state: &mut ScanState, now: u64) {
-    zero(state);
-    state.window_start_ns = now;
-}
-
-/// Zeroes a `ScanState` word by word. Volatile stores, because LLVM would otherwise emit a
-/// byte-wise `memset` loop that the verifier walks once per byte on every path.
-#[inline(always)]
-fn zero(state: *mut ScanState) {
-    const WORDS: usize = core::mem::size_of::<ScanState>() / 8;
-    let words = state as *mut u64;
-    for i in 0..WORDS {
+fn zero(words: *mut u64, count: usize) {
+    for i in 0..count {
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
 }
-
-/// The source's state, created (zeroed, window starting now) on first sight.
-#[inline(always)]
-fn state_of(src: &[u8; 16], now: u64) -> Option<*mut ScanState> {
-    if let Some(state) = PG_SCAN.get_ptr_mut(src) {
-        return Some(state);
-    }
-    // Built in a per-CPU scratch slot: 184 bytes do not fit on the stack beside the parser.
-    let fresh = PG_SCAN_TEMPLATE.get_ptr_mut(0)?;
-    zero(fresh);
-    unsafe {
-        (*fresh).window_start_ns = now;
-        PG_SCAN.insert(src, &*fresh, 0).ok()?;
-    }
-    PG_SCAN.get_ptr_mut(src)
-}
-
-#[inline(always)]
-pub fn exempt(cfg: &Config, src: &[u8; 16]) -> bool {
-    cfg.has(FLAG_HAS_NEVER_BLOCK) && blocklist::never_block(src)
-}
-
-#[inline(always)]
-pub fn block(src: &[u8; 16], now: u64, expires_ns: u64, cause: u8, kind: u8, port: u16) {
-    let entry = AutoBlock { added_ns: now, expires_ns, cause, kind, port, _pad: [0; 4], last_event_ns: now };
-    let _ = PG_AUTO_BLOCK.insert(src, &entry, 0);
-}
-
-/// `auto_blocked` result bits.
-pub const IS_BLOCKED: u32 = 4;
-
-/// Whether `src` is blocked automatically right now (`IS_BLOCKED`, with `REPORT` when a drop
-/// event is due: one per source per second, so a blocked scanner cannot flood the reader).
-/// An expired block is removed, and reported, on the way.
-#[inline(always)]
-pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
-    let Some(entry) = PG_AUTO_BLOCK.get_ptr_mut(subject.src) else {
-        return 0;
-    };
-    let now = now_ns();
-    let (expires_ns, cause) = unsafe { ((*entry).expires_ns, (*entry).cause) };
-    if now < expires_ns {
-        if exempt(cfg, subject.src) {
-            return 0;
-        }
-        let last = unsafe { &mut (*entry).last_event_ns };
-        if now.wrapping_sub(*last) >= DROP_EVENT_INTERVAL_NS {
-            *last = now;
-            return IS_BLOCKED | REPORT;
-        }
-        return IS_BLOCKED;
-    }
-    if PG_AUTO_BLOCK.remove(subject.src).is_ok() {
-        counters::add(portguard_common::counters::OBS_BLOCKS_EXPIRED, 0);
-        let details = Details { reason: cause, expires_ns, ..Default::default() };
-        events::emit(EventKind::BlockExpired, subject, &details);
-    }
-    0
-}
-
-/// Whether `src` is blocked by hand right now (`IS_BLOCKED`, with `REPORT` when a drop event
-/// is due). Expired entries stop matching here; the loader removes them.
-#[inline(always)]
-pub fn manually_blocked(cfg: &Config, subject: &Subject) -> u32 {
-    let none = PG_RUNTIME.get(0).map(|r| r.manual_blocks == 0).unwrap_or(true);
-    if none {
-        return 0;
-    }
-    let Some(entry) = PG_MANUAL.get(Key::new(NET_KEY_FIXED_BITS + 128, blocklist::net_key(subject.src)))
-    else {
-        return 0;
-    };
-    let entry = entry as *const ManualBlock as *mut ManualBlock;
-    let now = now_ns();
-    let expires_ns = unsafe { (*entry).expires_ns };
-    if (expires_ns != 0 && now >= expires_ns) || exempt(cfg, subject.src) {
-        return 0;
-    }
-    // One drop event per second per blocked network, written into the map's own value.
-    let last = unsafe { &mut (*entry).last_event_ns };
-    if now.wrapping_sub(*last) >= DROP_EVENT_INTERVAL_NS {
-        *last = now;
-        return IS_BLOCKED | REPORT;
-    }
-    IS_BLOCKED
-}
-
-/// The reason a packet gets when its sender has just been blocked.
-pub const BLOCKED: Reason = Reason::DropAutoBlock;

@@ -25,47 +25,16 @@ use portguard_common::{
 };
 
 use crate::{
-    blocklist, counters,
-    counters::NO_PORT,
+    blocklist, blocks, counters,
     events::{self, Details, Subject},
     flows,
     maps::{PG_FRAGS, PG_PACKET, PG_PORTS, PG_SRC_ALLOW, SCRATCH_XDP},
     opaque,
     parse::{FragKind, PARSED_IP, PARSED_MALFORMED, Packet, TCP_ACK, TCP_SYN, parse},
     scan,
+    time::now_ns,
+    types::{FRAG_FIRST, FRAG_LATER, FRAG_WHOLE, NO_PORT, Verdict},
 };
-
-/// The verdict on one frame, as plain numbers (8 bytes), so the entry point can pass it
-/// through a map slot (`opaque`) before acting on it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Verdict {
-    /// `Reason`.
-    pub reason: u8,
-    pub vlan_tags: u8,
-    /// `FRAG_*`.
-    pub frag: u8,
-    /// A drop event may be sent (the per-source rate limit allows it, nothing else reported).
-    pub report: u8,
-    /// `port_index` of the destination port, or `NO_PORT`.
-    pub port_index: u32,
-}
-
-pub const FRAG_WHOLE: u8 = 0;
-pub const FRAG_FIRST: u8 = 1;
-pub const FRAG_LATER: u8 = 2;
-
-impl Verdict {
-    #[inline(always)]
-    const fn of(reason: Reason, vlan_tags: u8) -> Self {
-        Self { reason: reason as u8, vlan_tags, frag: FRAG_WHOLE, report: 0, port_index: NO_PORT }
-    }
-
-    #[inline(always)]
-    pub const fn is_drop(&self) -> bool {
-        self.reason >= DROP_BASE
-    }
-}
 
 /// The verdict, made opaque to the verifier (see `opaque.rs`): the paths that led to
 /// different verdicts merge here instead of each checking the rest of the program again.
@@ -79,7 +48,8 @@ pub fn opaque(verdict: Verdict) -> Verdict {
 
 /// What the port policy and the detectors made of a packet.
 struct Judged {
-    reason: Reason,
+    /// `Reason`, as a number: on the scan path it passes through `opaque`.
+    reason: u8,
     /// A drop event may be sent (the per-source rate limit allows it, nothing else reported).
     report: bool,
 }
@@ -87,7 +57,7 @@ struct Judged {
 impl Judged {
     #[inline(always)]
     const fn new(reason: Reason) -> Self {
-        Self { reason, report: true }
+        Self { reason: reason as u8, report: true }
     }
 }
 
@@ -124,7 +94,7 @@ pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
         FragKind::First => (FRAG_FIRST, port_index(packet.proto, packet.dport).unwrap_or(NO_PORT)),
         FragKind::Whole => (FRAG_WHOLE, port_index(packet.proto, packet.dport).unwrap_or(NO_PORT)),
     };
-    Verdict { reason: judged.reason as u8, vlan_tags, frag, report: judged.report as u8, port_index }
+    Verdict { reason: judged.reason, vlan_tags, frag, report: judged.report as u8, port_index }
 }
 
 #[inline(always)]
@@ -137,6 +107,7 @@ fn subject_of(packet: &Packet, ifindex: u32) -> Subject<'_> {
         proto: packet.proto,
         tcp_flags: packet.tcp_flags,
         ifindex,
+        is_v6: packet.is_v6,
     }
 }
 
@@ -154,17 +125,19 @@ fn judge_packet(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if is_neighbor_discovery(packet) {
         return Judged::new(Reason::PassNeighbor);
     }
-    if blocklist::in_policy_blocklist(packet, cfg) && !scan::exempt(cfg, &packet.src) {
+    if blocklist::in_policy_blocklist(packet, cfg) && !blocks::exempt(cfg, &packet.src) {
         return Judged::new(Reason::DropBlocklist);
     }
-    let manual = scan::manually_blocked(cfg, subject);
-    if manual & scan::IS_BLOCKED != 0 {
-        return Judged { reason: Reason::DropManualBlock, report: manual & scan::REPORT != 0 };
+    let manual = blocks::manually_blocked(cfg, subject);
+    if manual & blocks::IS_BLOCKED != 0 {
+        return Judged { reason: Reason::DropManualBlock as u8, report: manual & blocks::REPORT != 0 };
     }
-    if cfg.has(FLAG_AUTO_BLOCK) {
-        let blocked = scan::auto_blocked(cfg, subject);
-        if blocked & scan::IS_BLOCKED != 0 {
-            return Judged { reason: Reason::DropAutoBlock, report: blocked & scan::REPORT != 0 };
+    // Skipped until the packet path has blocked someone (and again once the loader has seen
+    // the table empty).
+    if cfg.has(FLAG_AUTO_BLOCK) && blocks::any_automatic() {
+        let blocked = blocks::auto_blocked(cfg, subject);
+        if blocked & blocks::IS_BLOCKED != 0 {
+            return Judged { reason: Reason::DropAutoBlock as u8, report: blocked & blocks::REPORT != 0 };
         }
     }
     match packet.frag {
@@ -207,10 +180,8 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     let rule = port_index(packet.proto, packet.dport).and_then(|index| PG_PORTS.get(index));
     let (action, flags) = rule.map(|r| (r.action, r.flags)).unwrap_or((0, 0));
     let attempt = packet.proto == PROTO_UDP || is_connection_attempt(packet.tcp_flags);
-    if flags & PORT_FLAG_TRAP != 0 && attempt && cfg.has(FLAG_TRAPS) {
-        if let Some(judged) = trap(packet, subject, cfg) {
-            return judged;
-        }
+    if flags & PORT_FLAG_TRAP != 0 && attempt && cfg.has(FLAG_TRAPS) && trap(packet, subject, cfg) {
+        return Judged { reason: Reason::DropAutoBlock as u8, report: false };
     }
     let decision = port_decision(packet, action, cfg);
     if !decision.is_drop() {
@@ -236,35 +207,52 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if !cfg.has(FLAG_SCAN_DETECT) {
         return Judged::new(reason);
     }
+    // Both opaque, so the verifier checks the detector once, not once per reason and kind.
     let kind = opaque::u64(scan::kind_of(packet) as u64) as u8;
+    let reason = opaque::u64(reason as u64) as u8;
     let outcome = scan::failed_attempt(cfg, subject, kind);
-    if outcome & scan::BLOCKED_NOW != 0 {
-        return Judged { reason: scan::BLOCKED, report: false };
+    if outcome & scan::DETECTED != 0 {
+        if scan::report(cfg, subject, outcome) & scan::BLOCKED_NOW != 0 {
+            return Judged { reason: Reason::DropAutoBlock as u8, report: false };
+        }
+        return Judged { reason, report: false };
     }
-    Judged { reason, report: outcome & scan::REPORT != 0 }
+    Judged { reason, report: outcome & blocks::REPORT != 0 }
 }
 
-/// An attempt on a trap port: the source is blocked at once (unless `never_block`).
-#[inline(always)]
-fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> Option<Judged> {
-    let exempt = scan::exempt(cfg, &packet.src);
-    let now = flows::now_ns();
-    let expires_ns = if exempt { 0 } else { now + cfg.trap_block_ns };
-    let details = Details {
-        reason: CAUSE_TRAP,
-        scan_kind: scan::kind_of(packet) as u8,
-        count: 1,
-        expires_ns,
-        ..Default::default()
+/// An attempt on a trap port: the source is blocked at once (true), unless it is in
+/// `never_block` (then only reported, within the drop-event budget) or this second's
+/// `new_blocks_per_second` is spent (then only counted); then the port policy judges it. A call of
+/// its own: its event details stay off the entry point's stack.
+#[inline(never)]
+fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
+    let prefix_len = blocks::source_prefix(packet.is_v6, cfg);
+    let Some(details) = events::draft() else {
+        return false;
     };
-    events::emit(EventKind::TrapHit, subject, &details);
-    if exempt {
-        return None;
+    details.reason = CAUSE_TRAP;
+    details.scan_kind = scan::kind_of(packet) as u8;
+    details.count = 1;
+    details.prefix_len = prefix_len;
+    if blocks::exempt(cfg, &packet.src) {
+        if events::drop_event_allowed() {
+            events::emit(EventKind::TrapHit, subject, details);
+        }
+        return false;
     }
-    scan::block(&packet.src, now, expires_ns, CAUSE_TRAP, packet.proto, packet.dport);
+    let Some(key) = blocks::source_key(&packet.src, packet.is_v6, 0, cfg) else {
+        return false;
+    };
+    let now = now_ns();
+    let expires_ns = now + cfg.trap_block_ns;
+    if !blocks::block(&key.addr, prefix_len, now, expires_ns, CAUSE_TRAP, packet.proto, packet.dport) {
+        return false;
+    }
     counters::add(OBS_TRAP_BLOCKS, 0);
-    events::emit(EventKind::AutoBlocked, subject, &details);
-    Some(Judged { reason: scan::BLOCKED, report: false })
+    details.expires_ns = expires_ns;
+    events::emit(EventKind::TrapHit, subject, details);
+    events::emit(EventKind::AutoBlocked, &Subject { src: &key.addr, ..*subject }, details);
+    true
 }
 
 /// A SYN without ACK: the only segment that opens a connection.
@@ -333,8 +321,8 @@ fn frag_key(packet: &Packet) -> FragKey {
 }
 
 #[inline(always)]
-fn remember_first_fragment(packet: &Packet, reason: Reason) {
-    let verdict = FragVerdict { seen_ns: flows::now_ns(), reason: reason as u8, _pad: [0; 7] };
+fn remember_first_fragment(packet: &Packet, reason: u8) {
+    let verdict = FragVerdict { seen_ns: now_ns(), reason, _pad: [0; 7] };
     if PG_FRAGS.insert(&frag_key(packet), &verdict, 0).is_err() {
         counters::add(OBS_FRAGMENT_TABLE_FULL, 0);
     }
@@ -343,7 +331,7 @@ fn remember_first_fragment(packet: &Packet, reason: Reason) {
 #[inline(always)]
 fn later_fragment(packet: &Packet, cfg: &Config) -> Reason {
     if let Some(first) = unsafe { PG_FRAGS.get(&frag_key(packet)) } {
-        if flows::now_ns().wrapping_sub(first.seen_ns) <= cfg.frag_timeout_ns {
+        if now_ns().wrapping_sub(first.seen_ns) <= cfg.frag_timeout_ns {
             return if first.reason >= DROP_BASE { Reason::DropFragment } else { Reason::PassFragment };
         }
     }

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::IpNet;
-use portguard_common::maps::{MAP_MANUAL, MAP_RUNTIME, ManualBlock, NetKey, Runtime};
+use portguard_common::maps::{MAP_MANUAL, MAP_RUNTIME, ManualBlock, NetKey, RUNTIME_USER, Runtime};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -168,15 +168,15 @@ pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
         manual.insert(&Key::new(*prefix_len, *addr), block, 0).context("adding a manual block")?;
     }
     let count = wanted.len() as u32;
-    let current = runtime.get(&0, 0)?;
-    runtime.set(0, Runtime { manual_blocks: count.max(current.manual_blocks), _pad: 0 }, 0)?;
+    let current = runtime.get(&RUNTIME_USER, 0)?;
+    runtime.set(RUNTIME_USER, Runtime { manual_blocks: count.max(current.manual_blocks), ..current }, 0)?;
     let present: Vec<Key<NetKey>> = manual.keys().filter_map(Result::ok).collect();
     for key in present {
         if !wanted.contains_key(&(key.prefix_len(), key.data())) {
             manual.remove(&key).context("removing a manual block")?;
         }
     }
-    runtime.set(0, Runtime { manual_blocks: count, _pad: 0 }, 0)?;
+    runtime.set(RUNTIME_USER, Runtime { manual_blocks: count, ..current }, 0)?;
     Ok(wanted.len())
 }
 

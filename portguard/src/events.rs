@@ -10,20 +10,21 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
 };
 use portguard_common::{
     Counter, Reason,
     counters::OBS_EVENTS_LOST,
-    events::{Event, EventKind, SAMPLE_PORTS, ScanKind},
+    events::{EVENT_FLAG_BLOCKING, Event, EventKind, SAMPLE_PORTS, ScanKind},
     maps::{
-        AutoBlock, CAUSE_SCAN, CAUSE_TRAP, EventBudget, MAP_AUTO_BLOCK, MAP_COUNTERS, MAP_EVENT_BUDGET,
-        MAP_EVENTS,
+        AutoBlock, CAUSE_SCAN, CAUSE_SLOW_SCAN, CAUSE_TRAP, EventBudget, MAP_AUTO_BLOCK, MAP_COUNTERS,
+        MAP_EVENT_BUDGET, MAP_EVENTS, MAP_RUNTIME, RUNTIME_KERNEL, Runtime,
     },
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{loader::kernel_now_ns, paths};
+pub use crate::budget::{Grants, refill_budget, suppressed};
+use crate::{loader::kernel_now_ns, paths, policy::compile::estimated_ports};
 
 /// One event, decoded: what `--json` prints (one object per line) and what the human line is
 /// rendered from.
@@ -36,6 +37,10 @@ pub struct EventRecord {
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<IpAddr>,
+    /// Scans and automatic blocks of IPv6 sources: `source` is the address of a network of
+    /// this length (the policy's `[scan_detection] ipv6_prefix`), counted and blocked as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +50,8 @@ pub struct EventRecord {
     /// `tcp`, `udp`, `icmp`, `icmpv6`, or the IP protocol number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// Drops: the verdict reason (`port-denied`, `blocklist`, ...). Blocks: `scan` or `trap`.
+    /// Drops: the verdict reason (`port-denied`, `blocklist`, ...). Scans and blocks: `scan`,
+    /// `slow-scan` (the long window's threshold) or `trap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// TCP flags of the packet, e.g. `SYN` or `FIN|PSH|URG`.
@@ -81,6 +87,7 @@ impl EventRecord {
             interface: interface.to_owned(),
             event: event.to_owned(),
             source: None,
+            prefix_len: None,
             destination: None,
             source_port: None,
             destination_port: None,
@@ -104,7 +111,11 @@ impl EventRecord {
 
     /// One line for people: time, interface, what, who, details.
     pub fn human(&self) -> String {
-        let who = self.source.map(|s| s.to_string()).unwrap_or_default();
+        let who = match (self.source, self.prefix_len) {
+            (Some(source), Some(len)) => format!("{source}/{len}"),
+            (Some(source), None) => source.to_string(),
+            _ => String::new(),
+        };
         let target = match (self.destination, self.destination_port) {
             (Some(dst), Some(port)) if port != 0 => format!("{}:{port}", bracket(dst)),
             (Some(dst), _) => dst.to_string(),
@@ -123,8 +134,9 @@ impl EventRecord {
                 self.reason.as_deref().unwrap_or("?")
             ),
             "scan_detected" => format!(
-                "{who} -> {} {kind} scan: {} distinct {proto} ports refused (sample {}){}",
+                "{who} -> {} {kind} {}: {} distinct {proto} ports refused (sample {}){}",
                 self.destination.map(|d| d.to_string()).unwrap_or_default(),
+                if self.reason.as_deref() == Some("slow-scan") { "slow scan" } else { "scan" },
                 self.distinct_ports.unwrap_or(0),
                 self.ports_sample.as_deref().map(ports_list).unwrap_or_default(),
                 if self.action.as_deref() == Some("blocked") { "; blocking" } else { "; alert only" }
@@ -134,6 +146,8 @@ impl EventRecord {
                 match self.reason.as_deref() {
                     Some("trap") =>
                         format!("touched trap port {proto}/{}", self.destination_port.unwrap_or(0)),
+                    Some("slow-scan") =>
+                        format!("{kind} slow scan of {} ports", self.distinct_ports.unwrap_or(0)),
                     _ => format!("{kind} scan of {} ports", self.distinct_ports.unwrap_or(0)),
                 }
             ),
@@ -212,8 +226,18 @@ pub fn tcp_flags(flags: u8) -> String {
 fn cause_name(cause: u8) -> &'static str {
     match cause {
         CAUSE_SCAN => "scan",
+        CAUSE_SLOW_SCAN => "slow-scan",
         CAUSE_TRAP => "trap",
         _ => "automatic",
+    }
+}
+
+/// The prefix length worth showing beside an address the kernel counted or blocked as a
+/// network: none for a single address.
+fn network_prefix(addr: [u8; 16], prefix_len: u8) -> Option<u8> {
+    match ip_of(addr) {
+        IpAddr::V6(_) if prefix_len != 0 && prefix_len < 128 => Some(prefix_len),
+        _ => None,
     }
 }
 
@@ -265,20 +289,23 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
             record.reason = Some(Reason::from_u8(event.reason).map_or("unknown", Reason::name).to_string());
         }
         EventKind::ScanDetected => {
+            record.prefix_len = network_prefix(event.src, event.prefix_len);
             record.scan_kind = Some(ScanKind::from_u8(event.scan_kind).name().to_string());
-            record.distinct_ports = Some(event.count);
+            record.distinct_ports = Some(estimated_ports(event.count));
             let samples = (event.samples as usize).min(SAMPLE_PORTS);
             record.ports_sample = Some(event.sample_ports[..samples].to_vec());
             // The kernel sends auto_blocked right after when it blocks; say so here too.
-            record.action = Some(if event.reason == CAUSE_SCAN { "blocked" } else { "alert" }.to_string());
-            record.reason = Some("scan".into());
+            let blocking = event.flags & EVENT_FLAG_BLOCKING != 0;
+            record.action = Some(if blocking { "blocked" } else { "alert" }.to_string());
+            record.reason = Some(cause_name(event.reason).to_string());
         }
         EventKind::AutoBlocked => {
+            record.prefix_len = network_prefix(event.src, event.prefix_len);
             record.reason = Some(cause_name(event.reason).to_string());
             record.action = Some("blocked".into());
             record.scan_kind = Some(ScanKind::from_u8(event.scan_kind).name().to_string());
-            if event.reason == CAUSE_SCAN {
-                record.distinct_ports = Some(event.count);
+            if event.reason != CAUSE_TRAP {
+                record.distinct_ports = Some(estimated_ports(event.count));
             }
             block(&mut record);
         }
@@ -289,6 +316,7 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
             block(&mut record);
         }
         EventKind::BlockExpired => {
+            record.prefix_len = network_prefix(event.src, event.prefix_len);
             record.reason = Some(cause_name(event.reason).to_string());
             record.destination_port = None;
             record.source_port = None;
@@ -306,6 +334,7 @@ pub struct EventSource {
     counters: PerCpuArray<MapData, Counter>,
     auto_blocks: HashMap<MapData, [u8; 16], AutoBlock>,
     budget: PerCpuArray<MapData, EventBudget>,
+    runtime: Array<MapData, Runtime>,
     lost_seen: u64,
 }
 
@@ -319,10 +348,13 @@ impl EventSource {
         };
         Self::from_maps(
             interface,
-            open(MAP_EVENTS)?,
-            open(MAP_COUNTERS)?,
-            open(MAP_AUTO_BLOCK)?,
-            open(MAP_EVENT_BUDGET)?,
+            [
+                open(MAP_EVENTS)?,
+                open(MAP_COUNTERS)?,
+                open(MAP_AUTO_BLOCK)?,
+                open(MAP_EVENT_BUDGET)?,
+                open(MAP_RUNTIME)?,
+            ],
         )
     }
 
@@ -331,27 +363,33 @@ impl EventSource {
         let open = |name: &str| -> Result<Map> {
             let map = ebpf.map(name).with_context(|| format!("no map {name}"))?;
             let id = match map {
-                Map::RingBuf(data) | Map::PerCpuArray(data) | Map::LruHashMap(data) => data.info()?.id(),
+                Map::RingBuf(data) | Map::PerCpuArray(data) | Map::LruHashMap(data) | Map::Array(data) => {
+                    data.info()?.id()
+                }
                 _ => bail!("{name} has an unexpected type"),
             };
             Ok(Map::from_map_data(MapData::from_id(id)?)?)
         };
         Self::from_maps(
             interface,
-            open(MAP_EVENTS)?,
-            open(MAP_COUNTERS)?,
-            open(MAP_AUTO_BLOCK)?,
-            open(MAP_EVENT_BUDGET)?,
+            [
+                open(MAP_EVENTS)?,
+                open(MAP_COUNTERS)?,
+                open(MAP_AUTO_BLOCK)?,
+                open(MAP_EVENT_BUDGET)?,
+                open(MAP_RUNTIME)?,
+            ],
         )
     }
 
-    fn from_maps(interface: &str, ring: Map, counters: Map, auto_blocks: Map, budget: Map) -> Result<Self> {
+    fn from_maps(interface: &str, [ring, counters, auto_blocks, budget, runtime]: [Map; 5]) -> Result<Self> {
         let mut source = Self {
             interface: interface.to_owned(),
             ring: RingBuf::try_from(ring)?,
             counters: PerCpuArray::try_from(counters)?,
             auto_blocks: HashMap::try_from(auto_blocks)?,
             budget: PerCpuArray::try_from(budget)?,
+            runtime: Array::try_from(runtime)?,
             lost_seen: 0,
         };
         // Report only what is lost from now on.
@@ -381,10 +419,10 @@ impl EventSource {
         records
     }
 
-    /// Gives every CPU `per_second` drop-event tokens (called every second by the reader; the
-    /// kernel spends them).
-    pub fn refill(&mut self, per_second: u32) -> Result<()> {
-        refill_budget(&mut self.budget, per_second)
+    /// Grants every CPU its share of this second's budget (called every second by the reader;
+    /// the kernel spends it).
+    pub fn refill(&mut self, grants: Grants) -> Result<()> {
+        refill_budget(&mut self.budget, grants)
     }
 
     fn lost_total(&self) -> Result<u64> {
@@ -416,11 +454,28 @@ impl EventSource {
             if self.auto_blocks.remove(&addr).is_ok() {
                 let mut record = EventRecord::new(SystemTime::now(), &self.interface, "block_expired");
                 record.source = Some(ip_of(addr));
+                record.prefix_len = network_prefix(addr, block.prefix_len);
                 record.reason = Some(cause_name(block.cause).to_string());
                 records.push(record);
             }
         }
+        self.forget_empty_auto_blocks()?;
         Ok(records)
+    }
+
+    /// Lets the packet path skip the automatic-block lookup again once the table is empty.
+    /// The kernel sets the flag after each insert, so clearing it and then looking at the
+    /// table once more never leaves a block unconsulted for longer than these two steps.
+    fn forget_empty_auto_blocks(&mut self) -> Result<()> {
+        let flagged = self.runtime.get(&RUNTIME_KERNEL, 0)?;
+        if flagged.auto_blocks == 0 || self.auto_blocks.keys().next().is_some() {
+            return Ok(());
+        }
+        self.runtime.set(RUNTIME_KERNEL, Runtime { auto_blocks: 0, ..flagged }, 0)?;
+        if self.auto_blocks.keys().next().is_some() {
+            self.runtime.set(RUNTIME_KERNEL, flagged, 0)?;
+        }
+        Ok(())
     }
 }
 
@@ -442,31 +497,39 @@ impl EventSource {
     }
 }
 
-pub fn refill_budget<T: std::borrow::BorrowMut<MapData>>(
-    budget: &mut PerCpuArray<T, EventBudget>,
-    per_second: u32,
-) -> Result<()> {
-    let values: Vec<EventBudget> =
-        budget.get(&0, 0)?.iter().map(|v| EventBudget { tokens: per_second, ..*v }).collect();
-    budget.set(0, aya::maps::PerCpuValues::try_from(values)?, 0)?;
-    Ok(())
-}
-
-/// Drop events held back for lack of tokens, over all CPUs.
-pub fn suppressed<T: std::borrow::Borrow<MapData>>(budget: &PerCpuArray<T, EventBudget>) -> u64 {
-    budget.get(&0, 0).map(|values| values.iter().map(|v| v.suppressed).sum()).unwrap_or(0)
-}
-
 /// An automatic block as `stats` and `blocks` show it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ActiveBlock {
     pub source: IpAddr,
+    /// IPv6 networks blocked as one (`[scan_detection] ipv6_prefix`): their prefix length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
     /// `scan` or `trap`.
     pub cause: String,
     /// The scan kind, or the trap port's protocol.
     pub detail: String,
     pub seconds_left: u64,
     pub since_seconds: u64,
+}
+
+impl ActiveBlock {
+    /// The blocked address, or network (`2001:db8:5::/64`).
+    pub fn network(&self) -> String {
+        match self.prefix_len {
+            Some(len) => format!("{}/{len}", self.source),
+            None => self.source.to_string(),
+        }
+    }
+}
+
+/// The network an automatic block's key and prefix length stand for.
+pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> ipnet::IpNet {
+    let ip = ip_of(addr);
+    let len = match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => network_prefix(addr, block.prefix_len).unwrap_or(128),
+    };
+    ipnet::IpNet::new(ip, len).expect("a valid prefix length")
 }
 
 pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
@@ -479,10 +542,16 @@ pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
         .filter(|(_, b)| b.expires_ns > now)
         .map(|(addr, b)| ActiveBlock {
             source: ip_of(addr),
+            prefix_len: network_prefix(addr, b.prefix_len),
             cause: cause_name(b.cause).to_string(),
             detail: match b.cause {
                 CAUSE_TRAP => format!("{}/{}", protocol_name(b.kind), b.port),
-                _ => format!("{} scan, {} ports", ScanKind::from_u8(b.kind).name(), b.port),
+                cause => format!(
+                    "{} {}, {} ports",
+                    ScanKind::from_u8(b.kind).name(),
+                    if cause == CAUSE_SLOW_SCAN { "slow scan" } else { "scan" },
+                    estimated_ports(u32::from(b.port))
+                ),
             },
             seconds_left: (b.expires_ns - now).div_ceil(1_000_000_000),
             since_seconds: now.saturating_sub(b.added_ns) / 1_000_000_000,
@@ -514,7 +583,8 @@ mod tests {
             scan_kind: 0,
             tcp_flags: 0x02,
             samples: 0,
-            _pad: [0; 2],
+            prefix_len: 0,
+            flags: 0,
             sample_ports: [0; SAMPLE_PORTS],
         }
     }
@@ -546,7 +616,10 @@ mod tests {
         raw.sample_ports[..3].copy_from_slice(&[21, 22, 23]);
         raw.scan_kind = ScanKind::Xmas as u8;
         raw.reason = CAUSE_SCAN;
+        raw.flags = EVENT_FLAG_BLOCKING;
+        raw.prefix_len = 32;
         let record = decode(&raw, "eth0", &clock()).unwrap();
+        assert_eq!(record.prefix_len, None, "a single IPv4 address is not shown as a network");
         assert_eq!(record.scan_kind.as_deref(), Some("xmas"));
         assert_eq!(record.distinct_ports, Some(20));
         assert_eq!(record.ports_sample, Some(vec![21, 22, 23]));
@@ -567,6 +640,29 @@ mod tests {
         );
         let parsed: EventRecord = serde_json::from_str(&record.json()).unwrap();
         assert_eq!(parsed, record);
+    }
+
+    #[test]
+    fn slow_scans_of_ipv6_networks() {
+        let mut raw = event(EventKind::ScanDetected);
+        raw.src = "2001:db8:5::".parse::<Ipv6Addr>().unwrap().octets();
+        raw.prefix_len = 64;
+        raw.reason = CAUSE_SLOW_SCAN;
+        // 38 bits of a 512-bit set: most likely 39 distinct ports (some share a bit).
+        raw.count = 38;
+        let record = decode(&raw, "eth0", &clock()).unwrap();
+        assert_eq!(record.prefix_len, Some(64));
+        assert_eq!(record.reason.as_deref(), Some("slow-scan"));
+        assert_eq!(record.action.as_deref(), Some("alert"));
+        assert_eq!(record.distinct_ports, Some(39));
+        assert!(
+            record
+                .human()
+                .contains("SCAN    2001:db8:5::/64 -> 192.0.2.2 syn slow scan: 39 distinct tcp ports"),
+            "{}",
+            record.human()
+        );
+        assert!(record.json().contains(r#""source":"2001:db8:5::","prefix_len":64"#), "{}", record.json());
     }
 
     #[test]

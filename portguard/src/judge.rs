@@ -19,6 +19,7 @@ use portguard_common::{
 };
 
 use crate::{
+    events::Grants,
     loader::{self, TC_EGRESS_PROGRAM, XDP_PROGRAM},
     maps::{Counters, PortDrops, read_counters},
     policy::{Policy, Proto, compile::MapImage},
@@ -58,16 +59,25 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(image: &MapImage, policy: &Policy) -> Result<Self> {
-        let mut ebpf = loader::load(image, policy, None)?;
-        // No reader refills the drop-event budget here: grant one second's worth.
-        let mut budget: PerCpuArray<_, EventBudget> =
-            PerCpuArray::try_from(ebpf.map_mut(MAP_EVENT_BUDGET).context("no event budget map")?)?;
-        crate::events::refill_budget(&mut budget, policy.events.drop_events_per_second)?;
+        let ebpf = loader::load(image, policy, None)?;
         let port_drops = match ebpf.map(MAP_PORT_DROPS) {
             Some(Map::Array(data)) => PortDrops::map(data.fd().as_fd(), data.info()?.max_entries())?,
             _ => bail!("no {MAP_PORT_DROPS} array"),
         };
-        Ok(Self { ebpf, port_drops })
+        let mut judge = Self { ebpf, port_drops };
+        // No reader refills the budget here: one second's worth of drop events, and automatic
+        // blocks without limit (the limit is per second of real time, which a replay does not
+        // have).
+        judge
+            .grant(Grants { drop_events: policy.events.drop_events_per_second, new_blocks: u32::MAX / 2 })?;
+        Ok(judge)
+    }
+
+    /// Sets what the packet path may still spend (as the loader's one-second tick would).
+    pub fn grant(&mut self, grants: Grants) -> Result<()> {
+        let mut budget: PerCpuArray<_, EventBudget> =
+            PerCpuArray::try_from(self.ebpf.map_mut(MAP_EVENT_BUDGET).context("no event budget map")?)?;
+        crate::events::refill_budget(&mut budget, grants)
     }
 
     /// Drops counted for a destination port so far.

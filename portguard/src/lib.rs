@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod blocks;
+pub mod budget;
 pub mod capture;
 pub mod control;
 pub mod doctor;

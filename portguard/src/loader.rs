@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -24,13 +24,15 @@ use aya::{
 };
 use log::{info, warn};
 use portguard_common::maps::{
-    Bitmap256, Bl6Key, MAP_AUTO_BLOCK, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS,
-    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS, MAP_PORTS, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN,
-    PortRule, SHARED_MAPS, SrcAllowKey,
+    Bitmap256, Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_EVENT_BUDGET,
+    MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS, MAP_PORTS, MAP_RUNTIME,
+    MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, Runtime, SHARED_MAPS,
+    SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    budget::{Grants, refill_budget},
     paths,
     policy::{Policy, compile::MapImage},
 };
@@ -102,12 +104,36 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     }
     let mut ebpf = loader.load(KERNEL_OBJECT).context("creating the BPF maps failed")?;
     fill(&mut ebpf, image).context("filling the policy maps failed")?;
+    key_scan_detector(&mut ebpf)?;
+    // The first second's budget: packets arrive as soon as the program is attached, before
+    // the reader's first tick.
+    let mut budget: PerCpuArray<&mut MapData, EventBudget> =
+        PerCpuArray::try_from(map_data(&mut ebpf, MAP_EVENT_BUDGET)?)?;
+    refill_budget(&mut budget, Grants::of(policy)).context(MAP_EVENT_BUDGET)?;
 
     let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
     xdp.load().map_err(verifier_error).context("the kernel refused the XDP program")?;
     let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?;
     tc.load().map_err(verifier_error).context("the kernel refused the TC egress program")?;
     Ok(ebpf)
+}
+
+/// Gives the scan detector its random hash key, once per set of shared maps: reloads and
+/// restarts that adopt the pins keep it, so per-source state stays valid.
+fn key_scan_detector(ebpf: &mut Ebpf) -> Result<()> {
+    let mut runtime: Array<&mut MapData, Runtime> = Array::try_from(map_data(ebpf, MAP_RUNTIME)?)?;
+    let current = runtime.get(&RUNTIME_USER, 0).context(MAP_RUNTIME)?;
+    if current.scan_key != [0, 0] {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|error| anyhow!("no random key for the scan detector: {error}"))?;
+    let scan_key = [
+        u64::from_ne_bytes(bytes[..8].try_into().expect("8 bytes")),
+        u64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes")),
+    ];
+    runtime.set(RUNTIME_USER, Runtime { scan_key, ..current }, 0).context(MAP_RUNTIME)?;
+    Ok(())
 }
 
 /// A map needs at least one entry even when the policy has none.

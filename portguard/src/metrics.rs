@@ -227,6 +227,24 @@ pub fn render(source: &Source) -> Result<String> {
         .row(&[("cause", "scan")], slot(OBS_SCAN_BLOCKS))
         .row(&[("cause", "trap")], slot(OBS_TRAP_BLOCKS))
         .counter(&registry)?;
+    Family::new(
+        "auto_blocks_not_admitted",
+        "Automatic blocks not added because [limits] new_blocks_per_second was spent.",
+        iface,
+    )
+    .row(&[], slot(OBS_BLOCKS_NOT_ADMITTED))
+    .counter(&registry)?;
+    Family::new(
+        "scan_sources_admitted",
+        "Sources given scan-detection state (refused on two ports or more).",
+        iface,
+    )
+    .row(&[], slot(OBS_SCAN_SOURCES_ADMITTED))
+    .counter(&registry)?;
+    Family::new("refusals_sent", "Refusals the host sent (TCP RST, ICMP port unreachable), by flow.", iface)
+        .row(&[("flow", "probe")], slot(OBS_REFUSALS_SENT).saturating_sub(slot(OBS_REFUSALS_OWN_FLOWS)))
+        .row(&[("flow", "own")], slot(OBS_REFUSALS_OWN_FLOWS))
+        .counter(&registry)?;
     Family::new("blocks_expired", "Automatic blocks that expired.", iface)
         .row(&[], slot(OBS_BLOCKS_EXPIRED))
         .counter(&registry)?;

@@ -4,7 +4,8 @@
 //! same frames through the kernel program and this model and demand the same answer.
 //!
 //! Out of the model's scope, so the differential tests leave them off: scan detection
-//! (`action = "off"`), flows (no egress program runs under BPF_PROG_TEST_RUN, so the flow
+//! (`action = "off"`; its `ipv6_prefix` still sets what a trap port blocks), the per-second
+//! limit on new automatic blocks (the test runs grant an unlimited budget), flows (no egress program runs under BPF_PROG_TEST_RUN, so the flow
 //! table is empty), manual blocks and timeouts.
 
 use std::{
@@ -271,7 +272,9 @@ fn contains(nets: &[IpNet], address: IpAddr) -> bool {
 pub struct Model {
     policy: Policy,
     fragments: HashMap<(IpAddr, IpAddr, u32, u8), Reason>,
-    trapped: HashSet<IpAddr>,
+    /// Networks blocked by trap ports: the source itself, or for IPv6 its network of
+    /// `[scan_detection] ipv6_prefix` bits.
+    trapped: HashSet<IpNet>,
 }
 
 impl Model {
@@ -326,7 +329,7 @@ impl Model {
         if contains(&policy.blocklist, packet.src) && !exempt {
             return Reason::DropBlocklist;
         }
-        if self.trapped.contains(&packet.src) && !exempt {
+        if self.trapped.iter().any(|net| net.contains(&packet.src)) && !exempt {
             return Reason::DropAutoBlock;
         }
         match packet.frag {
@@ -377,7 +380,8 @@ impl Model {
             Proto::Udp => &policy.trap_ports.udp,
         };
         if attempt && traps.iter().any(|r| r.contains(&port)) && !contains(&policy.never_block, packet.src) {
-            self.trapped.insert(packet.src);
+            let prefix = if packet.v6 { policy.scan_detection.ipv6_prefix } else { 32 };
+            self.trapped.insert(IpNet::new(packet.src, prefix).expect("a valid prefix").trunc());
             return Reason::DropAutoBlock;
         }
         let naming: Vec<_> = policy

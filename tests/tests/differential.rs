@@ -55,6 +55,8 @@ fn sources() -> Vec<IpAddr> {
         Ipv4Addr::new(203, 0, 113, 70).into(),
         Ipv4Addr::new(203, 0, 113, 200).into(),
         "2001:db8::1".parse::<Ipv6Addr>().unwrap().into(),
+        // The same /64 as 2001:db8::1: a trap hit by one blocks both (by default).
+        "2001:db8::7".parse::<Ipv6Addr>().unwrap().into(),
         "2001:db8:1::5".parse::<Ipv6Addr>().unwrap().into(),
         "2001:db8:bad::9".parse::<Ipv6Addr>().unwrap().into(),
         "2001:db8:ffff::1".parse::<Ipv6Addr>().unwrap().into(),
@@ -83,6 +85,7 @@ prop_compose! {
         blocklist in prop::sample::subsequence(NETS.to_vec(), 0..4),
         never_block in prop::sample::subsequence(NETS.to_vec(), 0..2),
         traps in prop::sample::subsequence(TRAP_TCP.to_vec(), 0..2),
+        ipv6_prefix in prop::sample::select(vec![32u8, 48, 64, 128]),
         flags in prop::array::uniform6(any::<bool>()),
     ) -> String {
         let mut text = format!(
@@ -111,7 +114,7 @@ prop_compose! {
             pick(flags[4], "deny", "allow"),
             pick(flags[5], "pass", "track"),
         );
-        text += "[scan_detection]\naction = \"off\"\n";
+        text += &format!("[scan_detection]\naction = \"off\"\nipv6_prefix = {ipv6_prefix}\n");
         if !traps.is_empty() {
             text += &format!("[trap_ports]\ntcp = [{}]\nudp = [1900]\n", list(traps));
         }

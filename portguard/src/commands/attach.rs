@@ -170,7 +170,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
         metrics,
         counts,
         sinks,
-        drop_events_per_second: policy.events.drop_events_per_second,
+        grants: portguard::events::Grants::of(&policy),
         state,
         source,
         strict: options.strict,

@@ -139,9 +139,11 @@ fn remove_automatic(net: &IpNet, interfaces: &[String]) -> Result<usize> {
     for iface in interfaces {
         let mut map: HashMap<MapData, [u8; 16], AutoBlock> =
             HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
-        let keys: Vec<[u8; 16]> = map.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            if net.contains(&portguard::events::ip_of(key)) && map.remove(&key).is_ok() {
+        let entries: Vec<([u8; 16], AutoBlock)> = map.iter().filter_map(Result::ok).collect();
+        for (key, block) in entries {
+            // An IPv6 network blocked as one is lifted by naming any address in it.
+            let blocked = portguard::events::auto_block_network(key, &block);
+            if (net.contains(&blocked) || blocked.contains(net)) && map.remove(&key).is_ok() {
                 removed += 1;
             }
         }
@@ -182,7 +184,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
             HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
         for block in active_blocks(&map) {
             rows.push(Row {
-                source: block.source.to_string(),
+                source: block.network(),
                 origin: "automatic",
                 interfaces: vec![iface.clone()],
                 reason: format!("{}: {}", block.cause, block.detail),

@@ -86,7 +86,7 @@ async fn follow(iface: String, json: bool) -> Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                source.get_mut().refill(portguard::policy::Events::default().drop_events_per_second)?;
+                source.get_mut().refill(portguard::events::Grants::defaults())?;
                 if let Some(record) = source.get_mut().newly_lost()? {
                     output.print(&record);
                 }

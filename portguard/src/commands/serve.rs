@@ -15,7 +15,7 @@ use portguard::{
     alerts::Sinks,
     blocks::{BlockStore, sync_iface},
     control::{ReloadRequest, Reply, Request},
-    events::{EventRecord, EventSource},
+    events::{EventRecord, EventSource, Grants},
     lock,
     manager::{self, PolicySource, Rollback},
     metrics::{self, LoaderCounts},
@@ -57,8 +57,8 @@ pub struct Loader {
     /// What the loader counts itself (for the metrics).
     pub counts: Arc<Mutex<LoaderCounts>>,
     pub sinks: Sinks,
-    /// The policy's `[events] drop_events_per_second`: each CPU's tokens every second.
-    pub drop_events_per_second: u32,
+    /// What the packet path may spend each second, from the policy.
+    pub grants: Grants,
     pub state: RunState,
     pub source: PolicySource,
     pub strict: bool,
@@ -126,8 +126,8 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
             }
             _ = tick.tick() => {
                 let inner = source.get_mut();
-                if let Err(error) = inner.refill(loader.drop_events_per_second) {
-                    warn!("refilling the drop-event budget: {error:#}");
+                if let Err(error) = inner.refill(loader.grants) {
+                    warn!("refilling the drop-event and new-block budget: {error:#}");
                 }
                 match inner.newly_lost() {
                     Ok(Some(record)) => publish(&loader, &record),
@@ -192,7 +192,7 @@ fn try_reload(
     }
     // The old generation's programs and policy maps go with it.
     loader.ebpf = ebpf;
-    loader.drop_events_per_second = loaded.policy.events.drop_events_per_second;
+    loader.grants = Grants::of(&loaded.policy);
     lock(&loader.counts).last_load = now_unix();
     if let Some(metrics) = metrics {
         metrics.set_policy(&loaded.policy);

@@ -38,7 +38,7 @@ impl Snapshot {
 }
 
 /// Observation counters as (JSON name, human label, slot).
-const OBSERVATIONS: [(&str, &str, u32); 11] = [
+const OBSERVATIONS: [(&str, &str, u32); 14] = [
     ("fragments_first", "first fragments", OBS_FRAGMENT_FIRST),
     ("fragments_later", "later fragments", OBS_FRAGMENT_LATER),
     ("fragments_untracked", "fragments not tracked (table full)", OBS_FRAGMENT_TABLE_FULL),
@@ -49,6 +49,17 @@ const OBSERVATIONS: [(&str, &str, u32); 11] = [
     ("trap_blocks", "sources blocked by trap ports", OBS_TRAP_BLOCKS),
     ("blocks_expired", "automatic blocks expired on the packet path", OBS_BLOCKS_EXPIRED),
     ("refusals_sent", "refusals sent by the host (RST, port unreachable)", OBS_REFUSALS_SENT),
+    (
+        "refusals_own_flows",
+        "of which on the host's own flows (not counted as probes)",
+        OBS_REFUSALS_OWN_FLOWS,
+    ),
+    ("scan_sources_admitted", "sources given scan state (failed on 2+ ports)", OBS_SCAN_SOURCES_ADMITTED),
+    (
+        "blocks_not_admitted",
+        "automatic blocks refused (new_blocks_per_second spent)",
+        OBS_BLOCKS_NOT_ADMITTED,
+    ),
     ("events_lost", "events lost (ring buffer full)", OBS_EVENTS_LOST),
 ];
 
@@ -147,7 +158,7 @@ fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top
         for block in now.blocks.iter().take(50) {
             println!(
                 "    {:<40} {:<5} {:<24} {} left",
-                block.source.to_string(),
+                block.network(),
                 block.cause,
                 block.detail,
                 format_uptime(block.seconds_left)

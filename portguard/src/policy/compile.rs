@@ -10,8 +10,8 @@ use portguard_common::{
     config::*,
     maps::{
         Bitmap256, Bl6Key, FAMILY_V4, FAMILY_V6, NET_KEY_FIXED_BITS, NetKey, PORT_ALLOW, PORT_ALLOW_FROM,
-        PORT_DENY, PORT_FLAG_TRAP, PortRule, SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_drop_shards, port_index,
-        v4_mapped,
+        PORT_DENY, PORT_FLAG_TRAP, PortRule, SCAN_PORT_BITS, SRC_ALLOW_FIXED_BITS, SrcAllowKey,
+        port_drop_shards, port_index, prefix_masks, v4_mapped,
     },
 };
 
@@ -240,6 +240,11 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
     set(scan == Response::Block, FLAG_SCAN_BLOCK);
     set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
     set(scan == Response::Block || !policy.trap_ports.is_empty(), FLAG_AUTO_BLOCK);
+    let ipv6_prefix = policy.scan_detection.ipv6_prefix;
+    set(
+        policy.never_block.iter().any(|net| matches!(net, IpNet::V6(v6) if v6.prefix_len() > ipv6_prefix)),
+        FLAG_NEVER_BLOCK_INSIDE_V6_NET,
+    );
 
     let mut lengths: Vec<u8> = image.bl6.iter().map(|k| k.prefix_len).collect();
     lengths.sort_unstable_by(|a, b| b.cmp(a));
@@ -254,13 +259,57 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
         udp_reply_timeout_ns: policy.inbound.udp_reply_window.as_nanos() as u64,
         frag_timeout_ns: policy.inbound.fragment_timeout.as_nanos() as u64,
         generation,
-        scan_threshold: policy.scan_detection.threshold,
-        drop_events_per_sec: policy.events.drop_events_per_second,
+        scan_threshold_bits: expected_bits(policy.scan_detection.threshold),
+        slow_threshold_bits: expected_bits(policy.scan_detection.slow_threshold),
         scan_window_ns: policy.scan_detection.window.as_nanos() as u64,
+        slow_window_ns: policy.scan_detection.slow_window.as_nanos() as u64,
         scan_block_ns: policy.scan_detection.block_for.as_nanos() as u64,
         trap_block_ns: policy.trap_ports.block_for.as_nanos() as u64,
+        v6_source_mask: {
+            let (hi, lo) = prefix_masks(u32::from(ipv6_prefix));
+            let mut mask = [0u8; 16];
+            mask[..8].copy_from_slice(&hi.to_be_bytes());
+            mask[8..].copy_from_slice(&lo.to_be_bytes());
+            mask
+        },
         port_drop_shards: port_drop_shards(possible_cpus()),
-        _pad: 0,
+        v6_source_prefix: u32::from(ipv6_prefix),
+    }
+}
+
+/// How many bits of a `SCAN_PORT_BITS`-bit set `ports` distinct ports set on average (some
+/// share a bit), rounded up: the kernel compares bit counts, so its threshold is this, not
+/// `ports`. Rounded up, a scan is never reported before `ports` distinct ports while the
+/// threshold is small (then hardly any share a bit). 0 stays 0 (off).
+pub fn expected_bits(ports: u32) -> u32 {
+    let bits = f64::from(SCAN_PORT_BITS);
+    let expected = bits * (1.0 - (1.0 - 1.0 / bits).powi(ports as i32));
+    expected.ceil() as u32
+}
+
+/// The inverse of `expected_bits`: the distinct ports that most likely set `set_bits` bits
+/// (linear counting), for reports.
+pub fn estimated_ports(set_bits: u32) -> u32 {
+    let bits = f64::from(SCAN_PORT_BITS);
+    let set = f64::from(set_bits.min(SCAN_PORT_BITS - 1));
+    (-bits * (1.0 - set / bits).ln()).round() as u32
+}
+
+#[cfg(test)]
+mod scan_bits_tests {
+    use super::{estimated_ports, expected_bits};
+
+    #[test]
+    fn thresholds_become_bit_counts_and_back() {
+        assert_eq!(expected_bits(0), 0);
+        assert_eq!(expected_bits(2), 2);
+        assert_eq!(expected_bits(20), 20);
+        // 256 ports in 512 bits: about 202 bits set.
+        assert_eq!(expected_bits(256), 202);
+        for ports in [2, 20, 40, 100, 256] {
+            assert!(estimated_ports(expected_bits(ports)).abs_diff(ports) <= 1, "{ports}");
+        }
+        assert_eq!(estimated_ports(511), estimated_ports(600), "a full set is not infinite");
     }
 }
 

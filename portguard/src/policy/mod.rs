@@ -147,6 +147,9 @@ pub struct Limits {
     pub manual_blocks: u32,
     /// Blocklist entries once expanded (IPv4 /24 buckets, /16 blocks, IPv6 prefixes).
     pub blocklist: u32,
+    /// Automatic blocks (scans, trap ports) the packet path may add per second; the rest are
+    /// counted as not admitted. Bounds what a flood of forged sources can do to the table.
+    pub new_blocks_per_second: u32,
 }
 
 impl Default for Limits {
@@ -158,6 +161,7 @@ impl Default for Limits {
             auto_blocks: 65536,
             manual_blocks: 65536,
             blocklist: 4_000_000,
+            new_blocks_per_second: 200,
         }
     }
 }
@@ -173,20 +177,40 @@ pub enum Response {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ScanDetection {
-    /// Distinct refused destination ports (per protocol) in one window that make a scan.
+    /// Distinct refused destination ports (per source and protocol) in one window that make a
+    /// scan.
     pub threshold: u32,
     #[serde(with = "humantime_serde_secs")]
     pub window: Duration,
+    /// The same over the long window, for slow scans; 0: off.
+    pub slow_threshold: u32,
+    #[serde(with = "humantime_serde_secs")]
+    pub slow_window: Duration,
+    /// IPv6 sources are counted, and blocked automatically, by their network of this length.
+    pub ipv6_prefix: u8,
     pub action: Response,
     #[serde(with = "humantime_serde_secs")]
     pub block_for: Duration,
 }
 
+impl ScanDetection {
+    pub const DEFAULT_THRESHOLD: u32 = 20;
+    pub const MAX_THRESHOLD: u32 = 256;
+
+    /// The long window's default threshold: twice the short one's, at most the maximum.
+    pub fn default_slow_threshold(threshold: u32) -> u32 {
+        (2 * threshold).min(Self::MAX_THRESHOLD)
+    }
+}
+
 impl Default for ScanDetection {
     fn default() -> Self {
         Self {
-            threshold: 20,
+            threshold: Self::DEFAULT_THRESHOLD,
             window: Duration::from_secs(5),
+            slow_threshold: Self::default_slow_threshold(Self::DEFAULT_THRESHOLD),
+            slow_window: Duration::from_secs(5 * 60),
+            ipv6_prefix: 64,
             action: Response::Alert,
             block_for: Duration::from_secs(15 * 60),
         }

@@ -46,6 +46,9 @@ pub struct RawMetrics {
 pub struct RawScanDetection {
     pub threshold: Option<Spanned<i64>>,
     pub window: Option<Spanned<String>>,
+    pub slow_threshold: Option<Spanned<i64>>,
+    pub slow_window: Option<Spanned<String>>,
+    pub ipv6_prefix: Option<Spanned<i64>>,
     pub action: Option<Spanned<String>>,
     pub block_for: Option<Spanned<String>>,
 }
@@ -108,4 +111,5 @@ pub struct RawLimits {
     pub auto_blocks: Option<Spanned<i64>>,
     pub manual_blocks: Option<Spanned<i64>>,
     pub blocklist: Option<Spanned<i64>>,
+    pub new_blocks_per_second: Option<Spanned<i64>>,
 }

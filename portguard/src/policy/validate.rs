@@ -74,6 +74,18 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
     let alerts = alerts(&mut report, raw.alerts.as_ref());
     let metrics_listen = metrics_listen(&mut report, raw.metrics.as_ref());
 
+    check_spoofable_blocks(&mut report, &raw, &scan_detection, &trap_ports, &never_block);
+    // Written out as "allow", it is a choice; left at the default, most likely an oversight.
+    let other_protocols_written = raw.inbound.as_ref().is_some_and(|i| i.other_protocols.is_some());
+    if default == Action::Deny && inbound.other_protocols == Action::Allow && !other_protocols_written {
+        report.warning_at(
+            raw.default.as_ref().map(Spanned::span).unwrap_or(0..0),
+            "default deny leaves other IP protocols (SCTP, GRE, ...) allowed: ports are only \
+             judged for TCP and UDP, so a protocol scan passes unseen (set [inbound] \
+             other_protocols = \"deny\", or \"allow\" if the host needs one)",
+        );
+    }
+
     if default == Action::Deny && !admits_ssh(&rules) {
         report.warning_at(
             raw.default.as_ref().map(Spanned::span).unwrap_or(0..0),
@@ -537,7 +549,45 @@ fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
     limits.auto_blocks = size(&raw.auto_blocks, "auto_blocks", limits.auto_blocks);
     limits.manual_blocks = size(&raw.manual_blocks, "manual_blocks", limits.manual_blocks);
     limits.blocklist = size(&raw.blocklist, "blocklist", limits.blocklist);
+    if let Some(value) = &raw.new_blocks_per_second {
+        limits.new_blocks_per_second = integer_in(report, value, "new_blocks_per_second", 1..=1_000_000)
+            .unwrap_or(limits.new_blocks_per_second);
+    }
     limits
+}
+
+/// Automatic blocks act on source addresses nobody verified: a forged probe (nmap's decoys,
+/// `-S`) gets the forged address blocked. `never_block` is what keeps the admin's and the
+/// peers' addresses safe from that.
+fn check_spoofable_blocks(
+    report: &mut Reporter,
+    raw: &RawPolicy,
+    scan: &ScanDetection,
+    traps: &TrapPorts,
+    never_block: &[IpNet],
+) {
+    if !never_block.is_empty() {
+        return;
+    }
+    let what = match (scan.action == Response::Block, !traps.is_empty()) {
+        (true, true) => "scan_detection action = \"block\" and trap ports",
+        (true, false) => "scan_detection action = \"block\"",
+        (false, true) => "trap ports",
+        (false, false) => return,
+    };
+    let span = raw
+        .scan_detection
+        .as_ref()
+        .and_then(|s| s.action.as_ref().map(Spanned::span))
+        .or_else(|| raw.trap_ports.as_ref().and_then(|t| t.tcp.first().or(t.udp.first()).map(Spanned::span)))
+        .unwrap_or(0..0);
+    report.warning_at(
+        span,
+        format!(
+            "{what} with an empty never_block: probes with forged source addresses can get any \
+             address blocked, your admin's and your peers' included; list them in never_block"
+        ),
+    );
 }
 
 fn response(report: &mut Reporter, value: &Spanned<String>) -> Response {
@@ -577,12 +627,40 @@ fn scan_detection(report: &mut Reporter, raw: Option<&RawScanDetection>) -> Scan
     let Some(raw) = raw else {
         return scan;
     };
+    // The kernel keeps a 512-bit keyed-hash port set per window and corrects for collisions:
+    // exact enough up to 256 ports.
+    let thresholds = 2..=ScanDetection::MAX_THRESHOLD as i64;
     if let Some(value) = &raw.threshold {
-        // The kernel keeps a 512-bit hashed port set per protocol: far above useful thresholds.
-        scan.threshold = integer_in(report, value, "threshold", 2..=256).unwrap_or(scan.threshold);
+        scan.threshold = integer_in(report, value, "threshold", thresholds.clone()).unwrap_or(scan.threshold);
+    }
+    scan.slow_threshold = ScanDetection::default_slow_threshold(scan.threshold);
+    if let Some(value) = &raw.slow_threshold {
+        if *value.get_ref() == 0 {
+            scan.slow_threshold = 0;
+        } else {
+            scan.slow_threshold = integer_in(report, value, "slow_threshold (0: off)", thresholds)
+                .unwrap_or(scan.slow_threshold);
+        }
     }
     if let Some(value) = &raw.window {
         scan.window = duration(report, value, "window").unwrap_or(scan.window);
+    }
+    if let Some(value) = &raw.slow_window {
+        scan.slow_window = duration(report, value, "slow_window").unwrap_or(scan.slow_window);
+    }
+    if scan.slow_threshold != 0 && scan.slow_window <= scan.window {
+        let span = raw.slow_window.as_ref().or(raw.window.as_ref()).map(Spanned::span).unwrap_or(0..0);
+        report.error_at(
+            span,
+            format!(
+                "slow_window ({}) must be longer than window ({}), or set slow_threshold = 0",
+                humantime::format_duration(scan.slow_window),
+                humantime::format_duration(scan.window)
+            ),
+        );
+    }
+    if let Some(value) = &raw.ipv6_prefix {
+        scan.ipv6_prefix = integer_in(report, value, "ipv6_prefix", 32..=128).unwrap_or(64) as u8;
     }
     if let Some(value) = &raw.action {
         scan.action = response(report, value);
@@ -900,22 +978,78 @@ mod tests {
             "p.toml:6:1: error: tcp ports 23-24, 80 allowed by rule 1 (line 2) and denied by rule 2 \"legacy\" (line 6)",
         );
         // The same port on another protocol is no conflict.
-        let fine = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22, 53]\n[[deny]]\nproto = \"udp\"\nports = [53]\n";
+        let fine = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22, 53]\n[[deny]]\nproto = \"udp\"\nports = [53]\n[inbound]\nother_protocols = \"allow\"\n";
         assert!(warnings(fine).is_empty());
-        let moot = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [\"1-1024\"]\n";
+        let moot = "default = \"allow\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [\"1-1024\"]\n";
         assert_one(
             &warnings(moot),
             "tcp port 22: rule 2 (line 6) admits every source, so the `from` list of rule 1 (line 2) has no effect there",
         );
-        let twice = "default = \"deny\"\n[[allow]]\nproto = \"udp\"\nports = [53]\n[[allow]]\nproto = \"udp\"\nports = [\"50-60\"]\n";
+        let twice = "default = \"allow\"\n[[allow]]\nproto = \"udp\"\nports = [53]\n[[allow]]\nproto = \"udp\"\nports = [\"50-60\"]\n";
         assert_one(&warnings(twice), "udp port 53 allowed twice, by rule 1 (line 2) and rule 2 (line 5)");
-        let sources_add_up = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\n";
+        let sources_add_up = "default = \"allow\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\n";
         assert!(warnings(sources_add_up).is_empty());
     }
 
     #[test]
+    fn scan_detection_settings() {
+        let scan = |text: &str| {
+            parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy.scan_detection
+        };
+        let defaults = scan("default = \"allow\"\n");
+        assert_eq!((defaults.threshold, defaults.slow_threshold, defaults.ipv6_prefix), (20, 40, 64));
+        assert_eq!(defaults.slow_window, Duration::from_secs(300));
+        // The long window's threshold follows the short one's unless written.
+        assert_eq!(scan("default = \"allow\"\n[scan_detection]\nthreshold = 200\n").slow_threshold, 256);
+        let written = scan(
+            "default = \"allow\"\n[scan_detection]\nthreshold = 10\nslow_threshold = 0\nipv6_prefix = 128\n",
+        );
+        assert_eq!((written.threshold, written.slow_threshold, written.ipv6_prefix), (10, 0, 128));
+        assert_one(
+            &errors("[scan_detection]\nwindow = \"10m\"\n"),
+            "p.toml:2:10: error: slow_window (5m) must be longer than window (10m), or set slow_threshold = 0",
+        );
+        assert_one(
+            &errors("[scan_detection]\nipv6_prefix = 16\n"),
+            "ipv6_prefix = 16 is out of range (32-128)",
+        );
+        assert_one(&errors("[scan_detection]\nslow_threshold = 1\n"), "out of range (2-256)");
+        assert_one(
+            &errors("[limits]\nnew_blocks_per_second = 0\n"),
+            "new_blocks_per_second = 0 is out of range",
+        );
+    }
+
+    #[test]
+    fn warnings_about_spoofing_and_protocol_scans() {
+        // Blocking on unverified sources with nobody protected.
+        assert_one(
+            &warnings("default = \"allow\"\n[scan_detection]\naction = \"block\"\n"),
+            "p.toml:3:10: warning: scan_detection action = \"block\" with an empty never_block: probes with forged source addresses can get any address blocked",
+        );
+        assert_one(
+            &warnings("default = \"allow\"\n[trap_ports]\ntcp = [23]\n"),
+            "trap ports with an empty never_block",
+        );
+        assert!(
+            warnings("default = \"allow\"\nnever_block = [\"198.51.100.0/24\"]\n[trap_ports]\ntcp = [23]\n")
+                .is_empty()
+        );
+        // Default deny judges ports, not protocols: a protocol scan would pass unseen.
+        let open_protocols = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\n";
+        assert_one(
+            &warnings(open_protocols),
+            "default deny leaves other IP protocols (SCTP, GRE, ...) allowed",
+        );
+        assert!(warnings(&format!("{open_protocols}[inbound]\nother_protocols = \"allow\"\n")).is_empty());
+    }
+
+    #[test]
     fn lockout_and_never_block_warnings() {
-        assert_one(&warnings("default = \"deny\"\n"), "no rule allows tcp port 22");
+        assert_one(
+            &warnings("default = \"deny\"\n[inbound]\nother_protocols = \"allow\"\n"),
+            "no rule allows tcp port 22",
+        );
         assert_one(&warnings("mode = \"enforce\"\n"), "no `default` given");
         let overlap = "default = \"allow\"\nnever_block = [\"203.0.113.0/28\"]\n[blocklist]\nsources = [\"203.0.113.0/24\"]\n";
         assert_one(

@@ -1,0 +1,178 @@
+//! Sources blocked by hand (`PG_MANUAL`, written by userspace) and automatically
+//! (`PG_AUTO_BLOCK`, written here by scan detection and trap ports), and the network an
+//! automatic block covers: an IPv4 source itself, an IPv6 source cut to `ipv6_prefix`.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use portguard_common::{
+    Config,
+    config::{FLAG_HAS_NEVER_BLOCK, FLAG_NEVER_BLOCK_INSIDE_V6_NET},
+    counters::{OBS_BLOCKS_EXPIRED, OBS_BLOCKS_NOT_ADMITTED},
+    events::EventKind,
+    maps::{AutoBlock, ManualBlock, NET_KEY_FIXED_BITS, RUNTIME_KERNEL, RUNTIME_USER, ScanKey},
+};
+
+use crate::{
+    blocklist, counters,
+    events::{self, Details, Subject},
+    maps::{PG_AUTO_BLOCK, PG_EVENT_BUDGET, PG_MANUAL, PG_RUNTIME, PG_SOURCE_KEY},
+    time::now_ns,
+};
+
+/// At most one drop event per blocked source (or network) per second.
+pub const DROP_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Result bits of the block checks: the source is blocked; a drop event is due.
+pub const IS_BLOCKED: u32 = 4;
+pub const REPORT: u32 = 1;
+
+/// The network a source is counted and blocked as (an IPv4 source itself, an IPv6 source cut
+/// to `ipv6_prefix`), with `proto`, built in this CPU's scratch slot: map memory, so it costs
+/// no stack, and aligned, so it hashes as two words. Valid until the next call on this CPU.
+#[inline(always)]
+pub fn source_key(src: &[u8; 16], is_v6: bool, proto: u8, cfg: &Config) -> Option<&'static ScanKey> {
+    let key = PG_SOURCE_KEY.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; XDP and TC egress do not interleave on one CPU.
+    let key = unsafe { &mut *key };
+    if is_v6 {
+        for i in 0..16 {
+            key.addr[i] = src[i] & cfg.v6_source_mask[i];
+        }
+    } else {
+        key.addr = *src;
+    }
+    key.proto = proto;
+    Some(key)
+}
+
+/// The prefix length of the network `source_key` makes of a source.
+#[inline(always)]
+pub fn source_prefix(is_v6: bool, cfg: &Config) -> u8 {
+    if is_v6 { cfg.v6_source_prefix as u8 } else { 32 }
+}
+
+/// `never_block` networks are exempt from every blocklist and automatic block.
+#[inline(always)]
+pub fn exempt(cfg: &Config, src: &[u8; 16]) -> bool {
+    cfg.has(FLAG_HAS_NEVER_BLOCK) && blocklist::never_block(src)
+}
+
+/// Whether the packet path has added automatic blocks that may still be in the table.
+#[inline(always)]
+pub fn any_automatic() -> bool {
+    PG_RUNTIME.get(RUNTIME_KERNEL).is_some_and(|r| r.auto_blocks != 0)
+}
+
+/// Whether `subject.src` is blocked automatically right now (`IS_BLOCKED`, with `REPORT`
+/// when a drop event is due). An expired block is removed, and reported, on the way.
+#[inline(always)]
+pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
+    let Some(key) = source_key(subject.src, subject.is_v6, 0, cfg) else {
+        return 0;
+    };
+    let Some(entry) = PG_AUTO_BLOCK.get_ptr_mut(&key.addr) else {
+        return 0;
+    };
+    let now = now_ns();
+    let (expires_ns, cause) = unsafe { ((*entry).expires_ns, (*entry).cause) };
+    if now < expires_ns {
+        // The block was set for a source outside `never_block`, and a reload removes blocks a
+        // new `never_block` covers; only an IPv6 network wider than a `never_block` entry can
+        // still hold exempt sources.
+        if subject.is_v6 && cfg.has(FLAG_NEVER_BLOCK_INSIDE_V6_NET) && exempt(cfg, subject.src) {
+            return 0;
+        }
+        let last = unsafe { &mut (*entry).last_event_ns };
+        if now.wrapping_sub(*last) >= DROP_EVENT_INTERVAL_NS {
+            *last = now;
+            return IS_BLOCKED | REPORT;
+        }
+        return IS_BLOCKED;
+    }
+    if PG_AUTO_BLOCK.remove(&key.addr).is_ok() {
+        counters::add(OBS_BLOCKS_EXPIRED, 0);
+        let details = Details {
+            reason: cause,
+            expires_ns,
+            prefix_len: source_prefix(subject.is_v6, cfg),
+            ..Default::default()
+        };
+        let subject = Subject { src: &key.addr, ..*subject };
+        events::emit(EventKind::BlockExpired, &subject, &details);
+    }
+    0
+}
+
+/// Blocks `net` (a `source_key` address) until `expires_ns`, if this CPU's share of `new_blocks_per_second` allows
+/// (otherwise counts the block as not admitted and returns false): a flood of forged sources
+/// cannot fill the table and push real blocks out.
+#[inline(always)]
+pub fn block(
+    net: &[u8; 16],
+    prefix_len: u8,
+    now: u64,
+    expires_ns: u64,
+    cause: u8,
+    kind: u8,
+    port: u16,
+) -> bool {
+    let Some(budget) = PG_EVENT_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    unsafe {
+        if (*budget).block_tokens == 0 {
+            counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
+            return false;
+        }
+        (*budget).block_tokens -= 1;
+    }
+    let entry = AutoBlock {
+        added_ns: now,
+        expires_ns,
+        cause,
+        kind,
+        port,
+        prefix_len,
+        _pad: [0; 3],
+        last_event_ns: now,
+    };
+    if PG_AUTO_BLOCK.insert(net, &entry, 0).is_err() {
+        return false;
+    }
+    // After the insert, so the loader (which clears the flag only while the table is empty,
+    // then looks again) never leaves a block unconsulted.
+    if let Some(runtime) = PG_RUNTIME.get_ptr_mut(RUNTIME_KERNEL) {
+        unsafe {
+            if (*runtime).auto_blocks == 0 {
+                (*runtime).auto_blocks = 1;
+            }
+        }
+    }
+    true
+}
+
+/// Whether `src` is blocked by hand right now (`IS_BLOCKED`, with `REPORT` when a drop event
+/// is due). Expired entries stop matching here; the loader removes them.
+#[inline(always)]
+pub fn manually_blocked(cfg: &Config, subject: &Subject) -> u32 {
+    let none = PG_RUNTIME.get(RUNTIME_USER).is_none_or(|r| r.manual_blocks == 0);
+    if none {
+        return 0;
+    }
+    let Some(entry) = PG_MANUAL.get(Key::new(NET_KEY_FIXED_BITS + 128, blocklist::net_key(subject.src)))
+    else {
+        return 0;
+    };
+    let entry = entry as *const ManualBlock as *mut ManualBlock;
+    let now = now_ns();
+    let expires_ns = unsafe { (*entry).expires_ns };
+    if (expires_ns != 0 && now >= expires_ns) || exempt(cfg, subject.src) {
+        return 0;
+    }
+    // One drop event per second per blocked network, written into the map's own value.
+    let last = unsafe { &mut (*entry).last_event_ns };
+    if now.wrapping_sub(*last) >= DROP_EVENT_INTERVAL_NS {
+        *last = now;
+        return IS_BLOCKED | REPORT;
+    }
+    IS_BLOCKED
+}

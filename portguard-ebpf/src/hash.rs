@@ -1,0 +1,32 @@
+//! Keyed hashes of the scan detector. The key (`Runtime::scan_key`) is random and chosen when
+//! the shared maps are created, so which sources share an admission slot and which ports share
+//! a bit of a port set cannot be known, or chosen, from outside the host. Not a cryptographic
+//! MAC: a mixing function (the 64-bit finaliser of MurmurHash3) over key and input.
+
+use portguard_common::maps::ScanKey;
+
+#[inline(always)]
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+/// A source network and protocol.
+#[inline(always)]
+pub fn source(key: &[u64; 2], source: &ScanKey) -> u64 {
+    // SAFETY: `ScanKey` is 8-aligned and starts with the 16-byte address.
+    let words = source as *const ScanKey as *const u64;
+    let (hi, lo) = unsafe { (*words, *words.add(1)) };
+    mix(mix(hi ^ key[0]) ^ lo ^ key[1] ^ ((source.proto as u64) << 56))
+}
+
+/// The bit (0..bits, a power of two) of `port` in a port set of the window that started at
+/// `window_start_ns`: a new window gets a new mapping.
+#[inline(always)]
+pub fn port_bit(key: &[u64; 2], window_start_ns: u64, port: u16, bits: u32) -> u32 {
+    (mix(key[1] ^ window_start_ns.rotate_left(17) ^ port as u64) as u32) & (bits - 1)
+}

@@ -1,0 +1,66 @@
+//! Plain types the layers share: the verdict on one frame, and who and what an event is about.
+
+use portguard_common::{Reason, counters::DROP_BASE, events::SAMPLE_PORTS};
+
+/// Index of `Verdict::port_index` when the packet had no destination port.
+pub const NO_PORT: u32 = u32::MAX;
+
+pub const FRAG_WHOLE: u8 = 0;
+pub const FRAG_FIRST: u8 = 1;
+pub const FRAG_LATER: u8 = 2;
+
+/// The verdict on one frame, as plain numbers (8 bytes), so the entry point can pass it
+/// through a map slot (`opaque`) before acting on it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    /// `Reason`.
+    pub reason: u8,
+    pub vlan_tags: u8,
+    /// `FRAG_*`.
+    pub frag: u8,
+    /// A drop event may be sent (the per-source rate limit allows it, nothing else reported).
+    pub report: u8,
+    /// `port_index` of the destination port, or `NO_PORT`.
+    pub port_index: u32,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn of(reason: Reason, vlan_tags: u8) -> Self {
+        Self { reason: reason as u8, vlan_tags, frag: FRAG_WHOLE, report: 0, port_index: NO_PORT }
+    }
+
+    #[inline(always)]
+    pub const fn is_drop(&self) -> bool {
+        self.reason >= DROP_BASE
+    }
+}
+
+/// Who and what an event is about.
+#[derive(Clone, Copy)]
+pub struct Subject<'a> {
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ifindex: u32,
+    pub is_v6: bool,
+}
+
+/// Details that depend on the kind of event (plain values: the verifier loses track of
+/// pointers passed through a struct to a BPF-to-BPF call).
+#[derive(Clone, Copy, Default)]
+pub struct Details {
+    pub reason: u8,
+    pub scan_kind: u8,
+    pub count: u32,
+    pub expires_ns: u64,
+    pub samples: u8,
+    pub sample_ports: [u16; SAMPLE_PORTS],
+    pub prefix_len: u8,
+    /// `EVENT_FLAG_*`.
+    pub flags: u8,
+}

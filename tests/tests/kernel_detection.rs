@@ -1,0 +1,251 @@
+//! Scan detection and automatic blocks in the real kernel program, run on crafted frames with
+//! BPF_PROG_TEST_RUN: admission (floods allocate nothing), keyed port sets (no public
+//! collisions), the long window, IPv6 networks, per-protocol reports, the new-block budget,
+//! and the host's own resets. The thread is pinned to one CPU, because admission is per CPU.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use portguard::{
+    events::Grants,
+    judge::Judge,
+    policy::{LoadOptions, compile::compile, parse},
+};
+use portguard_common::{
+    Reason,
+    counters::{
+        OBS_BLOCKS_NOT_ADMITTED, OBS_REFUSALS_OWN_FLOWS, OBS_REFUSALS_SENT, OBS_SCAN_BLOCKS,
+        OBS_SCAN_SOURCES_ADMITTED, OBS_SCANS_DETECTED, OBS_TRAP_BLOCKS,
+    },
+};
+use portguard_tests::{packets::*, require_root};
+
+const SERVER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+fn server(v6: bool) -> IpAddr {
+    if v6 { "2001:db8::2".parse::<Ipv6Addr>().unwrap().into() } else { SERVER4.into() }
+}
+
+fn judge(policy: &str) -> Judge {
+    pin_to_one_cpu();
+    let loaded = parse(policy, std::path::Path::new("test.toml"), LoadOptions::default()).expect("policy");
+    let image = compile(&loaded.policy, 1).expect("compile");
+    Judge::new(&image, &loaded.policy).expect("load the kernel program")
+}
+
+fn pin_to_one_cpu() {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+fn observed(j: &Judge, slot: u32) -> u64 {
+    j.counters().unwrap().slot(slot).packets
+}
+
+/// Default deny, nothing open but 22, scans blocked; `extra` is appended to `[scan_detection]`.
+fn scan_policy(extra: &str) -> String {
+    format!(
+        "default = \"deny\"\nnever_block = [\"198.51.100.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [22]\n\
+         [inbound]\nother_protocols = \"allow\"\n[scan_detection]\nthreshold = 20\nwindow = \"1h\"\n\
+         slow_threshold = 0\naction = \"block\"\n{extra}"
+    )
+}
+
+/// Sends SYNs from `src` to `ports` until the source is blocked; returns how many distinct
+/// ports it took, the blocking one included (None: never blocked).
+fn ports_until_blocked(j: &mut Judge, src: IpAddr, ports: impl IntoIterator<Item = u16>) -> Option<usize> {
+    let dst = server(src.is_ipv6());
+    for (tried, port) in ports.into_iter().enumerate() {
+        let outcome = j.run(&tcp(src, dst, 40000, port, SYN)).unwrap();
+        if outcome.reason == Reason::DropAutoBlock {
+            return Some(tried + 1);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_scan_is_blocked_at_its_threshold() {
+    require_root!();
+    let mut j = judge(&scan_policy(""));
+    let scanner = IpAddr::from([192, 0, 2, 66]);
+    let taken = ports_until_blocked(&mut j, scanner, 1000..1100).expect("blocked");
+    // Keyed bits can collide: a port or two late at most, on average on time.
+    assert!((20..=22).contains(&taken), "blocked after {taken} ports");
+    assert_eq!(observed(&j, OBS_SCAN_BLOCKS), 1);
+    assert_eq!(observed(&j, OBS_SCAN_SOURCES_ADMITTED), 1);
+    assert_eq!(j.run(&tcp(scanner, server(false), 40000, 22, SYN)).unwrap().reason, Reason::DropAutoBlock);
+}
+
+#[test]
+fn ports_that_collided_under_the_old_public_hash_are_counted() {
+    require_root!();
+    let mut j = judge(&scan_policy(""));
+    // The old detector mapped a port to bit `port * 2654435761 >> 23` (of 512): a scanner that
+    // kept to ports of 19 bits was never counted. Those ports now spread over the set.
+    let old_bit = |port: u16| ((port as u32).wrapping_mul(2_654_435_761) >> 23) as u16;
+    let mut chosen = std::collections::BTreeSet::new();
+    let evasive: Vec<u16> = (1..=u16::MAX)
+        .filter(|&port| {
+            let bit = old_bit(port);
+            chosen.contains(&bit) || (chosen.len() < 19 && chosen.insert(bit))
+        })
+        .take(200)
+        .collect();
+    assert!(evasive.iter().map(|&p| old_bit(p)).collect::<std::collections::BTreeSet<_>>().len() <= 19);
+    let taken = ports_until_blocked(&mut j, IpAddr::from([192, 0, 2, 67]), evasive).expect("blocked");
+    assert!(taken <= 25, "blocked after {taken} ports");
+}
+
+#[test]
+fn floods_allocate_no_per_source_state() {
+    require_root!();
+    let mut j = judge(&scan_policy(""));
+    // Forged sources, each failing once.
+    for i in 0..2000u32 {
+        let src = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, (i >> 16) as u16, i as u16, 0, 0, 0, 1));
+        assert_eq!(j.run(&tcp(src, server(true), 40000, 445, SYN)).unwrap().reason, Reason::DropDefaultDeny);
+    }
+    // One source hammering one port: remembered once per CPU, never admitted.
+    let flooder = IpAddr::from([192, 0, 2, 77]);
+    for _ in 0..2000 {
+        assert_eq!(
+            j.run(&tcp(flooder, server(false), 40000, 445, SYN)).unwrap().reason,
+            Reason::DropDefaultDeny
+        );
+    }
+    assert_eq!(observed(&j, OBS_SCAN_SOURCES_ADMITTED), 0, "no flood source got shared state");
+    assert_eq!(observed(&j, OBS_SCANS_DETECTED), 0);
+    // A second distinct port admits a source, with both ports counted.
+    j.run(&tcp(flooder, server(false), 40000, 446, SYN)).unwrap();
+    assert_eq!(observed(&j, OBS_SCAN_SOURCES_ADMITTED), 1);
+    let taken = ports_until_blocked(&mut j, flooder, 2000..2100).expect("blocked");
+    assert!((18..=20).contains(&taken), "blocked after {taken} more ports (445 and 446 counted)");
+}
+
+#[test]
+fn ipv6_sources_are_counted_and_blocked_by_network() {
+    require_root!();
+    let mut j = judge(&scan_policy(""));
+    // 16 addresses of one /64 share the work: 19 ports each would pass one by one.
+    let member = |i: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x66, 0, 0, 0, 0, 0x100 + i));
+    let mut port = 3000;
+    let mut blocked_at = None;
+    'outer: for i in 0..16 {
+        for _ in 0..2 {
+            port += 1;
+            if j.run(&tcp(member(i), server(true), 40000, port, SYN)).unwrap().reason == Reason::DropAutoBlock
+            {
+                blocked_at = Some(port - 3000);
+                break 'outer;
+            }
+        }
+    }
+    let blocked_at = blocked_at.expect("the /64 was blocked");
+    assert!(blocked_at <= 23, "blocked after {blocked_at} ports");
+    // Every address of the /64 is blocked, none outside it.
+    let other_member = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x66, 0, 0xffff, 0, 0, 1));
+    assert_eq!(j.run(&tcp(other_member, server(true), 1, 22, SYN)).unwrap().reason, Reason::DropAutoBlock);
+    let neighbour = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x66, 1, 0, 0, 0, 1));
+    assert_eq!(j.run(&tcp(neighbour, server(true), 1, 22, SYN)).unwrap().reason, Reason::PassPortAllowed);
+
+    // With ipv6_prefix = 128 the same rotation is 16 separate sources, none over threshold.
+    let mut j = judge(&scan_policy("ipv6_prefix = 128\n"));
+    let mut port = 3000;
+    for i in 0..16 {
+        for _ in 0..2 {
+            port += 1;
+            assert_ne!(
+                j.run(&tcp(member(i), server(true), 40000, port, SYN)).unwrap().reason,
+                Reason::DropAutoBlock
+            );
+        }
+    }
+}
+
+#[test]
+fn tcp_and_udp_scans_are_reported_apart() {
+    require_root!();
+    let mut j = judge(&scan_policy("").replace("action = \"block\"", "action = \"alert\""));
+    let src = IpAddr::from([192, 0, 2, 68]);
+    for port in 1000..1030 {
+        j.run(&tcp(src, server(false), 40000, port, SYN)).unwrap();
+    }
+    assert_eq!(observed(&j, OBS_SCANS_DETECTED), 1);
+    for port in 1000..1030 {
+        j.run(&udp(src, server(false), 40000, port)).unwrap();
+    }
+    assert_eq!(observed(&j, OBS_SCANS_DETECTED), 2, "the UDP scan is a scan of its own");
+    // Once per window: more ports report nothing new.
+    for port in 2000..2030 {
+        j.run(&tcp(src, server(false), 40000, port, SYN)).unwrap();
+    }
+    assert_eq!(observed(&j, OBS_SCANS_DETECTED), 2);
+}
+
+#[test]
+fn slow_scans_are_caught_by_the_long_window() {
+    require_root!();
+    // A short window whose threshold 100 ports cannot reach, and a long one of an hour.
+    let policy = scan_policy("").replace(
+        "threshold = 20\nwindow = \"1h\"\nslow_threshold = 0",
+        "threshold = 256\nwindow = \"5s\"\nslow_threshold = 30\nslow_window = \"1h\"",
+    );
+    let mut j = judge(&policy);
+    let src = IpAddr::from([192, 0, 2, 69]);
+    let taken = ports_until_blocked(&mut j, src, 5000..5100).expect("blocked by the long window");
+    assert!((30..=33).contains(&taken), "blocked after {taken} ports");
+    // With the long window off, the same scan passes unseen.
+    let mut j = judge(
+        &scan_policy("").replace("threshold = 20\nwindow = \"1h\"", "threshold = 256\nwindow = \"5s\""),
+    );
+    assert_eq!(ports_until_blocked(&mut j, src, 5000..5100), None);
+}
+
+#[test]
+fn the_new_block_budget_bounds_automatic_blocks() {
+    require_root!();
+    let policy = "default = \"deny\"\nnever_block = [\"198.51.100.0/24\"]\n[inbound]\nother_protocols = \"allow\"\n\
+                  [scan_detection]\naction = \"off\"\n[trap_ports]\ntcp = [23]\n";
+    let mut j = judge(policy);
+    // Budgets are shared out among the possible CPUs.
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
+    j.grant(Grants { drop_events: 0, new_blocks: 3 * cpus }).unwrap();
+    let forged = |i: u8| IpAddr::from([203, 0, 113, i]);
+    let reasons: Vec<Reason> =
+        (1..=10).map(|i| j.run(&tcp(forged(i), server(false), 40000, 23, SYN)).unwrap().reason).collect();
+    // This CPU's share of the budget is three blocks; the rest are refused and counted, and
+    // the packets are judged by the port policy (a trap port is closed).
+    assert_eq!(&reasons[..3], &[Reason::DropAutoBlock; 3]);
+    assert_eq!(&reasons[3..], &[Reason::DropDefaultDeny; 7]);
+    assert_eq!(observed(&j, OBS_TRAP_BLOCKS), 3);
+    assert_eq!(observed(&j, OBS_BLOCKS_NOT_ADMITTED), 7);
+    // Those blocked stay blocked; the refused ones are not.
+    assert_eq!(j.run(&tcp(forged(1), server(false), 1, 80, SYN)).unwrap().reason, Reason::DropAutoBlock);
+    assert_eq!(j.run(&tcp(forged(9), server(false), 1, 80, SYN)).unwrap().reason, Reason::DropDefaultDeny);
+}
+
+#[test]
+fn the_hosts_own_resets_are_not_probes() {
+    require_root!();
+    let policy = scan_policy("").replace("default = \"deny\"", "default = \"allow\"");
+    let mut j = judge(&policy);
+    let upstream = IpAddr::from([192, 0, 2, 80]);
+    let me = server(false);
+    // 40 client connections of the host to one upstream, each closed with a RST (unread data).
+    for sport in 41000..41040 {
+        j.run_egress(&tcp(me, upstream, sport, 80, SYN)).unwrap();
+        j.run_egress(&tcp(me, upstream, sport, 80, RST | ACK)).unwrap();
+    }
+    assert_eq!(observed(&j, OBS_REFUSALS_SENT), 40);
+    assert_eq!(observed(&j, OBS_REFUSALS_OWN_FLOWS), 40);
+    assert_eq!(observed(&j, OBS_SCANS_DETECTED), 0);
+    assert_eq!(j.run(&tcp(upstream, me, 80, 41000, ACK)).unwrap().reason, Reason::PassDefaultAllow);
+    // RSTs to a prober's SYNs on closed ports (no flow of the host's) still count.
+    let prober = IpAddr::from([192, 0, 2, 81]);
+    for port in 1000..1030 {
+        j.run_egress(&tcp(me, prober, port, 50000, RST | ACK)).unwrap();
+    }
+    assert_eq!(observed(&j, OBS_SCANS_DETECTED), 1);
+    assert_eq!(j.run(&tcp(prober, me, 50000, 80, SYN)).unwrap().reason, Reason::DropAutoBlock);
+}
