@@ -119,9 +119,10 @@ pub fn run(check_only: bool, needs: Needs) -> Result<()> {
     Ok(())
 }
 
-/// What `cargo xtask bench` compares portguard with.
+/// What `cargo xtask bench` compares portguard with: nftables, ip6tables, xdp-filter, and ipset
+/// for the large blocklist.
 pub fn bench_tools() -> Result<()> {
-    const TOOLS: &[&str] = &["nftables", "iptables", "xdp-tools"];
+    const TOOLS: &[&str] = &["nftables", "iptables", "xdp-tools", "ipset"];
     let absent: Vec<&str> = TOOLS.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if absent.is_empty() {
         ok("benchmark tools", &TOOLS.join(" "));
