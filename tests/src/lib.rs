@@ -267,9 +267,19 @@ impl Lab {
     /// Runs nmap from the client against the server's ports 1-300 with `args` (a scan kind);
     /// bounded by nmap's own host timeout and ours.
     pub fn nmap(&self, args: &[&str]) {
-        let target = SERVER_V4.to_string();
-        let mut full = vec!["60", "nmap", "-n", "-Pn", "-T5", "--max-retries", "1", "--host-timeout", "40s"];
-        full.extend_from_slice(&["-p", "1-300"]);
+        let mut full = vec!["-T5", "-p", "1-300"];
+        full.extend_from_slice(args);
+        self.nmap_at(SERVER_V4.into(), &full);
+    }
+
+    /// Runs nmap from the client against `target` with `args` (timing, ports, scan kind);
+    /// bounded by nmap's own host timeout and ours.
+    pub fn nmap_at(&self, target: IpAddr, args: &[&str]) {
+        let target = target.to_string();
+        let mut full = vec!["60", "nmap", "-n", "-Pn", "--max-retries", "1", "--host-timeout", "40s"];
+        if target.contains(':') {
+            full.push("-6");
+        }
         full.extend_from_slice(args);
         full.push(&target);
         let output = self.client.exec("timeout", &full).expect("nmap runs");

@@ -154,3 +154,41 @@ pub fn udp_echoes(netns: &Netns, source: Option<IpAddr>, target: SocketAddr) -> 
 pub fn tcp_connect_many(netns: &Netns, source: Option<IpAddr>, target: SocketAddr, count: usize) -> usize {
     netns.run(move || (0..count).filter(|_| tcp_connect_here(source, target)).count())
 }
+
+/// Opens a connection attempt (one SYN) from `source` to each target in turn and gives up on
+/// it at once: what a connect() scanner does against filtered ports. Runs in `netns`.
+pub fn syn_probes(netns: &Netns, source: Option<IpAddr>, targets: Vec<SocketAddr>) {
+    netns.run(move || {
+        for target in targets {
+            let domain = if target.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+            let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            if let Some(source) = source {
+                socket.bind(&SockAddr::from(SocketAddr::new(source, 0))).unwrap();
+            }
+            socket.set_nonblocking(true).unwrap();
+            // EINPROGRESS: the SYN is on its way; closing a half-open socket sends nothing.
+            let _ = socket.connect(&SockAddr::from(target));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+/// `count` connections from this namespace to `target`, each closed with a RST (SO_LINGER 0,
+/// as many HTTP clients and pools do to shed a connection); returns how many connected. Runs
+/// in `netns`.
+pub fn tcp_connections_reset(netns: &Netns, target: SocketAddr, count: usize) -> usize {
+    netns.run(move || {
+        (0..count)
+            .filter(|_| {
+                let domain = if target.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+                let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
+                if socket.connect_timeout(&SockAddr::from(target), ATTEMPT_TIMEOUT).is_err() {
+                    return false;
+                }
+                let _ = socket.send(b"GET / HTTP/1.0\r\n\r\n");
+                socket.set_linger(Some(Duration::ZERO)).unwrap();
+                true
+            })
+            .count()
+    })
+}

@@ -288,11 +288,12 @@ pub fn expected_bits(ports: u32) -> u32 {
 }
 
 /// The inverse of `expected_bits`: the distinct ports that most likely set `set_bits` bits
-/// (linear counting), for reports.
+/// (linear counting), rounded down, for reports: with few ports, most likely none shared a
+/// bit and the count is exact.
 pub fn estimated_ports(set_bits: u32) -> u32 {
     let bits = f64::from(SCAN_PORT_BITS);
     let set = f64::from(set_bits.min(SCAN_PORT_BITS - 1));
-    (-bits * (1.0 - set / bits).ln()).round() as u32
+    (-bits * (1.0 - set / bits).ln()).floor() as u32
 }
 
 #[cfg(test)]
