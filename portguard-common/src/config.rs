@@ -24,8 +24,6 @@ pub const FLAG_HAS_BLOCKLIST4: u32 = 1 << 8;
 pub const FLAG_HAS_BLOCKLIST6: u32 = 1 << 9;
 /// The policy has `never_block` networks.
 pub const FLAG_HAS_NEVER_BLOCK: u32 = 1 << 10;
-/// IPv4 blocklist entries of /16 or shorter exist (the wide table must be consulted).
-pub const FLAG_HAS_BLOCKLIST4_WIDE: u32 = 1 << 11;
 
 /// Scan detection counts negative attempts per source (`[scan_detection]`).
 pub const FLAG_SCAN_DETECT: u32 = 1 << 12;

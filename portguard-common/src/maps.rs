@@ -9,10 +9,29 @@
 pub const MAP_PORTS: &str = "PG_PORTS";
 /// `LpmTrie<SrcAllowKey, u16>`: sources a port with a `from` list admits; value is the rule.
 pub const MAP_SRC_ALLOW: &str = "PG_SRC_ALLOW";
-/// `Array<u8>` of 65536 entries, indexed by the top 16 bits of an IPv4 source: 1 = blocked.
-pub const MAP_BL4_WIDE: &str = "PG_BL4_WIDE";
-/// `HashMap<u32, Bitmap256>`: IPv4 /24 (source >> 8) to the set of blocked last octets.
-pub const MAP_BL4: &str = "PG_BL4";
+/// `Array<u64>` of 65536 entries, indexed by the top 16 bits of an IPv4 source: see
+/// `bl4_index_entry`.
+pub const MAP_BL4_INDEX: &str = "PG_BL4_INDEX";
+/// `Array<u32>`: the blocked ranges within each /16, `start << 16 | end` over the low 16 bits
+/// of the address, sorted and disjoint within a /16's segment (the index says where it is).
+pub const MAP_BL4_RANGES: &str = "PG_BL4_RANGES";
+
+/// `PG_BL4_INDEX` entry of a /16 blocked as a whole.
+pub const BL4_WHOLE: u64 = 1 << 63;
+/// Most ranges one /16 can need (every other address).
+pub const BL4_MAX_RANGES_PER_16: u32 = 32768;
+
+/// A `PG_BL4_INDEX` entry: the /16's ranges are `PG_BL4_RANGES[offset..offset + count]`.
+#[inline(always)]
+pub const fn bl4_index_entry(offset: u32, count: u32) -> u64 {
+    (count as u64) << 32 | offset as u64
+}
+
+/// One `PG_BL4_RANGES` value.
+#[inline(always)]
+pub const fn bl4_range(start: u16, end: u16) -> u32 {
+    (start as u32) << 16 | end as u32
+}
 /// `HashMap<Bl6Key, u8>`: IPv6 prefixes, probed for each length in `Config::bl6_prefix_lens`.
 pub const MAP_BL6: &str = "PG_BL6";
 /// `LpmTrie<[u8; 16], u8>`: sources never dropped by a blocklist or an automatic block.
@@ -192,9 +211,6 @@ pub const fn prefix_masks(len: u32) -> (u64, u64) {
     };
     (hi, lo)
 }
-
-/// 256 bits, one per last octet of an IPv4 /24.
-pub type Bitmap256 = [u64; 4];
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,18 +1,19 @@
-//! Source blocklist lookups, designed so their cost does not grow with the list:
-//! - IPv4: one array read for prefixes of /16 and shorter (pre-expanded to /16 blocks), then
-//!   one hash lookup of the source's /24, whose value is a 256-bit set of blocked last octets
-//!   (prefixes /17 to /32 are pre-expanded into it). Two lookups whatever the list size.
+//! Source blocklist lookups, designed so their cost hardly grows with the list and the list
+//! takes little memory:
+//! - IPv4: one array read of the source's /16 (blocked whole, nothing listed in it, or where
+//!   its ranges are), then a binary search over that /16's sorted ranges: at most 16 steps,
+//!   about log2 of what is listed in the /16, and 4 bytes per range however long it is.
 //! - IPv6: one hash lookup per distinct prefix length in the policy, longest first.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config,
-    config::{FLAG_HAS_BLOCKLIST4, FLAG_HAS_BLOCKLIST4_WIDE, FLAG_HAS_BLOCKLIST6, MAX_BL6_PREFIX_LENS},
-    maps::{Bl6Key, NET_KEY_FIXED_BITS, NetKey, family_of, prefix_masks},
+    config::{FLAG_HAS_BLOCKLIST4, FLAG_HAS_BLOCKLIST6, MAX_BL6_PREFIX_LENS},
+    maps::{BL4_WHOLE, Bl6Key, NET_KEY_FIXED_BITS, NetKey, family_of, prefix_masks},
 };
 
 use crate::{
-    maps::{PG_BL4, PG_BL4_WIDE, PG_BL6, PG_NEVER_BLOCK},
+    maps::{PG_BL4_INDEX, PG_BL4_RANGES, PG_BL6, PG_NEVER_BLOCK},
     parse::Packet,
 };
 
@@ -21,21 +22,41 @@ pub fn in_policy_blocklist(packet: &Packet, cfg: &Config) -> bool {
     if packet.is_v6 {
         cfg.has(FLAG_HAS_BLOCKLIST6) && v6_blocked(&packet.src, cfg)
     } else {
-        cfg.has(FLAG_HAS_BLOCKLIST4) && v4_blocked(packet.src4, cfg)
+        cfg.has(FLAG_HAS_BLOCKLIST4) && v4_blocked(packet.src4)
     }
 }
 
 #[inline(always)]
-fn v4_blocked(src: u32, cfg: &Config) -> bool {
-    if cfg.has(FLAG_HAS_BLOCKLIST4_WIDE) && PG_BL4_WIDE.get(src >> 16).copied() == Some(1) {
-        return true;
+fn v4_blocked(src: u32) -> bool {
+    let entry = PG_BL4_INDEX.get(src >> 16).copied().unwrap_or(0);
+    if entry == 0 {
+        return false;
     }
-    match unsafe { PG_BL4.get(src >> 8) } {
-        Some(bits) => {
-            let octet = (src & 0xff) as usize;
-            (bits[octet >> 6] >> (octet & 63)) & 1 == 1
+    entry & BL4_WHOLE != 0 || in_ranges(entry, src & 0xffff) != 0
+}
+
+/// Whether `low` (the address's low 16 bits) lies in one of the ranges `entry` points at: the
+/// last range starting at or below it, found by halving. A call of its own, so the verifier
+/// joins the search's paths at the return.
+#[inline(never)]
+fn in_ranges(entry: u64, low: u32) -> u32 {
+    let (mut base, mut count) = (entry as u32, ((entry >> 32) as u32) & 0x1_ffff);
+    // 2^16 ranges at most in a /16 (32768 in fact): 16 halvings find the one.
+    for _ in 0..16 {
+        if count <= 1 {
+            break;
         }
-        None => false,
+        let half = count / 2;
+        match PG_BL4_RANGES.get(base + half) {
+            Some(range) if *range >> 16 <= low => base += half,
+            Some(_) => {}
+            None => return 0,
+        }
+        count -= half;
+    }
+    match PG_BL4_RANGES.get(base) {
+        Some(range) => (*range >> 16 <= low && low <= *range & 0xffff) as u32,
+        None => 0,
     }
 }
 

@@ -10,9 +10,8 @@ use portguard_common::{
     Counter,
     counters::COUNTER_SLOTS,
     maps::{
-        AutoBlock, Bitmap256, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict,
-        ManualBlock, NetKey, PORT_TABLE_LEN, PortRule, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState,
-        SrcAllowKey,
+        AutoBlock, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict, ManualBlock, NetKey,
+        PORT_TABLE_LEN, PortRule, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
     },
 };
 
@@ -25,10 +24,10 @@ pub static PG_PORTS: Array<PortRule> = Array::with_max_entries(PORT_TABLE_LEN, 0
 pub static PG_SRC_ALLOW: LpmTrie<SrcAllowKey, u16> = LpmTrie::with_max_entries(1, 0);
 
 #[map]
-pub static PG_BL4_WIDE: Array<u8> = Array::with_max_entries(65536, 0);
+pub static PG_BL4_INDEX: Array<u64> = Array::with_max_entries(65536, 0);
 
 #[map]
-pub static PG_BL4: HashMap<u32, Bitmap256> = HashMap::with_max_entries(1, 0);
+pub static PG_BL4_RANGES: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static PG_BL6: HashMap<Bl6Key, u8> = HashMap::with_max_entries(1, 0);

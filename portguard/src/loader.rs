@@ -24,7 +24,7 @@ use aya::{
 };
 use log::{info, warn};
 use portguard_common::maps::{
-    Bitmap256, Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_BL4, MAP_BL4_WIDE, MAP_BL6, MAP_EVENT_BUDGET,
+    Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6, MAP_EVENT_BUDGET,
     MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS, MAP_PORTS, MAP_RUNTIME,
     MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, Runtime, SHARED_MAPS,
     SrcAllowKey,
@@ -89,7 +89,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     loader
         .override_global("PG_CONFIG", &image.config, true)
         .map_max_entries(MAP_SRC_ALLOW, size(image.src_allow.len()))
-        .map_max_entries(MAP_BL4, size(image.bl4.len()))
+        .map_max_entries(MAP_BL4_RANGES, size(image.bl4_ranges.len()))
         .map_max_entries(MAP_BL6, size(image.bl6.len()))
         .map_max_entries(MAP_NEVER_BLOCK, size(image.never_block.len()))
         .map_max_entries(MAP_FLOWS, limits.flows)
@@ -183,7 +183,7 @@ fn progress(entries: usize) -> indicatif::ProgressBar {
 }
 
 fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
-    let bar = progress(image.bl4.len() + image.bl6.len());
+    let bar = progress(image.bl4_ranges.len() + image.bl6.len());
     let mut ports: Array<&mut MapData, PortRule> = Array::try_from(map_data(ebpf, MAP_PORTS)?)?;
     for (index, rule) in &image.ports {
         ports.set(*index, rule, 0).with_context(|| format!("writing {MAP_PORTS}[{index}]"))?;
@@ -193,14 +193,15 @@ fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
     for (prefix_len, key, rule) in &image.src_allow {
         src_allow.insert(&Key::new(*prefix_len, *key), rule, 0).context(MAP_SRC_ALLOW)?;
     }
-    let mut wide: Array<&mut MapData, u8> = Array::try_from(map_data(ebpf, MAP_BL4_WIDE)?)?;
-    for index in &image.bl4_wide {
-        wide.set(*index, 1, 0).context(MAP_BL4_WIDE)?;
-    }
-    let mut bl4: HashMap<&mut MapData, u32, Bitmap256> = HashMap::try_from(map_data(ebpf, MAP_BL4)?)?;
-    for (bucket, bits) in &image.bl4 {
-        bl4.insert(bucket, bits, 0).context(MAP_BL4)?;
+    // Ranges before the index entries that point at them.
+    let mut ranges: Array<&mut MapData, u32> = Array::try_from(map_data(ebpf, MAP_BL4_RANGES)?)?;
+    for (index, range) in image.bl4_ranges.iter().enumerate() {
+        ranges.set(index as u32, range, 0).context(MAP_BL4_RANGES)?;
         bar.inc(1);
+    }
+    let mut bl4_index: Array<&mut MapData, u64> = Array::try_from(map_data(ebpf, MAP_BL4_INDEX)?)?;
+    for (slash16, entry) in &image.bl4_index {
+        bl4_index.set(*slash16, entry, 0).context(MAP_BL4_INDEX)?;
     }
     let mut bl6: HashMap<&mut MapData, Bl6Key, u8> = HashMap::try_from(map_data(ebpf, MAP_BL6)?)?;
     for key in &image.bl6 {

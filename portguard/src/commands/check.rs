@@ -41,8 +41,8 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
                 "kernel_entries": {
                     "ports": image.ports.len(),
                     "source_rules": image.src_allow.len(),
-                    "blocklist_v4_wide": image.bl4_wide.len(),
-                    "blocklist_v4_buckets": image.bl4.len(),
+                    "blocklist_v4_whole_16s": image.bl4_whole_16s(),
+                    "blocklist_v4_ranges": image.bl4_ranges.len(),
                     "blocklist_v6": image.bl6.len(),
                     "never_block": image.never_block.len(),
                 },
@@ -89,11 +89,11 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
         );
     }
     println!(
-        "  kernel entries: {} ports, {} source rules, {} blocked IPv4 /16s, {} IPv4 /24 buckets, {} IPv6 prefixes",
+        "  kernel entries: {} ports, {} source rules, {} blocked IPv4 /16s, {} IPv4 ranges, {} IPv6 prefixes",
         image.ports.len(),
         image.src_allow.len(),
-        image.bl4_wide.len(),
-        image.bl4.len(),
+        image.bl4_whole_16s(),
+        image.bl4_ranges.len(),
         image.bl6.len()
     );
     Ok(ExitCode::SUCCESS)

@@ -3,15 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use ipnet::IpNet;
 use portguard_common::{
     Config,
     config::*,
     maps::{
-        Bitmap256, Bl6Key, FAMILY_V4, FAMILY_V6, NET_KEY_FIXED_BITS, NetKey, PORT_ALLOW, PORT_ALLOW_FROM,
+        BL4_WHOLE, Bl6Key, FAMILY_V4, FAMILY_V6, NET_KEY_FIXED_BITS, NetKey, PORT_ALLOW, PORT_ALLOW_FROM,
         PORT_DENY, PORT_FLAG_TRAP, PortRule, SCAN_PORT_BITS, SRC_ALLOW_FIXED_BITS, SrcAllowKey,
-        port_drop_shards, port_index, prefix_masks, v4_mapped,
+        bl4_index_entry, bl4_range, port_drop_shards, port_index, prefix_masks, v4_mapped,
     },
 };
 
@@ -25,14 +25,22 @@ pub struct MapImage {
     pub ports: BTreeMap<u32, PortRule>,
     /// `PG_SRC_ALLOW`: (prefix length, key, rule number).
     pub src_allow: Vec<(u32, SrcAllowKey, u16)>,
-    /// `PG_BL4_WIDE` indices (IPv4 /16s) that are fully blocked.
-    pub bl4_wide: BTreeSet<u32>,
-    /// `PG_BL4`: IPv4 /24 -> blocked last octets.
-    pub bl4: BTreeMap<u32, Bitmap256>,
+    /// `PG_BL4_INDEX` entries that are not zero: IPv4 /16 -> blocked whole, or where its
+    /// ranges are in `bl4_ranges`.
+    pub bl4_index: BTreeMap<u32, u64>,
+    /// `PG_BL4_RANGES`: every listed /16's ranges, sorted, merged, one segment after another.
+    pub bl4_ranges: Vec<u32>,
     /// `PG_BL6` keys.
     pub bl6: BTreeSet<Bl6Key>,
     /// `PG_NEVER_BLOCK`: (prefix length, key).
     pub never_block: Vec<(u32, NetKey)>,
+}
+
+impl MapImage {
+    /// IPv4 /16s blocked as a whole.
+    pub fn bl4_whole_16s(&self) -> usize {
+        self.bl4_index.values().filter(|entry| **entry == BL4_WHOLE).count()
+    }
 }
 
 /// Largest IPv6 expansion of one prefix to a longer probed length.
@@ -124,6 +132,8 @@ fn mapped(net: &IpNet) -> (u32, [u8; 16]) {
 
 fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
     let mut v6_by_len: BTreeMap<u8, BTreeSet<u128>> = BTreeMap::new();
+    let mut whole: BTreeSet<u32> = BTreeSet::new();
+    let mut ranges: BTreeMap<u32, Vec<(u16, u16)>> = BTreeMap::new();
     for net in nets {
         match net {
             IpNet::V4(v4) => {
@@ -131,19 +141,11 @@ fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
                 let len = v4.prefix_len() as u32;
                 if len <= 16 {
                     let first = base >> 16;
-                    let count = 1u32 << (16 - len);
-                    image.bl4_wide.extend(first..first + count);
-                } else if len < 24 {
-                    let first = base >> 8;
-                    for bucket in first..first + (1u32 << (24 - len)) {
-                        image.bl4.insert(bucket, [u64::MAX; 4]);
-                    }
+                    whole.extend(first..first + (1u32 << (16 - len)));
                 } else {
-                    let bits = image.bl4.entry(base >> 8).or_default();
-                    let first = (base & 0xff) as usize;
-                    for octet in first..first + (1usize << (32 - len)) {
-                        bits[octet >> 6] |= 1 << (octet & 63);
-                    }
+                    // Longer than /16: one range within one /16.
+                    let size = (1u32 << (32 - len)) - 1;
+                    ranges.entry(base >> 16).or_default().push((base as u16, (base | size) as u16));
                 }
             }
             IpNet::V6(v6) => {
@@ -151,9 +153,24 @@ fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
             }
         }
     }
-    // /24s inside a blocked /16 are never consulted.
-    let wide = &image.bl4_wide;
-    image.bl4.retain(|bucket, _| !wide.contains(&(bucket >> 8)));
+    for slash16 in &whole {
+        image.bl4_index.insert(*slash16, BL4_WHOLE);
+    }
+    // Ranges inside a /16 blocked whole are never consulted.
+    for (slash16, mut list) in ranges.into_iter().filter(|(slash16, _)| !whole.contains(slash16)) {
+        list.sort_unstable();
+        let offset = u32::try_from(image.bl4_ranges.len()).context("too many IPv4 blocklist ranges")?;
+        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(list.len());
+        for (start, end) in list {
+            match merged.last_mut() {
+                // Overlapping or adjacent: one range.
+                Some(last) if u32::from(start) <= u32::from(last.1) + 1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        image.bl4_index.insert(slash16, bl4_index_entry(offset, merged.len() as u32));
+        image.bl4_ranges.extend(merged.into_iter().map(|(start, end)| bl4_range(start, end)));
+    }
 
     reduce_v6_lengths(&mut v6_by_len)?;
     for (len, prefixes) in v6_by_len {
@@ -167,12 +184,12 @@ fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
 /// The blocklist as the kernel holds it must fit the configured limit: refused before anything
 /// is loaded, never half-applied.
 fn check_blocklist_size(image: &MapImage, limit: u32) -> Result<()> {
-    let entries = image.bl4.len() + image.bl6.len();
+    let entries = image.bl4_ranges.len() + image.bl6.len();
     if entries > limit as usize {
         bail!(
-            "the blocklist needs {entries} kernel entries ({} IPv4 /24 buckets, {} IPv6 prefixes), \
+            "the blocklist needs {entries} kernel entries ({} IPv4 ranges, {} IPv6 prefixes), \
              more than [limits] blocklist = {limit}; raise the limit or shorten the list",
-            image.bl4.len(),
+            image.bl4_ranges.len(),
             image.bl6.len()
         );
     }
@@ -231,8 +248,7 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
     set(policy.inbound.icmpv6 == Action::Deny, FLAG_ICMPV6_DENY);
     set(policy.inbound.other_protocols == Action::Deny, FLAG_OTHER_DENY);
     set(policy.inbound.tcp_non_syn == TcpNonSyn::Pass, FLAG_TCP_NON_SYN_PASS);
-    set(!image.bl4.is_empty() || !image.bl4_wide.is_empty(), FLAG_HAS_BLOCKLIST4);
-    set(!image.bl4_wide.is_empty(), FLAG_HAS_BLOCKLIST4_WIDE);
+    set(!image.bl4_index.is_empty(), FLAG_HAS_BLOCKLIST4);
     set(!image.bl6.is_empty(), FLAG_HAS_BLOCKLIST6);
     set(!image.never_block.is_empty(), FLAG_HAS_NEVER_BLOCK);
     let scan = policy.scan_detection.action;
@@ -390,25 +406,30 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_blocklist_expands_to_wide_blocks_and_bitmaps() {
+    fn ipv4_blocklist_becomes_whole_16s_and_sorted_merged_ranges() {
         let image = image(
             r#"
             default = "allow"
             [blocklist]
-            sources = ["203.0.113.7", "203.0.113.64/26", "198.51.0.0/16", "198.18.0.0/15", "192.0.2.0/23", "198.51.7.0/24"]
+            sources = ["203.0.113.7", "203.0.113.64/26", "203.0.113.8", "203.0.113.100/30", "198.51.0.0/16", "198.18.0.0/15", "192.0.2.0/23", "198.51.7.0/24"]
             "#,
         );
-        let wide: Vec<u32> = image.bl4_wide.iter().copied().collect();
-        assert_eq!(wide, [(198 << 8) | 18, (198 << 8) | 19, (198 << 8) | 51]);
-        let bucket = image.bl4[&((203 << 16) | 113)];
-        assert_eq!(bucket[0], 1 << 7);
-        assert_eq!(bucket[1], u64::MAX);
-        assert_eq!(bucket[2] | bucket[3], 0);
-        assert_eq!(image.bl4[&((192 << 16) | 2)], [u64::MAX; 4]);
-        assert_eq!(image.bl4[&((192 << 16) | 3)], [u64::MAX; 4]);
-        // 198.51.7.0/24 lies inside the blocked 198.51.0.0/16.
-        assert!(!image.bl4.contains_key(&((198 << 16) | (51 << 8) | 7)));
-        assert!(image.config.has(FLAG_HAS_BLOCKLIST4_WIDE));
+        let whole: Vec<u32> = image
+            .bl4_index
+            .iter()
+            .filter(|(_, entry)| **entry == BL4_WHOLE)
+            .map(|(slash16, _)| *slash16)
+            .collect();
+        assert_eq!(whole, [(198 << 8) | 18, (198 << 8) | 19, (198 << 8) | 51]);
+        // 192.0.2.0/23 is one range of 192.0/16; 203.0.113.7 and .8 merge, .100/30 lies in .64/26.
+        assert_eq!(image.bl4_index[&(192 << 8)], bl4_index_entry(0, 1));
+        assert_eq!(image.bl4_index[&((203 << 8) | 0)], bl4_index_entry(1, 2));
+        assert_eq!(
+            image.bl4_ranges,
+            [bl4_range(0x0200, 0x03ff), bl4_range(0x7107, 0x7108), bl4_range(0x7140, 0x717f)]
+        );
+        // 198.51.7.0/24 lies inside the blocked 198.51.0.0/16: no ranges for it.
+        assert!(image.config.has(FLAG_HAS_BLOCKLIST4));
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub struct Limits {
     pub auto_blocks: u32,
     /// Manual blocks (`portguard block`) held at once.
     pub manual_blocks: u32,
-    /// Blocklist entries once expanded (IPv4 /24 buckets, /16 blocks, IPv6 prefixes).
+    /// Blocklist entries as the kernel holds them (IPv4 ranges after merging, IPv6 prefixes).
     pub blocklist: u32,
     /// Automatic blocks (scans, trap ports) the packet path may add per second; the rest are
     /// counted as not admitted. Bounds what a flood of forged sources can do to the table.

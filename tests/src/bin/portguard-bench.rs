@@ -42,7 +42,7 @@ use portguard::{
 };
 use portguard_common::{
     Reason,
-    maps::{MAP_BL4, MAP_BL4_WIDE, MAP_BL6},
+    maps::{MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6},
 };
 use portguard_tests::{Attached, Lab, Netns, packets::*, portguard_cli::portguard, run, unique};
 
@@ -1530,7 +1530,7 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     let blocklist_memory: u64 = judge
         .ebpf()
         .maps()
-        .filter(|(name, _)| [MAP_BL4, MAP_BL4_WIDE, MAP_BL6].contains(name))
+        .filter(|(name, _)| [MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6].contains(name))
         .filter_map(|(_, map)| map_memlock(map))
         .sum();
     drop(judge);
@@ -1599,8 +1599,8 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     )?;
     writeln!(
         report,
-        "| memory of the blocklist (portguard: its {} IPv4 /24 buckets, {} IPv6 prefixes, /16-and-shorter array) | {:.1} MiB | {:.1} MiB | {:.2} |",
-        image.bl4.len(),
+        "| memory of the blocklist (portguard: its {} IPv4 ranges, {} IPv6 prefixes, the /16 index) | {:.1} MiB | {:.1} MiB | {:.2} |",
+        image.bl4_ranges.len(),
         image.bl6.len(),
         mib(blocklist_memory),
         mib(ipset_bytes),
