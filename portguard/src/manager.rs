@@ -86,7 +86,7 @@ pub fn restore_manual_blocks(iface: &str) -> Result<usize> {
 
 /// Stops the loader of `iface` if it runs, detaches, removes every pin and the runtime state.
 pub fn detach(iface: &str) -> Result<()> {
-    let pins = paths::pin_dir(iface).exists();
+    let pins = paths::owned_pin_dir(iface)?.exists();
     let running = loader_running(iface);
     if !pins && !running {
         bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
