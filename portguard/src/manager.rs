@@ -31,9 +31,19 @@ pub struct PolicySource {
 }
 
 impl PolicySource {
+    /// Reads a policy file. The path is kept as given, made absolute against this process's
+    /// working directory but not resolved: a loader started elsewhere reads the same file,
+    /// and a symlink re-pointed by a deploy is followed again at every reload.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        let path = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+        if names_a_descriptor(&path) {
+            bail!(
+                "{} names a file descriptor of this process (`<(...)`, /dev/fd/N): the loader reads \
+                 the policy again at every reload and SIGHUP, so give the path of a regular file",
+                path.display()
+            );
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(Self { path, text })
     }
 
@@ -52,6 +62,11 @@ impl PolicySource {
     fn save_active(&self, iface: &str) -> Result<()> {
         write_atomically(&paths::active_policy(iface), serde_json::to_string(self)?.as_bytes())
     }
+}
+
+/// `/dev/fd/N`, `/dev/stdin`, `/proc/...`: what they name depends on the process reading them.
+fn names_a_descriptor(path: &Path) -> bool {
+    ["/dev/fd", "/dev/stdin", "/proc"].iter().any(|prefix| path.starts_with(prefix))
 }
 
 /// Loads `source` as generation `generation` of `iface` and switches the running programs to
@@ -243,4 +258,29 @@ pub fn reload_without_loader(iface: &str, source: &PolicySource, strict: bool) -
     // The links reference the new programs now; our handles can go.
     drop(ebpf);
     Ok(generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_paths_are_kept_as_given_and_made_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("v1.toml"), "default = \"allow\"\n").unwrap();
+        let link = dir.path().join("current.toml");
+        std::os::unix::fs::symlink("v1.toml", &link).unwrap();
+        let source = PolicySource::read(&link).unwrap();
+        assert_eq!(source.path, link, "the link, not its target");
+
+        let cwd = std::env::current_dir().unwrap();
+        let relative = Path::new("no-such-dir/p.toml");
+        let error = PolicySource::read(relative).unwrap_err();
+        assert!(format!("{error:#}").contains(&cwd.join(relative).display().to_string()), "{error:#}");
+
+        for path in ["/dev/fd/63", "/dev/stdin", "/proc/self/fd/0"] {
+            let error = PolicySource::read(Path::new(path)).unwrap_err();
+            assert!(error.to_string().contains("names a file descriptor"), "{path}: {error}");
+        }
+    }
 }

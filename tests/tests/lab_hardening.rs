@@ -2,9 +2,19 @@
 //! symlinked policies, durations out of range, files that are not files, a state directory
 //! that cannot be written, a lost blocks.json, and text that would forge output lines.
 
-use std::{path::Path, process::Output};
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::Output,
+    time::{Duration, Instant},
+};
 
-use portguard_tests::{portguard_cli::binary, require_root};
+use portguard_tests::{
+    Attached, Lab, SERVER_V4,
+    portguard_cli::binary,
+    require_root,
+    traffic::{Servers, tcp_connects},
+};
 
 const WEB: &str = r#"
 mode = "enforce"
@@ -14,6 +24,32 @@ default = "deny"
 proto = "tcp"
 ports = [22, 80]
 "#;
+
+fn port(port: u16) -> SocketAddr {
+    SocketAddr::new(SERVER_V4.into(), port)
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Waits (at most 10 s) until a connection to `port` succeeds or fails as `wanted`.
+fn connects_eventually(lab: &Lab, port_number: u16, wanted: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let connects = tcp_connects(&lab.client, None, port(port_number));
+        if connects == wanted || Instant::now() >= deadline {
+            return connects == wanted;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 fn refused(output: Output, wanted: &str) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -69,4 +105,51 @@ fn interface_names_that_are_paths_are_refused_by_every_command() {
     assert_eq!(std::fs::read_to_string(victim.path().join("keep")).unwrap(), "precious");
     assert_eq!(std::fs::read_to_string(victim.path().join("f.pending.json")).unwrap(), "precious");
     assert!(!state.path().join("blocks.json").exists(), "nothing was saved");
+}
+
+/// Re-points `link` at `target` atomically, as configuration management deploys do.
+fn repoint(link: &Path, target: &str) {
+    let next = link.with_extension("next");
+    std::os::unix::fs::symlink(target, &next).unwrap();
+    std::fs::rename(&next, link).unwrap();
+}
+
+#[test]
+fn reload_reads_the_policy_where_the_operator_is_and_follows_symlinks() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _servers = Servers::start(&lab.server, &[80, 8080, 8081], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("v1.toml"), WEB).unwrap();
+    std::fs::write(dir.path().join("v2.toml"), WEB.replace("[22, 80]", "[22, 80, 8080]")).unwrap();
+    let current = dir.path().join("current.toml");
+    std::os::unix::fs::symlink("v1.toml", &current).unwrap();
+    let pg = Attached::start_file(&lab.server, &lab.server_if, current.to_str().unwrap(), &[], None).unwrap();
+    let iface = lab.server_if.as_str();
+    assert!(!tcp_connects(&lab.client, None, port(8080)));
+
+    // A deploy re-points the link: `reload` and SIGHUP read the new target.
+    repoint(&current, "v2.toml");
+    ok(pg.run(&["reload", iface]));
+    assert!(tcp_connects(&lab.client, None, port(8080)), "reload read v2 through the link");
+    let status = ok(pg.run(&["status"]));
+    assert!(status.contains(&format!("policy {}:", current.display())), "{status}");
+    repoint(&current, "v1.toml");
+    let pid = nix::unistd::Pid::from_raw(pg.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(connects_eventually(&lab, 8080, false), "SIGHUP read v1 through the link");
+
+    // A relative --policy names a file in the operator's working directory, not the loader's.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("p.toml"), WEB.replace("[22, 80]", "[22, 80, 8081]")).unwrap();
+    ok(pg.command(&["reload", iface, "--policy", "p.toml"]).current_dir(elsewhere.path()).output().unwrap());
+    assert!(tcp_connects(&lab.client, None, port(8081)), "the operator's p.toml runs");
+    let status = ok(pg.run(&["status"]));
+    assert!(status.contains(&elsewhere.path().join("p.toml").display().to_string()), "{status}");
+
+    // A descriptor path means something else to the loader: refused, and nothing changes.
+    let stdin = std::fs::File::open(dir.path().join("v1.toml")).unwrap();
+    let output = pg.command(&["reload", iface, "--policy", "/dev/fd/0"]).stdin(stdin).output().unwrap();
+    refused(output, "names a file descriptor");
+    assert!(tcp_connects(&lab.client, None, port(8081)), "the running policy stays");
 }

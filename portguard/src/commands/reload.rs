@@ -32,11 +32,20 @@ pub fn run(
         let Some(state) = RunState::read(iface) else {
             bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
         };
-        let path = policy.map(Path::to_path_buf).unwrap_or_else(|| state.policy.clone());
+        // Read here, in the caller's working directory, and sent as text: the loader's own
+        // working directory (/ under systemd) says nothing about what a relative path meant.
+        let source = match PolicySource::read(policy.unwrap_or(&state.policy)) {
+            Ok(source) => source,
+            Err(error) => {
+                eprintln!("{iface}: reload refused, the running policy stays:\n{error:#}");
+                failed = true;
+                continue;
+            }
+        };
         if loader_running(iface) {
             let request = ReloadRequest {
-                policy: Some(path),
-                policy_text: None,
+                policy: Some(source.path),
+                policy_text: Some(source.text),
                 strict,
                 confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)),
             };
@@ -51,9 +60,7 @@ pub fn run(
         } else {
             // No loader: this process switches the pinned links itself.
             let previous = PolicySource::active(iface).ok();
-            match PolicySource::read(&path)
-                .and_then(|source| manager::reload_without_loader(iface, &source, strict))
-            {
+            match manager::reload_without_loader(iface, &source, strict) {
                 Ok(generation) => {
                     println!("reloaded {iface} (no loader running): generation {generation}");
                     if let (Some(within), Some(previous)) = (confirm_within, previous) {
