@@ -14,6 +14,7 @@ use portguard_common::maps::{MAP_MANUAL, MAP_RUNTIME, ManualBlock, NetKey, Runti
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    durations,
     loader::kernel_now_ns,
     maps::open_pinned,
     paths,
@@ -131,7 +132,21 @@ pub fn entry(
     duration: Option<Duration>,
 ) -> ManualEntry {
     let added = now_unix();
-    ManualEntry { net, iface, reason, added, expires: duration.map(|d| added + d.as_secs().max(1)) }
+    ManualEntry {
+        net,
+        iface,
+        reason,
+        added,
+        expires: duration.map(|d| added.saturating_add(d.as_secs().max(1))),
+    }
+}
+
+/// When a block ending at `expires` (Unix seconds) ends on the kernel's clock; `None` if it
+/// has ended. Stored state may hold any number: an end past what the kernel's clock can count
+/// (only a hand-edited file has one) becomes the last instant it can.
+fn kernel_expiry(expires: u64, now_wall: Duration, now_kernel_ns: u64) -> Option<u64> {
+    let left = Duration::from_secs(expires).checked_sub(now_wall).filter(|left| !left.is_zero())?;
+    Some(durations::as_kernel_ns(left).and_then(|left| now_kernel_ns.checked_add(left)).unwrap_or(u64::MAX))
 }
 
 /// The kernel's key for a network.
@@ -147,19 +162,16 @@ pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
     let mut manual: LpmTrie<MapData, NetKey, ManualBlock> =
         LpmTrie::try_from(open_pinned(iface, MAP_MANUAL)?)?;
     let mut runtime: Array<MapData, Runtime> = Array::try_from(open_pinned(iface, MAP_RUNTIME)?)?;
-    let now_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let now_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let now_kernel = kernel_now_ns();
     let mut wanted: BTreeMap<(u32, NetKey), ManualBlock> = BTreeMap::new();
     for entry in entries {
         let expires_ns = match entry.expires {
             None => 0,
-            Some(expires) => {
-                let left = (expires * 1_000_000_000).saturating_sub(now_wall);
-                if left == 0 {
-                    continue;
-                }
-                now_kernel + left
-            }
+            Some(expires) => match kernel_expiry(expires, now_wall, now_kernel) {
+                Some(expires_ns) => expires_ns,
+                None => continue,
+            },
         };
         let key = key_of(&entry.net);
         wanted.insert((key.prefix_len(), key.data()), ManualBlock { expires_ns, last_event_ns: 0 });
@@ -215,5 +227,20 @@ mod tests {
         .unwrap();
         let back: BlockStore = serde_json::from_str(&text).unwrap();
         assert_eq!(back.blocks[0].expires.unwrap() - back.blocks[0].added, 30);
+    }
+
+    #[test]
+    fn kernel_expiry_never_wraps() {
+        let now = Duration::from_secs(1_800_000_000);
+        assert_eq!(kernel_expiry(1_800_000_030, now, 5), Some(30_000_000_005));
+        assert_eq!(kernel_expiry(1_800_000_000, now, 5), None, "ends now");
+        assert_eq!(kernel_expiry(1, now, 5), None, "ended long ago");
+        assert_eq!(kernel_expiry(u64::MAX, now, 5), Some(u64::MAX));
+        let longest = now + durations::MAX;
+        let expiry = kernel_expiry(longest.as_secs(), now, u64::MAX / 2).unwrap();
+        assert_eq!(expiry, u64::MAX / 2 + durations::MAX.as_nanos() as u64);
+        assert_eq!(kernel_expiry(longest.as_secs(), now, u64::MAX - 1), Some(u64::MAX));
+        let entry = entry("203.0.113.0/24".parse().unwrap(), None, None, Some(durations::MAX));
+        assert_eq!(entry.expires.unwrap() - entry.added, durations::MAX.as_secs());
     }
 }

@@ -219,10 +219,8 @@ fn iface_name(text: &str) -> Result<String, String> {
     portguard::paths::check_iface_name(text).map(|()| text.to_owned())
 }
 
+/// Durations on the command line are kept in whole seconds (blocks.json, rollback deadlines):
+/// anything shorter than a second is refused rather than silently rounded.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if !duration.is_zero() => Ok(duration),
-        Ok(_) => Err("the duration must be longer than zero".into()),
-        Err(error) => Err(format!("`{text}` is not a duration like 30s, 15m or 2h: {error}")),
-    }
+    portguard::durations::parse(text, Duration::from_secs(1)).map_err(|error| format!("`{text}` {error}"))
 }

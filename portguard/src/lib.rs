@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod capture;
 pub mod control;
 pub mod doctor;
+pub mod durations;
 pub mod events;
 pub mod judge;
 pub mod loader;

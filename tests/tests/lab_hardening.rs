@@ -153,3 +153,35 @@ fn reload_reads_the_policy_where_the_operator_is_and_follows_symlinks() {
     refused(output, "names a file descriptor");
     assert!(tcp_connects(&lab.client, None, port(8081)), "the running policy stays");
 }
+
+#[test]
+fn durations_out_of_range_are_refused_and_stored_ones_never_panic() {
+    require_root!();
+    let state = tempfile::tempdir().unwrap();
+    for (duration, wanted) in [
+        ("10000y", "longer than 100 years"),
+        ("570y", "longer than 100 years"),
+        ("1ns", "shorter than 1s"),
+        ("999ms", "shorter than 1s"),
+        ("0s", "longer than zero"),
+    ] {
+        let output = portguard_in(state.path(), &["block", "203.0.113.7", "--for", duration]);
+        refused(output, wanted);
+        let output = portguard_in(state.path(), &["reload", "pgtnone0", "--confirm-within", duration]);
+        refused(output, wanted);
+    }
+    assert!(!state.path().join("blocks.json").exists(), "nothing was saved");
+
+    // Whatever a hand-edited (or older) blocks.json holds, listing it does not panic.
+    let blocks = r#"{"blocks":[
+        {"net":"203.0.113.7/32","added":1,"expires":18446744073709551615},
+        {"net":"203.0.113.8/32","added":1,"expires":315569520000}]}"#;
+    std::fs::write(state.path().join("blocks.json"), blocks).unwrap();
+    let listed = ok(portguard_in(state.path(), &["blocks"]));
+    assert!(listed.contains("203.0.113.7/32") && listed.contains("203.0.113.8/32"), "{listed}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(portguard_in(state.path(), &["blocks", "--json"]))).unwrap();
+    let rows: Vec<_> = json.as_array().unwrap().iter().filter(|r| r["origin"] == "manual").collect();
+    assert_eq!(rows.len(), 2, "{json}");
+    assert_eq!(rows[0]["expires"], "after 9999-12-31");
+}

@@ -68,8 +68,10 @@ pub fn block(
         blocks::sync_all(store, &interfaces)
     })?;
     let took = started.elapsed();
-    let how_long =
-        duration.map_or("until unblocked".to_string(), |d| format!("for {}", humantime::format_duration(d)));
+    // What is enforced: whole seconds.
+    let how_long = duration.map_or("until unblocked".to_string(), |d| {
+        format!("for {}", humantime::format_duration(Duration::from_secs(d.as_secs())))
+    });
     for net in &nets {
         println!(
             "blocked {net} {how_long}{}",
@@ -164,9 +166,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard blocks")?;
     let interfaces = targets(iface)?;
     let now = now_unix();
-    let rfc = |secs: u64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-    };
+    let rfc = rfc3339;
     let mut rows = Vec::new();
     let store = BlockStore::load()?;
     for entry in store.blocks.iter().filter(|b| !b.expired(now)) {
@@ -187,7 +187,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
                 interfaces: vec![iface.clone()],
                 reason: format!("{}: {}", block.cause, block.detail),
                 added: Some(rfc(now.saturating_sub(block.since_seconds))),
-                expires: Some(rfc(now + block.seconds_left)),
+                expires: Some(rfc(now.saturating_add(block.seconds_left))),
                 seconds_left: Some(block.seconds_left),
             });
         }
@@ -229,6 +229,16 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A time in Unix seconds as RFC 3339. Stored state can hold any number: past year 9999
+/// (where RFC 3339 ends) it says so instead of failing.
+fn rfc3339(secs: u64) -> String {
+    const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+    if secs > LAST_RFC3339_SECOND {
+        return "after 9999-12-31".to_string();
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 fn manual_row(entry: &ManualEntry, interfaces: &[String], now: u64, rfc: &dyn Fn(u64) -> String) -> Row {
