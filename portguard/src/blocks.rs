@@ -14,7 +14,7 @@ use portguard_common::maps::{MAP_MANUAL, MAP_RUNTIME, ManualBlock, NetKey, Runti
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    durations,
+    durations, files,
     loader::kernel_now_ns,
     maps::open_pinned,
     paths,
@@ -61,7 +61,7 @@ impl BlockStore {
     /// The saved blocks (none if the file does not exist yet).
     pub fn load() -> Result<Self> {
         let path = paths::blocks_file();
-        match std::fs::read_to_string(&path) {
+        match files::read_text_capped(&path, files::STATE_FILE_MAX) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
                 format!("{} is damaged; fix or remove it (it holds the manual blocks)", path.display())
             }),

@@ -11,6 +11,7 @@ pub mod control;
 pub mod doctor;
 pub mod durations;
 pub mod events;
+pub mod files;
 pub mod judge;
 pub mod loader;
 pub mod manager;

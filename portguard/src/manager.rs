@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     blocks::{BlockStore, sync_iface},
-    loader, paths,
+    files, loader, paths,
     policy::{self, LoadOptions, Loaded, compile::compile},
     state::{RunState, loader_running, now_unix, remove_stale_lock, write_atomically},
 };
@@ -43,7 +43,8 @@ impl PolicySource {
                 path.display()
             );
         }
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = files::read_text_capped(&path, files::POLICY_MAX)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(Self { path, text })
     }
 
@@ -55,7 +56,8 @@ impl PolicySource {
     /// What `iface` runs now (saved with every generation).
     pub fn active(iface: &str) -> Result<Self> {
         let path = paths::active_policy(iface);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = files::read_text_capped(&path, files::STATE_FILE_MAX)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(serde_json::from_str(&text)?)
     }
 
@@ -154,7 +156,8 @@ pub struct Pending {
 
 impl Pending {
     pub fn read(iface: &str) -> Option<Self> {
-        serde_json::from_str(&std::fs::read_to_string(paths::pending_file(iface)).ok()?).ok()
+        let text = files::read_text_capped(&paths::pending_file(iface), files::STATE_FILE_MAX).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     pub fn seconds_left(&self) -> u64 {

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::{loader::AttachedMode, paths, policy::Mode, system};
+use crate::{files, loader::AttachedMode, paths, policy::Mode, system};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
@@ -46,7 +46,7 @@ impl RunState {
     }
 
     pub fn read(iface: &str) -> Option<Self> {
-        let text = fs::read_to_string(paths::state_file(iface)).ok()?;
+        let text = files::read_text_capped(&paths::state_file(iface), files::STATE_FILE_MAX).ok()?;
         serde_json::from_str(&text).ok()
     }
 

@@ -185,3 +185,77 @@ fn durations_out_of_range_are_refused_and_stored_ones_never_panic() {
     assert_eq!(rows.len(), 2, "{json}");
     assert_eq!(rows[0]["expires"], "after 9999-12-31");
 }
+
+/// Runs `command`, failing the test if it takes longer than `limit` (it is killed then).
+fn bounded(mut command: std::process::Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running portguard");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || child.wait_with_output().expect("waiting for portguard"));
+    while !waiter.is_finished() && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !waiter.is_finished() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waiter.join();
+        panic!("{command:?} hung for {limit:?}");
+    }
+    waiter.join().unwrap()
+}
+
+#[test]
+fn fifos_devices_and_huge_files_are_refused_at_once() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("policy.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    let zero_list = dir.path().join("zero.toml");
+    std::fs::write(&zero_list, format!("{WEB}\n[blocklist]\nfiles = [\"/dev/zero\"]\n")).unwrap();
+    let fifo_list = dir.path().join("fifo-list.toml");
+    std::fs::write(&fifo_list, format!("{WEB}\n[blocklist]\nfiles = [\"{fifo}\"]\n")).unwrap();
+    let huge = dir.path().join("huge.toml");
+    std::fs::File::create(&huge).unwrap().set_len(5 << 20).unwrap();
+    let limit = Duration::from_secs(5);
+    let command = |args: &[&str]| {
+        let mut command = std::process::Command::new(binary());
+        command.env("PORTGUARD_STATE_DIR", dir.path()).args(args);
+        command
+    };
+    for (args, wanted) in [
+        (vec!["check", fifo], "a FIFO or pipe"),
+        (vec!["attach", "pgtnone0", "--policy", fifo], "a FIFO or pipe"),
+        (vec!["check", zero_list.to_str().unwrap()], "/dev/zero: it is a character device"),
+        (vec!["check", fifo_list.to_str().unwrap()], "a FIFO or pipe"),
+        (vec!["check", "/dev/zero"], "a character device"),
+        (vec!["check", huge.to_str().unwrap()], "larger than 4 MiB"),
+        (vec!["verify", "--policy", fifo, "--pcap", fifo], "a FIFO or pipe"),
+    ] {
+        refused(bounded(command(&args), limit), wanted);
+    }
+
+    // A running loader: the client refuses at once, and a SIGHUP whose policy became a FIFO
+    // leaves the loader serving.
+    let lab = Lab::new().unwrap();
+    let _servers = Servers::start(&lab.server, &[80, 8080], &[]);
+    let current = dir.path().join("current.toml");
+    std::fs::write(dir.path().join("web.toml"), WEB).unwrap();
+    std::os::unix::fs::symlink("web.toml", &current).unwrap();
+    let pg = Attached::start_file(&lab.server, &lab.server_if, current.to_str().unwrap(), &[], None).unwrap();
+    let iface = lab.server_if.as_str();
+    for policy in [fifo, zero_list.to_str().unwrap()] {
+        refused(bounded(pg.command(&["reload", iface, "--policy", policy]), limit), "reload refused");
+    }
+    repoint(&current, "policy.fifo");
+    let pid = nix::unistd::Pid::from_raw(pg.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(dir.path().join("open.toml"), WEB.replace("[22, 80]", "[22, 80, 8080]")).unwrap();
+    let open = dir.path().join("open.toml");
+    ok(bounded(pg.command(&["reload", iface, "--policy", open.to_str().unwrap()]), limit));
+    assert!(tcp_connects(&lab.client, None, port(8080)), "the loader still reloads");
+}

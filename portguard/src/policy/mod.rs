@@ -322,15 +322,16 @@ pub struct Loaded {
 
 /// Reads and validates a policy file (and the blocklist files it names).
 pub fn load(path: &Path, options: LoadOptions) -> Result<Loaded, PolicyErrors> {
-    let text = std::fs::read_to_string(path).map_err(|error| PolicyErrors {
-        diagnostics: vec![Diagnostic {
-            severity: Severity::Error,
-            file: path.to_owned(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read the policy file: {error}"),
-        }],
-    })?;
+    let text =
+        crate::files::read_text_capped(path, crate::files::POLICY_MAX).map_err(|error| PolicyErrors {
+            diagnostics: vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the policy file: {error}"),
+            }],
+        })?;
     parse(&text, path, options)
 }
 

@@ -79,7 +79,7 @@ pub fn parse_source_list(text: &str) -> SourceList {
 }
 
 pub fn read_source_file(path: &Path) -> std::io::Result<SourceList> {
-    let text = std::fs::read_to_string(path)?;
+    let text = crate::files::read_text_capped(path, crate::files::BLOCKLIST_FILE_MAX)?;
     Ok(parse_source_list(&text))
 }
 
