@@ -16,7 +16,7 @@ use nix::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    blocks::{BlockStore, sync_iface},
+    blocks::BlockStore,
     files, loader, paths,
     policy::{self, LoadOptions, Loaded, compile::compile},
     state::{RunState, loader_running, now_unix, remove_stale_lock, write_atomically},
@@ -95,10 +95,7 @@ pub fn record(state: &RunState, source: &PolicySource) -> Result<()> {
 
 /// Re-applies the saved manual blocks to `iface`.
 pub fn restore_manual_blocks(iface: &str) -> Result<usize> {
-    BlockStore::edit(|store| {
-        let entries: Vec<_> = store.for_iface(iface).collect();
-        sync_iface(iface, &entries)
-    })
+    BlockStore::edit(&[iface.to_owned()], |store| Ok(store.for_iface(iface).count()))
 }
 
 /// Stops the loader of `iface` if it runs, detaches, removes every pin and the runtime state.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use portguard_tests::{
-    Attached, Lab, SERVER_V4,
+    ADMIN_V4, Attached, CLIENT_V4, Lab, SCANNER_V4, SERVER_V4,
     portguard_cli::binary,
     require_root,
     traffic::{Servers, tcp_connects},
@@ -258,4 +258,95 @@ fn fifos_devices_and_huge_files_are_refused_at_once() {
     let open = dir.path().join("open.toml");
     ok(bounded(pg.command(&["reload", iface, "--policy", open.to_str().unwrap()]), limit));
     assert!(tcp_connects(&lab.client, None, port(8080)), "the loader still reloads");
+}
+
+/// Manual blocks listed by `blocks --json --iface IFACE`.
+fn manual_blocks(pg: &Attached) -> Vec<String> {
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(pg.run(&["blocks", "--json", "--iface", &pg.iface]))).unwrap();
+    let mut nets: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["origin"] == "manual")
+        .map(|row| row["source"].as_str().unwrap().to_owned())
+        .collect();
+    nets.sort();
+    nets
+}
+
+fn passes(lab: &Lab, source: std::net::Ipv4Addr) -> bool {
+    tcp_connects(&lab.client, Some(source.into()), port(80))
+}
+
+#[test]
+fn the_blocks_file_and_the_kernel_always_agree() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _servers = Servers::start(&lab.server, &[80], &[]);
+    let policy = format!("{WEB}\n[limits]\nmanual_blocks = 1024\n");
+    let pg = Attached::start(&lab.server, &lab.server_if, &policy, &[]).unwrap();
+    let iface = lab.server_if.as_str();
+    let blocks_file = pg.state_dir.path().join("blocks.json");
+
+    // The file cannot be written: refused, and the kernel is not changed either.
+    let in_the_way = pg.state_dir.path().join("blocks.tmp");
+    std::fs::create_dir(&in_the_way).unwrap();
+    refused(pg.run(&["block", &CLIENT_V4.to_string(), "--iface", iface]), "nothing was changed");
+    assert!(passes(&lab, CLIENT_V4), "not enforced either");
+    assert!(manual_blocks(&pg).is_empty());
+    std::fs::remove_dir(&in_the_way).unwrap();
+    let out = ok(pg.run(&["block", &CLIENT_V4.to_string(), "--for", "1h 500ms", "--iface", iface]));
+    assert!(out.contains("for 1h\n") || out.contains("for 1h "), "the enforced duration: {out}");
+    assert!(!passes(&lab, CLIENT_V4));
+    std::fs::create_dir(&in_the_way).unwrap();
+    refused(pg.run(&["unblock", &CLIENT_V4.to_string(), "--iface", iface]), "nothing was changed");
+    assert!(!passes(&lab, CLIENT_V4), "still enforced");
+    assert_eq!(manual_blocks(&pg), ["192.0.2.1/32"]);
+    std::fs::remove_dir(&in_the_way).unwrap();
+
+    // The kernel cannot take them all (the map holds 1024): the saved file is put back too.
+    let many: Vec<String> = (1..=1100).map(|n| format!("2001:db8:ffff::{n:x}")).collect();
+    let mut args = vec!["block", "--iface", iface];
+    args.extend(many.iter().map(String::as_str));
+    refused(pg.run(&args), "nothing was changed");
+    assert_eq!(manual_blocks(&pg), ["192.0.2.1/32"]);
+    let saved = std::fs::read_to_string(&blocks_file).unwrap();
+    assert!(!saved.contains("2001:db8:ffff"), "{saved}");
+    assert!(!passes(&lab, CLIENT_V4));
+    ok(pg.run(&["unblock", &CLIENT_V4.to_string(), "--iface", iface]));
+    assert!(passes(&lab, CLIENT_V4));
+}
+
+#[test]
+fn a_lost_blocks_file_is_rebuilt_from_the_kernel_not_taken_as_empty() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _servers = Servers::start(&lab.server, &[80], &[]);
+    let pg = Attached::start(&lab.server, &lab.server_if, WEB, &[]).unwrap();
+    let iface = lab.server_if.as_str();
+    let blocks_file = pg.state_dir.path().join("blocks.json");
+    ok(pg.run(&["block", &CLIENT_V4.to_string(), "--for", "1h", "--iface", iface]));
+    ok(pg.run(&["block", &ADMIN_V4.to_string(), "2001:db8:bad::/48", "--iface", iface]));
+    assert!(!passes(&lab, CLIENT_V4) && !passes(&lab, ADMIN_V4));
+
+    std::fs::remove_file(&blocks_file).unwrap();
+    let output = pg.run(&["block", &SCANNER_V4.to_string(), "--iface", iface]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ok(output);
+    assert!(stderr.contains("was missing while the kernel enforced 3 manual blocks"), "{stderr}");
+    assert_eq!(manual_blocks(&pg), ["192.0.2.1/32", "192.0.2.66/32", "198.51.100.7/32", "2001:db8:bad::/48"]);
+    assert!(!passes(&lab, CLIENT_V4) && !passes(&lab, ADMIN_V4) && !passes(&lab, SCANNER_V4));
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(pg.run(&["blocks", "--json", "--iface", iface]))).unwrap();
+    let client = listed.as_array().unwrap().iter().find(|r| r["source"] == "192.0.2.1/32").unwrap();
+    let left = client["seconds_left"].as_u64().unwrap();
+    assert!((3500..=3601).contains(&left), "the end time is kept: {left}");
+
+    // A symlink to nothing is missing too.
+    std::fs::remove_file(&blocks_file).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/blocks.json", &blocks_file).unwrap();
+    ok(pg.run(&["unblock", &SCANNER_V4.to_string(), "--iface", iface]));
+    assert_eq!(manual_blocks(&pg), ["192.0.2.1/32", "198.51.100.7/32", "2001:db8:bad::/48"]);
+    assert!(!passes(&lab, CLIENT_V4) && !passes(&lab, ADMIN_V4) && passes(&lab, SCANNER_V4));
 }

@@ -61,11 +61,11 @@ pub fn block(
     let interfaces = targets(iface)?;
     // Applied to the maps under the same lock that guards the saved list, so two commands at
     // once leave both the file and the maps with both changes.
-    BlockStore::edit(|store| {
+    BlockStore::edit(&interfaces, |store| {
         for net in &nets {
             store.add(blocks::entry(*net, iface.map(str::to_owned), reason.clone(), duration));
         }
-        blocks::sync_all(store, &interfaces)
+        Ok(())
     })?;
     let took = started.elapsed();
     // What is enforced: whole seconds.
@@ -107,20 +107,19 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard unblock")?;
     let nets = parse_nets(items)?;
     let interfaces = targets(iface)?;
-    let missing = BlockStore::edit(|store| {
-        let mut missing = Vec::new();
-        for net in &nets {
-            let manual = store.remove(net, iface).len();
-            let automatic = remove_automatic(net, &interfaces)?;
-            if manual + automatic == 0 {
-                missing.push(*net);
-            } else {
-                println!("unblocked {net} ({manual} manual, {automatic} automatic)");
-            }
-        }
-        blocks::sync_all(store, &interfaces)?;
-        Ok(missing)
+    let manual: Vec<usize> = BlockStore::edit(&interfaces, |store| {
+        Ok(nets.iter().map(|net| store.remove(net, iface).len()).collect())
     })?;
+    // Automatic blocks are in the kernel only: lifted once the saved list agrees.
+    let mut missing = Vec::new();
+    for (net, manual) in nets.iter().zip(manual) {
+        let automatic = remove_automatic(net, &interfaces)?;
+        if manual + automatic == 0 {
+            missing.push(*net);
+        } else {
+            println!("unblocked {net} ({manual} manual, {automatic} automatic)");
+        }
+    }
     for net in &missing {
         let in_policy = RunState::all().iter().any(|s| !s.blocklist_sources.is_empty());
         eprintln!(

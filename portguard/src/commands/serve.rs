@@ -13,7 +13,7 @@ use aya::Ebpf;
 use log::{info, warn};
 use portguard::{
     alerts::Sinks,
-    blocks::{BlockStore, sync_iface},
+    blocks::BlockStore,
     control::{ReloadRequest, Reply, Request},
     events::{EventRecord, EventSource},
     lock,
@@ -278,10 +278,7 @@ fn take_over(
 fn sweep_manual_blocks(iface: &str) {
     let Ok(store) = BlockStore::load() else { return };
     if store.blocks.iter().any(|b| b.expired(now_unix())) {
-        let _ = BlockStore::edit(|store| {
-            let entries: Vec<_> = store.for_iface(iface).collect();
-            sync_iface(iface, &entries).map(|_| ())
-        });
+        let _ = BlockStore::edit(&[iface.to_owned()], |_| Ok(()));
     }
 }
 
