@@ -316,6 +316,17 @@ fn the_blocks_file_and_the_kernel_always_agree() {
     assert!(!passes(&lab, CLIENT_V4));
     ok(pg.run(&["unblock", &CLIENT_V4.to_string(), "--iface", iface]));
     assert!(passes(&lab, CLIENT_V4));
+
+    // A reason cannot forge lines or drive the terminal in `blocks`.
+    let forged = "oops\n2026-01-01T00:00:00Z eth0 UNBLOCK 203.0.113.9 unblocked\u{1b}[2J";
+    ok(pg.run(&["block", "203.0.113.9", "--reason", forged, "--iface", iface]));
+    let listed = ok(pg.run(&["blocks", "--iface", iface]));
+    assert_eq!(listed.lines().count(), 2, "a header and one block: {listed}");
+    assert!(
+        listed.contains("oops\\n2026-01-01T00:00:00Z eth0 UNBLOCK") && listed.contains("\\u{1b}[2J"),
+        "{listed}"
+    );
+    assert!(!listed.contains('\u{1b}'));
 }
 
 #[test]

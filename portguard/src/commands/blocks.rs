@@ -224,7 +224,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
             row.interfaces.join(","),
             row.added.unwrap_or_default(),
             row.seconds_left.map_or("permanent".into(), format_uptime),
-            row.reason
+            portguard::printable(&row.reason)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -74,12 +74,17 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
             policy::RuleKind::Allow => "allow",
             policy::RuleKind::Deny => "deny",
         };
-        println!("  {}: {kind} {} {}{from}", rule.label(), rule.proto, ports.join(", "));
+        println!(
+            "  {}: {kind} {} {}{from}",
+            portguard::printable(&rule.label()),
+            rule.proto,
+            ports.join(", ")
+        );
     }
     for source in &policy.blocklist_sources {
         println!(
             "  blocklist {}: {} entries{}",
-            source.origin,
+            portguard::printable(&source.origin),
             source.entries,
             if source.bad_lines > 0 {
                 format!(", {} bad lines skipped", source.bad_lines)

@@ -75,7 +75,11 @@ pub fn run(json: bool) -> Result<ExitCode> {
                 format_uptime(state.uptime_secs()),
                 state.generation
             );
-            println!("  policy {}: {}", state.policy.display(), state.summary);
+            println!(
+                "  policy {}: {}",
+                portguard::printable(&state.policy.display().to_string()),
+                state.summary
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
