@@ -97,6 +97,10 @@ pub enum Command {
         duration: Option<Duration>,
         #[arg(long)]
         reason: Option<String>,
+        /// Confirms blocking a whole address family: 0.0.0.0/0 or ::ffff:0:0/96 (every IPv4
+        /// source), ::/0 (every IPv6 source).
+        #[arg(long)]
+        everything: bool,
         /// Only this attachment (default: all, including future ones).
         #[arg(long, value_parser = iface_name)]
         iface: Option<String>,

@@ -361,3 +361,38 @@ fn a_lost_blocks_file_is_rebuilt_from_the_kernel_not_taken_as_empty() {
     assert_eq!(manual_blocks(&pg), ["192.0.2.1/32", "198.51.100.7/32", "2001:db8:bad::/48"]);
     assert!(!passes(&lab, CLIENT_V4) && !passes(&lab, ADMIN_V4) && passes(&lab, SCANNER_V4));
 }
+
+#[test]
+fn empty_policies_whole_families_and_huge_rules_are_called_out() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "# nothing yet\n").unwrap();
+    let empty = empty.to_str().unwrap();
+    let output = portguard_in(dir.path(), &["check", empty]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("warning: THE POLICY IS EMPTY"), "{output:?}");
+    ok(output);
+    refused(portguard_in(dir.path(), &["check", "--strict", empty]), "error: THE POLICY IS EMPTY");
+
+    for (net, whom) in [
+        ("0.0.0.0/0", "every IPv4 source"),
+        ("::ffff:0:0/96", "every IPv4 source"),
+        ("::/0", "every IPv6 source"),
+    ] {
+        let stderr =
+            refused(portguard_in(dir.path(), &["block", net, "--iface", "pgtnone0"]), "add --everything");
+        assert!(stderr.contains(whom), "{stderr}");
+    }
+    assert!(!dir.path().join("blocks.json").exists(), "nothing was saved");
+
+    let every_port: Vec<String> = (1..=65535).map(|p| p.to_string()).collect();
+    let wide = dir.path().join("wide.toml");
+    std::fs::write(
+        &wide,
+        format!("default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [{}]\n", every_port.join(", ")),
+    )
+    .unwrap();
+    let checked = ok(portguard_in(dir.path(), &["check", wide.to_str().unwrap()]));
+    assert!(checked.len() < 2000, "{} characters", checked.len());
+    assert!(checked.contains("allow tcp 1-65535"), "{checked}");
+}

@@ -53,11 +53,20 @@ pub fn block(
     items: &[String],
     duration: Option<Duration>,
     reason: Option<String>,
+    everything: bool,
     iface: Option<&str>,
 ) -> Result<ExitCode> {
     system::require_root("portguard block")?;
     let started = Instant::now();
     let nets = parse_nets(items)?;
+    // ::ffff:0:0/96 arrives here as 0.0.0.0/0.
+    match nets.iter().find(|net| net.prefix_len() == 0) {
+        Some(all) if !everything => {
+            let whom = if all.addr().is_ipv4() { "every IPv4 source" } else { "every IPv6 source" };
+            bail!("{all} blocks {whom}; add --everything if that is what you mean; nothing was changed");
+        }
+        _ => {}
+    }
     let interfaces = targets(iface)?;
     // Applied to the maps under the same lock that guards the saved list, so two commands at
     // once leave both the file and the maps with both changes.

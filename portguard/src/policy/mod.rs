@@ -309,7 +309,7 @@ impl Policy {
 /// Options that change how strictly a policy is read.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
-    /// Bad lines in blocklist files are errors, not warnings.
+    /// Bad lines in blocklist files are errors, not warnings, and so is an empty policy.
     pub strict: bool,
 }
 
@@ -337,7 +337,24 @@ pub fn load(path: &Path, options: LoadOptions) -> Result<Loaded, PolicyErrors> {
 
 /// Validates policy text; `path` names it in messages and anchors relative blocklist files.
 pub fn parse(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded, PolicyErrors> {
-    validate::validate(text, path, options)
+    let mut loaded = validate::validate(text, path, options)?;
+    // An empty file (a failed deploy, a truncated copy) is a valid policy that opens every port.
+    if toml::from_str::<toml::Table>(text).is_ok_and(|table| table.is_empty()) {
+        let empty = Diagnostic {
+            severity: if options.strict { Severity::Error } else { Severity::Warning },
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: "THE POLICY IS EMPTY: every port is open and nothing is blocked; if that is \
+                      not what you meant, check the file (--strict refuses an empty policy)"
+                .into(),
+        };
+        if options.strict {
+            return Err(PolicyErrors { diagnostics: vec![empty] });
+        }
+        loaded.warnings.insert(0, empty);
+    }
+    Ok(loaded)
 }
 
 mod humantime_serde_secs {
@@ -347,5 +364,27 @@ mod humantime_serde_secs {
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_policy_warns_loudly_and_strict_refuses_it() {
+        for text in ["", "\n# only a comment\n   \n"] {
+            let loaded = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap();
+            assert!(
+                loaded.warnings[0].to_string().contains("p.toml: warning: THE POLICY IS EMPTY"),
+                "{:?}",
+                loaded.warnings
+            );
+            let refused = parse(text, Path::new("p.toml"), LoadOptions { strict: true }).unwrap_err();
+            assert!(refused.to_string().contains("p.toml: error: THE POLICY IS EMPTY"), "{refused}");
+        }
+        let loaded =
+            parse("default = \"allow\"\n", Path::new("p.toml"), LoadOptions { strict: true }).unwrap();
+        assert!(loaded.warnings.iter().all(|w| !w.message.contains("EMPTY")));
     }
 }
