@@ -19,7 +19,7 @@ use crate::{
     blocks::BlockStore,
     files, loader, paths,
     policy::{self, LoadOptions, Loaded, compile::compile},
-    state::{RunState, loader_running, now_unix, remove_stale_lock, write_atomically},
+    state::{RunState, loader_running, lock_holder, now_unix, remove_stale_lock, write_atomically},
 };
 
 /// The policy a generation was built from: kept so a rollback can return to it even after
@@ -106,10 +106,12 @@ pub fn detach(iface: &str) -> Result<()> {
         bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
     }
     if running {
-        if let Some(state) = RunState::read(iface) {
+        // The record names the loader; without a readable one, the lock does.
+        let pid = RunState::read(iface).map(|state| state.pid).or_else(|| lock_holder(iface));
+        if let Some(pid) = pid {
             // Told it is detaching for good, even if it was started with --pin.
             let _ = std::fs::write(paths::detach_request(iface), b"");
-            let _ = kill(Pid::from_raw(state.pid as i32), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while loader_running(iface) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));

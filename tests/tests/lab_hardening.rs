@@ -14,6 +14,7 @@ use portguard_tests::{
     portguard_cli::binary,
     require_root,
     traffic::{Servers, tcp_connects},
+    unique,
 };
 
 const WEB: &str = r#"
@@ -395,4 +396,68 @@ fn empty_policies_whole_families_and_huge_rules_are_called_out() {
     let checked = ok(portguard_in(dir.path(), &["check", wide.to_str().unwrap()]));
     assert!(checked.len() < 2000, "{} characters", checked.len());
     assert!(checked.contains("allow tcp 1-65535"), "{checked}");
+}
+
+/// Leaves run files in /run/portguard for `iface`, as a killed loader whose pins went would.
+fn leave_run_files(iface: &str) -> Vec<std::path::PathBuf> {
+    let run = Path::new("/run/portguard");
+    std::fs::create_dir_all(run).unwrap();
+    let files: Vec<_> =
+        ["json", "sock", "lock"].iter().map(|ext| run.join(format!("{iface}.{ext}"))).collect();
+    for file in &files {
+        std::fs::write(file, "{ damaged").unwrap();
+    }
+    files
+}
+
+#[test]
+fn left_behind_and_damaged_run_files_are_cleaned_and_reported() {
+    require_root!();
+    let state = tempfile::tempdir().unwrap();
+    let iface = unique("lb");
+    let files = leave_run_files(&iface);
+    let output = portguard_in(state.path(), &["status"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    ok(output);
+    assert!(
+        stderr.contains(&format!(
+            "{iface}: not attached; removed left-behind run files: {iface}.json, {iface}.sock, {iface}.lock"
+        )),
+        "{stderr}"
+    );
+    assert!(files.iter().all(|f| !f.exists()));
+
+    leave_run_files(&iface);
+    let out = ok(portguard_in(state.path(), &["detach", &iface]));
+    assert!(out.contains("was not attached; removed left-behind run files"), "{out}");
+    assert!(files.iter().all(|f| !f.exists()));
+
+    leave_run_files(&iface);
+    refused(portguard_in(state.path(), &["reload", &iface]), "not attached");
+    assert!(files.iter().all(|f| !f.exists()));
+
+    // A running attachment whose record is damaged: reported, repaired by a reload, and
+    // detach still finds its loader.
+    let lab = Lab::new().unwrap();
+    let pg = Attached::start(&lab.server, &lab.server_if, WEB, &[]).unwrap();
+    let record = Path::new("/run/portguard").join(format!("{}.json", lab.server_if));
+    std::fs::write(&record, "{ damaged").unwrap();
+    let output = pg.run(&["status"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let out = ok(output);
+    assert!(stderr.contains("is damaged"), "{stderr}");
+    assert!(out.contains(&format!("{}: loader running", lab.server_if)), "{out}");
+    let policy = pg.state_dir.path().join("p.toml");
+    std::fs::write(&policy, WEB).unwrap();
+    ok(pg.run(&["reload", &lab.server_if, "--policy", policy.to_str().unwrap()]));
+    assert!(
+        ok(pg.run(&["status"])).contains(&format!("policy {}:", policy.display())),
+        "the record is rewritten"
+    );
+    std::fs::write(&record, "{ damaged").unwrap();
+    let started = Instant::now();
+    ok(pg.run(&["detach", &lab.server_if]));
+    assert!(started.elapsed() < Duration::from_secs(8), "the loader was found and stopped");
+    assert!(!Path::new(&format!("/sys/fs/bpf/portguard/{}", lab.server_if)).exists());
+    assert!(!record.exists());
 }
