@@ -43,6 +43,11 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     text.chars().map(|c| if hidden(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
+/// Test fixture programs (see portguard-ebpf/src/testkit.rs), for the namespace lab.
+#[cfg(feature = "testkit")]
+pub static TESTKIT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard-testkit"));
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -56,8 +61,3 @@ mod tests {
         assert_eq!(super::printable("a\u{202e}b é"), "a\\u{202e}b é");
     }
 }
-
-/// Test fixture programs (see portguard-ebpf/src/testkit.rs), for the namespace lab.
-#[cfg(feature = "testkit")]
-pub static TESTKIT_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portguard-testkit"));
