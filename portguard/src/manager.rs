@@ -169,7 +169,9 @@ impl Pending {
 /// even if the operator's connection, or the loader, is gone.
 pub fn arm_rollback(iface: &str, within: Duration, rollback: Rollback) -> Result<()> {
     let token = format!("{}-{}", std::process::id(), now_unix());
-    let pending = Pending { token: token.clone(), deadline: now_unix() + within.as_secs().max(1), rollback };
+    // `within` may come from a control socket request: no range is assumed.
+    let deadline = now_unix().saturating_add(within.as_secs().max(1));
+    let pending = Pending { token: token.clone(), deadline, rollback };
     write_atomically(&paths::pending_file(iface), serde_json::to_string(&pending)?.as_bytes())?;
     let exe = std::env::current_exe().context("finding the portguard binary")?;
     let mut command = std::process::Command::new(exe);
