@@ -354,6 +354,28 @@ pub fn parse(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded, Po
         }
         loaded.warnings.insert(0, empty);
     }
+    // ::ffff:0:0/96 arrives here as 0.0.0.0/0.
+    if let Some(all) = loaded.policy.blocklist.iter().find(|net| net.prefix_len() == 0) {
+        let confirmed = toml::from_str::<raw::RawPolicy>(text)
+            .ok()
+            .and_then(|raw| raw.blocklist)
+            .is_some_and(|blocklist| blocklist.everything);
+        if !confirmed {
+            let whom = if all.addr().is_ipv4() { "every IPv4 source" } else { "every IPv6 source" };
+            return Err(PolicyErrors {
+                diagnostics: vec![Diagnostic {
+                    severity: Severity::Error,
+                    file: path.to_owned(),
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "the blocklist holds {all}, which blocks {whom}; write `everything = true` \
+                         under [blocklist] if that is what you mean"
+                    ),
+                }],
+            });
+        }
+    }
     Ok(loaded)
 }
 
@@ -386,5 +408,28 @@ mod tests {
         let loaded =
             parse("default = \"allow\"\n", Path::new("p.toml"), LoadOptions { strict: true }).unwrap();
         assert!(loaded.warnings.iter().all(|w| !w.message.contains("EMPTY")));
+    }
+
+    #[test]
+    fn a_blocklist_of_a_whole_family_needs_confirming() {
+        for (net, whom) in [("0.0.0.0/0", "IPv4"), ("::ffff:0:0/96", "IPv4"), ("::/0", "IPv6")] {
+            let text = format!("default = \"allow\"\n[blocklist]\nsources = [\"{net}\"]\n");
+            let refused = parse(&text, Path::new("p.toml"), LoadOptions::default()).unwrap_err().to_string();
+            assert!(
+                refused.contains(&format!("blocks every {whom} source; write `everything = true`")),
+                "{refused}"
+            );
+            let confirmed = text.replace("[blocklist]\n", "[blocklist]\neverything = true\n");
+            assert_eq!(
+                parse(&confirmed, Path::new("p.toml"), LoadOptions::default())
+                    .unwrap()
+                    .policy
+                    .blocklist
+                    .len(),
+                1
+            );
+        }
+        let text = "default = \"allow\"\n[blocklist]\nsources = [\"0.0.0.0/1\"]\n";
+        assert!(parse(text, Path::new("p.toml"), LoadOptions::default()).is_ok());
     }
 }
