@@ -9,11 +9,15 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
-use ipnet::IpNet;
-use portguard_common::maps::{MAP_MANUAL, MAP_RUNTIME, ManualBlock, NetKey, RUNTIME_USER, Runtime};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use portguard_common::maps::{
+    FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock, NET_KEY_FIXED_BITS, NetKey, RUNTIME_USER,
+    Runtime,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    durations, files,
     loader::kernel_now_ns,
     maps::open_pinned,
     paths,
@@ -51,7 +55,7 @@ impl ManualEntry {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BlockStore {
     pub blocks: Vec<ManualEntry>,
 }
@@ -59,12 +63,17 @@ pub struct BlockStore {
 impl BlockStore {
     /// The saved blocks (none if the file does not exist yet).
     pub fn load() -> Result<Self> {
+        Ok(Self::load_if_present()?.unwrap_or_default())
+    }
+
+    /// The saved blocks; `None` if the file is missing (or a symlink to nothing).
+    fn load_if_present() -> Result<Option<Self>> {
         let path = paths::blocks_file();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).with_context(|| {
+        match files::read_text_capped(&path, files::STATE_FILE_MAX) {
+            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| {
                 format!("{} is damaged; fix or remove it (it holds the manual blocks)", path.display())
             }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
         }
     }
@@ -73,9 +82,13 @@ impl BlockStore {
         write_atomically(&paths::blocks_file(), serde_json::to_string_pretty(self)?.as_bytes())
     }
 
-    /// Reads, changes and writes back the saved blocks under a lock, so two commands at once
-    /// cannot lose each other's changes. Expired blocks are dropped on the way.
-    pub fn edit<T>(change: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    /// Changes the saved blocks and makes the `PG_MANUAL` maps of `interfaces` hold them, under
+    /// a lock, so two commands at once cannot lose each other's changes. Expired blocks are
+    /// dropped on the way. The file is written first, and if the kernel cannot follow, the file
+    /// and the maps are put back: the file and the kernel always agree. A missing file while
+    /// the kernel enforces manual blocks is rebuilt from the kernel first (and said so), never
+    /// taken for "no blocks".
+    pub fn edit<T>(interfaces: &[String], change: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let path = paths::blocks_lock();
         if let Some(dir) = path.parent() {
             crate::system::create_private_dir(dir)?;
@@ -89,11 +102,66 @@ impl BlockStore {
         let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, error)| error)
             .with_context(|| format!("locking {}", path.display()))?;
-        let mut store = Self::load()?;
+        let before = match Self::load_if_present()? {
+            Some(store) => store,
+            None => Self::rebuilt_from_kernel(interfaces)?,
+        };
+        let mut store = before.clone();
         store.prune(now_unix());
         let result = change(&mut store)?;
-        store.save()?;
+        store.save().context("saving the manual blocks failed; nothing was changed")?;
+        if let Err(error) = sync_all(&store, interfaces) {
+            let put_back = before.save().and_then(|()| sync_all(&before, interfaces));
+            return Err(match put_back {
+                Ok(()) => error.context("nothing was changed"),
+                Err(also) => error.context(format!(
+                    "putting the previous blocks back failed too ({also:#}): `portguard blocks` shows what {} holds",
+                    paths::blocks_file().display()
+                )),
+            });
+        }
         Ok(result)
+    }
+
+    /// The manual blocks the maps of `interfaces` hold, as a store (each kept for the interface
+    /// it was found on; reasons are not in the kernel). Empty when they hold none.
+    fn rebuilt_from_kernel(interfaces: &[String]) -> Result<Self> {
+        let now = now_unix();
+        let now_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now_kernel = kernel_now_ns();
+        let mut store = Self::default();
+        for iface in interfaces {
+            let manual: LpmTrie<MapData, NetKey, ManualBlock> =
+                LpmTrie::try_from(open_pinned(iface, MAP_MANUAL)?)?;
+            for item in manual.iter() {
+                let (key, block) = item.context("reading the manual blocks")?;
+                let Some(net) = net_of(key.prefix_len(), &key.data()) else { continue };
+                let expires = match block.expires_ns {
+                    0 => None,
+                    ns if ns <= now_kernel => continue,
+                    ns => Some(wall_secs(ns - now_kernel, now_wall)),
+                };
+                let reason =
+                    Some(format!("rebuilt from the kernel: {} was missing", paths::blocks_file().display()));
+                store.blocks.push(ManualEntry {
+                    net,
+                    iface: Some(iface.clone()),
+                    reason,
+                    added: now,
+                    expires,
+                });
+            }
+        }
+        if !store.blocks.is_empty() {
+            eprintln!(
+                "warning: {} was missing while the kernel enforced {} manual blocks on {}: rebuilt it from \
+                 the kernel (each kept for its interface; the reasons were lost)",
+                paths::blocks_file().display(),
+                store.blocks.len(),
+                interfaces.join(", ")
+            );
+        }
+        Ok(store)
     }
 
     /// Drops expired blocks; returns them.
@@ -131,7 +199,39 @@ pub fn entry(
     duration: Option<Duration>,
 ) -> ManualEntry {
     let added = now_unix();
-    ManualEntry { net, iface, reason, added, expires: duration.map(|d| added + d.as_secs().max(1)) }
+    ManualEntry {
+        net,
+        iface,
+        reason,
+        added,
+        expires: duration.map(|d| added.saturating_add(d.as_secs().max(1))),
+    }
+}
+
+/// When a block ending at `expires` (Unix seconds) ends on the kernel's clock; `None` if it
+/// has ended. Stored state may hold any number: an end past what the kernel's clock can count
+/// (only a hand-edited file has one) becomes the last instant it can.
+fn kernel_expiry(expires: u64, now_wall: Duration, now_kernel_ns: u64) -> Option<u64> {
+    let left = Duration::from_secs(expires).checked_sub(now_wall).filter(|left| !left.is_zero())?;
+    Some(durations::as_kernel_ns(left).and_then(|left| now_kernel_ns.checked_add(left)).unwrap_or(u64::MAX))
+}
+
+/// Unix seconds `left_ns` after `now_wall`, rounded up: a rebuilt block never ends early.
+fn wall_secs(left_ns: u64, now_wall: Duration) -> u64 {
+    (now_wall + Duration::from_nanos(left_ns)).as_secs() + 1
+}
+
+/// The network of a `PG_MANUAL` key (the inverse of `net_key`).
+fn net_of(prefix_len: u32, key: &NetKey) -> Option<IpNet> {
+    let len = u8::try_from(prefix_len.checked_sub(NET_KEY_FIXED_BITS)?).ok()?;
+    match key.family {
+        FAMILY_V4 => {
+            let v4 = std::net::Ipv6Addr::from(key.addr).to_ipv4_mapped()?;
+            Ipv4Net::new(v4, len.checked_sub(96)?).ok().map(IpNet::V4)
+        }
+        FAMILY_V6 => Ipv6Net::new(key.addr.into(), len).ok().map(IpNet::V6),
+        _ => None,
+    }
 }
 
 /// The kernel's key for a network.
@@ -147,19 +247,16 @@ pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
     let mut manual: LpmTrie<MapData, NetKey, ManualBlock> =
         LpmTrie::try_from(open_pinned(iface, MAP_MANUAL)?)?;
     let mut runtime: Array<MapData, Runtime> = Array::try_from(open_pinned(iface, MAP_RUNTIME)?)?;
-    let now_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let now_wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let now_kernel = kernel_now_ns();
     let mut wanted: BTreeMap<(u32, NetKey), ManualBlock> = BTreeMap::new();
     for entry in entries {
         let expires_ns = match entry.expires {
             None => 0,
-            Some(expires) => {
-                let left = (expires * 1_000_000_000).saturating_sub(now_wall);
-                if left == 0 {
-                    continue;
-                }
-                now_kernel + left
-            }
+            Some(expires) => match kernel_expiry(expires, now_wall, now_kernel) {
+                Some(expires_ns) => expires_ns,
+                None => continue,
+            },
         };
         let key = key_of(&entry.net);
         wanted.insert((key.prefix_len(), key.data()), ManualBlock { expires_ns, last_event_ns: 0 });
@@ -215,5 +312,33 @@ mod tests {
         .unwrap();
         let back: BlockStore = serde_json::from_str(&text).unwrap();
         assert_eq!(back.blocks[0].expires.unwrap() - back.blocks[0].added, 30);
+    }
+
+    #[test]
+    fn kernel_keys_map_back_to_networks() {
+        for text in
+            ["203.0.113.0/24", "198.51.100.7/32", "0.0.0.0/0", "2001:db8:bad::/48", "::/0", "2001:db8::1/128"]
+        {
+            let net: IpNet = text.parse().unwrap();
+            let (prefix_len, key) = net_key(&net);
+            assert_eq!(net_of(prefix_len, &key), Some(net), "{text}");
+        }
+        assert_eq!(net_of(3, &NetKey::default()), None);
+        assert_eq!(wall_secs(1_500_000_000, Duration::from_secs(100)), 102);
+    }
+
+    #[test]
+    fn kernel_expiry_never_wraps() {
+        let now = Duration::from_secs(1_800_000_000);
+        assert_eq!(kernel_expiry(1_800_000_030, now, 5), Some(30_000_000_005));
+        assert_eq!(kernel_expiry(1_800_000_000, now, 5), None, "ends now");
+        assert_eq!(kernel_expiry(1, now, 5), None, "ended long ago");
+        assert_eq!(kernel_expiry(u64::MAX, now, 5), Some(u64::MAX));
+        let longest = now + durations::MAX;
+        let expiry = kernel_expiry(longest.as_secs(), now, u64::MAX / 2).unwrap();
+        assert_eq!(expiry, u64::MAX / 2 + durations::MAX.as_nanos() as u64);
+        assert_eq!(kernel_expiry(longest.as_secs(), now, u64::MAX - 1), Some(u64::MAX));
+        let entry = entry("203.0.113.0/24".parse().unwrap(), None, None, Some(durations::MAX));
+        assert_eq!(entry.expires.unwrap() - entry.added, durations::MAX.as_secs());
     }
 }

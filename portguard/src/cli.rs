@@ -34,6 +34,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  sudo portguard attach eth0 --policy /etc/portguard/policy.toml")]
     Attach {
         /// Interface to protect (inbound traffic is judged, outbound flows are learnt).
+        #[arg(value_parser = iface_name)]
         iface: String,
         /// Policy file (TOML; see the README's policy reference).
         #[arg(short, long, value_name = "FILE")]
@@ -67,6 +68,7 @@ pub enum Command {
     )]
     Reload {
         /// Interface (default: every attachment).
+        #[arg(value_parser = iface_name)]
         iface: Option<String>,
         /// The new policy (default: the running policy's file, read again).
         #[arg(short, long, value_name = "FILE")]
@@ -78,7 +80,10 @@ pub enum Command {
         confirm_within: Option<Duration>,
     },
     /// Keep a change made with --confirm-within.
-    Confirm { iface: Option<String> },
+    Confirm {
+        #[arg(value_parser = iface_name)]
+        iface: Option<String>,
+    },
     /// Block sources now, on every packet, without a restart; saved across restarts and reboots.
     #[command(
         after_help = "Example:\n  sudo portguard block 203.0.113.7 2001:db8:bad::/48 --for 1h --reason \"ssh brute force\""
@@ -92,31 +97,40 @@ pub enum Command {
         duration: Option<Duration>,
         #[arg(long)]
         reason: Option<String>,
-        /// Only this attachment (default: all, including future ones).
+        /// Confirms blocking a whole address family: 0.0.0.0/0 or ::ffff:0:0/96 (every IPv4
+        /// source), ::/0 (every IPv6 source).
         #[arg(long)]
+        everything: bool,
+        /// Only this attachment (default: all, including future ones).
+        #[arg(long, value_parser = iface_name)]
         iface: Option<String>,
     },
     /// Lift manual (and automatic) blocks.
     Unblock {
         #[arg(required = true, value_name = "ADDR_OR_CIDR")]
         sources: Vec<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = iface_name)]
         iface: Option<String>,
     },
     /// List active blocks: policy, manual and automatic, with reason and time left.
     Blocks {
         #[arg(long)]
         json: bool,
-        #[arg(long)]
+        #[arg(long, value_parser = iface_name)]
         iface: Option<String>,
     },
     /// (internal) carries out a --confirm-within rollback.
     #[command(hide = true)]
-    RollbackGuard { iface: String, token: String },
+    RollbackGuard {
+        #[arg(value_parser = iface_name)]
+        iface: String,
+        token: String,
+    },
     /// Follow the events (drops, scans, blocks) of an attachment started elsewhere.
     #[command(after_help = "Example:\n  sudo portguard events eth0 --json | jq .")]
     Events {
         /// Interface (default: every attached interface).
+        #[arg(value_parser = iface_name)]
         iface: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
@@ -161,6 +175,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  sudo portguard stats eth0 --watch 1")]
     Stats {
         /// Interface (default: every attached interface).
+        #[arg(value_parser = iface_name)]
         iface: Option<String>,
         #[arg(long)]
         json: bool,
@@ -181,7 +196,7 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         policy: Option<PathBuf>,
         /// Only this interface (readiness and the running policy).
-        #[arg(long, value_name = "IFACE")]
+        #[arg(long, value_name = "IFACE", value_parser = iface_name)]
         iface: Option<String>,
         #[arg(long)]
         json: bool,
@@ -195,7 +210,7 @@ pub enum Command {
     /// Remove an attachment: stops its loader if it runs, detaches, deletes every pin.
     Detach {
         /// Interface to detach.
-        #[arg(required_unless_present = "all")]
+        #[arg(required_unless_present = "all", value_parser = iface_name)]
         iface: Option<String>,
         /// Detach every portguard attachment.
         #[arg(long, conflicts_with = "iface")]
@@ -203,10 +218,13 @@ pub enum Command {
     },
 }
 
+/// Every interface name on the command line goes through the one check the library uses.
+fn iface_name(text: &str) -> Result<String, String> {
+    portguard::paths::check_iface_name(text).map(|()| text.to_owned())
+}
+
+/// Durations on the command line are kept in whole seconds (blocks.json, rollback deadlines):
+/// anything shorter than a second is refused rather than silently rounded.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if !duration.is_zero() => Ok(duration),
-        Ok(_) => Err("the duration must be longer than zero".into()),
-        Err(error) => Err(format!("`{text}` is not a duration like 30s, 15m or 2h: {error}")),
-    }
+    portguard::durations::parse(text, Duration::from_secs(1)).map_err(|error| format!("`{text}` {error}"))
 }

@@ -25,8 +25,9 @@ pub struct ReloadRequest {
     /// A new policy file; `None`: the one running now, read again.
     #[serde(default)]
     pub policy: Option<PathBuf>,
-    /// The policy's text, when it must not be read from `policy` (a rollback to a snapshot);
-    /// `policy` then only anchors relative blocklist paths.
+    /// The policy's text, when it must not be read from `policy` (a rollback to a snapshot,
+    /// or `portguard reload`, which reads the file in its own working directory); `policy`
+    /// then names it and anchors relative blocklist paths.
     #[serde(default)]
     pub policy_text: Option<String>,
     #[serde(default)]

@@ -178,7 +178,7 @@ impl EventRecord {
             "events_lost" => "LOST",
             _ => "EVENT",
         };
-        format!("{} {} {label:<7} {details}", self.time, self.interface)
+        crate::printable(&format!("{} {} {label:<7} {details}", self.time, self.interface)).into_owned()
     }
 
     pub fn json(&self) -> String {

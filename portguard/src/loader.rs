@@ -280,6 +280,7 @@ pub fn replace(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
 
 /// Detaches both programs (by unpinning their links) and removes every pin of `iface`.
 pub fn detach(iface: &str) -> Result<()> {
+    paths::owned_pin_dir(iface)?;
     unpin_link(iface, paths::XDP_LINK)?;
     unpin_link(iface, paths::TC_EGRESS_LINK)?;
     remove_pins(iface)
@@ -345,7 +346,7 @@ fn attach_tc_egress(ebpf: &mut Ebpf, iface: &str) -> Result<FdLink> {
 /// Removes an attachment's pins (links and shared maps) and its directory. Missing pins are
 /// fine: this also cleans up after a loader that was killed half-way.
 pub fn remove_pins(iface: &str) -> Result<()> {
-    let dir = paths::pin_dir(iface);
+    let dir = paths::owned_pin_dir(iface)?;
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -370,6 +371,7 @@ pub fn attached_interfaces() -> Vec<String> {
                 .filter_map(|e| e.ok())
                 .filter(|e| e.path().is_dir())
                 .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| paths::check_iface_name(name).is_ok())
                 .collect()
         })
         .unwrap_or_default();

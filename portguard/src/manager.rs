@@ -16,10 +16,10 @@ use nix::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    blocks::{BlockStore, sync_iface},
-    loader, paths,
+    blocks::BlockStore,
+    files, loader, paths,
     policy::{self, LoadOptions, Loaded, compile::compile},
-    state::{RunState, loader_running, now_unix, remove_stale_lock, write_atomically},
+    state::{RunState, loader_running, lock_holder, now_unix, remove_stale_lock, write_atomically},
 };
 
 /// The policy a generation was built from: kept so a rollback can return to it even after
@@ -31,9 +31,20 @@ pub struct PolicySource {
 }
 
 impl PolicySource {
+    /// Reads a policy file. The path is kept as given, made absolute against this process's
+    /// working directory but not resolved: a loader started elsewhere reads the same file,
+    /// and a symlink re-pointed by a deploy is followed again at every reload.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        let path = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+        if names_a_descriptor(&path) {
+            bail!(
+                "{} names a file descriptor of this process (`<(...)`, /dev/fd/N): the loader reads \
+                 the policy again at every reload and SIGHUP, so give the path of a regular file",
+                path.display()
+            );
+        }
+        let text = files::read_text_capped(&path, files::POLICY_MAX)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(Self { path, text })
     }
 
@@ -45,13 +56,19 @@ impl PolicySource {
     /// What `iface` runs now (saved with every generation).
     pub fn active(iface: &str) -> Result<Self> {
         let path = paths::active_policy(iface);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = files::read_text_capped(&path, files::STATE_FILE_MAX)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok(serde_json::from_str(&text)?)
     }
 
     fn save_active(&self, iface: &str) -> Result<()> {
         write_atomically(&paths::active_policy(iface), serde_json::to_string(self)?.as_bytes())
     }
+}
+
+/// `/dev/fd/N`, `/dev/stdin`, `/proc/...`: what they name depends on the process reading them.
+fn names_a_descriptor(path: &Path) -> bool {
+    ["/dev/fd", "/dev/stdin", "/proc"].iter().any(|prefix| path.starts_with(prefix))
 }
 
 /// Loads `source` as generation `generation` of `iface` and switches the running programs to
@@ -78,24 +95,23 @@ pub fn record(state: &RunState, source: &PolicySource) -> Result<()> {
 
 /// Re-applies the saved manual blocks to `iface`.
 pub fn restore_manual_blocks(iface: &str) -> Result<usize> {
-    BlockStore::edit(|store| {
-        let entries: Vec<_> = store.for_iface(iface).collect();
-        sync_iface(iface, &entries)
-    })
+    BlockStore::edit(&[iface.to_owned()], |store| Ok(store.for_iface(iface).count()))
 }
 
 /// Stops the loader of `iface` if it runs, detaches, removes every pin and the runtime state.
 pub fn detach(iface: &str) -> Result<()> {
-    let pins = paths::pin_dir(iface).exists();
+    let pins = paths::owned_pin_dir(iface)?.exists();
     let running = loader_running(iface);
     if !pins && !running {
         bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
     }
     if running {
-        if let Some(state) = RunState::read(iface) {
+        // The record names the loader; without a readable one, the lock does.
+        let pid = RunState::read(iface).map(|state| state.pid).or_else(|| lock_holder(iface));
+        if let Some(pid) = pid {
             // Told it is detaching for good, even if it was started with --pin.
             let _ = std::fs::write(paths::detach_request(iface), b"");
-            let _ = kill(Pid::from_raw(state.pid as i32), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while loader_running(iface) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -139,7 +155,8 @@ pub struct Pending {
 
 impl Pending {
     pub fn read(iface: &str) -> Option<Self> {
-        serde_json::from_str(&std::fs::read_to_string(paths::pending_file(iface)).ok()?).ok()
+        let text = files::read_text_capped(&paths::pending_file(iface), files::STATE_FILE_MAX).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     pub fn seconds_left(&self) -> u64 {
@@ -152,7 +169,9 @@ impl Pending {
 /// even if the operator's connection, or the loader, is gone.
 pub fn arm_rollback(iface: &str, within: Duration, rollback: Rollback) -> Result<()> {
     let token = format!("{}-{}", std::process::id(), now_unix());
-    let pending = Pending { token: token.clone(), deadline: now_unix() + within.as_secs().max(1), rollback };
+    // `within` may come from a control socket request: no range is assumed.
+    let deadline = now_unix().saturating_add(within.as_secs().max(1));
+    let pending = Pending { token: token.clone(), deadline, rollback };
     write_atomically(&paths::pending_file(iface), serde_json::to_string(&pending)?.as_bytes())?;
     let exe = std::env::current_exe().context("finding the portguard binary")?;
     let mut command = std::process::Command::new(exe);
@@ -243,4 +262,29 @@ pub fn reload_without_loader(iface: &str, source: &PolicySource, strict: bool) -
     // The links reference the new programs now; our handles can go.
     drop(ebpf);
     Ok(generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_paths_are_kept_as_given_and_made_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("v1.toml"), "default = \"allow\"\n").unwrap();
+        let link = dir.path().join("current.toml");
+        std::os::unix::fs::symlink("v1.toml", &link).unwrap();
+        let source = PolicySource::read(&link).unwrap();
+        assert_eq!(source.path, link, "the link, not its target");
+
+        let cwd = std::env::current_dir().unwrap();
+        let relative = Path::new("no-such-dir/p.toml");
+        let error = PolicySource::read(relative).unwrap_err();
+        assert!(format!("{error:#}").contains(&cwd.join(relative).display().to_string()), "{error:#}");
+
+        for path in ["/dev/fd/63", "/dev/stdin", "/proc/self/fd/0"] {
+            let error = PolicySource::read(Path::new(path)).unwrap_err();
+            assert!(error.to_string().contains("names a file descriptor"), "{path}: {error}");
+        }
+    }
 }

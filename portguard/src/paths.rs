@@ -1,6 +1,8 @@
 //! Every filesystem path portguard uses, in one place.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
 
 /// Where bpffs is (or gets) mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -37,9 +39,46 @@ pub fn pending_file(iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{iface}.pending.json"))
 }
 
+/// Longest interface name the kernel accepts (`IFNAMSIZ` less its NUL).
+pub const IFACE_NAME_MAX: usize = 15;
+
+/// Checks an interface name by the kernel's rules (`dev_valid_name`): 1-15 bytes, not `.` or
+/// `..`, no `/`, `:`, whitespace or NUL. Every command checks names with it before a name
+/// becomes part of a path, so `detach ../..` cannot reach outside portguard's directories.
+pub fn check_iface_name(name: &str) -> Result<(), String> {
+    let problem = if name.is_empty() {
+        "is empty"
+    } else if name.len() > IFACE_NAME_MAX {
+        "is longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "is `.` or `..`"
+    } else if name.bytes().any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace() || b == 0x0b) {
+        "contains `/`, `:`, whitespace or NUL"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "`{}` is not an interface name: it {problem} (names are 1-15 bytes without `/`, `:` or whitespace)",
+        name.escape_debug()
+    ))
+}
+
 /// Pins of one attachment: the shared maps and the links.
 pub fn pin_dir(iface: &str) -> PathBuf {
     PathBuf::from(PIN_ROOT).join(iface)
+}
+
+/// `pin_dir`, for code about to delete in it: refuses a name that is not an interface name or
+/// a directory that is not directly under `PIN_ROOT`.
+pub fn owned_pin_dir(iface: &str) -> Result<PathBuf> {
+    if let Err(problem) = check_iface_name(iface) {
+        bail!("{problem}");
+    }
+    let dir = pin_dir(iface);
+    if dir.parent() != Some(Path::new(PIN_ROOT)) {
+        bail!("{} is not inside {PIN_ROOT}: not touching it", dir.display());
+    }
+    Ok(dir)
 }
 
 pub fn map_pin(iface: &str, map: &str) -> PathBuf {
@@ -71,4 +110,38 @@ pub fn lock_file(iface: &str) -> PathBuf {
 /// Left by `portguard detach` for a loader started with `--pin`: stop enforcing too.
 pub fn detach_request(iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{iface}.detach"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_follow_the_kernel_rules() {
+        for good in ["eth0", "a", "veth-1.100", "enp0s31f6", "wg_0", "123456789012345"] {
+            assert_eq!(check_iface_name(good), Ok(()), "{good}");
+            assert_eq!(owned_pin_dir(good).unwrap(), Path::new(PIN_ROOT).join(good));
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../..",
+            "../../../../var/tmp/x",
+            "a/b",
+            "/",
+            "eth0:1",
+            "eth 0",
+            "eth0\n",
+            "tab\t",
+            "nul\0",
+            "1234567890123456",
+            "\u{b}",
+        ] {
+            assert!(check_iface_name(bad).is_err(), "{bad:?} accepted");
+            assert!(owned_pin_dir(bad).is_err(), "{bad:?} accepted");
+        }
+        let message = check_iface_name("../..").unwrap_err();
+        assert!(message.contains("`../..` is not an interface name"), "{message}");
+    }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::{loader::AttachedMode, paths, policy::Mode, system};
+use crate::{files, loader::AttachedMode, paths, policy::Mode, system};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
@@ -46,8 +46,18 @@ impl RunState {
     }
 
     pub fn read(iface: &str) -> Option<Self> {
-        let text = fs::read_to_string(paths::state_file(iface)).ok()?;
-        serde_json::from_str(&text).ok()
+        Self::read_checked(iface).ok().flatten()
+    }
+
+    /// `None` if there is no record; an error saying why if there is one that cannot be read.
+    pub fn read_checked(iface: &str) -> Result<Option<Self>> {
+        let path = paths::state_file(iface);
+        let text = match files::read_text_capped(&path, files::STATE_FILE_MAX) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error).with_context(|| format!("{} is damaged", path.display())),
+        };
+        serde_json::from_str(&text).map(Some).with_context(|| format!("{} is damaged", path.display()))
     }
 
     pub fn all() -> Vec<Self> {
@@ -121,11 +131,70 @@ impl Drop for LoaderLock {
     }
 }
 
+/// Removes the run files of an interface that has no attachment and no loader (a loader that
+/// was killed, pins removed by hand): its state, socket, lock, pending change and detach
+/// request. Returns the names of the files removed, to be reported.
+pub fn remove_left_behind(iface: &str) -> Vec<String> {
+    if loader_running(iface) || paths::pin_dir(iface).exists() {
+        return Vec::new();
+    }
+    [
+        paths::state_file(iface),
+        paths::control_socket(iface),
+        paths::lock_file(iface),
+        paths::pending_file(iface),
+        paths::detach_request(iface),
+    ]
+    .into_iter()
+    .filter(|path| fs::remove_file(path).is_ok())
+    .filter_map(|path| path.file_name().map(|name| name.to_string_lossy().into_owned()))
+    .collect()
+}
+
+/// Interfaces with files in the run directory.
+pub fn interfaces_with_run_files() -> Vec<String> {
+    let Ok(entries) = fs::read_dir(paths::RUN_DIR) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|name| name.split_once('.').map(|(iface, _)| iface.to_owned()))
+        .filter(|iface| paths::check_iface_name(iface).is_ok())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Removes a lock file nobody holds (after a loader that was killed).
 pub fn remove_stale_lock(iface: &str) {
     if !loader_running(iface) {
         let _ = fs::remove_file(paths::lock_file(iface));
     }
+}
+
+/// The process holding `iface`'s loader lock, from /proc/locks: how to find a running loader
+/// whose state file is gone or damaged.
+pub fn lock_holder(iface: &str) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = fs::metadata(paths::lock_file(iface)).ok()?;
+    let (major, minor) = (libc::major(metadata.dev()), libc::minor(metadata.dev()));
+    let file = format!("{major:02x}:{minor:02x}:{}", metadata.ino());
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    holder_in(&locks, &file)
+}
+
+/// The pid holding (not waiting for) the FLOCK on `file` (`MAJOR:MINOR:INODE`) in /proc/locks.
+fn holder_in(locks: &str, file: &str) -> Option<u32> {
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // `1: FLOCK ADVISORY WRITE PID DEV:INODE START END`; waiters have `->` after the number.
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, device, ..] if *device == file => pid.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 /// Whether a loader holds `iface`'s lock right now.
@@ -163,4 +232,17 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
 
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_lock_holder_is_found_in_proc_locks() {
+        let locks = "1: FLOCK  ADVISORY  WRITE 3326 fe:00:10011201 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 5737 fe:00:10011201 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 77 fe:00:42 0 EOF\n";
+        assert_eq!(super::holder_in(locks, "fe:00:10011201"), Some(3326));
+        assert_eq!(super::holder_in(locks, "fe:00:42"), None, "not a flock");
+        assert_eq!(super::holder_in(locks, "fe:00:1"), None);
+    }
 }

@@ -103,7 +103,8 @@ prop_compose! {
         for (tcp, ports) in denies {
             text += &format!("[[deny]]\nproto = \"{}\"\nports = [{}]\n", if tcp { "tcp" } else { "udp" }, list(ports));
         }
-        text += &format!("[blocklist]\nsources = [{}]\n", quoted(blocklist));
+        // `::/0` in the pool blocks every IPv6 source: confirmed, as a policy must.
+        text += &format!("[blocklist]\neverything = true\nsources = [{}]\n", quoted(blocklist));
         let pick = |on: bool, yes: &str, no: &str| if on { yes.to_string() } else { no.to_string() };
         text += &format!(
             "[inbound]\nmalformed = \"{}\"\nfragments_unseen = \"{}\"\nicmp = \"{}\"\nicmpv6 = \"{}\"\nother_protocols = \"{}\"\ntcp_non_syn = \"{}\"\n",

@@ -53,23 +53,34 @@ pub fn block(
     items: &[String],
     duration: Option<Duration>,
     reason: Option<String>,
+    everything: bool,
     iface: Option<&str>,
 ) -> Result<ExitCode> {
     system::require_root("portguard block")?;
     let started = Instant::now();
     let nets = parse_nets(items)?;
+    // ::ffff:0:0/96 arrives here as 0.0.0.0/0.
+    match nets.iter().find(|net| net.prefix_len() == 0) {
+        Some(all) if !everything => {
+            let whom = if all.addr().is_ipv4() { "every IPv4 source" } else { "every IPv6 source" };
+            bail!("{all} blocks {whom}; add --everything if that is what you mean; nothing was changed");
+        }
+        _ => {}
+    }
     let interfaces = targets(iface)?;
     // Applied to the maps under the same lock that guards the saved list, so two commands at
     // once leave both the file and the maps with both changes.
-    BlockStore::edit(|store| {
+    BlockStore::edit(&interfaces, |store| {
         for net in &nets {
             store.add(blocks::entry(*net, iface.map(str::to_owned), reason.clone(), duration));
         }
-        blocks::sync_all(store, &interfaces)
+        Ok(())
     })?;
     let took = started.elapsed();
-    let how_long =
-        duration.map_or("until unblocked".to_string(), |d| format!("for {}", humantime::format_duration(d)));
+    // What is enforced: whole seconds.
+    let how_long = duration.map_or("until unblocked".to_string(), |d| {
+        format!("for {}", humantime::format_duration(Duration::from_secs(d.as_secs())))
+    });
     for net in &nets {
         println!(
             "blocked {net} {how_long}{}",
@@ -105,20 +116,19 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard unblock")?;
     let nets = parse_nets(items)?;
     let interfaces = targets(iface)?;
-    let missing = BlockStore::edit(|store| {
-        let mut missing = Vec::new();
-        for net in &nets {
-            let manual = store.remove(net, iface).len();
-            let automatic = remove_automatic(net, &interfaces)?;
-            if manual + automatic == 0 {
-                missing.push(*net);
-            } else {
-                println!("unblocked {net} ({manual} manual, {automatic} automatic)");
-            }
-        }
-        blocks::sync_all(store, &interfaces)?;
-        Ok(missing)
+    let manual: Vec<usize> = BlockStore::edit(&interfaces, |store| {
+        Ok(nets.iter().map(|net| store.remove(net, iface).len()).collect())
     })?;
+    // Automatic blocks are in the kernel only: lifted once the saved list agrees.
+    let mut missing = Vec::new();
+    for (net, manual) in nets.iter().zip(manual) {
+        let automatic = remove_automatic(net, &interfaces)?;
+        if manual + automatic == 0 {
+            missing.push(*net);
+        } else {
+            println!("unblocked {net} ({manual} manual, {automatic} automatic)");
+        }
+    }
     for net in &missing {
         let in_policy = RunState::all().iter().any(|s| !s.blocklist_sources.is_empty());
         eprintln!(
@@ -166,9 +176,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard blocks")?;
     let interfaces = targets(iface)?;
     let now = now_unix();
-    let rfc = |secs: u64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-    };
+    let rfc = rfc3339;
     let mut rows = Vec::new();
     let store = BlockStore::load()?;
     for entry in store.blocks.iter().filter(|b| !b.expired(now)) {
@@ -189,7 +197,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
                 interfaces: vec![iface.clone()],
                 reason: format!("{}: {}", block.cause, block.detail),
                 added: Some(rfc(now.saturating_sub(block.since_seconds))),
-                expires: Some(rfc(now + block.seconds_left)),
+                expires: Some(rfc(now.saturating_add(block.seconds_left))),
                 seconds_left: Some(block.seconds_left),
             });
         }
@@ -227,10 +235,20 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
             row.interfaces.join(","),
             row.added.unwrap_or_default(),
             row.seconds_left.map_or("permanent".into(), format_uptime),
-            row.reason
+            portguard::printable(&row.reason)
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A time in Unix seconds as RFC 3339. Stored state can hold any number: past year 9999
+/// (where RFC 3339 ends) it says so instead of failing.
+fn rfc3339(secs: u64) -> String {
+    const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+    if secs > LAST_RFC3339_SECOND {
+        return "after 9999-12-31".to_string();
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 fn manual_row(entry: &ManualEntry, interfaces: &[String], now: u64, rfc: &dyn Fn(u64) -> String) -> Row {

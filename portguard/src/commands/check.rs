@@ -53,17 +53,7 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
     print_warnings(&loaded.warnings);
     println!("{}: valid: {}", path.display(), policy.summary());
     for rule in &policy.rules {
-        let ports: Vec<String> = rule
-            .ports
-            .iter()
-            .map(|r| {
-                if r.start() == r.end() {
-                    r.start().to_string()
-                } else {
-                    format!("{}-{}", r.start(), r.end())
-                }
-            })
-            .collect();
+        let ports = describe_ports(&rule.ports);
         let from = match &rule.from {
             None => String::new(),
             Some(nets) => {
@@ -74,12 +64,12 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
             policy::RuleKind::Allow => "allow",
             policy::RuleKind::Deny => "deny",
         };
-        println!("  {}: {kind} {} {}{from}", rule.label(), rule.proto, ports.join(", "));
+        println!("  {}: {kind} {} {ports}{from}", portguard::printable(&rule.label()), rule.proto);
     }
     for source in &policy.blocklist_sources {
         println!(
             "  blocklist {}: {} entries{}",
-            source.origin,
+            portguard::printable(&source.origin),
             source.entries,
             if source.bad_lines > 0 {
                 format!(", {} bad lines skipped", source.bad_lines)
@@ -99,6 +89,33 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Ranges shown for one rule at most; the rest are counted.
+const RANGES_SHOWN: usize = 32;
+
+/// A rule's ports for people: merged into ranges in order (a rule may list all 65,535 ports one
+/// by one), and at most `RANGES_SHOWN` ranges.
+fn describe_ports(ports: &[std::ops::RangeInclusive<u16>]) -> String {
+    let mut sorted: Vec<(u16, u16)> = ports.iter().map(|r| (*r.start(), *r.end())).collect();
+    sorted.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (start, end) in sorted {
+        match merged.last_mut() {
+            Some((_, last)) if u32::from(start) <= u32::from(*last) + 1 => *last = (*last).max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    let mut parts: Vec<String> = merged
+        .iter()
+        .take(RANGES_SHOWN)
+        .map(|&(start, end)| if start == end { start.to_string() } else { format!("{start}-{end}") })
+        .collect();
+    if merged.len() > RANGES_SHOWN {
+        let count: u32 = merged.iter().map(|&(start, end)| u32::from(end - start) + 1).sum();
+        parts.push(format!("and {} more ranges ({count} ports in all)", merged.len() - RANGES_SHOWN));
+    }
+    parts.join(", ")
+}
+
 fn diagnostic_json(d: &policy::Diagnostic) -> serde_json::Value {
     json!({
         "severity": match d.severity { policy::Severity::Error => "error", policy::Severity::Warning => "warning" },
@@ -107,4 +124,21 @@ fn diagnostic_json(d: &policy::Diagnostic) -> serde_json::Value {
         "column": d.column,
         "message": d.message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_ports;
+
+    #[test]
+    fn ports_are_summarised_as_ranges() {
+        assert_eq!(describe_ports(&[80..=80, 443..=443, 8000..=8100]), "80, 443, 8000-8100");
+        let every: Vec<_> = (1..=65535u16).map(|p| p..=p).collect();
+        assert_eq!(describe_ports(&every), "1-65535");
+        let odd: Vec<_> = (1..=65535u16).step_by(2).map(|p| p..=p).collect();
+        let text = describe_ports(&odd);
+        assert!(text.len() < 300, "{}", text.len());
+        assert!(text.ends_with("and 32736 more ranges (32768 ports in all)"), "{text}");
+        assert_eq!(describe_ports(&[10..=20, 15..=30, 31..=31, 40..=40]), "10-31, 40");
+    }
 }

@@ -19,6 +19,14 @@ pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for iface in &targets {
+        let left_behind = portguard::state::remove_left_behind(iface);
+        if !left_behind.is_empty() {
+            println!(
+                "portguard: {iface} was not attached; removed left-behind run files: {}",
+                left_behind.join(", ")
+            );
+            continue;
+        }
         manager::detach(iface)?;
         println!("portguard: detached from {iface}");
     }

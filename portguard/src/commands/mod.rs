@@ -43,8 +43,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             reload::run(iface.as_deref(), policy.as_deref(), strict, confirm_within)
         }
         Command::Confirm { iface } => confirm::run(iface.as_deref()),
-        Command::Block { sources, duration, reason, iface } => {
-            blocks::block(&sources, duration, reason, iface.as_deref())
+        Command::Block { sources, duration, reason, everything, iface } => {
+            blocks::block(&sources, duration, reason, everything, iface.as_deref())
         }
         Command::Unblock { sources, iface } => blocks::unblock(&sources, iface.as_deref()),
         Command::Blocks { json, iface } => blocks::list(json, iface.as_deref()),

@@ -6,6 +6,7 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use anyhow::{Result, bail};
 use portguard::{
     control::{self, ReloadRequest, Request},
+    loader,
     manager::{self, PolicySource, Rollback},
     state::{RunState, loader_running},
     system,
@@ -29,14 +30,48 @@ pub fn run(
     }
     let mut failed = false;
     for iface in &interfaces {
-        let Some(state) = RunState::read(iface) else {
-            bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
+        if !loader::is_attached(iface) {
+            let left_behind = portguard::state::remove_left_behind(iface);
+            let cleaned = if left_behind.is_empty() {
+                String::new()
+            } else {
+                format!("; removed left-behind run files: {}", left_behind.join(", "))
+            };
+            bail!("portguard is not attached to {iface} (`portguard status` lists attachments){cleaned}");
+        }
+        // Without --policy, the running policy's file: from the record, which must be readable.
+        let running_policy = match RunState::read_checked(iface) {
+            Ok(state) => state.map(|s| s.policy),
+            // The loader knows what it runs, and rewrites its record after the reload.
+            Err(error) if loader_running(iface) && policy.is_some() => {
+                eprintln!("warning: {error:#}; the running loader rewrites it");
+                None
+            }
+            Err(error) => bail!(
+                "{error:#}: with its loader running, `portguard reload {iface} --policy FILE` repairs it; \
+                 otherwise `portguard detach {iface}` and attach again"
+            ),
         };
-        let path = policy.map(Path::to_path_buf).unwrap_or_else(|| state.policy.clone());
+        let Some(path) = policy.map(Path::to_path_buf).or(running_policy) else {
+            bail!(
+                "no record of the policy {iface} runs ({} is missing): name it with --policy FILE",
+                portguard::paths::state_file(iface).display()
+            );
+        };
+        // Read here, in the caller's working directory, and sent as text: the loader's own
+        // working directory (/ under systemd) says nothing about what a relative path meant.
+        let source = match PolicySource::read(&path) {
+            Ok(source) => source,
+            Err(error) => {
+                eprintln!("{iface}: reload refused, the running policy stays:\n{error:#}");
+                failed = true;
+                continue;
+            }
+        };
         if loader_running(iface) {
             let request = ReloadRequest {
-                policy: Some(path),
-                policy_text: None,
+                policy: Some(source.path),
+                policy_text: Some(source.text),
                 strict,
                 confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)),
             };
@@ -51,9 +86,7 @@ pub fn run(
         } else {
             // No loader: this process switches the pinned links itself.
             let previous = PolicySource::active(iface).ok();
-            match PolicySource::read(&path)
-                .and_then(|source| manager::reload_without_loader(iface, &source, strict))
-            {
+            match manager::reload_without_loader(iface, &source, strict) {
                 Ok(generation) => {
                     println!("reloaded {iface} (no loader running): generation {generation}");
                     if let (Some(within), Some(previous)) = (confirm_within, previous) {

@@ -13,13 +13,14 @@ use aya::Ebpf;
 use log::{info, warn};
 use portguard::{
     alerts::Sinks,
-    blocks::{BlockStore, sync_iface},
+    blocks::BlockStore,
     control::{ReloadRequest, Reply, Request},
     events::{EventRecord, EventSource, Grants},
     lock,
     manager::{self, PolicySource, Rollback},
     metrics::{self, LoaderCounts},
     paths,
+    policy::Loaded,
     state::{RunState, now_unix},
 };
 use tokio::{
@@ -75,6 +76,16 @@ pub enum Exit {
 
 type ReloadCall = (ReloadRequest, oneshot::Sender<Reply>);
 
+/// A new generation built and switched in off the event thread: reading the policy and its
+/// blocklist files, compiling and filling the maps take time (a million-entry list takes
+/// seconds), and events, `/metrics` and the control socket must keep being served meanwhile.
+struct ReloadInProgress {
+    work: tokio::task::JoinHandle<Result<(Ebpf, Loaded, PolicySource)>>,
+    request: ReloadRequest,
+    /// Where the answer goes; `None` for SIGHUP.
+    reply: Option<oneshot::Sender<Reply>>,
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub fn run(loader: Loader) -> Result<Exit> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -106,6 +117,8 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reloading: Option<ReloadInProgress> = None;
+    let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
     let publish = |loader: &Loader, record: &EventRecord| {
         loader.output.print(record);
         let _ = lines.send(Arc::from(record.json()));
@@ -138,18 +151,36 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
                     Ok(records) => records.iter().for_each(|r| publish(&loader, r)),
                     Err(error) => warn!("sweeping expired blocks: {error:#}"),
                 }
-                sweep_manual_blocks(&iface);
-            }
-            call = reload_rx.recv() => {
-                if let Some((request, reply)) = call {
-                    let _ = reply.send(reload(&mut loader, request, metrics.as_deref()));
+                // blocks.json is read and its lock waited for on a worker thread.
+                if sweeping.as_ref().is_none_or(|sweep| sweep.is_finished()) {
+                    let iface = iface.clone();
+                    sweeping = Some(tokio::task::spawn_blocking(move || sweep_manual_blocks(&iface)));
                 }
             }
-            _ = hangup.recv() => {
+            // One reload at a time: the next request waits in the channel, SIGHUP in its stream.
+            call = reload_rx.recv(), if reloading.is_none() => {
+                if let Some((request, reply)) = call {
+                    reloading = Some(start_reload(&loader, request, Some(reply)));
+                }
+            }
+            _ = hangup.recv(), if reloading.is_none() => {
                 info!("SIGHUP: reloading {}", loader.state.policy.display());
-                let reply = reload(&mut loader, ReloadRequest::default(), metrics.as_deref());
-                if !reply.ok {
-                    eprintln!("portguard: reload refused, the running policy stays: {}", reply.message);
+                reloading = Some(start_reload(&loader, ReloadRequest::default(), None));
+            }
+            done = async { (&mut reloading.as_mut().expect("enabled only while reloading").work).await },
+                if reloading.is_some() =>
+            {
+                let ReloadInProgress { request, reply, .. } = reloading.take().expect("reloading");
+                let built = done.unwrap_or_else(|error| Err(anyhow::anyhow!("the reload failed: {error}")));
+                let answer = finish_reload(&mut loader, &request, built, metrics.as_deref());
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(answer);
+                    }
+                    None if !answer.ok => {
+                        eprintln!("portguard: reload refused, the running policy stays: {}", answer.message);
+                    }
+                    None => {}
                 }
             }
             _ = interrupt.recv() => { info!("SIGINT"); break; }
@@ -162,9 +193,37 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
     Ok(if loader.state.pinned && !asked_to_detach { Exit::Leave } else { Exit::Detach })
 }
 
-/// Swaps in a new policy generation; the running one stays if anything is wrong.
-fn reload(loader: &mut Loader, request: ReloadRequest, metrics: Option<&metrics::Source>) -> Reply {
-    match try_reload(loader, &request, metrics) {
+/// Starts building and switching in the next generation on a worker thread.
+fn start_reload(
+    loader: &Loader,
+    request: ReloadRequest,
+    reply: Option<oneshot::Sender<Reply>>,
+) -> ReloadInProgress {
+    let iface = loader.state.iface.clone();
+    let running_policy = loader.state.policy.clone();
+    let strict = request.strict || loader.strict;
+    let generation = loader.state.generation + 1;
+    let asked = request.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let source = match (asked.policy_text, asked.policy) {
+            (Some(text), Some(path)) => PolicySource { path, text },
+            (_, Some(path)) => PolicySource::read(&path)?,
+            (_, None) => PolicySource::read(&running_policy)?,
+        };
+        let (ebpf, loaded) = manager::apply_generation(&iface, &source, strict, generation)?;
+        Ok((ebpf, loaded, source))
+    });
+    ReloadInProgress { work, request, reply }
+}
+
+/// Takes over a generation the worker switched in (or reports why the running one stays).
+fn finish_reload(
+    loader: &mut Loader,
+    request: &ReloadRequest,
+    built: Result<(Ebpf, Loaded, PolicySource)>,
+    metrics: Option<&metrics::Source>,
+) -> Reply {
+    match built.and_then(|built| take_over(loader, request, built, metrics)) {
         Ok(message) => {
             say(&format!("portguard: {message}"));
             Reply { ok: true, message }
@@ -173,20 +232,14 @@ fn reload(loader: &mut Loader, request: ReloadRequest, metrics: Option<&metrics:
     }
 }
 
-fn try_reload(
+fn take_over(
     loader: &mut Loader,
     request: &ReloadRequest,
+    (ebpf, loaded, source): (Ebpf, Loaded, PolicySource),
     metrics: Option<&metrics::Source>,
 ) -> Result<String> {
-    let source = match (&request.policy_text, &request.policy) {
-        (Some(text), Some(path)) => PolicySource { path: path.clone(), text: text.clone() },
-        (_, Some(path)) => PolicySource::read(path)?,
-        (_, None) => PolicySource::read(&loader.state.policy)?,
-    };
     let iface = loader.state.iface.clone();
     let generation = loader.state.generation + 1;
-    let (ebpf, loaded) =
-        manager::apply_generation(&iface, &source, request.strict || loader.strict, generation)?;
     for warning in &loaded.warnings {
         eprintln!("{warning}");
     }
@@ -225,10 +278,7 @@ fn try_reload(
 fn sweep_manual_blocks(iface: &str) {
     let Ok(store) = BlockStore::load() else { return };
     if store.blocks.iter().any(|b| b.expired(now_unix())) {
-        let _ = BlockStore::edit(|store| {
-            let entries: Vec<_> = store.for_iface(iface).collect();
-            sync_iface(iface, &entries).map(|_| ())
-        });
+        let _ = BlockStore::edit(&[iface.to_owned()], |_| Ok(()));
     }
 }
 

@@ -11,17 +11,42 @@ use serde_json::json;
 
 use super::format_uptime;
 
+/// Cleans the run files of interfaces with neither pins nor a loader, and says so (stderr:
+/// stdout stays what the command prints).
+pub fn report_left_behind() {
+    for iface in portguard::state::interfaces_with_run_files() {
+        let removed = portguard::state::remove_left_behind(&iface);
+        if !removed.is_empty() {
+            eprintln!("{iface}: not attached; removed left-behind run files: {}", removed.join(", "));
+        }
+    }
+}
+
 pub use portguard::loader::attached_interfaces;
 
 pub fn run(json: bool) -> Result<ExitCode> {
     let interfaces = attached_interfaces();
     let mut rows = Vec::new();
     for iface in &interfaces {
-        let state = RunState::read(iface);
         let enforcing = loader::is_attached(iface);
         let running = loader_running(iface);
+        let state = match RunState::read_checked(iface) {
+            Ok(state) => state,
+            Err(error) if running => {
+                eprintln!("warning: {error:#}; its loader rewrites it at the next reload");
+                None
+            }
+            Err(error) => {
+                RunState::remove(iface);
+                eprintln!(
+                    "warning: {error:#}: removed it (`portguard detach {iface}` and attach again restore a full record)"
+                );
+                None
+            }
+        };
         rows.push((iface, state, enforcing, running));
     }
+    report_left_behind();
     if json {
         let list: Vec<_> = rows
             .iter()
@@ -75,7 +100,11 @@ pub fn run(json: bool) -> Result<ExitCode> {
                 format_uptime(state.uptime_secs()),
                 state.generation
             );
-            println!("  policy {}: {}", state.policy.display(), state.summary);
+            println!(
+                "  policy {}: {}",
+                portguard::printable(&state.policy.display().to_string()),
+                state.summary
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -272,15 +272,15 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
         flags,
         bl6_prefix_count: lengths.len() as u32,
         bl6_prefix_lens,
-        udp_reply_timeout_ns: policy.inbound.udp_reply_window.as_nanos() as u64,
-        frag_timeout_ns: policy.inbound.fragment_timeout.as_nanos() as u64,
+        udp_reply_timeout_ns: kernel_ns(policy.inbound.udp_reply_window),
+        frag_timeout_ns: kernel_ns(policy.inbound.fragment_timeout),
         generation,
         scan_threshold_bits: expected_bits(policy.scan_detection.threshold),
         slow_threshold_bits: expected_bits(policy.scan_detection.slow_threshold),
-        scan_window_ns: policy.scan_detection.window.as_nanos() as u64,
-        slow_window_ns: policy.scan_detection.slow_window.as_nanos() as u64,
-        scan_block_ns: policy.scan_detection.block_for.as_nanos() as u64,
-        trap_block_ns: policy.trap_ports.block_for.as_nanos() as u64,
+        scan_window_ns: kernel_ns(policy.scan_detection.window),
+        slow_window_ns: kernel_ns(policy.scan_detection.slow_window),
+        scan_block_ns: kernel_ns(policy.scan_detection.block_for),
+        trap_block_ns: kernel_ns(policy.trap_ports.block_for),
         v6_source_mask: {
             let (hi, lo) = prefix_masks(u32::from(ipv6_prefix));
             let mut mask = [0u8; 16];
@@ -291,6 +291,12 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
         port_drop_shards: port_drop_shards(possible_cpus()),
         v6_source_prefix: u32::from(ipv6_prefix),
     }
+}
+
+/// A policy duration in kernel nanoseconds. Validation caps durations at 100 years, far below
+/// what a u64 of nanoseconds holds; saturate anyway rather than wrap.
+fn kernel_ns(duration: std::time::Duration) -> u64 {
+    crate::durations::as_kernel_ns(duration).unwrap_or(u64::MAX)
 }
 
 /// How many bits of a `SCAN_PORT_BITS`-bit set `ports` distinct ports set on average (some

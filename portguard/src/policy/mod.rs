@@ -333,7 +333,7 @@ impl Policy {
 /// Options that change how strictly a policy is read.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
-    /// Bad lines in blocklist files are errors, not warnings.
+    /// Bad lines in blocklist files are errors, not warnings, and so is an empty policy.
     pub strict: bool,
 }
 
@@ -346,21 +346,61 @@ pub struct Loaded {
 
 /// Reads and validates a policy file (and the blocklist files it names).
 pub fn load(path: &Path, options: LoadOptions) -> Result<Loaded, PolicyErrors> {
-    let text = std::fs::read_to_string(path).map_err(|error| PolicyErrors {
-        diagnostics: vec![Diagnostic {
-            severity: Severity::Error,
-            file: path.to_owned(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read the policy file: {error}"),
-        }],
-    })?;
+    let text =
+        crate::files::read_text_capped(path, crate::files::POLICY_MAX).map_err(|error| PolicyErrors {
+            diagnostics: vec![Diagnostic {
+                severity: Severity::Error,
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the policy file: {error}"),
+            }],
+        })?;
     parse(&text, path, options)
 }
 
 /// Validates policy text; `path` names it in messages and anchors relative blocklist files.
 pub fn parse(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded, PolicyErrors> {
-    validate::validate(text, path, options)
+    let mut loaded = validate::validate(text, path, options)?;
+    // An empty file (a failed deploy, a truncated copy) is a valid policy that opens every port.
+    if toml::from_str::<toml::Table>(text).is_ok_and(|table| table.is_empty()) {
+        let empty = Diagnostic {
+            severity: if options.strict { Severity::Error } else { Severity::Warning },
+            file: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: "THE POLICY IS EMPTY: every port is open and nothing is blocked; if that is \
+                      not what you meant, check the file (--strict refuses an empty policy)"
+                .into(),
+        };
+        if options.strict {
+            return Err(PolicyErrors { diagnostics: vec![empty] });
+        }
+        loaded.warnings.insert(0, empty);
+    }
+    // ::ffff:0:0/96 arrives here as 0.0.0.0/0.
+    if let Some(all) = loaded.policy.blocklist.iter().find(|net| net.prefix_len() == 0) {
+        let confirmed = toml::from_str::<raw::RawPolicy>(text)
+            .ok()
+            .and_then(|raw| raw.blocklist)
+            .is_some_and(|blocklist| blocklist.everything);
+        if !confirmed {
+            let whom = if all.addr().is_ipv4() { "every IPv4 source" } else { "every IPv6 source" };
+            return Err(PolicyErrors {
+                diagnostics: vec![Diagnostic {
+                    severity: Severity::Error,
+                    file: path.to_owned(),
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "the blocklist holds {all}, which blocks {whom}; write `everything = true` \
+                         under [blocklist] if that is what you mean"
+                    ),
+                }],
+            });
+        }
+    }
+    Ok(loaded)
 }
 
 mod humantime_serde_secs {
@@ -370,5 +410,50 @@ mod humantime_serde_secs {
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_policy_warns_loudly_and_strict_refuses_it() {
+        for text in ["", "\n# only a comment\n   \n"] {
+            let loaded = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap();
+            assert!(
+                loaded.warnings[0].to_string().contains("p.toml: warning: THE POLICY IS EMPTY"),
+                "{:?}",
+                loaded.warnings
+            );
+            let refused = parse(text, Path::new("p.toml"), LoadOptions { strict: true }).unwrap_err();
+            assert!(refused.to_string().contains("p.toml: error: THE POLICY IS EMPTY"), "{refused}");
+        }
+        let loaded =
+            parse("default = \"allow\"\n", Path::new("p.toml"), LoadOptions { strict: true }).unwrap();
+        assert!(loaded.warnings.iter().all(|w| !w.message.contains("EMPTY")));
+    }
+
+    #[test]
+    fn a_blocklist_of_a_whole_family_needs_confirming() {
+        for (net, whom) in [("0.0.0.0/0", "IPv4"), ("::ffff:0:0/96", "IPv4"), ("::/0", "IPv6")] {
+            let text = format!("default = \"allow\"\n[blocklist]\nsources = [\"{net}\"]\n");
+            let refused = parse(&text, Path::new("p.toml"), LoadOptions::default()).unwrap_err().to_string();
+            assert!(
+                refused.contains(&format!("blocks every {whom} source; write `everything = true`")),
+                "{refused}"
+            );
+            let confirmed = text.replace("[blocklist]\n", "[blocklist]\neverything = true\n");
+            assert_eq!(
+                parse(&confirmed, Path::new("p.toml"), LoadOptions::default())
+                    .unwrap()
+                    .policy
+                    .blocklist
+                    .len(),
+                1
+            );
+        }
+        let text = "default = \"allow\"\n[blocklist]\nsources = [\"0.0.0.0/1\"]\n";
+        assert!(parse(text, Path::new("p.toml"), LoadOptions::default()).is_ok());
     }
 }

@@ -87,6 +87,9 @@ pub struct RawBlocklist {
     pub sources: Vec<Spanned<String>>,
     #[serde(default)]
     pub files: Vec<Spanned<String>>,
+    /// Confirms entries that cover a whole address family (checked in `policy::parse`).
+    #[serde(default)]
+    pub everything: bool,
 }
 
 #[derive(Debug, Deserialize)]

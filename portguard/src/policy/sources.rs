@@ -59,13 +59,29 @@ pub struct SourceList {
     pub bad_lines: Vec<BadLine>,
 }
 
-/// Parses a blocklist file's text. Accepted, one entry per line:
+/// Parses a blocklist file. Accepted, one entry per line:
 /// - `203.0.113.7`, `203.0.113.0/24`, `2001:db8::/32`
 /// - comments after `#` or `;` (Spamhaus DROP: `203.0.113.0/24 ; SBL000`), blank lines
 /// - anything after the first word (FireHOL netsets, lists with extra columns)
-pub fn parse_source_list(text: &str) -> SourceList {
+/// - a UTF-8 byte order mark at the start
+///
+/// A line that is not UTF-8 is a bad line like any other: one stray byte in a downloaded list
+/// costs that line, not the list.
+pub fn parse_source_list(bytes: &[u8]) -> SourceList {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut list = SourceList::default();
-    for (number, line) in text.lines().enumerate() {
+    // As `str::lines`: `\n` or `\r\n` ends a line, and a last `\n` starts none.
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = match std::str::from_utf8(line) {
+            Ok(line) => line,
+            Err(error) => {
+                let reason = format!("not UTF-8 text (byte {} of the line)", error.valid_up_to() + 1);
+                list.bad_lines.push(BadLine { line: number + 1, reason });
+                continue;
+            }
+        };
         let content = line.split(['#', ';']).next().unwrap_or("").trim();
         let Some(word) = content.split_whitespace().next() else {
             continue;
@@ -79,8 +95,8 @@ pub fn parse_source_list(text: &str) -> SourceList {
 }
 
 pub fn read_source_file(path: &Path) -> std::io::Result<SourceList> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(parse_source_list(&text))
+    let bytes = crate::files::read_capped(path, crate::files::BLOCKLIST_FILE_MAX)?;
+    Ok(parse_source_list(&bytes))
 }
 
 #[cfg(test)]
@@ -125,9 +141,24 @@ mod tests {
 not-an-address
 10.0.0.0/99
 ";
-        let list = parse_source_list(text);
+        let list = parse_source_list(text.as_bytes());
         let entries: Vec<String> = list.entries.iter().map(ToString::to_string).collect();
         assert_eq!(entries, ["203.0.113.0/24", "198.51.100.7/32", "198.51.100.0/24", "2001:db8:bad::/48"]);
         assert_eq!(list.bad_lines.iter().map(|b| b.line).collect::<Vec<_>>(), [8, 9]);
+    }
+
+    #[test]
+    fn lists_are_read_as_bytes_line_by_line() {
+        let list =
+            parse_source_list(b"\xEF\xBB\xBF203.0.113.1\r\n198.51.100.\xff\n2001:db8::1\n\xc3\n203.0.113.2");
+        let entries: Vec<String> = list.entries.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            entries,
+            ["203.0.113.1/32", "2001:db8::1/128", "203.0.113.2/32"],
+            "the BOM is not part of line 1"
+        );
+        assert_eq!(list.bad_lines.iter().map(|b| b.line).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(list.bad_lines[0].reason, "not UTF-8 text (byte 12 of the line)");
+        assert!(parse_source_list(b"").entries.is_empty() && parse_source_list(b"\n\n").bad_lines.is_empty());
     }
 }

@@ -470,17 +470,10 @@ fn admits_ssh(rules: &[Rule]) -> bool {
 }
 
 fn duration(report: &mut Reporter, value: &Spanned<String>, key: &str) -> Option<Duration> {
-    match humantime::parse_duration(value.get_ref()) {
-        Ok(duration) if !duration.is_zero() => Some(duration),
-        Ok(_) => {
-            report.error_at(value.span(), format!("{key} must be longer than zero"));
-            None
-        }
+    match crate::durations::parse(value.get_ref(), Duration::ZERO) {
+        Ok(duration) => Some(duration),
         Err(error) => {
-            report.error_at(
-                value.span(),
-                format!("{key} = \"{}\" is not a duration like \"30s\" or \"2m\": {error}", value.get_ref()),
-            );
+            report.error_at(value.span(), format!("{key} = \"{}\" {error}", value.get_ref()));
             None
         }
     }
