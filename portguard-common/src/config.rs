@@ -37,6 +37,8 @@ pub const FLAG_AUTO_BLOCK: u32 = 1 << 15;
 /// A `never_block` IPv6 network is narrower than `ipv6_prefix`: an automatic block of an IPv6
 /// network may cover exempt sources, so a hit checks `never_block` again.
 pub const FLAG_NEVER_BLOCK_INSIDE_V6_NET: u32 = 1 << 16;
+/// Every CPU has a shard of `PG_PORT_DROPS` to itself: plain adds, no atomic instruction.
+pub const FLAG_PORT_DROPS_PER_CPU: u32 = 1 << 17;
 
 /// Most distinct IPv6 prefix lengths the blocklist probes, longest first.
 pub const MAX_BL6_PREFIX_LENS: usize = 16;

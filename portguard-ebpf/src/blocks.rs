@@ -102,6 +102,12 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
     0
 }
 
+/// Whether this CPU may still add an automatic block this second.
+#[inline(always)]
+pub fn block_token_left() -> bool {
+    PG_EVENT_BUDGET.get(0).is_some_and(|budget| budget.block_tokens != 0)
+}
+
 /// Blocks `net` (a `source_key` address) until `expires_ns`, if this CPU's share of `new_blocks_per_second` allows
 /// (otherwise counts the block as not admitted and returns false): a flood of forged sources
 /// cannot fill the table and push real blocks out.

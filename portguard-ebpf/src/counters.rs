@@ -7,7 +7,7 @@ use aya_ebpf::helpers::generated::bpf_get_smp_processor_id;
 
 use portguard_common::{
     Config,
-    config::FLAG_MONITOR,
+    config::{FLAG_MONITOR, FLAG_PORT_DROPS_PER_CPU},
     counters::{MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED},
     maps::PORT_TABLE_LEN,
 };
@@ -40,10 +40,15 @@ pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) -> bool {
         let shard = cpu & (cfg.port_drop_shards.wrapping_sub(1));
         let index = shard.wrapping_mul(PORT_TABLE_LEN).wrapping_add(verdict.port_index);
         if let Some(cell) = PG_PORT_DROPS.get_ptr_mut(index) {
-            // A shard may be shared by several CPUs (a per-CPU copy of 131072 ports costs 1 MiB
-            // per CPU), so the add must be atomic. The BPF target has no compare-and-swap, hence no
-            // `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
-            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(cell, 1) };
+            if cfg.has(FLAG_PORT_DROPS_PER_CPU) {
+                // This CPU's own shard: nobody else writes it.
+                unsafe { *cell += 1 };
+            } else {
+                // A shard shared by several CPUs (a copy of 131072 ports costs 1 MiB, so there
+                // are at most 16). The BPF target has no compare-and-swap, hence no
+                // `AtomicU64::fetch_add`; the intrinsic lowers to BPF's atomic add.
+                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(cell, 1) };
+            }
         }
     }
     drop && !monitored

@@ -15,7 +15,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config, Reason,
     config::*,
-    counters::{DROP_BASE, OBS_FRAGMENT_TABLE_FULL, OBS_TRAP_BLOCKS},
+    counters::{DROP_BASE, OBS_BLOCKS_NOT_ADMITTED, OBS_FRAGMENT_TABLE_FULL, OBS_TRAP_BLOCKS},
     events::EventKind,
     maps::{
         CAUSE_TRAP, FAMILY_V4, FAMILY_V6, FragKey, FragVerdict, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY,
@@ -234,6 +234,12 @@ fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
     details.scan_kind = scan::kind_of(packet) as u8;
     details.count = 1;
     details.prefix_len = prefix_len;
+    // A flood of trap hits (forged sources, most likely) spends this second's blocks first:
+    // past that, nothing more is looked up for it.
+    if !blocks::block_token_left() {
+        counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
+        return false;
+    }
     if blocks::exempt(cfg, &packet.src) {
         if events::drop_event_allowed() {
             events::emit(EventKind::TrapHit, subject, details);

@@ -256,6 +256,8 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
     set(scan == Response::Block, FLAG_SCAN_BLOCK);
     set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
     set(scan == Response::Block || !policy.trap_ports.is_empty(), FLAG_AUTO_BLOCK);
+    let cpus = possible_cpus();
+    set(cpus <= port_drop_shards(cpus), FLAG_PORT_DROPS_PER_CPU);
     let ipv6_prefix = policy.scan_detection.ipv6_prefix;
     set(
         policy.never_block.iter().any(|net| matches!(net, IpNet::V6(v6) if v6.prefix_len() > ipv6_prefix)),
@@ -288,7 +290,7 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
             mask[8..].copy_from_slice(&lo.to_be_bytes());
             mask
         },
-        port_drop_shards: port_drop_shards(possible_cpus()),
+        port_drop_shards: port_drop_shards(cpus),
         v6_source_prefix: u32::from(ipv6_prefix),
     }
 }
