@@ -81,6 +81,10 @@ pub struct Config {
     pub port_drop_shards: u32,
     /// The prefix length `v6_source_mask` keeps.
     pub v6_source_prefix: u32,
+    /// The short window's threshold in ports, counted exactly when it is at most
+    /// `SCAN_EXACT_PORTS`; above that, `scan_threshold_bits` decides.
+    pub scan_threshold_ports: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -101,6 +105,8 @@ impl Config {
             v6_source_mask: [0xff; 16],
             port_drop_shards: 1,
             v6_source_prefix: 128,
+            scan_threshold_ports: 0,
+            _pad: 0,
         }
     }
 
@@ -116,7 +122,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 112);
+const _: () = assert!(core::mem::size_of::<Config>() == 120);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

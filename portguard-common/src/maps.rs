@@ -297,13 +297,23 @@ pub struct ScanState {
     pub slow_bits: u16,
     /// `ALERTED_*`.
     pub alerted: u8,
-    pub samples: u8,
+    /// Ports in `exact_ports`.
+    pub exact: u8,
     /// Distinct ports of the short window by `ScanKind` (saturating).
     pub kinds: [u8; 8],
-    /// The first distinct ports seen in the short window.
-    pub sample_ports: [u16; 8],
+    /// The first `SCAN_EXACT_PORTS` distinct ports of the short window, in order: thresholds
+    /// up to that many are counted exactly (no shared bits), and the first are the sample.
+    pub exact_ports: [u16; SCAN_EXACT_PORTS],
     pub _pad: [u8; 2],
 }
+
+/// Distinct ports the short window counts exactly before it relies on the port set's bits.
+pub const SCAN_EXACT_PORTS: usize = 32;
+
+/// In a scan event's `count` and an automatic block's `port`: the count is exact (otherwise
+/// it is the bits a port set had, for the reader to estimate the ports from).
+pub const SCAN_COUNT_EXACT_EVENT: u32 = 1 << 31;
+pub const SCAN_COUNT_EXACT_BLOCK: u16 = 1 << 15;
 
 /// Why a source was blocked automatically.
 pub const CAUSE_SCAN: u8 = 1;
@@ -394,7 +404,7 @@ const _: () = assert!(core::mem::size_of::<NetKey>() == 17);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragVerdict>() == 16);
-const _: () = assert!(core::mem::size_of::<ScanState>() == 184);
+const _: () = assert!(core::mem::size_of::<ScanState>() == 232);
 const _: () = assert!(core::mem::size_of::<AutoBlock>() == 32);
 const _: () = assert!(core::mem::size_of::<ManualBlock>() == 16);
 const _: () = assert!(core::mem::size_of::<Runtime>() == 24);

@@ -23,7 +23,7 @@ use portguard_common::{
     events::{EVENT_FLAG_BLOCKING, EventKind, SAMPLE_PORTS, SCAN_KINDS, ScanKind},
     maps::{
         ALERTED_FAST, ALERTED_SLOW, CAUSE_SCAN, CAUSE_SLOW_SCAN, PROTO_UDP, RUNTIME_USER, SCAN_ADMIT_SLOTS,
-        SCAN_PORT_BITS, ScanKey, ScanState,
+        SCAN_COUNT_EXACT_BLOCK, SCAN_COUNT_EXACT_EVENT, SCAN_EXACT_PORTS, SCAN_PORT_BITS, ScanKey, ScanState,
     },
 };
 
@@ -59,6 +59,8 @@ pub fn kind_of(packet: &Packet) -> ScanKind {
 /// caller then calls `report`, which says `BLOCKED_NOW` if it blocked the source). The cause
 /// and the port set's bit count ride in bits 8-15 and 16-31.
 pub const DETECTED: u32 = 8;
+/// In the count `failed_attempt` passes on: the count is exact, not bits.
+const COUNT_EXACT: u32 = 1 << 15;
 pub const BLOCKED_NOW: u32 = 2;
 
 // Admission slot layout (u64): fingerprint (32 bits) | first port (16) | second of the last
@@ -157,7 +159,7 @@ fn roll_windows(state: &mut ScanState, cfg: &Config, now: u64) {
     if now.wrapping_sub(state.window_start_ns) >= cfg.scan_window_ns {
         zero(state.ports.as_mut_ptr(), 8);
         state.bits = 0;
-        state.samples = 0;
+        state.exact = 0;
         state.kinds = [0; SCAN_KINDS];
         state.alerted &= !ALERTED_FAST;
         state.window_start_ns = now;
@@ -170,24 +172,31 @@ fn roll_windows(state: &mut ScanState, cfg: &Config, now: u64) {
     }
 }
 
-/// Adds `port` to both windows' sets; writes only what changes. A call of its own, so the
-/// verifier joins its paths at the return instead of multiplying them with the caller's.
+/// Adds `port` to both windows' sets (and, while there is room, to the short window's exact
+/// list); writes only what changes. A call of its own, so the verifier joins its paths at the
+/// return instead of multiplying them with the caller's.
 #[inline(never)]
 fn add_port(state: &mut ScanState, cfg: &Config, key: &[u64; 2], port: u16, kind: u8) {
     let bit = hash::port_bit(key, state.window_start_ns, port, SCAN_PORT_BITS);
     let (word, mask) = ((bit >> 6) as usize & 7, 1u64 << (bit & 63));
-    if state.ports[word] & mask == 0 {
+    let mut new = state.ports[word] & mask == 0;
+    if new {
         state.ports[word] |= mask;
         state.bits = state.bits.saturating_add(1);
-        let kind = kind as usize;
-        if kind < SCAN_KINDS {
-            state.kinds[kind] = state.kinds[kind].saturating_add(1);
+    }
+    let listed = state.exact as usize;
+    if listed < SCAN_EXACT_PORTS {
+        // A port whose bit was set by another one is new all the same.
+        new = listed_before(state, port, listed as u32) == 0;
+        if new {
+            state.exact_ports[listed & (SCAN_EXACT_PORTS - 1)] = port;
+            state.exact += 1;
         }
-        let samples = state.samples as usize;
-        if samples < SAMPLE_PORTS {
-            state.sample_ports[samples] = port;
-            state.samples += 1;
-        }
+    }
+    if new {
+        // Kinds are 0-7; the mask keeps the index in bounds for the verifier too.
+        let kind = kind as usize & (SCAN_KINDS - 1);
+        state.kinds[kind] = state.kinds[kind].saturating_add(1);
     }
     if cfg.slow_threshold_bits != 0 {
         let bit = hash::port_bit(key, state.slow_start_ns, port, SCAN_PORT_BITS);
@@ -199,11 +208,33 @@ fn add_port(state: &mut ScanState, cfg: &Config, key: &[u64; 2], port: u16, kind
     }
 }
 
+/// Whether `port` is among the first `listed` exact ports (1) or not (0). A call of its own:
+/// the search's exits join at the return.
+#[inline(never)]
+fn listed_before(state: &ScanState, port: u16, listed: u32) -> u32 {
+    for i in 0..SCAN_EXACT_PORTS {
+        if i as u32 >= listed {
+            break;
+        }
+        if state.exact_ports[i] == port {
+            return 1;
+        }
+    }
+    0
+}
+
 /// Marks a window whose threshold was just crossed (once per window; a fast scan is not
 /// reported again as a slow one) and says so (`DETECTED`, cause, bits) to the caller.
 #[inline(always)]
 fn detect(state: &mut ScanState, cfg: &Config) -> u32 {
-    let fast = state.alerted & ALERTED_FAST == 0 && state.bits as u32 >= cfg.scan_threshold_bits;
+    // Thresholds the exact list can hold are counted exactly; larger ones by the bits.
+    let exact = cfg.scan_threshold_ports <= SCAN_EXACT_PORTS as u32;
+    let crossed = if exact {
+        state.exact as u32 >= cfg.scan_threshold_ports
+    } else {
+        state.bits as u32 >= cfg.scan_threshold_bits
+    };
+    let fast = state.alerted & ALERTED_FAST == 0 && crossed;
     let slow = !fast
         && cfg.slow_threshold_bits != 0
         && state.alerted & ALERTED_SLOW == 0
@@ -212,8 +243,12 @@ fn detect(state: &mut ScanState, cfg: &Config) -> u32 {
         return 0;
     }
     state.alerted |= if fast { ALERTED_FAST | ALERTED_SLOW } else { ALERTED_SLOW };
-    let (cause, bits) = if fast { (CAUSE_SCAN, state.bits) } else { (CAUSE_SLOW_SCAN, state.slow_bits) };
-    DETECTED | (cause as u32) << 8 | (bits as u32) << 16
+    let (cause, count) = match (fast, exact) {
+        (true, true) => (CAUSE_SCAN, state.exact as u32 | COUNT_EXACT),
+        (true, false) => (CAUSE_SCAN, state.bits as u32),
+        _ => (CAUSE_SLOW_SCAN, state.slow_bits as u32),
+    };
+    DETECTED | (cause as u32) << 8 | count << 16
 }
 
 /// Reports the scan `failed_attempt` detected, and blocks the source's network if the policy
@@ -221,7 +256,14 @@ fn detect(state: &mut ScanState, cfg: &Config) -> u32 {
 /// from inside `failed_attempt`): the BPF stack is 512 bytes for a whole chain of calls.
 #[inline(never)]
 pub fn report(cfg: &Config, subject: &Subject, outcome: u32) -> u32 {
-    let (cause, bits) = ((outcome >> 8) as u8, (outcome >> 16) as u16);
+    let (cause, count) = ((outcome >> 8) as u8, (outcome >> 16) as u16);
+    // Exact counts are marked for the reader; bit counts are estimated from.
+    let (event_count, block_count) = if count & COUNT_EXACT as u16 != 0 {
+        let ports = count & !(COUNT_EXACT as u16);
+        (ports as u32 | SCAN_COUNT_EXACT_EVENT, ports | SCAN_COUNT_EXACT_BLOCK)
+    } else {
+        (count as u32, count)
+    };
     let Some(key) = blocks::source_key(subject.src, subject.is_v6, subject.proto, cfg) else {
         return 0;
     };
@@ -240,9 +282,11 @@ pub fn report(cfg: &Config, subject: &Subject, outcome: u32) -> u32 {
     details.reason = cause;
     details.flags = if will_block { EVENT_FLAG_BLOCKING } else { 0 };
     details.scan_kind = dominant;
-    details.count = bits as u32;
-    details.samples = state.samples;
-    details.sample_ports = state.sample_ports;
+    details.count = event_count;
+    details.samples = if state.exact as usize > SAMPLE_PORTS { SAMPLE_PORTS as u8 } else { state.exact };
+    for i in 0..SAMPLE_PORTS {
+        details.sample_ports[i] = state.exact_ports[i];
+    }
     details.prefix_len = prefix_len;
     events::emit(EventKind::ScanDetected, &subject, details);
     if !will_block {
@@ -250,7 +294,7 @@ pub fn report(cfg: &Config, subject: &Subject, outcome: u32) -> u32 {
     }
     let now = now_ns();
     let expires_ns = now + cfg.scan_block_ns;
-    if !blocks::block(&key.addr, prefix_len, now, expires_ns, cause, dominant, bits) {
+    if !blocks::block(&key.addr, prefix_len, now, expires_ns, cause, dominant, block_count) {
         return 0;
     }
     counters::add(OBS_SCAN_BLOCKS, 0);

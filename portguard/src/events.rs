@@ -18,7 +18,8 @@ use portguard_common::{
     events::{EVENT_FLAG_BLOCKING, Event, EventKind, SAMPLE_PORTS, ScanKind},
     maps::{
         AutoBlock, CAUSE_SCAN, CAUSE_SLOW_SCAN, CAUSE_TRAP, EventBudget, MAP_AUTO_BLOCK, MAP_COUNTERS,
-        MAP_EVENT_BUDGET, MAP_EVENTS, MAP_RUNTIME, RUNTIME_KERNEL, Runtime,
+        MAP_EVENT_BUDGET, MAP_EVENTS, MAP_RUNTIME, RUNTIME_KERNEL, Runtime, SCAN_COUNT_EXACT_BLOCK,
+        SCAN_COUNT_EXACT_EVENT,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -232,6 +233,21 @@ fn cause_name(cause: u8) -> &'static str {
     }
 }
 
+/// The distinct ports a scan event's count stands for: exact, or estimated from a port set's
+/// bits.
+fn scan_ports(count: u32) -> u32 {
+    if count & SCAN_COUNT_EXACT_EVENT != 0 { count & !SCAN_COUNT_EXACT_EVENT } else { estimated_ports(count) }
+}
+
+/// The same for an automatic block's record of the scan.
+fn block_scan_ports(port: u16) -> u32 {
+    if port & SCAN_COUNT_EXACT_BLOCK != 0 {
+        u32::from(port & !SCAN_COUNT_EXACT_BLOCK)
+    } else {
+        estimated_ports(u32::from(port))
+    }
+}
+
 /// The prefix length worth showing beside an address the kernel counted or blocked as a
 /// network: none for a single address.
 fn network_prefix(addr: [u8; 16], prefix_len: u8) -> Option<u8> {
@@ -291,7 +307,7 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
         EventKind::ScanDetected => {
             record.prefix_len = network_prefix(event.src, event.prefix_len);
             record.scan_kind = Some(ScanKind::from_u8(event.scan_kind).name().to_string());
-            record.distinct_ports = Some(estimated_ports(event.count));
+            record.distinct_ports = Some(scan_ports(event.count));
             let samples = (event.samples as usize).min(SAMPLE_PORTS);
             record.ports_sample = Some(event.sample_ports[..samples].to_vec());
             // The kernel sends auto_blocked right after when it blocks; say so here too.
@@ -305,7 +321,7 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
             record.action = Some("blocked".into());
             record.scan_kind = Some(ScanKind::from_u8(event.scan_kind).name().to_string());
             if event.reason != CAUSE_TRAP {
-                record.distinct_ports = Some(estimated_ports(event.count));
+                record.distinct_ports = Some(scan_ports(event.count));
             }
             block(&mut record);
         }
@@ -550,7 +566,7 @@ pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
                     "{} {}, {} ports",
                     ScanKind::from_u8(b.kind).name(),
                     if cause == CAUSE_SLOW_SCAN { "slow scan" } else { "scan" },
-                    estimated_ports(u32::from(b.port))
+                    block_scan_ports(b.port)
                 ),
             },
             seconds_left: (b.expires_ns - now).div_ceil(1_000_000_000),
@@ -611,7 +627,7 @@ mod tests {
     #[test]
     fn scan_and_block_events() {
         let mut raw = event(EventKind::ScanDetected);
-        raw.count = 20;
+        raw.count = 20 | SCAN_COUNT_EXACT_EVENT;
         raw.samples = 3;
         raw.sample_ports[..3].copy_from_slice(&[21, 22, 23]);
         raw.scan_kind = ScanKind::Xmas as u8;

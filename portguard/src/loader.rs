@@ -22,9 +22,10 @@ use aya::{
         xdp::XdpLink,
     },
 };
+use ipnet::IpNet;
 use log::{info, warn};
 use portguard_common::maps::{
-    Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6, MAP_EVENT_BUDGET,
+    AutoBlock, Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6, MAP_EVENT_BUDGET,
     MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS, MAP_PORTS, MAP_RUNTIME,
     MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, Runtime, SHARED_MAPS,
     SrcAllowKey,
@@ -105,6 +106,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     let mut ebpf = loader.load(KERNEL_OBJECT).context("creating the BPF maps failed")?;
     fill(&mut ebpf, image).context("filling the policy maps failed")?;
     key_scan_detector(&mut ebpf)?;
+    lift_automatic_blocks_the_policy_exempts(&mut ebpf, policy)?;
     // The first second's budget: packets arrive as soon as the program is attached, before
     // the reader's first tick.
     let mut budget: PerCpuArray<&mut MapData, EventBudget> =
@@ -116,6 +118,41 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?;
     tc.load().map_err(verifier_error).context("the kernel refused the TC egress program")?;
     Ok(ebpf)
+}
+
+/// Automatic blocks outlive generations, but the packet path checks `never_block` only when a
+/// block was made (and for IPv6 networks wider than a `never_block` entry): a policy that now
+/// exempts a blocked source must lift its block here. IPv6 blocks made under another
+/// `ipv6_prefix` would no longer be found by the packet path: they are lifted too, and said.
+fn lift_automatic_blocks_the_policy_exempts(ebpf: &mut Ebpf, policy: &Policy) -> Result<()> {
+    let mut blocks: HashMap<&mut MapData, [u8; 16], AutoBlock> =
+        HashMap::try_from(map_data(ebpf, MAP_AUTO_BLOCK)?)?;
+    let entries: Vec<([u8; 16], AutoBlock)> = blocks.iter().filter_map(Result::ok).collect();
+    let prefix = policy.scan_detection.ipv6_prefix;
+    let (mut exempt, mut rekeyed) = (0, 0);
+    for (key, block) in entries {
+        let address = std::net::Ipv6Addr::from(key);
+        let network = match address.to_ipv4_mapped() {
+            Some(v4) => IpNet::from(std::net::IpAddr::V4(v4)),
+            None if block.prefix_len != prefix => {
+                if blocks.remove(&key).is_ok() {
+                    rekeyed += 1;
+                }
+                continue;
+            }
+            None => IpNet::new(address.into(), prefix).context("an automatic block's prefix")?,
+        };
+        if policy.never_block.iter().any(|keep| keep.contains(&network)) && blocks.remove(&key).is_ok() {
+            exempt += 1;
+        }
+    }
+    if exempt > 0 {
+        info!("lifted {exempt} automatic block(s) of sources the policy's never_block now exempts");
+    }
+    if rekeyed > 0 {
+        warn!("lifted {rekeyed} automatic IPv6 block(s) made under another [scan_detection] ipv6_prefix");
+    }
+    Ok(())
 }
 
 /// Gives the scan detector its random hash key, once per set of shared maps: reloads and

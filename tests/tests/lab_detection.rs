@@ -170,3 +170,27 @@ fn a_udp_scan_right_after_a_tcp_scan_is_reported_too() {
     assert_eq!(udp["source"], CLIENT_V4.to_string());
     assert_eq!(udp["scan_kind"], "udp");
 }
+
+#[test]
+fn a_reload_that_exempts_a_blocked_source_lifts_its_block() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _web = Servers::start(&lab.server, &[80], &[]);
+    let trapping = policy("alert", "deny", 0) + "[trap_ports]\ntcp = [23]\n";
+    let mut pg = Attached::start(&lab.server, &lab.server_if, &trapping, &["--json"]).unwrap();
+    let web = SocketAddr::new(SERVER_V4.into(), 80);
+    assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 23)));
+    pg.wait_for_event(Duration::from_secs(2), |e| e["event"] == "auto_blocked").expect("blocked by the trap");
+    assert!(!tcp_connects(&lab.client, None, web), "blocked");
+    // The operator decides the client must never be blocked, and reloads.
+    let exempting = trapping.replace(
+        "never_block = [\"198.51.100.0/24\"]",
+        &format!("never_block = [\"198.51.100.0/24\", \"{CLIENT_V4}/32\"]"),
+    );
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), exempting).unwrap();
+    let reload = pg.run(&["reload", &pg.iface.clone(), "--policy", file.path().to_str().unwrap()]);
+    assert!(reload.status.success(), "{reload:?}");
+    assert!(tcp_connects(&lab.client, None, web), "never_block lifts the block at once");
+    assert_eq!(pg.stats()["auto_blocks"].as_array().unwrap().len(), 0);
+}

@@ -292,6 +292,8 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
         },
         port_drop_shards: port_drop_shards(cpus),
         v6_source_prefix: u32::from(ipv6_prefix),
+        scan_threshold_ports: policy.scan_detection.threshold,
+        _pad: 0,
     }
 }
 
