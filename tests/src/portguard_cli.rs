@@ -254,3 +254,24 @@ impl Drop for Attached {
         let _ = self.command(&["detach", &self.iface]).output();
     }
 }
+
+/// A web host's policy: SSH and HTTP open, the rest closed (the operations labs' policy).
+pub const WEB_POLICY: &str = r#"
+mode = "enforce"
+default = "deny"
+
+[[allow]]
+proto = "tcp"
+ports = [22, 80]
+"#;
+
+/// A command's standard output, failing the test with both outputs when it failed.
+pub fn succeeded(output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

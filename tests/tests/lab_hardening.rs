@@ -17,27 +17,11 @@ use portguard_tests::{
     unique,
 };
 
-const WEB: &str = r#"
-mode = "enforce"
-default = "deny"
-
-[[allow]]
-proto = "tcp"
-ports = [22, 80]
-"#;
+use portguard_tests::portguard_cli::succeeded as ok;
+const WEB: &str = portguard_tests::portguard_cli::WEB_POLICY;
 
 fn port(port: u16) -> SocketAddr {
     SocketAddr::new(SERVER_V4.into(), port)
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "command failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Waits (at most 10 s) until a connection to `port` succeeds or fails as `wanted`.

@@ -25,27 +25,11 @@ use portguard_tests::{
 };
 use serde_json::Value;
 
-const WEB: &str = r#"
-mode = "enforce"
-default = "deny"
-
-[[allow]]
-proto = "tcp"
-ports = [22, 80]
-"#;
+use portguard_tests::portguard_cli::succeeded as ok;
+const WEB: &str = portguard_tests::portguard_cli::WEB_POLICY;
 
 fn web(v6: bool) -> SocketAddr {
     SocketAddr::new(if v6 { SERVER_V6.into() } else { SERVER_V4.into() }, 80)
-}
-
-fn ok(output: std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "command failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]
