@@ -22,7 +22,6 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -31,9 +30,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{LpmTrie, lpm_trie::Key},
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
-use etherparse::{NetHeaders, PacketHeaders, TcpHeader, TransportHeader};
+use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use portguard::{
     judge::Judge,
     loader::{XDP_PROGRAM, seed_flows},
@@ -44,7 +43,16 @@ use portguard_common::{
     Reason,
     maps::{MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6},
 };
-use portguard_tests::{Attached, Lab, Netns, packets::*, portguard_cli::portguard, run, unique};
+use portguard_tests::{
+    Attached, Lab, Netns,
+    flood::{
+        self, Blast, Bound, CALL, FIRST_CALL_FRAMES, FLOOD_PORT, FLOOD_SOURCE, FLOOD_TARGET, Flood, Hook,
+        LIVE_BATCH, flood_frame, hook_counters, num_cpus,
+    },
+    packets::*,
+    portguard_cli::portguard,
+    run, unique,
+};
 
 const REPEAT: u32 = 200_000;
 const RUNS: usize = 9;
@@ -169,10 +177,6 @@ impl Target {
             self.what, self.unit, self.measured, self.unit, self.bound
         )
     }
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -620,12 +624,7 @@ impl XdpFilter {
 // ---------------------------------------------------------------------------------------------
 // Floods
 
-/// Where the floods come from and go: documentation addresses only. The one source is outside
-/// every prefix examples/edge-host.toml names (checked at run time).
-const FLOOD_SOURCE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 1);
-const FLOOD_TARGET: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
-const FLOOD_PORT: u16 = 445;
-/// The MAC addresses `packets::ethernet` writes, given to the veth ends so that frames the
+/// The MAC addresses of the wire's ends: those `packets::ethernet` writes, so that frames the
 /// XDP program passes are addressed to the receiving host (not dropped as PACKET_OTHERHOST
 /// before any filter of the stack sees them).
 const SENDER_MAC: &str = "02:00:00:00:00:01";
@@ -634,52 +633,6 @@ const RECEIVER_MAC: &str = "02:00:00:00:00:02";
 /// Seconds of flood per cell, and interleaved rounds per cell (the median is reported).
 const CELL: Duration = Duration::from_millis(1500);
 const ROUNDS: usize = 5;
-/// Length of one BPF_PROG_TEST_RUN call of the sender. Each call sets up its own page pool and
-/// swaps the XDP dispatcher (tens of milliseconds), so short calls would measure that setup.
-const CALL: Duration = Duration::from_millis(250);
-/// Frames in the first call, from which the others are sized.
-const FIRST_CALL_FRAMES: u32 = 250_000;
-/// Frames per batch in a live-frames call (the kernel allows up to 256).
-const LIVE_BATCH: u32 = 64;
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Flood {
-    /// SYNs from FLOOD_SOURCE, another source port each.
-    OneSource,
-    /// SYNs from a random source in 2001:db8::/32 each (bits 32-127 random).
-    Spoofed,
-}
-
-impl Flood {
-    const ALL: [Self; 2] = [Self::OneSource, Self::Spoofed];
-
-    fn title(self) -> String {
-        match self {
-            Self::OneSource => format!("one source: {FLOOD_SOURCE}, a new source port each frame"),
-            Self::Spoofed => {
-                "spoofed: a random source in 2001:db8::/32 each frame (bits 32-127 random)".to_string()
-            }
-        }
-    }
-
-    fn program(self) -> &'static str {
-        match self {
-            Self::OneSource => "pg_test_tx_syn6",
-            Self::Spoofed => "pg_test_tx_syn6_spoofed",
-        }
-    }
-}
-
-/// The frame every sender starts from: Ethernet, IPv6, a TCP SYN to tcp/445 with a valid
-/// checksum. The sender programs change the source port (and address) per frame and update
-/// the checksum.
-fn flood_frame() -> Vec<u8> {
-    let mut syn = TcpHeader::new(40000, FLOOD_PORT, 1000, 64240);
-    syn.syn = true;
-    syn.checksum =
-        syn.calc_checksum_ipv6_raw(FLOOD_SOURCE.octets(), FLOOD_TARGET.octets(), &[]).expect("a bare header");
-    frame(&Ip::new(FLOOD_SOURCE.into(), FLOOD_TARGET.into(), TCP), &syn.to_bytes())
-}
 
 /// Runs each sender program on the template, frame after frame (live frames reuse a page the
 /// same way), and checks what it makes: a SYN to [FLOOD_TARGET]:445 with a valid TCP checksum,
@@ -751,47 +704,12 @@ fn check_senders() -> Result<()> {
     Ok(())
 }
 
-/// Frames through the receiver's XDP hook and frames its program dropped, all queues.
-#[derive(Clone, Copy, Default)]
-struct Hook {
-    packets: u64,
-    drops: u64,
-}
-
-fn hook_counters(netns: &Netns, iface: &str) -> Result<Hook> {
-    let stats = netns.exec("ethtool", &["-S", iface])?;
-    let mut hook = Hook::default();
-    for line in String::from_utf8_lossy(&stats.stdout).lines() {
-        let Some((name, value)) = line.trim().split_once(':') else { continue };
-        let Ok(value) = value.trim().parse::<u64>() else { continue };
-        if !name.starts_with("rx_queue_") {
-            continue;
-        }
-        if name.ends_with("_xdp_packets") {
-            hook.packets += value;
-        } else if name.ends_with("_xdp_drops") {
-            hook.drops += value;
-        }
-    }
-    Ok(hook)
-}
-
 /// A sender namespace and a receiver namespace joined by a veth pair with one queue per CPU.
 struct Wire {
     sender: Netns,
     receiver: Netns,
     tx: String,
     rx: String,
-}
-
-/// What the senders did in one flood.
-struct Blast {
-    frames: u64,
-    /// From the start signal until the last sender returned (no frame is in flight outside).
-    seconds: f64,
-    /// The share of that time (on every CPU) the kernel spent in the senders' calls: the rest
-    /// went to the calls' setup and to other processes.
-    in_calls: f64,
 }
 
 /// What one flood through one receiver gave.
@@ -881,55 +799,7 @@ impl Wire {
 
     /// Live-frames senders, one pinned to each CPU, for about `duration`.
     fn blast(&self, flood: Flood, duration: Duration) -> Result<Blast> {
-        let ifindex = {
-            let name = self.tx.clone();
-            self.sender
-                .run(move || nix::net::if_::if_nametoindex(name.as_str()).map_err(anyhow::Error::from))?
-        };
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let go = Arc::new(AtomicBool::new(false));
-        let abort = Arc::new(AtomicBool::new(false));
-        let mut senders = Vec::new();
-        for cpu in 0..num_cpus() {
-            let (ready, go, abort) = (ready_tx.clone(), go.clone(), abort.clone());
-            senders.push(self.sender.spawn(move || -> Result<(u64, Duration)> {
-                let prepared = prepare_sender(cpu, flood);
-                let _ = ready.send(());
-                let waiting = Instant::now();
-                while !go.load(Ordering::Acquire) {
-                    if abort.load(Ordering::Acquire) || waiting.elapsed() > Duration::from_secs(30) {
-                        bail!("the flood did not start");
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                let kit = prepared?;
-                send_for(xdp_of(&kit, flood.program())?, ifindex, duration)
-            }));
-        }
-        for _ in 0..senders.len() {
-            if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-                abort.store(true, Ordering::Release);
-                break;
-            }
-        }
-        go.store(true, Ordering::Release);
-        let started = Instant::now();
-        let threads = senders.len();
-        let (mut frames, mut in_calls) = (0, Duration::ZERO);
-        let mut failure = None;
-        for sender in senders {
-            match sender.join().expect("sender thread") {
-                Ok((sent, busy)) => (frames, in_calls) = (frames + sent, in_calls + busy),
-                Err(error) => failure = Some(error),
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        match failure {
-            Some(error) => Err(error),
-            None => {
-                Ok(Blast { frames, seconds, in_calls: in_calls.as_secs_f64() / (seconds * threads as f64) })
-            }
-        }
+        flood::flood(&self.sender, &self.tx, flood::RECEIVER_MAC, flood, Bound::duration(duration))
     }
 
     /// A plain program on the receiver's XDP hook (native mode).
@@ -991,53 +861,6 @@ impl Wire {
         let elapsed = started.elapsed();
         Ok((counter()? - before) as f64 / elapsed.as_secs_f64())
     }
-}
-
-/// Pins the calling thread to `cpu` and loads the flood's sender program there.
-fn prepare_sender(cpu: usize, flood: Flood) -> Result<Ebpf> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    let mut kit = testkit()?;
-    let tx: &mut Xdp = kit.program_mut(flood.program()).context("sender program")?.try_into()?;
-    tx.load()?;
-    Ok(kit)
-}
-
-/// Transmits the flood from the calling thread until `duration` has passed, in calls of about
-/// CALL each, sized from the rate of the call before. Returns the frames sent and the time the
-/// kernel spent sending (and, on this CPU, receiving) them, without the calls' setup and
-/// without the time other processes had the CPU.
-fn send_for(tx: &Xdp, ifindex: u32, duration: Duration) -> Result<(u64, Duration)> {
-    let frame = flood_frame();
-    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    let mut ctx = [0u8; 24];
-    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-    ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    let deadline = Instant::now() + duration;
-    let mut repeat = FIRST_CALL_FRAMES;
-    let (mut sent, mut in_calls) = (0u64, Duration::ZERO);
-    // Bounded: each call lasts at least a few milliseconds, and the loop ends at the deadline.
-    for _ in 0..10_000 {
-        let call = Instant::now();
-        let result = tx.test_run(TestRunOptions {
-            data_in: Some(&frame),
-            ctx_in: Some(&ctx),
-            repeat,
-            attrs: TestRunAttrs::new().xdp_live_frames(LIVE_BATCH),
-            ..Default::default()
-        })?;
-        sent += u64::from(repeat);
-        // For live frames the kernel reports its time per frame.
-        in_calls += result.duration * repeat;
-        let per_second = f64::from(repeat) / call.elapsed().as_secs_f64();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left < CALL / 4 {
-            break;
-        }
-        repeat = (per_second * left.min(CALL).as_secs_f64()).clamp(10_000.0, f64::from(u32::MAX)) as u32;
-    }
-    Ok((sent, in_calls))
 }
 
 fn nft(netns: &Netns, script: &str) -> Result<()> {
