@@ -381,10 +381,13 @@ pub const RUNTIME_KERNEL: u32 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBudget {
     pub tokens: u32,
-    /// Automatic blocks this CPU may still add (refilled to the policy's
-    /// `[limits] new_blocks_per_second`, divided among CPUs): a spoofed-source flood to a
-    /// trap port cannot fill the block table with forged sources.
-    pub block_tokens: u32,
+    /// Trap-port blocks this CPU may still add, and blocks of detected scanners: each refilled
+    /// to the policy's `[limits] new_blocks_per_second`, divided among CPUs. Apart, so a
+    /// spoofed-source flood to a trap port (one forged packet a block) cannot spend what real
+    /// scanners (many refused ports a block) need.
+    pub trap_block_tokens: u32,
+    pub scan_block_tokens: u32,
+    pub _pad: u32,
     /// Drop events held back for lack of tokens.
     pub suppressed: u64,
 }
@@ -409,7 +412,7 @@ const _: () = assert!(core::mem::size_of::<AutoBlock>() == 32);
 const _: () = assert!(core::mem::size_of::<ManualBlock>() == 16);
 const _: () = assert!(core::mem::size_of::<Runtime>() == 24);
 const _: () = assert!(core::mem::size_of::<ScanKey>() == 24);
-const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

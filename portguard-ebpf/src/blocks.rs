@@ -8,7 +8,7 @@ use portguard_common::{
     config::{FLAG_HAS_NEVER_BLOCK, FLAG_NEVER_BLOCK_INSIDE_V6_NET},
     counters::{OBS_BLOCKS_EXPIRED, OBS_BLOCKS_NOT_ADMITTED},
     events::EventKind,
-    maps::{AutoBlock, ManualBlock, NET_KEY_FIXED_BITS, RUNTIME_KERNEL, RUNTIME_USER, ScanKey},
+    maps::{AutoBlock, CAUSE_TRAP, ManualBlock, NET_KEY_FIXED_BITS, RUNTIME_KERNEL, RUNTIME_USER, ScanKey},
 };
 
 use crate::{
@@ -102,15 +102,17 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
     0
 }
 
-/// Whether this CPU may still add an automatic block this second.
+/// Whether this CPU may still add an automatic block for `cause` this second.
 #[inline(always)]
-pub fn block_token_left() -> bool {
-    PG_EVENT_BUDGET.get(0).is_some_and(|budget| budget.block_tokens != 0)
+pub fn block_token_left(cause: u8) -> bool {
+    PG_EVENT_BUDGET.get(0).is_some_and(|budget| {
+        if cause == CAUSE_TRAP { budget.trap_block_tokens != 0 } else { budget.scan_block_tokens != 0 }
+    })
 }
 
-/// Blocks `net` (a `source_key` address) until `expires_ns`, if this CPU's share of `new_blocks_per_second` allows
-/// (otherwise counts the block as not admitted and returns false): a flood of forged sources
-/// cannot fill the table and push real blocks out.
+/// Blocks `net` (a `source_key` address) until `expires_ns`, if this CPU's share of
+/// `new_blocks_per_second` for `cause` allows (otherwise counts the block as not admitted and
+/// returns false): a flood of forged sources cannot fill the table and push real blocks out.
 #[inline(always)]
 pub fn block(
     net: &[u8; 16],
@@ -124,13 +126,15 @@ pub fn block(
     let Some(budget) = PG_EVENT_BUDGET.get_ptr_mut(0) else {
         return false;
     };
-    unsafe {
-        if (*budget).block_tokens == 0 {
-            counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
-            return false;
-        }
-        (*budget).block_tokens -= 1;
+    // Trap hits and scans spend apart (see `EventBudget`).
+    let tokens = unsafe {
+        if cause == CAUSE_TRAP { &mut (*budget).trap_block_tokens } else { &mut (*budget).scan_block_tokens }
+    };
+    if *tokens == 0 {
+        counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
+        return false;
     }
+    *tokens -= 1;
     let entry = AutoBlock {
         added_ns: now,
         expires_ns,

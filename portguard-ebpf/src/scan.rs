@@ -274,7 +274,10 @@ pub fn report(cfg: &Config, subject: &Subject, outcome: u32) -> u32 {
     let prefix_len = blocks::source_prefix(subject.is_v6, cfg);
     counters::add(OBS_SCANS_DETECTED, 0);
     let dominant = dominant_kind(state);
-    let will_block = cfg.has(FLAG_SCAN_BLOCK) && !blocks::exempt(cfg, subject.src);
+    // Said in the event only if the block can be made: exempt sources are never blocked, and
+    // this second's budget for scan blocks may be spent.
+    let will_block =
+        cfg.has(FLAG_SCAN_BLOCK) && !blocks::exempt(cfg, subject.src) && blocks::block_token_left(cause);
     let subject = Subject { src: &key.addr, ..*subject };
     let Some(details) = events::draft() else {
         return 0;

@@ -236,7 +236,7 @@ fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
     details.prefix_len = prefix_len;
     // A flood of trap hits (forged sources, most likely) spends this second's blocks first:
     // past that, nothing more is looked up for it.
-    if !blocks::block_token_left() {
+    if !blocks::block_token_left(CAUSE_TRAP) {
         counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
         return false;
     }

@@ -11,7 +11,8 @@ use portguard_common::maps::EventBudget;
 pub struct Grants {
     /// Drop events per CPU.
     pub drop_events: u32,
-    /// Automatic blocks, over all CPUs (shared out among them).
+    /// Automatic blocks, over all CPUs (shared out among them), for trap ports and for
+    /// detected scans each.
     pub new_blocks: u32,
 }
 
@@ -40,8 +41,15 @@ pub fn refill_budget<T: std::borrow::BorrowMut<MapData>>(
 ) -> Result<()> {
     let current = budget.get(&0, 0)?;
     let block_tokens = grants.new_blocks.div_ceil(current.len().max(1) as u32);
-    let values: Vec<EventBudget> =
-        current.iter().map(|v| EventBudget { tokens: grants.drop_events, block_tokens, ..*v }).collect();
+    let values: Vec<EventBudget> = current
+        .iter()
+        .map(|v| EventBudget {
+            tokens: grants.drop_events,
+            trap_block_tokens: block_tokens,
+            scan_block_tokens: block_tokens,
+            ..*v
+        })
+        .collect();
     budget.set(0, aya::maps::PerCpuValues::try_from(values)?, 0)?;
     Ok(())
 }

@@ -368,7 +368,12 @@ fn a_flood_is_counted_and_scan_and_block_events_all_arrive() {
     );
     assert!(reached >= queued && reached <= queued + 10_000, "{reached} of {queued} queued frames judged");
     assert!(reached >= blast.frames / 10, "only {reached} of {} frames reached the server", blast.frames);
-    assert!(judged >= reached && judged <= reached + 10_000, "portguard judged {judged} of {reached} frames");
+    // The two counters are read one after the other: a stray packet (neighbour discovery, a
+    // retransmission) may arrive in between, in either order.
+    assert!(
+        judged + 100 >= reached && judged <= reached + 10_000,
+        "portguard judged {judged} of {reached} frames"
+    );
     assert!(
         dropped >= hook_drops && dropped <= hook_drops + 1_000,
         "portguard dropped {dropped}, the hook {hook_drops}"
@@ -397,7 +402,6 @@ fn a_flood_is_counted_and_scan_and_block_events_all_arrive() {
 /// whole `new_blocks_per_second` within the first milliseconds of each second, so a real
 /// scanner detected under such a flood is reported but not blocked.
 #[test]
-#[ignore = "fails today: a spoofed flood to a trap port spends the new-block budget before real scanners"]
 fn a_scanner_is_blocked_during_a_spoofed_flood_to_a_trap_port() {
     require_root!();
     let lab = Lab::new().unwrap();
