@@ -25,12 +25,27 @@ use nix::sched::{CloneFlags, setns};
 
 pub use portguard_cli::Attached;
 
-/// Skips the calling test (with the reason printed) unless it runs as root.
+/// Set by `cargo xtask test` (and implied by `CI=true`): a test that cannot run fails.
+pub const MUST_RUN_ENV: &str = "PORTGUARD_TESTS_MUST_RUN";
+
+/// Whether a test that cannot run here must fail instead of returning early.
+pub fn must_run() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var_os(MUST_RUN_ENV).is_some()
+}
+
+/// Ends the calling test unless it runs as root: with a failure under `CI=true` or
+/// `cargo xtask test` (a test that passes without running proves nothing), otherwise with the
+/// reason printed, so a plain unprivileged `cargo test` stays usable.
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: this test needs root (network namespaces, XDP); CI runs it as root");
+            if $crate::must_run() {
+                panic!("this test needs root (network namespaces, XDP, BPF_PROG_TEST_RUN) and did not run");
+            }
+            eprintln!(
+                "NOT RUN: this test needs root (network namespaces, XDP); `sudo -E cargo xtask test` runs it"
+            );
             return;
         }
     };

@@ -273,10 +273,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn kernel_and_model_agree() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: this test needs root (BPF_PROG_TEST_RUN); CI runs it as root");
-        return;
-    }
+    portguard_tests::require_root!();
     let mut runner = proptest::test_runner::TestRunner::new(config());
     let strategy = (policy_text(), prop::collection::vec(frame(), FRAMES_PER_POLICY));
     let result = runner.run(&strategy, |(policy, frames)| agree(&policy, &frames));

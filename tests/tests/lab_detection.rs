@@ -83,7 +83,11 @@ fn the_hosts_own_client_connections_never_get_the_server_blocked() {
         "the host's own resets were taken for a scan: {events:#?}"
     );
     let stats = pg.stats();
-    assert!(stats["observations"]["refusals_own_flows"].as_u64().unwrap() >= 60, "{stats}");
+    // Most closes send a RST (a few find the connection already reset by the upstream, whose
+    // server closes first): well over the threshold, every one on the host's own flows.
+    let own = stats["observations"]["refusals_own_flows"].as_u64().unwrap();
+    assert!(own >= 40, "{stats}");
+    assert_eq!(own, stats["observations"]["refusals_sent"].as_u64().unwrap(), "{stats}");
     assert_eq!(stats["observations"]["scans_detected"], 0, "{stats}");
     assert!(tcp_connects(&lab.server, None, upstream), "the upstream is still reachable");
 }
