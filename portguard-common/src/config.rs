@@ -84,7 +84,10 @@ pub struct Config {
     /// The short window's threshold in ports, counted exactly when it is at most
     /// `SCAN_EXACT_PORTS`; above that, `scan_threshold_bits` decides.
     pub scan_threshold_ports: u32,
-    pub _pad: u32,
+    /// 64 minus log2 of `PG_BL6_FILTER`'s bits (see `maps::bl6_filter_slot`).
+    pub bl6_filter_shift: u32,
+    /// `bl6_prefix_lens` as masks over an address's words (`maps::prefix_mask_words`).
+    pub bl6_masks: [[u64; 2]; MAX_BL6_PREFIX_LENS],
 }
 
 impl Config {
@@ -106,7 +109,8 @@ impl Config {
             port_drop_shards: 1,
             v6_source_prefix: 128,
             scan_threshold_ports: 0,
-            _pad: 0,
+            bl6_filter_shift: 64 - crate::maps::BL6_FILTER_MIN_LOG2,
+            bl6_masks: [[0; 2]; MAX_BL6_PREFIX_LENS],
         }
     }
 
@@ -122,7 +126,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 120);
+const _: () = assert!(core::mem::size_of::<Config>() == 120 + 16 * MAX_BL6_PREFIX_LENS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

@@ -212,13 +212,82 @@ pub const fn prefix_masks(len: u32) -> (u64, u64) {
     (hi, lo)
 }
 
-#[repr(C)]
+/// Aligned, with the address first, so the packet path builds it from two words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Bl6Key {
-    pub prefix_len: u8,
-    pub _pad: [u8; 3],
     /// The address with every bit past `prefix_len` cleared.
     pub addr: [u8; 16],
+    pub prefix_len: u32,
+    pub _pad: u32,
+}
+
+impl Bl6Key {
+    pub fn new(addr: [u8; 16], prefix_len: u8) -> Self {
+        Self { addr, prefix_len: prefix_len as u32, _pad: 0 }
+    }
+
+    /// From an address's words (`addr_words`): two word stores, not sixteen byte stores.
+    #[inline(always)]
+    pub fn from_words(words: [u64; 2], prefix_len: u32) -> Self {
+        #[repr(C, align(8))]
+        struct Words {
+            addr: [u64; 2],
+            prefix_len: u32,
+            _pad: u32,
+        }
+        // SAFETY: same size, alignment and field offsets; every bit pattern is a valid key.
+        unsafe { core::mem::transmute(Words { addr: words, prefix_len, _pad: 0 }) }
+    }
+}
+
+/// An address's 16 bytes as two words in memory order (native-endian loads of bytes 0-7 and
+/// 8-15): how the packet path holds addresses, and so what the IPv6 blocklist's pre-filter
+/// hashes.
+#[inline(always)]
+pub const fn addr_words(addr: &[u8; 16]) -> [u64; 2] {
+    let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *addr;
+    [u64::from_ne_bytes([a, b, c, d, e, f, g, h]), u64::from_ne_bytes([i, j, k, l, m, n, o, p])]
+}
+
+/// `LpmTrie`-free pre-filter of the IPv6 blocklist (`Array<u64>`, a bit per slot): a listed
+/// prefix sets the bit `bl6_filter_slot` picks for it, so a source whose prefixes hit no set
+/// bit (nearly every source not listed) skips the hash lookups. A collision only costs the
+/// lookup the filter would have spared.
+pub const MAP_BL6_FILTER: &str = "PG_BL6_FILTER";
+/// Filter bits per listed prefix (about 6% of unlisted sources pass to the hash lookup when
+/// the list is full), within these bounds (8 KiB to 2 MiB).
+pub const BL6_FILTER_BITS_PER_PREFIX: u64 = 16;
+pub const BL6_FILTER_MIN_LOG2: u32 = 16;
+pub const BL6_FILTER_MAX_LOG2: u32 = 24;
+
+/// The filter's size, as log2 of its bits, for `prefixes` listed prefixes.
+pub const fn bl6_filter_log2(prefixes: u64) -> u32 {
+    let wanted = prefixes.saturating_mul(BL6_FILTER_BITS_PER_PREFIX);
+    let mut log2 = BL6_FILTER_MIN_LOG2;
+    while log2 < BL6_FILTER_MAX_LOG2 && (1u64 << log2) < wanted {
+        log2 += 1;
+    }
+    log2
+}
+
+/// The filter word and bit for a masked prefix (`words`, see `addr_words`) of length
+/// `prefix_len`; `shift` is 64 minus the filter's log2 bits (`Config::bl6_filter_shift`).
+/// Multiply-shift hashing: a few instructions, no lookup.
+#[inline(always)]
+pub const fn bl6_filter_slot(words: [u64; 2], prefix_len: u32, shift: u32) -> (u32, u64) {
+    let mixed = words[0].wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ words[1].wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ (prefix_len as u64).wrapping_mul(0x1656_67b1_9e37_79f9);
+    let bit = mixed.wrapping_mul(0xff51_afd7_ed55_8ccd) >> shift;
+    ((bit >> 6) as u32, 1u64 << (bit & 63))
+}
+
+/// `prefix_masks` as the packet path applies them: to an address's words in memory order.
+#[inline(always)]
+pub const fn prefix_mask_words(len: u32) -> [u64; 2] {
+    let (hi, lo) = prefix_masks(len);
+    [u64::from_ne_bytes(hi.to_be_bytes()), u64::from_ne_bytes(lo.to_be_bytes())]
 }
 
 /// A flow as seen from this host: `remote` is the peer, `local` this host.
@@ -402,7 +471,7 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 
 const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
 const _: () = assert!(core::mem::size_of::<SrcAllowKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Bl6Key>() == 20);
+const _: () = assert!(core::mem::size_of::<Bl6Key>() == 24);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 17);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FragKey>() == 40);

@@ -3,24 +3,25 @@
 //! - IPv4: one array read of the source's /16 (blocked whole, nothing listed in it, or where
 //!   its ranges are), then a binary search over that /16's sorted ranges: at most 16 steps,
 //!   about log2 of what is listed in the /16, and 4 bytes per range however long it is.
-//! - IPv6: one hash lookup per distinct prefix length in the policy, longest first.
+//! - IPv6: per distinct prefix length in the policy, longest first, a bit of a pre-filter,
+//!   and a hash lookup only when that bit is set.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config,
     config::{FLAG_HAS_BLOCKLIST4, FLAG_HAS_BLOCKLIST6, MAX_BL6_PREFIX_LENS},
-    maps::{BL4_WHOLE, Bl6Key, NET_KEY_FIXED_BITS, NetKey, family_of, prefix_masks},
+    maps::{BL4_WHOLE, Bl6Key, NET_KEY_FIXED_BITS, NetKey, bl6_filter_slot, family_of},
 };
 
 use crate::{
-    maps::{PG_BL4_INDEX, PG_BL4_RANGES, PG_BL6, PG_NEVER_BLOCK},
+    maps::{PG_BL4_INDEX, PG_BL4_RANGES, PG_BL6, PG_BL6_FILTER, PG_NEVER_BLOCK},
     parse::Packet,
 };
 
 #[inline(always)]
 pub fn in_policy_blocklist(packet: &Packet, cfg: &Config) -> bool {
     if packet.is_v6 {
-        cfg.has(FLAG_HAS_BLOCKLIST6) && v6_blocked(&packet.src, cfg)
+        cfg.has(FLAG_HAS_BLOCKLIST6) && v6_blocked(packet, cfg)
     } else {
         cfg.has(FLAG_HAS_BLOCKLIST4) && v4_blocked(packet.src4)
     }
@@ -60,21 +61,24 @@ fn in_ranges(entry: u64, low: u32) -> u32 {
     }
 }
 
+/// For each listed prefix length, longest first: the filter bit for the source cut to that
+/// length, and only when it is set, the hash lookup.
 #[inline(always)]
-fn v6_blocked(src: &[u8; 16], cfg: &Config) -> bool {
-    let hi = u64::from_be_bytes([src[0], src[1], src[2], src[3], src[4], src[5], src[6], src[7]]);
-    let lo = u64::from_be_bytes([src[8], src[9], src[10], src[11], src[12], src[13], src[14], src[15]]);
+fn v6_blocked(packet: &Packet, cfg: &Config) -> bool {
+    let [hi, lo] = packet.src_words();
     for i in 0..MAX_BL6_PREFIX_LENS {
         if i as u32 >= cfg.bl6_prefix_count {
             break;
         }
-        let len = cfg.bl6_prefix_lens[i] as u32;
-        let (hi_mask, lo_mask) = prefix_masks(len);
-        let mut addr = [0u8; 16];
-        addr[..8].copy_from_slice(&(hi & hi_mask).to_be_bytes());
-        addr[8..].copy_from_slice(&(lo & lo_mask).to_be_bytes());
-        let key = Bl6Key { prefix_len: len as u8, _pad: [0; 3], addr };
-        if unsafe { PG_BL6.get(key) }.is_some() {
+        let [mask_hi, mask_lo] = cfg.bl6_masks[i];
+        let words = [hi & mask_hi, lo & mask_lo];
+        let prefix_len = cfg.bl6_prefix_lens[i] as u32;
+        let (word, bit) = bl6_filter_slot(words, prefix_len, cfg.bl6_filter_shift);
+        if PG_BL6_FILTER.get(word).is_none_or(|bits| bits & bit == 0) {
+            continue;
+        }
+        let key = Bl6Key::from_words(words, prefix_len);
+        if unsafe { PG_BL6.get(&key) }.is_some() {
             return true;
         }
     }

@@ -15,6 +15,7 @@ use crate::{
     blocklist, counters,
     events::{self, Details, Subject},
     maps::{PG_AUTO_BLOCK, PG_EVENT_BUDGET, PG_MANUAL, PG_RUNTIME, PG_SOURCE_KEY},
+    mem,
     time::now_ns,
 };
 
@@ -33,13 +34,15 @@ pub fn source_key(src: &[u8; 16], is_v6: bool, proto: u8, cfg: &Config) -> Optio
     let key = PG_SOURCE_KEY.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot; XDP and TC egress do not interleave on one CPU.
     let key = unsafe { &mut *key };
-    if is_v6 {
-        for i in 0..16 {
-            key.addr[i] = src[i] & cfg.v6_source_mask[i];
-        }
+    let [hi, lo] = mem::addr_words(src);
+    let words = if is_v6 {
+        let [mask_hi, mask_lo] = mem::addr_words(&cfg.v6_source_mask);
+        [hi & mask_hi, lo & mask_lo]
     } else {
-        key.addr = *src;
-    }
+        [hi, lo]
+    };
+    // SAFETY: `ScanKey` is 8-aligned and starts with the address.
+    unsafe { *(key.addr.as_mut_ptr() as *mut [u64; 2]) = words };
     key.proto = proto;
     Some(key)
 }

@@ -10,6 +10,7 @@ pub use crate::types::{Details, Subject};
 use crate::{
     counters,
     maps::{PG_EVENT_BUDGET, PG_EVENT_DRAFT, PG_EVENTS},
+    mem,
     time::now_ns,
 };
 
@@ -17,11 +18,11 @@ use crate::{
 /// in map memory, because the BPF stack is 512 bytes for the whole chain.
 #[inline(always)]
 pub fn draft() -> Option<&'static mut Details> {
+    // This CPU's slot; XDP and TC egress do not interleave on one CPU.
     let details = PG_EVENT_DRAFT.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot; XDP and TC egress do not interleave on one CPU.
-    let details = unsafe { &mut *details };
-    *details = Details::default();
-    Some(details)
+    mem::zero_words(details as *mut u64, core::mem::size_of::<Details>() / 8);
+    // SAFETY: this CPU's slot, zeroed: every field's valid value.
+    Some(unsafe { &mut *details })
 }
 
 /// A BPF-to-BPF call: emitted from several places, verified and stored once each.

@@ -4,9 +4,11 @@
 #![no_main]
 // Atomic add on the shared per-port table (see counters.rs).
 #![feature(core_intrinsics)]
+// Wide reads of packet bytes at any offset (see `mem.rs`).
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
-// Layered, each module using only those listed above it: leaves (time, hash, types, parse),
+// Layered, each module using only those listed above it: leaves (time, hash, types, mem, parse),
 // maps, then counting and events, lookups, detection, and the two paths.
 mod blocklist;
 mod blocks;
@@ -16,6 +18,7 @@ mod events;
 mod flows;
 mod hash;
 mod maps;
+mod mem;
 mod opaque;
 mod parse;
 mod scan;

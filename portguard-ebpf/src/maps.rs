@@ -32,6 +32,10 @@ pub static PG_BL4_RANGES: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static PG_BL6: HashMap<Bl6Key, u8> = HashMap::with_max_entries(1, 0);
 
+/// See `portguard_common::maps::MAP_BL6_FILTER`; sized by the loader.
+#[map]
+pub static PG_BL6_FILTER: Array<u64> = Array::with_max_entries(1024, 0);
+
 #[map]
 pub static PG_NEVER_BLOCK: LpmTrie<NetKey, u8> = LpmTrie::with_max_entries(1, 0);
 

@@ -33,6 +33,7 @@ use crate::{
     events::{self, Subject},
     hash,
     maps::{PG_RUNTIME, PG_SCAN, PG_SCAN_ADMIT, PG_SCAN_TEMPLATE},
+    mem,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG},
     time::now_ns,
 };
@@ -141,7 +142,7 @@ fn state_of(key: &ScanKey, now: u64, admitted_now: bool) -> Option<*mut ScanStat
     }
     // Built in a per-CPU scratch slot: 184 bytes do not fit on the stack beside the parser.
     let fresh = PG_SCAN_TEMPLATE.get_ptr_mut(0)?;
-    zero(fresh as *mut u64, core::mem::size_of::<ScanState>() / 8);
+    mem::zero_words(fresh as *mut u64, core::mem::size_of::<ScanState>() / 8);
     unsafe {
         (*fresh).window_start_ns = now;
         (*fresh).slow_start_ns = now;
@@ -157,7 +158,7 @@ fn state_of(key: &ScanKey, now: u64, admitted_now: bool) -> Option<*mut ScanStat
 #[inline(always)]
 fn roll_windows(state: &mut ScanState, cfg: &Config, now: u64) {
     if now.wrapping_sub(state.window_start_ns) >= cfg.scan_window_ns {
-        zero(state.ports.as_mut_ptr(), 8);
+        mem::zero_words(state.ports.as_mut_ptr(), 8);
         state.bits = 0;
         state.exact = 0;
         state.kinds = [0; SCAN_KINDS];
@@ -165,7 +166,7 @@ fn roll_windows(state: &mut ScanState, cfg: &Config, now: u64) {
         state.window_start_ns = now;
     }
     if cfg.slow_threshold_bits != 0 && now.wrapping_sub(state.slow_start_ns) >= cfg.slow_window_ns {
-        zero(state.slow_ports.as_mut_ptr(), 8);
+        mem::zero_words(state.slow_ports.as_mut_ptr(), 8);
         state.slow_bits = 0;
         state.alerted &= !ALERTED_SLOW;
         state.slow_start_ns = now;
@@ -317,13 +318,4 @@ fn dominant_kind(state: &ScanState) -> u8 {
         }
     }
     best as u8
-}
-
-/// Zeroes `words` u64s. Volatile stores, because LLVM would otherwise emit a byte-wise `memset`
-/// loop that the verifier walks once per byte on every path.
-#[inline(always)]
-fn zero(words: *mut u64, count: usize) {
-    for i in 0..count {
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
 }

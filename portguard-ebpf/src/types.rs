@@ -51,8 +51,10 @@ pub struct Subject<'a> {
 }
 
 /// Details that depend on the kind of event (plain values: the verifier loses track of
-/// pointers passed through a struct to a BPF-to-BPF call).
+/// pointers passed through a struct to a BPF-to-BPF call). Whole words, so `events::draft`
+/// zeroes it word by word.
 #[derive(Clone, Copy, Default)]
+#[repr(C, align(8))]
 pub struct Details {
     pub reason: u8,
     pub scan_kind: u8,

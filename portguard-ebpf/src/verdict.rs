@@ -226,6 +226,12 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
 /// its own: its event details stay off the entry point's stack.
 #[inline(never)]
 fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
+    // A flood of trap hits (forged sources, most likely) spends this second's blocks first:
+    // past that, nothing more is looked up or written for it.
+    if !blocks::block_token_left(CAUSE_TRAP) {
+        counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
+        return false;
+    }
     let prefix_len = blocks::source_prefix(packet.is_v6, cfg);
     let Some(details) = events::draft() else {
         return false;
@@ -234,12 +240,6 @@ fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
     details.scan_kind = scan::kind_of(packet) as u8;
     details.count = 1;
     details.prefix_len = prefix_len;
-    // A flood of trap hits (forged sources, most likely) spends this second's blocks first:
-    // past that, nothing more is looked up for it.
-    if !blocks::block_token_left(CAUSE_TRAP) {
-        counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
-        return false;
-    }
     if blocks::exempt(cfg, &packet.src) {
         if events::drop_event_allowed() {
             events::emit(EventKind::TrapHit, subject, details);

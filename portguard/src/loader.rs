@@ -25,10 +25,10 @@ use aya::{
 use ipnet::IpNet;
 use log::{info, warn};
 use portguard_common::maps::{
-    AutoBlock, Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6, MAP_EVENT_BUDGET,
-    MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS, MAP_PORTS, MAP_RUNTIME,
-    MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, Runtime, SHARED_MAPS,
-    SrcAllowKey,
+    AutoBlock, Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER,
+    MAP_EVENT_BUDGET, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS,
+    MAP_PORTS, MAP_RUNTIME, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, Runtime,
+    SHARED_MAPS, SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +92,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         .map_max_entries(MAP_SRC_ALLOW, size(image.src_allow.len()))
         .map_max_entries(MAP_BL4_RANGES, size(image.bl4_ranges.len()))
         .map_max_entries(MAP_BL6, size(image.bl6.len()))
+        .map_max_entries(MAP_BL6_FILTER, 1 << (64 - image.config.bl6_filter_shift - 6))
         .map_max_entries(MAP_NEVER_BLOCK, size(image.never_block.len()))
         .map_max_entries(MAP_FLOWS, limits.flows)
         .map_max_entries(MAP_FRAGS, limits.fragments)
@@ -244,6 +245,12 @@ fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
     for key in &image.bl6 {
         bl6.insert(key, 1, 0).context(MAP_BL6)?;
         bar.inc(1);
+    }
+    // After the keys, so a set bit never points at a missing key (a miss would only cost a
+    // lookup, but the program is not attached yet anyway).
+    let mut filter: Array<&mut MapData, u64> = Array::try_from(map_data(ebpf, MAP_BL6_FILTER)?)?;
+    for (word, bits) in &image.bl6_filter {
+        filter.set(*word, bits, 0).context(MAP_BL6_FILTER)?;
     }
     bar.finish_and_clear();
     let mut never: LpmTrie<&mut MapData, NetKey, u8> = LpmTrie::try_from(map_data(ebpf, MAP_NEVER_BLOCK)?)?;

@@ -10,8 +10,9 @@ use portguard_common::{
     config::*,
     maps::{
         BL4_WHOLE, Bl6Key, FAMILY_V4, FAMILY_V6, NET_KEY_FIXED_BITS, NetKey, PORT_ALLOW, PORT_ALLOW_FROM,
-        PORT_DENY, PORT_FLAG_TRAP, PortRule, SCAN_PORT_BITS, SRC_ALLOW_FIXED_BITS, SrcAllowKey,
-        bl4_index_entry, bl4_range, port_drop_shards, port_index, prefix_masks, v4_mapped,
+        PORT_DENY, PORT_FLAG_TRAP, PortRule, SCAN_PORT_BITS, SRC_ALLOW_FIXED_BITS, SrcAllowKey, addr_words,
+        bl4_index_entry, bl4_range, bl6_filter_log2, bl6_filter_slot, port_drop_shards, port_index,
+        prefix_mask_words, prefix_masks, v4_mapped,
     },
 };
 
@@ -32,6 +33,8 @@ pub struct MapImage {
     pub bl4_ranges: Vec<u32>,
     /// `PG_BL6` keys.
     pub bl6: BTreeSet<Bl6Key>,
+    /// `PG_BL6_FILTER` words that are not zero (its size is in `config.bl6_filter_shift`).
+    pub bl6_filter: BTreeMap<u32, u64>,
     /// `PG_NEVER_BLOCK`: (prefix length, key).
     pub never_block: Vec<(u32, NetKey)>,
 }
@@ -175,8 +178,13 @@ fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
     reduce_v6_lengths(&mut v6_by_len)?;
     for (len, prefixes) in v6_by_len {
         for prefix in prefixes {
-            image.bl6.insert(Bl6Key { prefix_len: len, _pad: [0; 3], addr: prefix.to_be_bytes() });
+            image.bl6.insert(Bl6Key::new(prefix.to_be_bytes(), len));
         }
+    }
+    let shift = 64 - bl6_filter_log2(image.bl6.len() as u64);
+    for key in &image.bl6 {
+        let (word, bit) = bl6_filter_slot(addr_words(&key.addr), key.prefix_len, shift);
+        *image.bl6_filter.entry(word).or_default() |= bit;
     }
     Ok(())
 }
@@ -264,11 +272,15 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
         FLAG_NEVER_BLOCK_INSIDE_V6_NET,
     );
 
-    let mut lengths: Vec<u8> = image.bl6.iter().map(|k| k.prefix_len).collect();
+    let mut lengths: Vec<u8> = image.bl6.iter().map(|k| k.prefix_len as u8).collect();
     lengths.sort_unstable_by(|a, b| b.cmp(a));
     lengths.dedup();
     let mut bl6_prefix_lens = [0u8; MAX_BL6_PREFIX_LENS];
     bl6_prefix_lens[..lengths.len()].copy_from_slice(&lengths);
+    let mut bl6_masks = [[0u64; 2]; MAX_BL6_PREFIX_LENS];
+    for (mask, len) in bl6_masks.iter_mut().zip(&lengths) {
+        *mask = prefix_mask_words(u32::from(*len));
+    }
 
     Config {
         flags,
@@ -293,7 +305,8 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
         port_drop_shards: port_drop_shards(cpus),
         v6_source_prefix: u32::from(ipv6_prefix),
         scan_threshold_ports: policy.scan_detection.threshold,
-        _pad: 0,
+        bl6_filter_shift: 64 - bl6_filter_log2(image.bl6.len() as u64),
+        bl6_masks,
     }
 }
 
@@ -350,6 +363,38 @@ mod tests {
     fn image(text: &str) -> MapImage {
         let loaded = parse(text, Path::new("test.toml"), LoadOptions::default()).unwrap();
         compile(&loaded.policy, 1).unwrap()
+    }
+
+    /// The IPv6 blocklist's pre-filter has the bit of every listed prefix, is sized from the
+    /// list, and lets few unlisted sources through to the hash lookup.
+    #[test]
+    fn ipv6_prefilter_holds_every_listed_prefix_and_few_others() {
+        let listed: Vec<String> =
+            (0..2000u32).map(|i| format!("\"2001:db8:{:x}:{:x}::/64\"", i >> 8, i & 0xff)).collect();
+        let image =
+            image(&format!("[blocklist]\nsources = [{}, \"2001:db8:ff00::/40\"]\n", listed.join(", ")));
+        let shift = image.config.bl6_filter_shift;
+        assert_eq!(64 - shift, bl6_filter_log2(image.bl6.len() as u64));
+        let is_set = |words: [u64; 2], len: u32| {
+            let (word, bit) = bl6_filter_slot(words, len, shift);
+            image.bl6_filter.get(&word).is_some_and(|bits| bits & bit != 0)
+        };
+        for key in &image.bl6 {
+            assert!(is_set(addr_words(&key.addr), key.prefix_len), "{key:?} missing from the filter");
+        }
+        // Unlisted /64s (outside 2001:db8::/32), probed at both listed lengths as the kernel does.
+        let mut passed = 0;
+        for i in 0..10_000u64 {
+            let addr = ((0x2001_0db9_u128 << 96) | (u128::from(i) << 64)).to_be_bytes();
+            for (slot, len) in
+                image.config.bl6_prefix_lens[..image.config.bl6_prefix_count as usize].iter().enumerate()
+            {
+                let [hi, lo] = addr_words(&addr);
+                let [mask_hi, mask_lo] = image.config.bl6_masks[slot];
+                passed += usize::from(is_set([hi & mask_hi, lo & mask_lo], u32::from(*len)));
+            }
+        }
+        assert!(passed < 2_000, "{passed} of 20000 unlisted probes passed the filter");
     }
 
     #[test]

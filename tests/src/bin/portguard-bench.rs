@@ -1107,6 +1107,37 @@ impl Receiver {
     }
 }
 
+/// For working on the datapath: PORTGUARD_BENCH_PROBE=ScanOff (a `Row` name) floods that one
+/// receiver with each flood for PORTGUARD_BENCH_PROBE_SECS (default 10), printing the rates and
+/// nothing to the report, long enough to profile it (`perf record -a`, `bpftool prog profile`).
+fn probe(name: &str, edge_host: &EdgeHost) -> Result<()> {
+    let row = Row::ALL
+        .into_iter()
+        .find(|row| format!("{row:?}").eq_ignore_ascii_case(name))
+        .with_context(|| format!("PORTGUARD_BENCH_PROBE={name}: not one of {:?}", Row::ALL))?;
+    let secs: f64 =
+        std::env::var("PORTGUARD_BENCH_PROBE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
+    let wire = Wire::new()?;
+    let mut receiver = Receiver::set_up(row, &wire, edge_host)?;
+    for flood in Flood::ALL {
+        eprintln!("  probing {}: {flood:?} for {secs} s", row.name());
+        let (hook_before, dropped_before) = (wire.hook()?, receiver.dropped(&wire)?);
+        let blast = wire.blast(flood, Duration::from_secs_f64(secs))?;
+        let (hook_after, dropped_after) = (wire.hook()?, receiver.dropped(&wire)?);
+        receiver.drain();
+        let dropped = dropped_after.zip(dropped_before).map(|(a, b)| a - b);
+        eprintln!(
+            "    {:.2} Mpps dropped ({:?} by its count), {:.2} Mpps at the hook, {:.2} Mpps sent, senders in calls {:.0}%",
+            dropped.unwrap_or(0) as f64 / blast.seconds / 1e6,
+            dropped,
+            (hook_after.packets - hook_before.packets) as f64 / blast.seconds / 1e6,
+            blast.frames as f64 / blast.seconds / 1e6,
+            blast.in_calls * 100.0
+        );
+    }
+    Ok(())
+}
+
 /// The idle share of all CPUs a receiver waits for before it is measured.
 const QUIET: f64 = 0.9;
 
@@ -1149,6 +1180,9 @@ fn median(cells: &[Cell]) -> Cell {
 fn throughput(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     check_senders()?;
     let edge_host = EdgeHost::read()?;
+    if let Ok(row) = std::env::var("PORTGUARD_BENCH_PROBE") {
+        return probe(&row, &edge_host);
+    }
     let rows: Vec<Row> = Row::ALL.into_iter().filter(|r| r.available()).collect();
     for row in Row::ALL.iter().filter(|r| !rows.contains(r)) {
         eprintln!("  not measured (tool missing): {}", row.name());
