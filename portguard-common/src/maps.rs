@@ -327,8 +327,11 @@ pub struct FragVerdict {
 /// `ScanState`).
 pub const SCAN_PORT_BITS: u32 = 512;
 
-/// Slots of the per-CPU admission table in front of `PG_SCAN` (a power of two).
-pub const SCAN_ADMIT_SLOTS: u32 = 1 << 16;
+/// Slots of the per-CPU admission table in front of `PG_SCAN` (a power of two). 32 KiB, the
+/// largest per-CPU map value, as one value: one cache line per lookup, in memory that stays
+/// in the CPU's cache (65536 one-slot values cost two cache misses per refused attempt under a
+/// spoofed flood: the value pointer, then the value).
+pub const SCAN_ADMIT_SLOTS: u32 = 1 << 12;
 
 /// `ScanState::alerted` bits: a scan was reported in the current short window, or in the
 /// current long (slow-scan) window.

@@ -102,7 +102,7 @@ pub static PG_EVENT_DRAFT: PerCpuArray<crate::types::Details> = PerCpuArray::wit
 /// First failures per source, this CPU's (see `scan.rs`): a keyed-hash-indexed slot per source,
 /// overwritten by whichever source comes next. Per CPU, so a flood writes no shared line.
 #[map]
-pub static PG_SCAN_ADMIT: PerCpuArray<u64> = PerCpuArray::with_max_entries(SCAN_ADMIT_SLOTS, 0);
+pub static PG_SCAN_ADMIT: PerCpuArray<[u64; SCAN_ADMIT_SLOTS as usize]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drop events this CPU may still send (refilled by the loader; shared, pinned).
 #[map]

@@ -84,18 +84,20 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
         return REPORT;
     };
     let hash = hash::source(&runtime.scan_key, key);
-    let Some(slot) = PG_SCAN_ADMIT.get_ptr_mut((hash as u32) & (SCAN_ADMIT_SLOTS - 1)) else {
+    let Some(table) = PG_SCAN_ADMIT.get_ptr_mut(0) else {
         return REPORT;
     };
+    // SAFETY: this CPU's table; the mask keeps the index inside it.
+    let slot = unsafe { &mut (*table)[(hash as usize) & (SCAN_ADMIT_SLOTS as usize - 1)] };
     let port = subject.dport;
     let now = now_ns();
     // About a second (2^30 ns), modulo 2^14: enough to tell "this second" from "before".
     let second = ((now >> 30) << SLOT_SECOND_SHIFT) & SLOT_SECOND_MASK;
     let fingerprint = hash & 0xffff_ffff_0000_0000;
-    let seen = unsafe { *slot };
+    let seen = *slot;
     if seen & SLOT_USED == 0 || seen & 0xffff_ffff_0000_0000 != fingerprint {
         // First failure seen here: remember the port, keep no state.
-        unsafe { *slot = fingerprint | ((port as u64) << 16) | second | SLOT_USED };
+        *slot = fingerprint | ((port as u64) << 16) | second | SLOT_USED;
         return REPORT;
     }
     let first_port = (seen >> 16) as u16;
@@ -106,10 +108,10 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
             if seen & SLOT_SECOND_MASK == second {
                 return 0;
             }
-            unsafe { *slot = (seen & !SLOT_SECOND_MASK) | second };
+            *slot = (seen & !SLOT_SECOND_MASK) | second;
             return REPORT;
         }
-        unsafe { *slot = seen | SLOT_ADMITTED };
+        *slot = seen | SLOT_ADMITTED;
     }
     let admitted_now = seen & SLOT_ADMITTED == 0;
     let Some(state) = state_of(key, now, admitted_now) else {
