@@ -214,36 +214,49 @@ impl Lab {
         let server = Netns::new("srv")?;
         let client_if = unique("c");
         let server_if = unique("s");
+        let mut lab = Self { client, server, server_if, client_if, fixtures: Vec::new() };
+        lab.create_link()?;
+        lab.tag_vlans(options)?;
+        Ok(lab)
+    }
+
+    /// Creates the veth pair between the namespaces, with the lab's addresses and routes.
+    pub fn create_link(&self) -> Result<()> {
         run(
             "ip",
             &[
                 "link",
                 "add",
-                &client_if,
+                &self.client_if,
                 "netns",
-                &client.name,
+                &self.client.name,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                &server_if,
+                &self.server_if,
                 "netns",
-                &server.name,
+                &self.server.name,
             ],
         )?;
-        let mut lab = Self { client, server, server_if, client_if, fixtures: Vec::new() };
-        lab.client.ip(&["link", "set", &lab.client_if, "up"])?;
-        lab.server.ip(&["link", "set", &lab.server_if, "up"])?;
-        lab.tag_vlans(options)?;
-        lab.address(&lab.server, &lab.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
-        lab.address(&lab.client, &lab.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
+        self.client.ip(&["link", "set", &self.client_if, "up"])?;
+        self.server.ip(&["link", "set", &self.server_if, "up"])?;
+        self.address(&self.server, &self.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
+        self.address(&self.client, &self.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
         for (address, route) in CLIENT_EXTRA {
-            lab.address(&lab.client, &lab.client_if, &[address])?;
+            self.address(&self.client, &self.client_if, &[address])?;
             if let Some(route) = route {
-                lab.server.ip(&["route", "add", route, "dev", &lab.server_if])?;
+                self.server.ip(&["route", "add", route, "dev", &self.server_if])?;
             }
         }
-        Ok(lab)
+        Ok(())
+    }
+
+    /// Deletes the veth pair (both ends), as a container runtime or hot-unplug does; the lab's
+    /// namespaces stay. `create_link` makes it again, under the same names.
+    pub fn delete_link(&self) -> Result<()> {
+        self.server.ip(&["link", "del", &self.server_if])?;
+        Ok(())
     }
 
     /// Tags the client's frames with the requested VLAN ids on its way out and strips them

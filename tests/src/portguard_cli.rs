@@ -275,3 +275,14 @@ pub fn succeeded(output: std::process::Output) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Where portguard pins the attachment of `iface` in `netns`.
+pub fn pin_dir(_netns: &Netns, iface: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/portguard").join(iface)
+}
+
+/// A run file of the attachment of `iface` in `netns`: `suffix` is `json` (its record),
+/// `next.json`, `lock`, `sock`...
+pub fn run_file(_netns: &Netns, iface: &str, suffix: &str) -> PathBuf {
+    PathBuf::from("/run/portguard").join(format!("{iface}.{suffix}"))
+}
