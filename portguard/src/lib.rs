@@ -14,6 +14,7 @@ pub mod durations;
 pub mod events;
 pub mod files;
 pub mod judge;
+pub mod links;
 pub mod loader;
 pub mod manager;
 pub mod maps;

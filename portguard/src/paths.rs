@@ -97,6 +97,12 @@ pub fn state_file(iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{iface}.json"))
 }
 
+/// A generation about to be switched in, written before the switch and removed once it is
+/// recorded: after a crash in between, it and the pinned links tell which generation runs.
+pub fn next_file(iface: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{iface}.next.json"))
+}
+
 /// The loader's control socket (events for `portguard events`, `reload`), root only.
 pub fn control_socket(iface: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{iface}.sock"))

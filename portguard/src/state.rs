@@ -38,9 +38,22 @@ pub struct RunState {
     /// Leave enforcement in place when the loader exits (`attach --pin`).
     #[serde(default)]
     pub pinned: bool,
+    /// The kernel's ids of this generation's programs, to check the record against what the
+    /// pinned links run.
+    #[serde(default)]
+    pub programs: Option<crate::links::ProgramIds>,
 }
 
 impl RunState {
+    /// Describes `policy`, read from `path`, as what this attachment runs.
+    pub fn describe(&mut self, policy: &crate::policy::Policy, path: &Path) {
+        self.policy = path.to_path_buf();
+        self.summary = policy.summary();
+        self.mode = policy.mode;
+        self.never_block = policy.never_block.clone();
+        self.blocklist_sources = policy.blocklist_sources.clone();
+    }
+
     pub fn write(&self) -> Result<()> {
         write_atomically(&paths::state_file(&self.iface), serde_json::to_string_pretty(self)?.as_bytes())
     }
@@ -98,6 +111,11 @@ pub struct LoaderLock {
 }
 
 impl LoaderLock {
+    /// Takes the lock if nobody holds it: no loader runs, and none starts while it is held.
+    pub fn try_acquire(iface: &str) -> Option<Self> {
+        Self::acquire(iface).ok()
+    }
+
     /// Takes the lock, or says who holds it.
     pub fn acquire(iface: &str) -> Result<Self> {
         system::create_private_dir(&PathBuf::from(paths::RUN_DIR))?;
@@ -144,6 +162,7 @@ pub fn remove_left_behind(iface: &str) -> Vec<String> {
         paths::lock_file(iface),
         paths::pending_file(iface),
         paths::detach_request(iface),
+        paths::next_file(iface),
     ]
     .into_iter()
     .filter(|path| fs::remove_file(path).is_ok())

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use portguard::{
     blocks::{self, BlockStore, ManualEntry},
     events::active_blocks,
+    links::Inspection,
     maps::open_pinned,
     policy::sources::parse_net_strict,
     state::{RunState, now_unix},
@@ -87,16 +88,31 @@ pub fn block(
             reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
         );
     }
+    // A block written into the maps of an attachment that protects nothing is not in effect.
+    let (enforcing, unprotected): (Vec<_>, Vec<_>) = interfaces
+        .iter()
+        .map(|iface| {
+            (iface, Inspection::of(iface).map_or_else(|e| Some(format!("{e:#}")), |f| f.problem(iface)))
+        })
+        .partition(|(_, problem)| problem.is_none());
     if interfaces.is_empty() {
         println!(
             "portguard is not attached anywhere: saved in {}, enforced from the next attach",
             portguard::paths::blocks_file().display()
         );
-    } else {
+    }
+    if !enforcing.is_empty() {
+        let names: Vec<&str> = enforcing.iter().map(|(iface, _)| iface.as_str()).collect();
         println!(
             "in effect on {} from the next packet ({} ms after this command started)",
-            interfaces.join(", "),
+            names.join(", "),
             took.as_millis()
+        );
+    }
+    for (iface, problem) in &unprotected {
+        eprintln!(
+            "NOT in effect on {iface}: it is NOT PROTECTED ({}); saved, and enforced once {iface} is attached again",
+            problem.as_deref().unwrap_or_default()
         );
     }
     for state in RunState::all() {
@@ -109,7 +125,7 @@ pub fn block(
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if unprotected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {

@@ -39,6 +39,19 @@ pub fn run(
             };
             bail!("portguard is not attached to {iface} (`portguard status` lists attachments){cleaned}");
         }
+        // A new generation needs links on the interface to switch.
+        if let Some(problem) = portguard::links::Inspection::of(iface)?.problem(iface) {
+            eprintln!(
+                "{iface}: reload refused: {iface} is NOT PROTECTED: {problem}{}",
+                if loader_running(iface) {
+                    format!("; its loader attaches again as soon as {iface} exists")
+                } else {
+                    format!("; `portguard attach {iface} --policy FILE` attaches afresh")
+                }
+            );
+            failed = true;
+            continue;
+        }
         // Without --policy, the running policy's file: from the record, which must be readable.
         let running_policy = match RunState::read_checked(iface) {
             Ok(state) => state.map(|s| s.policy),
