@@ -19,6 +19,7 @@ pub mod loader;
 pub mod manager;
 pub mod maps;
 pub mod metrics;
+pub mod netns;
 pub mod paths;
 pub mod policy;
 pub mod sockets;

@@ -456,14 +456,46 @@ pub fn remove_pins(iface: &str) -> Result<()> {
     }
     std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
     info!("removed {}", dir.display());
-    // Leave no empty portguard directory behind once the last attachment is gone.
+    // Leave no empty portguard directory behind once the last attachment (of this namespace,
+    // then of all) is gone.
+    let _ = std::fs::remove_dir(paths::pin_root());
     let _ = std::fs::remove_dir(paths::PIN_ROOT);
     Ok(())
 }
 
-/// Interfaces with a pin directory (attached, or left half-way by a dead loader), sorted.
+/// Interfaces of this network namespace with a pin directory (attached, or left half-way by a
+/// dead loader), sorted.
 pub fn attached_interfaces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(paths::PIN_ROOT)
+    interfaces_in(&paths::pin_root())
+}
+
+/// Attachments in other network namespaces than this one, sorted.
+pub fn attachments_elsewhere() -> Vec<(crate::netns::Netns, String)> {
+    use crate::netns::Netns;
+    let here = Netns::current();
+    let mut namespaces: Vec<Netns> = std::fs::read_dir(paths::PIN_ROOT)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str().and_then(Netns::from_dir))
+                .collect()
+        })
+        .unwrap_or_default();
+    namespaces.push(Netns::Host);
+    namespaces.sort();
+    namespaces
+        .into_iter()
+        .filter(|netns| *netns != here)
+        .flat_map(|netns| {
+            interfaces_in(&paths::scoped_in(paths::PIN_ROOT, netns))
+                .into_iter()
+                .map(move |iface| (netns, iface))
+        })
+        .collect()
+}
+
+fn interfaces_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())

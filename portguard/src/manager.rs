@@ -207,7 +207,10 @@ pub fn detach(iface: &str) -> Result<()> {
     let pins = paths::owned_pin_dir(iface)?.exists();
     let running = loader_running(iface);
     if !pins && !running {
-        bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
+        bail!(
+            "portguard is not attached to {iface} in {} (`portguard status` lists attachments)",
+            crate::netns::Netns::current()
+        );
     }
     if running {
         // The record names the loader; without a readable one, the lock does.
@@ -235,6 +238,7 @@ pub fn detach(iface: &str) -> Result<()> {
     let _ = std::fs::remove_file(paths::pending_file(iface));
     let _ = std::fs::remove_file(paths::next_file(iface));
     let _ = std::fs::remove_file(paths::active_policy(iface));
+    crate::state::remove_empty_netns_dirs();
     Ok(())
 }
 

@@ -74,7 +74,7 @@ impl RunState {
     }
 
     pub fn all() -> Vec<Self> {
-        let Ok(entries) = fs::read_dir(paths::RUN_DIR) else {
+        let Ok(entries) = fs::read_dir(paths::run_dir()) else {
             return Vec::new();
         };
         let mut states: Vec<Self> = entries
@@ -118,7 +118,7 @@ impl LoaderLock {
 
     /// Takes the lock, or says who holds it.
     pub fn acquire(iface: &str) -> Result<Self> {
-        system::create_private_dir(&PathBuf::from(paths::RUN_DIR))?;
+        system::create_private_dir(&paths::run_dir())?;
         let path = paths::lock_file(iface);
         let file = fs::OpenOptions::new()
             .read(true)
@@ -170,9 +170,18 @@ pub fn remove_left_behind(iface: &str) -> Vec<String> {
     .collect()
 }
 
-/// Interfaces with files in the run directory.
+/// Removes this namespace's run and state directories once they are empty: another network
+/// namespace's last attachment is gone.
+pub fn remove_empty_netns_dirs() {
+    if let Some(dir) = crate::netns::Netns::current().dir() {
+        let _ = fs::remove_dir(paths::run_dir());
+        let _ = fs::remove_dir(paths::state_dir().join(dir));
+    }
+}
+
+/// Interfaces of this network namespace with files in the run directory.
 pub fn interfaces_with_run_files() -> Vec<String> {
-    let Ok(entries) = fs::read_dir(paths::RUN_DIR) else {
+    let Ok(entries) = fs::read_dir(paths::run_dir()) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries

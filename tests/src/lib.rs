@@ -117,6 +117,12 @@ impl Netns {
         Ok(netns)
     }
 
+    /// How portguard tells this namespace apart.
+    pub fn id(&self) -> portguard::netns::Netns {
+        portguard::netns::Netns::of_file(&std::path::Path::new("/run/netns").join(&self.name))
+            .expect("the namespace exists")
+    }
+
     /// `ip -n NAME ARGS...`
     pub fn ip(&self, args: &[&str]) -> Result<Output> {
         let mut full = vec!["-n", self.name.as_str()];
@@ -210,10 +216,19 @@ impl Lab {
     }
 
     pub fn with(options: LabOptions) -> Result<Self> {
+        Self::build(options, unique("s"))
+    }
+
+    /// A lab whose server interface is called `server_if`: two labs can have interfaces of
+    /// the same name, each in its own namespace (as two containers' `eth0`s).
+    pub fn with_server_if(server_if: &str) -> Result<Self> {
+        Self::build(LabOptions::default(), server_if.to_owned())
+    }
+
+    fn build(options: LabOptions, server_if: String) -> Result<Self> {
         let client = Netns::new("cli")?;
         let server = Netns::new("srv")?;
         let client_if = unique("c");
-        let server_if = unique("s");
         let mut lab = Self { client, server, server_if, client_if, fixtures: Vec::new() };
         lab.create_link()?;
         lab.tag_vlans(options)?;

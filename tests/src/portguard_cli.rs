@@ -277,12 +277,12 @@ pub fn succeeded(output: std::process::Output) -> String {
 }
 
 /// Where portguard pins the attachment of `iface` in `netns`.
-pub fn pin_dir(_netns: &Netns, iface: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/portguard").join(iface)
+pub fn pin_dir(netns: &Netns, iface: &str) -> PathBuf {
+    portguard::paths::scoped_in(portguard::paths::PIN_ROOT, netns.id()).join(iface)
 }
 
 /// A run file of the attachment of `iface` in `netns`: `suffix` is `json` (its record),
 /// `next.json`, `lock`, `sock`...
-pub fn run_file(_netns: &Netns, iface: &str, suffix: &str) -> PathBuf {
-    PathBuf::from("/run/portguard").join(format!("{iface}.{suffix}"))
+pub fn run_file(netns: &Netns, iface: &str, suffix: &str) -> PathBuf {
+    portguard::paths::scoped_in(portguard::paths::RUN_DIR, netns.id()).join(format!("{iface}.{suffix}"))
 }

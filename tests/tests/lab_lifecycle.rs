@@ -1,6 +1,7 @@
 //! Attachments over their life when things go wrong (issue 10): an interface deleted and
 //! created again under the same name, a loader killed half-way through attaching, a reload
-//! whose switch happened but whose record did not.
+//! whose switch happened but whose record did not; and attachments of the same name in two
+//! network namespaces, which share nothing.
 
 use std::{
     net::SocketAddr,
@@ -10,10 +11,11 @@ use std::{
 };
 
 use portguard_tests::{
-    Attached, BLOCKED_V4, CLIENT_V4, Lab, SERVER_V4,
-    portguard_cli::{pin_dir, run_file, succeeded as ok},
+    ADMIN_V4, Attached, BLOCKED_V4, CLIENT_V4, Lab, Netns, SERVER_V4,
+    portguard_cli::{binary, pin_dir, run_file, succeeded as ok},
     require_root,
     traffic::{Servers, tcp_connects},
+    unique,
 };
 use serde_json::Value;
 
@@ -172,6 +174,15 @@ fn attach_repairs_every_half_attachment_a_killed_loader_leaves() {
     }
 }
 
+/// Removes a directory when dropped (also when the test fails).
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 #[test]
 fn a_switch_whose_record_failed_or_was_interrupted_is_reported_as_what_runs() {
     require_root!();
@@ -186,6 +197,7 @@ fn a_switch_whose_record_failed_or_was_interrupted_is_reported_as_what_runs() {
     // The record cannot be written once the links switched (as if the loader died there).
     let in_the_way = run_file(&lab.server, iface, "tmp");
     std::fs::create_dir(&in_the_way).unwrap();
+    let _remove = RemoveDir(in_the_way.clone());
     let out = ok(pg.run(&["reload", iface, "--policy", open]));
     assert!(out.contains("generation 2"), "{out}");
     assert!(tcp_connects(&lab.client, None, port(8080)), "the new policy runs");
@@ -225,4 +237,85 @@ fn a_switch_whose_record_failed_or_was_interrupted_is_reported_as_what_runs() {
     }
     assert!(!tcp_connects(&lab.client, None, port(8080)), "the adopted policy runs");
     assert!(Path::new(&pin_dir(&lab.server, iface)).exists());
+}
+
+/// `portguard --netns NETNS ARGS` with the state directory `state`.
+fn portguard_in(state: &Path, netns: &Netns, args: &[&str]) -> Output {
+    std::process::Command::new(binary())
+        .env("PORTGUARD_STATE_DIR", state)
+        .args(["--netns", &netns.name])
+        .args(args)
+        .output()
+        .expect("running portguard")
+}
+
+/// Manual blocks `blocks --json` lists in `netns`.
+fn manual_blocks(state: &Path, netns: &Netns, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["blocks", "--json"];
+    args.extend_from_slice(extra);
+    let listed: Value = serde_json::from_str(&ok(portguard_in(state, netns, &args))).unwrap();
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["origin"] == "manual")
+        .map(|row| row["source"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn attachments_of_the_same_name_in_two_namespaces_share_nothing() {
+    require_root!();
+    // Two containers' `eth0`: one name, two namespaces.
+    let iface = unique("e");
+    let one = Lab::with_server_if(&iface).unwrap();
+    let two = Lab::with_server_if(&iface).unwrap();
+    let _servers_one = Servers::start(&one.server, &[80], &[]);
+    let _servers_two = Servers::start(&two.server, &[80], &[]);
+    let pg_one = Attached::start(&one.server, &iface, WEB, &[]).unwrap();
+    let pg_two = Attached::start(&two.server, &iface, WEB, &[]).unwrap();
+    assert_ne!(pin_dir(&one.server, &iface), pin_dir(&two.server, &iface));
+    assert!(pin_dir(&one.server, &iface).exists() && pin_dir(&two.server, &iface).exists());
+    // One state directory for both, as a host's /var/lib/portguard would be.
+    let state = pg_one.state_dir.path();
+    let passes =
+        |lab: &Lab, source: std::net::Ipv4Addr| tcp_connects(&lab.client, Some(source.into()), port(80));
+    let (blocked, admin) = (BLOCKED_V4.to_string(), ADMIN_V4.to_string());
+
+    // A block without --iface acts on the attachments of its own namespace, and says so.
+    let out = ok(portguard_in(state, &one.server, &["block", &blocked]));
+    let here = |lab: &Lab| format!("on {iface} in network namespace {}", lab.server.name);
+    assert!(out.contains(&format!("in effect {}", here(&one))), "{out}");
+    let out = ok(portguard_in(state, &two.server, &["block", &admin]));
+    assert!(out.contains(&format!("in effect {}", here(&two))), "{out}");
+    assert!(!passes(&one, BLOCKED_V4) && passes(&two, BLOCKED_V4));
+    assert!(!passes(&two, ADMIN_V4) && passes(&one, ADMIN_V4));
+    assert_eq!(manual_blocks(state, &one.server, &[]), ["203.0.113.7/32"]);
+    assert_eq!(manual_blocks(state, &two.server, &["--iface", &iface]), ["198.51.100.7/32"]);
+
+    // unblock without --iface: this namespace's blocks only.
+    refused(portguard_in(state, &two.server, &["unblock", &blocked]), "was not blocked");
+    assert!(!passes(&one, BLOCKED_V4), "the other namespace's block stays");
+    // unblock --iface lifts a block of every attachment on that one, as `blocks --iface` lists it.
+    let out = ok(portguard_in(state, &one.server, &["unblock", &blocked, "--iface", &iface]));
+    assert!(out.contains(&format!("unblocked 203.0.113.7/32 {}", here(&one))), "{out}");
+    assert!(out.contains("stays blocked on the others"), "{out}");
+    assert!(passes(&one, BLOCKED_V4));
+    assert!(manual_blocks(state, &one.server, &["--iface", &iface]).is_empty());
+    assert!(!passes(&two, ADMIN_V4));
+
+    // status shows this namespace's attachment and points at the other one.
+    let output = portguard_in(state, &one.server, &["status"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let out = ok(output);
+    assert_eq!(out.lines().filter(|line| line.starts_with(&format!("{iface}:"))).count(), 1, "{out}");
+    assert!(stderr.contains("also attached in other network namespaces"), "{stderr}");
+    assert!(stderr.contains(&format!("{iface} in network namespace {}", two.server.name)), "{stderr}");
+
+    // Detaching here leaves the other namespace's attachment enforcing.
+    ok(portguard_in(state, &one.server, &["detach", &iface]));
+    assert!(!pin_dir(&one.server, &iface).exists() && pin_dir(&two.server, &iface).exists());
+    assert!(!passes(&two, ADMIN_V4));
+    drop(pg_two);
+    assert!(!pin_dir(&two.server, &iface).exists());
 }

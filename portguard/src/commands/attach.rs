@@ -93,13 +93,15 @@ pub fn run(options: Options) -> Result<ExitCode> {
             );
         }
         loader::detach(iface)?;
+        // A switch of pins that are gone says nothing about what this attach starts.
+        let _ = std::fs::remove_file(paths::next_file(iface));
     }
     let previous = previous.filter(|_| adopt);
     // What an unconfirmed adopting attach returns to: read before this attach records its own.
     let previous_policy = if adopt { PolicySource::active(iface).ok() } else { None };
     let generation = previous.as_ref().map_or(0, |s| s.generation) + 1;
     let image = compile(&policy, generation)?;
-    system::create_private_dir(Path::new(paths::PIN_ROOT))?;
+    system::create_private_dir(&paths::pin_root())?;
     let pin_dir = paths::pin_dir(iface);
     system::create_private_dir(&pin_dir)?;
 
@@ -236,6 +238,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
         }
     };
     drop(lock);
+    portguard::state::remove_empty_netns_dirs();
     result
 }
 

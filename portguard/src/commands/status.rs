@@ -39,8 +39,10 @@ struct Row {
 fn inspect(iface: &str) -> Row {
     let running = loader_running(iface);
     // With nobody else able to change it (no loader, and the lock held), the record is made to
-    // agree with what runs.
-    let lock = if running { None } else { LoaderLock::try_acquire(iface) };
+    // agree with what runs; the lock is taken only then, so an attach starting meanwhile is
+    // not turned away for nothing.
+    let interrupted = portguard::paths::next_file(iface).exists();
+    let lock = if running || !interrupted { None } else { LoaderLock::try_acquire(iface) };
     let (state, note) = match manager::settle(iface, lock.is_some()) {
         Ok(settled) => settled,
         Err(error) if running => {
@@ -92,8 +94,17 @@ pub fn run(json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let elsewhere = portguard::loader::attachments_elsewhere();
+    if !elsewhere.is_empty() {
+        let list: Vec<String> =
+            elsewhere.iter().map(|(netns, iface)| format!("{iface} in {netns}")).collect();
+        eprintln!(
+            "also attached in other network namespaces (`portguard --netns NAME status` shows them): {}",
+            list.join(", ")
+        );
+    }
     if rows.is_empty() {
-        println!("portguard is not attached anywhere");
+        println!("portguard is not attached anywhere in {}", portguard::netns::Netns::current());
         return Ok(ExitCode::SUCCESS);
     }
     for Row { iface, state, problem, note, running } in rows {
