@@ -24,7 +24,10 @@ const QUEUE: usize = 256;
 
 /// The events that are alerts (drops are not: they are sampled telemetry).
 pub fn is_alert(record: &EventRecord) -> bool {
-    matches!(record.event.as_str(), "scan_detected" | "auto_blocked" | "trap_hit" | "block_expired")
+    matches!(
+        record.event.as_str(),
+        "scan_detected" | "auto_blocked" | "trap_hit" | "block_expired" | "unprotected" | "reattached"
+    )
 }
 
 /// The alert sinks of one loader: one delivery thread for its whole life, so a reload changes

@@ -20,6 +20,7 @@ use crate::{
     durations, files,
     loader::kernel_now_ns,
     maps::open_pinned,
+    netns::Netns,
     paths,
     policy::compile::net_key,
     state::{now_unix, write_atomically},
@@ -28,9 +29,15 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManualEntry {
     pub net: IpNet,
-    /// Only this interface; `None`: every attachment.
+    /// The network namespace whose attachments it applies to (the one `block` ran in).
+    #[serde(default, skip_serializing_if = "Netns::is_host")]
+    pub netns: Netns,
+    /// Only this interface; `None`: every attachment of the namespace, future ones too.
     #[serde(default)]
     pub iface: Option<String>,
+    /// Interfaces a block of every attachment was lifted on (`unblock --iface`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
     #[serde(default)]
     pub reason: Option<String>,
     /// Seconds since the Unix epoch.
@@ -42,8 +49,15 @@ pub struct ManualEntry {
 }
 
 impl ManualEntry {
+    /// Whether it applies to `iface` of this network namespace.
     pub fn applies_to(&self, iface: &str) -> bool {
-        self.iface.as_deref().is_none_or(|i| i == iface)
+        self.applies_in(Netns::current(), iface)
+    }
+
+    pub fn applies_in(&self, netns: Netns, iface: &str) -> bool {
+        self.netns == netns
+            && self.iface.as_deref().is_none_or(|i| i == iface)
+            && !self.except.iter().any(|e| e == iface)
     }
 
     pub fn expired(&self, now: u64) -> bool {
@@ -145,7 +159,9 @@ impl BlockStore {
                     Some(format!("rebuilt from the kernel: {} was missing", paths::blocks_file().display()));
                 store.blocks.push(ManualEntry {
                     net,
+                    netns: Netns::current(),
                     iface: Some(iface.clone()),
+                    except: Vec::new(),
                     reason,
                     added: now,
                     expires,
@@ -173,22 +189,40 @@ impl BlockStore {
 
     /// Adds a block, replacing one for the same network and scope.
     pub fn add(&mut self, entry: ManualEntry) {
-        self.blocks.retain(|b| !(b.net == entry.net && b.iface == entry.iface));
+        self.blocks.retain(|b| !(b.net == entry.net && b.netns == entry.netns && b.iface == entry.iface));
         self.blocks.push(entry);
     }
 
-    /// Removes the blocks of `net` (in any scope, or only `iface`'s); returns them.
-    pub fn remove(&mut self, net: &IpNet, iface: Option<&str>) -> Vec<ManualEntry> {
-        let (removed, kept): (Vec<_>, Vec<_>) = self
-            .blocks
-            .drain(..)
-            .partition(|b| b.net == *net && (iface.is_none() || b.iface.as_deref() == iface));
-        self.blocks = kept;
-        removed
+    /// Lifts the blocks of `net` in `netns`: every one, or those that apply to `iface` (a block
+    /// of every attachment stays for the others). Returns how many were lifted, and whether
+    /// one of them stays for other attachments.
+    pub fn remove(&mut self, net: &IpNet, netns: Netns, iface: Option<&str>) -> (usize, bool) {
+        let before = self.blocks.len();
+        let (mut lifted, mut stays) = (0, false);
+        self.blocks.retain(|b| {
+            let ours = b.net == *net && b.netns == netns;
+            let drop = ours && (iface.is_none() || b.iface.as_deref() == iface);
+            !drop
+        });
+        lifted += before - self.blocks.len();
+        if let Some(iface) = iface {
+            for block in
+                self.blocks.iter_mut().filter(|b| b.net == *net && b.netns == netns && b.iface.is_none())
+            {
+                if !block.except.iter().any(|e| e == iface) {
+                    block.except.push(iface.to_owned());
+                    lifted += 1;
+                    stays = true;
+                }
+            }
+        }
+        (lifted, stays)
     }
 
+    /// The blocks that apply to `iface` of this network namespace.
     pub fn for_iface<'a>(&'a self, iface: &'a str) -> impl Iterator<Item = &'a ManualEntry> {
-        self.blocks.iter().filter(move |b| b.applies_to(iface))
+        let netns = Netns::current();
+        self.blocks.iter().filter(move |b| b.applies_in(netns, iface))
     }
 }
 
@@ -201,7 +235,9 @@ pub fn entry(
     let added = now_unix();
     ManualEntry {
         net,
+        netns: Netns::current(),
         iface,
+        except: Vec::new(),
         reason,
         added,
         expires: duration.map(|d| added.saturating_add(d.as_secs().max(1))),
@@ -294,17 +330,31 @@ mod tests {
     fn store_adds_replaces_removes_and_prunes() {
         let mut store = BlockStore::default();
         let net: IpNet = "203.0.113.0/24".parse().unwrap();
-        store.add(ManualEntry { net, iface: None, reason: Some("a".into()), added: 1, expires: Some(100) });
-        store.add(ManualEntry { net, iface: None, reason: Some("b".into()), added: 2, expires: None });
-        store.add(ManualEntry { net, iface: Some("eth1".into()), reason: None, added: 3, expires: Some(50) });
+        let here = Netns::current();
+        let block = |iface: Option<&str>, reason: Option<&str>, added, expires| ManualEntry {
+            net,
+            netns: here,
+            iface: iface.map(str::to_owned),
+            except: Vec::new(),
+            reason: reason.map(str::to_owned),
+            added,
+            expires,
+        };
+        store.add(block(None, Some("a"), 1, Some(100)));
+        store.add(block(None, Some("b"), 2, None));
+        store.add(block(Some("eth1"), None, 3, Some(50)));
         assert_eq!(store.blocks.len(), 2);
         assert_eq!(store.blocks[0].reason.as_deref(), Some("b"));
         assert_eq!(store.for_iface("eth0").count(), 1);
         assert_eq!(store.for_iface("eth1").count(), 2);
         let expired = store.prune(60);
         assert_eq!(expired.len(), 1);
-        assert_eq!(store.remove(&net, Some("eth9")).len(), 0);
-        assert_eq!(store.remove(&net, None).len(), 1);
+        // Lifted on one interface only: the block of every attachment stays for the others.
+        assert_eq!(store.remove(&net, here, Some("eth9")), (1, true));
+        assert_eq!(store.for_iface("eth9").count(), 0);
+        assert_eq!(store.for_iface("eth0").count(), 1);
+        assert_eq!(store.remove(&net, here, Some("eth9")), (0, false), "already lifted there");
+        assert_eq!(store.remove(&net, here, None), (1, false));
         assert!(store.blocks.is_empty());
         let text = serde_json::to_string(&BlockStore {
             blocks: vec![entry(net, None, None, Some(Duration::from_secs(30)))],
@@ -312,6 +362,24 @@ mod tests {
         .unwrap();
         let back: BlockStore = serde_json::from_str(&text).unwrap();
         assert_eq!(back.blocks[0].expires.unwrap() - back.blocks[0].added, 30);
+    }
+
+    #[test]
+    fn blocks_stay_in_their_network_namespace() {
+        let net: IpNet = "203.0.113.7/32".parse().unwrap();
+        let other = Netns::Inode(4_026_532_999);
+        let mut elsewhere = entry(net, None, None, None);
+        elsewhere.netns = other;
+        assert!(elsewhere.applies_in(other, "eth0"));
+        assert!(!elsewhere.applies_in(Netns::Host, "eth0"), "not in another namespace");
+        // Files written before namespaces were told apart hold the host's blocks.
+        let old: ManualEntry = serde_json::from_str(r#"{"net":"203.0.113.7/32","added":1}"#).unwrap();
+        assert!(old.applies_in(Netns::Host, "eth0") && !old.applies_in(other, "eth0"));
+        let text = serde_json::to_string(&elsewhere).unwrap();
+        assert!(text.contains(r#""netns":{"inode":4026532999}"#), "{text}");
+        let mut store = BlockStore { blocks: vec![elsewhere, old] };
+        assert_eq!(store.remove(&net, other, None), (1, false));
+        assert_eq!(store.blocks.len(), 1, "the host's block stays");
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub struct Cli {
     pub verbose: u8,
 
     /// Run in the network namespace /run/netns/NAME (network namespace only: pins stay
-    /// visible to every portguard command, unlike with `ip netns exec`).
+    /// visible to every portguard command, unlike with `ip netns exec`). Interface names mean
+    /// that namespace's interfaces, and commands act on its attachments only.
     #[arg(long, global = true, value_name = "NAME")]
     pub netns: Option<String>,
 
@@ -101,7 +102,8 @@ pub enum Command {
         /// source), ::/0 (every IPv6 source).
         #[arg(long)]
         everything: bool,
-        /// Only this attachment (default: all, including future ones).
+        /// Only this attachment (default: every attachment in this network namespace,
+        /// including future ones).
         #[arg(long, value_parser = iface_name)]
         iface: Option<String>,
     },

@@ -34,7 +34,8 @@ pub struct EventRecord {
     /// RFC 3339, UTC, milliseconds.
     pub time: String,
     pub interface: String,
-    /// `drop`, `scan_detected`, `auto_blocked`, `block_expired`, `trap_hit`, `events_lost`.
+    /// `drop`, `scan_detected`, `auto_blocked`, `block_expired`, `trap_hit`, `events_lost`,
+    /// `unprotected`, `reattached`.
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<IpAddr>,
@@ -105,6 +106,12 @@ impl EventRecord {
         }
     }
 
+    /// The loader about its attachment: `unprotected` (the interface went away, or the programs
+    /// are not on it) or `reattached` (they are again); `reason` says what happened.
+    pub fn lifecycle(time: SystemTime, interface: &str, event: &str, detail: String) -> Self {
+        Self { reason: Some(detail), ..Self::new(time, interface, event) }
+    }
+
     /// Ring buffer overflow, reported by the reader from the kernel's counter.
     pub fn events_lost(time: SystemTime, interface: &str, count: u64) -> Self {
         Self { count: Some(count), ..Self::new(time, interface, "events_lost") }
@@ -168,6 +175,8 @@ impl EventRecord {
                 "{} events lost: the ring buffer was full (raise [events] ring_buffer_kib)",
                 self.count.unwrap_or(0)
             ),
+            "unprotected" => format!("NOT PROTECTED: {}", self.reason.as_deref().unwrap_or("?")),
+            "reattached" => format!("protected again: {}", self.reason.as_deref().unwrap_or("?")),
             other => other.to_string(),
         };
         let label = match self.event.as_str() {
@@ -177,6 +186,7 @@ impl EventRecord {
             "trap_hit" => "TRAP",
             "block_expired" => "UNBLOCK",
             "events_lost" => "LOST",
+            "unprotected" | "reattached" => "IFACE",
             _ => "EVENT",
         };
         crate::printable(&format!("{} {} {label:<7} {details}", self.time, self.interface)).into_owned()

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     budget::{Grants, refill_budget},
+    links::{Hook, Inspection, ProgramIds},
     paths,
     policy::{Policy, compile::MapImage},
 };
@@ -59,6 +60,8 @@ pub enum XdpModeChoice {
 pub enum AttachedMode {
     Native,
     Generic,
+    /// Adopted from pins without a record of how XDP was attached.
+    Unknown,
 }
 
 impl fmt::Display for AttachedMode {
@@ -66,6 +69,7 @@ impl fmt::Display for AttachedMode {
         f.write_str(match self {
             Self::Native => "native",
             Self::Generic => "generic",
+            Self::Unknown => "unknown",
         })
     }
 }
@@ -263,33 +267,72 @@ fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
 /// Attaches a loaded generation to `iface` for the first time: XDP on ingress, TC on egress,
 /// both links pinned beside the shared maps. The pins hold the links: the loader keeps no link
 /// of its own, so enforcement survives it (SIGKILL included) until `detach` unpins them.
-pub fn attach_new(ebpf: &mut Ebpf, iface: &str, choice: XdpModeChoice) -> Result<AttachedMode> {
+///
+/// `before_pinning` runs once XDP is attached and its mode known, before anything is pinned:
+/// the caller records the attachment there, so a process killed after the first pin leaves a
+/// record an adopting `attach` can repair from.
+pub fn attach_new(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    choice: XdpModeChoice,
+    before_pinning: impl FnOnce(AttachedMode) -> Result<()>,
+) -> Result<AttachedMode> {
     let (xdp_link, mode) = attach_xdp(ebpf, iface, choice)?;
-    pin_link(xdp_link, iface, paths::XDP_LINK)?;
-    let tc_link = match attach_tc_egress(ebpf, iface) {
-        Ok(link) => link,
-        Err(error) => {
-            let _ = unpin_link(iface, paths::XDP_LINK);
-            return Err(error);
-        }
-    };
-    if let Err(error) = pin_link(tc_link, iface, paths::TC_EGRESS_LINK) {
-        let _ = unpin_link(iface, paths::XDP_LINK);
+    before_pinning(mode)?;
+    pin_link(xdp_link, iface, Hook::Xdp)?;
+    if let Err(error) = attach_tc_egress(ebpf, iface).and_then(|link| pin_link(link, iface, Hook::TcEgress)) {
+        let _ = unpin_link(iface, Hook::Xdp);
         return Err(error);
     }
     Ok(mode)
 }
 
-fn pin_link(link: FdLink, iface: &str, name: &str) -> Result<()> {
-    let path = paths::link_pin(iface, name);
+/// Takes over, with a loaded generation, what is pinned on `iface`: each link still attached
+/// to the interface switches to the new program without a gap; a link that is missing or not on
+/// the interface (a loader killed half-way through attaching or detaching, an interface deleted
+/// and created again) is attached anew. Returns the XDP mode if XDP was attached anew, and what
+/// was attached anew and why, to be said.
+pub fn adopt(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    choice: XdpModeChoice,
+    found: &Inspection,
+) -> Result<(Option<AttachedMode>, Vec<String>)> {
+    let mut mode = None;
+    let mut repaired = Vec::new();
+    for hook in Hook::BOTH {
+        let link = found.link(hook);
+        if found.on_interface(link) {
+            replace_link(ebpf, iface, hook)?;
+            continue;
+        }
+        // A link on no interface, or on another, protects nothing here.
+        unpin_link(iface, hook)?;
+        let fresh = match hook {
+            Hook::Xdp => {
+                let (link, attached) = attach_xdp(ebpf, iface, choice)?;
+                mode = Some(attached);
+                link
+            }
+            Hook::TcEgress => attach_tc_egress(ebpf, iface)?,
+        };
+        pin_link(fresh, iface, hook)?;
+        let why = if link.is_none() { "its link was missing" } else { "its link was not on the interface" };
+        repaired.push(format!("attached {} anew ({why})", hook.what()));
+    }
+    Ok((mode, repaired))
+}
+
+fn pin_link(link: FdLink, iface: &str, hook: Hook) -> Result<()> {
+    let path = paths::link_pin(iface, hook.pin_name());
     // Dropping the PinnedLink closes our fd; the pin keeps the link.
     link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
     Ok(())
 }
 
 /// Unpins a link; with no other holder, the kernel detaches its program.
-fn unpin_link(iface: &str, name: &str) -> Result<()> {
-    let path = paths::link_pin(iface, name);
+fn unpin_link(iface: &str, hook: Hook) -> Result<()> {
+    let path = paths::link_pin(iface, hook.pin_name());
     match PinnedLink::from_pin(&path) {
         Ok(link) => {
             link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
@@ -304,29 +347,47 @@ fn unpin_link(iface: &str, name: &str) -> Result<()> {
 /// (`bpf_link_update`): each packet is judged entirely by the old program or entirely by the
 /// new one, never by a mix, and there is no moment without a program.
 pub fn replace(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    let xdp_pin = paths::link_pin(iface, paths::XDP_LINK);
-    let link = PinnedLink::from_pin(&xdp_pin).with_context(|| format!("opening {}", xdp_pin.display()))?;
-    let link = XdpLink::try_from(FdLink::from(link))
-        .map_err(|e| anyhow!("{} is not an XDP link: {e}", xdp_pin.display()))?;
-    let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
-    let id = xdp.attach_to_link(link).context("switching the XDP program")?;
-    drop(xdp.take_link(id)?);
+    Hook::BOTH.into_iter().try_for_each(|hook| replace_link(ebpf, iface, hook))
+}
 
-    let tc_pin = paths::link_pin(iface, paths::TC_EGRESS_LINK);
-    let link = PinnedLink::from_pin(&tc_pin).with_context(|| format!("opening {}", tc_pin.display()))?;
-    let link = SchedClassifierLink::try_from(FdLink::from(link))
-        .map_err(|e| anyhow!("{} is not a TC link: {e}", tc_pin.display()))?;
-    let tc: &mut SchedClassifier = program(ebpf, TC_EGRESS_PROGRAM)?;
-    let id = tc.attach_to_link(link).context("switching the TC egress program")?;
-    drop(tc.take_link(id)?);
+fn replace_link(ebpf: &mut Ebpf, iface: &str, hook: Hook) -> Result<()> {
+    let pin = paths::link_pin(iface, hook.pin_name());
+    let link = PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    match hook {
+        Hook::Xdp => {
+            let link = XdpLink::try_from(FdLink::from(link))
+                .map_err(|e| anyhow!("{} is not an XDP link: {e}", pin.display()))?;
+            let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?;
+            let id = xdp.attach_to_link(link).context("switching the XDP program")?;
+            drop(xdp.take_link(id)?);
+        }
+        Hook::TcEgress => {
+            let link = SchedClassifierLink::try_from(FdLink::from(link))
+                .map_err(|e| anyhow!("{} is not a TC link: {e}", pin.display()))?;
+            let tc: &mut SchedClassifier = program(ebpf, TC_EGRESS_PROGRAM)?;
+            let id = tc.attach_to_link(link).context("switching the TC egress program")?;
+            drop(tc.take_link(id)?);
+        }
+    }
     Ok(())
+}
+
+/// The kernel's ids of a loaded generation's programs: what the pinned links report once it
+/// runs, so a record can be checked against what really runs.
+pub fn program_ids(ebpf: &mut Ebpf) -> Result<ProgramIds> {
+    let xdp = program::<Xdp>(ebpf, XDP_PROGRAM)?.info().context("reading the XDP program's id")?.id();
+    let tc = program::<SchedClassifier>(ebpf, TC_EGRESS_PROGRAM)?
+        .info()
+        .context("reading the TC egress program's id")?
+        .id();
+    Ok(ProgramIds { xdp, tc })
 }
 
 /// Detaches both programs (by unpinning their links) and removes every pin of `iface`.
 pub fn detach(iface: &str) -> Result<()> {
     paths::owned_pin_dir(iface)?;
-    unpin_link(iface, paths::XDP_LINK)?;
-    unpin_link(iface, paths::TC_EGRESS_LINK)?;
+    unpin_link(iface, Hook::Xdp)?;
+    unpin_link(iface, Hook::TcEgress)?;
     remove_pins(iface)
 }
 
@@ -402,14 +463,46 @@ pub fn remove_pins(iface: &str) -> Result<()> {
     }
     std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
     info!("removed {}", dir.display());
-    // Leave no empty portguard directory behind once the last attachment is gone.
+    // Leave no empty portguard directory behind once the last attachment (of this namespace,
+    // then of all) is gone.
+    let _ = std::fs::remove_dir(paths::pin_root());
     let _ = std::fs::remove_dir(paths::PIN_ROOT);
     Ok(())
 }
 
-/// Interfaces with a pin directory (attached, or left half-way by a dead loader), sorted.
+/// Interfaces of this network namespace with a pin directory (attached, or left half-way by a
+/// dead loader), sorted.
 pub fn attached_interfaces() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(paths::PIN_ROOT)
+    interfaces_in(&paths::pin_root())
+}
+
+/// Attachments in other network namespaces than this one, sorted.
+pub fn attachments_elsewhere() -> Vec<(crate::netns::Netns, String)> {
+    use crate::netns::Netns;
+    let here = Netns::current();
+    let mut namespaces: Vec<Netns> = std::fs::read_dir(paths::PIN_ROOT)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str().and_then(Netns::from_dir))
+                .collect()
+        })
+        .unwrap_or_default();
+    namespaces.push(Netns::Host);
+    namespaces.sort();
+    namespaces
+        .into_iter()
+        .filter(|netns| *netns != here)
+        .flat_map(|netns| {
+            interfaces_in(&paths::scoped_in(paths::PIN_ROOT, netns))
+                .into_iter()
+                .map(move |iface| (netns, iface))
+        })
+        .collect()
+}
+
+fn interfaces_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
@@ -423,9 +516,10 @@ pub fn attached_interfaces() -> Vec<String> {
     names
 }
 
-/// Whether `iface` has a pinned XDP link, i.e. portguard enforces there (loader alive or not).
+/// Whether `iface` has a pinned link: an attachment to act on, loader alive or not (whether it
+/// protects anything is for `links::Inspection` to say).
 pub fn is_attached(iface: &str) -> bool {
-    paths::link_pin(iface, paths::XDP_LINK).exists()
+    Hook::BOTH.iter().any(|hook| paths::link_pin(iface, hook.pin_name()).exists())
 }
 
 /// `bpf_ktime_get_coarse_ns` as userspace sees it (CLOCK_MONOTONIC_COARSE).

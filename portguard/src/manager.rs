@@ -17,9 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     blocks::BlockStore,
-    files, loader, paths,
+    files,
+    links::Inspection,
+    loader, paths,
     policy::{self, LoadOptions, Loaded, compile::compile},
-    state::{RunState, loader_running, lock_holder, now_unix, remove_stale_lock, write_atomically},
+    state::{
+        LoaderLock, RunState, loader_running, lock_holder, now_unix, remove_stale_lock, write_atomically,
+    },
 };
 
 /// The policy a generation was built from: kept so a rollback can return to it even after
@@ -71,26 +75,126 @@ fn names_a_descriptor(path: &Path) -> bool {
     ["/dev/fd", "/dev/stdin", "/proc"].iter().any(|prefix| path.starts_with(prefix))
 }
 
-/// Loads `source` as generation `generation` of `iface` and switches the running programs to
-/// it atomically. Nothing changes if anything fails before the switch.
+/// Loads `source` as the generation after `current` and switches the running programs to it
+/// atomically, recorded ahead and after (`switch_recorded`). Nothing changes if anything fails
+/// before the switch. Returns the new generation's record.
 pub fn apply_generation(
-    iface: &str,
+    current: &RunState,
     source: &PolicySource,
     strict: bool,
-    generation: u64,
-) -> Result<(Ebpf, Loaded)> {
+) -> Result<(Ebpf, Loaded, RunState)> {
+    let iface = current.iface.as_str();
+    let generation = current.generation + 1;
     let loaded = source.load(LoadOptions { strict })?;
     let image = compile(&loaded.policy, generation)?;
     let mut ebpf = loader::load(&image, &loaded.policy, Some(&paths::pin_dir(iface)))?;
-    loader::replace(&mut ebpf, iface)?;
-    source.save_active(iface)?;
-    Ok((ebpf, loaded))
+    let mut next =
+        RunState { generation, programs: Some(loader::program_ids(&mut ebpf)?), ..current.clone() };
+    next.describe(&loaded.policy, &source.path);
+    switch_recorded(&next, source, || loader::replace(&mut ebpf, iface))?;
+    Ok((ebpf, loaded, next))
 }
 
 /// Records what `iface` runs now, for `status` and for rollbacks.
 pub fn record(state: &RunState, source: &PolicySource) -> Result<()> {
     state.write()?;
     source.save_active(&state.iface)
+}
+
+/// A generation about to be switched in (`IFACE.next.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Next {
+    pub state: RunState,
+    pub source: PolicySource,
+}
+
+impl Next {
+    fn read(iface: &str) -> Option<Self> {
+        let text = files::read_text_capped(&paths::next_file(iface), files::STATE_FILE_MAX).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// Runs `switch`, which makes the pinned links run `next`'s programs, with `next` written
+/// ahead and recorded after: a process killed in between leaves what `settle` needs to tell
+/// which generation runs.
+pub fn switch_recorded<T>(
+    next: &RunState,
+    source: &PolicySource,
+    switch: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let ahead = Next { state: next.clone(), source: source.clone() };
+    write_atomically(&paths::next_file(&next.iface), serde_json::to_string(&ahead)?.as_bytes())?;
+    match switch() {
+        Ok(done) => {
+            // The switch is done whatever happens to the record now: the write-ahead file
+            // describes it until a record can be written.
+            match record(next, source) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(paths::next_file(&next.iface));
+                }
+                Err(error) => log::warn!(
+                    "{}: generation {} runs, but recording it failed ({error:#}); {} describes it meanwhile",
+                    next.iface,
+                    next.generation,
+                    paths::next_file(&next.iface).display()
+                ),
+            }
+            Ok(done)
+        }
+        Err(error) => {
+            // Half done (one link switched) stays for `settle` to report; nothing done is
+            // forgotten.
+            if Inspection::of(&next.iface).is_ok_and(|found| no_link_runs(&found, next)) {
+                let _ = std::fs::remove_file(paths::next_file(&next.iface));
+            }
+            Err(error)
+        }
+    }
+}
+
+fn no_link_runs(found: &Inspection, next: &RunState) -> bool {
+    let Some(ids) = next.programs else { return true };
+    found.xdp.is_none_or(|l| l.program_id != ids.xdp) && found.tc.is_none_or(|l| l.program_id != ids.tc)
+}
+
+/// What `iface` runs: its record, checked against a switch that was interrupted (a
+/// write-ahead record left behind) by the programs the pinned links run. With `repair` (no
+/// loader runs, and the caller keeps one from starting), the record is made to agree. Returns
+/// the record that describes what runs, and what was found, to be said.
+pub fn settle(iface: &str, repair: bool) -> Result<(Option<RunState>, Option<String>)> {
+    let recorded = RunState::read_checked(iface)?;
+    let Some(next) = Next::read(iface) else {
+        return Ok((recorded, None));
+    };
+    let found = Inspection::of(iface)?;
+    let generation = next.state.generation;
+    if found.runs(next.state.programs) {
+        if repair {
+            record(&next.state, &next.source)?;
+            let _ = std::fs::remove_file(paths::next_file(iface));
+        }
+        let note = format!(
+            "a switch to generation {generation} ({}) was interrupted after it took effect{}",
+            next.source.path.display(),
+            if repair { "; recorded it now" } else { "" }
+        );
+        return Ok((Some(next.state), Some(note)));
+    }
+    if no_link_runs(&found, &next.state) {
+        // Not switched (or still being switched by a running loader): the record stands.
+        if !repair {
+            return Ok((recorded, None));
+        }
+        let _ = std::fs::remove_file(paths::next_file(iface));
+        let note = format!("a switch to generation {generation} was interrupted before it took effect");
+        return Ok((recorded, Some(note)));
+    }
+    let note = format!(
+        "a switch to generation {generation} was interrupted half-way: one link runs its program, the \
+         other an older one; `portguard reload {iface}` makes them one generation again"
+    );
+    Ok((recorded, Some(note)))
 }
 
 /// Re-applies the saved manual blocks to `iface`.
@@ -103,7 +207,10 @@ pub fn detach(iface: &str) -> Result<()> {
     let pins = paths::owned_pin_dir(iface)?.exists();
     let running = loader_running(iface);
     if !pins && !running {
-        bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
+        bail!(
+            "portguard is not attached to {iface} in {} (`portguard status` lists attachments)",
+            crate::netns::Netns::current()
+        );
     }
     if running {
         // The record names the loader; without a readable one, the lock does.
@@ -129,7 +236,9 @@ pub fn detach(iface: &str) -> Result<()> {
     remove_stale_lock(iface);
     let _ = std::fs::remove_file(paths::detach_request(iface));
     let _ = std::fs::remove_file(paths::pending_file(iface));
+    let _ = std::fs::remove_file(paths::next_file(iface));
     let _ = std::fs::remove_file(paths::active_policy(iface));
+    crate::state::remove_empty_netns_dirs();
     Ok(())
 }
 
@@ -246,22 +355,24 @@ fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
 }
 
 /// Reloads an attachment whose loader is gone (killed, or `--pin` and exited): this process
-/// loads the generation, switches the links and lets go; the pins keep it running.
+/// loads the generation, switches the links and lets go; the pins keep it running. It holds
+/// the loader lock meanwhile, so no loader starts (and adopts) half-way through.
 pub fn reload_without_loader(iface: &str, source: &PolicySource, strict: bool) -> Result<u64> {
-    let mut state = RunState::read(iface)
-        .with_context(|| format!("no runtime state for {iface}; detach it and attach again"))?;
-    let generation = state.generation + 1;
-    let (ebpf, loaded) = apply_generation(iface, source, strict, generation)?;
-    state.generation = generation;
-    state.policy = source.path.clone();
-    state.summary = loaded.policy.summary();
-    state.mode = loaded.policy.mode;
-    state.never_block = loaded.policy.never_block.clone();
-    state.blocklist_sources = loaded.policy.blocklist_sources.clone();
-    record(&state, source)?;
+    let _lock = LoaderLock::acquire(iface)?;
+    let (state, note) = settle(iface, true)?;
+    if let Some(note) = note {
+        eprintln!("{iface}: {note}");
+    }
+    let state = state.with_context(|| format!("no runtime state for {iface}; detach it and attach again"))?;
+    if let Some(problem) = Inspection::of(iface)?.problem(iface) {
+        bail!(
+            "{iface} is NOT PROTECTED: {problem}; `portguard attach {iface} --policy FILE` attaches afresh"
+        );
+    }
+    let (ebpf, _, next) = apply_generation(&state, source, strict)?;
     // The links reference the new programs now; our handles can go.
     drop(ebpf);
-    Ok(generation)
+    Ok(next.generation)
 }
 
 #[cfg(test)]

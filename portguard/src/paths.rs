@@ -1,8 +1,10 @@
 //! Every filesystem path portguard uses, in one place.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+
+use crate::netns::Netns;
 
 /// Where bpffs is (or gets) mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -19,6 +21,26 @@ pub fn state_dir() -> PathBuf {
     std::env::var_os("PORTGUARD_STATE_DIR").map_or_else(|| PathBuf::from(STATE_DIR), PathBuf::from)
 }
 
+/// `root` for the attachments of `netns`: `root` itself for the host's, `root/net:INODE` for
+/// another's, so two `eth0`s in two namespaces never share a path.
+pub fn scoped_in(root: &str, netns: Netns) -> PathBuf {
+    let root = PathBuf::from(root);
+    match netns.dir() {
+        Some(dir) => root.join(dir),
+        None => root,
+    }
+}
+
+/// The pin directory of this namespace's attachments.
+pub fn pin_root() -> PathBuf {
+    scoped_in(PIN_ROOT, Netns::current())
+}
+
+/// The run directory of this namespace's attachments.
+pub fn run_dir() -> PathBuf {
+    scoped_in(RUN_DIR, Netns::current())
+}
+
 /// Manual blocks (`portguard block`), written atomically, root only.
 pub fn blocks_file() -> PathBuf {
     state_dir().join("blocks.json")
@@ -31,12 +53,16 @@ pub fn blocks_lock() -> PathBuf {
 
 /// The text of the policy an attachment runs now: what a rollback returns to.
 pub fn active_policy(iface: &str) -> PathBuf {
-    state_dir().join(format!("{iface}.active-policy.json"))
+    let dir = match Netns::current().dir() {
+        Some(netns) => state_dir().join(netns),
+        None => state_dir(),
+    };
+    dir.join(format!("{iface}.active-policy.json"))
 }
 
 /// A change waiting for `portguard confirm` (`--confirm-within`).
 pub fn pending_file(iface: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("{iface}.pending.json"))
+    run_dir().join(format!("{iface}.pending.json"))
 }
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ` less its NUL).
@@ -65,18 +91,18 @@ pub fn check_iface_name(name: &str) -> Result<(), String> {
 
 /// Pins of one attachment: the shared maps and the links.
 pub fn pin_dir(iface: &str) -> PathBuf {
-    PathBuf::from(PIN_ROOT).join(iface)
+    pin_root().join(iface)
 }
 
 /// `pin_dir`, for code about to delete in it: refuses a name that is not an interface name or
-/// a directory that is not directly under `PIN_ROOT`.
+/// a directory that is not directly under this namespace's pin directory.
 pub fn owned_pin_dir(iface: &str) -> Result<PathBuf> {
     if let Err(problem) = check_iface_name(iface) {
         bail!("{problem}");
     }
-    let dir = pin_dir(iface);
-    if dir.parent() != Some(Path::new(PIN_ROOT)) {
-        bail!("{} is not inside {PIN_ROOT}: not touching it", dir.display());
+    let (root, dir) = (pin_root(), pin_dir(iface));
+    if dir.parent() != Some(root.as_path()) || !root.starts_with(PIN_ROOT) {
+        bail!("{} is not inside {}: not touching it", dir.display(), root.display());
     }
     Ok(dir)
 }
@@ -94,22 +120,28 @@ pub fn link_pin(iface: &str, link: &str) -> PathBuf {
 
 /// What `status` reads about an attachment.
 pub fn state_file(iface: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("{iface}.json"))
+    run_dir().join(format!("{iface}.json"))
+}
+
+/// A generation about to be switched in, written before the switch and removed once it is
+/// recorded: after a crash in between, it and the pinned links tell which generation runs.
+pub fn next_file(iface: &str) -> PathBuf {
+    run_dir().join(format!("{iface}.next.json"))
 }
 
 /// The loader's control socket (events for `portguard events`, `reload`), root only.
 pub fn control_socket(iface: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("{iface}.sock"))
+    run_dir().join(format!("{iface}.sock"))
 }
 
 /// Held (flock) by the loader of an attachment for as long as it runs.
 pub fn lock_file(iface: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("{iface}.lock"))
+    run_dir().join(format!("{iface}.lock"))
 }
 
 /// Left by `portguard detach` for a loader started with `--pin`: stop enforcing too.
 pub fn detach_request(iface: &str) -> PathBuf {
-    PathBuf::from(RUN_DIR).join(format!("{iface}.detach"))
+    run_dir().join(format!("{iface}.detach"))
 }
 
 #[cfg(test)]
@@ -120,7 +152,7 @@ mod tests {
     fn interface_names_follow_the_kernel_rules() {
         for good in ["eth0", "a", "veth-1.100", "enp0s31f6", "wg_0", "123456789012345"] {
             assert_eq!(check_iface_name(good), Ok(()), "{good}");
-            assert_eq!(owned_pin_dir(good).unwrap(), Path::new(PIN_ROOT).join(good));
+            assert_eq!(owned_pin_dir(good).unwrap(), pin_root().join(good));
         }
         for bad in [
             "",

@@ -38,9 +38,22 @@ pub struct RunState {
     /// Leave enforcement in place when the loader exits (`attach --pin`).
     #[serde(default)]
     pub pinned: bool,
+    /// The kernel's ids of this generation's programs, to check the record against what the
+    /// pinned links run.
+    #[serde(default)]
+    pub programs: Option<crate::links::ProgramIds>,
 }
 
 impl RunState {
+    /// Describes `policy`, read from `path`, as what this attachment runs.
+    pub fn describe(&mut self, policy: &crate::policy::Policy, path: &Path) {
+        self.policy = path.to_path_buf();
+        self.summary = policy.summary();
+        self.mode = policy.mode;
+        self.never_block = policy.never_block.clone();
+        self.blocklist_sources = policy.blocklist_sources.clone();
+    }
+
     pub fn write(&self) -> Result<()> {
         write_atomically(&paths::state_file(&self.iface), serde_json::to_string_pretty(self)?.as_bytes())
     }
@@ -61,7 +74,7 @@ impl RunState {
     }
 
     pub fn all() -> Vec<Self> {
-        let Ok(entries) = fs::read_dir(paths::RUN_DIR) else {
+        let Ok(entries) = fs::read_dir(paths::run_dir()) else {
             return Vec::new();
         };
         let mut states: Vec<Self> = entries
@@ -98,9 +111,14 @@ pub struct LoaderLock {
 }
 
 impl LoaderLock {
+    /// Takes the lock if nobody holds it: no loader runs, and none starts while it is held.
+    pub fn try_acquire(iface: &str) -> Option<Self> {
+        Self::acquire(iface).ok()
+    }
+
     /// Takes the lock, or says who holds it.
     pub fn acquire(iface: &str) -> Result<Self> {
-        system::create_private_dir(&PathBuf::from(paths::RUN_DIR))?;
+        system::create_private_dir(&paths::run_dir())?;
         let path = paths::lock_file(iface);
         let file = fs::OpenOptions::new()
             .read(true)
@@ -144,6 +162,7 @@ pub fn remove_left_behind(iface: &str) -> Vec<String> {
         paths::lock_file(iface),
         paths::pending_file(iface),
         paths::detach_request(iface),
+        paths::next_file(iface),
     ]
     .into_iter()
     .filter(|path| fs::remove_file(path).is_ok())
@@ -151,9 +170,18 @@ pub fn remove_left_behind(iface: &str) -> Vec<String> {
     .collect()
 }
 
-/// Interfaces with files in the run directory.
+/// Removes this namespace's run and state directories once they are empty: another network
+/// namespace's last attachment is gone.
+pub fn remove_empty_netns_dirs() {
+    if let Some(dir) = crate::netns::Netns::current().dir() {
+        let _ = fs::remove_dir(paths::run_dir());
+        let _ = fs::remove_dir(paths::state_dir().join(dir));
+    }
+}
+
+/// Interfaces of this network namespace with files in the run directory.
 pub fn interfaces_with_run_files() -> Vec<String> {
-    let Ok(entries) = fs::read_dir(paths::RUN_DIR) else {
+    let Ok(entries) = fs::read_dir(paths::run_dir()) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries

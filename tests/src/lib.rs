@@ -117,6 +117,12 @@ impl Netns {
         Ok(netns)
     }
 
+    /// How portguard tells this namespace apart.
+    pub fn id(&self) -> portguard::netns::Netns {
+        portguard::netns::Netns::of_file(&std::path::Path::new("/run/netns").join(&self.name))
+            .expect("the namespace exists")
+    }
+
     /// `ip -n NAME ARGS...`
     pub fn ip(&self, args: &[&str]) -> Result<Output> {
         let mut full = vec!["-n", self.name.as_str()];
@@ -210,40 +216,62 @@ impl Lab {
     }
 
     pub fn with(options: LabOptions) -> Result<Self> {
+        Self::build(options, unique("s"))
+    }
+
+    /// A lab whose server interface is called `server_if`: two labs can have interfaces of
+    /// the same name, each in its own namespace (as two containers' `eth0`s).
+    pub fn with_server_if(server_if: &str) -> Result<Self> {
+        Self::build(LabOptions::default(), server_if.to_owned())
+    }
+
+    fn build(options: LabOptions, server_if: String) -> Result<Self> {
         let client = Netns::new("cli")?;
         let server = Netns::new("srv")?;
         let client_if = unique("c");
-        let server_if = unique("s");
+        let mut lab = Self { client, server, server_if, client_if, fixtures: Vec::new() };
+        lab.create_link()?;
+        lab.tag_vlans(options)?;
+        Ok(lab)
+    }
+
+    /// Creates the veth pair between the namespaces, with the lab's addresses and routes.
+    pub fn create_link(&self) -> Result<()> {
         run(
             "ip",
             &[
                 "link",
                 "add",
-                &client_if,
+                &self.client_if,
                 "netns",
-                &client.name,
+                &self.client.name,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                &server_if,
+                &self.server_if,
                 "netns",
-                &server.name,
+                &self.server.name,
             ],
         )?;
-        let mut lab = Self { client, server, server_if, client_if, fixtures: Vec::new() };
-        lab.client.ip(&["link", "set", &lab.client_if, "up"])?;
-        lab.server.ip(&["link", "set", &lab.server_if, "up"])?;
-        lab.tag_vlans(options)?;
-        lab.address(&lab.server, &lab.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
-        lab.address(&lab.client, &lab.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
+        self.client.ip(&["link", "set", &self.client_if, "up"])?;
+        self.server.ip(&["link", "set", &self.server_if, "up"])?;
+        self.address(&self.server, &self.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
+        self.address(&self.client, &self.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
         for (address, route) in CLIENT_EXTRA {
-            lab.address(&lab.client, &lab.client_if, &[address])?;
+            self.address(&self.client, &self.client_if, &[address])?;
             if let Some(route) = route {
-                lab.server.ip(&["route", "add", route, "dev", &lab.server_if])?;
+                self.server.ip(&["route", "add", route, "dev", &self.server_if])?;
             }
         }
-        Ok(lab)
+        Ok(())
+    }
+
+    /// Deletes the veth pair (both ends), as a container runtime or hot-unplug does; the lab's
+    /// namespaces stay. `create_link` makes it again, under the same names.
+    pub fn delete_link(&self) -> Result<()> {
+        self.server.ip(&["link", "del", &self.server_if])?;
+        Ok(())
     }
 
     /// Tags the client's frames with the requested VLAN ids on its way out and strips them

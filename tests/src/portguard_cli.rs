@@ -275,3 +275,14 @@ pub fn succeeded(output: std::process::Output) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Where portguard pins the attachment of `iface` in `netns`.
+pub fn pin_dir(netns: &Netns, iface: &str) -> PathBuf {
+    portguard::paths::scoped_in(portguard::paths::PIN_ROOT, netns.id()).join(iface)
+}
+
+/// A run file of the attachment of `iface` in `netns`: `suffix` is `json` (its record),
+/// `next.json`, `lock`, `sock`...
+pub fn run_file(netns: &Netns, iface: &str, suffix: &str) -> PathBuf {
+    portguard::paths::scoped_in(portguard::paths::RUN_DIR, netns.id()).join(format!("{iface}.{suffix}"))
+}

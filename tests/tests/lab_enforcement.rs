@@ -235,8 +235,8 @@ fn second_attach_is_refused_and_detach_leaves_nothing() {
     let detach = pg.run(&["detach", &lab.server_if]);
     assert!(detach.status.success(), "{}", String::from_utf8_lossy(&detach.stderr));
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/portguard/{}", lab.server_if)).exists());
-    assert!(!std::path::Path::new(&format!("/run/portguard/{}.json", lab.server_if)).exists());
+    assert!(!portguard_tests::portguard_cli::pin_dir(&lab.server, &lab.server_if).exists());
+    assert!(!portguard_tests::portguard_cli::run_file(&lab.server, &lab.server_if, "json").exists());
     let link = lab.server.exec("ip", &["-d", "link", "show", "dev", &lab.server_if]).unwrap();
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"), "XDP still attached");
     let net = lab.server.exec("bpftool", &["-j", "net", "show", "dev", &lab.server_if]).unwrap();

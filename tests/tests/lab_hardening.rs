@@ -424,7 +424,7 @@ fn left_behind_and_damaged_run_files_are_cleaned_and_reported() {
     // detach still finds its loader.
     let lab = Lab::new().unwrap();
     let pg = Attached::start(&lab.server, &lab.server_if, WEB, &[]).unwrap();
-    let record = Path::new("/run/portguard").join(format!("{}.json", lab.server_if));
+    let record = portguard_tests::portguard_cli::run_file(&lab.server, &lab.server_if, "json");
     std::fs::write(&record, "{ damaged").unwrap();
     let output = pg.run(&["status"]);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -442,6 +442,6 @@ fn left_behind_and_damaged_run_files_are_cleaned_and_reported() {
     let started = Instant::now();
     ok(pg.run(&["detach", &lab.server_if]));
     assert!(started.elapsed() < Duration::from_secs(8), "the loader was found and stopped");
-    assert!(!Path::new(&format!("/sys/fs/bpf/portguard/{}", lab.server_if)).exists());
+    assert!(!portguard_tests::portguard_cli::pin_dir(&lab.server, &lab.server_if).exists());
     assert!(!record.exists());
 }

@@ -396,7 +396,7 @@ fn sigkill_leaves_enforcement_then_attach_adopts_and_detach_cleans() {
 
     ok(pg.run(&["detach", &lab.server_if]));
     let _ = adopter.0.wait();
-    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/portguard/{}", lab.server_if)).exists());
+    assert!(!portguard_tests::portguard_cli::pin_dir(&lab.server, &lab.server_if).exists());
     let link = lab.server.exec("ip", &["-d", "link", "show", "dev", &lab.server_if]).unwrap();
     assert!(!String::from_utf8_lossy(&link.stdout).contains("xdp"));
     let net: Value = serde_json::from_slice(
@@ -413,7 +413,7 @@ fn unconfirmed_changes_roll_back_by_themselves() {
     require_root!();
     let lab = Lab::new().unwrap();
     let _servers = Servers::start(&lab.server, &[80, 8080], &[]);
-    let pin_dir = format!("/sys/fs/bpf/portguard/{}", lab.server_if);
+    let pin_dir = portguard_tests::portguard_cli::pin_dir(&lab.server, &lab.server_if);
 
     // An attach nobody confirms goes away.
     let pg = Attached::start(&lab.server, &lab.server_if, WEB, &["--confirm-within", "3s"]).unwrap();

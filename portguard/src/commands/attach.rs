@@ -12,7 +12,8 @@ use anyhow::{Context as _, Result};
 use log::info;
 use portguard::{
     alerts::Sinks,
-    loader::{self, XdpModeChoice},
+    links::Inspection,
+    loader::{self, AttachedMode, XdpModeChoice},
     manager::{self, PolicySource, Rollback},
     metrics::{self, LoaderCounts},
     paths,
@@ -61,20 +62,66 @@ pub fn run(options: Options) -> Result<ExitCode> {
             })
         })
         .transpose()?;
-    let previous = RunState::read(iface);
-    // Pinned links and no loader (we hold the lock): a loader was killed, or ran with --pin.
-    let adopt = loader::is_attached(iface);
-    let generation = if adopt { previous.as_ref().map_or(1, |s| s.generation) + 1 } else { 1 };
-    let image = compile(&policy, generation)?;
+    // No loader runs (we hold the lock): what a previous one left is ours to adopt or clear.
+    let previous = match manager::settle(iface, true) {
+        Ok((previous, note)) => {
+            if let Some(note) = note {
+                println!("portguard: {iface}: {note}");
+            }
+            previous
+        }
+        Err(error) => {
+            eprintln!("warning: {error:#}; attaching without it");
+            None
+        }
+    };
+    let found = Inspection::of(iface)?;
+    // Adopted when a link still runs on this interface: enforcement goes on without a gap.
+    let adopt = found.on_interface(found.xdp) || found.on_interface(found.tc);
     if !adopt {
-        // Pins without links: a loader died before it attached. Nothing enforces; start clean.
-        loader::remove_pins(iface)?;
+        let pin_dir = paths::owned_pin_dir(iface)?;
+        if found.any_link() {
+            println!(
+                "portguard: the links left pinned for {iface} protect nothing ({}): removed them and \
+                 their maps; attaching afresh",
+                found.problem(iface).unwrap_or_default()
+            );
+        } else if pin_dir.exists() {
+            println!(
+                "portguard: removed the pins a loader left for {iface} before it attached (nothing was \
+                 enforcing); attaching afresh"
+            );
+        }
+        loader::detach(iface)?;
+        // A switch of pins that are gone says nothing about what this attach starts.
+        let _ = std::fs::remove_file(paths::next_file(iface));
     }
-    system::create_private_dir(Path::new(paths::PIN_ROOT))?;
+    let previous = previous.filter(|_| adopt);
+    // What an unconfirmed adopting attach returns to: read before this attach records its own.
+    let previous_policy = if adopt { PolicySource::active(iface).ok() } else { None };
+    let generation = previous.as_ref().map_or(0, |s| s.generation) + 1;
+    let image = compile(&policy, generation)?;
+    system::create_private_dir(&paths::pin_root())?;
     let pin_dir = paths::pin_dir(iface);
     system::create_private_dir(&pin_dir)?;
 
-    let (ebpf, xdp_mode) = {
+    let mut state = RunState {
+        iface: iface.to_owned(),
+        ifindex,
+        pid: std::process::id(),
+        policy: source.path.clone(),
+        summary: policy.summary(),
+        mode: policy.mode,
+        xdp_mode: previous.as_ref().map_or(AttachedMode::Unknown, |s| s.xdp_mode),
+        attached_at: previous.as_ref().map_or_else(now_unix, |s| s.attached_at),
+        generation,
+        netns: options.netns.map(str::to_owned),
+        never_block: policy.never_block.clone(),
+        blocklist_sources: policy.blocklist_sources.clone(),
+        pinned: options.pin,
+        programs: None,
+    };
+    let ebpf = {
         let cleanup = (!adopt).then(|| PinCleanup(iface));
         let mut ebpf = loader::load(&image, &policy, Some(&pin_dir))?;
         let seeded = loader::seed_flows(&mut ebpf, &sockets::read_all()?)?;
@@ -83,36 +130,31 @@ pub fn run(options: Options) -> Result<ExitCode> {
         if manual > 0 {
             println!("portguard: {manual} manual blocks restored from {}", paths::blocks_file().display());
         }
-        let mode = if adopt {
-            loader::replace(&mut ebpf, iface)?;
-            let mode =
-                previous.as_ref().map(|s| s.xdp_mode).context("adopting without a record of the XDP mode")?;
+        state.programs = Some(loader::program_ids(&mut ebpf)?);
+        if adopt {
+            let (mode, repaired) = manager::switch_recorded(&state, &source, || {
+                loader::adopt(&mut ebpf, iface, options.xdp_mode, &found)
+            })?;
+            if let Some(mode) = mode {
+                state.xdp_mode = mode;
+            }
             println!(
                 "portguard: adopted the programs left pinned on {iface}: generation {generation} replaces them"
             );
-            mode
+            for repair in repaired {
+                println!("portguard: repaired a half attachment of {iface}: {repair}");
+            }
         } else {
-            loader::attach_new(&mut ebpf, iface, options.xdp_mode)?
-        };
+            // Recorded before the first pin: a loader killed after it leaves enough to adopt.
+            loader::attach_new(&mut ebpf, iface, options.xdp_mode, |mode| {
+                state.xdp_mode = mode;
+                manager::record(&state, &source)
+            })?;
+        }
         std::mem::forget(cleanup);
-        (ebpf, mode)
+        ebpf
     };
-
-    let state = RunState {
-        iface: iface.to_owned(),
-        ifindex,
-        pid: std::process::id(),
-        policy: source.path.clone(),
-        summary: policy.summary(),
-        mode: policy.mode,
-        xdp_mode,
-        attached_at: previous.filter(|_| adopt).map_or_else(now_unix, |s| s.attached_at),
-        generation,
-        netns: options.netns.map(str::to_owned),
-        never_block: policy.never_block.clone(),
-        blocklist_sources: policy.blocklist_sources.clone(),
-        pinned: options.pin,
-    };
+    let xdp_mode = state.xdp_mode;
     manager::record(&state, &source)?;
 
     println!(
@@ -124,13 +166,9 @@ pub fn run(options: Options) -> Result<ExitCode> {
         println!("--pin: enforcement stays when this loader exits; `portguard detach {iface}` removes it");
     }
     if let Some(within) = options.confirm_within {
-        let rollback = if adopt {
-            match manager::PolicySource::active(iface) {
-                Ok(previous) if previous.text != source.text => Rollback::Restore { policy: previous },
-                _ => Rollback::Detach,
-            }
-        } else {
-            Rollback::Detach
+        let rollback = match previous_policy {
+            Some(previous) if previous.text != source.text => Rollback::Restore { policy: previous },
+            _ => Rollback::Detach,
         };
         manager::arm_rollback(iface, within, rollback)?;
         println!(
@@ -167,6 +205,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
 
     let loader = Loader {
         ebpf,
+        xdp_choice: options.xdp_mode,
         metrics,
         counts,
         sinks,
@@ -199,10 +238,11 @@ pub fn run(options: Options) -> Result<ExitCode> {
         }
     };
     drop(lock);
+    portguard::state::remove_empty_netns_dirs();
     result
 }
 
-/// Removes the pins if attaching fails half-way.
+/// Removes the pins, and the record written before them, if attaching fails half-way.
 struct PinCleanup<'a>(&'a str);
 
 impl Drop for PinCleanup<'_> {
@@ -210,5 +250,6 @@ impl Drop for PinCleanup<'_> {
         if let Err(error) = loader::detach(self.0) {
             log::warn!("cleaning up after a failed attach: {error:#}");
         }
+        RunState::remove(self.0);
     }
 }

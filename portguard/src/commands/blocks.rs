@@ -11,7 +11,9 @@ use ipnet::IpNet;
 use portguard::{
     blocks::{self, BlockStore, ManualEntry},
     events::active_blocks,
+    links::Inspection,
     maps::open_pinned,
+    netns::Netns,
     policy::sources::parse_net_strict,
     state::{RunState, now_unix},
     system,
@@ -37,16 +39,24 @@ fn parse_nets(items: &[String]) -> Result<Vec<IpNet>> {
     Ok(nets)
 }
 
-/// Interfaces a command acts on: the one named (which must be attached), or all.
+/// Interfaces a command acts on: the one named (which must be attached), or all, in the
+/// network namespace the command runs in.
 fn targets(iface: Option<&str>) -> Result<Vec<String>> {
     let attached = attached_interfaces();
     match iface {
-        Some(iface) if !attached.iter().any(|a| a == iface) => {
-            bail!("portguard is not attached to {iface} (`portguard status` lists attachments)")
-        }
+        Some(iface) if !attached.iter().any(|a| a == iface) => bail!(
+            "portguard is not attached to {iface} in {} (`portguard status` lists attachments; \
+             --netns NAME acts in another namespace)",
+            Netns::current()
+        ),
         Some(iface) => Ok(vec![iface.to_owned()]),
         None => Ok(attached),
     }
+}
+
+/// What a command acted on, for its output: `eth0, eth1 in the host's network namespace`.
+fn acted_on(interfaces: &[&str]) -> String {
+    format!("{} in {}", interfaces.join(", "), Netns::current())
 }
 
 pub fn block(
@@ -87,16 +97,33 @@ pub fn block(
             reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
         );
     }
+    // A block written into the maps of an attachment that protects nothing is not in effect.
+    let (enforcing, unprotected): (Vec<_>, Vec<_>) = interfaces
+        .iter()
+        .map(|iface| {
+            (iface, Inspection::of(iface).map_or_else(|e| Some(format!("{e:#}")), |f| f.problem(iface)))
+        })
+        .partition(|(_, problem)| problem.is_none());
     if interfaces.is_empty() {
         println!(
-            "portguard is not attached anywhere: saved in {}, enforced from the next attach",
+            "portguard is not attached anywhere in {}: saved in {}, enforced from the next attach there",
+            Netns::current(),
             portguard::paths::blocks_file().display()
         );
-    } else {
+    }
+    if !enforcing.is_empty() {
+        let names: Vec<&str> = enforcing.iter().map(|(iface, _)| iface.as_str()).collect();
         println!(
-            "in effect on {} from the next packet ({} ms after this command started)",
-            interfaces.join(", "),
-            took.as_millis()
+            "in effect on {} from the next packet ({} ms after this command started){}",
+            acted_on(&names),
+            took.as_millis(),
+            if iface.is_none() { "; also on interfaces attached there later" } else { "" }
+        );
+    }
+    for (iface, problem) in &unprotected {
+        eprintln!(
+            "NOT in effect on {iface}: it is NOT PROTECTED ({}); saved, and enforced once {iface} is attached again",
+            problem.as_deref().unwrap_or_default()
         );
     }
     for state in RunState::all() {
@@ -109,24 +136,30 @@ pub fn block(
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if unprotected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard unblock")?;
     let nets = parse_nets(items)?;
     let interfaces = targets(iface)?;
-    let manual: Vec<usize> = BlockStore::edit(&interfaces, |store| {
-        Ok(nets.iter().map(|net| store.remove(net, iface).len()).collect())
+    let netns = Netns::current();
+    let manual: Vec<(usize, bool)> = BlockStore::edit(&interfaces, |store| {
+        Ok(nets.iter().map(|net| store.remove(net, netns, iface)).collect())
     })?;
+    let names: Vec<&str> = interfaces.iter().map(String::as_str).collect();
     // Automatic blocks are in the kernel only: lifted once the saved list agrees.
     let mut missing = Vec::new();
-    for (net, manual) in nets.iter().zip(manual) {
+    for (net, (manual, stays)) in nets.iter().zip(manual) {
         let automatic = remove_automatic(net, &interfaces)?;
         if manual + automatic == 0 {
             missing.push(*net);
-        } else {
-            println!("unblocked {net} ({manual} manual, {automatic} automatic)");
+            continue;
+        }
+        let on = if names.is_empty() { format!("in {netns}") } else { format!("on {}", acted_on(&names)) };
+        println!("unblocked {net} {on} ({manual} manual, {automatic} automatic)");
+        if stays {
+            println!("{net} was blocked on every attachment there: it stays blocked on the others");
         }
     }
     for net in &missing {
@@ -179,7 +212,8 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
     let rfc = rfc3339;
     let mut rows = Vec::new();
     let store = BlockStore::load()?;
-    for entry in store.blocks.iter().filter(|b| !b.expired(now)) {
+    let netns = Netns::current();
+    for entry in store.blocks.iter().filter(|b| !b.expired(now) && b.netns == netns) {
         if let Some(only) = iface {
             if !entry.applies_to(only) {
                 continue;
@@ -258,7 +292,7 @@ fn manual_row(entry: &ManualEntry, interfaces: &[String], now: u64, rfc: &dyn Fn
         interfaces: match &entry.iface {
             Some(iface) => vec![iface.clone()],
             None if interfaces.is_empty() => vec!["(all, none attached)".into()],
-            None => interfaces.to_vec(),
+            None => interfaces.iter().filter(|i| !entry.except.contains(i)).cloned().collect(),
         },
         reason: entry.reason.clone().unwrap_or_default(),
         added: Some(rfc(entry.added)),

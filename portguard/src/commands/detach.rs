@@ -15,7 +15,7 @@ pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
         vec![iface.expect("clap requires IFACE without --all").to_owned()]
     };
     if targets.is_empty() {
-        println!("portguard is not attached anywhere");
+        println!("portguard is not attached anywhere in {}", portguard::netns::Netns::current());
         return Ok(ExitCode::SUCCESS);
     }
     for iface in &targets {

@@ -27,11 +27,17 @@ pub fn run(iface: Option<&str>, json: bool) -> Result<ExitCode> {
         None => attached_interfaces(),
     };
     if interfaces.is_empty() {
-        bail!("portguard is not attached anywhere (`portguard attach IFACE --policy FILE` starts it)");
+        bail!(
+            "portguard is not attached anywhere in {} (`portguard attach IFACE --policy FILE` starts it)",
+            portguard::netns::Netns::current()
+        );
     }
     for iface in &interfaces {
         if !paths::pin_dir(iface).exists() {
-            bail!("portguard is not attached to {iface} (`portguard status` lists attachments)");
+            bail!(
+                "portguard is not attached to {iface} in {} (`portguard status` lists attachments)",
+                portguard::netns::Netns::current()
+            );
         }
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

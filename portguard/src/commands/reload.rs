@@ -8,7 +8,7 @@ use portguard::{
     control::{self, ReloadRequest, Request},
     loader,
     manager::{self, PolicySource, Rollback},
-    state::{RunState, loader_running},
+    state::loader_running,
     system,
 };
 
@@ -26,7 +26,10 @@ pub fn run(
         None => attached_interfaces(),
     };
     if interfaces.is_empty() {
-        bail!("portguard is not attached anywhere: nothing to reload (`portguard attach` starts it)");
+        bail!(
+            "portguard is not attached anywhere in {}: nothing to reload (`portguard attach` starts it)",
+            portguard::netns::Netns::current()
+        );
     }
     let mut failed = false;
     for iface in &interfaces {
@@ -37,10 +40,27 @@ pub fn run(
             } else {
                 format!("; removed left-behind run files: {}", left_behind.join(", "))
             };
-            bail!("portguard is not attached to {iface} (`portguard status` lists attachments){cleaned}");
+            bail!(
+                "portguard is not attached to {iface} in {} (`portguard status` lists attachments){cleaned}",
+                portguard::netns::Netns::current()
+            );
+        }
+        // A new generation needs links on the interface to switch.
+        if let Some(problem) = portguard::links::Inspection::of(iface)?.problem(iface) {
+            eprintln!(
+                "{iface}: reload refused: {iface} is NOT PROTECTED: {problem}{}",
+                if loader_running(iface) {
+                    format!("; its loader attaches again as soon as {iface} exists")
+                } else {
+                    format!("; `portguard attach {iface} --policy FILE` attaches afresh")
+                }
+            );
+            failed = true;
+            continue;
         }
         // Without --policy, the running policy's file: from the record, which must be readable.
-        let running_policy = match RunState::read_checked(iface) {
+        // What runs, also after an interrupted switch.
+        let running_policy = match manager::settle(iface, false).map(|(state, _)| state) {
             Ok(state) => state.map(|s| s.policy),
             // The loader knows what it runs, and rewrites its record after the reload.
             Err(error) if loader_running(iface) && policy.is_some() => {

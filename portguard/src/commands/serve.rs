@@ -5,7 +5,7 @@
 use std::{
     os::unix::fs::PermissionsExt as _,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -16,6 +16,8 @@ use portguard::{
     blocks::BlockStore,
     control::{ReloadRequest, Reply, Request},
     events::{EventRecord, EventSource, Grants},
+    links::Inspection,
+    loader::{self, XdpModeChoice},
     lock,
     manager::{self, PolicySource, Rollback},
     metrics::{self, LoaderCounts},
@@ -53,6 +55,8 @@ pub fn say(line: &str) {
 /// A running attachment, as its loader holds it.
 pub struct Loader {
     pub ebpf: Ebpf,
+    /// How XDP was asked to attach: used again when the interface comes back.
+    pub xdp_choice: XdpModeChoice,
     /// Where `/metrics` is served (bound before attaching), and what it reads.
     pub metrics: Option<(std::net::TcpListener, Arc<metrics::Source>)>,
     /// What the loader counts itself (for the metrics).
@@ -80,7 +84,7 @@ type ReloadCall = (ReloadRequest, oneshot::Sender<Reply>);
 /// blocklist files, compiling and filling the maps take time (a million-entry list takes
 /// seconds), and events, `/metrics` and the control socket must keep being served meanwhile.
 struct ReloadInProgress {
-    work: tokio::task::JoinHandle<Result<(Ebpf, Loaded, PolicySource)>>,
+    work: tokio::task::JoinHandle<Result<(Ebpf, Loaded, PolicySource, RunState)>>,
     request: ReloadRequest,
     /// Where the answer goes; `None` for SIGHUP.
     reply: Option<oneshot::Sender<Reply>>,
@@ -119,6 +123,8 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut reloading: Option<ReloadInProgress> = None;
     let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
+    // What was last said about the interface being unprotected (said again only if it changes).
+    let mut unprotected: Option<String> = None;
     let publish = |loader: &Loader, record: &EventRecord| {
         loader.output.print(record);
         let _ = lines.send(Arc::from(record.json()));
@@ -150,6 +156,12 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
                 match inner.sweep_expired() {
                     Ok(records) => records.iter().for_each(|r| publish(&loader, r)),
                     Err(error) => warn!("sweeping expired blocks: {error:#}"),
+                }
+                // Not while a reload switches the links itself.
+                if reloading.is_none() {
+                    for record in watch_interface(&mut loader, &mut unprotected) {
+                        publish(&loader, &record);
+                    }
                 }
                 // blocks.json is read and its lock waited for on a worker thread.
                 if sweeping.as_ref().is_none_or(|sweep| sweep.is_finished()) {
@@ -199,19 +211,17 @@ fn start_reload(
     request: ReloadRequest,
     reply: Option<oneshot::Sender<Reply>>,
 ) -> ReloadInProgress {
-    let iface = loader.state.iface.clone();
-    let running_policy = loader.state.policy.clone();
+    let current = loader.state.clone();
     let strict = request.strict || loader.strict;
-    let generation = loader.state.generation + 1;
     let asked = request.clone();
     let work = tokio::task::spawn_blocking(move || {
         let source = match (asked.policy_text, asked.policy) {
             (Some(text), Some(path)) => PolicySource { path, text },
             (_, Some(path)) => PolicySource::read(&path)?,
-            (_, None) => PolicySource::read(&running_policy)?,
+            (_, None) => PolicySource::read(&current.policy)?,
         };
-        let (ebpf, loaded) = manager::apply_generation(&iface, &source, strict, generation)?;
-        Ok((ebpf, loaded, source))
+        let (ebpf, loaded, next) = manager::apply_generation(&current, &source, strict)?;
+        Ok((ebpf, loaded, source, next))
     });
     ReloadInProgress { work, request, reply }
 }
@@ -220,7 +230,7 @@ fn start_reload(
 fn finish_reload(
     loader: &mut Loader,
     request: &ReloadRequest,
-    built: Result<(Ebpf, Loaded, PolicySource)>,
+    built: Result<(Ebpf, Loaded, PolicySource, RunState)>,
     metrics: Option<&metrics::Source>,
 ) -> Reply {
     match built.and_then(|built| take_over(loader, request, built, metrics)) {
@@ -235,11 +245,11 @@ fn finish_reload(
 fn take_over(
     loader: &mut Loader,
     request: &ReloadRequest,
-    (ebpf, loaded, source): (Ebpf, Loaded, PolicySource),
+    (ebpf, loaded, source, next): (Ebpf, Loaded, PolicySource, RunState),
     metrics: Option<&metrics::Source>,
 ) -> Result<String> {
     let iface = loader.state.iface.clone();
-    let generation = loader.state.generation + 1;
+    let generation = next.generation;
     for warning in &loaded.warnings {
         eprintln!("{warning}");
     }
@@ -253,14 +263,8 @@ fn take_over(
     loader.sinks.reconfigure(&loaded.policy.alerts);
     let previous = std::mem::replace(&mut loader.source, source);
     let policy = &loaded.policy;
-    let state = &mut loader.state;
-    state.generation = generation;
-    state.policy = loader.source.path.clone();
-    state.summary = policy.summary();
-    state.mode = policy.mode;
-    state.never_block = policy.never_block.clone();
-    state.blocklist_sources = policy.blocklist_sources.clone();
-    manager::record(state, &loader.source)?;
+    // Recorded by the worker around the switch.
+    loader.state = next;
     let mut message = format!("reloaded {iface}: generation {generation}, {}", policy.summary());
     let serving = metrics.map(|m| m.address);
     if policy.metrics_listen.is_some_and(|wanted| Some(wanted) != serving) {
@@ -271,6 +275,53 @@ fn take_over(
         message.push_str(&format!("; rolls back in {secs} s unless `portguard confirm {iface}`"));
     }
     Ok(message)
+}
+
+/// Notices that the attachment stopped protecting its interface (deleted, or deleted and
+/// created again under the same name, which container runtimes and hot-plug do; a pin removed
+/// by hand) and attaches the running generation to the interface that has the name now, as soon
+/// as there is one. Returns the events to publish: `unprotected` when protection is lost (again
+/// whenever the reason changes), `reattached` when it is back.
+fn watch_interface(loader: &mut Loader, said: &mut Option<String>) -> Vec<EventRecord> {
+    let iface = loader.state.iface.clone();
+    let found = match Inspection::of(&iface) {
+        Ok(found) => found,
+        Err(error) => {
+            warn!("checking the links of {iface}: {error:#}");
+            return Vec::new();
+        }
+    };
+    let Some(mut problem) = found.problem(&iface) else {
+        return Vec::new();
+    };
+    if let Some(ifindex) = found.ifindex_now {
+        match loader::adopt(&mut loader.ebpf, &iface, loader.xdp_choice, &found) {
+            Ok((mode, repaired)) => {
+                loader.state.ifindex = ifindex;
+                if let Some(mode) = mode {
+                    loader.state.xdp_mode = mode;
+                }
+                if let Err(error) = loader.state.write() {
+                    warn!("recording the attachment: {error:#}");
+                }
+                *said = None;
+                let detail = format!(
+                    "{problem}; attached generation {} to {iface} (ifindex {ifindex}) again: {}",
+                    loader.state.generation,
+                    repaired.join(", ")
+                );
+                return vec![EventRecord::lifecycle(SystemTime::now(), &iface, "reattached", detail)];
+            }
+            Err(error) => problem = format!("{problem}; attaching again failed: {error:#}"),
+        }
+    } else {
+        problem.push_str(&format!("; the loader attaches again when {iface} exists"));
+    }
+    if said.as_ref() == Some(&problem) {
+        return Vec::new();
+    }
+    *said = Some(problem.clone());
+    vec![EventRecord::lifecycle(SystemTime::now(), &iface, "unprotected", problem)]
 }
 
 /// Drops expired manual blocks from the saved list and from the map (the packet path already

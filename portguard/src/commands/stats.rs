@@ -69,7 +69,10 @@ pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> R
         None => attached_interfaces(),
     };
     if interfaces.is_empty() {
-        bail!("portguard is not attached anywhere (`portguard attach IFACE --policy FILE` starts it)");
+        bail!(
+            "portguard is not attached anywhere in {} (`portguard attach IFACE --policy FILE` starts it)",
+            portguard::netns::Netns::current()
+        );
     }
     let maps: Vec<(String, PinnedMaps)> =
         interfaces.iter().map(|i| Ok((i.clone(), PinnedMaps::open(i)?))).collect::<Result<_>>()?;

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use portguard::{
-    loader,
-    state::{RunState, loader_running},
+    links::Inspection,
+    manager,
+    state::{LoaderLock, RunState, loader_running},
 };
 use serde_json::json;
 
@@ -24,36 +25,58 @@ pub fn report_left_behind() {
 
 pub use portguard::loader::attached_interfaces;
 
+/// One attachment as `status` reports it.
+struct Row {
+    iface: String,
+    state: Option<RunState>,
+    /// Why it protects nothing (or only half), from the links and the interface now.
+    problem: Option<String>,
+    /// What was found about an interrupted switch.
+    note: Option<String>,
+    running: bool,
+}
+
+fn inspect(iface: &str) -> Row {
+    let running = loader_running(iface);
+    // With nobody else able to change it (no loader, and the lock held), the record is made to
+    // agree with what runs; the lock is taken only then, so an attach starting meanwhile is
+    // not turned away for nothing.
+    let interrupted = portguard::paths::next_file(iface).exists();
+    let lock = if running || !interrupted { None } else { LoaderLock::try_acquire(iface) };
+    let (state, note) = match manager::settle(iface, lock.is_some()) {
+        Ok(settled) => settled,
+        Err(error) if running => {
+            eprintln!("warning: {error:#}; its loader rewrites it at the next reload");
+            (None, None)
+        }
+        Err(error) => {
+            RunState::remove(iface);
+            eprintln!(
+                "warning: {error:#}: removed it (`portguard detach {iface}` and attach again restore a full record)"
+            );
+            (None, None)
+        }
+    };
+    drop(lock);
+    let problem = match Inspection::of(iface) {
+        Ok(found) => found.problem(iface),
+        Err(error) => Some(format!("{error:#}")),
+    };
+    Row { iface: iface.to_owned(), state, problem, note, running: running || loader_running(iface) }
+}
+
 pub fn run(json: bool) -> Result<ExitCode> {
-    let interfaces = attached_interfaces();
-    let mut rows = Vec::new();
-    for iface in &interfaces {
-        let enforcing = loader::is_attached(iface);
-        let running = loader_running(iface);
-        let state = match RunState::read_checked(iface) {
-            Ok(state) => state,
-            Err(error) if running => {
-                eprintln!("warning: {error:#}; its loader rewrites it at the next reload");
-                None
-            }
-            Err(error) => {
-                RunState::remove(iface);
-                eprintln!(
-                    "warning: {error:#}: removed it (`portguard detach {iface}` and attach again restore a full record)"
-                );
-                None
-            }
-        };
-        rows.push((iface, state, enforcing, running));
-    }
+    let rows: Vec<Row> = attached_interfaces().iter().map(|iface| inspect(iface)).collect();
     report_left_behind();
     if json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(iface, state, enforcing, running)| {
+            .map(|Row { iface, state, problem, note, running }| {
                 json!({
                     "interface": iface,
-                    "enforcing": enforcing,
+                    "enforcing": problem.is_none(),
+                    "problem": problem,
+                    "note": note,
                     "loader_running": running,
                     "pid": state.as_ref().map(|s| s.pid),
                     "policy": state.as_ref().map(|s| &s.policy),
@@ -71,22 +94,44 @@ pub fn run(json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let elsewhere = portguard::loader::attachments_elsewhere();
+    if !elsewhere.is_empty() {
+        let list: Vec<String> =
+            elsewhere.iter().map(|(netns, iface)| format!("{iface} in {netns}")).collect();
+        eprintln!(
+            "also attached in other network namespaces (`portguard --netns NAME status` shows them): {}",
+            list.join(", ")
+        );
+    }
     if rows.is_empty() {
-        println!("portguard is not attached anywhere");
+        println!("portguard is not attached anywhere in {}", portguard::netns::Netns::current());
         return Ok(ExitCode::SUCCESS);
     }
-    for (iface, state, enforcing, running) in rows {
+    for Row { iface, state, problem, note, running } in rows {
         let loader = match (running, &state) {
             (true, Some(state)) => format!("loader running (pid {})", state.pid),
             (true, None) => "loader running".to_string(),
-            (false, _) if enforcing => {
+            (false, _) if problem.is_none() => {
                 "loader NOT running: pinned programs still enforce; `portguard detach` removes them"
                     .to_string()
             }
-            (false, _) => "left-behind pins, nothing enforcing; `portguard detach` removes them".to_string(),
+            (false, _) => "loader NOT running".to_string(),
         };
         println!("{iface}: {loader}");
-        if let Some(pending) = portguard::manager::Pending::read(iface) {
+        if let Some(problem) = &problem {
+            let remedy = if running {
+                format!("its loader attaches again as soon as {iface} exists")
+            } else {
+                format!(
+                    "`portguard attach {iface} --policy FILE` attaches afresh, `portguard detach {iface}` cleans up"
+                )
+            };
+            println!("  NOT PROTECTED: {problem}; {remedy}");
+        }
+        if let Some(note) = note {
+            println!("  note: {note}");
+        }
+        if let Some(pending) = portguard::manager::Pending::read(&iface) {
             println!(
                 "  WAITING FOR CONFIRMATION: rolls back in {} unless `portguard confirm {iface}`",
                 format_uptime(pending.seconds_left())

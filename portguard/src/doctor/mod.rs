@@ -511,7 +511,21 @@ fn protection(only: Option<&str>, findings: &mut Vec<Finding>) -> (Vec<Attachmen
             }
         }
         let blocks = maps.as_ref().map_or(0, |m| crate::events::active_blocks(&m.auto_blocks).len());
-        if !running {
+        let problem = crate::links::Inspection::of(&iface)
+            .map_or_else(|error| Some(format!("{error:#}")), |found| found.problem(&iface));
+        if let Some(problem) = problem {
+            findings.push(Finding {
+                severity: Severity::High,
+                category: "protection",
+                title: format!("{iface}: NOT PROTECTED"),
+                detail: problem,
+                remedy: if running {
+                    format!("its loader attaches again as soon as {iface} exists")
+                } else {
+                    format!("`portguard attach {iface} --policy FILE` attaches afresh")
+                },
+            });
+        } else if !running {
             findings.push(Finding {
                 severity: Severity::Medium,
                 category: "protection",
