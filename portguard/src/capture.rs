@@ -210,7 +210,11 @@ impl Reader {
     /// Ends the reading with `why` about the record at the start of the buffer.
     fn stop(&mut self, why: String) -> Record {
         self.done = true;
-        let packet = self.next_is_packet().then_some(self.packets + 1);
+        // A packet record that cannot be read still counts (and numbers) as a packet met.
+        let packet = self.next_is_packet().then(|| {
+            self.packets += 1;
+            self.packets
+        });
         Record::Damage(Damage { offset: self.inner.consumed() as u64, packet, why, stopped: true })
     }
 
