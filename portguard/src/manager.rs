@@ -246,8 +246,13 @@ fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
 }
 
 /// Reloads an attachment whose loader is gone (killed, or `--pin` and exited): this process
-/// loads the generation, switches the links and lets go; the pins keep it running.
-pub fn reload_without_loader(iface: &str, source: &PolicySource, strict: bool) -> Result<u64> {
+/// loads the generation, switches the links and lets go; the pins keep it running. Returns the
+/// generation, and what to say about map sizes the policy changes but the pins keep.
+pub fn reload_without_loader(
+    iface: &str,
+    source: &PolicySource,
+    strict: bool,
+) -> Result<(u64, Option<String>)> {
     let mut state = RunState::read(iface)
         .with_context(|| format!("no runtime state for {iface}; detach it and attach again"))?;
     let generation = state.generation + 1;
@@ -261,7 +266,7 @@ pub fn reload_without_loader(iface: &str, source: &PolicySource, strict: bool) -
     record(&state, source)?;
     // The links reference the new programs now; our handles can go.
     drop(ebpf);
-    Ok(generation)
+    Ok((generation, crate::maps::kept_sizes_message(iface, &loaded.policy)))
 }
 
 #[cfg(test)]

@@ -90,6 +90,9 @@ pub fn run(options: Options) -> Result<ExitCode> {
             println!(
                 "portguard: adopted the programs left pinned on {iface}: generation {generation} replaces them"
             );
+            if let Some(kept) = portguard::maps::kept_sizes_message(iface, &policy) {
+                println!("portguard: {kept}");
+            }
             mode
         } else {
             loader::attach_new(&mut ebpf, iface, options.xdp_mode)?

@@ -266,6 +266,9 @@ fn take_over(
     if policy.metrics_listen.is_some_and(|wanted| Some(wanted) != serving) {
         message.push_str("; metrics stay where they are served now (a new [metrics] listen takes effect at the next attach)");
     }
+    if let Some(note) = portguard::maps::kept_sizes_message(&iface, policy) {
+        message.push_str(&format!("; {note}"));
+    }
     if let Some(secs) = request.confirm_within_secs {
         manager::arm_rollback(&iface, Duration::from_secs(secs), Rollback::Restore { policy: previous })?;
         message.push_str(&format!("; rolls back in {secs} s unless `portguard confirm {iface}`"));
