@@ -150,7 +150,9 @@ pub enum Command {
         json: bool,
     },
     /// Replay a capture (pcap or pcapng) through the real kernel program with a policy and
-    /// report what would pass and drop, by rule and reason. No interface is touched.
+    /// report what would pass and drop, by rule and reason. No interface is touched. Packets
+    /// that cannot be judged are listed with why; the exit status is 2 when part of the file
+    /// could not be read (everything before and around it is still judged).
     #[command(
         after_help = "Example:\n  sudo tcpdump -i eth0 -w today.pcap -c 100000\n  sudo portguard verify --policy new.toml --pcap today.pcap --host 192.0.2.2"
     )]

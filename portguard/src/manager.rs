@@ -356,8 +356,13 @@ fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
 
 /// Reloads an attachment whose loader is gone (killed, or `--pin` and exited): this process
 /// loads the generation, switches the links and lets go; the pins keep it running. It holds
-/// the loader lock meanwhile, so no loader starts (and adopts) half-way through.
-pub fn reload_without_loader(iface: &str, source: &PolicySource, strict: bool) -> Result<u64> {
+/// the loader lock meanwhile, so no loader starts (and adopts) half-way through. Returns the
+/// generation, and what to say about map sizes the policy changes but the pins keep.
+pub fn reload_without_loader(
+    iface: &str,
+    source: &PolicySource,
+    strict: bool,
+) -> Result<(u64, Option<String>)> {
     let _lock = LoaderLock::acquire(iface)?;
     let (state, note) = settle(iface, true)?;
     if let Some(note) = note {
@@ -369,10 +374,10 @@ pub fn reload_without_loader(iface: &str, source: &PolicySource, strict: bool) -
             "{iface} is NOT PROTECTED: {problem}; `portguard attach {iface} --policy FILE` attaches afresh"
         );
     }
-    let (ebpf, _, next) = apply_generation(&state, source, strict)?;
+    let (ebpf, loaded, next) = apply_generation(&state, source, strict)?;
     // The links reference the new programs now; our handles can go.
     drop(ebpf);
-    Ok(next.generation)
+    Ok((next.generation, crate::maps::kept_sizes_message(iface, &loaded.policy)))
 }
 
 #[cfg(test)]

@@ -217,3 +217,60 @@ pub fn open_pinned(iface: &str, name: &str) -> Result<Map> {
     })?;
     Ok(Map::from_map_data(data)?)
 }
+
+/// A size the policy sets that the running maps do not have: the maps that hold flows,
+/// fragments, scan state, blocks and events are pinned and shared by every generation, so a
+/// reload (or an attach that adopts the pins) cannot resize them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptSize {
+    /// As the policy writes it: `[limits] flows`.
+    pub setting: &'static str,
+    pub running: u64,
+    pub wanted: u64,
+}
+
+/// The policy's sizes that differ from those of `iface`'s pinned maps.
+pub fn kept_sizes(iface: &str, policy: &crate::policy::Policy) -> Result<Vec<KeptSize>> {
+    use portguard_common::maps::{MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_SCAN};
+    let limits = &policy.limits;
+    // (setting, map, wanted, map entries per unit of the setting)
+    let sizes = [
+        ("[limits] flows", MAP_FLOWS, limits.flows, 1),
+        ("[limits] fragments", MAP_FRAGS, limits.fragments, 1),
+        ("[limits] sources", MAP_SCAN, limits.sources, 1),
+        ("[limits] auto_blocks", MAP_AUTO_BLOCK, limits.auto_blocks, 1),
+        ("[limits] manual_blocks", MAP_MANUAL, limits.manual_blocks, 1),
+        ("[events] ring_buffer_kib", MAP_EVENTS, policy.events.ring_buffer_kib, 1024),
+    ];
+    let mut kept = Vec::new();
+    for (setting, map, wanted, unit) in sizes {
+        let path = paths::map_pin(iface, map);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let running =
+            u64::from(data.info().with_context(|| format!("reading {}", path.display()))?.max_entries())
+                / unit;
+        if running != u64::from(wanted) {
+            kept.push(KeptSize { setting, running, wanted: u64::from(wanted) });
+        }
+    }
+    Ok(kept)
+}
+
+/// What to tell the operator about the sizes `policy` sets that `iface`'s maps keep (nothing
+/// when they all agree).
+pub fn kept_sizes_message(iface: &str, policy: &crate::policy::Policy) -> Option<String> {
+    let kept = match kept_sizes(iface, policy) {
+        Ok(kept) if kept.is_empty() => return None,
+        Ok(kept) => kept,
+        Err(error) => {
+            return Some(format!("the running map sizes could not be compared with the policy's: {error:#}"));
+        }
+    };
+    let list: Vec<String> =
+        kept.iter().map(|k| format!("{} {} -> {}", k.setting, k.running, k.wanted)).collect();
+    Some(format!(
+        "kept as attached: {} (the maps that hold flows, scan state, blocks and events are kept across \
+         reloads; new sizes take effect when they are made anew: `portguard detach {iface}`, then attach)",
+        list.join(", ")
+    ))
+}

@@ -315,3 +315,138 @@ pub fn render(source: &Source) -> Result<String> {
 
 /// The content type of `render`'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Connections held open at once. A new one past it closes the connection that has been
+/// waiting for a request the longest (or, if every one is being answered, the oldest): a
+/// crowd of idle or half-sent connections cannot keep a scraper out. Also bounds the file
+/// descriptors `/metrics` takes from the loader.
+pub const CONNECTIONS_MAX: usize = 256;
+/// A client must send a whole request head within this: the first, and each next one on a
+/// kept-alive connection (an idle connection is closed after it). Prometheus sends its
+/// request at once and reconnects when it finds a connection closed.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// No connection lasts longer, whatever it does.
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// Expositions rendered at once (each reads every map, on a blocking thread); more requests
+/// wait their turn.
+const RENDERS_MAX: usize = 4;
+
+/// An open connection, as the accept loop knows it.
+struct Open {
+    /// Dropping it closes the connection.
+    _close: tokio::sync::oneshot::Sender<()>,
+    /// A request is being answered on it.
+    answering: Arc<std::sync::atomic::AtomicBool>,
+}
+
+type OpenConnections = Arc<Mutex<std::collections::BTreeMap<u64, Open>>>;
+
+/// Takes a connection off the table when it ends, however it ends.
+struct Leave {
+    id: u64,
+    open: OpenConnections,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        lock(&self.open).remove(&self.id);
+    }
+}
+
+/// Serves `GET /metrics` in the Prometheus text format on `listener` (anything else is a 404)
+/// until the runtime stops. HTTP is hyper's; what is added here is the bound on connections
+/// and who gives way.
+pub async fn serve(listener: tokio::net::TcpListener, source: Arc<Source>) {
+    let open: OpenConnections = Arc::default();
+    let renders = Arc::new(tokio::sync::Semaphore::new(RENDERS_MAX));
+    for id in 0u64.. {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: keep serving once it passes.
+                log::warn!("metrics: accepting a connection: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let (close, closed) = tokio::sync::oneshot::channel();
+        let answering = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let mut table = lock(&open);
+            if table.len() >= CONNECTIONS_MAX {
+                let waiting =
+                    table.iter().find(|(_, c)| !c.answering.load(std::sync::atomic::Ordering::Relaxed));
+                let victim = waiting.or(table.iter().next()).map(|(id, _)| *id);
+                if let Some(victim) = victim {
+                    table.remove(&victim);
+                }
+            }
+            table.insert(id, Open { _close: close, answering: answering.clone() });
+        }
+        let leave = Leave { id, open: open.clone() };
+        tokio::spawn(connection(stream, source.clone(), renders.clone(), answering, closed, leave));
+    }
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    source: Arc<Source>,
+    renders: Arc<tokio::sync::Semaphore>,
+    answering: Arc<std::sync::atomic::AtomicBool>,
+    closed: tokio::sync::oneshot::Receiver<()>,
+    _leave: Leave,
+) {
+    use hyper::{Request, body::Incoming, server::conn::http1, service::service_fn};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (source, renders, answering) = (source.clone(), renders.clone(), answering.clone());
+        async move {
+            answering.store(true, std::sync::atomic::Ordering::Relaxed);
+            let response = respond(request.uri().path(), source, renders).await;
+            answering.store(false, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
+        // Closed to make room for a newer connection.
+        _ = closed => {}
+    }
+}
+
+async fn respond(
+    path: &str,
+    source: Arc<Source>,
+    renders: Arc<tokio::sync::Semaphore>,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use http_body_util::Full;
+    use hyper::Response;
+    let response = if path == "/metrics" {
+        let Ok(permit) = renders.acquire_owned().await else {
+            return Response::new(Full::new(bytes::Bytes::from_static(b"shutting down\n")));
+        };
+        // Reading the maps is blocking work, off the loader's event thread; the permit goes
+        // with it, so a connection closed meanwhile does not free a render slot early.
+        let rendered = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            render(&source)
+        })
+        .await;
+        match rendered {
+            Ok(Ok(text)) => {
+                Response::builder().header("content-type", CONTENT_TYPE).body(Full::new(text.into()))
+            }
+            Ok(Err(error)) => Response::builder()
+                .status(500)
+                .body(Full::new(format!("reading the counters: {error:#}\n").into())),
+            Err(error) => Response::builder().status(500).body(Full::new(format!("{error}\n").into())),
+        }
+    } else {
+        Response::builder().status(404).body(Full::new(bytes::Bytes::from_static(b"try /metrics\n")))
+    };
+    response.expect("a valid response")
+}

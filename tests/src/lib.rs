@@ -5,6 +5,7 @@
 //! 2001:db8::/32), every namespace and link is deleted when its guard drops (also when a test
 //! fails), and every traffic helper is bounded in count and time.
 
+pub mod capture;
 pub mod flood;
 pub mod http;
 pub mod model;

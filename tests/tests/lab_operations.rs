@@ -352,6 +352,56 @@ fn a_hundred_reloads_under_traffic_without_a_gap() {
     assert!(me["policy"].as_str().unwrap().ends_with("a.toml"));
 }
 
+/// The sizes of the maps that carry over between generations cannot change on a reload: the
+/// reload says which changed sizes it kept, old and new, with a loader and without, and only
+/// while they differ from the maps' real sizes (issue 10, item 11).
+#[test]
+fn reload_names_the_map_sizes_it_keeps() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (bigger, same) = (dir.path().join("bigger.toml"), dir.path().join("same.toml"));
+    std::fs::write(
+        &bigger,
+        format!("{WEB}\n[limits]\nflows = 131072\nsources = 65536\n\n[events]\nring_buffer_kib = 1024\n"),
+    )
+    .unwrap();
+    std::fs::write(&same, WEB).unwrap();
+    let reload = |pg: &Attached, policy: &std::path::Path| {
+        ok(pg.run(&["reload", &pg.iface, "--policy", policy.to_str().unwrap()]))
+    };
+    let kept = "kept as attached: [limits] flows 65536 -> 131072, [events] ring_buffer_kib 256 -> 1024 (";
+
+    let mut pg = Attached::start(&lab.server, &lab.server_if, WEB, &[]).unwrap();
+    let said = reload(&pg, &bigger);
+    assert!(said.contains(kept), "{said}");
+    assert!(said.contains(&format!("`portguard detach {}`, then attach", pg.iface)), "{said}");
+    // `sources` is set, but to the size the map has.
+    assert!(!said.contains("sources"), "{said}");
+    // True the second time too: the maps still have their sizes.
+    assert!(reload(&pg, &bigger).contains(kept));
+    assert!(!reload(&pg, &same).contains("kept as attached"));
+
+    // With the loader gone (the pins enforce on), `reload` switches the links itself and says
+    // the same.
+    pg.kill();
+    let said = reload(&pg, &bigger);
+    assert!(said.contains("(no loader running)") && said.contains(kept), "{said}");
+    // Its guard detaches: the maps go with the pins.
+    drop(pg);
+
+    // Made anew with the bigger sizes, they agree with that policy and not with the other.
+    let pg = Attached::start_file(&lab.server, &lab.server_if, bigger.to_str().unwrap(), &[], None).unwrap();
+    assert!(!reload(&pg, &bigger).contains("kept as attached"));
+    let said = reload(&pg, &same);
+    assert!(
+        said.contains(
+            "kept as attached: [limits] flows 131072 -> 65536, [events] ring_buffer_kib 1024 -> 256"
+        ),
+        "{said}"
+    );
+}
+
 #[test]
 fn sigkill_leaves_enforcement_then_attach_adopts_and_detach_cleans() {
     require_root!();

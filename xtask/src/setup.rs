@@ -8,10 +8,20 @@ use anyhow::{Context as _, Result, bail};
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
 
 /// Debian packages the tests and the demo drive: iproute2, ethtool, bpftool, nmap, nsenter
-/// from util-linux, tcpdump, promtool from prometheus to lint the metrics, systemd-analyze to
-/// check the unit. `cargo xtask dist` does not install them on a production host.
-const TEST_PACKAGES: &[&str] =
-    &["iproute2", "ethtool", "bpftool", "nmap", "util-linux", "tcpdump", "prometheus", "systemd"];
+/// from util-linux, tcpdump, dumpcap and editcap from wireshark-common (pcapng captures for
+/// `verify`), promtool from prometheus to lint the metrics, systemd-analyze to check the unit.
+/// `cargo xtask dist` does not install them on a production host.
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "nmap",
+    "util-linux",
+    "tcpdump",
+    "wireshark-common",
+    "prometheus",
+    "systemd",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

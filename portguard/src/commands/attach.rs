@@ -144,6 +144,9 @@ pub fn run(options: Options) -> Result<ExitCode> {
             for repair in repaired {
                 println!("portguard: repaired a half attachment of {iface}: {repair}");
             }
+            if let Some(kept) = portguard::maps::kept_sizes_message(iface, &policy) {
+                println!("portguard: {kept}");
+            }
         } else {
             // Recorded before the first pin: a loader killed after it leaves enough to adopt.
             loader::attach_new(&mut ebpf, iface, options.xdp_mode, |mode| {

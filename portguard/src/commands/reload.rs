@@ -107,8 +107,11 @@ pub fn run(
             // No loader: this process switches the pinned links itself.
             let previous = PolicySource::active(iface).ok();
             match manager::reload_without_loader(iface, &source, strict) {
-                Ok(generation) => {
+                Ok((generation, kept)) => {
                     println!("reloaded {iface} (no loader running): generation {generation}");
+                    if let Some(kept) = kept {
+                        println!("{kept}");
+                    }
                     if let (Some(within), Some(previous)) = (confirm_within, previous) {
                         manager::arm_rollback(iface, within, Rollback::Restore { policy: previous })?;
                         println!(

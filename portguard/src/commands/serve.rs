@@ -103,7 +103,7 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
         Some((listener, source)) => {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            tokio::spawn(serve_metrics(listener, source.clone()));
+            tokio::spawn(metrics::serve(listener, source.clone()));
             Some(source)
         }
         None => None,
@@ -270,6 +270,9 @@ fn take_over(
     if policy.metrics_listen.is_some_and(|wanted| Some(wanted) != serving) {
         message.push_str("; metrics stay where they are served now (a new [metrics] listen takes effect at the next attach)");
     }
+    if let Some(note) = portguard::maps::kept_sizes_message(&iface, policy) {
+        message.push_str(&format!("; {note}"));
+    }
     if let Some(secs) = request.confirm_within_secs {
         manager::arm_rollback(&iface, Duration::from_secs(secs), Rollback::Restore { policy: previous })?;
         message.push_str(&format!("; rolls back in {secs} s unless `portguard confirm {iface}`"));
@@ -331,70 +334,6 @@ fn sweep_manual_blocks(iface: &str) {
     if store.blocks.iter().any(|b| b.expired(now_unix())) {
         let _ = BlockStore::edit(&[iface.to_owned()], |_| Ok(()));
     }
-}
-
-/// Scrapes served at once; more wait for a slot.
-const METRICS_CONNECTIONS: usize = 16;
-/// A scraper that sends no request within this is cut off, and no connection lasts longer
-/// than `METRICS_CONNECTION_LIFETIME`: slow clients cannot hold the slots.
-const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
-
-/// `GET /metrics` in the Prometheus text format; anything else is a 404.
-async fn serve_metrics(listener: tokio::net::TcpListener, source: Arc<metrics::Source>) {
-    use hyper::{Request, body::Incoming, server::conn::http1, service::service_fn};
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                // Out of file descriptors and the like: keep serving once it passes.
-                warn!("metrics: accepting a connection: {error}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let source = source.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = service_fn(move |request: Request<Incoming>| {
-                let source = source.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(metrics_response(request.uri().path(), source).await)
-                }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(METRICS_HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(METRICS_CONNECTION_LIFETIME, connection).await;
-        });
-    }
-}
-
-async fn metrics_response(
-    path: &str,
-    source: Arc<metrics::Source>,
-) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
-    use http_body_util::Full;
-    use hyper::Response;
-    let response = if path == "/metrics" {
-        // Reading the maps is blocking work: off the loader's event thread.
-        match tokio::task::spawn_blocking(move || metrics::render(&source)).await {
-            Ok(Ok(text)) => {
-                Response::builder().header("content-type", metrics::CONTENT_TYPE).body(Full::new(text.into()))
-            }
-            Ok(Err(error)) => Response::builder()
-                .status(500)
-                .body(Full::new(format!("reading the counters: {error:#}\n").into())),
-            Err(error) => Response::builder().status(500).body(Full::new(format!("{error}\n").into())),
-        }
-    } else {
-        Response::builder().status(404).body(Full::new(bytes::Bytes::from_static(b"try /metrics\n")))
-    };
-    response.expect("a valid response")
 }
 
 async fn accept_clients(

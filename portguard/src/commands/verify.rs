@@ -1,17 +1,21 @@
 //! `portguard verify --policy FILE --pcap CAPTURE`: replay a capture through the real kernel
 //! program (BPF_PROG_TEST_RUN) and say what the policy would pass and drop, by rule and by
 //! reason, before the policy touches any interface.
+//!
+//! The capture is read one record at a time (nothing is held but the tallies). A packet that
+//! cannot be judged is reported with its number and why, and the others are judged all the
+//! same; the exit status is 2 only when part of the file could not be read (see the README).
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path, process::ExitCode};
 
 use anyhow::Result;
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use portguard::{
-    capture::{self, Direction, Skipped},
-    events::EventSource,
+    capture::{self, Damage, Direction, Fidelity, Reader, Record, WHOLE_FRAME_MAX},
+    events::{EventRecord, EventSource},
     judge::Judge,
     policy::{self, LoadOptions, Policy, compile::compile},
-    system,
+    printable, system,
 };
 use portguard_common::{Reason, maps::port_index};
 use serde::Serialize;
@@ -30,25 +34,20 @@ struct Tally {
     ports: BTreeMap<String, u64>,
 }
 
-/// Protocol and destination port, for attributing a verdict to a rule.
-fn destination(frame: &[u8]) -> Option<(u8, u16, IpAddr)> {
-    let sliced = SlicedPacket::from_ethernet(frame).ok()?;
-    let source = match sliced.net? {
-        NetSlice::Ipv4(v4) => IpAddr::V4(v4.header().source_addr()),
-        NetSlice::Ipv6(v6) => IpAddr::V6(v6.header().source_addr()),
-        _ => return None,
-    };
-    match sliced.transport? {
-        TransportSlice::Tcp(tcp) => Some((6, tcp.destination_port(), source)),
-        TransportSlice::Udp(udp) => Some((17, udp.destination_port(), source)),
+/// Protocol and destination port, for attributing a verdict to a rule (lax: a stand-in's
+/// payload may be zeros, and its UDP length the original's).
+fn destination(frame: &[u8]) -> Option<(u8, u16)> {
+    match LaxSlicedPacket::from_ethernet(frame).ok()?.transport? {
+        TransportSlice::Tcp(tcp) => Some((6, tcp.destination_port())),
+        TransportSlice::Udp(udp) => Some((17, udp.destination_port())),
         _ => None,
     }
 }
 
 fn source_of(frame: &[u8]) -> Option<IpAddr> {
-    match SlicedPacket::from_ethernet(frame).ok()?.net? {
-        NetSlice::Ipv4(v4) => Some(IpAddr::V4(v4.header().source_addr())),
-        NetSlice::Ipv6(v6) => Some(IpAddr::V6(v6.header().source_addr())),
+    match LaxSlicedPacket::from_ethernet(frame).ok()?.net? {
+        LaxNetSlice::Ipv4(v4) => Some(IpAddr::V4(v4.header().source_addr())),
+        LaxNetSlice::Ipv6(v6) => Some(IpAddr::V6(v6.header().source_addr())),
         _ => None,
     }
 }
@@ -61,7 +60,7 @@ fn decided_by(policy: &Policy, image: &policy::compile::MapImage, reason: Reason
         | Reason::DropPortDenied
         | Reason::DropSourceNotAllowed => {
             let rule = destination(frame)
-                .and_then(|(proto, port, _)| port_index(proto, port))
+                .and_then(|(proto, port)| port_index(proto, port))
                 .and_then(|index| image.ports.get(&index))
                 .and_then(|entry| policy.rule(entry.rule));
             rule.map_or_else(|| "a rule".to_string(), |r| r.label())
@@ -80,6 +79,61 @@ fn decided_by(policy: &Policy, image: &policy::compile::MapImage, reason: Reason
     }
 }
 
+/// Packets listed one by one (with `--json`; the human report shows the first few): the rest
+/// are counted by reason.
+const LISTED_MAX: usize = 1000;
+/// Alerts and damaged places kept for the report (the rest are counted).
+const ALERTS_MAX: usize = 10_000;
+const DAMAGE_MAX: usize = 100;
+/// Packets not judged shown in the human report.
+const SHOWN: usize = 10;
+
+/// One packet that was not judged, and why.
+#[derive(Serialize)]
+struct NotJudged {
+    packet: u64,
+    reason: &'static str,
+    detail: String,
+}
+
+#[derive(Default)]
+struct Report {
+    tallies: BTreeMap<(bool, &'static str, String), Tally>,
+    inbound: u64,
+    outbound: u64,
+    /// Judged on their headers: cut by the snap length, or shortened for the test run.
+    cut: u64,
+    shortened: u64,
+    not_judged: BTreeMap<&'static str, u64>,
+    not_judged_listed: Vec<NotJudged>,
+    alerts: Vec<EventRecord>,
+    alerts_total: u64,
+    damage: Vec<Damage>,
+    damage_total: u64,
+}
+
+impl Report {
+    fn not_judged(&mut self, packet: u64, reason: &'static str, detail: String) {
+        *self.not_judged.entry(reason).or_default() += 1;
+        if self.not_judged_listed.len() < LISTED_MAX {
+            self.not_judged_listed.push(NotJudged { packet, reason, detail });
+        }
+    }
+
+    fn not_judged_total(&self) -> u64 {
+        self.not_judged.values().sum()
+    }
+
+    fn events(&mut self, records: Vec<EventRecord>) {
+        for record in records.into_iter().filter(|e| e.event != "drop") {
+            self.alerts_total += 1;
+            if self.alerts.len() < ALERTS_MAX {
+                self.alerts.push(record);
+            }
+        }
+    }
+}
+
 pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json: bool) -> Result<ExitCode> {
     system::require_root("portguard verify (BPF_PROG_TEST_RUN)")?;
     system::raise_memlock();
@@ -89,116 +143,176 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
     }
     let policy = loaded.policy;
     let image = compile(&policy, 1)?;
-    let (packets, skipped) = capture::read(pcap)?;
+    let mut reader = Reader::open(pcap)?;
     let mut judge = Judge::new(&image, &policy)?;
     let mut events = EventSource::from_ebpf("verify", judge.ebpf())?;
 
-    let mut tallies: BTreeMap<(bool, &'static str, String), Tally> = BTreeMap::new();
-    let (mut inbound, mut outbound, mut truncated) = (0u64, 0u64, 0u64);
-    let mut event_lines = Vec::new();
-    for packet in &packets {
-        if packet.truncated {
-            truncated += 1;
-            continue;
-        }
+    let mut report = Report::default();
+    for record in &mut reader {
+        let packet = match record {
+            Record::Packet(packet) => packet,
+            Record::Unusable { number, why } => {
+                report.not_judged(number, why.name(), why.detail());
+                continue;
+            }
+            Record::Damage(damage) => {
+                if let Some(number) = damage.packet {
+                    report.not_judged(number, "damaged", damage.why.clone());
+                }
+                report.damage_total += 1;
+                if report.damage.len() < DAMAGE_MAX {
+                    report.damage.push(damage);
+                }
+                continue;
+            }
+        };
+        let (frame, fidelity) = match capture::replayable(&packet) {
+            Ok(replayable) => replayable,
+            Err(refusal) => {
+                report.not_judged(packet.number, refusal.reason, refusal.detail);
+                continue;
+            }
+        };
         let out = match packet.direction {
             Direction::Out => true,
             Direction::In => false,
-            Direction::Unknown => source_of(&packet.frame).is_some_and(|s| hosts.contains(&s)),
+            Direction::Unknown => source_of(&frame).is_some_and(|s| hosts.contains(&s)),
         };
-        if packet.frame.len() < 14 {
-            truncated += 1;
-            continue;
-        }
+        // A frame the kernel's test run refuses is that packet's problem, not the run's.
+        let refused = |error: anyhow::Error| {
+            format!("BPF_PROG_TEST_RUN refused the {}-byte frame: {error:#}", frame.len())
+        };
         if out {
-            judge.run_egress(&packet.frame)?;
-            outbound += 1;
-            continue;
-        }
-        inbound += 1;
-        let outcome = judge.run(&packet.frame)?;
-        let dropped = outcome.reason.is_drop();
-        let rule = decided_by(&policy, &image, outcome.reason, &packet.frame);
-        let tally = tallies.entry((dropped, outcome.reason.name(), rule)).or_default();
-        tally.packets += 1;
-        tally.bytes += packet.frame.len() as u64;
-        if dropped {
-            if let Some((proto, port, _)) = destination(&packet.frame) {
-                *tally
-                    .ports
-                    .entry(format!("{}/{port}", if proto == 6 { "tcp" } else { "udp" }))
-                    .or_default() += 1;
+            if let Err(error) = judge.run_egress(&frame) {
+                report.not_judged(packet.number, "test-run-failed", refused(error));
+                continue;
+            }
+            report.outbound += 1;
+        } else {
+            let outcome = match judge.run(&frame) {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    report.not_judged(packet.number, "test-run-failed", refused(error));
+                    continue;
+                }
+            };
+            report.inbound += 1;
+            let dropped = outcome.reason.is_drop();
+            let rule = decided_by(&policy, &image, outcome.reason, &frame);
+            let tally = report.tallies.entry((dropped, outcome.reason.name(), rule)).or_default();
+            tally.packets += 1;
+            tally.bytes += packet.original_len as u64;
+            if dropped {
+                if let Some((proto, port)) = destination(&frame) {
+                    *tally
+                        .ports
+                        .entry(format!("{}/{port}", if proto == 6 { "tcp" } else { "udp" }))
+                        .or_default() += 1;
+                }
             }
         }
-        for record in events.drain() {
-            event_lines.push(record);
+        match fidelity {
+            Fidelity::Exact => {}
+            Fidelity::CutPadded => report.cut += 1,
+            Fidelity::Shortened => report.shortened += 1,
         }
+        report.events(events.drain());
     }
-    for tally in tallies.values_mut() {
+    for tally in report.tallies.values_mut() {
         let mut ports: Vec<(String, u64)> = tally.ports.iter().map(|(p, n)| (p.clone(), *n)).collect();
         ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         ports.truncate(5);
         tally.top_ports = ports;
     }
-    let alerts: Vec<_> = event_lines.iter().filter(|e| e.event != "drop").collect();
-    let link_skipped = skipped.iter().filter(|s| **s == Skipped::LinkType).count();
-    let (would_pass, would_drop): (u64, u64) =
-        tallies.iter().fold(
-            (0, 0),
-            |(p, d), ((dropped, _, _), t)| {
-                if *dropped { (p, d + t.packets) } else { (p + t.packets, d) }
-            },
-        );
+    let (would_pass, would_drop): (u64, u64) = report.tallies.iter().fold(
+        (0, 0),
+        |(p, d), ((dropped, _, _), t)| {
+            if *dropped { (p, d + t.packets) } else { (p + t.packets, d) }
+        },
+    );
+    let packets = reader.packets();
+    let code = if report.damage_total > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS };
 
     if json {
         let rows = |drop: bool| -> Vec<serde_json::Value> {
-            tallies
+            report
+                .tallies
                 .iter()
                 .filter(|((dropped, _, _), _)| *dropped == drop)
                 .map(|((_, reason, rule), t)| json!({ "reason": reason, "rule": rule, "packets": t.packets, "bytes": t.bytes, "top_ports": t.top_ports }))
                 .collect()
         };
+        let damage: Vec<_> = report
+            .damage
+            .iter()
+            .map(|d| json!({ "offset": d.offset, "packet": d.packet, "why": d.why, "stopped": d.stopped }))
+            .collect();
         println!(
             "{}",
             json!({
                 "policy": policy_path,
                 "capture": pcap,
                 "mode": policy.mode,
-                "packets": packets.len() + skipped.len(),
-                "inbound": inbound,
-                "outbound": outbound,
-                "skipped": { "link_type": link_skipped, "truncated": truncated },
+                "packets": packets,
+                "inbound": report.inbound,
+                "outbound": report.outbound,
+                "judged_on_headers": { "cut": report.cut, "shortened": report.shortened },
+                "not_judged": report.not_judged_total(),
+                "not_judged_by_reason": report.not_judged,
+                "not_judged_packets": report.not_judged_listed,
+                "complete": report.damage_total == 0,
+                "damage": damage,
                 "would_pass": would_pass,
                 "would_drop": would_drop,
                 "pass": rows(false),
                 "drop": rows(true),
-                "alerts": alerts,
+                "alerts": report.alerts,
+                "alerts_total": report.alerts_total,
             })
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     println!(
-        "{} against {}: {} packets; {} judged inbound, {} outbound (flows learnt), {} skipped",
-        policy_path.display(),
-        pcap.display(),
-        group((packets.len() + skipped.len()) as u64),
-        group(inbound),
-        group(outbound),
-        group(truncated + link_skipped as u64)
+        "{} against {}: {} packets; {} judged inbound, {} outbound (flows learnt), {} not judged",
+        printable(&policy_path.display().to_string()),
+        printable(&pcap.display().to_string()),
+        group(packets),
+        group(report.inbound),
+        group(report.outbound),
+        group(report.not_judged_total())
     );
-    if truncated > 0 {
+    if report.cut > 0 {
         println!(
-            "  {truncated} packets were cut short by the capture (snap length): capture with `tcpdump -s 0`"
+            "  {} packets were cut by the snap length after their headers: judged on their headers (padded back to their length)",
+            group(report.cut)
         );
     }
-    if inbound > 0 && outbound == 0 && hosts.is_empty() {
+    if report.shortened > 0 {
+        println!(
+            "  {} packets were longer than {WHOLE_FRAME_MAX} bytes (jumbo frames, or GRO/TSO aggregates as a host captures them): judged on their headers, their payload shortened for the test run",
+            group(report.shortened)
+        );
+    }
+    if report.inbound > 0 && report.outbound == 0 && hosts.is_empty() {
         println!(
             "  note: no packet was taken as the host's own (use --host ADDR): replies to the host's connections count as inbound"
         );
     }
+    if !report.not_judged.is_empty() {
+        let by_reason: Vec<String> =
+            report.not_judged.iter().map(|(reason, n)| format!("{} {reason}", group(*n))).collect();
+        println!("not judged: {} packets ({})", group(report.not_judged_total()), by_reason.join(", "));
+        for skip in report.not_judged_listed.iter().take(SHOWN) {
+            println!("  packet {}: {}", skip.packet, printable(&skip.detail));
+        }
+        let more = report.not_judged_total().saturating_sub(SHOWN as u64);
+        if more > 0 {
+            println!("  and {} more (--json lists the first {LISTED_MAX})", group(more));
+        }
+    }
     for (title, drop, total) in [("would pass", false, would_pass), ("would drop", true, would_drop)] {
         println!("{title}: {} packets", group(total));
-        for ((dropped, reason, rule), tally) in &tallies {
+        for ((dropped, reason, rule), tally) in &report.tallies {
             if *dropped != drop {
                 continue;
             }
@@ -210,14 +324,32 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
                     tally.top_ports.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
                 )
             };
-            println!("  {:<20} {:<40} {:>10} pkts{ports}", reason, rule, group(tally.packets));
+            println!("  {:<20} {:<40} {:>10} pkts{ports}", reason, printable(rule), group(tally.packets));
         }
     }
-    if !alerts.is_empty() {
-        println!("detectors would fire {} times:", alerts.len());
-        for alert in alerts.iter().take(20) {
+    if report.alerts_total > 0 {
+        println!("detectors would fire {} times:", group(report.alerts_total));
+        for alert in report.alerts.iter().take(20) {
             println!("  {}", alert.human());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if report.damage_total > 0 {
+        println!("the capture is damaged: {} places could not be read", group(report.damage_total));
+        for damage in report.damage.iter().take(SHOWN) {
+            let at = match damage.packet {
+                Some(packet) => format!("packet {packet} (byte {})", damage.offset),
+                None => format!("a block at byte {}", damage.offset),
+            };
+            let after = if damage.stopped {
+                format!(
+                    "; reading stopped there, after {} packets",
+                    group(damage.packet.map_or(packets, |p| p - 1))
+                )
+            } else {
+                String::new()
+            };
+            println!("  {at}: {}{after}", printable(&damage.why));
+        }
+    }
+    Ok(code)
 }
