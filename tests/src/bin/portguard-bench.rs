@@ -41,7 +41,7 @@ use portguard::{
 };
 use portguard_common::{
     Reason,
-    maps::{MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6},
+    maps::{MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER},
 };
 use portguard_tests::{
     Attached, Lab, Netns,
@@ -1387,7 +1387,7 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     let blocklist_memory: u64 = judge
         .ebpf()
         .maps()
-        .filter(|(name, _)| [MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6].contains(name))
+        .filter(|(name, _)| [MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER].contains(name))
         .filter_map(|(_, map)| map_memlock(map))
         .sum();
     drop(judge);
@@ -1456,7 +1456,7 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     )?;
     writeln!(
         report,
-        "| memory of the blocklist (portguard: its {} IPv4 ranges, {} IPv6 prefixes, the /16 index) | {:.1} MiB | {:.1} MiB | {:.2} |",
+        "| memory of the blocklist (portguard: its {} IPv4 ranges, {} IPv6 prefixes, the /16 index, the IPv6 pre-filter) | {:.1} MiB | {:.1} MiB | {:.2} |",
         image.bl4_ranges.len(),
         image.bl6.len(),
         mib(blocklist_memory),
