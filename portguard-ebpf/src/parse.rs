@@ -139,6 +139,38 @@ fn set_words(addr: &mut [u8; 16], words: [u64; 2]) {
     unsafe { *(addr as *mut [u8; 16] as *mut [u64; 2]) = words }
 }
 
+/// What the IP header gives a `Packet`.
+struct Network {
+    src: [u64; 2],
+    dst: [u64; 2],
+    src4: u32,
+    frag_id: u32,
+    is_v6: bool,
+    proto: u8,
+    hop_limit: u8,
+    frag: FragKind,
+    frag_proto: u8,
+}
+
+/// Writes the IP header's fields, and clears the layer-4 ones (`parse_l4` fills them).
+#[inline(always)]
+fn set_network(packet: &mut Packet, network: Network) {
+    set_words(&mut packet.src, network.src);
+    set_words(&mut packet.dst, network.dst);
+    packet.src4 = network.src4;
+    packet.frag_id = network.frag_id;
+    clear_layer4(packet);
+    packet.is_v6 = network.is_v6;
+    packet.proto = network.proto;
+    packet.tcp_flags = 0;
+    packet.tcp_doff = 0;
+    packet.icmp_type = 0;
+    packet.icmp_code = 0;
+    packet.hop_limit = network.hop_limit;
+    packet.frag = network.frag;
+    packet.frag_proto = network.frag_proto;
+}
+
 /// Zeroes the ports, window and layer-4 offset as one word. Volatile: LLVM would merge it with
 /// the zero stores around it into a call to a byte-by-byte `memset` (the BPF backend emits one
 /// for anything but a small power-of-two run).
@@ -246,20 +278,20 @@ fn parse_ipv4(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Pa
     // The header as words: read once each, not byte by byte.
     let (src, dst) =
         unsafe { (mem::u32_at(ip.src_addr.as_ptr() as usize), mem::u32_at(ip.dst_addr.as_ptr() as usize)) };
-    set_words(&mut packet.src, v4_mapped_words(src.to_ne_bytes()));
-    set_words(&mut packet.dst, v4_mapped_words(dst.to_ne_bytes()));
-    packet.src4 = u32::from_be(src);
-    packet.frag_id = be16_at(&ip.id) as u32;
-    clear_layer4(packet);
-    packet.is_v6 = false;
-    packet.proto = ip.proto;
-    packet.tcp_flags = 0;
-    packet.tcp_doff = 0;
-    packet.icmp_type = 0;
-    packet.icmp_code = 0;
-    packet.hop_limit = ip.ttl;
-    packet.frag = frag;
-    packet.frag_proto = ip.proto;
+    set_network(
+        packet,
+        Network {
+            src: v4_mapped_words(src.to_ne_bytes()),
+            dst: v4_mapped_words(dst.to_ne_bytes()),
+            src4: u32::from_be(src),
+            frag_id: be16_at(&ip.id) as u32,
+            is_v6: false,
+            proto: ip.proto,
+            hop_limit: ip.ttl,
+            frag,
+            frag_proto: ip.proto,
+        },
+    );
     if frag == FragKind::Later {
         return Parsed::Ip;
     }
@@ -294,20 +326,20 @@ fn parse_ipv6(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Pa
         return Parsed::Malformed;
     }
     let l4_end = if jumbo { end - data } else { l4_end };
-    set_words(&mut packet.src, src);
-    set_words(&mut packet.dst, dst);
-    packet.src4 = 0;
-    packet.frag_id = 0;
-    clear_layer4(packet);
-    packet.is_v6 = true;
-    packet.proto = ip.next_hdr;
-    packet.tcp_flags = 0;
-    packet.tcp_doff = 0;
-    packet.icmp_type = 0;
-    packet.icmp_code = 0;
-    packet.hop_limit = ip.hop_limit;
-    packet.frag = FragKind::Whole;
-    packet.frag_proto = 0;
+    set_network(
+        packet,
+        Network {
+            src,
+            dst,
+            src4: 0,
+            frag_id: 0,
+            is_v6: true,
+            proto: ip.next_hdr,
+            hop_limit: ip.hop_limit,
+            frag: FragKind::Whole,
+            frag_proto: 0,
+        },
+    );
 
     let mut next = ip.next_hdr;
     let mut cursor = offset + Ipv6Hdr::LEN;
