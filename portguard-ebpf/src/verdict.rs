@@ -207,9 +207,10 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if !cfg.has(FLAG_SCAN_DETECT) {
         return Judged::new(reason);
     }
-    // Both opaque, so the verifier checks the detector once, not once per reason and kind.
-    let kind = opaque::u64(scan::kind_of(packet) as u64) as u8;
-    let reason = opaque::u64(reason as u64) as u8;
+    // Both opaque (in one round trip), so the verifier checks the detector once, not once per
+    // reason and kind.
+    let both = opaque::u64((scan::kind_of(packet) as u64) << 8 | reason as u64);
+    let (kind, reason) = ((both >> 8) as u8, both as u8);
     let outcome = scan::failed_attempt(cfg, subject, kind);
     if outcome & scan::DETECTED != 0 {
         if scan::report(cfg, subject, outcome) & scan::BLOCKED_NOW != 0 {
