@@ -75,7 +75,7 @@ pub const fn flow_port_bit(proto: u8, port: u16) -> (u32, u64) {
 pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 11] = [
+pub const SHARED_MAPS: [&str; 12] = [
     MAP_EVENT_BUDGET,
     MAP_FLOW_PORTS,
     MAP_COUNTERS,
@@ -84,6 +84,7 @@ pub const SHARED_MAPS: [&str; 11] = [
     MAP_FRAGS,
     MAP_SCAN,
     MAP_AUTO_BLOCK,
+    MAP_AUTO_FILTER,
     MAP_EVENTS,
     MAP_MANUAL,
     MAP_RUNTIME,
@@ -239,6 +240,32 @@ impl Bl6Key {
         // SAFETY: same size, alignment and field offsets; every bit pattern is a valid key.
         unsafe { core::mem::transmute(Words { addr: words, prefix_len, _pad: 0 }) }
     }
+}
+
+/// `Array<u64>`, mmapable, shared like `PG_AUTO_BLOCK`: a filter of the networks blocked
+/// automatically, so a source that is not blocked (every forged one in a flood) costs one bit
+/// instead of an LRU hash lookup that misses the cache. Word 0 says which of two halves of
+/// `AUTO_FILTER_WORDS` words (from word 1) is consulted. The packet path sets a network's bit in
+/// both halves, atomically, after inserting its block; the loader refills the other half from
+/// the table now and then (zero it, then OR in every block's bit) and makes it the consulted
+/// one. A bit is never missing for a block in the table; bits of blocks gone (expired,
+/// evicted, lifted) only cost the lookup until the next refill.
+pub const MAP_AUTO_FILTER: &str = "PG_AUTO_FILTER";
+/// Words in each half: 2^20 bits, 16 a block at the default `[limits] auto_blocks`.
+pub const AUTO_FILTER_WORDS: u32 = 1 << 14;
+pub const AUTO_FILTER_ENTRIES: u32 = 1 + 2 * AUTO_FILTER_WORDS;
+
+/// The filter bit (within a half) of a blocked network's address words (`addr_words`).
+#[inline(always)]
+pub const fn auto_filter_bit(words: [u64; 2]) -> u32 {
+    let mixed = words[0].wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ words[1].wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    (mixed.wrapping_mul(0xff51_afd7_ed55_8ccd) >> (64 - 20)) as u32
+}
+
+/// The map index of `bit`'s word in half `half` (0 or 1), and its mask.
+#[inline(always)]
+pub const fn auto_filter_slot(half: u64, bit: u32) -> (u32, u64) {
+    (1 + (half as u32 & 1) * AUTO_FILTER_WORDS + (bit >> 6), 1u64 << (bit & 63))
 }
 
 /// An address's 16 bytes as two words in memory order (native-endian loads of bytes 0-7 and

@@ -2,19 +2,24 @@
 //! (`PG_AUTO_BLOCK`, written here by scan detection and trap ports), and the network an
 //! automatic block covers: an IPv4 source itself, an IPv6 source cut to `ipv6_prefix`.
 
+use core::intrinsics::{AtomicOrdering, atomic_or};
+
 use aya_ebpf::maps::lpm_trie::Key;
 use portguard_common::{
     Config,
     config::{FLAG_HAS_NEVER_BLOCK, FLAG_NEVER_BLOCK_INSIDE_V6_NET},
     counters::{OBS_BLOCKS_EXPIRED, OBS_BLOCKS_NOT_ADMITTED},
     events::EventKind,
-    maps::{AutoBlock, CAUSE_TRAP, ManualBlock, NET_KEY_FIXED_BITS, RUNTIME_KERNEL, RUNTIME_USER, ScanKey},
+    maps::{
+        AutoBlock, CAUSE_TRAP, ManualBlock, NET_KEY_FIXED_BITS, RUNTIME_KERNEL, RUNTIME_USER, ScanKey,
+        auto_filter_bit, auto_filter_slot,
+    },
 };
 
 use crate::{
     blocklist, counters,
     events::{self, Details, Subject},
-    maps::{PG_AUTO_BLOCK, PG_EVENT_BUDGET, PG_MANUAL, PG_RUNTIME, PG_SOURCE_KEY},
+    maps::{PG_AUTO_BLOCK, PG_AUTO_FILTER, PG_EVENT_BUDGET, PG_MANUAL, PG_RUNTIME, PG_SOURCE_KEY},
     mem,
     time::now_ns,
 };
@@ -72,6 +77,11 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
     let Some(key) = source_key(subject.src, subject.is_v6, 0, cfg) else {
         return 0;
     };
+    // The filter first: most sources (all forged ones) are not blocked, and its bit is
+    // cheaper than the hash lookup.
+    if !maybe_auto_blocked(&key.addr) {
+        return 0;
+    }
     let Some(entry) = PG_AUTO_BLOCK.get_ptr_mut(&key.addr) else {
         return 0;
     };
@@ -103,6 +113,29 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
         events::emit(EventKind::BlockExpired, &subject, &details);
     }
     0
+}
+
+/// Whether the filter has the bit of `net` (a `source_key` address) in the half consulted now.
+#[inline(always)]
+fn maybe_auto_blocked(net: &[u8; 16]) -> bool {
+    let half = PG_AUTO_FILTER.get(0).copied().unwrap_or(0);
+    let (word, mask) = auto_filter_slot(half, auto_filter_bit(mem::addr_words(net)));
+    PG_AUTO_FILTER.get(word).is_none_or(|bits| bits & mask != 0)
+}
+
+/// Sets `net`'s filter bit in both halves (after its block is in the table; see
+/// `MAP_AUTO_FILTER`). Atomic: CPUs blocking networks whose bits share a word must not lose
+/// one another's bit.
+#[inline(always)]
+fn mark_auto_blocked(net: &[u8; 16]) {
+    let bit = auto_filter_bit(mem::addr_words(net));
+    for half in 0..2 {
+        let (word, mask) = auto_filter_slot(half, bit);
+        if let Some(bits) = PG_AUTO_FILTER.get_ptr_mut(word) {
+            // SAFETY: a word of the map; BPF's atomic OR.
+            unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(bits, mask) };
+        }
+    }
 }
 
 /// Whether this CPU may still add an automatic block for `cause` this second.
@@ -151,6 +184,7 @@ pub fn block(
     if PG_AUTO_BLOCK.insert(net, &entry, 0).is_err() {
         return false;
     }
+    mark_auto_blocked(net);
     // After the insert, so the loader (which clears the flag only while the table is empty,
     // then looks again) never leaves a block unconsulted.
     if let Some(runtime) = PG_RUNTIME.get_ptr_mut(RUNTIME_KERNEL) {

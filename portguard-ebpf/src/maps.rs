@@ -10,8 +10,9 @@ use portguard_common::{
     Counter,
     counters::COUNTER_SLOTS,
     maps::{
-        AutoBlock, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict, ManualBlock, NetKey,
-        PORT_TABLE_LEN, PortRule, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
+        AUTO_FILTER_ENTRIES, AutoBlock, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict,
+        ManualBlock, NetKey, PORT_TABLE_LEN, PortRule, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState,
+        SrcAllowKey,
     },
 };
 
@@ -63,6 +64,10 @@ pub static PG_SCAN: LruHashMap<ScanKey, ScanState> = LruHashMap::with_max_entrie
 
 #[map]
 pub static PG_AUTO_BLOCK: LruHashMap<[u8; 16], AutoBlock> = LruHashMap::with_max_entries(65536, 0);
+
+/// See `portguard_common::maps::MAP_AUTO_FILTER`.
+#[map]
+pub static PG_AUTO_FILTER: Array<u64> = Array::with_max_entries(AUTO_FILTER_ENTRIES, BPF_F_MMAPABLE);
 
 #[map]
 pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);

@@ -5,6 +5,7 @@
 //! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`.
 
 pub mod alerts;
+pub mod auto_filter;
 pub mod blocks;
 pub mod budget;
 pub mod capture;

@@ -25,10 +25,10 @@ use aya::{
 use ipnet::IpNet;
 use log::{info, warn};
 use portguard_common::maps::{
-    AutoBlock, Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER,
-    MAP_EVENT_BUDGET, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS,
-    MAP_PORTS, MAP_RUNTIME, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, Runtime,
-    SHARED_MAPS, SrcAllowKey,
+    AutoBlock, Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_AUTO_FILTER, MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6,
+    MAP_BL6_FILTER, MAP_EVENT_BUDGET, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_NEVER_BLOCK,
+    MAP_PORT_DROPS, MAP_PORTS, MAP_RUNTIME, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule,
+    RUNTIME_USER, Runtime, SHARED_MAPS, SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -112,6 +112,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     fill(&mut ebpf, image).context("filling the policy maps failed")?;
     key_scan_detector(&mut ebpf)?;
     lift_automatic_blocks_the_policy_exempts(&mut ebpf, policy)?;
+    seed_auto_filter(&ebpf)?;
     // The first second's budget: packets arrive as soon as the program is attached, before
     // the reader's first tick.
     let mut budget: PerCpuArray<&mut MapData, EventBudget> =
@@ -175,6 +176,24 @@ fn key_scan_detector(ebpf: &mut Ebpf) -> Result<()> {
         u64::from_ne_bytes(bytes[8..].try_into().expect("8 bytes")),
     ];
     runtime.set(RUNTIME_USER, Runtime { scan_key, ..current }, 0).context(MAP_RUNTIME)?;
+    Ok(())
+}
+
+/// Gives every automatic block already in the table its filter bit: the table may come from
+/// pins older than the filter. Only sets bits, so a running loader's refill can go on beside it.
+fn seed_auto_filter(ebpf: &Ebpf) -> Result<()> {
+    let own = |name: &str| -> Result<MapData> {
+        let map = ebpf.map(name).with_context(|| format!("the kernel object has no map `{name}`"))?;
+        let id = match map {
+            aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data.info()?.id(),
+            _ => bail!("{name} has an unexpected type"),
+        };
+        Ok(MapData::from_id(id)?)
+    };
+    let filter = crate::auto_filter::AutoFilter::map(own(MAP_AUTO_FILTER)?)?;
+    let blocks: HashMap<MapData, [u8; 16], AutoBlock> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(own(MAP_AUTO_BLOCK)?))?;
+    filter.seed(&blocks);
     Ok(())
 }
 

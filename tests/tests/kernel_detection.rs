@@ -249,3 +249,67 @@ fn the_hosts_own_resets_are_not_probes() {
     assert_eq!(observed(&j, OBS_SCANS_DETECTED), 1);
     assert_eq!(j.run(&tcp(prober, me, 50000, 80, SYN)).unwrap().reason, Reason::DropAutoBlock);
 }
+
+/// The filter in front of the automatic blocks: a refill keeps every block in the table
+/// (IPv4 and IPv6 networks) and drops the bits of blocks that are gone; blocks made after the
+/// refill are seen at once. Refills in a row switch between the two halves.
+#[test]
+fn the_automatic_block_filter_keeps_every_block_through_refills() {
+    require_root!();
+    let policy = "default = \"deny\"\nnever_block = [\"198.51.100.0/24\"]\n[inbound]\nother_protocols = \"allow\"\n\
+                  [scan_detection]\naction = \"off\"\n[trap_ports]\ntcp = [23]\n";
+    let mut j = judge(policy);
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
+    j.grant(Grants { drop_events: 0, new_blocks: 1000 * cpus }).unwrap();
+    let v4 = |i: u8| IpAddr::from([203, 0, 113, i]);
+    let v6 = |i: u16| IpAddr::from([0x2001, 0xdb8, 7, i, 0, 0, 0, 1]);
+    let sources: Vec<IpAddr> = (1..=40).map(v4).chain((1..=40).map(v6)).collect();
+    for &src in &sources {
+        let hit = j.run(&tcp(src, server(src.is_ipv6()), 40000, 23, SYN)).unwrap();
+        assert_eq!(hit.reason, Reason::DropAutoBlock, "{src} not blocked by the trap");
+    }
+    let table_maps = |j: &Judge| {
+        let own = |name: &str| {
+            let id = match j.ebpf().map(name).expect(name) {
+                aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data.info().unwrap().id(),
+                _ => panic!("{name}: unexpected type"),
+            };
+            aya::maps::MapData::from_id(id).unwrap()
+        };
+        let filter = portguard::auto_filter::AutoFilter::map(own("PG_AUTO_FILTER")).unwrap();
+        let blocks: aya::maps::HashMap<aya::maps::MapData, [u8; 16], portguard_common::maps::AutoBlock> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(own("PG_AUTO_BLOCK"))).unwrap();
+        (filter, blocks)
+    };
+    let (filter, mut blocks) = table_maps(&j);
+    let bits_before = filter.bits_set();
+    assert!(bits_before >= 75 && bits_before <= 80, "{bits_before} bits for 80 blocks");
+    // Lift half the blocks behind the packet path's back (as `unblock` does), then refill twice.
+    let lifted: Vec<[u8; 16]> = blocks.keys().filter_map(Result::ok).step_by(2).collect();
+    for key in &lifted {
+        blocks.remove(key).unwrap();
+    }
+    for _ in 0..2 {
+        filter.refill(&blocks).unwrap();
+        let bits = filter.bits_set();
+        assert!(bits <= bits_before - 30, "{bits} bits after a refill (before: {bits_before})");
+        for &src in &sources {
+            let key = match src {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => {
+                    let mut octets = v6.octets();
+                    octets[8..].fill(0);
+                    octets
+                }
+            };
+            let expected =
+                if lifted.contains(&key) { Reason::DropDefaultDeny } else { Reason::DropAutoBlock };
+            let outcome = j.run(&tcp(src, server(src.is_ipv6()), 1, 80, SYN)).unwrap();
+            assert_eq!(outcome.reason, expected, "{src} after a refill");
+        }
+    }
+    // A block made after the refills is in the half consulted now.
+    let late = v4(200);
+    assert_eq!(j.run(&tcp(late, server(false), 40000, 23, SYN)).unwrap().reason, Reason::DropAutoBlock);
+    assert_eq!(j.run(&tcp(late, server(false), 1, 80, SYN)).unwrap().reason, Reason::DropAutoBlock);
+}

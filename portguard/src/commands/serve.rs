@@ -123,6 +123,8 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut reloading: Option<ReloadInProgress> = None;
     let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
+    let mut refilling: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_refill = std::time::Instant::now();
     // What was last said about the interface being unprotected (said again only if it changes).
     let mut unprotected: Option<String> = None;
     let publish = |loader: &Loader, record: &EventRecord| {
@@ -162,6 +164,18 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
                     for record in watch_interface(&mut loader, &mut unprotected) {
                         publish(&loader, &record);
                     }
+                }
+                // One refill at a time, on a worker thread (a walk of the block table).
+                if last_refill.elapsed() >= portguard::auto_filter::REFILL_INTERVAL
+                    && refilling.as_ref().is_none_or(|refill| refill.is_finished())
+                {
+                    last_refill = std::time::Instant::now();
+                    let iface = iface.clone();
+                    refilling = Some(tokio::task::spawn_blocking(move || {
+                        if let Err(error) = portguard::auto_filter::refill_from_pins(&iface) {
+                            warn!("refilling the automatic-block filter: {error:#}");
+                        }
+                    }));
                 }
                 // blocks.json is read and its lock waited for on a worker thread.
                 if sweeping.as_ref().is_none_or(|sweep| sweep.is_finished()) {
