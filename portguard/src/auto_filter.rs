@@ -30,10 +30,9 @@ use crate::paths;
 /// half and zeroing it (a packet-path program runs for microseconds).
 pub const REFILL_INTERVAL: Duration = Duration::from_secs(10);
 
-/// `PG_AUTO_FILTER`, mapped read-write into our memory.
+/// `PG_AUTO_FILTER`, mapped read-write into our memory (the mapping holds the map).
 pub struct AutoFilter {
     words: *const AtomicU64,
-    _map: MapData,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics; it lives as long as the
@@ -41,7 +40,7 @@ pub struct AutoFilter {
 unsafe impl Send for AutoFilter {}
 
 impl AutoFilter {
-    pub fn map(map: MapData) -> Result<Self> {
+    pub fn map(map: &MapData) -> Result<Self> {
         let bytes = AUTO_FILTER_ENTRIES as usize * size_of::<u64>();
         // SAFETY: a shared mapping of an mmapable BPF array of exactly this size.
         let base = unsafe {
@@ -57,13 +56,13 @@ impl AutoFilter {
         if base == libc::MAP_FAILED {
             bail!("mapping {MAP_AUTO_FILTER} failed: {}", std::io::Error::last_os_error());
         }
-        Ok(Self { words: base.cast(), _map: map })
+        Ok(Self { words: base.cast() })
     }
 
     /// The filter of the attachment on `iface`, from its pins.
     pub fn from_pins(iface: &str) -> Result<Self> {
         let path = paths::map_pin(iface, MAP_AUTO_FILTER);
-        Self::map(MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?)
+        Self::map(&MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?)
     }
 
     fn word(&self, index: u32) -> &AtomicU64 {

@@ -181,18 +181,14 @@ fn key_scan_detector(ebpf: &mut Ebpf) -> Result<()> {
 
 /// Gives every automatic block already in the table its filter bit: the table may come from
 /// pins older than the filter. Only sets bits, so a running loader's refill can go on beside it.
+/// Through the object's own maps (opening maps by id would need CAP_SYS_ADMIN).
 fn seed_auto_filter(ebpf: &Ebpf) -> Result<()> {
-    let own = |name: &str| -> Result<MapData> {
-        let map = ebpf.map(name).with_context(|| format!("the kernel object has no map `{name}`"))?;
-        let id = match map {
-            aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data.info()?.id(),
-            _ => bail!("{name} has an unexpected type"),
-        };
-        Ok(MapData::from_id(id)?)
+    let Some(aya::maps::Map::Array(filter)) = ebpf.map(MAP_AUTO_FILTER) else {
+        bail!("the kernel object has no array `{MAP_AUTO_FILTER}`");
     };
-    let filter = crate::auto_filter::AutoFilter::map(own(MAP_AUTO_FILTER)?)?;
-    let blocks: HashMap<MapData, [u8; 16], AutoBlock> =
-        HashMap::try_from(aya::maps::Map::LruHashMap(own(MAP_AUTO_BLOCK)?))?;
+    let filter = crate::auto_filter::AutoFilter::map(filter)?;
+    let blocks: HashMap<&MapData, [u8; 16], AutoBlock> =
+        HashMap::try_from(ebpf.map(MAP_AUTO_BLOCK).context(MAP_AUTO_BLOCK)?)?;
     filter.seed(&blocks);
     Ok(())
 }

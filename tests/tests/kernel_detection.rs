@@ -276,7 +276,7 @@ fn the_automatic_block_filter_keeps_every_block_through_refills() {
             };
             aya::maps::MapData::from_id(id).unwrap()
         };
-        let filter = portguard::auto_filter::AutoFilter::map(own("PG_AUTO_FILTER")).unwrap();
+        let filter = portguard::auto_filter::AutoFilter::map(&own("PG_AUTO_FILTER")).unwrap();
         let blocks: aya::maps::HashMap<aya::maps::MapData, [u8; 16], portguard_common::maps::AutoBlock> =
             aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(own("PG_AUTO_BLOCK"))).unwrap();
         (filter, blocks)

@@ -114,11 +114,23 @@ fn metrics_match_the_traffic_sent() {
     assert_eq!(services.accepted(80), allowed);
     assert_eq!(services.accepted(23), 0);
 
-    let (exposition, after) = scrape(&pg, &lab);
+    let iface = lab.server_if.as_str();
+    let allowed_labels = [("interface", iface), ("action", "pass"), ("reason", "port-allowed")];
+    // The last connection's final ACK answers the server's FIN and may still be on its way when
+    // the client call returns: scrape until it is counted (at most 2 s).
+    let waited = std::time::Instant::now();
+    let (exposition, after) = loop {
+        let (exposition, after) = scrape(&pg, &lab);
+        let counted = counter(&after, "portguard_packets_total", &allowed_labels)
+            - counter(&before, "portguard_packets_total", &allowed_labels);
+        if counted >= allowed * 4 || waited.elapsed() > std::time::Duration::from_secs(2) {
+            break (exposition, after);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     promtool_lint(&exposition);
     let delta =
         |name: &str, labels: &[(&str, &str)]| counter(&after, name, labels) - counter(&before, name, labels);
-    let iface = lab.server_if.as_str();
     let denied_labels = [("interface", iface), ("action", "drop"), ("reason", "port-denied")];
     assert_eq!(delta("portguard_packets_total", &denied_labels), denied);
     // A Linux SYN: 14 Ethernet + 20 IPv4 + 40 TCP (with options) bytes.
@@ -129,7 +141,6 @@ fn metrics_match_the_traffic_sent() {
         delta("portguard_bytes_total", &default_labels),
         defaulted * 74 + udp_denied * (14 + 20 + 8 + PAYLOAD as u64)
     );
-    let allowed_labels = [("interface", iface), ("action", "pass"), ("reason", "port-allowed")];
     // A connection's client side: SYN, ACK, FIN, ACK.
     assert_eq!(delta("portguard_packets_total", &allowed_labels), allowed * 4);
     assert_eq!(delta("portguard_port_drops_total", &[("protocol", "tcp"), ("port", "23")]), denied);
