@@ -141,8 +141,10 @@ fn metrics_match_the_traffic_sent() {
         delta("portguard_bytes_total", &default_labels),
         defaulted * 74 + udp_denied * (14 + 20 + 8 + PAYLOAD as u64)
     );
-    // A connection's client side: SYN, ACK, FIN, ACK.
-    assert_eq!(delta("portguard_packets_total", &allowed_labels), allowed * 4);
+    // A connection's client side: SYN, ACK, FIN, ACK; or SYN, ACK, FIN+ACK when the server's
+    // FIN arrives as the client closes (the teardown's order is the two stacks' timing).
+    let counted = delta("portguard_packets_total", &allowed_labels);
+    assert!((allowed * 3..=allowed * 4).contains(&counted), "{counted} packets of {allowed} connections");
     assert_eq!(delta("portguard_port_drops_total", &[("protocol", "tcp"), ("port", "23")]), denied);
     assert_eq!(delta("portguard_port_drops_total", &[("protocol", "tcp"), ("port", "other")]), defaulted);
     assert_eq!(delta("portguard_port_drops_total", &[("protocol", "udp"), ("port", "other")]), udp_denied);
