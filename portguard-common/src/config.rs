@@ -73,7 +73,7 @@ pub struct Config {
     pub scan_block_ns: u64,
     /// How long a trap port hit blocks its source.
     pub trap_block_ns: u64,
-    /// The mask, byte by byte, that cuts an IPv6 source to the network scan detection counts
+    /// The mask that cuts an IPv6 source to the network scan detection counts
     /// and automatic blocks block (`ipv6_prefix`).
     pub v6_source_mask: [u8; 16],
     /// `PG_PORT_DROPS` holds this many copies of the port table (a power of two); each CPU
