@@ -244,22 +244,68 @@ impl Bl6Key {
 
 /// `Array<u64>`, mmapable, shared like `PG_AUTO_BLOCK`: a filter of the networks blocked
 /// automatically, so a source that is not blocked (every forged one in a flood) costs one bit
-/// instead of an LRU hash lookup that misses the cache. Word 0 says which of two halves of
-/// `AUTO_FILTER_WORDS` words (from word 1) is consulted. The packet path sets a network's bit in
-/// both halves, atomically, after inserting its block; the loader refills the other half from
-/// the table now and then (zero it, then OR in every block's bit) and makes it the consulted
-/// one. A bit is never missing for a block in the table; bits of blocks gone (expired,
-/// evicted, lifted) only cost the lookup until the next refill.
+/// instead of an LRU hash lookup that misses the cache. Word 0 is the header (see
+/// `auto_filter_half`); two halves of `AUTO_FILTER_WORDS` words follow, one of them consulted.
+/// The packet path sets a network's bit in both halves, atomically, after inserting its block;
+/// the loader refills the other half from the table now and then (size it for the table, zero
+/// it, then OR in every block's bit) and makes it the consulted one. A bit is never missing
+/// for a block in the table; bits of blocks gone (expired, evicted, lifted) only cost the
+/// lookup until the next refill.
 pub const MAP_AUTO_FILTER: &str = "PG_AUTO_FILTER";
-/// Words in each half: 2^20 bits, 16 a block at the default `[limits] auto_blocks`.
+/// Words in each half: room for 2^20 bits, 16 a block at the default `[limits] auto_blocks`.
 pub const AUTO_FILTER_WORDS: u32 = 1 << 14;
 pub const AUTO_FILTER_ENTRIES: u32 = 1 + 2 * AUTO_FILTER_WORDS;
+pub const AUTO_FILTER_MAX_LOG2: u32 = 20;
+/// A half uses only its first 2^(20 - shrink) bits, shrink at most this: a filter sized for the
+/// blocks there are stays in the L1 cache, where the full 128 KiB half costs a cache miss per
+/// forged source.
+pub const AUTO_FILTER_MAX_SHRINK: u32 = 7;
+/// Filter bits per block when the loader sizes a half (about 6% of unblocked sources then
+/// pass to the hash lookup), counting twice the blocks there are plus this many, for the
+/// blocks added before the next refill.
+pub const AUTO_FILTER_BITS_PER_BLOCK: u64 = 16;
+pub const AUTO_FILTER_HEADROOM: u64 = 512;
 
-/// The filter bit (within a half) of a blocked network's address words (`addr_words`).
+/// The header's layout: bit 0 the consulted half; bits 8-15 and 16-23 the shrink of half 0
+/// and half 1; bits 32-63 the loader's own bookkeeping (the CLOCK_BOOTTIME second of the last
+/// switch). A header of 0 (a new map) consults half 0, both halves at full size.
 #[inline(always)]
-pub const fn auto_filter_bit(words: [u64; 2]) -> u32 {
+pub const fn auto_filter_half(header: u64) -> u64 {
+    header & 1
+}
+
+/// The shrink of `half` in `header`.
+#[inline(always)]
+pub const fn auto_filter_shrink(header: u64, half: u64) -> u32 {
+    ((header >> (8 + 8 * (half & 1))) as u32) & AUTO_FILTER_MAX_SHRINK
+}
+
+/// `header` with `half`'s shrink set to `shrink`.
+pub const fn auto_filter_with_shrink(header: u64, half: u64, shrink: u32) -> u64 {
+    let shift = 8 + 8 * (half & 1);
+    (header & !(0xff << shift)) | (((shrink & AUTO_FILTER_MAX_SHRINK) as u64) << shift)
+}
+
+/// The shrink a half gets for a table of `blocks` blocks.
+pub const fn auto_filter_shrink_for(blocks: u64) -> u32 {
+    let wanted = blocks
+        .saturating_mul(2)
+        .saturating_add(AUTO_FILTER_HEADROOM)
+        .saturating_mul(AUTO_FILTER_BITS_PER_BLOCK);
+    let mut log2 = AUTO_FILTER_MAX_LOG2 - AUTO_FILTER_MAX_SHRINK;
+    while log2 < AUTO_FILTER_MAX_LOG2 && (1u64 << log2) < wanted {
+        log2 += 1;
+    }
+    AUTO_FILTER_MAX_LOG2 - log2
+}
+
+/// The filter bit (within a half shrunk by `shrink`) of a blocked network's address words
+/// (`addr_words`).
+#[inline(always)]
+pub const fn auto_filter_bit(words: [u64; 2], shrink: u32) -> u32 {
     let mixed = words[0].wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ words[1].wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    (mixed.wrapping_mul(0xff51_afd7_ed55_8ccd) >> (64 - 20)) as u32
+    let shift = 64 - AUTO_FILTER_MAX_LOG2 + (shrink & AUTO_FILTER_MAX_SHRINK);
+    (mixed.wrapping_mul(0xff51_afd7_ed55_8ccd) >> shift) as u32
 }
 
 /// The map index of `bit`'s word in half `half` (0 or 1), and its mask.

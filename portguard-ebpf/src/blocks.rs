@@ -12,7 +12,7 @@ use portguard_common::{
     events::EventKind,
     maps::{
         AutoBlock, CAUSE_TRAP, ManualBlock, NET_KEY_FIXED_BITS, RUNTIME_KERNEL, RUNTIME_USER, ScanKey,
-        auto_filter_bit, auto_filter_slot,
+        auto_filter_bit, auto_filter_half, auto_filter_shrink, auto_filter_slot,
     },
 };
 
@@ -118,8 +118,10 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
 /// Whether the filter has the bit of `net` (a `source_key` address) in the half consulted now.
 #[inline(always)]
 fn maybe_auto_blocked(net: &[u8; 16]) -> bool {
-    let half = PG_AUTO_FILTER.get(0).copied().unwrap_or(0);
-    let (word, mask) = auto_filter_slot(half, auto_filter_bit(mem::addr_words(net)));
+    let header = PG_AUTO_FILTER.get(0).copied().unwrap_or(0);
+    let half = auto_filter_half(header);
+    let bit = auto_filter_bit(mem::addr_words(net), auto_filter_shrink(header, half));
+    let (word, mask) = auto_filter_slot(half, bit);
     PG_AUTO_FILTER.get(word).is_none_or(|bits| bits & mask != 0)
 }
 
@@ -128,9 +130,10 @@ fn maybe_auto_blocked(net: &[u8; 16]) -> bool {
 /// one another's bit.
 #[inline(always)]
 fn mark_auto_blocked(net: &[u8; 16]) {
-    let bit = auto_filter_bit(mem::addr_words(net));
+    let header = PG_AUTO_FILTER.get(0).copied().unwrap_or(0);
+    let words = mem::addr_words(net);
     for half in 0..2 {
-        let (word, mask) = auto_filter_slot(half, bit);
+        let (word, mask) = auto_filter_slot(half, auto_filter_bit(words, auto_filter_shrink(header, half)));
         if let Some(bits) = PG_AUTO_FILTER.get_ptr_mut(word) {
             // SAFETY: a word of the map; BPF's atomic OR.
             unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(bits, mask) };

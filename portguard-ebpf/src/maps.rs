@@ -2,7 +2,7 @@
 //! from the policy (`EbpfLoader::map_max_entries`) and pins the shared ones.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_RDONLY},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -88,9 +88,10 @@ pub const SCRATCH_TC: u32 = 1;
 #[map]
 pub static PG_PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(2, 0);
 
-/// See `opaque.rs`.
+/// A zero the verifier cannot know (see `opaque.rs`): writable by programs as far as the
+/// verifier is concerned, but none writes it, and userspace may not (`BPF_F_RDONLY`).
 #[map]
-pub static PG_OPAQUE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static PG_OPAQUE_ZERO: Array<u64> = Array::with_max_entries(1, BPF_F_RDONLY);
 
 /// A zeroed `ScanState` is built here before insertion: too big for the stack.
 #[map]

@@ -112,7 +112,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     fill(&mut ebpf, image).context("filling the policy maps failed")?;
     key_scan_detector(&mut ebpf)?;
     lift_automatic_blocks_the_policy_exempts(&mut ebpf, policy)?;
-    seed_auto_filter(&ebpf)?;
+    refill_auto_filter(&ebpf)?;
     // The first second's budget: packets arrive as soon as the program is attached, before
     // the reader's first tick.
     let mut budget: PerCpuArray<&mut MapData, EventBudget> =
@@ -179,17 +179,18 @@ fn key_scan_detector(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Gives every automatic block already in the table its filter bit: the table may come from
-/// pins older than the filter. Only sets bits, so a running loader's refill can go on beside it.
-/// Through the object's own maps (opening maps by id would need CAP_SYS_ADMIN).
-fn seed_auto_filter(ebpf: &Ebpf) -> Result<()> {
+/// Refills the automatic blocks' filter from the table before the programs run: it is sized
+/// for the blocks there are (the table may come from pins, even pins older than the filter).
+/// Skipped while the running loader refills it (that refill sizes it too). Through the
+/// object's own maps (opening maps by id would need CAP_SYS_ADMIN).
+fn refill_auto_filter(ebpf: &Ebpf) -> Result<()> {
     let Some(aya::maps::Map::Array(filter)) = ebpf.map(MAP_AUTO_FILTER) else {
         bail!("the kernel object has no array `{MAP_AUTO_FILTER}`");
     };
     let filter = crate::auto_filter::AutoFilter::map(filter)?;
     let blocks: HashMap<&MapData, [u8; 16], AutoBlock> =
         HashMap::try_from(ebpf.map(MAP_AUTO_BLOCK).context(MAP_AUTO_BLOCK)?)?;
-    filter.seed(&blocks);
+    filter.refill(&blocks)?;
     Ok(())
 }
 

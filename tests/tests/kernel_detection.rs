@@ -282,16 +282,19 @@ fn the_automatic_block_filter_keeps_every_block_through_refills() {
         (filter, blocks)
     };
     let (filter, mut blocks) = table_maps(&j);
-    let bits_before = filter.bits_set();
+    let (bits_before, size) = filter.bits_set();
     assert!(bits_before >= 75 && bits_before <= 80, "{bits_before} bits for 80 blocks");
+    // Sized at load for an empty table: the smallest half (1 KiB), bits set since at that size.
+    assert_eq!(size, 1 << 13, "bits in use at load");
     // Lift half the blocks behind the packet path's back (as `unblock` does), then refill twice.
     let lifted: Vec<[u8; 16]> = blocks.keys().filter_map(Result::ok).step_by(2).collect();
     for key in &lifted {
         blocks.remove(key).unwrap();
     }
     for _ in 0..2 {
-        filter.refill(&blocks).unwrap();
-        let bits = filter.bits_set();
+        assert!(filter.refill(&blocks).unwrap(), "the refill was skipped");
+        let (bits, size) = filter.bits_set();
+        assert_eq!(size, 1 << 14, "bits in use for 40 blocks");
         assert!(bits <= bits_before - 30, "{bits} bits after a refill (before: {bits_before})");
         for &src in &sources {
             let key = match src {
