@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod netns;
 pub mod paths;
 pub mod policy;
+pub mod services;
 pub mod sockets;
 pub mod state;
 pub mod system;
