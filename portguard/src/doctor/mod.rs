@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 pub mod html;
@@ -17,7 +17,7 @@ use crate::{
     loader,
     maps::{PinnedMaps, PortCount, top_ports},
     paths,
-    policy::{LoadOptions, Mode, Policy, Proto, reach::Reach},
+    policy::{self, LoadOptions, Mode, Policy, Proto, reach::Reach},
     services::{self, Kind, Recognised},
     sockets::{self, Socket},
     state::{RunState, loader_running},
@@ -542,15 +542,16 @@ fn audit_policies(options: &Options) -> Result<Audit> {
     let Some(path) = options.policy else {
         return Ok(Audit { enforced, audited: None });
     };
-    let source = crate::manager::PolicySource::read(path)?;
+    let text = crate::files::read_text_capped(path, crate::files::POLICY_MAX)
+        .with_context(|| format!("reading {}", path.display()))?;
     let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
     let same = active.as_ref().is_some_and(|active| {
-        enforced.is_some() && active.text == source.text && canonical(&active.path) == canonical(&source.path)
+        enforced.is_some() && active.text == text && canonical(&active.path) == canonical(path)
     });
     if same {
         return Ok(Audit { enforced, audited: None });
     }
-    let loaded = source.load(LoadOptions::default())?;
+    let loaded = policy::parse(&text, path, LoadOptions::default())?;
     Ok(Audit { enforced, audited: Some((path.to_owned(), loaded.policy)) })
 }
 
