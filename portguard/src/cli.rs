@@ -61,6 +61,11 @@ pub enum Command {
         /// but loopback is your explicit choice). Overrides `[metrics] listen`.
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
         metrics: Option<std::net::SocketAddr>,
+        /// Attach even if the policy closes SSH where it listens, or blocks the host's own
+        /// networks (without it, such a policy is refused; --confirm-within also lets a
+        /// policy that closes SSH through, since it rolls back by itself).
+        #[arg(long)]
+        force: bool,
     },
     /// Swap in a new policy atomically (no packet sees a mix of old and new rules); counters
     /// carry over. An invalid policy is refused and the running one stays.
@@ -79,6 +84,10 @@ pub enum Command {
         /// Roll back to the previous policy unless `portguard confirm` runs within this time.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         confirm_within: Option<Duration>,
+        /// Reload even if the policy closes SSH where it listens, or blocks the host's own
+        /// networks (see `attach --force`).
+        #[arg(long)]
+        force: bool,
     },
     /// Keep a change made with --confirm-within.
     Confirm {
@@ -102,6 +111,10 @@ pub enum Command {
         /// source), ::/0 (every IPv6 source).
         #[arg(long)]
         everything: bool,
+        /// Block even networks that cover this host's addresses, the attached interface's
+        /// network or default gateway, or your SSH session's address.
+        #[arg(long)]
+        force: bool,
         /// Only this attachment (default: every attachment in this network namespace,
         /// including future ones).
         #[arg(long, value_parser = iface_name)]
@@ -148,6 +161,9 @@ pub enum Command {
         /// Print the verdict and the compiled summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Exit 1 when the policy has warnings, as when it has errors (for CI).
+        #[arg(long)]
+        deny_warnings: bool,
     },
     /// Replay a capture (pcap or pcapng) through the real kernel program with a policy and
     /// report what would pass and drop, by rule and reason. No interface is touched. Packets

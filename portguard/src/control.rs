@@ -35,12 +35,21 @@ pub struct ReloadRequest {
     /// Roll back unless `portguard confirm` runs within this many seconds.
     #[serde(default)]
     pub confirm_within_secs: Option<u64>,
+    /// `--force`: go ahead although the policy would lock the host out (see `safety`).
+    #[serde(default)]
+    pub force: bool,
+    /// The SSH session of whoever asked (the loader's own environment says nothing about it).
+    #[serde(default)]
+    pub session: Option<crate::safety::Session>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
     pub message: String,
+    /// The new policy's warnings, for the person who asked (not only the loader's output).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Sends a request to `iface`'s loader and returns its reply.

@@ -21,6 +21,7 @@ use crate::{
     links::Inspection,
     loader, paths,
     policy::{self, LoadOptions, Loaded, compile::compile},
+    safety::{self, Operator},
     state::{
         LoaderLock, RunState, loader_running, lock_holder, now_unix, remove_stale_lock, write_atomically,
     },
@@ -77,15 +78,18 @@ fn names_a_descriptor(path: &Path) -> bool {
 
 /// Loads `source` as the generation after `current` and switches the running programs to it
 /// atomically, recorded ahead and after (`switch_recorded`). Nothing changes if anything fails
-/// before the switch. Returns the new generation's record.
+/// before the switch, or if the policy would lock the host out without the operator's word
+/// (`safety::review`). Returns the new generation's record.
 pub fn apply_generation(
     current: &RunState,
     source: &PolicySource,
     strict: bool,
+    operator: &Operator,
 ) -> Result<(Ebpf, Loaded, RunState)> {
     let iface = current.iface.as_str();
     let generation = current.generation + 1;
-    let loaded = source.load(LoadOptions { strict })?;
+    let mut loaded = source.load(LoadOptions { strict })?;
+    safety::review(&mut loaded, iface, operator, "reload")?;
     let image = compile(&loaded.policy, generation)?;
     let mut ebpf = loader::load(&image, &loaded.policy, Some(&paths::pin_dir(iface)))?;
     let mut next =
@@ -338,6 +342,9 @@ fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
                 policy_text: Some(policy.text.clone()),
                 strict: false,
                 confirm_within_secs: None,
+                // Back to what ran before: nobody is there to ask.
+                force: true,
+                session: None,
             };
             if loader_running(iface) {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -348,7 +355,7 @@ fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
                 }
                 Ok(())
             } else {
-                reload_without_loader(iface, &policy, false).map(|_| ())
+                reload_without_loader(iface, &policy, false, &Operator::trusted()).map(|_| ())
             }
         }
     }
@@ -357,12 +364,14 @@ fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
 /// Reloads an attachment whose loader is gone (killed, or `--pin` and exited): this process
 /// loads the generation, switches the links and lets go; the pins keep it running. It holds
 /// the loader lock meanwhile, so no loader starts (and adopts) half-way through. Returns the
-/// generation, and what to say about map sizes the policy changes but the pins keep.
+/// generation, what to say about map sizes the policy changes but the pins keep, and the new
+/// policy's warnings.
 pub fn reload_without_loader(
     iface: &str,
     source: &PolicySource,
     strict: bool,
-) -> Result<(u64, Option<String>)> {
+    operator: &Operator,
+) -> Result<(u64, Option<String>, Vec<policy::Diagnostic>)> {
     let _lock = LoaderLock::acquire(iface)?;
     let (state, note) = settle(iface, true)?;
     if let Some(note) = note {
@@ -374,10 +383,10 @@ pub fn reload_without_loader(
             "{iface} is NOT PROTECTED: {problem}; `portguard attach {iface} --policy FILE` attaches afresh"
         );
     }
-    let (ebpf, loaded, next) = apply_generation(&state, source, strict)?;
+    let (ebpf, loaded, next) = apply_generation(&state, source, strict, operator)?;
     // The links reference the new programs now; our handles can go.
     drop(ebpf);
-    Ok((next.generation, crate::maps::kept_sizes_message(iface, &loaded.policy)))
+    Ok((next.generation, crate::maps::kept_sizes_message(iface, &loaded.policy), loaded.warnings))
 }
 
 #[cfg(test)]

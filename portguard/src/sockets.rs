@@ -1,10 +1,13 @@
 //! The host's own sockets, read from /proc/net/{tcp,tcp6,udp,udp6} of the current network
-//! namespace. `attach` seeds the flow table from them so connections that exist before
-//! portguard attaches keep working under default deny.
+//! namespace, and the programs that hold them (/proc/PID/fd). `attach` seeds the flow table
+//! from them so connections that exist before portguard attaches keep working under default
+//! deny; doctor and the safety checks ask what listens.
 
 use std::{
+    collections::BTreeMap,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
 };
 
 use anyhow::{Context as _, Result};
@@ -62,6 +65,76 @@ pub fn read_all() -> Result<Vec<Socket>> {
     Ok(sockets)
 }
 
+/// A process holding a socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    /// `/proc/PID/comm`: the name the process runs under (15 bytes at most).
+    pub comm: String,
+    /// The file name of its executable, when it can be read (`mysqld`, `java`).
+    pub exe: Option<String>,
+    /// Its command line (what tells one `java` from another).
+    pub cmdline: Vec<String>,
+}
+
+impl Owner {
+    /// For people: `mysqld (pid 812)`.
+    pub fn label(&self) -> String {
+        format!("{} (pid {})", self.comm, self.pid)
+    }
+}
+
+/// Which process holds each socket, by socket inode: read from every `/proc/PID/fd`. Best
+/// effort: without the right to look at other processes (not root, or a sandbox), they are
+/// simply not found. Socket inodes are unique across network namespaces, so a process
+/// anywhere is found for a socket of this namespace.
+pub fn owners() -> BTreeMap<u64, Owner> {
+    owners_in(Path::new("/proc"))
+}
+
+fn owners_in(proc: &Path) -> BTreeMap<u64, Owner> {
+    let mut owners = BTreeMap::new();
+    let Ok(processes) = fs::read_dir(proc) else { return owners };
+    for process in processes.filter_map(Result::ok) {
+        let Ok(pid) = process.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let dir = process.path();
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else { continue };
+        let inodes: Vec<u64> = fds
+            .filter_map(Result::ok)
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .filter_map(|target| socket_inode(&target.to_string_lossy()))
+            .collect();
+        if inodes.is_empty() {
+            continue;
+        }
+        let owner = Owner {
+            pid,
+            comm: fs::read_to_string(dir.join("comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default(),
+            exe: fs::read_link(dir.join("exe"))
+                .ok()
+                .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned())),
+            cmdline: fs::read(dir.join("cmdline"))
+                .map(|raw| {
+                    raw.split(|b| *b == 0)
+                        .filter(|arg| !arg.is_empty())
+                        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        for inode in inodes {
+            // The first process found keeps it (a forked server's children share the socket).
+            owners.entry(inode).or_insert_with(|| owner.clone());
+        }
+    }
+    owners
+}
+
+/// `socket:[12345]` -> 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
 pub fn parse_table(text: &str, proto: Proto) -> Vec<Socket> {
     text.lines()
         .skip(1)
@@ -101,6 +174,22 @@ fn parse_endpoint(text: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_process_holding_a_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let socket = read_all()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.proto == Proto::Tcp && s.local.port() == port && s.is_listening())
+            .expect("our listener is in /proc/net/tcp");
+        let owner = owners().remove(&socket.inode).expect("our own fds are readable");
+        assert_eq!(owner.pid, std::process::id());
+        assert!(!owner.comm.is_empty() && owner.exe.is_some() && !owner.cmdline.is_empty(), "{owner:?}");
+        assert_eq!(socket_inode("socket:[4026]"), Some(4026));
+        assert_eq!(socket_inode("pipe:[4026]"), None);
+    }
 
     #[test]
     fn parses_proc_net_tables() {

@@ -192,3 +192,66 @@ pub fn tcp_connections_reset(netns: &Netns, target: SocketAddr, count: usize) ->
             .count()
     })
 }
+
+/// A process that listens under a program's name (`redis-server`, `sshd`): the test binary
+/// `portguard-listener` copied under that name and run in a namespace, so /proc shows the
+/// name as it would for the real program. Killed on drop.
+pub struct NamedService {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NamedService {
+    /// `listener`: the path of `portguard-listener` (`env!("CARGO_BIN_EXE_portguard-listener")`).
+    pub fn start(
+        netns: &Netns,
+        listener: &str,
+        name: &str,
+        tcp: &[u16],
+        udp: &[u16],
+    ) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::Builder::new().prefix("pgt-service-").tempdir()?;
+        let program = dir.path().join(name);
+        std::fs::copy(listener, &program)?;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+        let mut command = netns.command(program.to_str().expect("a UTF-8 path"));
+        for port in tcp {
+            command.args(["--tcp", &port.to_string()]);
+        }
+        for port in udp {
+            command.args(["--udp", &port.to_string()]);
+        }
+        let mut child = command
+            .args(["--seconds", "300"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let first = std::io::BufReader::new(stdout).lines().next();
+            let _ = tx.send(first.and_then(Result::ok));
+        });
+        let mut service = Self { child, _dir: dir };
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Some(line)) if line == "listening" => Ok(service),
+            other => {
+                let _ = service.child.kill();
+                anyhow::bail!("{name} did not start listening: {other:?}")
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for NamedService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

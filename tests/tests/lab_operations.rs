@@ -47,7 +47,17 @@ fn block_and_unblock_take_effect_on_the_next_connection() {
     ];
     for (target, source, v6) in cases {
         assert!(tcp_connects(&lab.client, Some(source), web(v6)), "{target}: open before");
-        let out = ok(pg.run(&["block", target, "--for", "1h", "--reason", "test", "--iface", iface]));
+        let mut args = vec!["block", target, "--for", "1h", "--reason", "test", "--iface", iface];
+        // The networks cover the server's own address too: refused unless forced.
+        if target.contains('/') {
+            let refused = pg.run(&args);
+            assert!(!refused.status.success());
+            let said = String::from_utf8_lossy(&refused.stderr);
+            assert!(said.contains("covers this host's address"), "{target}: {said}");
+            assert!(tcp_connects(&lab.client, Some(source), web(v6)), "{target}: refused, nothing blocked");
+            args.push("--force");
+        }
+        let out = ok(pg.run(&args));
         assert!(out.contains("in effect on"), "{out}");
         assert!(!tcp_connects(&lab.client, Some(source), web(v6)), "{target}: blocked right after `block`");
         // Other sources are untouched.

@@ -18,6 +18,7 @@ use portguard::{
     metrics::{self, LoaderCounts},
     paths,
     policy::{LoadOptions, compile::compile},
+    safety::{self, Operator, Session},
     sockets,
     state::{LoaderLock, RunState, now_unix},
     system,
@@ -38,6 +39,8 @@ pub struct Options<'a> {
     pub confirm_within: Option<Duration>,
     /// `--metrics`: overrides the policy's `[metrics] listen`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--force`: attach although the policy would lock the host out.
+    pub force: bool,
     pub netns: Option<&'a str>,
 }
 
@@ -45,8 +48,17 @@ pub fn run(options: Options) -> Result<ExitCode> {
     let iface = options.iface;
     system::require_root("portguard attach")?;
     let source = PolicySource::read(options.policy)?;
-    let loaded = source.load(LoadOptions { strict: options.strict })?;
+    let mut loaded = source.load(LoadOptions { strict: options.strict })?;
+    // What the policy would do to this host (SSH, its own networks): said, and refused unless
+    // the operator gave their word, before anything changes.
+    let operator = Operator {
+        session: Session::find(),
+        confirm_within: options.confirm_within.is_some(),
+        force: options.force,
+    };
+    let reviewed = safety::review(&mut loaded, iface, &operator, "attach");
     print_warnings(&loaded.warnings);
+    reviewed?;
     let policy = loaded.policy;
 
     system::raise_memlock();

@@ -15,6 +15,7 @@ use portguard::{
     maps::open_pinned,
     netns::Netns,
     policy::sources::parse_net_strict,
+    safety,
     state::{RunState, now_unix},
     system,
 };
@@ -64,6 +65,7 @@ pub fn block(
     duration: Option<Duration>,
     reason: Option<String>,
     everything: bool,
+    force: bool,
     iface: Option<&str>,
 ) -> Result<ExitCode> {
     system::require_root("portguard block")?;
@@ -78,6 +80,7 @@ pub fn block(
         _ => {}
     }
     let interfaces = targets(iface)?;
+    refuse_blocking_the_host(&nets, &interfaces, force)?;
     // Applied to the maps under the same lock that guards the saved list, so two commands at
     // once leave both the file and the maps with both changes.
     BlockStore::edit(&interfaces, |store| {
@@ -137,6 +140,31 @@ pub fn block(
         }
     }
     Ok(if unprotected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A block that covers the host itself (its addresses, the attached interfaces' networks and
+/// gateways, the SSH session running this) is refused without `--force`, as a blocklist is;
+/// each attachment's `never_block` exempts what it covers. Said as a warning when forced.
+fn refuse_blocking_the_host(nets: &[IpNet], interfaces: &[String], force: bool) -> Result<()> {
+    let host = match safety::Host::gather(safety::Session::find()) {
+        Ok(host) => host,
+        Err(error) => {
+            eprintln!("warning: could not check whether the block covers this host ({error:#})");
+            return Ok(());
+        }
+    };
+    let scopes: Vec<(String, Vec<IpNet>)> = interfaces
+        .iter()
+        .map(|iface| (iface.clone(), RunState::read(iface).map(|s| s.never_block).unwrap_or_default()))
+        .collect();
+    let hazards = safety::block_hazards(nets, &scopes, &host);
+    if force {
+        for hazard in &hazards {
+            eprintln!("warning: {hazard}");
+        }
+    }
+    safety::gate(hazards, &safety::Operator { force, ..Default::default() }, "block")?;
+    Ok(())
 }
 
 pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {

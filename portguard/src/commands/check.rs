@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::print_warnings;
 
-pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
+pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result<ExitCode> {
     let loaded = match policy::load(path, LoadOptions { strict }) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -29,12 +29,16 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
         }
     };
     let policy = &loaded.policy;
+    // `--deny-warnings`: a policy with warnings fails the check, as compilers' -D warnings.
+    let denied = deny_warnings && !loaded.warnings.is_empty();
+    let exit = if denied { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     if json {
         let diagnostics: Vec<_> = loaded.warnings.iter().map(diagnostic_json).collect();
         println!(
             "{}",
             json!({
                 "valid": true,
+                "denied_by_warnings": denied,
                 "diagnostics": diagnostics,
                 "summary": policy.summary(),
                 "policy": policy,
@@ -48,7 +52,7 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
                 },
             })
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit);
     }
     print_warnings(&loaded.warnings);
     println!("{}: valid: {}", path.display(), policy.summary());
@@ -86,7 +90,15 @@ pub fn run(path: &Path, strict: bool, json: bool) -> Result<ExitCode> {
         image.bl4_ranges.len(),
         image.bl6.len()
     );
-    Ok(ExitCode::SUCCESS)
+    if denied {
+        let count = loaded.warnings.len();
+        eprintln!(
+            "{}: {count} warning{} and --deny-warnings: treated as errors",
+            path.display(),
+            if count == 1 { "" } else { "s" }
+        );
+    }
+    Ok(exit)
 }
 
 /// Ranges shown for one rule at most; the rest are counted.

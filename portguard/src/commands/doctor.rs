@@ -21,6 +21,9 @@ pub struct Options<'a> {
 }
 
 pub fn run(options: Options) -> Result<ExitCode> {
+    // Without root, the BPF checks fail for want of privileges and other processes' sockets
+    // cannot be seen: the report would blame the kernel and miss listeners.
+    portguard::system::require_root("portguard doctor")?;
     let report = doctor::run(&doctor::Options { policy: options.policy, iface: options.iface })?;
     if let Some(path) = options.html {
         let page = doctor::html::render(&report).context("rendering the HTML report")?;
@@ -55,9 +58,19 @@ fn print_human(report: &Report) {
         report.summary.worst.name(),
         if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) }
     );
-    if let Some(policy) = &report.policy {
-        let how = if report.policy_enforced { "enforced" } else { "not attached: what it would do" };
-        println!("policy audited: {} ({how})", policy.display());
+    match (&report.policy, &report.policy_in_force) {
+        (Some(policy), _) if report.policy_enforced => {
+            println!("policy audited: {} (enforced)", policy.display())
+        }
+        (Some(policy), Some(in_force)) => println!(
+            "policy audited: {} (not in force: shown as what it would change; in force: {})",
+            policy.display(),
+            in_force.display()
+        ),
+        (Some(policy), None) => {
+            println!("policy audited: {} (not attached: what it would do)", policy.display())
+        }
+        (None, _) => {}
     }
 
     println!("\nFINDINGS");
@@ -81,8 +94,14 @@ fn print_human(report: &Report) {
         let service = socket.service.unwrap_or("");
         let reach = if socket.reachable { "network" } else { "loopback" };
         let program = socket.program.as_deref().unwrap_or("-");
+        let change = match (&socket.with_audited_policy, &report.policy_in_force, &report.policy) {
+            (Some(with), Some(_), Some(audited)) if *with != socket.policy => {
+                format!("; with {}: {with}", audited.display())
+            }
+            _ => String::new(),
+        };
         println!(
-            "  {:<9}{port:<12}{:<26}{service:<service_width$}{reach:<9}{program:<22}{}",
+            "  {:<9}{port:<12}{:<26}{service:<service_width$}{reach:<9}{program:<22}{}{change}",
             socket.severity.name(),
             socket.address.to_string(),
             socket.policy

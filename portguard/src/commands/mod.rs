@@ -26,7 +26,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         system::enter_netns(netns)?;
     }
     match cli.command {
-        Command::Attach { iface, policy, xdp_mode, strict, json, pin, confirm_within, metrics } => {
+        Command::Attach { iface, policy, xdp_mode, strict, json, pin, confirm_within, metrics, force } => {
             attach::run(attach::Options {
                 iface: &iface,
                 policy: &policy,
@@ -36,15 +36,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 pin,
                 confirm_within,
                 metrics,
+                force,
                 netns: cli.netns.as_deref(),
             })
         }
-        Command::Reload { iface, policy, strict, confirm_within } => {
-            reload::run(iface.as_deref(), policy.as_deref(), strict, confirm_within)
+        Command::Reload { iface, policy, strict, confirm_within, force } => {
+            reload::run(iface.as_deref(), policy.as_deref(), strict, confirm_within, force)
         }
         Command::Confirm { iface } => confirm::run(iface.as_deref()),
-        Command::Block { sources, duration, reason, everything, iface } => {
-            blocks::block(&sources, duration, reason, everything, iface.as_deref())
+        Command::Block { sources, duration, reason, everything, force, iface } => {
+            blocks::block(&sources, duration, reason, everything, force, iface.as_deref())
         }
         Command::Unblock { sources, iface } => blocks::unblock(&sources, iface.as_deref()),
         Command::Blocks { json, iface } => blocks::list(json, iface.as_deref()),
@@ -56,7 +57,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify { policy, pcap, hosts, strict, json } => {
             verify::run(&policy, &pcap, &hosts, strict, json)
         }
-        Command::Check { policy, strict, json } => check::run(&policy, strict, json),
+        Command::Check { policy, strict, json, deny_warnings } => {
+            check::run(&policy, strict, json, deny_warnings)
+        }
         Command::Status { json } => status::run(json),
         Command::Stats { iface, json, watch, top } => stats::run(iface.as_deref(), json, watch, top),
         Command::Doctor { policy, iface, json, html, fail_on } => doctor::run(doctor::Options {

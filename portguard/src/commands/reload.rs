@@ -8,19 +8,22 @@ use portguard::{
     control::{self, ReloadRequest, Request},
     loader,
     manager::{self, PolicySource, Rollback},
+    safety::{Operator, Session},
     state::loader_running,
     system,
 };
 
-use super::status::attached_interfaces;
+use super::{print_warnings, status::attached_interfaces};
 
 pub fn run(
     iface: Option<&str>,
     policy: Option<&Path>,
     strict: bool,
     confirm_within: Option<Duration>,
+    force: bool,
 ) -> Result<ExitCode> {
     system::require_root("portguard reload")?;
+    let operator = Operator { session: Session::find(), confirm_within: confirm_within.is_some(), force };
     let interfaces = match iface {
         Some(iface) => vec![iface.to_owned()],
         None => attached_interfaces(),
@@ -94,9 +97,14 @@ pub fn run(
                 policy_text: Some(source.text),
                 strict,
                 confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)),
+                force,
+                session: operator.session,
             };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let reply = runtime.block_on(control::request(iface, &Request::Reload(request)))?;
+            for warning in &reply.warnings {
+                eprintln!("{warning}");
+            }
             if reply.ok {
                 println!("{}", reply.message);
             } else {
@@ -106,8 +114,9 @@ pub fn run(
         } else {
             // No loader: this process switches the pinned links itself.
             let previous = PolicySource::active(iface).ok();
-            match manager::reload_without_loader(iface, &source, strict) {
-                Ok((generation, kept)) => {
+            match manager::reload_without_loader(iface, &source, strict, &operator) {
+                Ok((generation, kept, warnings)) => {
+                    print_warnings(&warnings);
                     println!("reloaded {iface} (no loader running): generation {generation}");
                     if let Some(kept) = kept {
                         println!("{kept}");

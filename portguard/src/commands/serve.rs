@@ -228,13 +228,18 @@ fn start_reload(
     let current = loader.state.clone();
     let strict = request.strict || loader.strict;
     let asked = request.clone();
+    let operator = portguard::safety::Operator {
+        session: request.session,
+        confirm_within: request.confirm_within_secs.is_some(),
+        force: request.force,
+    };
     let work = tokio::task::spawn_blocking(move || {
         let source = match (asked.policy_text, asked.policy) {
             (Some(text), Some(path)) => PolicySource { path, text },
             (_, Some(path)) => PolicySource::read(&path)?,
             (_, None) => PolicySource::read(&current.policy)?,
         };
-        let (ebpf, loaded, next) = manager::apply_generation(&current, &source, strict)?;
+        let (ebpf, loaded, next) = manager::apply_generation(&current, &source, strict, &operator)?;
         Ok((ebpf, loaded, source, next))
     });
     ReloadInProgress { work, request, reply }
@@ -248,11 +253,11 @@ fn finish_reload(
     metrics: Option<&metrics::Source>,
 ) -> Reply {
     match built.and_then(|built| take_over(loader, request, built, metrics)) {
-        Ok(message) => {
+        Ok((message, warnings)) => {
             say(&format!("portguard: {message}"));
-            Reply { ok: true, message }
+            Reply { ok: true, message, warnings }
         }
-        Err(error) => Reply { ok: false, message: format!("{error:#}") },
+        Err(error) => Reply { ok: false, message: format!("{error:#}"), warnings: Vec::new() },
     }
 }
 
@@ -261,10 +266,12 @@ fn take_over(
     request: &ReloadRequest,
     (ebpf, loaded, source, next): (Ebpf, Loaded, PolicySource, RunState),
     metrics: Option<&metrics::Source>,
-) -> Result<String> {
+) -> Result<(String, Vec<String>)> {
     let iface = loader.state.iface.clone();
     let generation = next.generation;
-    for warning in &loaded.warnings {
+    // In the loader's output, and in the reply to whoever asked.
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    for warning in &warnings {
         eprintln!("{warning}");
     }
     // The old generation's programs and policy maps go with it.
@@ -291,7 +298,7 @@ fn take_over(
         manager::arm_rollback(&iface, Duration::from_secs(secs), Rollback::Restore { policy: previous })?;
         message.push_str(&format!("; rolls back in {secs} s unless `portguard confirm {iface}`"));
     }
-    Ok(message)
+    Ok((message, warnings))
 }
 
 /// Notices that the attachment stopped protecting its interface (deleted, or deleted and
@@ -392,7 +399,7 @@ async fn client(
             write.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
         }
         Err(error) => {
-            let reply = Reply { ok: false, message: format!("bad request: {error}") };
+            let reply = Reply { ok: false, message: format!("bad request: {error}"), warnings: Vec::new() };
             write.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
         }
     }

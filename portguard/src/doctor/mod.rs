@@ -8,8 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::Result;
-use ipnet::IpNet;
+use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 pub mod html;
@@ -18,7 +17,8 @@ use crate::{
     loader,
     maps::{PinnedMaps, PortCount, top_ports},
     paths,
-    policy::{self, Action, LoadOptions, Mode, Policy, Proto, RuleKind},
+    policy::{self, LoadOptions, Mode, Policy, Proto, reach::Reach},
+    services::{self, Kind, Recognised},
     sockets::{self, Socket},
     state::{RunState, loader_running},
 };
@@ -48,7 +48,8 @@ impl Severity {
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     pub severity: Severity,
-    /// `readiness`, `exposure` or `protection`.
+    /// `readiness`, `exposure`, `protection`, or `policy` (what `--policy FILE` would change
+    /// from what is enforced now).
     pub category: &'static str,
     pub title: String,
     pub detail: String,
@@ -70,12 +71,18 @@ pub struct Listening {
     pub port: u16,
     /// The program holding the socket, if it can be found.
     pub program: Option<String>,
-    /// A well-known service on this port, if any.
+    /// The service listening: known by its program, else by its port.
     pub service: Option<&'static str>,
+    /// How `service` was recognised.
+    pub recognised_by: Option<Recognised>,
     /// Bound to a non-loopback address: reachable from the network.
     pub reachable: bool,
-    /// `open`, `open to <networks>`, `blocked`, `trap`, `monitor only`, `no policy`.
+    /// What the policy in force does with connections from the network (`open`, `open to
+    /// <networks>`, `blocked ...`, a trap); with nothing attached, what the audited policy would
+    /// do once attached.
     pub policy: String,
+    /// What `--policy FILE` would do instead, when it is not the policy in force.
+    pub with_audited_policy: Option<String>,
     pub severity: Severity,
 }
 
@@ -119,10 +126,12 @@ pub struct Report {
     pub host: String,
     pub kernel: String,
     pub generated: String,
-    /// The policy the exposure audit used, if any.
+    /// The policy the exposure audit used, if any: `--policy`, else the one in force.
     pub policy: Option<PathBuf>,
-    /// Whether that policy is the one an attachment runs (else: what it would do once attached).
+    /// Whether that policy is the one an attachment runs (else: what it would change).
     pub policy_enforced: bool,
+    /// The policy an attachment enforces now, whose effect the findings describe.
+    pub policy_in_force: Option<PathBuf>,
     pub summary: Summary,
     pub findings: Vec<Finding>,
     pub readiness: Vec<Check>,
@@ -132,156 +141,42 @@ pub struct Report {
     pub drops_by_port: Vec<PortCount>,
 }
 
-/// High-risk services: (port, protocol, name, remedy).
-const RISKY: &[(u16, Proto, &str, &str)] = &[
-    (21, Proto::Tcp, "FTP", "use SFTP; if FTP must stay, allow it only `from` the networks that need it"),
-    (23, Proto::Tcp, "telnet", "stop telnetd and use SSH"),
-    (111, Proto::Tcp, "rpcbind", "stop rpcbind unless NFS needs it, and never expose it"),
-    (135, Proto::Tcp, "MS RPC", "do not expose RPC endpoints"),
-    (139, Proto::Tcp, "NetBIOS", "do not expose NetBIOS"),
-    (445, Proto::Tcp, "SMB", "never expose SMB to untrusted networks"),
-    (1433, Proto::Tcp, "MS SQL Server", "bind the database to localhost or a private network"),
-    (2375, Proto::Tcp, "Docker API (plain)", "never expose the Docker API without TLS; bind it to a socket"),
-    (2379, Proto::Tcp, "etcd", "bind etcd to private addresses and require client certificates"),
-    (3306, Proto::Tcp, "MySQL", "bind MySQL to 127.0.0.1 (bind-address) or allow it only `from` app servers"),
-    (3389, Proto::Tcp, "RDP", "reach RDP through a VPN, never directly"),
-    (5432, Proto::Tcp, "PostgreSQL", "set listen_addresses to localhost or allow it only `from` app servers"),
-    (5900, Proto::Tcp, "VNC", "tunnel VNC over SSH"),
-    (5984, Proto::Tcp, "CouchDB", "bind CouchDB to localhost"),
-    (6379, Proto::Tcp, "Redis", "bind Redis to 127.0.0.1 and set requirepass"),
-    (9092, Proto::Tcp, "Kafka", "bind Kafka listeners to private addresses"),
-    (9200, Proto::Tcp, "Elasticsearch", "bind Elasticsearch to localhost (network.host)"),
-    (11211, Proto::Tcp, "memcached", "bind memcached to 127.0.0.1 (-l)"),
-    (11211, Proto::Udp, "memcached (UDP, amplification)", "disable memcached UDP (-U 0)"),
-    (27017, Proto::Tcp, "MongoDB", "bind MongoDB to localhost (bindIp) and enable authentication"),
-    (1900, Proto::Udp, "SSDP (amplification)", "disable UPnP/SSDP on servers"),
-    (161, Proto::Udp, "SNMP", "allow SNMP only `from` the monitoring network"),
-];
-
-/// Well-known, ordinary services: named in the report, not risky by themselves.
-const KNOWN: &[(u16, Proto, &str)] = &[
-    (22, Proto::Tcp, "SSH"),
-    (25, Proto::Tcp, "SMTP"),
-    (53, Proto::Udp, "DNS"),
-    (53, Proto::Tcp, "DNS"),
-    (80, Proto::Tcp, "HTTP"),
-    (123, Proto::Udp, "NTP"),
-    (443, Proto::Tcp, "HTTPS"),
-    (8080, Proto::Tcp, "HTTP (alt)"),
-];
-
-fn risky(proto: Proto, port: u16) -> Option<(&'static str, &'static str)> {
-    RISKY.iter().find(|(p, pr, _, _)| *p == port && *pr == proto).map(|(_, _, name, remedy)| (*name, *remedy))
-}
-
-fn service(proto: Proto, port: u16) -> Option<&'static str> {
-    risky(proto, port)
-        .map(|(name, _)| name)
-        .or_else(|| KNOWN.iter().find(|(p, pr, _)| *p == port && *pr == proto).map(|(_, _, n)| *n))
-}
-
-/// What the policy does with a connection attempt to `port` from somewhere on the network.
-fn verdict(policy: &Policy, proto: Proto, port: u16) -> Reach {
-    let traps = match proto {
-        Proto::Tcp => &policy.trap_ports.tcp,
-        Proto::Udp => &policy.trap_ports.udp,
-    };
-    let naming: Vec<_> = policy
-        .rules
-        .iter()
-        .filter(|r| r.proto == proto && r.ports.iter().any(|p| p.contains(&port)))
-        .collect();
-    let reach = if traps.iter().any(|r| r.contains(&port)) {
-        Reach::closed("a trap port (blocked, and whoever tries is blocked)".into())
-    } else if let Some(rule) = naming.iter().find(|r| r.kind == RuleKind::Deny) {
-        Reach::closed(format!("blocked by {}", rule.label()))
-    } else if let Some(rule) = naming.iter().find(|r| r.kind == RuleKind::Allow && r.from.is_none()) {
-        Reach::open(format!("open by {}", rule.label()))
-    } else if naming.iter().any(|r| r.kind == RuleKind::Allow) {
-        let nets: Vec<String> =
-            naming.iter().filter_map(|r| r.from.as_ref()).flatten().map(IpNet::to_string).collect();
-        Reach { text: format!("open to {}", nets.join(", ")), to_all: false, to_some: true }
-    } else if policy.default == Action::Allow {
-        Reach::open("open (default allow)".into())
-    } else {
-        Reach::closed("blocked (default deny)".into())
-    };
-    if policy.mode == Mode::Monitor && !reach.to_all {
-        return Reach::open(format!("{}, but monitor mode drops nothing", reach.text));
+/// What a listener's severity is judged by: what reaches it now (the policy in force, or
+/// nothing) and what the policy means to do with it (the policy in force, or the audited one
+/// when nothing is attached).
+///
+/// Risky services are judged by what reaches them now: open to all is critical, open to some
+/// networks high, and blocked medium, since only the policy stands between them and the
+/// network. Remote login (SSH) closed to everyone is high: new sessions are refused, remote
+/// administrators are locked out. Other services are judged by what the policy means to do:
+/// open by intent is fine, open only by `default = "allow"` medium, closed low (something
+/// listens that nobody may reach: probably not needed).
+fn severity(reachable: bool, kind: Option<Kind>, now: &Reach, intended: Option<&Reach>) -> Severity {
+    if !reachable {
+        return Severity::Info;
     }
-    reach
-}
-
-/// Who can reach a port under a policy.
-#[derive(Clone, Debug)]
-struct Reach {
-    text: String,
-    to_all: bool,
-    /// Some sources at least (all of them when `to_all`).
-    to_some: bool,
-}
-
-impl Reach {
-    fn open(text: String) -> Self {
-        Self { text, to_all: true, to_some: true }
-    }
-
-    fn closed(text: String) -> Self {
-        Self { text, to_all: false, to_some: false }
+    match (kind, intended) {
+        (Some(Kind::Risky), _) if now.to_all => Severity::Critical,
+        (Some(Kind::Risky), _) if now.to_some => Severity::High,
+        (Some(Kind::Risky), _) => Severity::Medium,
+        (Some(Kind::RemoteLogin), Some(reach)) if !reach.to_some => Severity::High,
+        (_, Some(reach)) if reach.by_default_allow => Severity::Medium,
+        (_, Some(reach)) if reach.to_some => Severity::Info,
+        (_, Some(_)) | (_, None) => Severity::Low,
     }
 }
 
-/// How bad a listening socket is. Risky services are judged by what reaches them now (the
-/// policy in force, or nothing): open to all is critical, open to some networks high, and
-/// blocked medium, since only the policy stands between them and the network. Other services
-/// are judged by what the audited policy means to do with them.
-fn severity(reachable: bool, risky: bool, now: &Reach, intended: Option<&Reach>) -> Severity {
-    match (reachable, risky) {
-        (false, _) => Severity::Info,
-        (true, true) if now.to_all => Severity::Critical,
-        (true, true) if now.to_some => Severity::High,
-        (true, true) => Severity::Medium,
-        (true, false) => match intended {
-            Some(reach) if reach.text.starts_with("open (default allow)") => Severity::Medium,
-            Some(reach) if reach.to_some => Severity::Info,
-            // Something listens that the policy keeps everyone from: likely not needed.
-            Some(_) => Severity::Low,
-            None => Severity::Low,
-        },
-    }
+/// The policies the exposure audit weighs.
+#[derive(Clone, Copy, Default)]
+struct Policies<'a> {
+    /// What an attachment enforces now, and its file.
+    enforced: Option<(&'a Path, &'a Policy)>,
+    /// `--policy FILE` when it is not what is enforced: shown as what it would change.
+    audited: Option<(&'a Path, &'a Policy)>,
 }
 
-/// Which program holds each socket inode (reading /proc/*/fd; best effort).
-fn programs() -> BTreeMap<u64, String> {
-    let mut owners = BTreeMap::new();
-    let Ok(processes) = std::fs::read_dir("/proc") else { return owners };
-    for process in processes.filter_map(|e| e.ok()) {
-        let Ok(pid) = process.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim().to_string())
-            .unwrap_or_default();
-        for fd in fds.filter_map(|e| e.ok()) {
-            if let Ok(target) = std::fs::read_link(fd.path()) {
-                let target = target.to_string_lossy();
-                if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
-                    if let Ok(inode) = inode.parse() {
-                        owners.entry(inode).or_insert_with(|| format!("{name} (pid {pid})"));
-                    }
-                }
-            }
-        }
-    }
-    owners
-}
-
-/// `policy`: the audited policy and whether an attachment enforces it.
-fn listening(
-    sockets: &[Socket],
-    policy: Option<(&Policy, bool)>,
-    findings: &mut Vec<Finding>,
-) -> Vec<Listening> {
-    let owners = programs();
+fn listening(sockets: &[Socket], policies: Policies, findings: &mut Vec<Finding>) -> Vec<Listening> {
+    let owners = sockets::owners();
     let mut seen = std::collections::BTreeSet::new();
     let mut rows = Vec::new();
     for socket in sockets.iter().filter(|s| s.is_listening()) {
@@ -290,41 +185,82 @@ fn listening(
             continue;
         }
         let reachable = !address.is_loopback();
-        let program = owners.get(&socket.inode).cloned();
-        let risk = risky(proto, port);
-        let intended = policy.map(|(policy, _)| verdict(policy, proto, port));
-        let enforced = policy.is_some_and(|(_, enforced)| enforced);
-        let nothing = Reach::open("nothing filters it (portguard is not attached)".into());
-        let now = if enforced { intended.clone().unwrap_or(nothing) } else { nothing };
-        let severity = severity(reachable, risk.is_some(), &now, intended.as_ref());
-        let policy_text = match (&intended, enforced) {
-            (Some(reach), true) => reach.text.clone(),
-            (Some(reach), false) => format!("{} once attached; nothing filters it now", reach.text),
-            (None, _) => now.text.clone(),
+        let owner = owners.get(&socket.inode);
+        let identified = services::identify(proto, port, owner);
+        let kind = identified.map(|(service, _)| service.kind);
+        let now = match policies.enforced {
+            Some((_, policy)) => policy.reach(proto, port),
+            None => Reach::open("nothing filters it (portguard is not attached)".into()),
         };
-        let who = program.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
-        let name = service(proto, port).map(|s| format!("{s} ")).unwrap_or_default();
+        let audited = policies.audited.map(|(_, policy)| policy.reach(proto, port));
+        let intended = policies.enforced.map(|(_, policy)| policy.reach(proto, port)).or(audited.clone());
+        let severity = severity(reachable, kind, &now, intended.as_ref());
+        let policy_text = match (policies.enforced, &audited) {
+            (None, Some(reach)) => format!("{} once attached; nothing filters it now", reach.text),
+            _ => now.text.clone(),
+        };
+        let who = owner.map(|o| format!(" ({})", o.label())).unwrap_or_default();
+        let name = identified.map(|(s, _)| format!("{} ", s.name)).unwrap_or_default();
+        let title = format!("{name}{proto}/{port} listens on {address}{who}");
+        let remedy = |closed_ssh: bool| match identified {
+            Some((service, _))
+                if service.kind != Kind::Ordinary && (closed_ssh || service.kind == Kind::Risky) =>
+            {
+                service.remedy.to_string()
+            }
+            _ => format!("close {proto}/{port} in the policy if nobody outside needs it"),
+        };
+        let lockout = |reach: &Reach| kind == Some(Kind::RemoteLogin) && !reach.to_some;
         if reachable && severity >= Severity::Medium {
-            let remedy = match risk {
-                Some((_, remedy)) => remedy.to_string(),
-                None => format!("close {proto}/{port} in the policy if nobody outside needs it"),
+            let closed_ssh = intended.as_ref().is_some_and(lockout);
+            let consequence = if closed_ssh {
+                ": new SSH connections are refused, remote administrators are locked out"
+            } else {
+                ""
             };
             findings.push(Finding {
                 severity,
                 category: "exposure",
-                title: format!("{name}{proto}/{port} listens on {address}{who}"),
-                detail: format!("reachable from the network; policy: {policy_text}"),
-                remedy,
+                title: title.clone(),
+                detail: format!("reachable from the network; policy: {policy_text}{consequence}"),
+                remedy: remedy(closed_ssh),
             });
+        }
+        // What the audited policy would change, where it would make things worse.
+        if let (Some((path, _)), Some(reach), true) =
+            (policies.audited, &audited, policies.enforced.is_some())
+        {
+            let would = self::severity(reachable, kind, reach, Some(reach));
+            if would > severity && would >= Severity::Medium {
+                let consequence = if lockout(reach) {
+                    ": new SSH connections would be refused, remote administrators locked out"
+                } else {
+                    ""
+                };
+                findings.push(Finding {
+                    severity: would,
+                    category: "policy",
+                    title: format!("with {}: {title}", path.display()),
+                    detail: format!(
+                        "now: {}; with {}: {}{consequence}",
+                        now.text,
+                        path.display(),
+                        reach.text
+                    ),
+                    remedy: remedy(lockout(reach)),
+                });
+            }
         }
         rows.push(Listening {
             protocol: proto,
             address,
             port,
-            program,
-            service: service(proto, port),
+            program: owner.map(sockets::Owner::label),
+            service: identified.map(|(s, _)| s.name),
+            recognised_by: identified.map(|(_, by)| by),
             reachable,
             policy: policy_text,
+            with_audited_policy: audited.map(|reach| reach.text),
             severity,
         });
     }
@@ -589,35 +525,44 @@ pub struct Options<'a> {
     pub iface: Option<&'a str>,
 }
 
-/// The policy to audit against: the one given, or the one the (named) attachment runs; and
-/// whether an attachment runs it.
-fn audit_policy(options: &Options) -> Result<Option<(PathBuf, Policy, bool)>> {
+/// The policy an attachment (the named one, else the first) enforces now, and `--policy` when
+/// it is something else (another file, or the same file changed since it was attached).
+struct Audit {
+    enforced: Option<(PathBuf, Policy)>,
+    audited: Option<(PathBuf, Policy)>,
+}
+
+fn audit_policies(options: &Options) -> Result<Audit> {
     let running: Vec<RunState> =
         RunState::all().into_iter().filter(|s| options.iface.is_none_or(|i| i == s.iface)).collect();
-    if let Some(path) = options.policy {
-        let loaded = policy::load(path, LoadOptions::default())?;
-        let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
-        let enforced = running.iter().any(|s| canonical(&s.policy) == canonical(path));
-        return Ok(Some((path.to_owned(), loaded.policy, enforced)));
+    let active = running.iter().find_map(|state| crate::manager::PolicySource::active(&state.iface).ok());
+    let enforced = active.as_ref().and_then(|source| {
+        source.load(LoadOptions::default()).ok().map(|loaded| (source.path.clone(), loaded.policy))
+    });
+    let Some(path) = options.policy else {
+        return Ok(Audit { enforced, audited: None });
+    };
+    let text = crate::files::read_text_capped(path, crate::files::POLICY_MAX)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+    let same = active.as_ref().is_some_and(|active| {
+        enforced.is_some() && active.text == text && canonical(&active.path) == canonical(path)
+    });
+    if same {
+        return Ok(Audit { enforced, audited: None });
     }
-    for state in running {
-        if let Ok(source) = crate::manager::PolicySource::active(&state.iface) {
-            if let Ok(loaded) = source.load(LoadOptions::default()) {
-                return Ok(Some((source.path, loaded.policy, true)));
-            }
-        }
-    }
-    Ok(None)
+    let loaded = policy::parse(&text, path, LoadOptions::default())?;
+    Ok(Audit { enforced, audited: Some((path.to_owned(), loaded.policy)) })
 }
 
 pub fn run(options: &Options) -> Result<Report> {
     let mut findings = Vec::new();
     let mut readiness = readiness(&mut findings);
     readiness.extend(interfaces(options.iface, &mut findings));
-    let policy = audit_policy(options)?;
+    let audit = audit_policies(options)?;
     let sockets = sockets::read_all()?;
-    let listening =
-        listening(&sockets, policy.as_ref().map(|(_, p, enforced)| (p, *enforced)), &mut findings);
+    let policies = Policies { enforced: as_ref(&audit.enforced), audited: as_ref(&audit.audited) };
+    let listening = listening(&sockets, policies, &mut findings);
     let (attachments, drops_by_port) = protection(options.iface, &mut findings);
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.title.cmp(&b.title)));
     let mut counts = BTreeMap::new();
@@ -631,8 +576,9 @@ pub fn run(options: &Options) -> Result<Report> {
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
         generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        policy_enforced: policy.as_ref().is_some_and(|(_, _, enforced)| *enforced),
-        policy: policy.map(|(path, _, _)| path),
+        policy_enforced: audit.audited.is_none() && audit.enforced.is_some(),
+        policy: audit.audited.as_ref().or(audit.enforced.as_ref()).map(|(path, _)| path.clone()),
+        policy_in_force: audit.enforced.map(|(path, _)| path),
         summary: Summary { worst, counts },
         findings,
         readiness,
@@ -642,53 +588,40 @@ pub fn run(options: &Options) -> Result<Report> {
     })
 }
 
+fn as_ref(policy: &Option<(PathBuf, Policy)>) -> Option<(&Path, &Policy)> {
+    policy.as_ref().map(|(path, policy)| (path.as_path(), policy))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn policy(text: &str) -> Policy {
-        policy::parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy
-    }
-
-    #[test]
-    fn what_the_policy_does_with_a_port() {
-        let p = policy(
-            "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [8080]\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\n[trap_ports]\ntcp = [23]\n",
-        );
-        let reach = |port| verdict(&p, Proto::Tcp, port);
-        assert!(reach(8080).to_all && reach(8080).text.starts_with("open by rule 1"));
-        assert!(!reach(22).to_all && reach(22).to_some && reach(22).text == "open to 198.51.100.0/24");
-        assert!(!reach(23).to_some && reach(23).text.contains("trap port"));
-        assert!(!reach(3306).to_some && reach(3306).text == "blocked (default deny)");
-        assert!(verdict(&p, Proto::Udp, 8080).text == "blocked (default deny)");
-
-        let monitor = policy("mode = \"monitor\"\ndefault = \"deny\"\n[trap_ports]\ntcp = [23]\n");
-        let trap = verdict(&monitor, Proto::Tcp, 23);
-        assert!(trap.to_all && trap.text.ends_with("but monitor mode drops nothing"), "{trap:?}");
-        let open = policy("default = \"allow\"\n[[deny]]\nproto = \"tcp\"\nports = [23]\n");
-        assert!(verdict(&open, Proto::Tcp, 3306).to_all);
-        assert!(verdict(&open, Proto::Tcp, 23).text.starts_with("blocked by rule 1"));
-    }
-
     #[test]
     fn severities() {
-        let (all, some, none) = (
-            Reach::open("open".into()),
-            Reach { text: "open to".into(), to_all: false, to_some: true },
-            Reach::closed("blocked".into()),
-        );
+        let all = Reach::open("open".into());
+        let some = Reach { to_all: false, ..Reach::open("open to".into()) };
+        let none = Reach::closed("blocked".into());
+        let by_default = Reach { by_default_allow: true, ..Reach::open("open (default allow)".into()) };
+        let risky = Some(Kind::Risky);
         // Risky services: by what reaches them now.
-        assert_eq!(severity(true, true, &all, Some(&none)), Severity::Critical);
-        assert_eq!(severity(true, true, &some, Some(&some)), Severity::High);
-        assert_eq!(severity(true, true, &none, Some(&none)), Severity::Medium);
-        assert_eq!(severity(false, true, &all, None), Severity::Info);
+        assert_eq!(severity(true, risky, &all, Some(&none)), Severity::Critical);
+        assert_eq!(severity(true, risky, &some, Some(&some)), Severity::High);
+        assert_eq!(severity(true, risky, &none, Some(&none)), Severity::Medium);
+        assert_eq!(severity(false, risky, &all, None), Severity::Info);
         // Others: by what the policy means to do.
-        assert_eq!(severity(true, false, &all, Some(&all)), Severity::Info);
+        assert_eq!(severity(true, None, &all, Some(&all)), Severity::Info);
+        assert_eq!(severity(true, Some(Kind::Ordinary), &all, Some(&by_default)), Severity::Medium);
+        assert_eq!(severity(true, None, &none, Some(&none)), Severity::Low);
+        assert_eq!(severity(true, None, &all, None), Severity::Low);
+        // SSH closed to everyone locks administrators out; open to some is what it should be.
+        let ssh = Some(Kind::RemoteLogin);
+        assert_eq!(severity(true, ssh, &none, Some(&none)), Severity::High);
         assert_eq!(
-            severity(true, false, &all, Some(&Reach::open("open (default allow)".into()))),
-            Severity::Medium
+            severity(true, ssh, &all, Some(&none)),
+            Severity::High,
+            "closed by the policy about to be attached"
         );
-        assert_eq!(severity(true, false, &none, Some(&none)), Severity::Low);
-        assert_eq!(severity(true, false, &all, None), Severity::Low);
+        assert_eq!(severity(true, ssh, &some, Some(&some)), Severity::Info);
+        assert_eq!(severity(false, ssh, &none, Some(&none)), Severity::Info);
     }
 }

@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod diagnostic;
 mod raw;
+pub mod reach;
 pub mod sources;
 mod validate;
 
