@@ -23,7 +23,7 @@ pub fn run(
     system::require_root("portguard reload")?;
     let interfaces = match iface {
         Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces(),
+        None => attached_interfaces()?,
     };
     if interfaces.is_empty() {
         bail!(
@@ -116,7 +116,7 @@ pub fn run(
                         manager::arm_rollback(iface, within, Rollback::Restore { policy: previous })?;
                         println!(
                             "rolls back in {} unless `portguard confirm {iface}`",
-                            humantime::format_duration(within)
+                            portguard::durations::format(within)
                         );
                     }
                 }
