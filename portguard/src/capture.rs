@@ -72,7 +72,7 @@ impl Unusable {
             }
             Self::Empty => "the record holds no bytes".to_string(),
             Self::ShorterThanLinkHeader { link, len } => {
-                format!("{len} bytes, fewer than a {link} header")
+                format!("{}, fewer than a {link} header", crate::output::count(*len as u64, "byte", "bytes"))
             }
         }
     }

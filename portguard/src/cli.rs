@@ -12,12 +12,17 @@ use portguard::loader::XdpModeChoice;
     name = "portguard",
     version,
     about = "Port policy and port-scan defence for edge hosts, enforced in the kernel with XDP",
-    after_help = "Example:\n  sudo portguard check policy.toml\n  sudo portguard attach eth0 --policy policy.toml\n  sudo portguard stats eth0 --watch 1"
+    after_help = after_help()
 )]
 pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); PORTGUARD_LOG=debug works too.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Print only errors, warnings and what was asked for: no lines saying what was done
+    /// (for scripts; the exit status tells the outcome).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 
     /// Run in the network namespace /run/netns/NAME (network namespace only: pins stay
     /// visible to every portguard command, unlike with `ip netns exec`). Interface names mean
@@ -79,6 +84,7 @@ pub enum Command {
         /// The new policy (default: the running policy's file, read again).
         #[arg(short, long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// Treat bad lines in blocklist files as errors.
         #[arg(long)]
         strict: bool,
         /// Roll back to the previous policy unless `portguard confirm` runs within this time.
@@ -91,6 +97,7 @@ pub enum Command {
     },
     /// Keep a change made with --confirm-within.
     Confirm {
+        /// Interface (default: every attachment waiting for confirmation).
         #[arg(value_parser = iface_name)]
         iface: Option<String>,
     },
@@ -105,6 +112,7 @@ pub enum Command {
         /// How long (e.g. 30s, 15m, 2h); default: until `portguard unblock`.
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
         duration: Option<Duration>,
+        /// Why, shown by `portguard blocks` (e.g. "ssh brute force").
         #[arg(long)]
         reason: Option<String>,
         /// Confirms blocking a whole address family: 0.0.0.0/0 or ::ffff:0:0/96 (every IPv4
@@ -122,23 +130,29 @@ pub enum Command {
     },
     /// Lift manual (and automatic) blocks.
     Unblock {
+        /// Addresses or networks (IPv4, IPv6); automatic blocks inside them are lifted too.
         #[arg(required = true, value_name = "ADDR_OR_CIDR")]
         sources: Vec<String>,
+        /// Only on this attachment (default: every attachment in this network namespace).
         #[arg(long, value_parser = iface_name)]
         iface: Option<String>,
     },
     /// List active blocks: policy, manual and automatic, with reason and time left.
     Blocks {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
+        /// Only the blocks of this attachment.
         #[arg(long, value_parser = iface_name)]
         iface: Option<String>,
     },
     /// (internal) carries out a --confirm-within rollback.
     #[command(hide = true)]
     RollbackGuard {
+        /// The interface whose change is rolled back.
         #[arg(value_parser = iface_name)]
         iface: String,
+        /// Which change (from the pending record), so a confirmed one is left alone.
         token: String,
     },
     /// Follow the events (drops, scans, blocks) of an attachment started elsewhere.
@@ -154,6 +168,7 @@ pub enum Command {
     /// Validate a policy without touching the kernel; explains every error with its line.
     #[command(after_help = "Example:\n  portguard check policy.toml")]
     Check {
+        /// The policy file to check.
         policy: PathBuf,
         /// Treat bad lines in blocklist files as errors.
         #[arg(long)]
@@ -167,27 +182,35 @@ pub enum Command {
     },
     /// Replay a capture (pcap or pcapng) through the real kernel program with a policy and
     /// report what would pass and drop, by rule and reason. No interface is touched. Packets
-    /// that cannot be judged are listed with why; the exit status is 2 when part of the file
+    /// that cannot be judged are listed with why; the exit status is 8 when part of the file
     /// could not be read (everything before and around it is still judged).
     #[command(
         after_help = "Example:\n  sudo tcpdump -i eth0 -w today.pcap -c 100000\n  sudo portguard verify --policy new.toml --pcap today.pcap --host 192.0.2.2"
     )]
     Verify {
+        /// The policy to try.
         #[arg(short, long, value_name = "FILE")]
         policy: PathBuf,
+        /// The capture: pcap or pcapng, as tcpdump, dumpcap and Wireshark write them
+        /// (/dev/stdin reads a pipe).
         #[arg(long, value_name = "CAPTURE")]
         pcap: PathBuf,
         /// The host's own addresses: packets from them go through the egress program (flows
         /// are learnt), as on the host. Captures of `any` mark direction themselves.
         #[arg(long = "host", value_name = "ADDR")]
         hosts: Vec<std::net::IpAddr>,
+        /// Treat bad lines in blocklist files as errors.
         #[arg(long)]
         strict: bool,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// List attached interfaces: policy, modes, uptime, whether the loader runs.
+    /// List attached interfaces: policy, modes, uptime, whether the loader runs. Exits 3 when
+    /// nothing is attached, a loader is not running or an interface is not protected, 5 when a
+    /// change waits for confirmation (as `systemctl is-active` does).
     Status {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -197,11 +220,13 @@ pub enum Command {
         /// Interface (default: every attached interface).
         #[arg(value_parser = iface_name)]
         iface: Option<String>,
+        /// One JSON object per interface (and per --watch round), with the time.
         #[arg(long)]
         json: bool,
-        /// Print again every SECS seconds, with rates.
-        #[arg(long, value_name = "SECS")]
-        watch: Option<f64>,
+        /// Print again every SECS seconds, with rates: in place on a terminal, one
+        /// timestamped report after another into a pipe.
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        watch: Option<Duration>,
         /// How many of the most dropped ports to show.
         #[arg(long, default_value_t = 10)]
         top: usize,
@@ -209,7 +234,7 @@ pub enum Command {
     /// Diagnose the host: readiness for portguard, listening ports exposed to the network (and
     /// what the policy makes of them), and the state of the protection.
     #[command(
-        after_help = "Exit status: 0, or 2 when findings at or above --fail-on exist (1: doctor failed).\n\nExample:\n  sudo portguard doctor --policy /etc/portguard/policy.toml --html report.html --fail-on high"
+        after_help = "Exit status: 0, or 7 when findings at or above --fail-on exist (1: doctor failed).\n\nExample:\n  sudo portguard doctor --policy /etc/portguard/policy.toml --html report.html --fail-on high"
     )]
     Doctor {
         /// Audit the listening ports against this policy (default: the running attachment's).
@@ -218,12 +243,14 @@ pub enum Command {
         /// Only this interface (readiness and the running policy).
         #[arg(long, value_name = "IFACE", value_parser = iface_name)]
         iface: Option<String>,
+        /// Print the report as JSON (schema: docs/doctor.schema.json).
         #[arg(long)]
         json: bool,
         /// Also write the report as a self-contained HTML page.
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
-        /// Exit with status 2 when a finding at or above this severity exists.
+        /// Exit with status 7 when a finding at or above this severity exists (info, low,
+        /// medium, high, critical).
         #[arg(long, value_name = "SEVERITY")]
         fail_on: Option<portguard::doctor::Severity>,
     },
@@ -238,13 +265,67 @@ pub enum Command {
     },
 }
 
+/// The examples, and the exit codes from the one table that defines them.
+fn after_help() -> String {
+    let codes: Vec<String> =
+        portguard::exit::Exit::ALL.iter().map(|exit| format!("{} {}", exit.code(), exit.label())).collect();
+    format!(
+        "Example:\n  sudo portguard check policy.toml\n  sudo portguard attach eth0 --policy policy.toml\n  \
+         sudo portguard stats eth0 --watch 1\n\nExit status: {}.\n\nColour on a terminal only; NO_COLOR=1 turns it off.",
+        codes.join(", ")
+    )
+}
+
 /// Every interface name on the command line goes through the one check the library uses.
 fn iface_name(text: &str) -> Result<String, String> {
     portguard::paths::check_iface_name(text).map(|()| text.to_owned())
+}
+
+/// A number of seconds (`1`, `0.5`), more than zero and at most the longest duration.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero() && *d <= portguard::durations::MAX)
+        .ok_or_else(|| format!("`{text}` is not a number of seconds above zero (e.g. 1 or 0.5)"))
 }
 
 /// Durations on the command line are kept in whole seconds (blocks.json, rollback deadlines):
 /// anything shorter than a second is refused rather than silently rounded.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     portguard::durations::parse(text, Duration::from_secs(1)).map_err(|error| format!("`{text}` {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every argument of every command, hidden ones too, says what it does in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut command = super::Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        walk(&command, "portguard", &mut missing);
+        assert!(missing.is_empty(), "arguments without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,4 +1,5 @@
-//! Durations people write (`block --for 2h`, `block_for = "15m"`): one parser, one range.
+//! Durations people write (`block --for 2h`, `block_for = "15m"`) and read (`1h 59m left`):
+//! one parser, one range, one way of printing them.
 
 use std::{fmt, time::Duration};
 
@@ -24,11 +25,7 @@ impl fmt::Display for DurationError {
             Self::Syntax(error) => write!(f, "is not a duration like 30s, 15m or 2h: {error}"),
             Self::Zero => f.write_str("must be longer than zero"),
             Self::TooShort(shortest) => {
-                write!(
-                    f,
-                    "is shorter than {}, the shortest allowed here",
-                    humantime::format_duration(*shortest)
-                )
+                write!(f, "is shorter than {}, the shortest allowed here", format(*shortest))
             }
             Self::TooLong => {
                 f.write_str("is longer than 100 years (100y), the longest duration portguard accepts")
@@ -53,6 +50,41 @@ pub fn parse(text: &str, shortest: Duration) -> Result<Duration, DurationError> 
     }
 }
 
+/// Units for printing, largest first, in nanoseconds; a year is humantime's (365.25 days) so
+/// every printed duration parses back to itself.
+const UNITS: [(u128, &str); 8] = [
+    (YEAR_SECS as u128 * 1_000_000_000, "y"),
+    (86_400 * 1_000_000_000, "d"),
+    (3_600 * 1_000_000_000, "h"),
+    (60 * 1_000_000_000, "m"),
+    (1_000_000_000, "s"),
+    (1_000_000, "ms"),
+    (1_000, "us"),
+    (1, "ns"),
+];
+
+/// How every duration portguard prints looks: `15m`, `1m 59s`, `2d 3h`, `100y`, `500ms`, the
+/// way `--for` and the policy take them (and exact: it parses back to the same duration).
+pub fn format(duration: Duration) -> String {
+    if duration.is_zero() {
+        return "0s".to_string();
+    }
+    let mut left = duration.as_nanos();
+    let mut parts = Vec::new();
+    for (unit, name) in UNITS {
+        if left >= unit {
+            parts.push(format!("{}{name}", left / unit));
+            left %= unit;
+        }
+    }
+    parts.join(" ")
+}
+
+/// `format` of a number of seconds.
+pub fn format_secs(secs: u64) -> String {
+    format(Duration::from_secs(secs))
+}
+
 /// `duration` in nanoseconds, as the kernel counts time; `None` past `u64`.
 pub fn as_kernel_ns(duration: Duration) -> Option<u64> {
     u64::try_from(duration.as_nanos()).ok()
@@ -61,6 +93,34 @@ pub fn as_kernel_ns(duration: Duration) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_one_way_and_parse_back() {
+        for (secs, text) in [
+            (0, "0s"),
+            (1, "1s"),
+            (59, "59s"),
+            (120, "2m"),
+            (119, "1m 59s"),
+            (900, "15m"),
+            (86_400, "1d"),
+            (90_061, "1d 1h 1m 1s"),
+            (YEAR_SECS * 100, "100y"),
+        ] {
+            assert_eq!(format_secs(secs), text);
+            if secs > 0 {
+                assert_eq!(parse(text, Duration::ZERO), Ok(Duration::from_secs(secs)), "{text}");
+            }
+        }
+        for (duration, text) in [
+            (Duration::from_millis(340), "340ms"),
+            (Duration::from_millis(119_900), "1m 59s 900ms"),
+            (Duration::from_nanos(1_020_003), "1ms 20us 3ns"),
+        ] {
+            assert_eq!(format(duration), text);
+            assert_eq!(parse(text, Duration::ZERO), Ok(duration), "{text}");
+        }
+    }
 
     #[test]
     fn durations_are_range_checked() {

@@ -132,7 +132,7 @@ impl EventRecord {
         let proto = self.protocol.as_deref().unwrap_or("");
         let kind = self.scan_kind.as_deref().unwrap_or("");
         let block = match (self.block_seconds, &self.expires) {
-            (Some(secs), _) => format!("for {}", humantime::format_duration(Duration::from_secs(secs))),
+            (Some(secs), _) => format!("for {}", crate::durations::format_secs(secs)),
             _ => String::new(),
         };
         let details = match self.event.as_str() {
@@ -172,8 +172,8 @@ impl EventRecord {
                 self.reason.as_deref().unwrap_or("automatic")
             ),
             "events_lost" => format!(
-                "{} events lost: the ring buffer was full (raise [events] ring_buffer_kib)",
-                self.count.unwrap_or(0)
+                "{} lost: the ring buffer was full (raise [events] ring_buffer_kib)",
+                crate::output::count(self.count.unwrap_or(0), "event", "events")
             ),
             "unprotected" => format!("NOT PROTECTED: {}", self.reason.as_deref().unwrap_or("?")),
             "reattached" => format!("protected again: {}", self.reason.as_deref().unwrap_or("?")),

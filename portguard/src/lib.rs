@@ -2,7 +2,8 @@
 //!
 //! The library holds everything the CLI verbs share, so the integration tests and xtask can
 //! drive the same code: `policy` (read, validate, compile), `loader` (load, attach, pin),
-//! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`.
+//! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`,
+//! `output` (how things are printed for people) and `exit` (the exit codes).
 
 pub mod alerts;
 pub mod auto_filter;
@@ -13,6 +14,7 @@ pub mod control;
 pub mod doctor;
 pub mod durations;
 pub mod events;
+pub mod exit;
 pub mod files;
 pub mod hostnet;
 pub mod judge;
@@ -22,6 +24,7 @@ pub mod manager;
 pub mod maps;
 pub mod metrics;
 pub mod netns;
+pub mod output;
 pub mod paths;
 pub mod policy;
 pub mod safety;

@@ -488,8 +488,23 @@ pub fn remove_pins(iface: &str) -> Result<()> {
 
 /// Interfaces of this network namespace with a pin directory (attached, or left half-way by a
 /// dead loader), sorted.
-pub fn attached_interfaces() -> Vec<String> {
-    interfaces_in(&paths::pin_root())
+pub fn attached_interfaces() -> Result<Vec<String>> {
+    let root = paths::pin_root();
+    match interfaces_in(&root) {
+        Ok(names) => Ok(names),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        // An unreadable directory is not an empty one: say so rather than "not attached".
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(crate::system::NeedsPrivileges::new(
+                "listing portguard's attachments",
+                format!("{} is readable by root only: {error}", root.display()),
+            )
+            .into())
+        }
+        Err(error) => {
+            Err(error).with_context(|| format!("listing portguard's attachments in {}", root.display()))
+        }
+    }
 }
 
 /// Attachments in other network namespaces than this one, sorted.
@@ -511,25 +526,22 @@ pub fn attachments_elsewhere() -> Vec<(crate::netns::Netns, String)> {
         .filter(|netns| *netns != here)
         .flat_map(|netns| {
             interfaces_in(&paths::scoped_in(paths::PIN_ROOT, netns))
+                .unwrap_or_default()
                 .into_iter()
                 .map(move |iface| (netns, iface))
         })
         .collect()
 }
 
-fn interfaces_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|name| paths::check_iface_name(name).is_ok())
-                .collect()
-        })
-        .unwrap_or_default();
+fn interfaces_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| paths::check_iface_name(name).is_ok())
+        .collect();
     names.sort();
-    names
+    Ok(names)
 }
 
 /// Whether `iface` has a pinned link: an attachment to act on, loader alive or not (whether it

@@ -1,4 +1,5 @@
-//! `portguard`: the command line. Parsing and exit codes here; each verb in `commands/`.
+//! `portguard`: the command line. Parsing here, each verb in `commands/`, the exit codes in
+//! `portguard::exit`.
 
 mod cli;
 mod commands;
@@ -9,6 +10,7 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    portguard::output::set_quiet(cli.quiet);
     // `portguard stats | head` should end quietly when head does, as other tools do. The
     // loader and the rollback guard keep Rust's default (SIGPIPE ignored): a client leaving a
     // socket or pipe must not kill them.
@@ -30,7 +32,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            portguard::exit::Exit::of_error(&error).into()
         }
     }
 }

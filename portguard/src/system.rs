@@ -23,9 +23,49 @@ use crate::paths;
 /// bpffs's magic number (`BPF_FS_MAGIC` in linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// A command lacks the privileges it needs: it says so, changes nothing and ends with its own
+/// exit code (`exit::Exit::NeedsPrivileges`), never with an answer it could not know.
+#[derive(Debug)]
+pub struct NeedsPrivileges {
+    what: String,
+    why: String,
+}
+
+impl NeedsPrivileges {
+    /// `what` needs root, because of `why` (the capability, or what only root can read).
+    pub fn new(what: impl Into<String>, why: impl Into<String>) -> Self {
+        Self { what: what.into(), why: why.into() }
+    }
+}
+
+impl std::fmt::Display for NeedsPrivileges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} needs root ({}): run it with sudo", self.what, self.why)
+    }
+}
+
+impl std::error::Error for NeedsPrivileges {}
+
 pub fn require_root(what: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("{what} needs root (CAP_BPF and CAP_NET_ADMIN): run it with sudo");
+        return Err(NeedsPrivileges::new(what, "CAP_BPF and CAP_NET_ADMIN").into());
+    }
+    Ok(())
+}
+
+/// For the commands that only look (`status`, `stats`): the pins and run files that tell what
+/// is attached are root's only, so without root "nothing is attached" would be a guess.
+pub fn require_root_to_look(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(NeedsPrivileges::new(
+            what,
+            format!(
+                "only root can read {} and {}, where attachments are recorded, so it cannot tell what is attached",
+                paths::PIN_ROOT,
+                paths::RUN_DIR
+            ),
+        )
+        .into());
     }
     Ok(())
 }
@@ -94,5 +134,13 @@ pub fn enter_netns(name: &str) -> Result<()> {
             path.display()
         )
     })?;
-    setns(file, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace `{name}`"))
+    match setns(file, CloneFlags::CLONE_NEWNET) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => Err(NeedsPrivileges::new(
+            format!("entering network namespace `{name}` (--netns)"),
+            "CAP_SYS_ADMIN, which the kernel's setns requires; it refused with EPERM",
+        )
+        .into()),
+        Err(error) => Err(error).with_context(|| format!("entering network namespace `{name}`")),
+    }
 }

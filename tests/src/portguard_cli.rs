@@ -276,6 +276,21 @@ pub fn succeeded(output: std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A command's standard output, failing the test with both outputs unless it ended with
+/// `exit` (the codes are `portguard::exit::Exit`).
+pub fn exited(output: std::process::Output, exit: portguard::exit::Exit) -> String {
+    assert_eq!(
+        output.status.code(),
+        Some(i32::from(exit.code())),
+        "expected exit status {} ({}): {}{}",
+        exit.code(),
+        exit.label(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Where portguard pins the attachment of `iface` in `netns`.
 pub fn pin_dir(netns: &Netns, iface: &str) -> PathBuf {
     portguard::paths::scoped_in(portguard::paths::PIN_ROOT, netns.id()).join(iface)

@@ -10,9 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use portguard::exit::Exit;
 use portguard_tests::{
     ADMIN_V4, Attached, BLOCKED_V4, CLIENT_V4, Lab, Netns, SERVER_V4,
-    portguard_cli::{binary, pin_dir, run_file, succeeded as ok},
+    portguard_cli::{binary, exited, pin_dir, run_file, succeeded as ok},
     require_root,
     traffic::{Servers, tcp_connects},
     unique,
@@ -32,9 +33,9 @@ fn refused(output: Output, wanted: &str) -> String {
     stderr
 }
 
-/// `status --json`'s row for `iface`.
-fn status_of(pg: &Attached, iface: &str) -> Value {
-    let list: Value = serde_json::from_str(&ok(pg.run(&["status", "--json"]))).unwrap();
+/// `status --json`'s row for `iface`; `status` must end with `exit`.
+fn status_of(pg: &Attached, iface: &str, exit: Exit) -> Value {
+    let list: Value = serde_json::from_str(&exited(pg.run(&["status", "--json"]), exit)).unwrap();
     list.as_array().unwrap().iter().find(|row| row["interface"] == iface).cloned().expect("listed")
 }
 
@@ -58,9 +59,9 @@ fn a_loader_protects_its_interface_again_when_it_is_created_anew() {
         .wait_for_event(Duration::from_secs(10), |e| e["event"] == "unprotected")
         .expect("an unprotected event");
     assert!(lost["reason"].as_str().unwrap().contains(&format!("{iface} no longer exists")), "{lost}");
-    let status = ok(pg.run(&["status"]));
+    let status = exited(pg.run(&["status"]), Exit::NotRunning);
     assert!(status.contains("NOT PROTECTED") && status.contains("no longer exists"), "{status}");
-    assert_eq!(status_of(&pg, iface)["enforcing"], false);
+    assert_eq!(status_of(&pg, iface, Exit::NotRunning)["enforcing"], false);
     // Saved, but said not to be in effect.
     let stderr = refused(pg.run(&["block", &BLOCKED_V4.to_string(), "--iface", iface]), "NOT in effect on");
     assert!(stderr.contains("no longer exists"), "{stderr}");
@@ -76,7 +77,7 @@ fn a_loader_protects_its_interface_again_when_it_is_created_anew() {
     assert!(!tcp_connects(&lab.client, Some(BLOCKED_V4.into()), port(80)), "the saved block applies");
     let status = ok(pg.run(&["status"]));
     assert!(!status.contains("NOT PROTECTED") && status.contains("loader running"), "{status}");
-    assert_eq!(status_of(&pg, iface)["enforcing"], true);
+    assert_eq!(status_of(&pg, iface, Exit::Ok)["enforcing"], true);
     let out = ok(pg.run(&["block", "203.0.113.9", "--iface", iface]));
     assert!(out.contains(&format!("in effect on {iface}")), "{out}");
     assert!(pg.is_running());
@@ -95,10 +96,10 @@ fn without_a_loader_status_block_reload_and_attach_tell_the_truth_about_a_lost_i
     lab.delete_link().unwrap();
     lab.create_link().unwrap();
     assert!(tcp_connects(&lab.client, None, port(8080)), "nothing protects the new interface");
-    let status = ok(pg.run(&["status"]));
+    let status = exited(pg.run(&["status"]), Exit::NotRunning);
     assert!(status.contains("NOT PROTECTED") && status.contains("deleted and created again"), "{status}");
     assert!(!status.contains("still enforce"), "{status}");
-    assert_eq!(status_of(&pg, iface)["enforcing"], false);
+    assert_eq!(status_of(&pg, iface, Exit::NotRunning)["enforcing"], false);
     refused(pg.run(&["block", &BLOCKED_V4.to_string(), "--iface", iface]), "NOT in effect on");
     refused(pg.run(&["reload", iface]), "NOT PROTECTED");
 
@@ -150,7 +151,7 @@ fn attach_repairs_every_half_attachment_a_killed_loader_leaves() {
         if lose_record {
             std::fs::remove_file(&record).unwrap();
         }
-        let status = ok(killed.run(&["status"]));
+        let status = exited(killed.run(&["status"]), Exit::NotRunning);
         assert!(status.contains("NOT PROTECTED"), "{removed:?}: {status}");
         if removed.len() == 1 {
             assert!(status.contains("half attached"), "{removed:?}: {status}");
@@ -201,13 +202,13 @@ fn a_switch_whose_record_failed_or_was_interrupted_is_reported_as_what_runs() {
     let out = ok(pg.run(&["reload", iface, "--policy", open]));
     assert!(out.contains("generation 2"), "{out}");
     assert!(tcp_connects(&lab.client, None, port(8080)), "the new policy runs");
-    let row = status_of(&pg, iface);
+    let row = status_of(&pg, iface, Exit::Ok);
     assert_eq!((row["generation"].as_u64(), row["policy"].as_str()), (Some(2), Some(open)), "{row}");
     std::fs::remove_dir(&in_the_way).unwrap();
 
     // Without a loader, a look makes the record agree.
     pg.kill();
-    let status = ok(pg.run(&["status"]));
+    let status = exited(pg.run(&["status"]), Exit::NotRunning);
     assert!(status.contains("interrupted after it took effect; recorded it now"), "{status}");
     assert!(status.contains("policy generation 2") && status.contains(open), "{status}");
     let record: Value =
@@ -223,7 +224,7 @@ fn a_switch_whose_record_failed_or_was_interrupted_is_reported_as_what_runs() {
     next["policy"] = "/nonexistent/never.toml".into();
     let ahead = serde_json::json!({"state": next, "source": {"path": "/nonexistent/never.toml", "text": ""}});
     std::fs::write(run_file(&lab.server, iface, "next.json"), ahead.to_string()).unwrap();
-    let status = ok(pg.run(&["status"]));
+    let status = exited(pg.run(&["status"]), Exit::NotRunning);
     assert!(status.contains("generation 3 was interrupted before it took effect"), "{status}");
     assert!(status.contains("policy generation 2") && !status.contains("never.toml"), "{status}");
     assert!(!run_file(&lab.server, iface, "next.json").exists());

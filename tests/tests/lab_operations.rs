@@ -13,13 +13,14 @@ use std::{
 };
 
 use portguard::{
+    exit::Exit,
     judge::Judge,
     policy::{LoadOptions, compile::compile},
 };
 use portguard_common::Reason;
 use portguard_tests::{
     ADMIN_V4, ADMIN_V6, Attached, CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, packets,
-    portguard_cli::applied,
+    portguard_cli::{applied, exited},
     require_root,
     traffic::{Servers, tcp_connects},
 };
@@ -423,7 +424,7 @@ fn sigkill_leaves_enforcement_then_attach_adopts_and_detach_cleans() {
     pg.kill();
     assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 3306)), "still enforced");
     assert!(tcp_connects(&lab.client, None, web(false)));
-    let status = ok(pg.run(&["status"]));
+    let status = exited(pg.run(&["status"]), Exit::NotRunning);
     assert!(status.contains("loader NOT running"), "{status}");
 
     let mut policy = tempfile::NamedTempFile::new().unwrap();
@@ -498,7 +499,7 @@ fn unconfirmed_changes_roll_back_by_themselves() {
     std::fs::write(&open, WEB.replace("[22, 80]", "[22, 80, 8080]")).unwrap();
     ok(pg.run(&["reload", &lab.server_if, "--policy", open.to_str().unwrap(), "--confirm-within", "3s"]));
     assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)), "new policy runs");
-    let status = ok(pg.run(&["status"]));
+    let status = exited(pg.run(&["status"]), Exit::ConfirmationPending);
     assert!(status.contains("WAITING FOR CONFIRMATION"), "{status}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080))

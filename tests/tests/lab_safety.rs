@@ -410,7 +410,7 @@ fn doctor_without_root_says_it_lacks_privileges() {
         .output()
         .expect("setpriv (util-linux) runs");
     let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("portguard doctor needs root"), "{stderr}");
     assert!(!text(&output.stdout).contains("kernel refuses"), "{}", text(&output.stdout));
 }

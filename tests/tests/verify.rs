@@ -486,7 +486,7 @@ fn damaged_captures_report_what_was_read_and_where_reading_stopped() {
             if name.ends_with("pcapng") { last_block_of_type(&bytes, 6) } else { bytes.len() };
         std::fs::write(&cut, &bytes[..last_packet_end - 10]).unwrap();
         let (code, report) = verify(&cut, &[]);
-        assert_eq!(code, 2, "{report}");
+        assert_eq!(code, i32::from(portguard::exit::Exit::IncompleteInput.code()), "{report}");
         assert_eq!(report["complete"], false);
         assert_eq!(report["packets"].as_u64().unwrap(), total, "{report}");
         let damage = &report["damage"][0];
@@ -496,7 +496,7 @@ fn damaged_captures_report_what_was_read_and_where_reading_stopped() {
         assert_eq!(report["not_judged_by_reason"]["damaged"], 1, "{report}");
         accounted(&report);
         let (code, text) = verify_text(&cut);
-        assert_eq!(code, 2);
+        assert_eq!(code, i32::from(portguard::exit::Exit::IncompleteInput.code()));
         assert!(
             text.contains(&format!("packet {total} (byte "))
                 && text.contains(&format!("reading stopped there, after {} packets", total - 1)),

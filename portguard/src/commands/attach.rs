@@ -140,7 +140,11 @@ pub fn run(options: Options) -> Result<ExitCode> {
         info!("flow table seeded with {seeded} existing connections");
         let manual = manager::restore_manual_blocks(iface)?;
         if manual > 0 {
-            println!("portguard: {manual} manual blocks restored from {}", paths::blocks_file().display());
+            println!(
+                "portguard: {} restored from {}",
+                portguard::output::count(manual as u64, "manual block", "manual blocks"),
+                paths::blocks_file().display()
+            );
         }
         state.programs = Some(loader::program_ids(&mut ebpf)?);
         if adopt {
@@ -188,7 +192,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
         manager::arm_rollback(iface, within, rollback)?;
         println!(
             "rolls back in {} unless `portguard confirm {iface}` runs first",
-            humantime::format_duration(within)
+            portguard::durations::format(within)
         );
     }
     if let Some(address) = metrics_listen {

@@ -10,10 +10,13 @@ use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
 use portguard::{
     blocks::{self, BlockStore, ManualEntry},
+    durations,
     events::active_blocks,
+    inform,
     links::Inspection,
     maps::open_pinned,
     netns::Netns,
+    output::{self, count},
     policy::sources::parse_net_strict,
     safety,
     state::{RunState, now_unix},
@@ -23,7 +26,7 @@ use portguard_common::maps::{AutoBlock, MAP_AUTO_BLOCK};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{format_uptime, status::attached_interfaces};
+use super::status::attached_interfaces;
 
 fn parse_nets(items: &[String]) -> Result<Vec<IpNet>> {
     let mut nets = Vec::new();
@@ -43,7 +46,7 @@ fn parse_nets(items: &[String]) -> Result<Vec<IpNet>> {
 /// Interfaces a command acts on: the one named (which must be attached), or all, in the
 /// network namespace the command runs in.
 fn targets(iface: Option<&str>) -> Result<Vec<String>> {
-    let attached = attached_interfaces();
+    let attached = attached_interfaces()?;
     match iface {
         Some(iface) if !attached.iter().any(|a| a == iface) => bail!(
             "portguard is not attached to {iface} in {} (`portguard status` lists attachments; \
@@ -91,13 +94,12 @@ pub fn block(
     })?;
     let took = started.elapsed();
     // What is enforced: whole seconds.
-    let how_long = duration.map_or("until unblocked".to_string(), |d| {
-        format!("for {}", humantime::format_duration(Duration::from_secs(d.as_secs())))
-    });
+    let how_long = duration
+        .map_or("until unblocked".to_string(), |d| format!("for {}", durations::format_secs(d.as_secs())));
     for net in &nets {
-        println!(
+        inform!(
             "blocked {net} {how_long}{}",
-            reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            reason.as_deref().map(|r| format!(" ({})", portguard::printable(r))).unwrap_or_default()
         );
     }
     // A block written into the maps of an attachment that protects nothing is not in effect.
@@ -108,7 +110,7 @@ pub fn block(
         })
         .partition(|(_, problem)| problem.is_none());
     if interfaces.is_empty() {
-        println!(
+        inform!(
             "portguard is not attached anywhere in {}: saved in {}, enforced from the next attach there",
             Netns::current(),
             portguard::paths::blocks_file().display()
@@ -116,10 +118,13 @@ pub fn block(
     }
     if !enforcing.is_empty() {
         let names: Vec<&str> = enforcing.iter().map(|(iface, _)| iface.as_str()).collect();
-        println!(
-            "in effect on {} from the next packet ({} ms after this command started){}",
+        inform!(
+            "in effect on {} from the next packet ({} after this command started){}",
             acted_on(&names),
-            took.as_millis(),
+            match took.as_millis() {
+                0 => "under 1ms".to_string(),
+                millis => durations::format(Duration::from_millis(millis as u64)),
+            },
             if iface.is_none() { "; also on interfaces attached there later" } else { "" }
         );
     }
@@ -185,9 +190,9 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
             continue;
         }
         let on = if names.is_empty() { format!("in {netns}") } else { format!("on {}", acted_on(&names)) };
-        println!("unblocked {net} {on} ({manual} manual, {automatic} automatic)");
+        inform!("unblocked {net} {on} ({manual} manual, {automatic} automatic)");
         if stays {
-            println!("{net} was blocked on every attachment there: it stays blocked on the others");
+            inform!("{net} was blocked on every attachment there: it stays blocked on the others");
         }
     }
     for net in &missing {
@@ -267,7 +272,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
     for state in RunState::all().into_iter().filter(|s| interfaces.contains(&s.iface)) {
         for source in &state.blocklist_sources {
             rows.push(Row {
-                source: format!("{} entries", source.entries),
+                source: count(source.entries as u64, "entry", "entries"),
                 origin: "policy",
                 interfaces: vec![state.iface.clone()],
                 reason: format!("blocklist {}", source.origin),
@@ -285,20 +290,21 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
         println!("no active blocks");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<28} {:<9} {:<16} {:<21} {:<12} reason",
-        "source", "origin", "interfaces", "added", "time left"
-    );
-    for row in rows {
-        println!(
-            "{:<28} {:<9} {:<16} {:<21} {:<12} {}",
-            row.source,
-            row.origin,
-            row.interfaces.join(","),
-            row.added.unwrap_or_default(),
-            row.seconds_left.map_or("permanent".into(), format_uptime),
-            portguard::printable(&row.reason)
-        );
+    let cells: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| {
+            vec![
+                row.source,
+                row.origin.to_string(),
+                row.interfaces.join(","),
+                row.added.unwrap_or_default(),
+                row.seconds_left.map_or("permanent".into(), durations::format_secs),
+                portguard::printable(&row.reason).into_owned(),
+            ]
+        })
+        .collect();
+    for line in output::table(&["source", "origin", "interfaces", "added", "time left", "reason"], &cells) {
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

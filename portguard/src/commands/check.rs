@@ -72,11 +72,14 @@ pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result
     }
     for source in &policy.blocklist_sources {
         println!(
-            "  blocklist {}: {} entries{}",
+            "  blocklist {}: {}{}",
             portguard::printable(&source.origin),
-            source.entries,
+            portguard::output::count(source.entries as u64, "entry", "entries"),
             if source.bad_lines > 0 {
-                format!(", {} bad lines skipped", source.bad_lines)
+                format!(
+                    ", {} skipped",
+                    portguard::output::count(source.bad_lines as u64, "bad line", "bad lines")
+                )
             } else {
                 String::new()
             }

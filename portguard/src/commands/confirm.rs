@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use portguard::{manager, system};
+use portguard::{inform, manager, system};
 
 use super::status::attached_interfaces;
 
@@ -11,12 +11,12 @@ pub fn run(iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard confirm")?;
     let interfaces = match iface {
         Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces(),
+        None => attached_interfaces()?,
     };
     let mut confirmed = 0;
     for iface in &interfaces {
         if manager::confirm(iface)? {
-            println!("{iface}: confirmed, the change stays");
+            inform!("{iface}: confirmed, the change stays");
             confirmed += 1;
         }
     }

@@ -3,14 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use portguard::{blocks::BlockStore, manager, system};
+use portguard::{blocks::BlockStore, inform, manager, output::count, system};
 
 use super::status::attached_interfaces;
 
 pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
     system::require_root("portguard detach")?;
     let targets: Vec<String> = if all {
-        attached_interfaces()
+        attached_interfaces()?
     } else {
         vec![iface.expect("clap requires IFACE without --all").to_owned()]
     };
@@ -21,19 +21,20 @@ pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
     for iface in &targets {
         let left_behind = portguard::state::remove_left_behind(iface);
         if !left_behind.is_empty() {
-            println!(
+            inform!(
                 "portguard: {iface} was not attached; removed left-behind run files: {}",
                 left_behind.join(", ")
             );
             continue;
         }
         manager::detach(iface)?;
-        println!("portguard: detached from {iface}");
+        inform!("portguard: detached from {iface}");
     }
-    let kept = BlockStore::load().map(|s| s.blocks.len()).unwrap_or(0);
+    let kept = BlockStore::load().map(|s| s.blocks.len()).unwrap_or(0) as u64;
     if kept > 0 {
-        println!(
-            "{kept} manual blocks are kept in {} and apply at the next attach (`portguard unblock` removes them)",
+        inform!(
+            "{} kept in {}: enforced again at the next attach (`portguard unblock` removes them)",
+            count(kept, "manual block is", "manual blocks are"),
             portguard::paths::blocks_file().display()
         );
     }

@@ -5,12 +5,12 @@
 use std::{path::Path, process::ExitCode};
 
 use anyhow::{Context as _, Result};
-use portguard::doctor::{self, Report, Severity};
-
-use super::group;
-
-/// The exit code when findings reach `--fail-on` (1 stays "doctor itself failed").
-pub const FINDINGS_EXIT: u8 = 2;
+use portguard::{
+    doctor::{self, Report, Severity},
+    exit::Exit,
+    inform,
+    output::{Tone, count, group, paint},
+};
 
 pub struct Options<'a> {
     pub policy: Option<&'a Path>,
@@ -35,12 +35,22 @@ pub fn run(options: Options) -> Result<ExitCode> {
     } else {
         print_human(&report);
         if let Some(path) = options.html {
-            println!("\nHTML report: {}", path.display());
+            inform!("\nHTML report: {}", path.display());
         }
     }
     let failing =
         options.fail_on.is_some_and(|threshold| report.findings.iter().any(|f| f.severity >= threshold));
-    Ok(if failing { ExitCode::from(FINDINGS_EXIT) } else { ExitCode::SUCCESS })
+    Ok(if failing { Exit::Findings } else { Exit::Ok }.into())
+}
+
+/// Severities in the colour of what they ask for: critical and high now, medium soon.
+fn tone(severity: Severity) -> Tone {
+    match severity {
+        Severity::Critical | Severity::High => Tone::Bad,
+        Severity::Medium => Tone::Caution,
+        Severity::Low => Tone::Heading,
+        Severity::Info => Tone::Faint,
+    }
 }
 
 fn print_human(report: &Report) {
@@ -78,7 +88,12 @@ fn print_human(report: &Report) {
         println!("  none");
     }
     for finding in &report.findings {
-        println!("  {:<9}{:<11}{}", finding.severity.name().to_uppercase(), finding.category, finding.title);
+        println!(
+            "  {:<9}{:<11}{}",
+            paint(tone(finding.severity), finding.severity.name().to_uppercase()),
+            finding.category,
+            finding.title
+        );
         println!("  {:20}{}", "", finding.detail);
         println!("  {:20}fix: {}", "", finding.remedy);
     }
@@ -102,7 +117,7 @@ fn print_human(report: &Report) {
         };
         println!(
             "  {:<9}{port:<12}{:<26}{service:<service_width$}{reach:<9}{program:<22}{}{change}",
-            socket.severity.name(),
+            paint(tone(socket.severity), socket.severity.name()),
             socket.address.to_string(),
             socket.policy
         );
@@ -114,15 +129,15 @@ fn print_human(report: &Report) {
     }
     for a in &report.attachments {
         println!(
-            "  {}: {} mode, XDP {}, generation {}, loader {}; {} packets, {} dropped, {} automatic blocks",
+            "  {}: {} mode, XDP {}, generation {}, loader {}; {}, {} dropped, {}",
             a.interface,
             a.mode_text(),
             a.xdp_mode.as_deref().unwrap_or("?"),
             a.generation.map_or("?".into(), |g| g.to_string()),
-            if a.loader_running { "running" } else { "NOT running" },
-            group(a.packets),
+            if a.loader_running { paint(Tone::Good, "running") } else { paint(Tone::Bad, "NOT running") },
+            count(a.packets, "packet", "packets"),
             group(a.dropped),
-            a.active_blocks
+            count(a.active_blocks as u64, "automatic block", "automatic blocks")
         );
     }
     if !report.drops_by_port.is_empty() {
@@ -136,6 +151,7 @@ fn print_human(report: &Report) {
 
     println!("\nREADINESS");
     for check in &report.readiness {
-        println!("  {:<5}{:<12}{}", if check.ok { "ok" } else { "FIX" }, check.name, check.detail);
+        let verdict = if check.ok { paint(Tone::Good, "ok") } else { paint(Tone::Bad, "FIX") };
+        println!("  {verdict:<5}{:<12}{}", check.name, check.detail);
     }
 }

@@ -24,7 +24,7 @@ pub fn run(iface: Option<&str>, json: bool) -> Result<ExitCode> {
     system::require_root("portguard events")?;
     let interfaces = match iface {
         Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces(),
+        None => attached_interfaces()?,
     };
     if interfaces.is_empty() {
         bail!(

@@ -79,21 +79,3 @@ pub fn print_warnings(warnings: &[portguard::policy::Diagnostic]) {
         eprintln!("{warning}");
     }
 }
-
-/// `1h 2m 3s` from seconds.
-pub fn format_uptime(secs: u64) -> String {
-    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
-}
-
-/// Thousands separators for counts people read.
-pub fn group(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}

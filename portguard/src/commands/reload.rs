@@ -26,7 +26,7 @@ pub fn run(
     let operator = Operator { session: Session::find(), confirm_within: confirm_within.is_some(), force };
     let interfaces = match iface {
         Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces(),
+        None => attached_interfaces()?,
     };
     if interfaces.is_empty() {
         bail!(
@@ -125,7 +125,7 @@ pub fn run(
                         manager::arm_rollback(iface, within, Rollback::Restore { policy: previous })?;
                         println!(
                             "rolls back in {} unless `portguard confirm {iface}`",
-                            humantime::format_duration(within)
+                            portguard::durations::format(within)
                         );
                     }
                 }

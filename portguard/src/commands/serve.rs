@@ -296,7 +296,10 @@ fn take_over(
     }
     if let Some(secs) = request.confirm_within_secs {
         manager::arm_rollback(&iface, Duration::from_secs(secs), Rollback::Restore { policy: previous })?;
-        message.push_str(&format!("; rolls back in {secs} s unless `portguard confirm {iface}`"));
+        message.push_str(&format!(
+            "; rolls back in {} unless `portguard confirm {iface}`",
+            portguard::durations::format_secs(secs)
+        ));
     }
     Ok((message, warnings))
 }

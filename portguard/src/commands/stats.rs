@@ -2,19 +2,24 @@
 //! dropped ports.
 
 use std::{
+    fmt::Write as _,
+    io::Write as _,
     process::ExitCode,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Result, bail};
 use portguard::{
+    durations,
     events::{ActiveBlock, active_blocks},
     maps::{Counters, PinnedMaps, PortCount, top_ports},
+    output::{self, Tone, count, group, noun, paint},
+    system,
 };
 use portguard_common::{Reason, counters::*};
 use serde_json::{Value, json};
 
-use super::{format_uptime, group, status::attached_interfaces};
+use super::status::attached_interfaces;
 
 struct Snapshot {
     counters: Counters,
@@ -23,6 +28,8 @@ struct Snapshot {
     port_drops: Vec<u64>,
     blocks: Vec<ActiveBlock>,
     at: Instant,
+    /// The wall clock when it was taken, for people and JSON.
+    time: SystemTime,
 }
 
 impl Snapshot {
@@ -33,6 +40,7 @@ impl Snapshot {
             port_drops: maps.port_drops.snapshot(),
             blocks: active_blocks(&maps.auto_blocks),
             at: Instant::now(),
+            time: SystemTime::now(),
         })
     }
 }
@@ -63,10 +71,14 @@ const OBSERVATIONS: [(&str, &str, u32); 14] = [
     ("events_lost", "events lost (ring buffer full)", OBS_EVENTS_LOST),
 ];
 
-pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> Result<ExitCode> {
+/// How many automatic blocks the text lists (`--json` lists all).
+const BLOCKS_SHOWN: usize = 50;
+
+pub fn run(iface: Option<&str>, json: bool, interval: Option<Duration>, top: usize) -> Result<ExitCode> {
+    system::require_root_to_look("portguard stats")?;
     let interfaces = match iface {
         Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces(),
+        None => attached_interfaces()?,
     };
     if interfaces.is_empty() {
         bail!(
@@ -76,110 +88,138 @@ pub fn run(iface: Option<&str>, json: bool, watch: Option<f64>, top: usize) -> R
     }
     let maps: Vec<(String, PinnedMaps)> =
         interfaces.iter().map(|i| Ok((i.clone(), PinnedMaps::open(i)?))).collect::<Result<_>>()?;
-    let mut previous: Vec<Snapshot> = maps.iter().map(|(_, m)| Snapshot::take(m)).collect::<Result<_>>()?;
-    for ((iface, _), snapshot) in maps.iter().zip(&previous) {
-        print(iface, snapshot, None, json, top);
-    }
-    let Some(interval) = watch else {
-        return Ok(ExitCode::SUCCESS);
-    };
-    if interval.is_nan() || interval <= 0.0 {
-        bail!("--watch needs a positive number of seconds");
-    }
+    // On a terminal each round replaces the last (as watch(1) does); into a pipe or a file
+    // they follow each other, each headed by its time.
+    let redraw = interval.is_some() && !json && output::redraws();
+    let mut previous: Option<Vec<Snapshot>> = None;
     loop {
-        std::thread::sleep(Duration::from_secs_f64(interval));
-        for (index, (iface, maps)) in maps.iter().enumerate() {
-            let current = Snapshot::take(maps)?;
-            print(iface, &current, Some(&previous[index]), json, top);
-            previous[index] = current;
+        let current: Vec<Snapshot> = maps.iter().map(|(_, m)| Snapshot::take(m)).collect::<Result<_>>()?;
+        let mut frame = String::new();
+        if let (Some(interval), false) = (interval, json) {
+            let when = humantime::format_rfc3339_seconds(current[0].time);
+            let every = durations::format(interval);
+            let heading = format!("portguard stats at {when}, every {every} (Ctrl-C stops)");
+            let _ = writeln!(frame, "{}\n", paint(Tone::Heading, heading));
         }
+        for (index, (iface, _)) in maps.iter().enumerate() {
+            let before = previous.as_ref().map(|p| &p[index]);
+            if json {
+                let _ = writeln!(frame, "{}", to_json(iface, &current[index], before, top));
+            } else {
+                frame.push_str(&render(iface, &current[index], before, top));
+            }
+        }
+        let mut stdout = std::io::stdout().lock();
+        if redraw {
+            write!(stdout, "{}", output::CLEAR_SCREEN)?;
+        } else if previous.is_some() && !json {
+            writeln!(stdout)?;
+        }
+        stdout.write_all(frame.as_bytes())?;
+        stdout.flush()?;
+        drop(stdout);
+        let Some(interval) = interval else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        previous = Some(current);
+        std::thread::sleep(interval);
     }
 }
 
-fn print(iface: &str, now: &Snapshot, before: Option<&Snapshot>, json: bool, top: usize) {
+/// One interface's counters for people; rates when there is an earlier snapshot.
+fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -> String {
+    let mut out = String::new();
     let seconds = before.map(|b| now.at.duration_since(b.at).as_secs_f64()).filter(|s| *s > 0.0);
     let delta = before.map(|b| now.counters.since(&b.counters));
     let ports = top_ports(&now.port_drops, top);
-    if json {
-        println!("{}", to_json(iface, now, delta.as_ref(), seconds, &ports));
-        return;
-    }
     let c = &now.counters;
     let total = c.total();
-    println!(
-        "{iface}: {} packets ({} bytes): {} passed, {} dropped, {} would drop (monitor)",
-        group(total.packets),
-        group(total.bytes),
+    let _ = writeln!(
+        out,
+        "{iface}: {} ({}): {} passed, {} dropped, {} would drop (monitor)",
+        count(total.packets, "packet", "packets"),
+        count(total.bytes, "byte", "bytes"),
         group(c.passed().packets),
         group(c.dropped().packets),
         group(c.monitored().packets)
     );
     if let (Some(delta), Some(seconds)) = (&delta, seconds) {
-        println!(
+        let _ = writeln!(
+            out,
             "  rate: {:.0} pkt/s in, {:.0} pkt/s dropped",
             delta.total().packets as f64 / seconds,
             delta.dropped().packets as f64 / seconds
         );
     }
+    let mut row = |verb: &str, tone: Tone, reason: Reason, packets: u64, bytes: u64| {
+        let _ = writeln!(
+            out,
+            "  {:<11} {:<20} {:>14} {:<7} {:>16} {}",
+            paint(tone, verb),
+            reason.name(),
+            group(packets),
+            noun(packets, "packet", "packets"),
+            group(bytes),
+            noun(bytes, "byte", "bytes")
+        );
+    };
     for reason in ALL_REASONS {
         let (applied, would) = (c.applied(reason), c.would_drop(reason));
         if applied.packets > 0 {
-            let verb = if reason.is_drop() { "dropped" } else { "passed" };
-            println!(
-                "  {verb:<11} {:<20} {:>14} pkts {:>16} bytes",
-                reason.name(),
-                group(applied.packets),
-                group(applied.bytes)
-            );
+            let (verb, tone) = if reason.is_drop() { ("dropped", Tone::Bad) } else { ("passed", Tone::Good) };
+            row(verb, tone, reason, applied.packets, applied.bytes);
         }
         if would.packets > 0 {
-            println!(
-                "  {:<11} {:<20} {:>14} pkts {:>16} bytes",
-                "would drop",
-                reason.name(),
-                group(would.packets),
-                group(would.bytes)
-            );
+            row("would drop", Tone::Caution, reason, would.packets, would.bytes);
         }
     }
     for (_, label, slot) in OBSERVATIONS {
         let count = c.slot(slot).packets;
         if count > 0 {
-            println!("  {label}: {}", group(count));
+            let _ = writeln!(out, "  {label}: {}", group(count));
         }
     }
     if now.suppressed > 0 {
-        println!("  drop events held back by the rate limit: {}", group(now.suppressed));
+        let _ = writeln!(out, "  drop events held back by the rate limit: {}", group(now.suppressed));
     }
     if !ports.is_empty() {
         let list: Vec<String> =
             ports.iter().map(|p| format!("{}/{} {}", p.proto, p.port, group(p.drops))).collect();
-        println!("  top dropped ports: {}", list.join(", "));
+        let _ = writeln!(out, "  top dropped ports: {}", list.join(", "));
     }
     if !now.blocks.is_empty() {
-        println!("  automatic blocks ({}):", now.blocks.len());
-        for block in now.blocks.iter().take(50) {
-            println!(
-                "    {:<40} {:<5} {:<24} {} left",
-                block.network(),
-                block.cause,
-                block.detail,
-                format_uptime(block.seconds_left)
+        let _ = writeln!(out, "  automatic blocks ({}):", group(now.blocks.len() as u64));
+        let rows: Vec<Vec<String>> = now
+            .blocks
+            .iter()
+            .take(BLOCKS_SHOWN)
+            .map(|block| {
+                vec![
+                    block.network(),
+                    block.cause.clone(),
+                    portguard::printable(&block.detail).into_owned(),
+                    format!("{} left", durations::format_secs(block.seconds_left)),
+                ]
+            })
+            .collect();
+        for line in output::table(&["source", "cause", "detail", "time left"], &rows) {
+            let _ = writeln!(out, "    {line}");
+        }
+        if now.blocks.len() > BLOCKS_SHOWN {
+            let _ = writeln!(
+                out,
+                "    ... and {} more (--json lists all)",
+                group((now.blocks.len() - BLOCKS_SHOWN) as u64)
             );
         }
-        if now.blocks.len() > 50 {
-            println!("    ... and {} more (--json lists all)", now.blocks.len() - 50);
-        }
     }
+    out
 }
 
-fn to_json(
-    iface: &str,
-    now: &Snapshot,
-    delta: Option<&Counters>,
-    seconds: Option<f64>,
-    ports: &[PortCount],
-) -> Value {
+fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -> Value {
+    let seconds = before.map(|b| now.at.duration_since(b.at).as_secs_f64()).filter(|s| *s > 0.0);
+    let delta = before.map(|b| now.counters.since(&b.counters));
+    let ports: Vec<PortCount> = top_ports(&now.port_drops, top);
     let c = &now.counters;
     let reasons: Vec<Value> = ALL_REASONS
         .iter()
@@ -194,7 +234,7 @@ fn to_json(
         })
         .collect();
     let total = c.total();
-    let rates = match (delta, seconds) {
+    let rates = match (&delta, seconds) {
         (Some(d), Some(s)) => json!({
             "packets_per_second": d.total().packets as f64 / s,
             "dropped_per_second": d.dropped().packets as f64 / s,
@@ -206,6 +246,7 @@ fn to_json(
     observations.insert("events_suppressed".into(), json!(now.suppressed));
     json!({
         "interface": iface,
+        "time": humantime::format_rfc3339_millis(now.time).to_string(),
         "packets": total.packets,
         "bytes": total.bytes,
         "passed": c.passed().packets,

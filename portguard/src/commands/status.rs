@@ -4,13 +4,16 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use portguard::{
+    durations,
+    exit::Exit,
     links::Inspection,
-    manager,
+    manager::{self, Pending},
+    note,
+    output::{Tone, paint},
     state::{LoaderLock, RunState, loader_running},
+    system,
 };
 use serde_json::json;
-
-use super::format_uptime;
 
 /// Cleans the run files of interfaces with neither pins nor a loader, and says so (stderr:
 /// stdout stays what the command prints).
@@ -18,7 +21,7 @@ pub fn report_left_behind() {
     for iface in portguard::state::interfaces_with_run_files() {
         let removed = portguard::state::remove_left_behind(&iface);
         if !removed.is_empty() {
-            eprintln!("{iface}: not attached; removed left-behind run files: {}", removed.join(", "));
+            note!("{iface}: not attached; removed left-behind run files: {}", removed.join(", "));
         }
     }
 }
@@ -34,6 +37,35 @@ struct Row {
     /// What was found about an interrupted switch.
     note: Option<String>,
     running: bool,
+    /// A change made with --confirm-within that waits for `portguard confirm`.
+    pending: Option<Pending>,
+}
+
+impl Row {
+    /// What this attachment adds to the exit status (as `systemctl is-active`: a loader that
+    /// is not running, or an interface not protected, is "not running").
+    fn exit(&self) -> Exit {
+        if !self.running || self.problem.is_some() {
+            Exit::NotRunning
+        } else if self.pending.is_some() {
+            Exit::ConfirmationPending
+        } else {
+            Exit::Ok
+        }
+    }
+}
+
+/// The exit status of `status`: the worst of its attachments; nothing attached is "not
+/// running".
+fn exit_of(rows: &[Row]) -> Exit {
+    let exits: Vec<Exit> = rows.iter().map(Row::exit).collect();
+    if rows.is_empty() || exits.contains(&Exit::NotRunning) {
+        Exit::NotRunning
+    } else if exits.contains(&Exit::ConfirmationPending) {
+        Exit::ConfirmationPending
+    } else {
+        Exit::Ok
+    }
 }
 
 fn inspect(iface: &str) -> Row {
@@ -62,16 +94,19 @@ fn inspect(iface: &str) -> Row {
         Ok(found) => found.problem(iface),
         Err(error) => Some(format!("{error:#}")),
     };
-    Row { iface: iface.to_owned(), state, problem, note, running: running || loader_running(iface) }
+    let pending = Pending::read(iface);
+    Row { iface: iface.to_owned(), state, problem, note, running: running || loader_running(iface), pending }
 }
 
 pub fn run(json: bool) -> Result<ExitCode> {
-    let rows: Vec<Row> = attached_interfaces().iter().map(|iface| inspect(iface)).collect();
+    system::require_root_to_look("portguard status")?;
+    let rows: Vec<Row> = attached_interfaces()?.iter().map(|iface| inspect(iface)).collect();
     report_left_behind();
+    let exit = exit_of(&rows);
     if json {
         let list: Vec<_> = rows
             .iter()
-            .map(|Row { iface, state, problem, note, running }| {
+            .map(|Row { iface, state, problem, note, running, pending }| {
                 json!({
                     "interface": iface,
                     "enforcing": problem.is_none(),
@@ -87,35 +122,35 @@ pub fn run(json: bool) -> Result<ExitCode> {
                     "uptime_secs": state.as_ref().map(|s| s.uptime_secs()),
                     "netns": state.as_ref().and_then(|s| s.netns.clone()),
                     "pinned": state.as_ref().map(|s| s.pinned),
-                    "confirm_seconds_left": portguard::manager::Pending::read(iface).map(|p| p.seconds_left()),
+                    "confirm_seconds_left": pending.as_ref().map(Pending::seconds_left),
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit.into());
     }
     let elsewhere = portguard::loader::attachments_elsewhere();
     if !elsewhere.is_empty() {
         let list: Vec<String> =
             elsewhere.iter().map(|(netns, iface)| format!("{iface} in {netns}")).collect();
-        eprintln!(
+        note!(
             "also attached in other network namespaces (`portguard --netns NAME status` shows them): {}",
             list.join(", ")
         );
     }
     if rows.is_empty() {
         println!("portguard is not attached anywhere in {}", portguard::netns::Netns::current());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(exit.into());
     }
-    for Row { iface, state, problem, note, running } in rows {
+    for Row { iface, state, problem, note, running, pending } in rows {
         let loader = match (running, &state) {
-            (true, Some(state)) => format!("loader running (pid {})", state.pid),
-            (true, None) => "loader running".to_string(),
-            (false, _) if problem.is_none() => {
-                "loader NOT running: pinned programs still enforce; `portguard detach` removes them"
-                    .to_string()
-            }
-            (false, _) => "loader NOT running".to_string(),
+            (true, Some(state)) => format!("{} (pid {})", paint(Tone::Good, "loader running"), state.pid),
+            (true, None) => paint(Tone::Good, "loader running").to_string(),
+            (false, _) if problem.is_none() => format!(
+                "{}: pinned programs still enforce; `portguard detach` removes them",
+                paint(Tone::Bad, "loader NOT running")
+            ),
+            (false, _) => paint(Tone::Bad, "loader NOT running").to_string(),
         };
         println!("{iface}: {loader}");
         if let Some(problem) = &problem {
@@ -126,15 +161,16 @@ pub fn run(json: bool) -> Result<ExitCode> {
                     "`portguard attach {iface} --policy FILE` attaches afresh, `portguard detach {iface}` cleans up"
                 )
             };
-            println!("  NOT PROTECTED: {problem}; {remedy}");
+            println!("  {}: {problem}; {remedy}", paint(Tone::Bad, "NOT PROTECTED"));
         }
         if let Some(note) = note {
             println!("  note: {note}");
         }
-        if let Some(pending) = portguard::manager::Pending::read(&iface) {
+        if let Some(pending) = pending {
             println!(
-                "  WAITING FOR CONFIRMATION: rolls back in {} unless `portguard confirm {iface}`",
-                format_uptime(pending.seconds_left())
+                "  {}: rolls back in {} unless `portguard confirm {iface}`",
+                paint(Tone::Caution, "WAITING FOR CONFIRMATION"),
+                durations::format_secs(pending.seconds_left())
             );
         }
         if let Some(state) = state {
@@ -142,7 +178,7 @@ pub fn run(json: bool) -> Result<ExitCode> {
             println!(
                 "  XDP {} mode{netns}, up {}, policy generation {}",
                 state.xdp_mode,
-                format_uptime(state.uptime_secs()),
+                durations::format_secs(state.uptime_secs()),
                 state.generation
             );
             println!(
@@ -152,5 +188,5 @@ pub fn run(json: bool) -> Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(exit.into())
 }

@@ -13,7 +13,9 @@ use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use portguard::{
     capture::{self, Damage, Direction, Fidelity, Reader, Record, WHOLE_FRAME_MAX},
     events::{EventRecord, EventSource},
+    exit::Exit,
     judge::Judge,
+    output::{count, group, noun},
     policy::{self, LoadOptions, Policy, compile::compile},
     printable, system,
 };
@@ -21,7 +23,7 @@ use portguard_common::{Reason, maps::port_index};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{group, print_warnings};
+use super::print_warnings;
 
 #[derive(Default, Serialize, Clone)]
 struct Tally {
@@ -231,7 +233,7 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
         },
     );
     let packets = reader.packets();
-    let code = if report.damage_total > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS };
+    let code = if report.damage_total > 0 { Exit::IncompleteInput } else { Exit::Ok }.into();
 
     if json {
         let rows = |drop: bool| -> Vec<serde_json::Value> {
@@ -273,24 +275,24 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
         return Ok(code);
     }
     println!(
-        "{} against {}: {} packets; {} judged inbound, {} outbound (flows learnt), {} not judged",
+        "{} against {}: {}; {} judged inbound, {} outbound (flows learnt), {} not judged",
         printable(&policy_path.display().to_string()),
         printable(&pcap.display().to_string()),
-        group(packets),
+        count(packets, "packet", "packets"),
         group(report.inbound),
         group(report.outbound),
         group(report.not_judged_total())
     );
     if report.cut > 0 {
         println!(
-            "  {} packets were cut by the snap length after their headers: judged on their headers (padded back to their length)",
-            group(report.cut)
+            "  {} cut by the snap length after their headers: judged on their headers (padded back to their length)",
+            count(report.cut, "packet was", "packets were")
         );
     }
     if report.shortened > 0 {
         println!(
-            "  {} packets were longer than {WHOLE_FRAME_MAX} bytes (jumbo frames, or GRO/TSO aggregates as a host captures them): judged on their headers, their payload shortened for the test run",
-            group(report.shortened)
+            "  {} longer than {WHOLE_FRAME_MAX} bytes (jumbo frames, or GRO/TSO aggregates as a host captures them): judged on their headers, their payload shortened for the test run",
+            count(report.shortened, "packet was", "packets were")
         );
     }
     if report.inbound > 0 && report.outbound == 0 && hosts.is_empty() {
@@ -301,7 +303,11 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
     if !report.not_judged.is_empty() {
         let by_reason: Vec<String> =
             report.not_judged.iter().map(|(reason, n)| format!("{} {reason}", group(*n))).collect();
-        println!("not judged: {} packets ({})", group(report.not_judged_total()), by_reason.join(", "));
+        println!(
+            "not judged: {} ({})",
+            count(report.not_judged_total(), "packet", "packets"),
+            by_reason.join(", ")
+        );
         for skip in report.not_judged_listed.iter().take(SHOWN) {
             println!("  packet {}: {}", skip.packet, printable(&skip.detail));
         }
@@ -311,7 +317,7 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
         }
     }
     for (title, drop, total) in [("would pass", false, would_pass), ("would drop", true, would_drop)] {
-        println!("{title}: {} packets", group(total));
+        println!("{title}: {}", count(total, "packet", "packets"));
         for ((dropped, reason, rule), tally) in &report.tallies {
             if *dropped != drop {
                 continue;
@@ -324,17 +330,26 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
                     tally.top_ports.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
                 )
             };
-            println!("  {:<20} {:<40} {:>10} pkts{ports}", reason, printable(rule), group(tally.packets));
+            println!(
+                "  {:<20} {:<40} {:>10} {:<7}{ports}",
+                reason,
+                printable(rule),
+                group(tally.packets),
+                noun(tally.packets, "packet", "packets")
+            );
         }
     }
     if report.alerts_total > 0 {
-        println!("detectors would fire {} times:", group(report.alerts_total));
+        println!("detectors would fire {}:", count(report.alerts_total, "time", "times"));
         for alert in report.alerts.iter().take(20) {
             println!("  {}", alert.human());
         }
     }
     if report.damage_total > 0 {
-        println!("the capture is damaged: {} places could not be read", group(report.damage_total));
+        println!(
+            "the capture is damaged: {} could not be read",
+            count(report.damage_total, "place", "places")
+        );
         for damage in report.damage.iter().take(SHOWN) {
             let at = match damage.packet {
                 Some(packet) => format!("packet {packet} (byte {})", damage.offset),
@@ -342,8 +357,8 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
             };
             let after = if damage.stopped {
                 format!(
-                    "; reading stopped there, after {} packets",
-                    group(damage.packet.map_or(packets, |p| p - 1))
+                    "; reading stopped there, after {}",
+                    count(damage.packet.map_or(packets, |p| p - 1), "packet", "packets")
                 )
             } else {
                 String::new()

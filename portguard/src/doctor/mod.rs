@@ -435,7 +435,7 @@ fn attached_xdp_program(link: &serde_json::Value) -> Option<String> {
 fn protection(only: Option<&str>, findings: &mut Vec<Finding>) -> (Vec<Attachment>, Vec<PortCount>) {
     let mut attachments = Vec::new();
     let mut drops = vec![0u64; portguard_common::maps::PORT_TABLE_LEN as usize];
-    let names = loader::attached_interfaces();
+    let names = loader::attached_interfaces().unwrap_or_default();
     for iface in names.into_iter().filter(|n| only.is_none_or(|o| o == n)) {
         let state = RunState::read(&iface);
         let running = loader_running(&iface);

@@ -313,8 +313,10 @@ impl Policy {
 
     /// One line for humans: `enforce, default deny, 3 allow / 1 deny rules, 2 blocklist entries`.
     pub fn summary(&self) -> String {
+        use crate::output::count;
+        let (allow, deny) = (self.allow_rules().count() as u64, self.deny_rules().count() as u64);
         format!(
-            "{}, default {}, {} allow / {} deny rules, {} blocklist entries, {} never_block",
+            "{}, default {}, {allow} allow / {deny} deny {}, {}, {} never_block",
             match self.mode {
                 Mode::Enforce => "enforce",
                 Mode::Monitor => "monitor",
@@ -323,9 +325,8 @@ impl Policy {
                 Action::Allow => "allow",
                 Action::Deny => "deny",
             },
-            self.allow_rules().count(),
-            self.deny_rules().count(),
-            self.blocklist.len(),
+            crate::output::noun(allow + deny, "rule", "rules"),
+            count(self.blocklist.len() as u64, "blocklist entry", "blocklist entries"),
             self.never_block.len(),
         )
     }
@@ -410,7 +411,7 @@ mod humantime_serde_secs {
     use serde::Serializer;
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+        serializer.serialize_str(&crate::durations::format(*value))
     }
 }
 

@@ -647,8 +647,8 @@ fn scan_detection(report: &mut Reporter, raw: Option<&RawScanDetection>) -> Scan
             span,
             format!(
                 "slow_window ({}) must be longer than window ({}), or set slow_threshold = 0",
-                humantime::format_duration(scan.slow_window),
-                humantime::format_duration(scan.window)
+                crate::durations::format(scan.slow_window),
+                crate::durations::format(scan.window)
             ),
         );
     }

@@ -971,10 +971,10 @@ impl EdgeHost {
             "scan detection `{}` (threshold {}, block for {}), trap ports tcp {} (tcp/{FLOOD_PORT} {}, block for {}); {FLOOD_SOURCE} is in neither its never_block nor its blocklist",
             format!("{:?}", shipped.scan_detection.action).to_lowercase(),
             shipped.scan_detection.threshold,
-            humantime::format_duration(shipped.scan_detection.block_for),
+            portguard::durations::format(shipped.scan_detection.block_for),
             ports(&shipped.trap_ports.tcp),
             if trapped { "among them: a source's first SYN blocks it" } else { "not among them" },
-            humantime::format_duration(shipped.trap_ports.block_for),
+            portguard::durations::format(shipped.trap_ports.block_for),
         );
         Ok(Self { scan_off: variant(Response::Off)?, scan_alert: variant(Response::Alert)?, path, facts })
     }
