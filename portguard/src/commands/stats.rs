@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use portguard::{
-    events::{ActiveBlock, active_blocks},
+    blocks::{ActiveBlock, active_blocks},
     maps::{Counters, PinnedMaps, PortCount, top_ports},
 };
 use portguard_common::{Reason, counters::*};
