@@ -13,6 +13,7 @@ pub mod control;
 pub mod doctor;
 pub mod durations;
 pub mod events;
+pub mod exit_codes;
 pub mod files;
 pub mod judge;
 pub mod links;
