@@ -29,7 +29,7 @@ pub enum Request {
 /// A change made by another command, for the loader to publish.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditRequest {
-    pub record: EventRecord,
+    pub record: Box<EventRecord>,
 }
 
 impl AuditRequest {
@@ -98,7 +98,7 @@ pub fn tell_loaders(interfaces: &[String], record: &EventRecord) {
             continue;
         }
         let request = Request::Audit(AuditRequest {
-            record: EventRecord { interface: iface.clone(), ..record.clone() },
+            record: Box::new(EventRecord { interface: iface.clone(), ..record.clone() }),
         });
         let told = runtime.block_on(async {
             tokio::time::timeout(std::time::Duration::from_secs(3), self::request(iface, &request)).await

@@ -511,7 +511,7 @@ async fn client(stream: UnixStream, channels: Channels) -> Result<()> {
             Actor { user: record.user.take(), uid: record.uid }.with_uid_of(peer_uid).stamp(&mut record);
             record.host = portguard::system::host_name();
             record.interface.clone_from(&channels.iface);
-            channels.audits.send(record).await?;
+            channels.audits.send(*record).await?;
             Reply { ok: true, message: "recorded".into() }
         }
         Ok(Request::Audit(AuditRequest { record })) => {

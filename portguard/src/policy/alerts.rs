@@ -160,8 +160,10 @@ const RESERVED_HEADERS: [&str; 6] =
     ["content-type", "content-length", "host", "transfer-encoding", "connection", SIGNATURE_HEADER];
 /// Largest key file read.
 const SECRET_MAX: u64 = 4096;
+/// Whether an event type belongs to a group.
+type Member = fn(EventType) -> bool;
 /// Names that stand for several event types in `[alerts] events`.
-const GROUPS: [(&str, fn(EventType) -> bool); 3] =
+const GROUPS: [(&str, Member); 3] =
     [("alerts", EventType::is_alert), ("audit", EventType::is_audit), ("all", |_| true)];
 
 pub(super) fn alerts(report: &mut Reporter, raw: Option<&RawAlerts>, policy_path: &Path) -> Alerts {
