@@ -1,23 +1,29 @@
 //! Manual blocks (`portguard block`): kept in `/var/lib/portguard/blocks.json` so they survive
 //! loader restarts and reboots, and mirrored into each attachment's `PG_MANUAL` map, where the
-//! next packet sees them.
+//! next packet sees them. Also the automatic blocks in force, as `stats` and `blocks` list them.
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use portguard_common::maps::{
-    FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock, NET_KEY_FIXED_BITS, NetKey, RUNTIME_USER,
-    Runtime,
+use portguard_common::{
+    events::ScanKind,
+    maps::{
+        AutoBlock, CAUSE_SLOW_SCAN, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock,
+        NET_KEY_FIXED_BITS, NetKey, RUNTIME_USER, Runtime,
+    },
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    durations, files,
+    durations,
+    events::{block_scan_ports, cause_name, ip_of, network_prefix, protocol_name},
+    files,
     loader::kernel_now_ns,
     maps::open_pinned,
     netns::Netns,
@@ -320,6 +326,71 @@ pub fn sync_all(store: &BlockStore, interfaces: &[String]) -> Result<()> {
         sync_iface(iface, &entries).with_context(|| format!("applying manual blocks to {iface}"))?;
     }
     Ok(())
+}
+
+/// An automatic block as `stats` and `blocks` show it (the kernel adds them, `unblock` lifts
+/// them).
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveBlock {
+    pub source: IpAddr,
+    /// IPv6 networks blocked as one (`[scan_detection] ipv6_prefix`): their prefix length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_len: Option<u8>,
+    /// `scan` or `trap`.
+    pub cause: String,
+    /// The scan kind, or the trap port's protocol.
+    pub detail: String,
+    pub seconds_left: u64,
+    pub since_seconds: u64,
+}
+
+impl ActiveBlock {
+    /// The blocked address, or network (`2001:db8:5::/64`).
+    pub fn network(&self) -> String {
+        match self.prefix_len {
+            Some(len) => format!("{}/{len}", self.source),
+            None => self.source.to_string(),
+        }
+    }
+}
+
+/// The network an automatic block's key and prefix length stand for.
+pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> ipnet::IpNet {
+    let ip = ip_of(addr);
+    let len = match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => network_prefix(addr, block.prefix_len).unwrap_or(128),
+    };
+    ipnet::IpNet::new(ip, len).expect("a valid prefix length")
+}
+
+pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
+    map: &HashMap<T, [u8; 16], AutoBlock>,
+) -> Vec<ActiveBlock> {
+    let now = kernel_now_ns();
+    let mut blocks: Vec<ActiveBlock> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, b)| b.expires_ns > now)
+        .map(|(addr, b)| ActiveBlock {
+            source: ip_of(addr),
+            prefix_len: network_prefix(addr, b.prefix_len),
+            cause: cause_name(b.cause).to_string(),
+            detail: match b.cause {
+                CAUSE_TRAP => format!("{}/{}", protocol_name(b.kind), b.port),
+                cause => format!(
+                    "{} {}, {} ports",
+                    ScanKind::from_u8(b.kind).name(),
+                    if cause == CAUSE_SLOW_SCAN { "slow scan" } else { "scan" },
+                    block_scan_ports(b.port)
+                ),
+            },
+            seconds_left: (b.expires_ns - now).div_ceil(1_000_000_000),
+            since_seconds: now.saturating_sub(b.added_ns) / 1_000_000_000,
+        })
+        .collect();
+    blocks.sort_by_key(|b| b.seconds_left);
+    blocks
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use portguard::{
+    blocks::{ActiveBlock, active_blocks},
     durations,
-    events::{ActiveBlock, active_blocks},
     maps::{Counters, PinnedMaps, PortCount, top_ports},
     output::{self, Tone, count, group, noun, paint},
     system,

@@ -446,7 +446,7 @@ fn protection(only: Option<&str>, findings: &mut Vec<Finding>) -> (Vec<Attachmen
                 *sum += value;
             }
         }
-        let blocks = maps.as_ref().map_or(0, |m| crate::events::active_blocks(&m.auto_blocks).len());
+        let blocks = maps.as_ref().map_or(0, |m| crate::blocks::active_blocks(&m.auto_blocks).len());
         let problem = crate::links::Inspection::of(&iface)
             .map_or_else(|error| Some(format!("{error:#}")), |found| found.problem(&iface));
         if let Some(problem) = problem {
