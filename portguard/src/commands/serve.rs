@@ -41,7 +41,7 @@ pub struct Output {
 
 impl Output {
     pub fn print(&self, record: &EventRecord) {
-        say(&if self.json { record.json() } else { record.human() });
+        say(&if self.json { record.json() } else { record.human_painted() });
     }
 }
 

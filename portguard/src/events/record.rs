@@ -5,6 +5,7 @@ use std::{net::IpAddr, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::output::{Tone, paint};
 use crate::policy::Mode;
 
 /// What happened. The serde names are the `event` values on the wire.
@@ -155,6 +156,26 @@ impl EventType {
             Self::RolledBack => "ROLLBACK",
             Self::Detached => "DETACH",
             Self::Unknown => "EVENT",
+        }
+    }
+}
+
+impl EventType {
+    /// The colour of its label on a terminal: what went wrong or was stopped, what would have
+    /// been, what was lifted or came back.
+    fn tone(self, monitor: bool) -> Option<Tone> {
+        match self {
+            Self::Drop | Self::AutoBlocked if monitor => Some(Tone::Caution),
+            Self::Drop
+            | Self::ScanDetected
+            | Self::AutoBlocked
+            | Self::TrapHit
+            | Self::EventsLost
+            | Self::Unprotected
+            | Self::Blocked
+            | Self::RolledBack => Some(Tone::Bad),
+            Self::BlockExpired | Self::Reattached | Self::Unblocked | Self::Confirmed => Some(Tone::Good),
+            Self::ClientLagged | Self::Reloaded | Self::Detached | Self::Unknown => None,
         }
     }
 }
@@ -462,6 +483,20 @@ impl EventRecord {
         crate::printable(&format!("{} {} {label:<7} {details}", self.time, self.interface)).into_owned()
     }
 
+    /// `human`, its label coloured by what it means when stdout takes colour (a terminal,
+    /// without NO_COLOR): for the loader's and `events`' output, never for files or alerts.
+    pub fn human_painted(&self) -> String {
+        let line = self.summary();
+        let (label, details) = line.split_once(' ').unwrap_or((&line, ""));
+        let label = crate::printable(label);
+        let label = match self.event.tone(self.monitored()) {
+            Some(tone) => format!("{:<7}", paint(tone, label)),
+            None => format!("{label:<7}"),
+        };
+        let head = crate::printable(&format!("{} {}", self.time, self.interface)).into_owned();
+        format!("{head} {label} {}", crate::printable(details))
+    }
+
     pub fn json(&self) -> String {
         serde_json::to_string(self).expect("event serializes")
     }
@@ -547,6 +582,8 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<EventRecord>(&reload.json()).unwrap(), reload);
 
+        // Without a terminal (as under `cargo test`), the painted line is the plain one.
+        assert_eq!(reload.human_painted(), reload.human());
         let mut rollback = EventRecord::new(time, "eth0", EventType::RolledBack);
         rollback.reason = Some("not confirmed within 2m".into());
         assert!(
