@@ -5,6 +5,8 @@ use std::{net::IpAddr, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use portguard_common::events::EventKind;
+
 use crate::output::{Tone, paint};
 use crate::policy::Mode;
 
@@ -68,11 +70,12 @@ impl EventType {
 
     pub const fn name(self) -> &'static str {
         match self {
-            Self::Drop => "drop",
-            Self::ScanDetected => "scan_detected",
-            Self::AutoBlocked => "auto_blocked",
-            Self::BlockExpired => "block_expired",
-            Self::TrapHit => "trap_hit",
+            // The kernel's kinds keep the names portguard-common gives them.
+            Self::Drop => EventKind::Drop.name(),
+            Self::ScanDetected => EventKind::ScanDetected.name(),
+            Self::AutoBlocked => EventKind::AutoBlocked.name(),
+            Self::BlockExpired => EventKind::BlockExpired.name(),
+            Self::TrapHit => EventKind::TrapHit.name(),
             Self::EventsLost => "events_lost",
             Self::Unprotected => "unprotected",
             Self::Reattached => "reattached",

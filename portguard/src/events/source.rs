@@ -45,16 +45,7 @@ impl EventSource {
             let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             Ok(Map::from_map_data(data)?)
         };
-        Self::from_maps(
-            interface,
-            [
-                open(MAP_EVENTS)?,
-                open(MAP_COUNTERS)?,
-                open(MAP_AUTO_BLOCK)?,
-                open(MAP_EVENT_BUDGET)?,
-                open(MAP_RUNTIME)?,
-            ],
-        )
+        Self::from_maps(interface, open)
     }
 
     /// From a loaded object (its maps are shared, not taken).
@@ -69,26 +60,18 @@ impl EventSource {
             };
             Ok(Map::from_map_data(MapData::from_id(id)?)?)
         };
-        Self::from_maps(
-            interface,
-            [
-                open(MAP_EVENTS)?,
-                open(MAP_COUNTERS)?,
-                open(MAP_AUTO_BLOCK)?,
-                open(MAP_EVENT_BUDGET)?,
-                open(MAP_RUNTIME)?,
-            ],
-        )
+        Self::from_maps(interface, open)
     }
 
-    fn from_maps(interface: &str, [ring, counters, auto_blocks, budget, runtime]: [Map; 5]) -> Result<Self> {
+    /// With the maps `open` gives by name (from pins, or from a loaded object).
+    fn from_maps(interface: &str, open: impl Fn(&str) -> Result<Map>) -> Result<Self> {
         let mut source = Self {
             interface: interface.to_owned(),
-            ring: RingBuf::try_from(ring)?,
-            counters: PerCpuArray::try_from(counters)?,
-            auto_blocks: HashMap::try_from(auto_blocks)?,
-            budget: PerCpuArray::try_from(budget)?,
-            runtime: Array::try_from(runtime)?,
+            ring: RingBuf::try_from(open(MAP_EVENTS)?)?,
+            counters: PerCpuArray::try_from(open(MAP_COUNTERS)?)?,
+            auto_blocks: HashMap::try_from(open(MAP_AUTO_BLOCK)?)?,
+            budget: PerCpuArray::try_from(open(MAP_EVENT_BUDGET)?)?,
+            runtime: Array::try_from(open(MAP_RUNTIME)?)?,
             lost_seen: 0,
         };
         // Report only what is lost from now on.
