@@ -4,20 +4,26 @@
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use portguard_common::maps::{
-    FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock, NET_KEY_FIXED_BITS, NetKey, RUNTIME_USER,
-    Runtime,
+use portguard_common::{
+    events::ScanKind,
+    maps::{
+        AutoBlock, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock, NET_KEY_FIXED_BITS,
+        NetKey, RUNTIME_USER, Runtime,
+    },
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    durations, files,
+    durations,
+    events::{Clock, block_scan_ports, cause_name, ip_of, network_prefix, protocol_name},
+    files,
     loader::kernel_now_ns,
     maps::open_pinned,
     netns::Netns,
@@ -320,6 +326,92 @@ pub fn sync_all(store: &BlockStore, interfaces: &[String]) -> Result<()> {
         sync_iface(iface, &entries).with_context(|| format!("applying manual blocks to {iface}"))?;
     }
     Ok(())
+}
+
+/// An automatic block in force (the kernel adds them for scans and trap ports, `unblock`
+/// lifts them), as `stats` and `blocks` show it. Serialized as both print it in `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveBlock {
+    /// The blocked address (a /32 or /128), or the IPv6 network blocked as one
+    /// (`[scan_detection] ipv6_prefix`).
+    pub network: IpNet,
+    /// `scan`, `slow_scan` or `trap`.
+    pub cause: &'static str,
+    /// Scans: how the source probed (`syn`, `udp`, ...).
+    pub scan_kind: Option<&'static str>,
+    /// Scans: the distinct refused ports that made the scan (estimated past the exact count).
+    pub distinct_ports: Option<u32>,
+    /// Trap ports: the one touched.
+    pub protocol: Option<String>,
+    pub port: Option<u16>,
+    /// RFC 3339, UTC.
+    pub added_at: String,
+    pub expires_at: String,
+    pub remaining_secs: u64,
+}
+
+impl ActiveBlock {
+    /// The blocked address, or network (`2001:db8:5::/64`), for people.
+    pub fn shown(&self) -> String {
+        if self.network.prefix_len() == self.network.max_prefix_len() {
+            self.network.addr().to_string()
+        } else {
+            self.network.to_string()
+        }
+    }
+
+    /// What made it, for people: `syn scan, 20 ports`, `tcp/23`.
+    pub fn detail(&self) -> String {
+        match (&self.protocol, self.port) {
+            (Some(protocol), Some(port)) => format!("{protocol}/{port}"),
+            _ => format!(
+                "{} {}, {} ports",
+                self.scan_kind.unwrap_or("other"),
+                if self.cause == "slow_scan" { "slow scan" } else { "scan" },
+                self.distinct_ports.unwrap_or(0)
+            ),
+        }
+    }
+}
+
+/// The network an automatic block's key and prefix length stand for.
+pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> IpNet {
+    let ip = ip_of(addr);
+    let len = match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => network_prefix(addr, block.prefix_len).unwrap_or(128),
+    };
+    IpNet::new(ip, len).expect("a valid prefix length")
+}
+
+/// The automatic blocks in force in `map`, the soonest to end first.
+pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
+    map: &HashMap<T, [u8; 16], AutoBlock>,
+) -> Vec<ActiveBlock> {
+    let clock = Clock::now();
+    let now = kernel_now_ns();
+    let at = |ns: u64| crate::output::rfc3339(clock.wall(ns));
+    let mut blocks: Vec<ActiveBlock> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, b)| b.expires_ns > now)
+        .map(|(addr, b)| {
+            let trap = b.cause == CAUSE_TRAP;
+            ActiveBlock {
+                network: auto_block_network(addr, &b),
+                cause: cause_name(b.cause),
+                scan_kind: (!trap).then(|| ScanKind::from_u8(b.kind).name()),
+                distinct_ports: (!trap).then(|| block_scan_ports(b.port)),
+                protocol: trap.then(|| protocol_name(b.kind)),
+                port: trap.then_some(b.port),
+                added_at: at(b.added_ns),
+                expires_at: at(b.expires_ns),
+                remaining_secs: (b.expires_ns - now).div_ceil(1_000_000_000),
+            }
+        })
+        .collect();
+    blocks.sort_by_key(|b| b.remaining_secs);
+    blocks
 }
 
 #[cfg(test)]

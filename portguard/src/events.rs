@@ -52,8 +52,8 @@ pub struct EventRecord {
     /// `tcp`, `udp`, `icmp`, `icmpv6`, or the IP protocol number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// Drops: the verdict reason (`port-denied`, `blocklist`, ...). Scans and blocks: `scan`,
-    /// `slow-scan` (the long window's threshold) or `trap`.
+    /// Drops: the verdict reason (`port_denied`, `blocklist`, ...). Scans and blocks: `scan`,
+    /// `slow_scan` (the long window's threshold) or `trap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// TCP flags of the packet, e.g. `SYN` or `FIN|PSH|URG`.
@@ -72,10 +72,10 @@ pub struct EventRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// Blocks: how long the block lasts, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "block_secs", default, skip_serializing_if = "Option::is_none")]
     pub block_seconds: Option<u64>,
     /// Blocks: when it ends (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "expires_at", default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
     /// `events_lost`: how many events the ring buffer could not hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,7 +144,7 @@ impl EventRecord {
             "scan_detected" => format!(
                 "{who} -> {} {kind} {}: {} distinct {proto} ports refused (sample {}){}",
                 self.destination.map(|d| d.to_string()).unwrap_or_default(),
-                if self.reason.as_deref() == Some("slow-scan") { "slow scan" } else { "scan" },
+                if self.reason.as_deref() == Some("slow_scan") { "slow scan" } else { "scan" },
                 self.distinct_ports.unwrap_or(0),
                 self.ports_sample.as_deref().map(ports_list).unwrap_or_default(),
                 if self.action.as_deref() == Some("blocked") { "; blocking" } else { "; alert only" }
@@ -154,7 +154,7 @@ impl EventRecord {
                 match self.reason.as_deref() {
                     Some("trap") =>
                         format!("touched trap port {proto}/{}", self.destination_port.unwrap_or(0)),
-                    Some("slow-scan") =>
+                    Some("slow_scan") =>
                         format!("{kind} slow scan of {} ports", self.distinct_ports.unwrap_or(0)),
                     _ => format!("{kind} scan of {} ports", self.distinct_ports.unwrap_or(0)),
                 }
@@ -234,10 +234,10 @@ pub fn tcp_flags(flags: u8) -> String {
     if set.is_empty() { "none".into() } else { set.join("|") }
 }
 
-fn cause_name(cause: u8) -> &'static str {
+pub(crate) fn cause_name(cause: u8) -> &'static str {
     match cause {
         CAUSE_SCAN => "scan",
-        CAUSE_SLOW_SCAN => "slow-scan",
+        CAUSE_SLOW_SCAN => "slow_scan",
         CAUSE_TRAP => "trap",
         _ => "automatic",
     }
@@ -250,7 +250,7 @@ fn scan_ports(count: u32) -> u32 {
 }
 
 /// The same for an automatic block's record of the scan.
-fn block_scan_ports(port: u16) -> u32 {
+pub(crate) fn block_scan_ports(port: u16) -> u32 {
     if port & SCAN_COUNT_EXACT_BLOCK != 0 {
         u32::from(port & !SCAN_COUNT_EXACT_BLOCK)
     } else {
@@ -260,7 +260,7 @@ fn block_scan_ports(port: u16) -> u32 {
 
 /// The prefix length worth showing beside an address the kernel counted or blocked as a
 /// network: none for a single address.
-fn network_prefix(addr: [u8; 16], prefix_len: u8) -> Option<u8> {
+pub(crate) fn network_prefix(addr: [u8; 16], prefix_len: u8) -> Option<u8> {
     match ip_of(addr) {
         IpAddr::V6(_) if prefix_len != 0 && prefix_len < 128 => Some(prefix_len),
         _ => None,
@@ -523,70 +523,6 @@ impl EventSource {
     }
 }
 
-/// An automatic block as `stats` and `blocks` show it.
-#[derive(Clone, Debug, Serialize)]
-pub struct ActiveBlock {
-    pub source: IpAddr,
-    /// IPv6 networks blocked as one (`[scan_detection] ipv6_prefix`): their prefix length.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix_len: Option<u8>,
-    /// `scan` or `trap`.
-    pub cause: String,
-    /// The scan kind, or the trap port's protocol.
-    pub detail: String,
-    pub seconds_left: u64,
-    pub since_seconds: u64,
-}
-
-impl ActiveBlock {
-    /// The blocked address, or network (`2001:db8:5::/64`).
-    pub fn network(&self) -> String {
-        match self.prefix_len {
-            Some(len) => format!("{}/{len}", self.source),
-            None => self.source.to_string(),
-        }
-    }
-}
-
-/// The network an automatic block's key and prefix length stand for.
-pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> ipnet::IpNet {
-    let ip = ip_of(addr);
-    let len = match ip {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => network_prefix(addr, block.prefix_len).unwrap_or(128),
-    };
-    ipnet::IpNet::new(ip, len).expect("a valid prefix length")
-}
-
-pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
-    map: &HashMap<T, [u8; 16], AutoBlock>,
-) -> Vec<ActiveBlock> {
-    let now = kernel_now_ns();
-    let mut blocks: Vec<ActiveBlock> = map
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, b)| b.expires_ns > now)
-        .map(|(addr, b)| ActiveBlock {
-            source: ip_of(addr),
-            prefix_len: network_prefix(addr, b.prefix_len),
-            cause: cause_name(b.cause).to_string(),
-            detail: match b.cause {
-                CAUSE_TRAP => format!("{}/{}", protocol_name(b.kind), b.port),
-                cause => format!(
-                    "{} {}, {} ports",
-                    ScanKind::from_u8(b.kind).name(),
-                    if cause == CAUSE_SLOW_SCAN { "slow scan" } else { "scan" },
-                    block_scan_ports(b.port)
-                ),
-            },
-            seconds_left: (b.expires_ns - now).div_ceil(1_000_000_000),
-            since_seconds: now.saturating_sub(b.added_ns) / 1_000_000_000,
-        })
-        .collect();
-    blocks.sort_by_key(|b| b.seconds_left);
-    blocks
-}
-
 #[cfg(test)]
 mod tests {
     use portguard_common::maps::v4_mapped;
@@ -626,11 +562,11 @@ mod tests {
         let record = decode(&raw, "eth0", &clock()).unwrap();
         assert_eq!(
             record.json(),
-            r#"{"time":"2027-01-15T08:00:00.000Z","interface":"eth0","event":"drop","source":"203.0.113.7","destination":"192.0.2.2","source_port":40000,"destination_port":23,"protocol":"tcp","reason":"port-denied","tcp_flags":"SYN"}"#
+            r#"{"time":"2027-01-15T08:00:00.000Z","interface":"eth0","event":"drop","source":"203.0.113.7","destination":"192.0.2.2","source_port":40000,"destination_port":23,"protocol":"tcp","reason":"port_denied","tcp_flags":"SYN"}"#
         );
         assert_eq!(
             record.human(),
-            "2027-01-15T08:00:00.000Z eth0 DROP    203.0.113.7 -> 192.0.2.2:23 tcp SYN dropped: port-denied"
+            "2027-01-15T08:00:00.000Z eth0 DROP    203.0.113.7 -> 192.0.2.2:23 tcp SYN dropped: port_denied"
         );
     }
 
@@ -659,6 +595,7 @@ mod tests {
         let record = decode(&raw, "eth0", &clock()).unwrap();
         assert_eq!(record.block_seconds, Some(900));
         assert_eq!(record.expires.as_deref(), Some("2027-01-15T08:15:00Z"));
+        assert!(record.json().contains(r#""block_secs":900,"expires_at":"2027-01-15T08:15:00Z""#), "{}", record.json());
         assert!(
             record.human().ends_with("BLOCK   203.0.113.7 blocked for 15m (syn scan of 20 ports)"),
             "{}",
@@ -678,7 +615,7 @@ mod tests {
         raw.count = 38;
         let record = decode(&raw, "eth0", &clock()).unwrap();
         assert_eq!(record.prefix_len, Some(64));
-        assert_eq!(record.reason.as_deref(), Some("slow-scan"));
+        assert_eq!(record.reason.as_deref(), Some("slow_scan"));
         assert_eq!(record.action.as_deref(), Some("alert"));
         assert_eq!(record.distinct_ports, Some(39));
         assert!(

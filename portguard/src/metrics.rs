@@ -20,7 +20,8 @@ use portguard_common::{
 use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
-    events::{active_blocks, suppressed},
+    blocks::active_blocks,
+    events::suppressed,
     lock,
     maps::{PinnedMaps, open_pinned},
     policy::{Policy, Proto},
