@@ -14,8 +14,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portguard_common::{
     events::ScanKind,
     maps::{
-        AutoBlock, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock, NET_KEY_FIXED_BITS,
-        NetKey, RUNTIME_USER, Runtime,
+        AutoBlock, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock,
+        NET_KEY_FIXED_BITS, NetKey, RUNTIME_USER, Runtime,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -417,6 +417,39 @@ pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn automatic_blocks_are_structured_in_json_and_read_as_before_by_people() {
+        let scan = ActiveBlock {
+            network: "2001:db8:5::/64".parse().unwrap(),
+            cause: "slow_scan",
+            scan_kind: Some("syn"),
+            distinct_ports: Some(39),
+            protocol: None,
+            port: None,
+            added_at: "2027-01-15T08:00:00Z".into(),
+            expires_at: "2027-01-15T08:15:00Z".into(),
+            remaining_secs: 900,
+        };
+        assert_eq!(
+            (scan.shown(), scan.detail()),
+            ("2001:db8:5::/64".into(), "syn slow scan, 39 ports".into())
+        );
+        let trap = ActiveBlock {
+            network: "192.0.2.66/32".parse().unwrap(),
+            cause: "trap",
+            scan_kind: None,
+            distinct_ports: None,
+            protocol: Some("tcp".into()),
+            port: Some(23),
+            ..scan
+        };
+        assert_eq!((trap.shown(), trap.detail()), ("192.0.2.66".into(), "tcp/23".into()));
+        assert_eq!(
+            serde_json::to_string(&trap).unwrap(),
+            r#"{"network":"192.0.2.66/32","cause":"trap","scan_kind":null,"distinct_ports":null,"protocol":"tcp","port":23,"added_at":"2027-01-15T08:00:00Z","expires_at":"2027-01-15T08:15:00Z","remaining_secs":900}"#
+        );
+    }
 
     #[test]
     fn store_adds_replaces_removes_and_prunes() {

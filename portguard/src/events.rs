@@ -595,7 +595,11 @@ mod tests {
         let record = decode(&raw, "eth0", &clock()).unwrap();
         assert_eq!(record.block_seconds, Some(900));
         assert_eq!(record.expires.as_deref(), Some("2027-01-15T08:15:00Z"));
-        assert!(record.json().contains(r#""block_secs":900,"expires_at":"2027-01-15T08:15:00Z""#), "{}", record.json());
+        assert!(
+            record.json().contains(r#""block_secs":900,"expires_at":"2027-01-15T08:15:00Z""#),
+            "{}",
+            record.json()
+        );
         assert!(
             record.human().ends_with("BLOCK   203.0.113.7 blocked for 15m (syn scan of 20 ports)"),
             "{}",

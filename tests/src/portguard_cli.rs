@@ -49,8 +49,8 @@ pub struct Attached {
     pub iface: String,
     pub netns: String,
     _policy: Option<NamedTempFile>,
-    /// What `attach` printed before it reported running (on stdout, or on stderr with
-    /// `--json`).
+    /// What `attach` printed before it reported running, stdout and stderr (with `--json`
+    /// the banner is on stderr).
     pub banner: String,
     /// The lines of `banner` that came on stdout (none with `--json`: stdout is JSON only).
     pub banner_on_stdout: Vec<String>,

@@ -55,7 +55,10 @@ pub fn assert_valid(name: &str, value: &Value) {
     let mut errors: Vec<String> =
         validator.iter_errors(value).map(|e| format!("{e} at {}", e.instance_path)).collect();
     errors.extend(vocabulary_breaches(value));
-    assert!(errors.is_empty(), "{name} --json breaks docs/schemas/{name}.schema.json: {errors:#?}\nin {value:#}");
+    assert!(
+        errors.is_empty(),
+        "{name} --json breaks docs/schemas/{name}.schema.json: {errors:#?}\nin {value:#}"
+    );
 }
 
 /// Where `value` breaks the naming rules, whatever its schema says: keys are snake_case, a

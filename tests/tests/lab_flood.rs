@@ -68,7 +68,7 @@ fn counter(stats: &Value, name: &str) -> u64 {
     stats[name].as_u64().unwrap_or_else(|| panic!("stats has no {name}: {stats}"))
 }
 
-/// Sources automatically blocked now, with their cause.
+/// Networks blocked automatically now (a /32 for an address), with their cause.
 fn auto_blocks(stats: &Value) -> Vec<(String, String)> {
     stats["auto_blocks"]
         .as_array()
@@ -83,8 +83,9 @@ fn auto_blocks(stats: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn has_block(stats: &Value, source: &str, cause: &str) -> bool {
-    auto_blocks(stats).iter().any(|(s, c)| s == source && c == cause)
+/// Whether the IPv4 address `source` is blocked automatically for `cause`.
+fn has_block(stats: &Value, source: std::net::Ipv4Addr, cause: &str) -> bool {
+    auto_blocks(stats).iter().any(|(network, c)| *network == format!("{source}/32") && c == cause)
 }
 
 /// Starts a spoofed-source flood from the client's end of the wire towards the server's.
@@ -165,7 +166,7 @@ fn nmap_syn_scan_is_blocked_during_a_spoofed_flood() {
             "the scanner had {refused} ports refused before the one that got it blocked: {stats}"
         );
         assert!(applied(&stats, "auto_block") > 0, "later probes are dropped as blocked: {stats}");
-        assert!(has_block(&stats, &CLIENT_V4.to_string(), "scan"), "{stats}");
+        assert!(has_block(&stats, CLIENT_V4, "scan"), "{stats}");
         eprintln!(
             "flood: {} frames in {:.1} s sent, {flood_frames} refused during the scan; scanner: {distinct} ports reported, {refused} refused; stats {}",
             blast.frames, blast.seconds, stats["observations"]
@@ -419,7 +420,7 @@ fn a_scanner_is_blocked_during_a_spoofed_flood_to_a_trap_port() {
             .expect("the scan is detected");
         let stats = pg.stats();
         assert!(
-            has_block(&stats, &CLIENT_V4.to_string(), "scan"),
+            has_block(&stats, CLIENT_V4, "scan"),
             "reported as {} but not blocked: {}",
             scan["action"],
             stats["observations"]

@@ -24,8 +24,9 @@ use serde_json::Value;
 fn json_lines(text: &str, what: &str) -> Vec<Value> {
     text.lines()
         .map(|line| {
-            serde_json::from_str(line)
-                .unwrap_or_else(|error| panic!("{what}: a line on stdout that is not JSON ({error}): {line:?}"))
+            serde_json::from_str(line).unwrap_or_else(|error| {
+                panic!("{what}: a line on stdout that is not JSON ({error}): {line:?}")
+            })
         })
         .collect()
 }
@@ -168,7 +169,8 @@ block_for = "15m"
 #[test]
 fn check_says_the_policy_back_in_its_own_words() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("list.txt"), "198.51.100.0/25\n2001:db8:bad::/48\nnot an address\n").unwrap();
+    std::fs::write(dir.path().join("list.txt"), "198.51.100.0/25\n2001:db8:bad::/48\nnot an address\n")
+        .unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, CHECKED).unwrap();
     let output = std::process::Command::new(binary())
@@ -244,7 +246,8 @@ action = "block"
 
 /// A command run until it ends, or stopped with SIGTERM after `limit`.
 fn run_for(mut command: std::process::Command, limit: Duration) -> std::process::Output {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting a command");
+    let mut child =
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting a command");
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline && child.try_wait().expect("waiting").is_none() {
         std::thread::sleep(Duration::from_millis(20));
@@ -299,14 +302,31 @@ fn every_json_output_on_a_lab_attachment_matches_its_schema() {
     .unwrap();
     let iface = lab.server_if.clone();
     // The banner is for people: on stderr, none of it on stdout.
-    assert!(pg.banner_on_stdout.is_empty(), "attach --json printed prose on stdout: {:?}", pg.banner_on_stdout);
-    assert!(pg.banner.contains("portguard: attached to") && pg.banner.contains("rolls back in"), "{}", pg.banner);
+    assert!(
+        pg.banner_on_stdout.is_empty(),
+        "attach --json printed prose on stdout: {:?}",
+        pg.banner_on_stdout
+    );
+    assert!(
+        pg.banner.contains("portguard: attached to") && pg.banner.contains("rolls back in"),
+        "{}",
+        pg.banner
+    );
 
     let at = |port: u16| SocketAddr::new(SERVER_V4.into(), port);
     assert!(!tcp_connects(&lab.client, Some(CLIENT_V4.into()), at(23)), "default deny");
     assert!(!tcp_connects(&lab.client, Some(BLOCKED_V4.into()), at(80)), "blocklist");
     assert!(!tcp_connects(&lab.client, Some(SCANNER_V4.into()), at(2323)), "trap port");
-    ok(pg.run(&["block", &INTRUDER_V4.to_string(), "--for", "1h", "--reason", "json \"vocabulary\"", "--iface", &iface]));
+    ok(pg.run(&[
+        "block",
+        &INTRUDER_V4.to_string(),
+        "--for",
+        "1h",
+        "--reason",
+        "json \"vocabulary\"",
+        "--iface",
+        &iface,
+    ]));
     ok(pg.run(&["block", "2001:db8:dead::/48"]));
     for (event, source) in [
         ("drop", CLIENT_V4.to_string()),
@@ -323,9 +343,20 @@ fn every_json_output_on_a_lab_attachment_matches_its_schema() {
     schemas::assert_valid("stats", &stats);
     let trap = &stats["auto_blocks"][0];
     assert_eq!(trap["network"], format!("{SCANNER_V4}/32"), "{stats}");
-    assert_eq!((trap["cause"].as_str(), trap["protocol"].as_str(), trap["port"].as_u64()), (Some("trap"), Some("tcp"), Some(2323)));
-    assert!(stats["top_dropped_ports"].as_array().unwrap().iter().any(|p| p["protocol"] == "tcp" && p["port"] == 23), "{stats}");
-    let watched = run_for(pg.command(&["stats", &iface, "--json", "--watch", "0.3"]), Duration::from_millis(1500));
+    assert_eq!(
+        (trap["cause"].as_str(), trap["protocol"].as_str(), trap["port"].as_u64()),
+        (Some("trap"), Some("tcp"), Some(2323))
+    );
+    assert!(
+        stats["top_dropped_ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["protocol"] == "tcp" && p["port"] == 23),
+        "{stats}"
+    );
+    let watched =
+        run_for(pg.command(&["stats", &iface, "--json", "--watch", "0.3"]), Duration::from_millis(1500));
     let rounds = json_lines(&String::from_utf8_lossy(&watched.stdout), "stats --json --watch");
     assert!(rounds.len() >= 2, "{rounds:#?}");
     for round in &rounds {
@@ -359,11 +390,21 @@ fn every_json_output_on_a_lab_attachment_matches_its_schema() {
     let manual = row("manual", &|r| r["network"] == format!("{INTRUDER_V4}/32"));
     assert_eq!(manual["reason"], "json \"vocabulary\"");
     assert!((3500..=3600).contains(&manual["remaining_secs"].as_u64().unwrap()), "{manual}");
-    assert_eq!((&manual["every_interface"], &manual["interfaces"]), (&Value::Bool(false), &serde_json::json!([iface])));
+    assert_eq!(
+        (&manual["every_interface"], &manual["interfaces"]),
+        (&Value::Bool(false), &serde_json::json!([iface]))
+    );
     let everywhere = row("manual", &|r| r["network"] == "2001:db8:dead::/48");
-    assert_eq!((&everywhere["every_interface"], &everywhere["remaining_secs"], &everywhere["expires_at"]), (&Value::Bool(true), &Value::Null, &Value::Null));
+    assert_eq!(
+        (&everywhere["every_interface"], &everywhere["remaining_secs"], &everywhere["expires_at"]),
+        (&Value::Bool(true), &Value::Null, &Value::Null)
+    );
     let automatic = row("automatic", &|r| r["network"] == format!("{SCANNER_V4}/32"));
-    assert_eq!((automatic["cause"].as_str(), automatic["port"].as_u64()), (Some("trap"), Some(2323)), "{automatic}");
+    assert_eq!(
+        (automatic["cause"].as_str(), automatic["port"].as_u64()),
+        (Some("trap"), Some(2323)),
+        "{automatic}"
+    );
 
     // doctor on the attachment.
     let output = pg.run(&["doctor", "--json", "--iface", &iface]);
@@ -372,7 +413,12 @@ fn every_json_output_on_a_lab_attachment_matches_its_schema() {
     schemas::assert_valid("doctor", &report);
 
     // events --json from another terminal: JSON lines only.
-    let mut follower = pg.command(&["events", &iface, "--json"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut follower = pg
+        .command(&["events", &iface, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (followed, notes) = (lines(follower.stdout.take().unwrap()), lines(follower.stderr.take().unwrap()));
     let note = notes.recv_timeout(Duration::from_secs(10));
     assert!(note.as_deref().is_ok_and(|n| n.starts_with("following the events")), "{note:?}");

@@ -182,7 +182,9 @@ pub fn run(options: Options) -> Result<ExitCode> {
     say(&format!("policy {}: {}", options.policy.display(), policy.summary()));
     say(&format!("pins under {}; counters: `portguard stats {iface}`", pin_dir.display()));
     if options.pin {
-        say(&format!("--pin: enforcement stays when this loader exits; `portguard detach {iface}` removes it"));
+        say(&format!(
+            "--pin: enforcement stays when this loader exits; `portguard detach {iface}` removes it"
+        ));
     }
     if let Some(within) = options.confirm_within {
         let rollback = match previous_policy {

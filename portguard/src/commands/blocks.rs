@@ -10,8 +10,7 @@ use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
 use portguard::{
     blocks::{self, BlockStore, ManualEntry, active_blocks},
-    durations,
-    inform,
+    durations, inform,
     links::Inspection,
     maps::open_pinned,
     netns::Netns,

@@ -10,8 +10,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use portguard::{
-    durations,
     blocks::{ActiveBlock, active_blocks},
+    durations,
     maps::{Counters, PinnedMaps, PortCount, top_ports},
     output::{self, Tone, count, group, noun, paint},
     system,
