@@ -88,6 +88,10 @@ pub const SAMPLE_PORTS: usize = 8;
 /// `Event::flags` of a scan: a block follows (the policy blocks scanners and the source is
 /// not exempt).
 pub const EVENT_FLAG_BLOCKING: u8 = 1;
+/// `Event::flags` of any event: the program that sent it only monitors (`mode = "monitor"`),
+/// so what it reports as dropped or blocked was counted, not dropped. Set by the program
+/// itself, so an event raised just before a reload still says which mode judged it.
+pub const EVENT_FLAG_MONITOR: u8 = 1 << 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -110,7 +110,7 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
             ..Default::default()
         };
         let subject = Subject { src: &key.addr, ..*subject };
-        events::emit(EventKind::BlockExpired, &subject, &details);
+        events::emit(EventKind::BlockExpired, &subject, &details, cfg);
     }
     0
 }

@@ -2,8 +2,10 @@
 //! event is counted in `OBS_EVENTS_LOST`, which the reader reports.
 
 use portguard_common::{
+    Config,
+    config::FLAG_MONITOR,
     counters::OBS_EVENTS_LOST,
-    events::{Event, EventKind},
+    events::{EVENT_FLAG_MONITOR, Event, EventKind},
 };
 
 pub use crate::types::{Details, Subject};
@@ -25,9 +27,11 @@ pub fn draft() -> Option<&'static mut Details> {
     Some(unsafe { &mut *details })
 }
 
-/// A BPF-to-BPF call: emitted from several places, verified and stored once each.
+/// A BPF-to-BPF call: emitted from several places, verified and stored once each. Every event
+/// says whether the program that sent it only monitors (`cfg` is read-only: the verifier
+/// keeps one of the two branches).
 #[inline(never)]
-pub fn emit(kind: EventKind, subject: &Subject, details: &Details) {
+pub fn emit(kind: EventKind, subject: &Subject, details: &Details, cfg: &Config) {
     let Some(mut entry) = PG_EVENTS.reserve::<Event>(0) else {
         counters::add(OBS_EVENTS_LOST, 0);
         return;
@@ -51,7 +55,7 @@ pub fn emit(kind: EventKind, subject: &Subject, details: &Details) {
         (*event).tcp_flags = subject.tcp_flags;
         (*event).samples = details.samples;
         (*event).prefix_len = details.prefix_len;
-        (*event).flags = details.flags;
+        (*event).flags = details.flags | if cfg.has(FLAG_MONITOR) { EVENT_FLAG_MONITOR } else { 0 };
         (*event).sample_ports = details.sample_ports;
     }
     entry.submit(0);

@@ -55,7 +55,7 @@ pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
     let verdict = verdict::opaque(verdict::judge(data, end, ifindex, cfg));
     let enforced = counters::count(&verdict, cfg, end - data);
     if verdict.is_drop() && verdict.report != 0 && events::drop_event_allowed() {
-        verdict::report_drop(&verdict, ifindex);
+        verdict::report_drop(&verdict, ifindex, cfg);
     }
     if enforced { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }

@@ -294,7 +294,7 @@ pub fn report(cfg: &Config, subject: &Subject, outcome: u32) -> u32 {
         details.sample_ports[i] = state.exact_ports[i];
     }
     details.prefix_len = prefix_len;
-    events::emit(EventKind::ScanDetected, &subject, details);
+    events::emit(EventKind::ScanDetected, &subject, details, cfg);
     if !will_block {
         return 0;
     }
@@ -305,7 +305,7 @@ pub fn report(cfg: &Config, subject: &Subject, outcome: u32) -> u32 {
     }
     counters::add(OBS_SCAN_BLOCKS, 0);
     details.expires_ns = expires_ns;
-    events::emit(EventKind::AutoBlocked, &subject, details);
+    events::emit(EventKind::AutoBlocked, &subject, details, cfg);
     BLOCKED_NOW
 }
 

@@ -114,10 +114,10 @@ fn subject_of(packet: &Packet, ifindex: u32) -> Subject<'_> {
 /// A drop event for the verdict just counted (the caller spent a token for it). A call of
 /// its own: it runs a few times a second, not per packet.
 #[inline(never)]
-pub fn report_drop(verdict: &Verdict, ifindex: u32) {
+pub fn report_drop(verdict: &Verdict, ifindex: u32, cfg: &Config) {
     let Some(packet) = packet() else { return };
     let details = Details { reason: verdict.reason, ..Default::default() };
-    events::emit(EventKind::Drop, &subject_of(packet, ifindex), &details);
+    events::emit(EventKind::Drop, &subject_of(packet, ifindex), &details, cfg);
 }
 
 #[inline(always)]
@@ -243,7 +243,7 @@ fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
     details.prefix_len = prefix_len;
     if blocks::exempt(cfg, &packet.src) {
         if events::drop_event_allowed() {
-            events::emit(EventKind::TrapHit, subject, details);
+            events::emit(EventKind::TrapHit, subject, details, cfg);
         }
         return false;
     }
@@ -257,8 +257,8 @@ fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
     }
     counters::add(OBS_TRAP_BLOCKS, 0);
     details.expires_ns = expires_ns;
-    events::emit(EventKind::TrapHit, subject, details);
-    events::emit(EventKind::AutoBlocked, &Subject { src: &key.addr, ..*subject }, details);
+    events::emit(EventKind::TrapHit, subject, details, cfg);
+    events::emit(EventKind::AutoBlocked, &Subject { src: &key.addr, ..*subject }, details, cfg);
     true
 }
 

@@ -1,6 +1,6 @@
 //! Manual blocks (`portguard block`): kept in `/var/lib/portguard/blocks.json` so they survive
 //! loader restarts and reboots, and mirrored into each attachment's `PG_MANUAL` map, where the
-//! next packet sees them.
+//! next packet sees them. Also the automatic blocks in force, as `stats` and `blocks` list them.
 
 use std::{
     collections::BTreeMap,

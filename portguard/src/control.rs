@@ -1,6 +1,8 @@
 //! The loader's control socket, `/run/portguard/IFACE.sock` (root only): one JSON request
 //! per connection. `events` streams events (one JSON object per line) until the client goes;
-//! `reload` swaps in a policy and answers once.
+//! `reload` swaps in a policy and answers once; `audit` hands the loader a change another
+//! command made (a block, an unblock, a confirmation), which it publishes as an event. The
+//! loader takes the user id of each request from the socket's peer credentials.
 
 use std::path::PathBuf;
 
@@ -11,13 +13,28 @@ use tokio::{
     net::UnixStream,
 };
 
-use crate::paths;
+use crate::{
+    events::{Actor, EventRecord, EventType},
+    paths,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Events,
     Reload(ReloadRequest),
+    Audit(AuditRequest),
+}
+
+/// A change made by another command, for the loader to publish.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditRequest {
+    pub record: Box<EventRecord>,
+}
+
+impl AuditRequest {
+    /// The events other commands may hand in: the loader makes the others itself.
+    pub const TYPES: [EventType; 3] = [EventType::Blocked, EventType::Unblocked, EventType::Confirmed];
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -41,6 +58,15 @@ pub struct ReloadRequest {
     /// The SSH session of whoever asked (the loader's own environment says nothing about it).
     #[serde(default)]
     pub session: Option<crate::safety::Session>,
+    /// Who asked (the loader sets the user id from the socket's peer).
+    #[serde(default)]
+    pub actor: Option<Actor>,
+    /// How it was asked (`portguard reload`, `SIGHUP`), for the audit trail.
+    #[serde(default)]
+    pub via: Option<String>,
+    /// This reload undoes a change nobody confirmed: why. Published as `rolled_back`.
+    #[serde(default)]
+    pub rollback: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,5 +92,35 @@ pub async fn request(iface: &str, request: &Request) -> Result<Reply> {
     match lines.next_line().await? {
         Some(reply) => Ok(serde_json::from_str(&reply).context("a reply the loader should not send")?),
         None => bail!("the loader of {iface} closed the connection without answering"),
+    }
+}
+
+/// Hands the loader of each of `interfaces` that runs an audit record of what this command
+/// did (the loader prints it, sends it to the alert sinks and counts it). Best effort: the
+/// change is made either way, so a loader that cannot be reached is only warned about.
+pub fn tell_loaders(interfaces: &[String], record: &EventRecord) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return;
+    };
+    for iface in interfaces {
+        if !crate::state::loader_running(iface) {
+            continue;
+        }
+        let request = Request::Audit(AuditRequest {
+            record: Box::new(EventRecord { interface: iface.clone(), ..record.clone() }),
+        });
+        let told = runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(3), self::request(iface, &request)).await
+        });
+        match told {
+            Ok(Ok(reply)) if reply.ok => {}
+            Ok(Ok(reply)) => {
+                eprintln!("warning: the loader of {iface} did not record this: {}", reply.message)
+            }
+            Ok(Err(error)) => eprintln!("warning: the loader of {iface} did not record this: {error:#}"),
+            Err(_) => eprintln!(
+                "warning: the loader of {iface} did not answer within 3 s; this is not in its events"
+            ),
+        }
     }
 }

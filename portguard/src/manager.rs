@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     blocks::BlockStore,
+    events::Actor,
     files,
     links::Inspection,
     loader, paths,
@@ -206,8 +207,42 @@ pub fn restore_manual_blocks(iface: &str) -> Result<usize> {
     BlockStore::edit(&[iface.to_owned()], |store| Ok(store.for_iface(iface).count()))
 }
 
-/// Stops the loader of `iface` if it runs, detaches, removes every pin and the runtime state.
-pub fn detach(iface: &str) -> Result<()> {
+/// Why a loader is asked to detach, for its last event: written into the detach request file
+/// (root only) for the loader to read when it stops.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DetachRequest {
+    #[serde(default)]
+    pub actor: Option<Actor>,
+    /// `portguard detach`, or why a rollback detaches.
+    #[serde(default)]
+    pub reason: String,
+    /// A rollback of an attach nobody confirmed.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+impl DetachRequest {
+    /// `portguard detach`, run by whoever runs this process.
+    pub fn by_command() -> Self {
+        Self { actor: Some(Actor::of_this_process()), reason: "portguard detach".into(), rollback: false }
+    }
+
+    /// The request left for `iface`'s loader, taken (removed); `None` if there is none. One
+    /// that cannot be read (an older portguard wrote it empty) still asks for a detach.
+    pub fn take(iface: &str) -> Option<Self> {
+        let path = paths::detach_request(iface);
+        let text = files::read_text_capped(&path, files::STATE_FILE_MAX).ok()?;
+        std::fs::remove_file(&path).ok()?;
+        Some(
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| Self { reason: "portguard detach".into(), ..Self::default() }),
+        )
+    }
+}
+
+/// Stops the loader of `iface` if it runs (telling it why), detaches, removes every pin and
+/// the runtime state.
+pub fn detach(iface: &str, why: &DetachRequest) -> Result<()> {
     let pins = paths::owned_pin_dir(iface)?.exists();
     let running = loader_running(iface);
     if !pins && !running {
@@ -220,8 +255,8 @@ pub fn detach(iface: &str) -> Result<()> {
         // The record names the loader; without a readable one, the lock does.
         let pid = RunState::read(iface).map(|state| state.pid).or_else(|| lock_holder(iface));
         if let Some(pid) = pid {
-            // Told it is detaching for good, even if it was started with --pin.
-            let _ = std::fs::write(paths::detach_request(iface), b"");
+            // Told it is detaching for good, even if it was started with --pin, and why.
+            let _ = write_atomically(&paths::detach_request(iface), serde_json::to_string(why)?.as_bytes());
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
             while loader_running(iface) && Instant::now() < deadline {
@@ -262,6 +297,9 @@ pub struct Pending {
     pub token: String,
     /// Seconds since the Unix epoch.
     pub deadline: u64,
+    /// The time given to confirm, in seconds (0: unknown, written by an older portguard).
+    #[serde(default)]
+    pub within_secs: u64,
     #[serde(flatten)]
     pub rollback: Rollback,
 }
@@ -275,6 +313,14 @@ impl Pending {
     pub fn seconds_left(&self) -> u64 {
         self.deadline.saturating_sub(now_unix())
     }
+
+    /// Why a rollback happens: `not confirmed within 2m`.
+    pub fn rollback_reason(&self) -> String {
+        match self.within_secs {
+            0 => "not confirmed in time".into(),
+            secs => format!("not confirmed within {}", crate::durations::format_secs(secs)),
+        }
+    }
 }
 
 /// Arms a rollback of `iface` in `within` unless `portguard confirm` runs first. A separate
@@ -284,7 +330,7 @@ pub fn arm_rollback(iface: &str, within: Duration, rollback: Rollback) -> Result
     let token = format!("{}-{}", std::process::id(), now_unix());
     // `within` may come from a control socket request: no range is assumed.
     let deadline = now_unix().saturating_add(within.as_secs().max(1));
-    let pending = Pending { token: token.clone(), deadline, rollback };
+    let pending = Pending { token: token.clone(), deadline, within_secs: within.as_secs().max(1), rollback };
     write_atomically(&paths::pending_file(iface), serde_json::to_string(&pending)?.as_bytes())?;
     let exe = std::env::current_exe().context("finding the portguard binary")?;
     let mut command = std::process::Command::new(exe);
@@ -305,11 +351,18 @@ pub fn arm_rollback(iface: &str, within: Duration, rollback: Rollback) -> Result
     Ok(())
 }
 
-/// `portguard confirm`: keeps the pending change. Returns whether there was one.
-pub fn confirm(iface: &str) -> Result<bool> {
+/// `portguard confirm`: keeps the pending change. Returns it, or `None` if there was none.
+/// (One whose record cannot be read is still confirmed: then `rollback` says `Detach`.)
+pub fn confirm(iface: &str) -> Result<Option<Pending>> {
+    let pending = Pending::read(iface);
     match std::fs::remove_file(paths::pending_file(iface)) {
-        Ok(()) => Ok(true),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Ok(()) => Ok(Some(pending.unwrap_or(Pending {
+            token: String::new(),
+            deadline: 0,
+            within_secs: 0,
+            rollback: Rollback::Detach,
+        }))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error).context("removing the pending change"),
     }
 }
@@ -327,15 +380,16 @@ pub fn guard(iface: &str, token: &str) -> Result<()> {
         if now_unix() >= pending.deadline {
             let _ = std::fs::remove_file(paths::pending_file(iface));
             info!("{iface}: not confirmed in time, rolling back");
-            return roll_back(iface, pending.rollback);
+            let reason = pending.rollback_reason();
+            return roll_back(iface, pending.rollback, reason);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
+fn roll_back(iface: &str, rollback: Rollback, reason: String) -> Result<()> {
     match rollback {
-        Rollback::Detach => detach(iface),
+        Rollback::Detach => detach(iface, &DetachRequest { actor: None, reason, rollback: true }),
         Rollback::Restore { policy } => {
             let request = crate::control::ReloadRequest {
                 policy: Some(policy.path.clone()),
@@ -345,6 +399,9 @@ fn roll_back(iface: &str, rollback: Rollback) -> Result<()> {
                 // Back to what ran before: nobody is there to ask.
                 force: true,
                 session: None,
+                actor: None,
+                via: None,
+                rollback: Some(reason),
             };
             if loader_running(iface) {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -21,10 +21,10 @@ use prometheus::{Encoder as _, IntCounterVec, IntGaugeVec, Opts, Registry, TextE
 
 use crate::{
     blocks::active_blocks,
-    events::suppressed,
+    events::{EventType, suppressed},
     lock,
     maps::{PinnedMaps, open_pinned},
-    policy::{Policy, Proto},
+    policy::{Mode, Policy, Proto},
     state::RunState,
 };
 
@@ -33,6 +33,8 @@ use crate::{
 pub struct LoaderCounts {
     /// Scans detected, by kind (from the events the loader read).
     pub scans_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Every event the loader published, by type and the mode that judged it.
+    pub events: std::collections::BTreeMap<(EventType, Mode), u64>,
     pub alerts_delivered: std::collections::BTreeMap<String, u64>,
     pub alerts_failed: std::collections::BTreeMap<String, u64>,
     /// Alerts dropped before delivery (queue full or rate limit).
@@ -216,6 +218,17 @@ pub fn render(source: &Source) -> Result<String> {
         scans = scans.row(&[("kind", kind)], counts.scans_by_kind.get(kind).copied().unwrap_or(0));
     }
     scans.counter(&registry)?;
+    let mut events = Family::new(
+        "events",
+        "Events the loader published (kernel events, its own, the audit trail), by type and by the policy mode that judged them (monitor: what they call dropped or blocked was only counted).",
+        iface,
+    );
+    for ((event, mode), count) in &counts.events {
+        events = events.row(&[("event", event.name()), ("mode", mode.name())], *count);
+    }
+    if !counts.events.is_empty() {
+        events.counter(&registry)?;
+    }
     let slot = |index| counters.slot(index).packets;
     Family::new(
         "scans_detected_kernel",

@@ -144,3 +144,10 @@ pub fn enter_netns(name: &str) -> Result<()> {
         Err(error) => Err(error).with_context(|| format!("entering network namespace `{name}`")),
     }
 }
+
+/// This host's name (`uname -n`), read once: events and alerts carry it, so a receiver that
+/// hears from many hosts can tell them apart. `None` if the kernel will not say.
+pub fn host_name() -> Option<String> {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| nix::unistd::gethostname().ok().and_then(|name| name.into_string().ok())).clone()
+}

@@ -41,10 +41,34 @@ pub enum Behaviour {
     Hang,
 }
 
-/// A webhook receiver on 127.0.0.1 in a namespace: keeps every body it was posted.
+/// One request a `Receiver` was sent.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The request target: path and query.
+    pub target: String,
+    /// Header names lowercased, in the order sent.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    /// The value of header `name` (any case), if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The value of query parameter `name`, as sent (still URL-encoded).
+    pub fn query(&self, name: &str) -> Option<&str> {
+        let (_, query) = self.target.split_once('?')?;
+        query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// A webhook receiver on 127.0.0.1 in a namespace: keeps every request it was posted.
 pub struct Receiver {
     pub address: SocketAddr,
-    bodies: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -55,11 +79,11 @@ const LIFETIME: Duration = Duration::from_secs(120);
 impl Receiver {
     pub fn start(netns: &Netns, port: u16, behaviour: Behaviour) -> Self {
         let address: SocketAddr = ([127, 0, 0, 1], port).into();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
-            let (bodies, stop) = (bodies.clone(), stop.clone());
+            let (requests, stop) = (requests.clone(), stop.clone());
             netns.spawn(move || {
                 let listener = TcpListener::bind(address).expect("binding the webhook receiver");
                 listener.set_nonblocking(true).unwrap();
@@ -72,8 +96,8 @@ impl Receiver {
                         Ok((stream, _)) => {
                             stream.set_nonblocking(false).unwrap();
                             stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                            if let Ok(body) = read_request(&stream) {
-                                bodies.lock().unwrap().push(body);
+                            if let Ok(request) = read_request(&stream) {
+                                requests.lock().unwrap().push(request);
                             }
                             match behaviour {
                                 Behaviour::Accept => {
@@ -90,7 +114,7 @@ impl Receiver {
             })
         };
         ready_rx.recv_timeout(Duration::from_secs(10)).expect("the webhook receiver did not start");
-        Self { address, bodies, stop, thread: Some(thread) }
+        Self { address, requests, stop, thread: Some(thread) }
     }
 
     pub fn url(&self) -> String {
@@ -99,7 +123,24 @@ impl Receiver {
 
     /// The bodies received so far.
     pub fn bodies(&self) -> Vec<String> {
-        self.bodies.lock().unwrap().clone()
+        self.requests().into_iter().map(|r| r.body).collect()
+    }
+
+    /// The requests received so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits up to `wait` until `done` holds for the requests received; returns them.
+    pub fn wait_for_requests(&self, wait: Duration, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let requests = self.requests();
+            if done(&requests) || Instant::now() >= deadline {
+                return requests;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits up to `wait` until `done` holds for the bodies received; returns them.
@@ -124,11 +165,14 @@ impl Drop for Receiver {
     }
 }
 
-/// Reads one request: headers, then `Content-Length` bytes of body.
-fn read_request(stream: &TcpStream) -> Result<String> {
+/// Reads one request: the request line, headers, then `Content-Length` bytes of body.
+fn read_request(stream: &TcpStream) -> Result<Received> {
     let mut reader = BufReader::new(stream);
     let mut length = 0usize;
     let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let target = line.split_whitespace().nth(1).context("no request target")?.to_owned();
+    let mut headers = Vec::new();
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -142,11 +186,12 @@ fn read_request(stream: &TcpStream) -> Result<String> {
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse()?;
             }
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
     }
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
-    Ok(String::from_utf8(body)?)
+    Ok(Received { target, headers, body: String::from_utf8(body)? })
 }
 
 /// One sample of a text exposition: name, labels, value.

@@ -201,9 +201,53 @@ impl Attached {
         command
     }
 
+    /// `portguard events IFACE EXTRA...` beside this attachment (as from another terminal),
+    /// once it follows the loader.
+    pub fn follow_events(&self, extra: &[&str]) -> Result<Follower> {
+        let mut child = self
+            .command(&["events", &self.iface])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting portguard events")?;
+        let lines = lines_of(child.stdout.take().context("stdout")?);
+        let notes = lines_of(child.stderr.take().context("stderr")?);
+        let mut follower = Follower { child, lines, output: Vec::new() };
+        match notes.recv_timeout(Duration::from_secs(10)) {
+            Ok(note) if note.starts_with("following the events") => {
+                // Connected and asked; give the loader a moment to subscribe.
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(follower)
+            }
+            other => {
+                follower.stop();
+                bail!("portguard events did not start following: {other:?}")
+            }
+        }
+    }
+
     /// The loader's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Waits up to `timeout` for the loader to exit by itself (a rollback, a detach from
+    /// elsewhere): its exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                // Reaped: nothing is left to stop (and its pid may be another process's soon).
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether the loader process still runs.
@@ -300,6 +344,50 @@ fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String>
         }
     });
     rx
+}
+
+/// A `portguard events` process following an attachment; killed on drop.
+pub struct Follower {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// What it printed so far (taken by `collect`).
+    pub output: Vec<String>,
+}
+
+impl Follower {
+    /// Takes what it printed since the last call, waiting up to `wait` for more.
+    pub fn collect(&mut self, wait: Duration) -> &[String] {
+        let deadline = Instant::now() + wait;
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.output.push(line);
+        }
+        &self.output
+    }
+
+    /// Waits up to `timeout` until a printed line satisfies `wanted`.
+    pub fn wait_for(&mut self, timeout: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.output.iter().find(|l| wanted(l)) {
+                return Some(line.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.collect(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A web host's policy: SSH and HTTP open, the rest closed (the operations labs' policy).

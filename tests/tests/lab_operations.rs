@@ -476,8 +476,8 @@ fn unconfirmed_changes_roll_back_by_themselves() {
     let _servers = Servers::start(&lab.server, &[80, 8080], &[]);
     let pin_dir = portguard_tests::portguard_cli::pin_dir(&lab.server, &lab.server_if);
 
-    // An attach nobody confirms goes away.
-    let pg = Attached::start(&lab.server, &lab.server_if, WEB, &["--confirm-within", "3s"]).unwrap();
+    // An attach nobody confirms goes away, says so, and exits with its own code.
+    let mut pg = Attached::start(&lab.server, &lab.server_if, WEB, &["--confirm-within", "3s"]).unwrap();
     assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)));
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&pin_dir).exists() && Instant::now() < deadline {
@@ -485,6 +485,13 @@ fn unconfirmed_changes_roll_back_by_themselves() {
     }
     assert!(!std::path::Path::new(&pin_dir).exists(), "rolled back: detached");
     assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)));
+    let status = pg.wait_exit(Duration::from_secs(15)).expect("the rolled-back loader exits");
+    assert_eq!(status.code(), Some(i32::from(portguard::exit::Exit::RolledBack.code())), "{status:?}");
+    let printed = pg.collect(Duration::from_millis(200)).join("\n");
+    assert!(
+        printed.contains(&format!("{} ROLLBACK not confirmed within 3s: detached", lab.server_if)),
+        "{printed}"
+    );
     drop(pg);
 
     // A confirmed attach stays.
@@ -512,4 +519,15 @@ fn unconfirmed_changes_roll_back_by_themselves() {
         "rolled back to the old policy"
     );
     assert!(tcp_connects(&lab.client, None, web(false)));
+    // The loader says so in a line of its own, with what the rollback undid, and keeps running.
+    let mut pg = pg;
+    let printed = pg.collect(Duration::from_millis(500)).join("\n");
+    let rollback = printed.lines().find(|l| l.contains(" ROLLBACK ")).unwrap_or_else(|| panic!("{printed}"));
+    assert!(
+        rollback.contains("not confirmed within 3s: back to the previous policy, generation 3")
+            && rollback.contains("+allow tcp 22,80")
+            && rollback.contains("-allow tcp 22,80,8080"),
+        "{rollback}"
+    );
+    assert!(pg.is_running(), "a rolled-back reload leaves the loader running");
 }

@@ -355,7 +355,9 @@ fn a_real_scan_reaches_the_webhook_and_the_program() {
     let mut pg =
         Attached::start(&lab.server, &lab.server_if, &alert_policy(&sinks), &["--json", "--metrics"])
             .unwrap();
-    assert!(pg.banner.contains(&format!("alerts: POST {}", receiver.url())), "{}", pg.banner);
+    // Where alerts go, without the path (a chat service's URL holds its token).
+    let shown = format!("alerts: POST http://{}/… (json format)", receiver.address);
+    assert!(pg.banner.contains(&shown), "{}", pg.banner);
 
     lab.nmap(&["-sS"]);
     pg.wait_for_event(Duration::from_secs(5), |e| e["event"] == "auto_blocked").expect("auto_blocked event");
@@ -477,6 +479,390 @@ fn a_hung_receiver_stalls_nothing_and_failures_are_counted() {
     assert_eq!(receiver.bodies().len(), 4);
     let (_, stderr) = pg.stop();
     assert!(stderr.contains("alert to webhook failed"), "{stderr}");
+}
+
+/// Samples of `name` whose labels include `labels` (none is 0).
+fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .map(|s| s.value as u64)
+        .sum()
+}
+
+#[test]
+fn monitor_mode_is_visible_in_events_alerts_and_metrics() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let services = Servers::start(&lab.server, &[80, 8081], &[]);
+    let receiver = Receiver::start(&lab.server, 8099, Behaviour::Accept);
+    let policy = alert_policy(&format!("webhook = \"{}\"\n", receiver.url()))
+        .replace("mode = \"enforce\"", "mode = \"monitor\"");
+    let mut pg = Attached::start(&lab.server, &lab.server_if, &policy, &["--json", "--metrics"]).unwrap();
+    let mut follower = pg.follow_events(&[]).unwrap();
+
+    // Denied by default, and a trap port: nothing is dropped, and nothing may say it was.
+    let server = |port| SocketAddr::new(SERVER_V4.into(), port);
+    assert!(tcp_connects(&lab.client, None, server(8081)), "monitor mode drops nothing");
+    assert!(!tcp_connects(&lab.client, Some(SCANNER_V4.into()), server(2323)), "no server on the trap port");
+    assert!(
+        tcp_connects(&lab.client, Some(SCANNER_V4.into()), server(80)),
+        "the trapped source still passes"
+    );
+    assert!(services.accepted(8081) >= 1);
+
+    // `attach --json`: the same event types, marked.
+    let drop = pg
+        .wait_for_event(Duration::from_secs(5), |e| e["event"] == "drop" && e["destination_port"] == 8081)
+        .expect("a drop event");
+    assert_eq!(drop["mode"], "monitor", "{drop}");
+    assert_eq!(drop["reason"], "default_deny");
+    let blocked = pg
+        .wait_for_event(Duration::from_secs(5), |e| e["event"] == "auto_blocked")
+        .expect("an auto_blocked event");
+    assert_eq!(blocked["mode"], "monitor", "{blocked}");
+
+    // `events`, for people: never a bare DROP or BLOCK.
+    let line = follower
+        .wait_for(Duration::from_secs(5), |l| l.contains(":8081 "))
+        .unwrap_or_else(|| panic!("{:?}", follower.output));
+    assert!(
+        line.contains(" WOULD-DROP ")
+            && line.contains("would be dropped (monitor mode: passed): default_deny"),
+        "{line}"
+    );
+    let line = follower
+        .wait_for(Duration::from_secs(5), |l| l.contains(" WOULD-BLOCK "))
+        .unwrap_or_else(|| panic!("{:?}", follower.output));
+    assert!(line.contains("would be blocked (monitor mode: counted, not dropped)"), "{line}");
+    assert!(
+        follower.output.iter().all(|l| !l.contains(" DROP ") && !l.contains(" BLOCK ")),
+        "{:?}",
+        follower.output
+    );
+
+    // The alert sinks get the mark too.
+    let bodies =
+        receiver.wait_for(Duration::from_secs(10), |b| b.iter().any(|b| b.contains("\"auto_blocked\"")));
+    let alerts: Vec<Value> = bodies.iter().map(|b| serde_json::from_str(b).unwrap()).collect();
+    let trap = alerts.iter().find(|a| a["event"] == "trap_hit").unwrap_or_else(|| panic!("{alerts:?}"));
+    assert_eq!(trap["mode"], "monitor");
+    assert!(alerts.iter().filter(|a| a["event"] != "reloaded").all(|a| a["mode"] == "monitor"), "{alerts:?}");
+
+    // And the metrics: counted as monitored, never as enforced.
+    let (exposition, samples) = scrape(&pg, &lab);
+    let iface = lab.server_if.as_str();
+    assert!(
+        sum(
+            &samples,
+            "portguard_events_total",
+            &[("interface", iface), ("event", "drop"), ("mode", "monitor")]
+        ) >= 1,
+        "{exposition}"
+    );
+    assert_eq!(sum(&samples, "portguard_events_total", &[("event", "auto_blocked"), ("mode", "monitor")]), 1);
+    assert_eq!(sum(&samples, "portguard_events_total", &[("mode", "enforce")]), 0, "{exposition}");
+    assert!(
+        sum(&samples, "portguard_packets_total", &[("action", "would_drop"), ("reason", "default_deny")])
+            >= 1
+    );
+    promtool_lint(&exposition);
+}
+
+#[test]
+fn the_audit_trail_reaches_events_alerts_and_metrics() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _services = Servers::start(&lab.server, &[80, 8080], &[]);
+    let receiver = Receiver::start(&lab.server, 8099, Behaviour::Accept);
+    let policy = alert_policy(&format!("webhook = \"{}\"\n", receiver.url()));
+    let mut pg = Attached::start(&lab.server, &lab.server_if, &policy, &["--json", "--metrics"]).unwrap();
+    let mut follower = pg.follow_events(&[]).unwrap();
+    let iface = lab.server_if.clone();
+    let as_user = |pg: &Attached, user: &str, args: &[&str]| {
+        let output = pg.command(args).env("SUDO_USER", user).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+
+    as_user(&pg, "alice", &["block", "203.0.113.7", "--for", "1h", "--reason", "ssh brute force"]);
+    as_user(&pg, "alice", &["unblock", "203.0.113.7"]);
+    let dir = tempfile::tempdir().unwrap();
+    let wider = dir.path().join("wider.toml");
+    std::fs::write(&wider, policy.replace("ports = [80]", "ports = [80, 8080]")).unwrap();
+    as_user(&pg, "bob", &["reload", &iface, "--policy", wider.to_str().unwrap(), "--confirm-within", "5m"]);
+    as_user(&pg, "bob", &["confirm", &iface]);
+
+    // `attach --json` prints each, with who did it and what changed.
+    let event = |pg: &mut Attached, name: &str| {
+        let event = pg
+            .wait_for_event(Duration::from_secs(5), |e| e["event"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {:?}", pg.output));
+        portguard_tests::schemas::assert_valid("event", &event);
+        event
+    };
+    let blocked = event(&mut pg, "blocked");
+    assert_eq!(
+        (blocked["source"].as_str(), blocked["user"].as_str(), blocked["uid"].as_u64()),
+        (Some("203.0.113.7"), Some("alice"), Some(0))
+    );
+    assert_eq!(
+        (blocked["reason"].as_str(), blocked["block_secs"].as_u64()),
+        (Some("ssh brute force"), Some(3600))
+    );
+    assert!(blocked["host"].as_str().is_some_and(|h| !h.is_empty()), "{blocked}");
+    let unblocked = event(&mut pg, "unblocked");
+    assert_eq!(unblocked["reason"], "lifted 1 manual and 0 automatic blocks");
+    let reloaded = event(&mut pg, "reloaded");
+    assert_eq!((reloaded["generation"].as_u64(), reloaded["user"].as_str()), (Some(2), Some("bob")));
+    assert_eq!(reloaded["reason"], "portguard reload");
+    assert_eq!(reloaded["added"], serde_json::json!(["allow tcp 80,8080"]), "{reloaded}");
+    assert_eq!(reloaded["removed"], serde_json::json!(["allow tcp 80"]), "{reloaded}");
+    assert!(reloaded["rollback_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{reloaded}");
+    let confirmed = event(&mut pg, "confirmed");
+    assert_eq!(confirmed["reason"], "the reload to generation 2 stays");
+
+    // `events` shows them to people.
+    for wanted in [
+        "MANUAL-BLOCK 203.0.113.7 blocked for 1h by alice (uid 0): ssh brute force",
+        "MANUAL-UNBLOCK 203.0.113.7 unblocked by alice (uid 0)",
+        "RELOAD  generation 2 (",
+        "by bob (uid 0) via portguard reload: +allow tcp 80,8080; -allow tcp 80",
+        "CONFIRM the reload to generation 2 stays by bob (uid 0)",
+    ] {
+        assert!(
+            follower.wait_for(Duration::from_secs(5), |l| l.contains(wanted)).is_some(),
+            "{wanted:?} not in {:#?}",
+            follower.output
+        );
+    }
+
+    // Counted.
+    let (_, samples) = scrape(&pg, &lab);
+    for name in ["blocked", "unblocked", "reloaded", "confirmed"] {
+        assert_eq!(
+            sum(
+                &samples,
+                "portguard_events_total",
+                &[("interface", &iface), ("event", name), ("mode", "enforce")]
+            ),
+            1,
+            "{name}"
+        );
+    }
+
+    // A detach is the last event, printed by the loader, followed and delivered before it exits.
+    as_user(&pg, "carol", &["detach", &iface]);
+    let status = pg.wait_exit(Duration::from_secs(20)).expect("the loader exits");
+    assert!(status.success(), "{status:?}");
+    let detached = pg
+        .events(Duration::from_millis(200))
+        .into_iter()
+        .find(|e| e["event"] == "detached")
+        .unwrap_or_else(|| panic!("{:?}", pg.output));
+    assert_eq!(
+        (detached["user"].as_str(), detached["reason"].as_str()),
+        (Some("carol"), Some("portguard detach"))
+    );
+    assert!(
+        follower
+            .wait_for(Duration::from_secs(5), |l| l.contains("DETACH  portguard detach by carol (uid 0)"))
+            .is_some(),
+        "{:#?}",
+        follower.output
+    );
+
+    // The sinks got the whole trail (by default, the audit events go with the alerts).
+    let bodies = receiver.wait_for(Duration::from_secs(5), |b| b.len() >= 5);
+    let received: Vec<String> = bodies
+        .iter()
+        .map(|b| serde_json::from_str::<Value>(b).unwrap()["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(received, ["blocked", "unblocked", "reloaded", "confirmed", "detached"]);
+}
+
+/// The key a test webhook is signed with.
+const HOOK_KEY: &str = "0123456789abcdef-test-key";
+
+/// `openssl dgst -sha256 -hmac KEY`, hex: what a receiver runs to check a signature (as the
+/// README shows), independent of portguard's own code.
+fn openssl_hmac_hex(data: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", HOOK_KEY, "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl is needed for this test");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+/// The same, Base64 (DingTalk's signature).
+fn openssl_hmac_base64(data: &[u8]) -> String {
+    let hex = openssl_hmac_hex(data);
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let output = Command::new("sh")
+        .args(["-c", "base64 -w0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(&bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Checks one request against what its service accepts; returns the text people will read.
+fn check_shape(format: &str, request: &http::Received) -> String {
+    let body: Value =
+        serde_json::from_str(&request.body).unwrap_or_else(|e| panic!("{format}: {e}: {}", request.body));
+    match format {
+        "json" => {
+            assert!(
+                body["event"].is_string() && body["host"].is_string() && body["interface"].is_string(),
+                "{body}"
+            );
+            body.to_string()
+        }
+        "slack" => {
+            // An incoming webhook takes `text` (the notification) and Block Kit `blocks`.
+            let text = body["text"].as_str().unwrap_or_else(|| panic!("{body}"));
+            let blocks = body["blocks"].as_array().unwrap_or_else(|| panic!("{body}"));
+            assert_eq!(blocks[0]["type"], "section");
+            assert_eq!(blocks[0]["text"]["type"], "mrkdwn");
+            assert!(blocks[0]["text"]["text"].as_str().unwrap().len() <= 3000);
+            assert_eq!(blocks[1]["type"], "context");
+            assert!(blocks[1]["elements"][0]["text"].is_string());
+            text.to_owned()
+        }
+        "teams" => {
+            // A message with one Adaptive Card attachment (incoming webhooks and Workflows).
+            assert_eq!(body["type"], "message");
+            let attachment = &body["attachments"][0];
+            assert_eq!(attachment["contentType"], "application/vnd.microsoft.card.adaptive");
+            let card = &attachment["content"];
+            assert_eq!(card["type"], "AdaptiveCard");
+            assert_eq!(card["$schema"], "http://adaptivecards.io/schemas/adaptive-card.json");
+            assert!(card["version"].as_str().is_some_and(|v| v.starts_with("1.")));
+            let blocks = card["body"].as_array().unwrap();
+            assert!(
+                blocks.iter().all(|b| ["TextBlock", "FactSet"].contains(&b["type"].as_str().unwrap())),
+                "{body}"
+            );
+            assert!(blocks.iter().any(|b| {
+                b["type"] == "FactSet"
+                    && b["facts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|f| f["title"].is_string() && f["value"].is_string())
+            }));
+            let facts = blocks.iter().filter_map(|b| b["facts"].as_array()).flatten();
+            let texts = blocks.iter().filter_map(|b| b["text"].as_str());
+            texts.chain(facts.filter_map(|f| f["value"].as_str())).collect::<Vec<_>>().join("\n")
+        }
+        "dingtalk" | "wecom" => {
+            assert_eq!(body["msgtype"], "text", "{body}");
+            let content = body["text"]["content"].as_str().unwrap_or_else(|| panic!("{body}"));
+            // WeCom takes at most 2048 bytes of text.
+            assert!(content.len() <= 2048);
+            content.to_owned()
+        }
+        other => panic!("no shape for {other}"),
+    }
+}
+
+#[test]
+fn each_chat_service_gets_its_payload_signed() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let receiver = Receiver::start(&lab.server, 8099, Behaviour::Accept);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("hook.key");
+    std::fs::write(&key, format!("{HOOK_KEY}\n")).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = |format: &str| {
+        let url = if format == "dingtalk" {
+            format!("http://{}/robot/send?access_token=tok", receiver.address)
+        } else {
+            receiver.url()
+        };
+        alert_policy(&format!(
+            "webhook = \"{url}\"\nformat = \"{format}\"\nhmac_secret_file = \"{}\"\n[alerts.headers]\nX-Team = \"ops\"\n",
+            key.display()
+        ))
+    };
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, policy("json")).unwrap();
+    let checked = portguard(None, &["check", path.to_str().unwrap()]);
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let pg =
+        Attached::start_file(&lab.server, &lab.server_if, path.to_str().unwrap(), &["--json"], None).unwrap();
+    assert!(pg.banner.contains("(json format, signed)"), "{}", pg.banner);
+
+    for (n, format) in ["slack", "teams", "dingtalk", "wecom", "json"].into_iter().enumerate() {
+        // Each reload is announced in the new format, and so is the block after it.
+        std::fs::write(&path, policy(format)).unwrap();
+        let reload = pg.command(&["reload", &lab.server_if]).output().unwrap();
+        assert!(reload.status.success(), "{format}: {}", String::from_utf8_lossy(&reload.stderr));
+        let target = format!("203.0.113.{}", 10 + n);
+        let block =
+            pg.command(&["block", &target, "--for", "1m", "--reason", "<!channel> & test"]).output().unwrap();
+        assert!(block.status.success(), "{format}: {}", String::from_utf8_lossy(&block.stderr));
+
+        let requests = receiver.wait_for_requests(Duration::from_secs(10), |r| r.len() >= 2 * (n + 1));
+        assert_eq!(requests.len(), 2 * (n + 1), "{format}: {requests:#?}");
+        for request in &requests[2 * n..] {
+            assert_eq!(request.header("content-type"), Some("application/json"), "{format}");
+            assert_eq!(request.header("x-team"), Some("ops"), "{format}: custom header");
+            let expected = format!("sha256={}", openssl_hmac_hex(request.body.as_bytes()));
+            assert_eq!(
+                request.header("x-portguard-signature-256"),
+                Some(expected.as_str()),
+                "{format}: signature"
+            );
+            let text = check_shape(format, request);
+            assert!(text.contains(&lab.server_if), "{format}: {text}");
+            if format == "dingtalk" {
+                // DingTalk's own check: sign = Base64(HMAC-SHA256("timestamp\nkey")), URL-encoded.
+                assert_eq!(request.query("access_token"), Some("tok"));
+                let timestamp = request.query("timestamp").expect("timestamp");
+                let millis: u128 = timestamp.parse().unwrap();
+                let now =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+                assert!(now.abs_diff(millis) < 60_000, "{timestamp}");
+                let sign = openssl_hmac_base64(format!("{timestamp}\n{HOOK_KEY}").as_bytes())
+                    .replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D");
+                assert_eq!(request.query("sign"), Some(sign.as_str()));
+            }
+        }
+        let block_text = check_shape(format, &requests[2 * n + 1]);
+        assert!(block_text.contains(&target), "{format}: {block_text}");
+        if format == "slack" {
+            assert!(
+                block_text.contains("&lt;!channel&gt; &amp; test"),
+                "no @channel from a reason: {block_text}"
+            );
+        }
+    }
+
+    // A bad value is refused by `check` with its line, and by `reload`, which changes nothing.
+    std::fs::write(&path, policy("json").replace("format = \"json\"", "format = \"mattermost\"")).unwrap();
+    let checked = portguard(None, &["check", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(!checked.status.success());
+    assert!(stderr.contains(":22:10: error: format = \"mattermost\" is not one of"), "{stderr}");
+    let reload = pg.command(&["reload", &lab.server_if]).output().unwrap();
+    assert!(!reload.status.success());
 }
 
 /// `<!DOCTYPE html>` is the page's only DTD.

@@ -212,8 +212,12 @@ pub fn run(options: Options) -> Result<ExitCode> {
         None => None,
     };
     let sinks = Sinks::start(&policy.alerts, counts.clone());
-    if let Some(webhook) = &policy.alerts.webhook {
-        say(&format!("alerts: POST {webhook}"));
+    if let Some(webhook) = policy.alerts.webhook_shown() {
+        say(&format!(
+            "alerts: POST {webhook} ({} format{})",
+            policy.alerts.format,
+            if policy.alerts.hmac_secret.is_some() { ", signed" } else { "" }
+        ));
     }
     if let Some(program) = &policy.alerts.exec {
         say(&format!("alerts: run {program}"));
@@ -233,24 +237,24 @@ pub fn run(options: Options) -> Result<ExitCode> {
         grants: portguard::events::Grants::of(&policy),
         state,
         source,
+        policy: Arc::new(policy),
         strict: options.strict,
         output: Output { json: options.json },
     };
     let exit = serve::run(loader);
     let result = match exit {
-        Ok(Exit::Leave) => {
+        Ok((Exit::Leave, mut loader)) => {
+            loader.close_sinks();
             say(&format!(
                 "portguard: loader stopped; enforcement stays pinned on {iface} (`portguard detach {iface}` removes it)"
             ));
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Exit::Detach) => {
-            loader::detach(iface).context("detaching")?;
-            RunState::remove(iface);
-            let _ = std::fs::remove_file(paths::active_policy(iface));
-            let _ = std::fs::remove_file(paths::pending_file(iface));
+        Ok((Exit::Detached { rolled_back }, mut loader)) => {
+            loader.close_sinks();
             say(&format!("portguard: detached from {iface}"));
-            Ok(ExitCode::SUCCESS)
+            // An attach undone for want of a confirmation did not do what was asked.
+            Ok(if rolled_back { portguard::exit::Exit::RolledBack.into() } else { ExitCode::SUCCESS })
         }
         Err(error) => {
             let _ = loader::detach(iface);

@@ -10,7 +10,9 @@ use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
 use portguard::{
     blocks::{self, BlockStore, ManualEntry, active_blocks},
-    durations, inform,
+    control, durations,
+    events::{Actor, EventRecord, EventType},
+    inform,
     links::Inspection,
     maps::open_pinned,
     netns::Netns,
@@ -99,6 +101,14 @@ pub fn block(
             reason.as_deref().map(|r| format!(" ({})", portguard::printable(r))).unwrap_or_default()
         );
     }
+    audit(&interfaces, &nets, EventType::Blocked, |record| {
+        record.reason.clone_from(&reason);
+        if let Some(duration) = duration {
+            let secs = duration.as_secs();
+            record.block_seconds = Some(secs);
+            record.expires = output::rfc3339_unix(now_unix().saturating_add(secs));
+        }
+    });
     // A block written into the maps of an attachment that protects nothing is not in effect.
     let (enforcing, unprotected): (Vec<_>, Vec<_>) = interfaces
         .iter()
@@ -188,6 +198,9 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
         }
         let on = if names.is_empty() { format!("in {netns}") } else { format!("on {}", acted_on(&names)) };
         inform!("unblocked {net} {on} ({manual} manual, {automatic} automatic)");
+        audit(&interfaces, std::slice::from_ref(net), EventType::Unblocked, |record| {
+            record.reason = Some(format!("lifted {manual} manual and {automatic} automatic blocks"));
+        });
         if stays {
             inform!("{net} was blocked on every attachment there: it stays blocked on the others");
         }
@@ -204,6 +217,20 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
         );
     }
     Ok(if missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Tells the running loaders of `interfaces` what was done to each of `nets`, for their
+/// events, alerts and metrics (the audit trail).
+fn audit(interfaces: &[String], nets: &[IpNet], event: EventType, details: impl Fn(&mut EventRecord)) {
+    let actor = Actor::of_this_process();
+    for net in nets {
+        let mut record = EventRecord::new(std::time::SystemTime::now(), "", event);
+        record.source = Some(net.addr());
+        record.prefix_len = (net.prefix_len() < net.max_prefix_len()).then_some(net.prefix_len());
+        actor.stamp(&mut record);
+        details(&mut record);
+        control::tell_loaders(interfaces, &record);
+    }
 }
 
 /// Lifts automatic blocks of addresses inside `net` (a false positive, say).

@@ -27,7 +27,7 @@ pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
             );
             continue;
         }
-        manager::detach(iface)?;
+        manager::detach(iface, &manager::DetachRequest::by_command())?;
         inform!("portguard: detached from {iface}");
     }
     let kept = BlockStore::load().map(|s| s.blocks.len()).unwrap_or(0) as u64;

@@ -99,6 +99,9 @@ pub fn run(
                 confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)),
                 force,
                 session: operator.session,
+                actor: Some(portguard::events::Actor::of_this_process()),
+                via: Some("portguard reload".into()),
+                rollback: None,
             };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let reply = runtime.block_on(control::request(iface, &Request::Reload(request)))?;

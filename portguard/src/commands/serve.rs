@@ -1,6 +1,6 @@
 //! What a running loader does in the foreground: print events as they happen, report lost
-//! events, sweep expired blocks, answer its control socket (`events`, `reload`), reload on
-//! SIGHUP, and stop on SIGINT/SIGTERM.
+//! events, sweep expired blocks, answer its control socket (`events`, `reload`, `audit`),
+//! reload on SIGHUP, keep the audit trail of what changed, and stop on SIGINT/SIGTERM.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -14,15 +14,15 @@ use log::{info, warn};
 use portguard::{
     alerts::Sinks,
     blocks::BlockStore,
-    control::{ReloadRequest, Reply, Request},
-    events::{EventRecord, EventSource, Grants},
+    control::{AuditRequest, ReloadRequest, Reply, Request},
+    events::{Actor, EventRecord, EventSource, EventType, Grants},
     links::Inspection,
     loader::{self, XdpModeChoice},
     lock,
-    manager::{self, PolicySource, Rollback},
+    manager::{self, DetachRequest, PolicySource, Rollback},
     metrics::{self, LoaderCounts},
     paths,
-    policy::Loaded,
+    policy::{Loaded, Mode, Policy, diff::PolicyDiff},
     state::{RunState, now_unix},
 };
 use tokio::{
@@ -42,7 +42,7 @@ pub struct Output {
 impl Output {
     /// Events are what stdout carries, as JSON lines or as lines for people.
     pub fn print(&self, record: &EventRecord) {
-        portguard::output::emit(&if self.json { record.json() } else { record.human() });
+        portguard::output::emit(&if self.json { record.json() } else { record.human_painted() });
     }
 }
 
@@ -67,37 +67,89 @@ pub struct Loader {
     pub grants: Grants,
     pub state: RunState,
     pub source: PolicySource,
+    /// The running policy, to tell what a reload changes.
+    pub policy: Arc<Policy>,
     pub strict: bool,
     pub output: Output,
 }
 
+impl Loader {
+    /// Prints an event, hands it to the alert sinks and counts it (the loader's own events;
+    /// `serve` also streams them to `events` clients).
+    pub fn publish(&self, record: &EventRecord) {
+        self.output.print(record);
+        {
+            let mut counts = lock(&self.counts);
+            // The mode that judged it: the kernel's word for its events, the policy's for ours.
+            let mode = match (record.monitored(), record.event.is_kernel()) {
+                (true, _) => Mode::Monitor,
+                (false, true) => Mode::Enforce,
+                (false, false) => self.policy.mode,
+            };
+            *counts.events.entry((record.event, mode)).or_default() += 1;
+            if record.event == EventType::ScanDetected {
+                let kind = record.scan_kind.clone().unwrap_or_default();
+                *counts.scans_by_kind.entry(kind).or_default() += 1;
+            }
+        }
+        self.sinks.send(record);
+    }
+}
+
+/// Longest a stopping loader waits for its last alerts to be delivered.
+const LAST_ALERTS_WAIT: Duration = Duration::from_secs(10);
+/// Longest it waits for `events` clients to take its last line.
+const LAST_LINE_WAIT: Duration = Duration::from_secs(1);
+
 /// How the loader ended.
 pub enum Exit {
-    /// Detach and remove the pins.
-    Detach,
-    /// Leave enforcement in place (`--pin`).
+    /// Detached, pins removed, and said so (`detached`, or `rolled_back` for an attach nobody
+    /// confirmed).
+    Detached { rolled_back: bool },
+    /// Enforcement left in place (`--pin`).
     Leave,
 }
 
+impl Loader {
+    /// Lets the alerts still queued reach their receivers (bounded in time).
+    pub fn close_sinks(&mut self) {
+        if !self.sinks.close(LAST_ALERTS_WAIT) {
+            warn!("alerts still undelivered after {LAST_ALERTS_WAIT:?} are dropped");
+        }
+    }
+}
+
+/// Detaches from `iface` and removes what the attachment recorded.
+pub fn detach_now(iface: &str) -> Result<()> {
+    loader::detach(iface).context("detaching")?;
+    RunState::remove(iface);
+    let _ = std::fs::remove_file(paths::active_policy(iface));
+    let _ = std::fs::remove_file(paths::pending_file(iface));
+    Ok(())
+}
+
 type ReloadCall = (ReloadRequest, oneshot::Sender<Reply>);
+
+/// What a worker built: the new generation and what it changes.
+type Built = (Ebpf, Loaded, PolicySource, RunState, PolicyDiff);
 
 /// A new generation built and switched in off the event thread: reading the policy and its
 /// blocklist files, compiling and filling the maps take time (a million-entry list takes
 /// seconds), and events, `/metrics` and the control socket must keep being served meanwhile.
 struct ReloadInProgress {
-    work: tokio::task::JoinHandle<Result<(Ebpf, Loaded, PolicySource, RunState)>>,
+    work: tokio::task::JoinHandle<Result<Built>>,
     request: ReloadRequest,
     /// Where the answer goes; `None` for SIGHUP.
     reply: Option<oneshot::Sender<Reply>>,
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub fn run(loader: Loader) -> Result<Exit> {
+/// Runs until SIGINT or SIGTERM; hands the loader back with how it ended.
+pub fn run(loader: Loader) -> Result<(Exit, Loader)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(loader))
 }
 
-async fn serve(mut loader: Loader) -> Result<Exit> {
+async fn serve(mut loader: Loader) -> Result<(Exit, Loader)> {
     let iface = loader.state.iface.clone();
     let mut source = EventSource::from_pins(&iface)?.watch()?;
     let metrics = match loader.metrics.take() {
@@ -111,12 +163,16 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
     };
     let (lines, _) = broadcast::channel::<Arc<str>>(CLIENT_BACKLOG);
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadCall>(4);
+    let (audit_tx, mut audit_rx) = mpsc::channel::<EventRecord>(64);
     let socket_path = paths::control_socket(&iface);
     let _ = std::fs::remove_file(&socket_path);
     let listener = UnixListener::bind(&socket_path)
         .with_context(|| format!("listening on {}", socket_path.display()))?;
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
-    let clients = tokio::spawn(accept_clients(listener, lines.clone(), reload_tx));
+    let clients = tokio::spawn(accept_clients(
+        listener,
+        Channels { iface: iface.clone(), lines: lines.clone(), reloads: reload_tx, audits: audit_tx },
+    ));
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -129,14 +185,11 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
     // What was last said about the interface being unprotected (said again only if it changes).
     let mut unprotected: Option<String> = None;
     let publish = |loader: &Loader, record: &EventRecord| {
-        loader.output.print(record);
+        loader.publish(record);
         let _ = lines.send(Arc::from(record.json()));
-        if record.event == "scan_detected" {
-            let kind = record.scan_kind.clone().unwrap_or_default();
-            *lock(&loader.counts).scans_by_kind.entry(kind).or_default() += 1;
-        }
-        loader.sinks.send(record);
     };
+    // What ended the loop, for the last event.
+    let stopped_by;
     loop {
         tokio::select! {
             ready = source.readable_mut() => {
@@ -192,14 +245,21 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
             }
             _ = hangup.recv(), if reloading.is_none() => {
                 info!("SIGHUP: reloading {}", loader.state.policy.display());
-                reloading = Some(start_reload(&loader, ReloadRequest::default(), None));
+                let request = ReloadRequest { via: Some("SIGHUP".into()), ..ReloadRequest::default() };
+                reloading = Some(start_reload(&loader, request, None));
+            }
+            Some(record) = audit_rx.recv() => {
+                publish(&loader, &record);
             }
             done = async { (&mut reloading.as_mut().expect("enabled only while reloading").work).await },
                 if reloading.is_some() =>
             {
                 let ReloadInProgress { request, reply, .. } = reloading.take().expect("reloading");
                 let built = done.unwrap_or_else(|error| Err(anyhow::anyhow!("the reload failed: {error}")));
-                let answer = finish_reload(&mut loader, &request, built, metrics.as_deref());
+                let (answer, record) = finish_reload(&mut loader, &request, built, metrics.as_deref());
+                if let Some(record) = record {
+                    publish(&loader, &record);
+                }
                 match reply {
                     Some(reply) => {
                         let _ = reply.send(answer);
@@ -210,14 +270,34 @@ async fn serve(mut loader: Loader) -> Result<Exit> {
                     None => {}
                 }
             }
-            _ = interrupt.recv() => { info!("SIGINT"); break; }
-            _ = terminate.recv() => { info!("SIGTERM"); break; }
+            _ = interrupt.recv() => { info!("SIGINT"); stopped_by = "SIGINT"; break; }
+            _ = terminate.recv() => { info!("SIGTERM"); stopped_by = "SIGTERM"; break; }
         }
     }
+    let asked = DetachRequest::take(&iface);
+    let exit = if loader.state.pinned && asked.is_none() {
+        Exit::Leave
+    } else {
+        let asked =
+            asked.unwrap_or_else(|| DetachRequest { reason: stopped_by.into(), ..DetachRequest::default() });
+        detach_now(&iface)?;
+        let event = if asked.rollback { EventType::RolledBack } else { EventType::Detached };
+        let mut last = EventRecord::new(SystemTime::now(), &iface, event);
+        last.reason = Some(asked.reason);
+        if let Some(actor) = asked.actor {
+            actor.stamp(&mut last);
+        }
+        publish(&loader, &last);
+        // `events` clients get the last line before their connections close.
+        let waited = std::time::Instant::now();
+        while !lines.is_empty() && waited.elapsed() < LAST_LINE_WAIT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Exit::Detached { rolled_back: asked.rollback }
+    };
     clients.abort();
     let _ = std::fs::remove_file(&socket_path);
-    let asked_to_detach = std::fs::remove_file(paths::detach_request(&iface)).is_ok();
-    Ok(if loader.state.pinned && !asked_to_detach { Exit::Leave } else { Exit::Detach })
+    Ok((exit, loader))
 }
 
 /// Starts building and switching in the next generation on a worker thread.
@@ -227,6 +307,7 @@ fn start_reload(
     reply: Option<oneshot::Sender<Reply>>,
 ) -> ReloadInProgress {
     let current = loader.state.clone();
+    let running = loader.policy.clone();
     let strict = request.strict || loader.strict;
     let asked = request.clone();
     let operator = portguard::safety::Operator {
@@ -241,33 +322,39 @@ fn start_reload(
             (_, None) => PolicySource::read(&current.policy)?,
         };
         let (ebpf, loaded, next) = manager::apply_generation(&current, &source, strict, &operator)?;
-        Ok((ebpf, loaded, source, next))
+        // Here, off the event thread: two blocklists of millions take a while to compare.
+        let changes = portguard::policy::diff::diff(&running, &loaded.policy);
+        Ok((ebpf, loaded, source, next, changes))
     });
     ReloadInProgress { work, request, reply }
 }
 
-/// Takes over a generation the worker switched in (or reports why the running one stays).
+/// Takes over a generation the worker switched in (or reports why the running one stays),
+/// with the event for the audit trail (`reloaded`, or `rolled_back`).
 fn finish_reload(
     loader: &mut Loader,
     request: &ReloadRequest,
-    built: Result<(Ebpf, Loaded, PolicySource, RunState)>,
+    built: Result<Built>,
     metrics: Option<&metrics::Source>,
-) -> Reply {
+) -> (Reply, Option<EventRecord>) {
     match built.and_then(|built| take_over(loader, request, built, metrics)) {
-        Ok((message, warnings)) => {
-            say(&format!("portguard: {message}"));
-            Reply { ok: true, message, warnings }
+        Ok((message, warnings, record)) => {
+            // A rollback's own line says it (ROLLBACK); a reload's is this one.
+            if request.rollback.is_none() {
+                say(&format!("portguard: {message}"));
+            }
+            (Reply { ok: true, message, warnings }, Some(record))
         }
-        Err(error) => Reply { ok: false, message: format!("{error:#}"), warnings: Vec::new() },
+        Err(error) => (Reply { ok: false, message: format!("{error:#}"), warnings: Vec::new() }, None),
     }
 }
 
 fn take_over(
     loader: &mut Loader,
     request: &ReloadRequest,
-    (ebpf, loaded, source, next): (Ebpf, Loaded, PolicySource, RunState),
+    (ebpf, loaded, source, next, changes): Built,
     metrics: Option<&metrics::Source>,
-) -> Result<(String, Vec<String>)> {
+) -> Result<(String, Vec<String>, EventRecord)> {
     let iface = loader.state.iface.clone();
     let generation = next.generation;
     // In the loader's output, and in the reply to whoever asked.
@@ -287,6 +374,17 @@ fn take_over(
     let policy = &loaded.policy;
     // Recorded by the worker around the switch.
     loader.state = next;
+    let event = if request.rollback.is_some() { EventType::RolledBack } else { EventType::Reloaded };
+    let mut record = EventRecord::new(SystemTime::now(), &iface, event);
+    record.generation = Some(generation);
+    record.policy = Some(loader.source.path.display().to_string());
+    record.reason = request.rollback.clone().or_else(|| request.via.clone());
+    if let Some(actor) = &request.actor {
+        actor.stamp(&mut record);
+    }
+    record.added = changes.added;
+    record.removed = changes.removed;
+    record.changed = changes.changed;
     let mut message = format!("reloaded {iface}: generation {generation}, {}", policy.summary());
     let serving = metrics.map(|m| m.address);
     if policy.metrics_listen.is_some_and(|wanted| Some(wanted) != serving) {
@@ -301,8 +399,12 @@ fn take_over(
             "; rolls back in {} unless `portguard confirm {iface}`",
             portguard::durations::format_secs(secs)
         ));
+        record.confirm_by = Some(
+            humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(secs)).to_string(),
+        );
     }
-    Ok((message, warnings))
+    loader.policy = Arc::new(loaded.policy);
+    Ok((message, warnings, record))
 }
 
 /// Notices that the attachment stopped protecting its interface (deleted, or deleted and
@@ -338,7 +440,12 @@ fn watch_interface(loader: &mut Loader, said: &mut Option<String>) -> Vec<EventR
                     loader.state.generation,
                     repaired.join(", ")
                 );
-                return vec![EventRecord::lifecycle(SystemTime::now(), &iface, "reattached", detail)];
+                return vec![EventRecord::lifecycle(
+                    SystemTime::now(),
+                    &iface,
+                    EventType::Reattached,
+                    detail,
+                )];
             }
             Err(error) => problem = format!("{problem}; attaching again failed: {error:#}"),
         }
@@ -349,7 +456,7 @@ fn watch_interface(loader: &mut Loader, said: &mut Option<String>) -> Vec<EventR
         return Vec::new();
     }
     *said = Some(problem.clone());
-    vec![EventRecord::lifecycle(SystemTime::now(), &iface, "unprotected", problem)]
+    vec![EventRecord::lifecycle(SystemTime::now(), &iface, EventType::Unprotected, problem)]
 }
 
 /// Drops expired manual blocks from the saved list and from the map (the packet path already
@@ -361,51 +468,75 @@ fn sweep_manual_blocks(iface: &str) {
     }
 }
 
-async fn accept_clients(
-    listener: UnixListener,
+/// Where control socket clients reach the loader.
+#[derive(Clone)]
+struct Channels {
+    iface: String,
+    /// Every event, as a JSON line, for `events` clients.
     lines: broadcast::Sender<Arc<str>>,
     reloads: mpsc::Sender<ReloadCall>,
-) {
+    /// Audit records other commands hand in, to publish.
+    audits: mpsc::Sender<EventRecord>,
+}
+
+async fn accept_clients(listener: UnixListener, channels: Channels) {
     while let Ok((stream, _)) = listener.accept().await {
-        let (lines, reloads) = (lines.clone(), reloads.clone());
+        let channels = channels.clone();
         tokio::spawn(async move {
-            let _ = client(stream, lines, reloads).await;
+            let _ = client(stream, channels).await;
         });
     }
 }
 
-async fn client(
-    stream: UnixStream,
-    lines: broadcast::Sender<Arc<str>>,
-    reloads: mpsc::Sender<ReloadCall>,
-) -> Result<()> {
+async fn client(stream: UnixStream, channels: Channels) -> Result<()> {
+    // Who is asking, as the kernel tells it (not as the request says).
+    let peer_uid = stream.peer_cred().ok().map(|cred| cred.uid());
     let (read, mut write) = stream.into_split();
     let mut input = BufReader::new(read).lines();
     let Some(first) = input.next_line().await? else { return Ok(()) };
-    match serde_json::from_str::<Request>(&first) {
+    let reply = match serde_json::from_str::<Request>(&first) {
         Ok(Request::Events) => {
-            let mut receiver = lines.subscribe();
+            let mut receiver = channels.lines.subscribe();
             loop {
                 let line = match receiver.recv().await {
                     Ok(line) => format!("{line}\n"),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        format!("{{\"event\":\"client_lagged\",\"count\":{missed}}}\n")
+                        let mut lagged =
+                            EventRecord::new(SystemTime::now(), &channels.iface, EventType::ClientLagged);
+                        lagged.count = Some(missed);
+                        format!("{}\n", lagged.json())
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
                 write.write_all(line.as_bytes()).await?;
             }
+            return Ok(());
         }
-        Ok(Request::Reload(request)) => {
+        Ok(Request::Reload(mut request)) => {
+            request.actor = Some(vouched(request.actor.take(), peer_uid));
             let (reply_tx, reply_rx) = oneshot::channel();
-            reloads.send((request, reply_tx)).await?;
-            let reply = reply_rx.await?;
-            write.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
+            channels.reloads.send((request, reply_tx)).await?;
+            reply_rx.await?
         }
-        Err(error) => {
-            let reply = Reply { ok: false, message: format!("bad request: {error}"), warnings: Vec::new() };
-            write.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
+        Ok(Request::Audit(AuditRequest { mut record })) if AuditRequest::TYPES.contains(&record.event) => {
+            Actor { user: record.user.take(), uid: record.uid }.with_uid_of(peer_uid).stamp(&mut record);
+            record.host = portguard::system::host_name();
+            record.interface.clone_from(&channels.iface);
+            channels.audits.send(*record).await?;
+            Reply { ok: true, message: "recorded".into(), warnings: Vec::new() }
         }
-    }
+        Ok(Request::Audit(AuditRequest { record })) => Reply {
+            ok: false,
+            message: format!("{} events are the loader's own to record", record.event),
+            warnings: Vec::new(),
+        },
+        Err(error) => Reply { ok: false, message: format!("bad request: {error}"), warnings: Vec::new() },
+    };
+    write.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
     Ok(())
+}
+
+/// The actor a request names, with the user id its socket peer has.
+fn vouched(actor: Option<Actor>, peer_uid: Option<u32>) -> Actor {
+    actor.unwrap_or_default().with_uid_of(peer_uid)
 }

@@ -168,7 +168,7 @@ impl Report {
     }
 
     fn events(&mut self, records: Vec<EventRecord>) {
-        for record in records.into_iter().filter(|e| e.event != "drop") {
+        for record in records.into_iter().filter(|e| e.event.is_alert()) {
             self.alerts_total += 1;
             if self.alerts.len() < ALERTS_MAX {
                 self.alerts.push(record);

@@ -2,8 +2,10 @@
 //! exactly what the kernel maps will hold (`compile`). `check`, `attach` and every later policy
 //! command go through `load`; only the loader touches the kernel.
 
+pub mod alerts;
 pub mod compile;
 pub mod diagnostic;
+pub mod diff;
 mod raw;
 pub mod reach;
 pub mod sources;
@@ -16,11 +18,12 @@ use std::{
     time::Duration,
 };
 
+pub use alerts::{Alerts, WebhookFormat};
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Drop what the policy denies.
@@ -293,22 +296,12 @@ pub struct Policy {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// Where alerts go (`[alerts]`).
-#[derive(Clone, Debug, Serialize)]
-pub struct Alerts {
-    /// Receives one JSON document (POST) per alert.
-    pub webhook: Option<String>,
-    /// Runs once per alert: the alert as JSON on stdin, key fields in `PORTGUARD_*`.
-    pub exec: Option<String>,
-    #[serde(rename = "timeout_secs", with = "secs")]
-    pub timeout: Duration,
-    pub retries: u32,
-    pub max_per_minute: u32,
-}
-
-impl Default for Alerts {
-    fn default() -> Self {
-        Self { webhook: None, exec: None, timeout: Duration::from_secs(5), retries: 3, max_per_minute: 60 }
+impl Mode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Monitor => "monitor",
+        }
     }
 }
 
@@ -422,7 +415,7 @@ pub fn parse(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded, Po
 /// Durations in JSON are seconds (the key ends in `_secs`): a whole number, as nearly every
 /// duration is; a policy may also write one with a fraction (`window = "500ms"`), said back
 /// as such (0.5) rather than rounded into something the policy does not say.
-mod secs {
+pub(crate) mod secs {
     use std::time::Duration;
 
     use serde::Serializer;

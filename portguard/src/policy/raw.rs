@@ -29,7 +29,11 @@ pub struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawAlerts {
     pub webhook: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    pub hmac_secret_file: Option<Spanned<String>>,
     pub exec: Option<Spanned<String>>,
+    pub events: Option<Spanned<Vec<Spanned<String>>>>,
     pub timeout: Option<Spanned<String>>,
     pub retries: Option<Spanned<i64>>,
     pub max_per_minute: Option<Spanned<i64>>,

@@ -12,12 +12,12 @@ use ipnet::IpNet;
 use toml::{Spanned, Value};
 
 use super::{
-    Action, Alerts, BlocklistSource, Events, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto,
-    Response, Rule, RuleKind, ScanDetection, TcpNonSyn, TrapPorts,
+    Action, BlocklistSource, Events, Inbound, Limits, LoadOptions, Loaded, Mode, Policy, Proto, Response,
+    Rule, RuleKind, ScanDetection, TcpNonSyn, TrapPorts,
     diagnostic::{Diagnostic, PolicyErrors, Reporter, Severity},
     raw::{
-        RawAlerts, RawBlocklist, RawEvents, RawInbound, RawLimits, RawMetrics, RawPolicy, RawRule,
-        RawScanDetection, RawTrapPorts,
+        RawBlocklist, RawEvents, RawInbound, RawLimits, RawMetrics, RawPolicy, RawRule, RawScanDetection,
+        RawTrapPorts,
     },
     sources::{parse_net_strict, read_source_file},
 };
@@ -71,7 +71,7 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
     let scan_detection = scan_detection(&mut report, raw.scan_detection.as_ref());
     let trap_ports = trap_ports(&mut report, raw.trap_ports.as_ref(), &rules);
     let events = events(&mut report, raw.events.as_ref());
-    let alerts = alerts(&mut report, raw.alerts.as_ref());
+    let alerts = super::alerts::alerts(&mut report, raw.alerts.as_ref(), path);
     let metrics_listen = metrics_listen(&mut report, raw.metrics.as_ref());
 
     check_spoofable_blocks(&mut report, &raw, &scan_detection, &trap_ports, &never_block);
@@ -469,7 +469,7 @@ fn admits_ssh(rules: &[Rule]) -> bool {
     })
 }
 
-fn duration(report: &mut Reporter, value: &Spanned<String>, key: &str) -> Option<Duration> {
+pub(super) fn duration(report: &mut Reporter, value: &Spanned<String>, key: &str) -> Option<Duration> {
     match crate::durations::parse(value.get_ref(), Duration::ZERO) {
         Ok(duration) => Some(duration),
         Err(error) => {
@@ -598,7 +598,7 @@ fn response(report: &mut Reporter, value: &Spanned<String>) -> Response {
     }
 }
 
-fn integer_in(
+pub(super) fn integer_in(
     report: &mut Reporter,
     value: &Spanned<i64>,
     key: &str,
@@ -728,66 +728,6 @@ fn events(report: &mut Reporter, raw: Option<&RawEvents>) -> Events {
         }
     }
     events
-}
-
-fn alerts(report: &mut Reporter, raw: Option<&RawAlerts>) -> Alerts {
-    let mut alerts = Alerts::default();
-    let Some(raw) = raw else {
-        return alerts;
-    };
-    if let Some(url) = &raw.webhook {
-        let text = url.get_ref();
-        if text.starts_with("http://") || text.starts_with("https://") {
-            alerts.webhook = Some(text.clone());
-        } else {
-            report.error_at(url.span(), format!("webhook = \"{text}\" is not an http:// or https:// URL"));
-        }
-    }
-    if let Some(program) = &raw.exec {
-        let path = Path::new(program.get_ref());
-        if !path.is_absolute() {
-            report.error_at(program.span(), "exec must be an absolute path to a program");
-        } else if !path.is_file() {
-            report
-                .warning_at(program.span(), format!("exec program {} does not exist (yet)", path.display()));
-            alerts.exec = Some(program.get_ref().clone());
-        } else {
-            // It runs as the loader does (root, with its capabilities): nobody else may change it.
-            use std::os::unix::fs::MetadataExt as _;
-            let meta = std::fs::metadata(path).ok();
-            if meta.as_ref().is_some_and(|m| m.mode() & 0o022 != 0) {
-                report.error_at(
-                    program.span(),
-                    format!(
-                        "exec program {} is writable by group or others, and it would run as root: chmod go-w it",
-                        path.display()
-                    ),
-                );
-            } else {
-                if meta.is_some_and(|m| m.uid() != 0) {
-                    report.warning_at(
-                        program.span(),
-                        format!(
-                            "exec program {} is not owned by root, and it would run as root",
-                            path.display()
-                        ),
-                    );
-                }
-                alerts.exec = Some(program.get_ref().clone());
-            }
-        }
-    }
-    if let Some(value) = &raw.timeout {
-        alerts.timeout = duration(report, value, "timeout").unwrap_or(alerts.timeout);
-    }
-    if let Some(value) = &raw.retries {
-        alerts.retries = integer_in(report, value, "retries", 0..=10).unwrap_or(alerts.retries);
-    }
-    if let Some(value) = &raw.max_per_minute {
-        alerts.max_per_minute =
-            integer_in(report, value, "max_per_minute", 1..=100_000).unwrap_or(alerts.max_per_minute);
-    }
-    alerts
 }
 
 fn metrics_listen(report: &mut Reporter, raw: Option<&RawMetrics>) -> Option<std::net::SocketAddr> {

@@ -1,7 +1,10 @@
-//! Alert sinks: a webhook that receives one JSON document per alert, and a program run per
-//! alert (the event as JSON on stdin, key fields in the environment). Deliveries happen on a
-//! thread of their own behind a bounded queue, so a slow or dead receiver never holds up the
-//! event reader (and the kernel never waits for anything): what does not fit is counted.
+//! Alert sinks: a webhook that receives one document per alert (generic JSON or a chat
+//! service's payload, see `payload`), and a program run per alert (the event as JSON on stdin,
+//! key fields in the environment). Deliveries happen on a thread of their own behind a bounded
+//! queue, so a slow or dead receiver never holds up the event reader (and the kernel never
+//! waits for anything): what does not fit is counted.
+
+pub mod payload;
 
 use std::{
     io::Write as _,
@@ -22,35 +25,34 @@ use crate::{events::EventRecord, lock, metrics::LoaderCounts, policy::Alerts};
 /// Alerts waiting for delivery before new ones are dropped (and counted).
 const QUEUE: usize = 256;
 
-/// The events that are alerts (drops are not: they are sampled telemetry).
-pub fn is_alert(record: &EventRecord) -> bool {
-    matches!(
-        record.event.as_str(),
-        "scan_detected" | "auto_blocked" | "trap_hit" | "block_expired" | "unprotected" | "reattached"
-    )
-}
-
 /// The alert sinks of one loader: one delivery thread for its whole life, so a reload changes
 /// where alerts go without a second thread (or a second rate limit) appearing.
 pub struct Sinks {
-    queue: SyncSender<EventRecord>,
+    /// `None` once closed.
+    queue: Option<SyncSender<EventRecord>>,
     config: Arc<Mutex<Alerts>>,
     counts: Arc<Mutex<LoaderCounts>>,
+    /// Says when the delivery thread has delivered everything and ended.
+    finished: Receiver<()>,
     _worker: JoinHandle<()>,
 }
 
 impl Sinks {
     pub fn start(config: &Alerts, counts: Arc<Mutex<LoaderCounts>>) -> Self {
         let (queue, receiver) = sync_channel(QUEUE);
+        let (finish, finished) = sync_channel(1);
         let config = Arc::new(Mutex::new(config.clone()));
         let worker = {
             let (config, counts) = (config.clone(), counts.clone());
             std::thread::Builder::new()
                 .name("portguard-alerts".into())
-                .spawn(move || deliver(&config, receiver, &counts))
+                .spawn(move || {
+                    deliver(&config, receiver, &counts);
+                    let _ = finish.send(());
+                })
                 .expect("starting the alert thread")
         };
-        Self { queue, config, counts, _worker: worker }
+        Self { queue: Some(queue), config, counts, finished, _worker: worker }
     }
 
     /// After a reload: alerts from now on go where the new policy says.
@@ -58,20 +60,29 @@ impl Sinks {
         *lock(&self.config) = config.clone();
     }
 
-    /// Hands an alert to the delivery thread; never waits.
+    /// Hands an event to the delivery thread if the policy sends its type; never waits.
     pub fn send(&self, record: &EventRecord) {
-        let configured = {
+        let wanted = {
             let config = lock(&self.config);
-            config.webhook.is_some() || config.exec.is_some()
+            config.any_sink() && config.sends(record.event)
         };
-        if !configured || !is_alert(record) {
+        let Some(queue) = &self.queue else { return };
+        if !wanted {
             return;
         }
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(record.clone())
-        {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = queue.try_send(record.clone()) {
             lock(&self.counts).alerts_dropped += 1;
         }
+    }
+
+    /// Takes no more alerts and waits up to `wait` for those queued to be delivered: the last
+    /// events of a loader that stops (its detach, a rollback) still reach the receivers.
+    /// Returns whether everything was delivered in time.
+    pub fn close(&mut self, wait: Duration) -> bool {
+        if self.queue.take().is_none() {
+            return true;
+        }
+        self.finished.recv_timeout(wait).is_ok()
     }
 }
 
@@ -104,12 +115,17 @@ fn deliver(config: &Mutex<Alerts>, alerts: Receiver<EventRecord>, counts: &Mutex
                 }
             };
             let outcome = with_retries(config.retries, || {
-                agent
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .send(body.as_bytes())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                // Built per attempt: DingTalk's signature holds the time.
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                let request = payload::webhook_request(&config, url, &alert, now_ms);
+                let mut post = agent.post(&request.url);
+                for (name, value) in &request.headers {
+                    post = post.header(name, value);
+                }
+                post.send(&request.body[..]).map(|_| ()).map_err(|e| e.to_string())
             });
             record(counts, "webhook", outcome);
         }
@@ -151,7 +167,8 @@ fn with_retries(retries: u32, mut attempt: impl FnMut() -> Result<(), String>) -
 fn run_program(program: &str, alert: &EventRecord, body: &str, timeout: Duration) -> Result<(), String> {
     let opt = |v: Option<String>| v.unwrap_or_default();
     let mut child = Command::new(program)
-        .env("PORTGUARD_EVENT", &alert.event)
+        .env("PORTGUARD_EVENT", alert.event.name())
+        .env("PORTGUARD_HOST", opt(alert.host.clone()))
         .env("PORTGUARD_INTERFACE", &alert.interface)
         .env("PORTGUARD_TIME", &alert.time)
         .env("PORTGUARD_SOURCE", opt(alert.source.map(|s| s.to_string())))
@@ -161,6 +178,8 @@ fn run_program(program: &str, alert: &EventRecord, body: &str, timeout: Duration
         .env("PORTGUARD_REASON", opt(alert.reason.clone()))
         .env("PORTGUARD_SCAN_KIND", opt(alert.scan_kind.clone()))
         .env("PORTGUARD_ACTION", opt(alert.action.clone()))
+        .env("PORTGUARD_MODE", opt(alert.monitored().then(|| "monitor".to_string())))
+        .env("PORTGUARD_USER", opt(alert.user.clone()))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
