@@ -134,30 +134,31 @@ impl Reason {
         ALL_REASONS.iter().copied().find(|r| *r as u8 == value)
     }
 
-    /// Stable machine name, used in `--json` output and metrics labels.
+    /// Stable machine name (snake_case, as every JSON enum value), used in `--json` output,
+    /// event lines and metrics labels.
     pub const fn name(self) -> &'static str {
         match self {
-            Self::PassNotIp => "not-ip",
-            Self::PassPortAllowed => "port-allowed",
-            Self::PassSourceAllowed => "source-allowed",
-            Self::PassDefaultAllow => "default-allow",
+            Self::PassNotIp => "not_ip",
+            Self::PassPortAllowed => "port_allowed",
+            Self::PassSourceAllowed => "source_allowed",
+            Self::PassDefaultAllow => "default_allow",
             Self::PassFlow => "flow",
-            Self::PassTcpNonSyn => "tcp-non-syn",
-            Self::PassProtocol => "protocol-allowed",
-            Self::PassNeighbor => "neighbor-discovery",
+            Self::PassTcpNonSyn => "tcp_non_syn",
+            Self::PassProtocol => "protocol_allowed",
+            Self::PassNeighbor => "neighbor_discovery",
             Self::PassFragment => "fragment",
-            Self::PassFragmentUnseen => "fragment-unseen",
+            Self::PassFragmentUnseen => "fragment_unseen",
             Self::PassMalformed => "malformed",
             Self::DropBlocklist => "blocklist",
-            Self::DropManualBlock => "manual-block",
-            Self::DropAutoBlock => "auto-block",
-            Self::DropPortDenied => "port-denied",
-            Self::DropDefaultDeny => "default-deny",
-            Self::DropSourceNotAllowed => "source-not-allowed",
-            Self::DropNoFlow => "no-flow",
-            Self::DropProtocol => "protocol-denied",
+            Self::DropManualBlock => "manual_block",
+            Self::DropAutoBlock => "auto_block",
+            Self::DropPortDenied => "port_denied",
+            Self::DropDefaultDeny => "default_deny",
+            Self::DropSourceNotAllowed => "source_not_allowed",
+            Self::DropNoFlow => "no_flow",
+            Self::DropProtocol => "protocol_denied",
             Self::DropFragment => "fragment",
-            Self::DropFragmentUnseen => "fragment-unseen",
+            Self::DropFragmentUnseen => "fragment_unseen",
             Self::DropMalformed => "malformed",
         }
     }

@@ -14,7 +14,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portguard_common::{
     events::ScanKind,
     maps::{
-        AutoBlock, CAUSE_SLOW_SCAN, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock,
+        AutoBlock, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock,
         NET_KEY_FIXED_BITS, NetKey, RUNTIME_USER, Runtime,
     },
 };
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     durations,
-    events::{block_scan_ports, cause_name, ip_of, network_prefix, protocol_name},
+    events::{Clock, block_scan_ports, cause_name, ip_of, network_prefix, protocol_name},
     files,
     loader::kernel_now_ns,
     maps::open_pinned,
@@ -328,74 +328,128 @@ pub fn sync_all(store: &BlockStore, interfaces: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// An automatic block as `stats` and `blocks` show it (the kernel adds them, `unblock` lifts
-/// them).
+/// An automatic block in force (the kernel adds them for scans and trap ports, `unblock`
+/// lifts them), as `stats` and `blocks` show it. Serialized as both print it in `--json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ActiveBlock {
-    pub source: IpAddr,
-    /// IPv6 networks blocked as one (`[scan_detection] ipv6_prefix`): their prefix length.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix_len: Option<u8>,
-    /// `scan` or `trap`.
-    pub cause: String,
-    /// The scan kind, or the trap port's protocol.
-    pub detail: String,
-    pub seconds_left: u64,
-    pub since_seconds: u64,
+    /// The blocked address (a /32 or /128), or the IPv6 network blocked as one
+    /// (`[scan_detection] ipv6_prefix`).
+    pub network: IpNet,
+    /// `scan`, `slow_scan` or `trap`.
+    pub cause: &'static str,
+    /// Scans: how the source probed (`syn`, `udp`, ...).
+    pub scan_kind: Option<&'static str>,
+    /// Scans: the distinct refused ports that made the scan (estimated past the exact count).
+    pub distinct_ports: Option<u32>,
+    /// Trap ports: the one touched.
+    pub protocol: Option<String>,
+    pub port: Option<u16>,
+    /// RFC 3339, UTC.
+    pub added_at: String,
+    pub expires_at: String,
+    pub remaining_secs: u64,
 }
 
 impl ActiveBlock {
-    /// The blocked address, or network (`2001:db8:5::/64`).
-    pub fn network(&self) -> String {
-        match self.prefix_len {
-            Some(len) => format!("{}/{len}", self.source),
-            None => self.source.to_string(),
+    /// The blocked address, or network (`2001:db8:5::/64`), for people.
+    pub fn shown(&self) -> String {
+        if self.network.prefix_len() == self.network.max_prefix_len() {
+            self.network.addr().to_string()
+        } else {
+            self.network.to_string()
+        }
+    }
+
+    /// What made it, for people: `syn scan, 20 ports`, `tcp/23`.
+    pub fn detail(&self) -> String {
+        match (&self.protocol, self.port) {
+            (Some(protocol), Some(port)) => format!("{protocol}/{port}"),
+            _ => format!(
+                "{} {}, {} ports",
+                self.scan_kind.unwrap_or("other"),
+                if self.cause == "slow_scan" { "slow scan" } else { "scan" },
+                self.distinct_ports.unwrap_or(0)
+            ),
         }
     }
 }
 
 /// The network an automatic block's key and prefix length stand for.
-pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> ipnet::IpNet {
+pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> IpNet {
     let ip = ip_of(addr);
     let len = match ip {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => network_prefix(addr, block.prefix_len).unwrap_or(128),
     };
-    ipnet::IpNet::new(ip, len).expect("a valid prefix length")
+    IpNet::new(ip, len).expect("a valid prefix length")
 }
 
+/// The automatic blocks in force in `map`, the soonest to end first.
 pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
     map: &HashMap<T, [u8; 16], AutoBlock>,
 ) -> Vec<ActiveBlock> {
+    let clock = Clock::now();
     let now = kernel_now_ns();
+    let at = |ns: u64| crate::output::rfc3339(clock.wall(ns));
     let mut blocks: Vec<ActiveBlock> = map
         .iter()
         .filter_map(Result::ok)
         .filter(|(_, b)| b.expires_ns > now)
-        .map(|(addr, b)| ActiveBlock {
-            source: ip_of(addr),
-            prefix_len: network_prefix(addr, b.prefix_len),
-            cause: cause_name(b.cause).to_string(),
-            detail: match b.cause {
-                CAUSE_TRAP => format!("{}/{}", protocol_name(b.kind), b.port),
-                cause => format!(
-                    "{} {}, {} ports",
-                    ScanKind::from_u8(b.kind).name(),
-                    if cause == CAUSE_SLOW_SCAN { "slow scan" } else { "scan" },
-                    block_scan_ports(b.port)
-                ),
-            },
-            seconds_left: (b.expires_ns - now).div_ceil(1_000_000_000),
-            since_seconds: now.saturating_sub(b.added_ns) / 1_000_000_000,
+        .map(|(addr, b)| {
+            let trap = b.cause == CAUSE_TRAP;
+            ActiveBlock {
+                network: auto_block_network(addr, &b),
+                cause: cause_name(b.cause),
+                scan_kind: (!trap).then(|| ScanKind::from_u8(b.kind).name()),
+                distinct_ports: (!trap).then(|| block_scan_ports(b.port)),
+                protocol: trap.then(|| protocol_name(b.kind)),
+                port: trap.then_some(b.port),
+                added_at: at(b.added_ns),
+                expires_at: at(b.expires_ns),
+                remaining_secs: (b.expires_ns - now).div_ceil(1_000_000_000),
+            }
         })
         .collect();
-    blocks.sort_by_key(|b| b.seconds_left);
+    blocks.sort_by_key(|b| b.remaining_secs);
     blocks
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn automatic_blocks_are_structured_in_json_and_read_as_before_by_people() {
+        let scan = ActiveBlock {
+            network: "2001:db8:5::/64".parse().unwrap(),
+            cause: "slow_scan",
+            scan_kind: Some("syn"),
+            distinct_ports: Some(39),
+            protocol: None,
+            port: None,
+            added_at: "2027-01-15T08:00:00Z".into(),
+            expires_at: "2027-01-15T08:15:00Z".into(),
+            remaining_secs: 900,
+        };
+        assert_eq!(
+            (scan.shown(), scan.detail()),
+            ("2001:db8:5::/64".into(), "syn slow scan, 39 ports".into())
+        );
+        let trap = ActiveBlock {
+            network: "192.0.2.66/32".parse().unwrap(),
+            cause: "trap",
+            scan_kind: None,
+            distinct_ports: None,
+            protocol: Some("tcp".into()),
+            port: Some(23),
+            ..scan
+        };
+        assert_eq!((trap.shown(), trap.detail()), ("192.0.2.66".into(), "tcp/23".into()));
+        assert_eq!(
+            serde_json::to_string(&trap).unwrap(),
+            r#"{"network":"192.0.2.66/32","cause":"trap","scan_kind":null,"distinct_ports":null,"protocol":"tcp","port":23,"added_at":"2027-01-15T08:00:00Z","expires_at":"2027-01-15T08:15:00Z","remaining_secs":900}"#
+        );
+    }
 
     #[test]
     fn store_adds_replaces_removes_and_prunes() {

@@ -59,9 +59,9 @@ impl Unusable {
     /// A short stable name (JSON, grouping).
     pub fn name(&self) -> &'static str {
         match self {
-            Self::LinkType(_) => "link-type",
-            Self::Empty => "empty-record",
-            Self::ShorterThanLinkHeader { .. } => "shorter-than-link-header",
+            Self::LinkType(_) => "link_type",
+            Self::Empty => "empty_record",
+            Self::ShorterThanLinkHeader { .. } => "shorter_than_link_header",
         }
     }
 
@@ -518,7 +518,7 @@ pub fn replayable(packet: &Packet) -> Result<(Vec<u8>, Fidelity), NotReplayable>
     let headers = headers_end(frame).map_err(|why| {
         if packet.cut() {
             NotReplayable {
-                reason: "cut-in-headers",
+                reason: "cut_in_headers",
                 detail: format!(
                     "cut by the snap length inside {why} ({} of {} bytes kept): capture with a larger -s (-s 128 keeps nearly every packet's headers)",
                     frame.len(),
@@ -526,13 +526,13 @@ pub fn replayable(packet: &Packet) -> Result<(Vec<u8>, Fidelity), NotReplayable>
                 ),
             }
         } else {
-            NotReplayable { reason: "headers-unreadable", detail: format!("{why} cannot be read") }
+            NotReplayable { reason: "headers_unreadable", detail: format!("{why} cannot be read") }
         }
     })?;
     let length = packet.original_len.min(WHOLE_FRAME_MAX);
     if headers > length {
         return Err(NotReplayable {
-            reason: "headers-too-long",
+            reason: "headers_too_long",
             detail: format!("its headers run past {WHOLE_FRAME_MAX} bytes, more than a test run takes whole"),
         });
     }
@@ -540,7 +540,7 @@ pub fn replayable(packet: &Packet) -> Result<(Vec<u8>, Fidelity), NotReplayable>
     stand_in.resize(length, 0);
     let fidelity = if length < packet.original_len {
         shorten_ip_lengths(&mut stand_in, frame).map_err(|why| NotReplayable {
-            reason: "headers-unreadable",
+            reason: "headers_unreadable",
             detail: format!("{why}: it cannot be shortened to {WHOLE_FRAME_MAX} bytes for the test run"),
         })?;
         Fidelity::Shortened
@@ -746,7 +746,7 @@ mod tests {
         assert_eq!(&frame[..64], &cut.frame[..]);
         // IPv6 (40) and TCP (20) after Ethernet (14) do not fit in 64 bytes.
         let refused = replayable(packet(&records[1])).unwrap_err();
-        assert_eq!(refused.reason, "cut-in-headers");
+        assert_eq!(refused.reason, "cut_in_headers");
         assert!(
             refused.detail.contains("inside its TCP header (64 of 1074 bytes kept)"),
             "{}",

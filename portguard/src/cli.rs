@@ -51,7 +51,8 @@ pub enum Command {
         /// Treat bad lines in blocklist files as errors.
         #[arg(long)]
         strict: bool,
-        /// Print events as JSON, one object per line (for log shippers).
+        /// Print events as JSON, one object per line, for log shippers (schema:
+        /// docs/schemas/event.schema.json); the lines for people go to stderr.
         #[arg(long)]
         json: bool,
         /// Leave enforcement in place when this loader exits (a later attach adopts it,
@@ -139,7 +140,7 @@ pub enum Command {
     },
     /// List active blocks: policy, manual and automatic, with reason and time left.
     Blocks {
-        /// Print the list as JSON.
+        /// Print the list as JSON (schema: docs/schemas/blocks.schema.json).
         #[arg(long)]
         json: bool,
         /// Only the blocks of this attachment.
@@ -161,7 +162,7 @@ pub enum Command {
         /// Interface (default: every attached interface).
         #[arg(value_parser = iface_name)]
         iface: Option<String>,
-        /// One JSON object per line.
+        /// One JSON object per line (schema: docs/schemas/event.schema.json).
         #[arg(long)]
         json: bool,
     },
@@ -173,7 +174,8 @@ pub enum Command {
         /// Treat bad lines in blocklist files as errors.
         #[arg(long)]
         strict: bool,
-        /// Print the verdict and the compiled summary as JSON.
+        /// Print the verdict and the compiled policy as JSON (schema:
+        /// docs/schemas/check.schema.json).
         #[arg(long)]
         json: bool,
         /// Exit 1 when the policy has warnings, as when it has errors (for CI).
@@ -202,7 +204,7 @@ pub enum Command {
         /// Treat bad lines in blocklist files as errors.
         #[arg(long)]
         strict: bool,
-        /// Print the report as JSON.
+        /// Print the report as JSON (schema: docs/schemas/verify.schema.json).
         #[arg(long)]
         json: bool,
     },
@@ -210,7 +212,7 @@ pub enum Command {
     /// nothing is attached, a loader is not running or an interface is not protected, 5 when a
     /// change waits for confirmation (as `systemctl is-active` does).
     Status {
-        /// Print the list as JSON.
+        /// Print the list as JSON (schema: docs/schemas/status.schema.json).
         #[arg(long)]
         json: bool,
     },
@@ -220,7 +222,8 @@ pub enum Command {
         /// Interface (default: every attached interface).
         #[arg(value_parser = iface_name)]
         iface: Option<String>,
-        /// One JSON object per interface (and per --watch round), with the time.
+        /// One JSON object per line: per interface (and per --watch round), with the time
+        /// (schema: docs/schemas/stats.schema.json).
         #[arg(long)]
         json: bool,
         /// Print again every SECS seconds, with rates: in place on a terminal, one
@@ -243,7 +246,7 @@ pub enum Command {
         /// Only this interface (readiness and the running policy).
         #[arg(long, value_name = "IFACE", value_parser = iface_name)]
         iface: Option<String>,
-        /// Print the report as JSON (schema: docs/doctor.schema.json).
+        /// Print the report as JSON (schema: docs/schemas/doctor.schema.json).
         #[arg(long)]
         json: bool,
         /// Also write the report as a self-contained HTML page.
@@ -263,6 +266,28 @@ pub enum Command {
         #[arg(long, conflicts_with = "iface")]
         all: bool,
     },
+}
+
+impl Command {
+    /// Whether `--json` was asked for: then stdout carries JSON only.
+    pub fn json(&self) -> bool {
+        match self {
+            Self::Attach { json, .. }
+            | Self::Blocks { json, .. }
+            | Self::Events { json, .. }
+            | Self::Check { json, .. }
+            | Self::Verify { json, .. }
+            | Self::Status { json }
+            | Self::Stats { json, .. }
+            | Self::Doctor { json, .. } => *json,
+            Self::Reload { .. }
+            | Self::Confirm { .. }
+            | Self::Block { .. }
+            | Self::Unblock { .. }
+            | Self::RollbackGuard { .. }
+            | Self::Detach { .. } => false,
+        }
+    }
 }
 
 /// The examples, and the exit codes from the one table that defines them.

@@ -156,10 +156,11 @@ impl Drop for PortDrops {
     }
 }
 
-/// Ports with the most drops in a `PortDrops::snapshot` (or a difference of two).
+/// Ports with the most drops in a `PortDrops::snapshot` (or a difference of two); also what
+/// `verify` would drop. Serialized as `stats`, `doctor` and `verify` print it in `--json`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct PortCount {
-    pub proto: Proto,
+    pub protocol: Proto,
     pub port: u16,
     pub drops: u64,
 }
@@ -170,12 +171,12 @@ pub fn top_ports(snapshot: &[u64], limit: usize) -> Vec<PortCount> {
         .enumerate()
         .filter(|(_, drops)| **drops > 0)
         .map(|(index, drops)| PortCount {
-            proto: if index < 65536 { Proto::Tcp } else { Proto::Udp },
+            protocol: if index < 65536 { Proto::Tcp } else { Proto::Udp },
             port: (index % 65536) as u16,
             drops: *drops,
         })
         .collect();
-    ports.sort_by(|a, b| b.drops.cmp(&a.drops).then(a.proto.cmp(&b.proto)).then(a.port.cmp(&b.port)));
+    ports.sort_by(|a, b| b.drops.cmp(&a.drops).then(a.protocol.cmp(&b.protocol)).then(a.port.cmp(&b.port)));
     ports.truncate(limit);
     ports
 }

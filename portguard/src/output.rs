@@ -1,6 +1,7 @@
-//! How portguard prints for people, in one place for every command: `-q` (informational lines
-//! off), colour (on a terminal only, never with `NO_COLOR`), counts with their nouns, columns
-//! sized to what they hold, and timestamps. Durations are `durations::format`.
+//! How portguard prints, in one place for every command: `-q` (informational lines off),
+//! `--json` (stdout carries JSON only; lines for people go to stderr), colour (on a terminal
+//! only, never with `NO_COLOR`), counts with their nouns, columns sized to what they hold, and
+//! timestamps (RFC 3339, UTC, for people and JSON alike). Durations are `durations::format`.
 
 use std::{
     fmt,
@@ -16,6 +17,7 @@ use anstyle::{AnsiColor, Style};
 use unicode_width::UnicodeWidthStr as _;
 
 static QUIET: AtomicBool = AtomicBool::new(false);
+static JSON_STDOUT: AtomicBool = AtomicBool::new(false);
 
 /// `-q`: informational lines are left out; errors, warnings and what was asked for stay.
 pub fn set_quiet(quiet: bool) {
@@ -26,12 +28,39 @@ pub fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
-/// An informational line on stdout (what a command did), left out with `-q`.
+/// `--json`: stdout carries JSON and nothing else, so lines for people go to stderr.
+pub fn set_json_stdout(json: bool) {
+    JSON_STDOUT.store(json, Ordering::Relaxed);
+}
+
+pub fn json_stdout() -> bool {
+    JSON_STDOUT.load(Ordering::Relaxed)
+}
+
+/// A line for the person watching: on stdout, or on stderr when stdout carries JSON. A closed
+/// stdout or stderr is shrugged off: a loader whose terminal went away keeps enforcing.
+pub fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = if json_stdout() {
+        writeln!(std::io::stderr(), "{line}")
+    } else {
+        writeln!(std::io::stdout(), "{line}")
+    };
+}
+
+/// A line of what stdout is for (an event, a JSON object), shrugging off a closed stdout.
+pub fn emit(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// An informational line (what a command did), left out with `-q`: on stdout, or on stderr
+/// when stdout carries JSON.
 #[macro_export]
 macro_rules! inform {
     ($($arg:tt)*) => {
         if !$crate::output::quiet() {
-            println!($($arg)*);
+            $crate::output::say(&format!($($arg)*));
         }
     };
 }
@@ -139,7 +168,20 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
 
 /// This moment as people and logs read it, in UTC to the second: `2026-11-30T02:13:58Z`.
 pub fn timestamp() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    rfc3339(SystemTime::now())
+}
+
+/// A moment as JSON carries it (`*_at` keys): RFC 3339, UTC, to the second.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// The same for seconds since the Unix epoch, as run files and `blocks.json` keep them; `None`
+/// past the end of year 9999, where RFC 3339 ends (stored state can hold any number).
+pub fn rfc3339_unix(secs: u64) -> Option<String> {
+    const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+    (secs <= LAST_RFC3339_SECOND)
+        .then(|| rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)))
 }
 
 /// Lines of a table whose columns are as wide as what they hold (an IPv6 network as much as
@@ -173,6 +215,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_and_say_when_they_cannot_be() {
+        assert_eq!(rfc3339_unix(0).as_deref(), Some("1970-01-01T00:00:00Z"));
+        assert_eq!(rfc3339_unix(253_402_300_799).as_deref(), Some("9999-12-31T23:59:59Z"));
+        assert_eq!(rfc3339_unix(253_402_300_800), None);
+        assert_eq!(rfc3339_unix(u64::MAX), None);
+    }
 
     #[test]
     fn counts_take_the_noun_their_number_needs() {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod model;
 pub mod packets;
 pub mod portguard_cli;
+pub mod schemas;
 pub mod traffic;
 
 use std::{

@@ -1,7 +1,7 @@
 //! Driving the real `portguard` binary, as a user would, inside a lab namespace.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
@@ -49,12 +49,19 @@ pub struct Attached {
     pub iface: String,
     pub netns: String,
     _policy: Option<NamedTempFile>,
-    /// What `attach` printed before it reported running.
+    /// What `attach` printed before it reported running, stdout and stderr (with `--json`
+    /// the banner is on stderr).
     pub banner: String,
+    /// The lines of `banner` that came on stdout (none with `--json`: stdout is JSON only).
+    pub banner_on_stdout: Vec<String>,
     /// Reported running: only then is whatever is left behind ours to detach.
     started: bool,
     /// What `attach` prints after it runs (events, one per line).
     lines: mpsc::Receiver<String>,
+    /// What it prints on stderr, as it comes.
+    notes: mpsc::Receiver<String>,
+    /// Lines taken from `notes` so far.
+    stderr_seen: Vec<String>,
     /// Lines taken from `lines` so far.
     pub output: Vec<String>,
     /// This attachment's own state directory (manual blocks, policy snapshots), so tests do not
@@ -89,44 +96,52 @@ impl Attached {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting portguard attach")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stdout.take().context("stdout")?);
+        let notes = lines_of(child.stderr.take().context("stderr")?);
         let mut attached = Self {
             child: Some(child),
             iface: iface.to_owned(),
             netns: netns.name.clone(),
             _policy: policy,
             banner: String::new(),
+            banner_on_stdout: Vec::new(),
             started: false,
-            lines: rx,
+            lines,
+            notes,
+            stderr_seen: Vec::new(),
             output: Vec::new(),
             state_dir,
         };
+        // The banner ends with `running until ...`: on stdout, or on stderr with `--json`.
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match attached.lines.recv_timeout(left) {
-                Ok(line) => {
-                    attached.banner.push_str(&line);
-                    attached.banner.push('\n');
-                    if line.starts_with("running until") {
-                        attached.started = true;
-                        return Ok(attached);
-                    }
+        while Instant::now() < deadline {
+            while let Ok(line) = attached.notes.try_recv() {
+                attached.stderr_seen.push(line.clone());
+                attached.banner.push_str(&line);
+                attached.banner.push('\n');
+                attached.started |= line.starts_with("running until");
+            }
+            while let Ok(line) = attached.lines.try_recv() {
+                if serde_json::from_str::<serde_json::Value>(&line).is_ok() {
+                    // An event: output, not banner.
+                    attached.output.push(line);
+                    continue;
                 }
-                Err(_) => {
-                    let stderr = attached.stop_and_collect_stderr();
-                    bail!("portguard attach did not start:\n{}{stderr}", attached.banner);
+                attached.banner.push_str(&line);
+                attached.banner.push('\n');
+                attached.started |= line.starts_with("running until");
+                attached.banner_on_stdout.push(line);
+                if attached.started {
+                    break;
                 }
             }
+            if attached.started {
+                return Ok(attached);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let stderr = attached.stop_and_collect_stderr();
+        bail!("portguard attach did not start:\n{}{stderr}", attached.banner)
     }
 
     /// Takes what `attach` printed since the last call (waiting up to `wait` for more).
@@ -196,8 +211,8 @@ impl Attached {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting portguard events")?;
-        let lines = read_lines(child.stdout.take().context("stdout")?);
-        let notes = read_lines(child.stderr.take().context("stderr")?);
+        let lines = lines_of(child.stdout.take().context("stdout")?);
+        let notes = lines_of(child.stderr.take().context("stderr")?);
         let mut follower = Follower { child, lines, output: Vec::new() };
         match notes.recv_timeout(Duration::from_secs(10)) {
             Ok(note) if note.starts_with("following the events") => {
@@ -247,10 +262,27 @@ impl Attached {
         (success, stderr)
     }
 
+    /// Sends SIGTERM and waits: whether it exited with success, every line it printed on
+    /// stdout (those `collect` took too) and what it printed on stderr.
+    pub fn stop_and_read(mut self) -> (bool, Vec<String>, String) {
+        let success = self.terminate();
+        let stderr = self.stop_and_collect_stderr();
+        // Its stdout has closed too: what is left in the pipe comes, then the channel hangs up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.output.push(line);
+        }
+        (success, std::mem::take(&mut self.output), stderr)
+    }
+
     fn terminate(&mut self) -> bool {
         let Some(child) = self.child.as_mut() else {
             return false;
         };
+        // Exited already (and reaped): its pid may be another process's now.
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -265,15 +297,17 @@ impl Attached {
         false
     }
 
+    /// Everything it wrote on stderr, once it has stopped (lines already shown in the banner
+    /// too).
     fn stop_and_collect_stderr(&mut self) -> String {
         self.terminate();
-        let mut stderr = String::new();
-        if let Some(mut child) = self.child.take() {
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = pipe.read_to_string(&mut stderr);
-            }
+        self.child = None;
+        // The pipe closes when the process has gone: the reader thread then hangs up.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Ok(line) = self.notes.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.stderr_seen.push(line);
         }
-        stderr
+        self.stderr_seen.iter().map(|line| format!("{line}\n")).collect()
     }
 
     /// Kills the loader with SIGKILL: enforcement stays pinned until this guard drops.
@@ -299,8 +333,8 @@ impl Drop for Attached {
     }
 }
 
-/// Lines from a child's pipe, as they come.
-fn read_lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+/// The lines of a child's pipe, as they come (the channel hangs up when the pipe closes).
+fn lines_of(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {

@@ -138,7 +138,10 @@ fn status_exits_like_systemctl_is_active() {
     );
     let json: Value =
         serde_json::from_str(&exited(pg.run(&["status", "--json"]), Exit::ConfirmationPending)).unwrap();
-    assert!(json[0]["confirm_seconds_left"].as_u64().unwrap() > 500, "{json}");
+    assert!(json[0]["rollback_remaining_secs"].as_u64().unwrap() > 500, "{json}");
+    let rollback_at = humantime::parse_rfc3339(json[0]["rollback_at"].as_str().unwrap()).unwrap();
+    let ahead = rollback_at.duration_since(std::time::SystemTime::now()).unwrap().as_secs();
+    assert!((500..=600).contains(&ahead), "{json}");
     // -q leaves the answer: status is what was asked for.
     assert!(exited(pg.run(&["-q", "status"]), Exit::ConfirmationPending).contains("WAITING"));
     ok(pg.run(&["confirm", iface]));

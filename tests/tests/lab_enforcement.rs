@@ -38,7 +38,7 @@ fn port_drops(stats: &Value, proto: &str, port: u16) -> u64 {
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["proto"] == proto && p["port"] == port)
+        .find(|p| p["protocol"] == proto && p["port"] == port)
         .map(|p| p["drops"].as_u64().unwrap())
         .unwrap_or(0)
 }
@@ -71,10 +71,10 @@ fn example_policy_on_real_tcp_and_udp_v4_and_v6() {
     assert_eq!(servers.accepted(3306), 1, "only the connection made before attach");
 
     let stats = pg.stats();
-    assert!(applied(&stats, "port-denied") >= 2);
-    assert!(applied(&stats, "default-deny") >= 4);
-    assert!(applied(&stats, "source-not-allowed") >= 2);
-    assert!(applied(&stats, "port-allowed") > 0);
+    assert!(applied(&stats, "port_denied") >= 2);
+    assert!(applied(&stats, "default_deny") >= 4);
+    assert!(applied(&stats, "source_not_allowed") >= 2);
+    assert!(applied(&stats, "port_allowed") > 0);
     assert!(port_drops(&stats, "tcp", 23) >= 2);
     assert!(port_drops(&stats, "udp", 5353) >= 2);
     let (ok, stderr) = pg.stop();
@@ -139,8 +139,8 @@ fn monitor_mode_drops_nothing_and_counts() {
     assert_eq!(servers.accepted(23), 1);
     let stats = pg.stats();
     assert_eq!(stats["dropped"], 0, "{stats}");
-    assert!(reason(&stats, "port-denied", "monitor") >= 1);
-    assert!(reason(&stats, "blocklist", "monitor") >= 1);
+    assert!(reason(&stats, "port_denied", "would_drop") >= 1);
+    assert!(reason(&stats, "blocklist", "would_drop") >= 1);
     assert!(port_drops(&stats, "tcp", 23) >= 1, "would-drops are counted per port too");
 }
 
@@ -164,8 +164,8 @@ fn counters_match_the_traffic_sent_exactly() {
     }
     let after = pg.stats();
     let delta = |f: &dyn Fn(&Value) -> u64| f(&after) - f(&before);
-    assert_eq!(delta(&|s| applied(s, "port-allowed")), allowed);
-    assert_eq!(delta(&|s| applied(s, "default-deny")), denied);
+    assert_eq!(delta(&|s| applied(s, "port_allowed")), allowed);
+    assert_eq!(delta(&|s| applied(s, "default_deny")), denied);
     assert_eq!(delta(&|s| port_drops(s, "udp", 5353)), denied);
     assert_eq!(servers.received(5353), 0);
     assert_eq!(servers.received(53), allowed + 2);
@@ -194,7 +194,7 @@ fn vlan_and_qinq_tagged_traffic() {
             assert!(!tcp_connects(&lab.client, None, at(v6, 23)), "{options:?} v6={v6}");
         }
         let stats = pg.stats();
-        assert!(applied(&stats, "port-denied") >= 2, "{options:?}: {stats}");
+        assert!(applied(&stats, "port_denied") >= 2, "{options:?}: {stats}");
         // The tags really were on the wire, as the XDP program saw them.
         let seen = if options.outer_vlan.is_some() {
             &stats["observations"]["vlan_stacked"]

@@ -68,7 +68,7 @@ fn counter(stats: &Value, name: &str) -> u64 {
     stats[name].as_u64().unwrap_or_else(|| panic!("stats has no {name}: {stats}"))
 }
 
-/// Sources automatically blocked now, with their cause.
+/// Networks blocked automatically now (a /32 for an address), with their cause.
 fn auto_blocks(stats: &Value) -> Vec<(String, String)> {
     stats["auto_blocks"]
         .as_array()
@@ -76,15 +76,16 @@ fn auto_blocks(stats: &Value) -> Vec<(String, String)> {
         .iter()
         .map(|b| {
             (
-                b["source"].as_str().unwrap_or_default().to_string(),
+                b["network"].as_str().unwrap_or_default().to_string(),
                 b["cause"].as_str().unwrap_or_default().to_string(),
             )
         })
         .collect()
 }
 
-fn has_block(stats: &Value, source: &str, cause: &str) -> bool {
-    auto_blocks(stats).iter().any(|(s, c)| s == source && c == cause)
+/// Whether the IPv4 address `source` is blocked automatically for `cause`.
+fn has_block(stats: &Value, source: std::net::Ipv4Addr, cause: &str) -> bool {
+    auto_blocks(stats).iter().any(|(network, c)| *network == format!("{source}/32") && c == cause)
 }
 
 /// Starts a spoofed-source flood from the client's end of the wire towards the server's.
@@ -99,13 +100,13 @@ fn spoofed_flood<'s>(
     })
 }
 
-/// Waits (bounded) until portguard has refused at least `frames` flood frames (`port-denied`
+/// Waits (bounded) until portguard has refused at least `frames` flood frames (`port_denied`
 /// counts only the flood's port here).
 fn wait_for_flood(pg: &Attached, frames: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let stats = pg.stats();
-        if applied(&stats, "port-denied") >= frames {
+        if applied(&stats, "port_denied") >= frames {
             return stats;
         }
         assert!(Instant::now() < deadline, "the flood never reached portguard: {stats}");
@@ -122,7 +123,7 @@ fn nmap_syn_scan_is_blocked_during_a_spoofed_flood() {
     std::thread::scope(|scope| {
         let flood = spoofed_flood(scope, &lab, Bound::frames(200_000_000, Duration::from_secs(12)));
         let before = wait_for_flood(&pg, 100_000);
-        // One probe per port (no retries): `default-deny` then counts the distinct ports the
+        // One probe per port (no retries): `default_deny` then counts the distinct ports the
         // scanner got refused before its block, independently of the detector's estimate.
         // Ports clear of the trap ports (a trap would block the scanner before the detector).
         lab.nmap_at(SERVER_V4.into(), &["-T5", "-p", "1000-1300", "-sS", "--max-retries", "0"]);
@@ -132,7 +133,7 @@ fn nmap_syn_scan_is_blocked_during_a_spoofed_flood() {
                 let stats = pg.stats();
                 panic!(
                     "no scan_detected under the flood: {} of the scanner's probes refused, observations {}",
-                    applied(&stats, "default-deny"),
+                    applied(&stats, "default_deny"),
                     stats["observations"]
                 )
             });
@@ -141,7 +142,7 @@ fn nmap_syn_scan_is_blocked_during_a_spoofed_flood() {
         let blast = flood.join().expect("flood thread");
 
         // The flood ran all along the scan.
-        let flood_frames = applied(&during, "port-denied") - applied(&before, "port-denied");
+        let flood_frames = applied(&during, "port_denied") - applied(&before, "port_denied");
         assert!(flood_frames >= 100_000, "only {flood_frames} flood frames during the scan: {during}");
 
         assert_eq!(scan["source"], CLIENT_V4.to_string(), "{scan}");
@@ -154,18 +155,18 @@ fn nmap_syn_scan_is_blocked_during_a_spoofed_flood() {
                 e["event"] == "auto_blocked" && e["source"] == CLIENT_V4.to_string()
             })
             .unwrap_or_else(|| panic!("no auto_blocked for the scanner: {:#?}", pg.output));
-        assert_eq!(block["block_seconds"], 900, "{block}");
+        assert_eq!(block["block_secs"], 900, "{block}");
 
         let stats = pg.stats();
         // The probe that crosses the threshold is counted as blocked, the ones before as
         // refused.
-        let refused = applied(&stats, "default-deny");
+        let refused = applied(&stats, "default_deny");
         assert!(
             (THRESHOLD..=THRESHOLD + SLACK).contains(&(refused + 1)),
             "the scanner had {refused} ports refused before the one that got it blocked: {stats}"
         );
-        assert!(applied(&stats, "auto-block") > 0, "later probes are dropped as blocked: {stats}");
-        assert!(has_block(&stats, &CLIENT_V4.to_string(), "scan"), "{stats}");
+        assert!(applied(&stats, "auto_block") > 0, "later probes are dropped as blocked: {stats}");
+        assert!(has_block(&stats, CLIENT_V4, "scan"), "{stats}");
         eprintln!(
             "flood: {} frames in {:.1} s sent, {flood_frames} refused during the scan; scanner: {distinct} ports reported, {refused} refused; stats {}",
             blast.frames, blast.seconds, stats["observations"]
@@ -189,7 +190,7 @@ fn wait_for_block(pg: &mut Attached, source: &str) {
             let events: Vec<&String> = pg.output.iter().filter(|l| !l.contains("\"drop\"")).collect();
             panic!(
                 "no auto_blocked for {source}: {} probes refused by default, observations {}, events {events:#?}",
-                applied(&stats, "default-deny"),
+                applied(&stats, "default_deny"),
                 stats["observations"]
             )
         });
@@ -251,7 +252,7 @@ fn blocks_made_before_a_spoofed_flood_survive_five_million_forged_sources() {
     let admitted = observation(&after, "trap_blocks") - observation(&before, "trap_blocks");
     let not_admitted =
         observation(&after, "blocks_not_admitted") - observation(&before, "blocks_not_admitted");
-    let refused = applied(&after, "port-denied") - applied(&before, "port-denied");
+    let refused = applied(&after, "port_denied") - applied(&before, "port_denied");
     let reached = hook.packets - hook_before.packets;
     eprintln!(
         "flood: {sent} frames sent in {seconds:.2} s, {reached} through the XDP hook, {judged} judged; {admitted} forged blocks admitted, {not_admitted} not; observations {}",
@@ -283,7 +284,7 @@ fn blocks_made_before_a_spoofed_flood_survive_five_million_forged_sources() {
     }
     assert_eq!(blocked_after.len() as u64, 3 + admitted, "nothing evicted, nothing else added");
     let web4 = SocketAddr::new(SERVER_V4.into(), 80);
-    let dropped_before = applied(&after, "auto-block");
+    let dropped_before = applied(&after, "auto_block");
     assert!(!tcp_connects(&lab.client, Some(CLIENT_V4.into()), web4), "the scanner stays blocked");
     assert!(!tcp_connects(&lab.client, Some(SCANNER_V4.into()), web4), "the IPv4 trap hit stays blocked");
     assert!(
@@ -291,7 +292,7 @@ fn blocks_made_before_a_spoofed_flood_survive_five_million_forged_sources() {
         "the IPv6 trap hit stays blocked"
     );
     assert!(tcp_connects(&lab.client, Some(INTRUDER_V4.into()), web4), "others still connect");
-    assert!(applied(&pg.stats(), "auto-block") >= dropped_before + 3, "dropped as blocked");
+    assert!(applied(&pg.stats(), "auto_block") >= dropped_before + 3, "dropped as blocked");
 }
 
 #[test]
@@ -345,10 +346,10 @@ fn a_flood_is_counted_and_scan_and_block_events_all_arrive() {
     let hook_drops = hook.drops - hook_before.drops;
     let judged = counter(&stats, "packets") - counter(&before, "packets");
     let dropped = counter(&stats, "dropped") - counter(&before, "dropped");
-    let refused = applied(&stats, "port-denied") - applied(&before, "port-denied");
+    let refused = applied(&stats, "port_denied") - applied(&before, "port_denied");
     let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count() as u64;
     eprintln!(
-        "flood: {} frames sent in {:.2} s, {queued} queued to the server ({queue_full} not: queue full), {reached} through the XDP hook ({hook_drops} dropped there); portguard judged {judged}, dropped {dropped}, {refused} as port-denied; events: {} scan, {} block, {} trap, {} drop, {} lost; observations {}",
+        "flood: {} frames sent in {:.2} s, {queued} queued to the server ({queue_full} not: queue full), {reached} through the XDP hook ({hook_drops} dropped there); portguard judged {judged}, dropped {dropped}, {refused} as port_denied; events: {} scan, {} block, {} trap, {} drop, {} lost; observations {}",
         blast.frames,
         blast.seconds,
         count("scan_detected"),
@@ -378,7 +379,7 @@ fn a_flood_is_counted_and_scan_and_block_events_all_arrive() {
         dropped >= hook_drops && dropped <= hook_drops + 1_000,
         "portguard dropped {dropped}, the hook {hook_drops}"
     );
-    assert!(refused + 10_000 >= reached, "the flood's frames are port-denied: {refused} of {reached}");
+    assert!(refused + 10_000 >= reached, "the flood's frames are port_denied: {refused} of {reached}");
 
     // Every scan and block was reported, and no event was lost.
     assert_eq!(observation(&stats, "events_lost"), 0, "{stats}");
@@ -419,7 +420,7 @@ fn a_scanner_is_blocked_during_a_spoofed_flood_to_a_trap_port() {
             .expect("the scan is detected");
         let stats = pg.stats();
         assert!(
-            has_block(&stats, &CLIENT_V4.to_string(), "scan"),
+            has_block(&stats, CLIENT_V4, "scan"),
             "reported as {} but not blocked: {}",
             scan["action"],
             stats["observations"]

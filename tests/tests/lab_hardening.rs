@@ -169,7 +169,11 @@ fn durations_out_of_range_are_refused_and_stored_ones_never_panic() {
         serde_json::from_str(&ok(portguard_in(state.path(), &["blocks", "--json"]))).unwrap();
     let rows: Vec<_> = json.as_array().unwrap().iter().filter(|r| r["origin"] == "manual").collect();
     assert_eq!(rows.len(), 2, "{json}");
-    assert_eq!(rows[0]["expires"], "after 9999-12-31");
+    // Past year 9999 an end has no RFC 3339 form: no `expires_at`, and the seconds left say it.
+    assert_eq!(rows[0]["expires_at"], serde_json::Value::Null, "{json}");
+    assert!(rows[0]["remaining_secs"].as_u64().unwrap() > 250_000_000_000, "{json}");
+    assert_eq!(rows[1]["expires_at"], serde_json::Value::Null, "{json}");
+    portguard_tests::schemas::assert_valid("blocks", &json);
 }
 
 /// Runs `command`, failing the test if it takes longer than `limit` (it is killed then).
@@ -255,7 +259,7 @@ fn manual_blocks(pg: &Attached) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|row| row["origin"] == "manual")
-        .map(|row| row["source"].as_str().unwrap().to_owned())
+        .map(|row| row["network"].as_str().unwrap().to_owned())
         .collect();
     nets.sort();
     nets
@@ -336,8 +340,8 @@ fn a_lost_blocks_file_is_rebuilt_from_the_kernel_not_taken_as_empty() {
     assert!(!passes(&lab, CLIENT_V4) && !passes(&lab, ADMIN_V4) && !passes(&lab, SCANNER_V4));
     let listed: serde_json::Value =
         serde_json::from_str(&ok(pg.run(&["blocks", "--json", "--iface", iface]))).unwrap();
-    let client = listed.as_array().unwrap().iter().find(|r| r["source"] == "192.0.2.1/32").unwrap();
-    let left = client["seconds_left"].as_u64().unwrap();
+    let client = listed.as_array().unwrap().iter().find(|r| r["network"] == "192.0.2.1/32").unwrap();
+    let left = client["remaining_secs"].as_u64().unwrap();
     assert!((3500..=3601).contains(&left), "the end time is kept: {left}");
 
     // A symlink to nothing is missing too.

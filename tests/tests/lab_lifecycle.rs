@@ -260,7 +260,7 @@ fn manual_blocks(state: &Path, netns: &Netns, extra: &[&str]) -> Vec<String> {
         .unwrap()
         .iter()
         .filter(|row| row["origin"] == "manual")
-        .map(|row| row["source"].as_str().unwrap().to_owned())
+        .map(|row| row["network"].as_str().unwrap().to_owned())
         .collect()
 }
 

@@ -68,12 +68,12 @@ fn block_and_unblock_take_effect_on_the_next_connection() {
         let list: Value = serde_json::from_str(&ok(pg.run(&["blocks", "--json", "--iface", iface]))).unwrap();
         let row = list.as_array().unwrap().iter().find(|r| r["origin"] == "manual").expect("listed");
         assert_eq!(row["reason"], "test");
-        assert!(row["seconds_left"].as_u64().unwrap() > 3500);
+        assert!(row["remaining_secs"].as_u64().unwrap() > 3500);
 
         ok(pg.run(&["unblock", target, "--iface", iface]));
         assert!(tcp_connects(&lab.client, Some(source), web(v6)), "{target}: open right after `unblock`");
     }
-    assert!(applied(&pg.stats(), "manual-block") >= 4);
+    assert!(applied(&pg.stats(), "manual_block") >= 4);
     // Bad input changes nothing and says why.
     let bad = pg.run(&["block", "192.0.2.1", "300.1.1.1", "--iface", iface]);
     assert!(!bad.status.success());
@@ -270,7 +270,7 @@ fn a_million_entry_blocklist_loads_and_enforces() {
 
 /// Two policies that agree on one thing: UDP to port 5000 from 192.0.2.1 passes. A packet
 /// judged by a mix of them (the port table of one, the source list of the other) is dropped
-/// as `source-not-allowed`. A reload that is not atomic shows up as such drops.
+/// as `source_not_allowed`. A reload that is not atomic shows up as such drops.
 const GAP_A: &str = r#"
 mode = "enforce"
 default = "deny"
@@ -346,15 +346,15 @@ fn a_hundred_reloads_under_traffic_without_a_gap() {
     let judged = |name: &str| applied(&after, name) - applied(&before, name);
     let sent = sent.load(Ordering::Relaxed);
     eprintln!(
-        "sent {sent}: source-allowed {}, port-allowed {}, source-not-allowed {}",
-        judged("source-allowed"),
-        judged("port-allowed"),
-        judged("source-not-allowed")
+        "sent {sent}: source_allowed {}, port_allowed {}, source_not_allowed {}",
+        judged("source_allowed"),
+        judged("port_allowed"),
+        judged("source_not_allowed")
     );
-    assert_eq!(judged("source-not-allowed"), 0, "a packet saw half of each policy");
-    assert_eq!(judged("default-deny"), 0);
-    assert!(judged("source-allowed") > 0 && judged("port-allowed") > 0, "both policies judged traffic");
-    assert!(judged("source-allowed") + judged("port-allowed") >= sent * 9 / 10, "the stream was judged");
+    assert_eq!(judged("source_not_allowed"), 0, "a packet saw half of each policy");
+    assert_eq!(judged("default_deny"), 0);
+    assert!(judged("source_allowed") > 0 && judged("port_allowed") > 0, "both policies judged traffic");
+    assert!(judged("source_allowed") + judged("port_allowed") >= sent * 9 / 10, "the stream was judged");
     // Counters carried across 100 generations, and the last valid policy (A) runs.
     assert!(after["packets"].as_u64().unwrap() >= before["packets"].as_u64().unwrap() + sent * 9 / 10);
     let status: Value = serde_json::from_slice(&pg.run(&["status", "--json"]).stdout).unwrap();

@@ -59,7 +59,7 @@ fn scan_is_detected_and_blocked(nmap_args: &[&str], expected_kind: &str) {
     let block = pg
         .wait_for_event(Duration::from_secs(2), |e| e["event"] == "auto_blocked")
         .expect("auto_blocked event");
-    assert_eq!(block["block_seconds"], 900);
+    assert_eq!(block["block_secs"], 900);
     // One alert per window, not one per packet.
     let scans = pg.events(Duration::ZERO).iter().filter(|e| e["event"] == "scan_detected").count();
     assert_eq!(scans, 1, "{:#?}", pg.output);
@@ -69,14 +69,14 @@ fn scan_is_detected_and_blocked(nmap_args: &[&str], expected_kind: &str) {
     // threshold, each tried at most twice (nmap --max-retries 1). Everything after is dropped
     // unseen, whatever port it aims at.
     let refused =
-        applied(&stats, "default-deny") + applied(&stats, "port-denied") + applied(&stats, "no-flow");
+        applied(&stats, "default_deny") + applied(&stats, "port_denied") + applied(&stats, "no_flow");
     assert!(refused <= 2 * THRESHOLD, "{refused} refused probes judged before the block: {stats}");
-    assert!(applied(&stats, "auto-block") >= 200, "later probes are dropped: {stats}");
+    assert!(applied(&stats, "auto_block") >= 200, "later probes are dropped: {stats}");
     assert_eq!(stats["observations"]["scans_detected"], 1);
     let blocks = stats["auto_blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 1, "{stats}");
-    assert_eq!(blocks[0]["source"], CLIENT_V4.to_string());
-    assert!(blocks[0]["seconds_left"].as_u64().unwrap() > 800);
+    assert_eq!(blocks[0]["network"], format!("{CLIENT_V4}/32"));
+    assert!(blocks[0]["remaining_secs"].as_u64().unwrap() > 800);
     // The blocked scanner cannot reach the open web port any more; others can.
     assert!(!tcp_connects(&lab.client, Some(CLIENT_V4.into()), SocketAddr::new(SERVER_V4.into(), 80)));
     assert!(tcp_connects(&lab.client, Some(ADMIN_V4.into()), SocketAddr::new(SERVER_V4.into(), 80)));
@@ -240,6 +240,6 @@ fn refusals_sent_by_the_host_count_under_default_allow() {
     assert_eq!(scan["source"], CLIENT_V4.to_string());
     let stats = pg.stats();
     assert!(stats["observations"]["refusals_sent"].as_u64().unwrap() >= THRESHOLD, "{stats}");
-    assert!(applied(&stats, "auto-block") > 0, "{stats}");
+    assert!(applied(&stats, "auto_block") > 0, "{stats}");
     assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 80)));
 }

@@ -16,7 +16,7 @@ use portguard_tests::{
     capture::Capture,
     packets::*,
     portguard_cli::portguard,
-    require_root,
+    require_root, schemas,
     traffic::{Servers, tcp_connects},
 };
 use serde_json::Value;
@@ -40,6 +40,40 @@ fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
 
 fn row<'a>(report: &'a Value, side: &str, reason: &str) -> Option<&'a Value> {
     report[side].as_array().unwrap().iter().find(|r| r["reason"] == reason)
+}
+
+/// The rules that decided the `side` rows (`pass`, `drop`): `rule 3 "dns" (line 18)`, as the
+/// human report names them.
+fn rules(report: &Value, side: &str) -> Vec<String> {
+    report[side]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["decided_by"] == "rule")
+        .map(|r| {
+            let rule = &r["rule"];
+            format!("rule {} {} (line {})", rule["number"], rule["name"], rule["line"])
+        })
+        .collect()
+}
+
+/// Drops to `protocol`/`port` a row lists among its top ports.
+fn drops_to(row: &Value, protocol: &str, port: u16) -> u64 {
+    row["top_ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["protocol"] == protocol && p["port"] == port)
+        .map_or(0, |p| p["drops"].as_u64().unwrap())
+}
+
+/// The report, checked against docs/schemas/verify.schema.json.
+fn parsed(output: &std::process::Output) -> Value {
+    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!("verify printed no report ({error}): {}", String::from_utf8_lossy(&output.stderr))
+    });
+    schemas::assert_valid("verify", &report);
+    report
 }
 
 /// Packets with `reason`, over every rule.
@@ -81,26 +115,27 @@ fn a_crafted_capture_is_judged_by_rule_and_reason() {
         &["verify", "--policy", EXAMPLE, "--pcap", pcap.to_str().unwrap(), "--host", "192.0.2.2", "--json"],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = parsed(&output);
     assert_eq!(report["packets"], frames.len());
     assert_eq!(report["outbound"], 1);
     assert_eq!(report["inbound"], frames.len() - 1);
-    assert_eq!(packets(&report, "pass", "port-allowed"), 3, "443, 80 and DNS: {report}");
-    let rules: Vec<&str> =
-        report["pass"].as_array().unwrap().iter().filter_map(|r| r["rule"].as_str()).collect();
+    assert_eq!(packets(&report, "pass", "port_allowed"), 3, "443, 80 and DNS: {report}");
+    let passed_by = rules(&report, "pass");
     assert!(
-        rules.contains(&"rule 1 \"web\" (line 7)") && rules.contains(&"rule 3 \"dns\" (line 18)"),
+        passed_by.contains(&"rule 1 \"web\" (line 7)".to_string())
+            && passed_by.contains(&"rule 3 \"dns\" (line 18)".to_string()),
         "{report}"
     );
-    assert_eq!(row(&report, "pass", "flow").expect("the DNS reply passes as a flow")["packets"], 1);
-    assert_eq!(
-        row(&report, "drop", "port-denied").unwrap()["rule"],
-        "rule 4 \"legacy remote access\" (line 23)"
-    );
+    let flow = row(&report, "pass", "flow").expect("the DNS reply passes as a flow");
+    assert_eq!((flow["packets"].as_u64(), flow["decided_by"].as_str()), (Some(1), Some("flow_tracking")));
+    assert_eq!(rules(&report, "drop"), ["rule 4 \"legacy remote access\" (line 23)"], "{report}");
+    let denied = row(&report, "drop", "port_denied").unwrap();
+    // Objects with named fields (once `[["tcp/5900",1]]`).
+    assert_eq!(denied["top_ports"], serde_json::json!([{ "protocol": "tcp", "port": 5900, "drops": 1 }]));
     assert_eq!(row(&report, "drop", "blocklist").unwrap()["packets"], 1);
     // The scan crosses the threshold at the 20th port: that probe and the 10 after it are
     // dropped as an automatic block.
-    assert_eq!(packets(&report, "drop", "auto-block"), 11);
+    assert_eq!(packets(&report, "drop", "auto_block"), 11);
     let alerts = report["alerts"].as_array().unwrap();
     assert!(alerts.iter().any(|a| a["event"] == "scan_detected" && a["source"] == "192.0.2.99"), "{report}");
     assert_eq!(
@@ -157,11 +192,11 @@ fn a_real_tcpdump_capture_replays() {
         &["verify", "--policy", EXAMPLE, "--pcap", pcap.to_str().unwrap(), "--host", "192.0.2.2", "--json"],
     );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = parsed(&output);
     // The client's SYN to 5900 would be dropped by the deny rule; its traffic to 80 passes.
-    let denied = row(&report, "drop", "port-denied").expect("the VNC attempt is denied");
-    assert!(denied["top_ports"].to_string().contains("tcp/5900"), "{report}");
-    assert!(row(&report, "pass", "port-allowed").is_some(), "{report}");
+    let denied = row(&report, "drop", "port_denied").expect("the VNC attempt is denied");
+    assert!(drops_to(denied, "tcp", 5900) >= 1, "{report}");
+    assert!(row(&report, "pass", "port_allowed").is_some(), "{report}");
     assert!(report["outbound"].as_u64().unwrap() > 0, "the server's own packets learnt as flows");
 }
 
@@ -177,10 +212,7 @@ fn verify(pcap: &Path, hosts: &[&str]) -> (i32, Value) {
     }
     let output = portguard(None, &args);
     let code = output.status.code().expect("verify exited");
-    let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!("verify printed no report ({error}): {}", String::from_utf8_lossy(&output.stderr))
-    });
-    (code, report)
+    (code, parsed(&output))
 }
 
 /// The human report and exit code.
@@ -300,8 +332,8 @@ fn captures_with_a_snap_length_are_judged_on_their_headers() {
     assert!(cut["judged_on_headers"]["cut"].as_u64().unwrap() > 0, "{cut}");
     // IPv4 SYNs are cut inside their TCP options, after the fixed header the program reads:
     // judged, and the one to 5900 denied by its rule.
-    let denied = row(&cut, "drop", "port-denied").expect("the IPv4 SYN to 5900 is judged");
-    assert!(denied["top_ports"].to_string().contains("tcp/5900"), "{cut}");
+    let denied = row(&cut, "drop", "port_denied").expect("the IPv4 SYN to 5900 is judged");
+    assert!(drops_to(denied, "tcp", 5900) >= 1, "{cut}");
     assert!(denied["bytes"].as_u64().unwrap() >= 74, "bytes are the packets' own: {cut}");
     // IPv6 with TCP does not fit in 64 bytes: each such packet is listed by its number, which
     // is the one tcpdump gives it.
@@ -309,14 +341,14 @@ fn captures_with_a_snap_length_are_judged_on_their_headers() {
     assert!(!listed.is_empty(), "{cut}");
     let ipv6 = ipv6_packet_numbers(&s64);
     for packet in listed {
-        assert_eq!(packet["reason"], "cut-in-headers", "{packet}");
+        assert_eq!(packet["reason"], "cut_in_headers", "{packet}");
         assert!(
             ipv6.contains(&packet["packet"].as_u64().unwrap()),
             "{packet} is not an IPv6 packet: {ipv6:?}"
         );
         assert!(packet["detail"].as_str().unwrap().contains("capture with a larger -s"), "{packet}");
     }
-    assert_eq!(cut["not_judged_by_reason"]["cut-in-headers"].as_u64().unwrap() as usize, listed.len());
+    assert_eq!(cut["not_judged_by_reason"]["cut_in_headers"].as_u64().unwrap() as usize, listed.len());
     let (_, text) = verify_text(&s64);
     assert!(
         text.contains("were cut by the snap length after their headers: judged on their headers"),
@@ -381,14 +413,12 @@ fn jumbo_frames_and_big_tcp_aggregates_are_judged_on_their_headers() {
     accounted(&report);
     assert_eq!(report["not_judged"], 0, "{report}");
     assert!(report["judged_on_headers"]["shortened"].as_u64().unwrap() >= 10, "{report}");
-    let dns =
-        report["pass"].as_array().unwrap().iter().find(|r| r["rule"] == "rule 3 \"dns\" (line 18)").unwrap();
+    let dns = report["pass"].as_array().unwrap().iter().find(|r| r["rule"]["name"] == "dns").unwrap();
     assert_eq!(dns["packets"], 5, "{report}");
     assert_eq!(dns["bytes"], 5 * (8000 + 8 + 20 + 14), "the frames' own lengths: {report}");
-    let denied = row(&report, "drop", "default-deny").expect("UDP to 1234 is denied by default");
-    assert!(denied["top_ports"].to_string().contains("[\"udp/1234\",5]"), "{report}");
-    let web =
-        report["pass"].as_array().unwrap().iter().find(|r| r["rule"] == "rule 1 \"web\" (line 7)").unwrap();
+    let denied = row(&report, "drop", "default_deny").expect("UDP to 1234 is denied by default");
+    assert_eq!(drops_to(denied, "udp", 1234), 5, "{report}");
+    let web = report["pass"].as_array().unwrap().iter().find(|r| r["rule"]["name"] == "web").unwrap();
     assert!(web["bytes"].as_u64().unwrap() > 5 << 20, "the transfers' bytes, not the stand-ins': {report}");
 }
 
@@ -431,10 +461,7 @@ fn tunnelled_and_linux_cooked_captures_are_judged() {
     assert_eq!(code, 0, "{report}");
     accounted(&report);
     assert_eq!(report["not_judged"], 0, "{report}");
-    assert!(
-        row(&report, "drop", "default-deny").unwrap()["top_ports"].to_string().contains("udp/4789"),
-        "{report}"
-    );
+    assert!(drops_to(row(&report, "drop", "default_deny").unwrap(), "udp", 4789) > 0, "{report}");
     assert!(report["outbound"].as_u64().unwrap() > 0, "{report}");
 
     // `-i any`: Linux cooked headers, v2 (tcpdump's default) and v1. They say which packets
@@ -445,16 +472,13 @@ fn tunnelled_and_linux_cooked_captures_are_judged() {
         accounted(&report);
         assert_eq!(report["not_judged"], 0, "{report}");
         assert!(report["outbound"].as_u64().unwrap() > 0, "{report}");
-        let rules: Vec<&str> =
-            report["pass"].as_array().unwrap().iter().filter_map(|r| r["rule"].as_str()).collect();
+        let passed_by = rules(&report, "pass");
         assert!(
-            rules.contains(&"rule 1 \"web\" (line 7)") && rules.contains(&"rule 3 \"dns\" (line 18)"),
+            passed_by.contains(&"rule 1 \"web\" (line 7)".to_string())
+                && passed_by.contains(&"rule 3 \"dns\" (line 18)".to_string()),
             "{report}"
         );
-        assert!(
-            row(&report, "drop", "default-deny").unwrap()["top_ports"].to_string().contains("udp/4789"),
-            "{report}"
-        );
+        assert!(drops_to(row(&report, "drop", "default_deny").unwrap(), "udp", 4789) > 0, "{report}");
     }
 }
 
@@ -492,7 +516,7 @@ fn damaged_captures_report_what_was_read_and_where_reading_stopped() {
         let damage = &report["damage"][0];
         assert_eq!(damage["packet"].as_u64().unwrap(), total, "{report}");
         assert_eq!(damage["stopped"], true);
-        assert!(damage["why"].as_str().unwrap().contains("the file ends inside it"), "{report}");
+        assert!(damage["detail"].as_str().unwrap().contains("the file ends inside it"), "{report}");
         assert_eq!(report["not_judged_by_reason"]["damaged"], 1, "{report}");
         accounted(&report);
         let (code, text) = verify_text(&cut);
@@ -524,7 +548,7 @@ fn damaged_captures_report_what_was_read_and_where_reading_stopped() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["packets"].as_u64().unwrap(), total + 1);
     assert_eq!(report["not_judged_packets"][0]["packet"], 3, "{report}");
-    assert_eq!(report["not_judged_packets"][0]["reason"], "empty-record", "{report}");
+    assert_eq!(report["not_judged_packets"][0]["reason"], "empty_record", "{report}");
     let (_, text) = verify_text(&with_empty);
     assert!(text.contains("packet 3: the record holds no bytes") && !text.contains("snap length"), "{text}");
 }

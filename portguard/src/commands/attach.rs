@@ -78,7 +78,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
     let previous = match manager::settle(iface, true) {
         Ok((previous, note)) => {
             if let Some(note) = note {
-                println!("portguard: {iface}: {note}");
+                say(&format!("portguard: {iface}: {note}"));
             }
             previous
         }
@@ -93,16 +93,16 @@ pub fn run(options: Options) -> Result<ExitCode> {
     if !adopt {
         let pin_dir = paths::owned_pin_dir(iface)?;
         if found.any_link() {
-            println!(
+            say(&format!(
                 "portguard: the links left pinned for {iface} protect nothing ({}): removed them and \
                  their maps; attaching afresh",
                 found.problem(iface).unwrap_or_default()
-            );
+            ));
         } else if pin_dir.exists() {
-            println!(
+            say(&format!(
                 "portguard: removed the pins a loader left for {iface} before it attached (nothing was \
                  enforcing); attaching afresh"
-            );
+            ));
         }
         loader::detach(iface)?;
         // A switch of pins that are gone says nothing about what this attach starts.
@@ -140,11 +140,11 @@ pub fn run(options: Options) -> Result<ExitCode> {
         info!("flow table seeded with {seeded} existing connections");
         let manual = manager::restore_manual_blocks(iface)?;
         if manual > 0 {
-            println!(
+            say(&format!(
                 "portguard: {} restored from {}",
                 portguard::output::count(manual as u64, "manual block", "manual blocks"),
                 paths::blocks_file().display()
-            );
+            ));
         }
         state.programs = Some(loader::program_ids(&mut ebpf)?);
         if adopt {
@@ -154,14 +154,14 @@ pub fn run(options: Options) -> Result<ExitCode> {
             if let Some(mode) = mode {
                 state.xdp_mode = mode;
             }
-            println!(
+            say(&format!(
                 "portguard: adopted the programs left pinned on {iface}: generation {generation} replaces them"
-            );
+            ));
             for repair in repaired {
-                println!("portguard: repaired a half attachment of {iface}: {repair}");
+                say(&format!("portguard: repaired a half attachment of {iface}: {repair}"));
             }
             if let Some(kept) = portguard::maps::kept_sizes_message(iface, &policy) {
-                println!("portguard: {kept}");
+                say(&format!("portguard: {kept}"));
             }
         } else {
             // Recorded before the first pin: a loader killed after it leaves enough to adopt.
@@ -176,13 +176,15 @@ pub fn run(options: Options) -> Result<ExitCode> {
     let xdp_mode = state.xdp_mode;
     manager::record(&state, &source)?;
 
-    println!(
+    say(&format!(
         "portguard: attached to {iface} (ifindex {ifindex}): XDP {xdp_mode} mode on ingress, TC on egress"
-    );
-    println!("policy {}: {}", options.policy.display(), policy.summary());
-    println!("pins under {}; counters: `portguard stats {iface}`", pin_dir.display());
+    ));
+    say(&format!("policy {}: {}", options.policy.display(), policy.summary()));
+    say(&format!("pins under {}; counters: `portguard stats {iface}`", pin_dir.display()));
     if options.pin {
-        println!("--pin: enforcement stays when this loader exits; `portguard detach {iface}` removes it");
+        say(&format!(
+            "--pin: enforcement stays when this loader exits; `portguard detach {iface}` removes it"
+        ));
     }
     if let Some(within) = options.confirm_within {
         let rollback = match previous_policy {
@@ -190,13 +192,13 @@ pub fn run(options: Options) -> Result<ExitCode> {
             _ => Rollback::Detach,
         };
         manager::arm_rollback(iface, within, rollback)?;
-        println!(
+        say(&format!(
             "rolls back in {} unless `portguard confirm {iface}` runs first",
             portguard::durations::format(within)
-        );
+        ));
     }
     if let Some(address) = metrics_listen {
-        println!("metrics: http://{address}/metrics");
+        say(&format!("metrics: http://{address}/metrics"));
         if !address.ip().is_loopback() {
             eprintln!("portguard: warning: metrics on {address} can be read beyond this host");
         }
@@ -211,16 +213,16 @@ pub fn run(options: Options) -> Result<ExitCode> {
     };
     let sinks = Sinks::start(&policy.alerts, counts.clone());
     if let Some(webhook) = policy.alerts.webhook_shown() {
-        println!(
+        say(&format!(
             "alerts: POST {webhook} ({} format{})",
             policy.alerts.format,
             if policy.alerts.hmac_secret.is_some() { ", signed" } else { "" }
-        );
+        ));
     }
     if let Some(program) = &policy.alerts.exec {
-        println!("alerts: run {program}");
+        say(&format!("alerts: run {program}"));
     }
-    println!("running until Ctrl-C or SIGTERM; events follow");
+    say("running until Ctrl-C or SIGTERM; events follow");
     // Under systemd (Type=notify): the unit counts as started only now, once enforcing.
     if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         log::warn!("telling systemd we are ready: {error}");

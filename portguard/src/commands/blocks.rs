@@ -24,7 +24,6 @@ use portguard::{
 };
 use portguard_common::maps::{AutoBlock, MAP_AUTO_BLOCK};
 use serde::Serialize;
-use serde_json::json;
 
 use super::status::attached_interfaces;
 
@@ -107,7 +106,7 @@ pub fn block(
         if let Some(duration) = duration {
             let secs = duration.as_secs();
             record.block_seconds = Some(secs);
-            record.expires = Some(rfc3339(now_unix().saturating_add(secs)));
+            record.expires = output::rfc3339_unix(now_unix().saturating_add(secs));
         }
     });
     // A block written into the maps of an attachment that protects nothing is not in effect.
@@ -252,22 +251,67 @@ fn remove_automatic(net: &IpNet, interfaces: &[String]) -> Result<usize> {
     Ok(removed)
 }
 
+/// One active block as `blocks` lists it; `--json` prints these (docs/schemas/blocks.schema.json).
 #[derive(Serialize)]
 struct Row {
-    source: String,
+    /// `manual`, `automatic` or `policy_blocklist`.
     origin: &'static str,
+    /// The blocked network; `None` for a policy blocklist, counted in `entries`.
+    network: Option<IpNet>,
+    /// Networks the row stands for: 1, or a policy blocklist's entries.
+    entries: u64,
+    /// A policy blocklist read from a file: the file (`None`: the policy's own `sources`).
+    file: Option<std::path::PathBuf>,
+    /// The attachments it applies to now.
     interfaces: Vec<String>,
-    reason: String,
-    added: Option<String>,
-    expires: Option<String>,
-    seconds_left: Option<u64>,
+    /// A manual block without `--iface`: every attachment of the namespace, later ones too.
+    every_interface: bool,
+    /// Manual blocks: the `--reason` given.
+    reason: Option<String>,
+    /// Automatic blocks: what made them (`scan`, `slow_scan`, `trap`), and the details.
+    cause: Option<&'static str>,
+    scan_kind: Option<&'static str>,
+    distinct_ports: Option<u32>,
+    protocol: Option<String>,
+    port: Option<u16>,
+    /// RFC 3339, UTC; `None` when not known (a policy blocklist: it is in force as long as
+    /// the policy is) or past year 9999.
+    added_at: Option<String>,
+    /// `None`: until unblocked (or the policy changes), or past year 9999.
+    expires_at: Option<String>,
+    remaining_secs: Option<u64>,
+    /// The text column for people: the reason, or what made an automatic block.
+    #[serde(skip)]
+    shown_reason: String,
+}
+
+impl Row {
+    fn new(origin: &'static str, interfaces: Vec<String>) -> Self {
+        Self {
+            origin,
+            network: None,
+            entries: 1,
+            file: None,
+            interfaces,
+            every_interface: false,
+            reason: None,
+            cause: None,
+            scan_kind: None,
+            distinct_ports: None,
+            protocol: None,
+            port: None,
+            added_at: None,
+            expires_at: None,
+            remaining_secs: None,
+            shown_reason: String::new(),
+        }
+    }
 }
 
 pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard blocks")?;
     let interfaces = targets(iface)?;
     let now = now_unix();
-    let rfc = rfc3339;
     let mut rows = Vec::new();
     let store = BlockStore::load()?;
     let netns = Netns::current();
@@ -277,38 +321,39 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
                 continue;
             }
         }
-        rows.push(manual_row(entry, &interfaces, now, &rfc));
+        rows.push(manual_row(entry, &interfaces, now));
     }
     for iface in &interfaces {
         let map: HashMap<MapData, [u8; 16], AutoBlock> =
             HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
         for block in active_blocks(&map) {
             rows.push(Row {
-                source: block.network(),
-                origin: "automatic",
-                interfaces: vec![iface.clone()],
-                reason: format!("{}: {}", block.cause, block.detail),
-                added: Some(rfc(now.saturating_sub(block.since_seconds))),
-                expires: Some(rfc(now.saturating_add(block.seconds_left))),
-                seconds_left: Some(block.seconds_left),
+                network: Some(block.network),
+                shown_reason: format!("{}: {}", block.cause, block.detail()),
+                cause: Some(block.cause),
+                scan_kind: block.scan_kind,
+                distinct_ports: block.distinct_ports,
+                protocol: block.protocol,
+                port: block.port,
+                added_at: Some(block.added_at),
+                expires_at: Some(block.expires_at),
+                remaining_secs: Some(block.remaining_secs),
+                ..Row::new("automatic", vec![iface.clone()])
             });
         }
     }
     for state in RunState::all().into_iter().filter(|s| interfaces.contains(&s.iface)) {
         for source in &state.blocklist_sources {
             rows.push(Row {
-                source: count(source.entries as u64, "entry", "entries"),
-                origin: "policy",
-                interfaces: vec![state.iface.clone()],
-                reason: format!("blocklist {}", source.origin),
-                added: Some(rfc(state.attached_at)),
-                expires: None,
-                seconds_left: None,
+                entries: source.entries as u64,
+                file: source.file.clone(),
+                shown_reason: format!("blocklist {}", source.origin()),
+                ..Row::new("policy_blocklist", vec![state.iface.clone()])
             });
         }
     }
     if json {
-        println!("{}", json!(rows));
+        println!("{}", serde_json::to_string(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
@@ -319,12 +364,29 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
         .into_iter()
         .map(|row| {
             vec![
-                row.source,
-                row.origin.to_string(),
-                row.interfaces.join(","),
-                row.added.unwrap_or_default(),
-                row.seconds_left.map_or("permanent".into(), durations::format_secs),
-                portguard::printable(&row.reason).into_owned(),
+                match row.network {
+                    Some(net) if row.origin == "automatic" && net.prefix_len() == net.max_prefix_len() => {
+                        net.addr().to_string()
+                    }
+                    Some(net) => net.to_string(),
+                    None => count(row.entries, "entry", "entries"),
+                },
+                match row.origin {
+                    "policy_blocklist" => "policy".to_string(),
+                    origin => origin.to_string(),
+                },
+                if row.every_interface && row.interfaces.is_empty() {
+                    "(all, none attached)".to_string()
+                } else {
+                    row.interfaces.join(",")
+                },
+                row.added_at.unwrap_or_else(|| "-".into()),
+                match (row.remaining_secs, row.origin) {
+                    (Some(secs), _) => durations::format_secs(secs),
+                    (None, "policy_blocklist") => "while in the policy".into(),
+                    (None, _) => "permanent".into(),
+                },
+                portguard::printable(&row.shown_reason).into_owned(),
             ]
         })
         .collect();
@@ -334,28 +396,21 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A time in Unix seconds as RFC 3339. Stored state can hold any number: past year 9999
-/// (where RFC 3339 ends) it says so instead of failing.
-fn rfc3339(secs: u64) -> String {
-    const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
-    if secs > LAST_RFC3339_SECOND {
-        return "after 9999-12-31".to_string();
-    }
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
-
-fn manual_row(entry: &ManualEntry, interfaces: &[String], now: u64, rfc: &dyn Fn(u64) -> String) -> Row {
+fn manual_row(entry: &ManualEntry, interfaces: &[String], now: u64) -> Row {
     Row {
-        source: entry.net.to_string(),
-        origin: "manual",
-        interfaces: match &entry.iface {
-            Some(iface) => vec![iface.clone()],
-            None if interfaces.is_empty() => vec!["(all, none attached)".into()],
-            None => interfaces.iter().filter(|i| !entry.except.contains(i)).cloned().collect(),
-        },
-        reason: entry.reason.clone().unwrap_or_default(),
-        added: Some(rfc(entry.added)),
-        expires: entry.expires.map(rfc),
-        seconds_left: entry.seconds_left(now),
+        network: Some(entry.net),
+        every_interface: entry.iface.is_none(),
+        reason: entry.reason.clone(),
+        shown_reason: entry.reason.clone().unwrap_or_default(),
+        added_at: output::rfc3339_unix(entry.added),
+        expires_at: entry.expires.and_then(output::rfc3339_unix),
+        remaining_secs: entry.seconds_left(now),
+        ..Row::new(
+            "manual",
+            match &entry.iface {
+                Some(iface) => vec![iface.clone()],
+                None => interfaces.iter().filter(|i| !entry.except.contains(i)).cloned().collect(),
+            },
+        )
     }
 }

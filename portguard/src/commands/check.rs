@@ -13,8 +13,7 @@ pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result
         Ok(loaded) => loaded,
         Err(errors) => {
             if json {
-                let diagnostics: Vec<_> = errors.diagnostics.iter().map(diagnostic_json).collect();
-                println!("{}", json!({ "valid": false, "diagnostics": diagnostics }));
+                print_invalid(&errors.diagnostics);
             } else {
                 eprintln!("{errors}");
             }
@@ -24,7 +23,18 @@ pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result
     let image = match compile(&loaded.policy, 1) {
         Ok(image) => image,
         Err(error) => {
-            eprintln!("{}: error: {error:#}", path.display());
+            let diagnostic = policy::Diagnostic {
+                severity: policy::Severity::Error,
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("{error:#}"),
+            };
+            if json {
+                print_invalid(&[diagnostic]);
+            } else {
+                eprintln!("{diagnostic}");
+            }
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -73,7 +83,7 @@ pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result
     for source in &policy.blocklist_sources {
         println!(
             "  blocklist {}: {}{}",
-            portguard::printable(&source.origin),
+            portguard::printable(&source.origin()),
             portguard::output::count(source.entries as u64, "entry", "entries"),
             if source.bad_lines > 0 {
                 format!(
@@ -131,12 +141,30 @@ fn describe_ports(ports: &[std::ops::RangeInclusive<u16>]) -> String {
     parts.join(", ")
 }
 
+/// A rejected policy in JSON: the same keys as a valid one, `null` where there is nothing.
+fn print_invalid(diagnostics: &[policy::Diagnostic]) {
+    let diagnostics: Vec<_> = diagnostics.iter().map(diagnostic_json).collect();
+    println!(
+        "{}",
+        json!({
+            "valid": false,
+            "denied_by_warnings": false,
+            "diagnostics": diagnostics,
+            "summary": null,
+            "policy": null,
+            "kernel_entries": null,
+        })
+    );
+}
+
 fn diagnostic_json(d: &policy::Diagnostic) -> serde_json::Value {
+    // Line and column 0: the message is about the whole file (it cannot be read, say).
+    let place = |n: usize| (n > 0).then_some(n);
     json!({
         "severity": match d.severity { policy::Severity::Error => "error", policy::Severity::Warning => "warning" },
         "file": d.file,
-        "line": d.line,
-        "column": d.column,
+        "line": place(d.line),
+        "column": place(d.column),
         "message": d.message,
     })
 }

@@ -144,7 +144,7 @@ fn print_human(report: &Report) {
         let top: Vec<String> = report
             .drops_by_port
             .iter()
-            .map(|p| format!("{}/{} {}", p.proto, p.port, group(p.drops)))
+            .map(|p| format!("{}/{} {}", p.protocol, p.port, group(p.drops)))
             .collect();
         println!("  most dropped: {}", top.join(", "));
     }
@@ -152,6 +152,6 @@ fn print_human(report: &Report) {
     println!("\nREADINESS");
     for check in &report.readiness {
         let verdict = if check.ok { paint(Tone::Good, "ok") } else { paint(Tone::Bad, "FIX") };
-        println!("  {verdict:<5}{:<12}{}", check.name, check.detail);
+        println!("  {verdict:<5}{:<12}{}", check.label, check.detail);
     }
 }

@@ -21,6 +21,7 @@ use portguard::system;
 use crate::cli::{Cli, Command};
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    portguard::output::set_json_stdout(cli.command.json());
     // Before anything starts a thread: threads inherit the namespace of their creator.
     if let Some(netns) = &cli.netns {
         system::enter_netns(netns)?;

@@ -40,16 +40,17 @@ pub struct Output {
 }
 
 impl Output {
+    /// Events are what stdout carries, as JSON lines or as lines for people.
     pub fn print(&self, record: &EventRecord) {
-        say(&if self.json { record.json() } else { record.human_painted() });
+        portguard::output::emit(&if self.json { record.json() } else { record.human_painted() });
     }
 }
 
-/// Prints a line, shrugging off a closed stdout: a loader whose terminal or pipe went away
-/// must keep enforcing (and serving `portguard events`), not die of a panic.
+/// Prints a line for the person watching (stderr under `--json`), shrugging off a closed
+/// stdout: a loader whose terminal or pipe went away must keep enforcing (and serving
+/// `portguard events`), not die of a panic.
 pub fn say(line: &str) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stdout(), "{line}");
+    portguard::output::say(line);
 }
 
 /// A running attachment, as its loader holds it.

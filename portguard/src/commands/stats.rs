@@ -184,7 +184,7 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
     }
     if !ports.is_empty() {
         let list: Vec<String> =
-            ports.iter().map(|p| format!("{}/{} {}", p.proto, p.port, group(p.drops))).collect();
+            ports.iter().map(|p| format!("{}/{} {}", p.protocol, p.port, group(p.drops))).collect();
         let _ = writeln!(out, "  top dropped ports: {}", list.join(", "));
     }
     if !now.blocks.is_empty() {
@@ -195,10 +195,10 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
             .take(BLOCKS_SHOWN)
             .map(|block| {
                 vec![
-                    block.network(),
-                    block.cause.clone(),
-                    portguard::printable(&block.detail).into_owned(),
-                    format!("{} left", durations::format_secs(block.seconds_left)),
+                    block.shown(),
+                    block.cause.to_string(),
+                    block.detail(),
+                    format!("{} left", durations::format_secs(block.remaining_secs)),
                 ]
             })
             .collect();
@@ -228,7 +228,7 @@ fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -
             let would = c.would_drop(*reason);
             let mut rows = vec![reason_json(*reason, "applied", applied.packets, applied.bytes)];
             if reason.is_drop() {
-                rows.push(reason_json(*reason, "monitor", would.packets, would.bytes));
+                rows.push(reason_json(*reason, "would_drop", would.packets, would.bytes));
             }
             rows
         })

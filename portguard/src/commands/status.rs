@@ -9,7 +9,7 @@ use portguard::{
     links::Inspection,
     manager::{self, Pending},
     note,
-    output::{Tone, paint},
+    output::{self, Tone, paint},
     state::{LoaderLock, RunState, loader_running},
     system,
 };
@@ -119,10 +119,12 @@ pub fn run(json: bool) -> Result<ExitCode> {
                     "mode": state.as_ref().map(|s| s.mode),
                     "xdp_mode": state.as_ref().map(|s| s.xdp_mode),
                     "generation": state.as_ref().map(|s| s.generation),
+                    "attached_at": state.as_ref().and_then(|s| output::rfc3339_unix(s.attached_at)),
                     "uptime_secs": state.as_ref().map(|s| s.uptime_secs()),
                     "netns": state.as_ref().and_then(|s| s.netns.clone()),
                     "pinned": state.as_ref().map(|s| s.pinned),
-                    "confirm_seconds_left": pending.as_ref().map(Pending::seconds_left),
+                    "rollback_at": pending.as_ref().and_then(|p| output::rfc3339_unix(p.deadline)),
+                    "rollback_remaining_secs": pending.as_ref().map(Pending::seconds_left),
                 })
             })
             .collect();

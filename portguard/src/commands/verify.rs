@@ -15,33 +15,35 @@ use portguard::{
     events::{EventRecord, EventSource},
     exit::Exit,
     judge::Judge,
+    maps::PortCount,
     output::{count, group, noun},
-    policy::{self, LoadOptions, Policy, compile::compile},
+    policy::{self, LoadOptions, Policy, Proto, compile::compile},
     printable, system,
 };
-use portguard_common::{Reason, maps::port_index};
+use portguard_common::{
+    Reason,
+    maps::{PROTO_TCP, PROTO_UDP, port_index},
+};
 use serde::Serialize;
 use serde_json::json;
 
 use super::print_warnings;
 
-#[derive(Default, Serialize, Clone)]
+#[derive(Default, Clone)]
 struct Tally {
     packets: u64,
     bytes: u64,
     /// Destination ports, most frequent first (drops only).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    top_ports: Vec<(String, u64)>,
-    #[serde(skip)]
-    ports: BTreeMap<String, u64>,
+    top_ports: Vec<PortCount>,
+    ports: BTreeMap<(Proto, u16), u64>,
 }
 
 /// Protocol and destination port, for attributing a verdict to a rule (lax: a stand-in's
 /// payload may be zeros, and its UDP length the original's).
 fn destination(frame: &[u8]) -> Option<(u8, u16)> {
     match LaxSlicedPacket::from_ethernet(frame).ok()?.transport? {
-        TransportSlice::Tcp(tcp) => Some((6, tcp.destination_port())),
-        TransportSlice::Udp(udp) => Some((17, udp.destination_port())),
+        TransportSlice::Tcp(tcp) => Some((PROTO_TCP, tcp.destination_port())),
+        TransportSlice::Udp(udp) => Some((PROTO_UDP, udp.destination_port())),
         _ => None,
     }
 }
@@ -54,30 +56,69 @@ fn source_of(frame: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// Which rule decided: the rule that names the port, the default, or the reason itself.
-fn decided_by(policy: &Policy, image: &policy::compile::MapImage, reason: Reason, frame: &[u8]) -> String {
+/// What decided a verdict: the part of the policy (`--json`: `decided_by`), and the rule
+/// when it was a rule (its number).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Decider {
+    by: &'static str,
+    rule: Option<u16>,
+}
+
+/// The rule that names the port, the default, or the part of the policy the reason names.
+fn decided_by(image: &policy::compile::MapImage, reason: Reason, frame: &[u8]) -> Decider {
+    let by = |by: &'static str| Decider { by, rule: None };
     match reason {
         Reason::PassPortAllowed
         | Reason::PassSourceAllowed
         | Reason::DropPortDenied
-        | Reason::DropSourceNotAllowed => {
-            let rule = destination(frame)
+        | Reason::DropSourceNotAllowed => Decider {
+            by: "rule",
+            rule: destination(frame)
                 .and_then(|(proto, port)| port_index(proto, port))
                 .and_then(|index| image.ports.get(&index))
-                .and_then(|entry| policy.rule(entry.rule));
-            rule.map_or_else(|| "a rule".to_string(), |r| r.label())
-        }
-        Reason::PassDefaultAllow | Reason::DropDefaultDeny => "default".to_string(),
-        Reason::DropBlocklist => "blocklist".to_string(),
-        Reason::DropAutoBlock => "automatic block (scan or trap port)".to_string(),
-        Reason::PassFlow | Reason::DropNoFlow => "flow tracking".to_string(),
-        Reason::PassProtocol | Reason::DropProtocol => "[inbound] protocols".to_string(),
-        Reason::PassMalformed | Reason::DropMalformed => "[inbound] malformed".to_string(),
+                .map(|entry| entry.rule),
+        },
+        Reason::PassDefaultAllow | Reason::DropDefaultDeny => by("default"),
+        Reason::DropBlocklist => by("blocklist"),
+        Reason::DropManualBlock => by("manual_block"),
+        Reason::DropAutoBlock => by("auto_block"),
+        Reason::PassFlow | Reason::DropNoFlow => by("flow_tracking"),
         Reason::PassFragment
         | Reason::DropFragment
         | Reason::PassFragmentUnseen
-        | Reason::DropFragmentUnseen => "fragment tracking".to_string(),
-        _ => "-".to_string(),
+        | Reason::DropFragmentUnseen => by("fragment_tracking"),
+        Reason::PassProtocol
+        | Reason::DropProtocol
+        | Reason::PassMalformed
+        | Reason::DropMalformed
+        | Reason::PassTcpNonSyn => by("inbound"),
+        Reason::PassNotIp | Reason::PassNeighbor => by("built_in"),
+    }
+}
+
+impl Decider {
+    /// For people: `rule 3 "ssh" (line 12)`, `default`, `[inbound] malformed`...
+    fn text(self, policy: &Policy, reason: Reason) -> String {
+        match (self.by, self.rule.and_then(|number| policy.rule(number))) {
+            ("rule", Some(rule)) => rule.label(),
+            ("rule", None) => "a rule".to_string(),
+            ("auto_block", _) => "automatic block (scan or trap port)".to_string(),
+            ("inbound", _) => match reason {
+                Reason::PassMalformed | Reason::DropMalformed => "[inbound] malformed".to_string(),
+                Reason::PassTcpNonSyn => "[inbound] tcp_non_syn".to_string(),
+                _ => "[inbound] protocols".to_string(),
+            },
+            ("built_in", _) => "-".to_string(),
+            (by, _) => by.replace('_', " "),
+        }
+    }
+
+    /// The rule in `--json`: its number, name and line.
+    fn rule_json(self, policy: &Policy) -> serde_json::Value {
+        match self.rule.and_then(|number| policy.rule(number)) {
+            Some(rule) => json!({ "number": rule.number, "name": rule.name, "line": rule.line }),
+            None => serde_json::Value::Null,
+        }
     }
 }
 
@@ -100,7 +141,7 @@ struct NotJudged {
 
 #[derive(Default)]
 struct Report {
-    tallies: BTreeMap<(bool, &'static str, String), Tally>,
+    tallies: BTreeMap<(bool, Reason, Decider), Tally>,
     inbound: u64,
     outbound: u64,
     /// Judged on their headers: cut by the snap length, or shortened for the test run.
@@ -186,7 +227,7 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
         };
         if out {
             if let Err(error) = judge.run_egress(&frame) {
-                report.not_judged(packet.number, "test-run-failed", refused(error));
+                report.not_judged(packet.number, "test_run_failed", refused(error));
                 continue;
             }
             report.outbound += 1;
@@ -194,22 +235,20 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
             let outcome = match judge.run(&frame) {
                 Ok(outcome) => outcome,
                 Err(error) => {
-                    report.not_judged(packet.number, "test-run-failed", refused(error));
+                    report.not_judged(packet.number, "test_run_failed", refused(error));
                     continue;
                 }
             };
             report.inbound += 1;
             let dropped = outcome.reason.is_drop();
-            let rule = decided_by(&policy, &image, outcome.reason, &frame);
-            let tally = report.tallies.entry((dropped, outcome.reason.name(), rule)).or_default();
+            let decider = decided_by(&image, outcome.reason, &frame);
+            let tally = report.tallies.entry((dropped, outcome.reason, decider)).or_default();
             tally.packets += 1;
             tally.bytes += packet.original_len as u64;
             if dropped {
                 if let Some((proto, port)) = destination(&frame) {
-                    *tally
-                        .ports
-                        .entry(format!("{}/{port}", if proto == 6 { "tcp" } else { "udp" }))
-                        .or_default() += 1;
+                    let protocol = if proto == PROTO_TCP { Proto::Tcp } else { Proto::Udp };
+                    *tally.ports.entry((protocol, port)).or_default() += 1;
                 }
             }
         }
@@ -221,8 +260,12 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
         report.events(events.drain());
     }
     for tally in report.tallies.values_mut() {
-        let mut ports: Vec<(String, u64)> = tally.ports.iter().map(|(p, n)| (p.clone(), *n)).collect();
-        ports.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut ports: Vec<PortCount> = tally
+            .ports
+            .iter()
+            .map(|(&(protocol, port), &drops)| PortCount { protocol, port, drops })
+            .collect();
+        ports.sort_by(|a, b| b.drops.cmp(&a.drops).then((a.protocol, a.port).cmp(&(b.protocol, b.port))));
         ports.truncate(5);
         tally.top_ports = ports;
     }
@@ -241,13 +284,22 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
                 .tallies
                 .iter()
                 .filter(|((dropped, _, _), _)| *dropped == drop)
-                .map(|((_, reason, rule), t)| json!({ "reason": reason, "rule": rule, "packets": t.packets, "bytes": t.bytes, "top_ports": t.top_ports }))
+                .map(|((_, reason, decider), t)| {
+                    json!({
+                        "reason": reason.name(),
+                        "decided_by": decider.by,
+                        "rule": decider.rule_json(&policy),
+                        "packets": t.packets,
+                        "bytes": t.bytes,
+                        "top_ports": t.top_ports,
+                    })
+                })
                 .collect()
         };
         let damage: Vec<_> = report
             .damage
             .iter()
-            .map(|d| json!({ "offset": d.offset, "packet": d.packet, "why": d.why, "stopped": d.stopped }))
+            .map(|d| json!({ "offset": d.offset, "packet": d.packet, "detail": d.why, "stopped": d.stopped }))
             .collect();
         println!(
             "{}",
@@ -318,7 +370,7 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
     }
     for (title, drop, total) in [("would pass", false, would_pass), ("would drop", true, would_drop)] {
         println!("{title}: {}", count(total, "packet", "packets"));
-        for ((dropped, reason, rule), tally) in &report.tallies {
+        for ((dropped, reason, decider), tally) in &report.tallies {
             if *dropped != drop {
                 continue;
             }
@@ -327,13 +379,18 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
             } else {
                 format!(
                     "  ports: {}",
-                    tally.top_ports.iter().map(|(p, n)| format!("{p} {n}")).collect::<Vec<_>>().join(", ")
+                    tally
+                        .top_ports
+                        .iter()
+                        .map(|p| format!("{}/{} {}", p.protocol, p.port, p.drops))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
             println!(
                 "  {:<20} {:<40} {:>10} {:<7}{ports}",
-                reason,
-                printable(rule),
+                reason.name(),
+                printable(&decider.text(&policy, *reason)),
                 group(tally.packets),
                 noun(tally.packets, "packet", "packets")
             );

@@ -50,7 +50,7 @@ fn chart(report: &Report) -> Chart {
             let y = i as u32 * (BAR_HEIGHT + 6);
             let width = ((port.drops as f64 / most as f64) * span as f64).round().max(1.0) as u32;
             Bar {
-                label: format!("{}/{}", port.proto, port.port),
+                label: format!("{}/{}", port.protocol, port.port),
                 y,
                 text_y: y + BAR_HEIGHT * 3 / 4,
                 width,

@@ -58,7 +58,11 @@ pub struct Finding {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
+    /// `bpf_xdp`, `btf`, `bpffs`, `kernel`, `memlock`, `interface`.
     pub name: &'static str,
+    /// The same for people: `BPF and XDP`.
+    #[serde(skip)]
+    pub label: &'static str,
     pub ok: bool,
     pub detail: String,
 }
@@ -77,6 +81,9 @@ pub struct Listening {
     pub recognised_by: Option<Recognised>,
     /// Bound to a non-loopback address: reachable from the network.
     pub reachable: bool,
+    /// Whom what filters it now lets open a connection: `all`, `some` (sources the policy
+    /// names) or `none` (monitor mode drops nothing: `all`).
+    pub open_to: &'static str,
     /// What the policy in force does with connections from the network (`open`, `open to
     /// <networks>`, `blocked ...`, a trap); with nothing attached, what the audited policy would
     /// do once attached.
@@ -125,7 +132,8 @@ pub struct Summary {
 pub struct Report {
     pub host: String,
     pub kernel: String,
-    pub generated: String,
+    /// RFC 3339, UTC.
+    pub generated_at: String,
     /// The policy the exposure audit used, if any: `--policy`, else the one in force.
     pub policy: Option<PathBuf>,
     /// Whether that policy is the one an attachment runs (else: what it would change).
@@ -259,6 +267,11 @@ fn listening(sockets: &[Socket], policies: Policies, findings: &mut Vec<Finding>
             service: identified.map(|(s, _)| s.name),
             recognised_by: identified.map(|(_, by)| by),
             reachable,
+            open_to: match (now.to_all, now.to_some) {
+                (true, _) => "all",
+                (false, true) => "some",
+                (false, false) => "none",
+            },
             policy: policy_text,
             with_audited_policy: audited.map(|reach| reach.text),
             severity,
@@ -270,21 +283,25 @@ fn listening(sockets: &[Socket], policies: Policies, findings: &mut Vec<Finding>
 
 fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut check = |name: &'static str, ok: bool, detail: String, severity: Severity, remedy: &str| {
+    let mut check = |(name, label): (&'static str, &'static str),
+                     ok: bool,
+                     detail: String,
+                     severity: Severity,
+                     remedy: &str| {
         if !ok {
             findings.push(Finding {
                 severity,
                 category: "readiness",
-                title: format!("{name}: {detail}"),
+                title: format!("{label}: {detail}"),
                 detail: detail.clone(),
                 remedy: remedy.into(),
             });
         }
-        checks.push(Check { name, ok, detail });
+        checks.push(Check { name, label, ok, detail });
     };
     let bpf = aya::sys::is_program_supported(aya::programs::ProgramType::Xdp).unwrap_or(false);
     check(
-        "BPF and XDP",
+        ("bpf_xdp", "BPF and XDP"),
         bpf,
         if bpf { "the kernel loads XDP programs".into() } else { "the kernel refuses XDP programs".into() },
         Severity::Critical,
@@ -292,7 +309,7 @@ fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
     );
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
     check(
-        "BTF",
+        ("btf", "BTF"),
         btf,
         if btf { "/sys/kernel/btf/vmlinux present".into() } else { "no kernel BTF".into() },
         Severity::Low,
@@ -300,7 +317,7 @@ fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
     );
     let bpffs = nix::sys::statfs::statfs(paths::BPFFS).is_ok_and(|fs| fs.filesystem_type().0 == 0xcafe_4a11);
     check(
-        "bpffs",
+        ("bpffs", "bpffs"),
         bpffs,
         if bpffs {
             format!("mounted at {}", paths::BPFFS)
@@ -315,7 +332,7 @@ fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
     let version: Vec<u32> = kernel.split(['.', '-']).take(2).filter_map(|p| p.parse().ok()).collect();
     let tcx = version.len() == 2 && (version[0], version[1]) >= (6, 6);
     check(
-        "kernel",
+        ("kernel", "kernel"),
         tcx,
         if tcx {
             format!("{kernel} (TCX links: yes)")
@@ -331,7 +348,7 @@ fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
     let memlock_ok =
         memlock == libc::RLIM_INFINITY || version.len() == 2 && (version[0], version[1]) >= (5, 11);
     check(
-        "memlock",
+        ("memlock", "memlock"),
         memlock_ok,
         if memlock == libc::RLIM_INFINITY {
             "unlimited".into()
@@ -419,7 +436,12 @@ fn interfaces(only: Option<&str>, findings: &mut Vec<Finding>) -> Vec<Check> {
                 remedy: "use a NIC and driver with native XDP for line rate".into(),
             });
         }
-        checks.push(Check { name: "interface", ok: other.is_none(), detail: format!("{name}: {detail}") });
+        checks.push(Check {
+            name: "interface",
+            label: "interface",
+            ok: other.is_none(),
+            detail: format!("{name}: {detail}"),
+        });
     }
     checks
 }
@@ -575,7 +597,7 @@ pub fn run(options: &Options) -> Result<Report> {
         kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
-        generated: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        generated_at: crate::output::timestamp(),
         policy_enforced: audit.audited.is_none() && audit.enforced.is_some(),
         policy: audit.audited.as_ref().or(audit.enforced.as_ref()).map(|(path, _)| path.clone()),
         policy_in_force: audit.enforced.map(|(path, _)| path),

@@ -49,7 +49,7 @@ pub fn tcp_flags(flags: u8) -> String {
 pub(crate) fn cause_name(cause: u8) -> &'static str {
     match cause {
         CAUSE_SCAN => "scan",
-        CAUSE_SLOW_SCAN => "slow-scan",
+        CAUSE_SLOW_SCAN => "slow_scan",
         CAUSE_TRAP => "trap",
         _ => "automatic",
     }
@@ -211,11 +211,11 @@ mod tests {
         let record = decoded(&raw);
         assert_eq!(
             record.json(),
-            r#"{"time":"2027-01-15T08:00:00.000Z","host":"gw1","interface":"eth0","event":"drop","source":"203.0.113.7","destination":"192.0.2.2","source_port":40000,"destination_port":23,"protocol":"tcp","reason":"port-denied","tcp_flags":"SYN"}"#
+            r#"{"time":"2027-01-15T08:00:00.000Z","host":"gw1","interface":"eth0","event":"drop","source":"203.0.113.7","destination":"192.0.2.2","source_port":40000,"destination_port":23,"protocol":"tcp","reason":"port_denied","tcp_flags":"SYN"}"#
         );
         assert_eq!(
             record.human(),
-            "2027-01-15T08:00:00.000Z eth0 DROP    203.0.113.7 -> 192.0.2.2:23 tcp SYN dropped: port-denied"
+            "2027-01-15T08:00:00.000Z eth0 DROP    203.0.113.7 -> 192.0.2.2:23 tcp SYN dropped: port_denied"
         );
     }
 
@@ -229,7 +229,7 @@ mod tests {
         assert!(record.json().contains(r#""event":"drop","mode":"monitor","#), "{}", record.json());
         assert_eq!(
             record.human(),
-            "2027-01-15T08:00:00.000Z eth0 WOULD-DROP 203.0.113.7 -> 192.0.2.2:23 tcp SYN would be dropped (monitor mode: passed): default-deny"
+            "2027-01-15T08:00:00.000Z eth0 WOULD-DROP 203.0.113.7 -> 192.0.2.2:23 tcp SYN would be dropped (monitor mode: passed): default_deny"
         );
 
         let mut raw = event(EventKind::AutoBlocked);
@@ -282,6 +282,11 @@ mod tests {
         assert_eq!(record.block_seconds, Some(900));
         assert_eq!(record.expires.as_deref(), Some("2027-01-15T08:15:00Z"));
         assert!(
+            record.json().contains(r#""block_secs":900,"expires_at":"2027-01-15T08:15:00Z""#),
+            "{}",
+            record.json()
+        );
+        assert!(
             record.human().ends_with("BLOCK   203.0.113.7 blocked for 15m (syn scan of 20 ports)"),
             "{}",
             record.human()
@@ -300,7 +305,7 @@ mod tests {
         raw.count = 38;
         let record = decoded(&raw);
         assert_eq!(record.prefix_len, Some(64));
-        assert_eq!(record.reason.as_deref(), Some("slow-scan"));
+        assert_eq!(record.reason.as_deref(), Some("slow_scan"));
         assert_eq!(record.action.as_deref(), Some("alert"));
         assert_eq!(record.distinct_ports, Some(39));
         assert!(

@@ -261,8 +261,8 @@ pub struct EventRecord {
     /// `tcp`, `udp`, `icmp`, `icmpv6`, or the IP protocol number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// Drops: the verdict reason (`port-denied`, `blocklist`, ...). Scans and blocks: `scan`,
-    /// `slow-scan` (the long window's threshold) or `trap`. The loader's own events and the
+    /// Drops: the verdict reason (`port_denied`, `blocklist`, ...). Scans and blocks: `scan`,
+    /// `slow_scan` (the long window's threshold) or `trap`. The loader's own events and the
     /// audit trail: what happened, or why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -282,10 +282,10 @@ pub struct EventRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// Blocks: how long the block lasts, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "block_secs", default, skip_serializing_if = "Option::is_none")]
     pub block_seconds: Option<u64>,
     /// Blocks: when it ends (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "expires_at", default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
     /// `events_lost`: how many events the ring buffer could not hold; `client_lagged`: lines
     /// the client missed.
@@ -312,8 +312,8 @@ pub struct EventRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed: Vec<String>,
     /// A change made with `--confirm-within`: rolled back at this time (RFC 3339) unless
-    /// `portguard confirm` runs first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `portguard confirm` runs first. Named as `status` names the same moment.
+    #[serde(rename = "rollback_at", default, skip_serializing_if = "Option::is_none")]
     pub confirm_by: Option<String>,
 }
 
@@ -405,7 +405,7 @@ impl EventRecord {
             EventType::ScanDetected => format!(
                 "{who} -> {} {kind} {}: {} distinct {proto} ports refused (sample {}){}",
                 self.destination.map(|d| d.to_string()).unwrap_or_default(),
-                if self.reason.as_deref() == Some("slow-scan") { "slow scan" } else { "scan" },
+                if self.reason.as_deref() == Some("slow_scan") { "slow scan" } else { "scan" },
                 self.distinct_ports.unwrap_or(0),
                 self.ports_sample.as_deref().map(ports_list).unwrap_or_default(),
                 match (self.action.as_deref() == Some("blocked"), monitor) {
@@ -420,7 +420,7 @@ impl EventRecord {
                 match self.reason.as_deref() {
                     Some("trap") =>
                         format!("touched trap port {proto}/{}", self.destination_port.unwrap_or(0)),
-                    Some("slow-scan") =>
+                    Some("slow_scan") =>
                         format!("{kind} slow scan of {} ports", self.distinct_ports.unwrap_or(0)),
                     _ => format!("{kind} scan of {} ports", self.distinct_ports.unwrap_or(0)),
                 }

@@ -38,7 +38,7 @@ pub struct Alerts {
     pub exec: Option<String>,
     /// The event types sent to the sinks.
     pub events: BTreeSet<EventType>,
-    #[serde(with = "super::humantime_serde_secs")]
+    #[serde(rename = "timeout_secs", with = "super::secs")]
     pub timeout: Duration,
     pub retries: u32,
     pub max_per_minute: u32,

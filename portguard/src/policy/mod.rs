@@ -78,6 +78,8 @@ pub struct Rule {
     pub number: u16,
     pub kind: RuleKind,
     pub name: Option<String>,
+    /// `protocol` in JSON, as everywhere else (`proto` in the policy file).
+    #[serde(rename = "protocol")]
     pub proto: Proto,
     pub ports: Vec<RangeInclusive<u16>>,
     /// Sources the rule is limited to (allow rules only); `None` means every source.
@@ -102,15 +104,18 @@ impl Rule {
 /// What happens to inbound packets the port rules do not decide.
 #[derive(Clone, Debug, Serialize)]
 pub struct Inbound {
+    /// `pass` or `drop`, as the policy file says it.
+    #[serde(serialize_with = "pass_or_drop")]
     pub malformed: Action,
+    #[serde(serialize_with = "pass_or_drop")]
     pub fragments_unseen: Action,
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(rename = "fragment_timeout_secs", with = "secs")]
     pub fragment_timeout: Duration,
     pub icmp: Action,
     pub icmpv6: Action,
     pub other_protocols: Action,
     pub tcp_non_syn: TcpNonSyn,
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(rename = "udp_reply_window_secs", with = "secs")]
     pub udp_reply_window: Duration,
 }
 
@@ -184,16 +189,16 @@ pub struct ScanDetection {
     /// Distinct refused destination ports (per source and protocol) in one window that make a
     /// scan.
     pub threshold: u32,
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(rename = "window_secs", with = "secs")]
     pub window: Duration,
     /// The same over the long window, for slow scans; 0: off.
     pub slow_threshold: u32,
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(rename = "slow_window_secs", with = "secs")]
     pub slow_window: Duration,
     /// IPv6 sources are counted, and blocked automatically, by their network of this length.
     pub ipv6_prefix: u8,
     pub action: Response,
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(rename = "block_for_secs", with = "secs")]
     pub block_for: Duration,
 }
 
@@ -225,7 +230,7 @@ impl Default for ScanDetection {
 pub struct TrapPorts {
     pub tcp: Vec<RangeInclusive<u16>>,
     pub udp: Vec<RangeInclusive<u16>>,
-    #[serde(with = "humantime_serde_secs")]
+    #[serde(rename = "block_for_secs", with = "secs")]
     pub block_for: Duration,
 }
 
@@ -258,9 +263,18 @@ impl Default for Events {
 /// Where the blocklist entries came from, for summaries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BlocklistSource {
-    pub origin: String,
+    /// The file they were read from; `None`: the policy's own `[blocklist] sources`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
     pub entries: usize,
     pub bad_lines: usize,
+}
+
+impl BlocklistSource {
+    /// For people: `policy`, or the file's path.
+    pub fn origin(&self) -> String {
+        self.file.as_ref().map_or_else(|| "policy".to_string(), |file| file.display().to_string())
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -398,14 +412,30 @@ pub fn parse(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded, Po
     Ok(loaded)
 }
 
-pub(crate) mod humantime_serde_secs {
+/// Durations in JSON are seconds (the key ends in `_secs`): a whole number, as nearly every
+/// duration is; a policy may also write one with a fraction (`window = "500ms"`), said back
+/// as such (0.5) rather than rounded into something the policy does not say.
+pub(crate) mod secs {
     use std::time::Duration;
 
     use serde::Serializer;
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&crate::durations::format(*value))
+        if value.subsec_nanos() == 0 {
+            serializer.serialize_u64(value.as_secs())
+        } else {
+            serializer.serialize_f64(value.as_secs_f64())
+        }
     }
+}
+
+/// `[inbound] malformed` and `fragments_unseen` take `pass` and `drop` in the policy file, and
+/// JSON says them back in the same words.
+fn pass_or_drop<S: serde::Serializer>(action: &Action, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(match action {
+        Action::Allow => "pass",
+        Action::Deny => "drop",
+    })
 }
 
 #[cfg(test)]

@@ -401,7 +401,7 @@ fn blocklist(
     let mut entries = nets(report, &raw.sources);
     let mut sources = Vec::new();
     if !raw.sources.is_empty() {
-        sources.push(BlocklistSource { origin: "policy".into(), entries: entries.len(), bad_lines: 0 });
+        sources.push(BlocklistSource { file: None, entries: entries.len(), bad_lines: 0 });
     }
     let base = policy_path.parent().unwrap_or(Path::new("."));
     for file in &raw.files {
@@ -435,7 +435,7 @@ fn blocklist(
             });
         }
         sources.push(BlocklistSource {
-            origin: path.display().to_string(),
+            file: Some(path.clone()),
             entries: list.entries.len(),
             bad_lines: list.bad_lines.len(),
         });

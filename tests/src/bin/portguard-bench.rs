@@ -1431,7 +1431,7 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
         };
         std::thread::sleep(Duration::from_millis(100));
         let manual =
-            |pg: &Attached| -> u64 { portguard_tests::portguard_cli::applied(&pg.stats(), "manual-block") };
+            |pg: &Attached| -> u64 { portguard_tests::portguard_cli::applied(&pg.stats(), "manual_block") };
         let before = manual(&pg);
         let t0 = Instant::now();
         let out = pg.run(&["block", "192.0.2.1", "--iface", &lab.server_if]);
