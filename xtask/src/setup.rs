@@ -9,7 +9,8 @@ const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev
 
 /// Debian packages the tests and the demo drive: iproute2, ethtool, bpftool, nmap, nsenter
 /// from util-linux, tcpdump, dumpcap and editcap from wireshark-common (pcapng captures for
-/// `verify`), promtool from prometheus to lint the metrics, systemd-analyze to check the unit.
+/// `verify`), promtool from prometheus to lint the metrics, systemd-analyze to check the unit,
+/// openssl to check webhook signatures independently, script from bsdutils for a pty.
 /// `cargo xtask dist` does not install them on a production host.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
@@ -21,6 +22,8 @@ const TEST_PACKAGES: &[&str] = &[
     "wireshark-common",
     "prometheus",
     "systemd",
+    "openssl",
+    "bsdutils",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
