@@ -11,11 +11,16 @@
 //!   (`PG_SCAN_ADMIT`, keyed hash of the source); repeats on the same port change nothing. Only
 //!   a second distinct port gives it shared state in `PG_SCAN` (both ports counted), so a
 //!   spoofed flood, whose sources fail once each, never touches the shared table.
+//! - Repeats: a source retrying the port it failed on changes nothing, and the last such
+//!   attempt is remembered per CPU (`PG_LAST_REFUSAL`) with its admission slot's value; the
+//!   same source, port and protocol again within `REPEAT_JIFFIES` (at most a second at any HZ),
+//!   while the slot still holds that value, is answered without hashing or calling the detector.
 //! - Shared state is written only when something changes: a new port in a window, a window
 //!   rolling over, a report. A source hammering one port, or one already reported, only reads.
 //! - Two tumbling windows: a short one (`threshold` ports in `window`) and a long one for slow
 //!   scans (`slow_threshold` ports in `slow_window`). Each reports once per window.
 
+use aya_ebpf::helpers::generated::bpf_jiffies64;
 use portguard_common::{
     Config,
     config::FLAG_SCAN_BLOCK,
@@ -32,10 +37,11 @@ use crate::{
     counters,
     events::{self, Subject},
     hash,
-    maps::{PG_RUNTIME, PG_SCAN, PG_SCAN_ADMIT, PG_SCAN_TEMPLATE},
+    maps::{PG_LAST_REFUSAL, PG_RUNTIME, PG_SCAN, PG_SCAN_ADMIT, PG_SCAN_TEMPLATE},
     mem,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG},
     time::now_ns,
+    types::LastRefusal,
 };
 
 /// How a packet probes, from its flags (and, for SYNs, whether a full TCP stack sent it).
@@ -71,6 +77,54 @@ const SLOT_ADMITTED: u64 = 2;
 const SLOT_SECOND_SHIFT: u32 = 2;
 const SLOT_SECOND_MASK: u64 = 0x3fff << SLOT_SECOND_SHIFT;
 
+/// How long a remembered repeat stands, in jiffies: 64 is 0.64 s at HZ=100 and less at any
+/// higher HZ, so the detector still sees a repeating source at least once a second (its drop
+/// event per second depends on that). `bpf_jiffies64` is inlined by the verifier into one load,
+/// where the clock helper is a call.
+const REPEAT_JIFFIES: u64 = 64;
+
+/// Whether `packet` repeats the attempt this CPU's detector last found changing nothing, so
+/// `failed_attempt` would answer 0 again (or a drop event, deferred to the next call that does
+/// reach the detector, within a second). The flood's common case, checked before the call.
+#[inline(always)]
+pub fn repeats_last_refusal(packet: &Packet) -> bool {
+    let Some(last) = PG_LAST_REFUSAL.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; XDP and TC egress do not interleave on one CPU.
+    let last = unsafe { &*last };
+    if last.src != packet.src_words() || last.port != packet.dport || last.proto != packet.proto {
+        return false;
+    }
+    if unsafe { bpf_jiffies64() }.wrapping_sub(last.jiffies) >= REPEAT_JIFFIES {
+        return false;
+    }
+    let Some(table) = PG_SCAN_ADMIT.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's table; the mask keeps the index inside it.
+    unsafe { (*table)[last.slot as usize & (SCAN_ADMIT_SLOTS as usize - 1)] == last.slot_value }
+}
+
+/// Remembers an attempt that changed nothing but its slot's second (see `repeats_last_refusal`).
+#[inline(always)]
+fn remember_repeat(subject: &Subject, slot: u32, slot_value: u64) {
+    let Some(last) = PG_LAST_REFUSAL.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let last = unsafe { &mut *last };
+    *last = LastRefusal {
+        src: mem::addr_words(subject.src),
+        slot_value,
+        jiffies: unsafe { bpf_jiffies64() },
+        slot,
+        port: subject.dport,
+        proto: subject.proto,
+        _pad: 0,
+    };
+}
+
 /// One failed attempt by `subject.src` on `subject.dport` (the prober and the probed port).
 ///
 /// A BPF-to-BPF call rather than inlined code: the verifier then joins its many inner paths at
@@ -87,8 +141,9 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
     let Some(table) = PG_SCAN_ADMIT.get_ptr_mut(0) else {
         return REPORT;
     };
+    let index = hash as u32 & (SCAN_ADMIT_SLOTS - 1);
     // SAFETY: this CPU's table; the mask keeps the index inside it.
-    let slot = unsafe { &mut (*table)[(hash as usize) & (SCAN_ADMIT_SLOTS as usize - 1)] };
+    let slot = unsafe { &mut (*table)[index as usize] };
     let port = subject.dport;
     let now = now_ns();
     // About a second (2^30 ns), modulo 2^14: enough to tell "this second" from "before".
@@ -106,9 +161,12 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
             // The same port again (a flood, a retransmission): nothing to learn. A drop
             // event per second at most.
             if seen & SLOT_SECOND_MASK == second {
+                remember_repeat(subject, index, seen);
                 return 0;
             }
-            *slot = (seen & !SLOT_SECOND_MASK) | second;
+            let now_seen = (seen & !SLOT_SECOND_MASK) | second;
+            *slot = now_seen;
+            remember_repeat(subject, index, now_seen);
             return REPORT;
         }
         *slot = seen | SLOT_ADMITTED;

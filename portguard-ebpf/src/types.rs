@@ -66,3 +66,21 @@ pub struct Details {
     /// `EVENT_FLAG_*`.
     pub flags: u8,
 }
+
+/// The last refused attempt `scan::failed_attempt` found to change nothing on this CPU: a
+/// source retrying a port it already failed on (a flood, retransmissions). A repeat of it
+/// within a few jiffies is answered without the detector (`scan::repeats_last_refusal`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastRefusal {
+    /// The source address as two words (`Packet::src_words`), not its counted network.
+    pub src: [u64; 2],
+    /// What the source's admission slot held: the repeat is skipped only while it still does.
+    pub slot_value: u64,
+    /// `bpf_jiffies64` when it was remembered.
+    pub jiffies: u64,
+    pub slot: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}

@@ -207,6 +207,9 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if !cfg.has(FLAG_SCAN_DETECT) {
         return Judged::new(reason);
     }
+    if scan::repeats_last_refusal(packet) {
+        return Judged { reason: reason as u8, report: false };
+    }
     // Both opaque (in one round trip), so the verifier checks the detector once, not once per
     // reason and kind.
     let both = opaque::u64((scan::kind_of(packet) as u64) << 8 | reason as u64);

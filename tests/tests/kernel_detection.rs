@@ -123,6 +123,41 @@ fn floods_allocate_no_per_source_state() {
     assert_eq!(taken, 18, "blocked after {taken} more ports (445 and 446 counted)");
 }
 
+/// Drop events CPU 0 (the test's) has sent since its budget was last granted.
+fn drop_events_spent(j: &Judge, granted: u32) -> u32 {
+    let budget: aya::maps::PerCpuArray<_, portguard_common::maps::EventBudget> =
+        aya::maps::PerCpuArray::try_from(j.ebpf().map(portguard_common::maps::MAP_EVENT_BUDGET).unwrap()).unwrap();
+    granted - budget.get(&0, 0).unwrap()[0].tokens
+}
+
+#[test]
+fn a_source_repeating_one_port_is_remembered_and_still_reported_each_second() {
+    require_root!();
+    let mut j = judge(&scan_policy(""));
+    j.grant(Grants { drop_events: 1000, new_blocks: 1000 }).unwrap();
+    let flooder = IpAddr::from([192, 0, 2, 78]);
+    let syn = tcp(flooder, server(false), 40000, 445, SYN);
+    let burst = |j: &mut Judge| {
+        for _ in 0..500 {
+            assert_eq!(j.run(&syn).unwrap().reason, Reason::DropDefaultDeny);
+        }
+    };
+    // One drop event for the first attempt; repeats in the same second send none (a second
+    // boundary inside the burst may add one).
+    burst(&mut j);
+    let first = drop_events_spent(&j, 1000);
+    assert!((1..=2).contains(&first), "{first} drop events for one second of repeats");
+    // Another source failing in between changes nothing for the first one.
+    j.run(&tcp(IpAddr::from([192, 0, 2, 79]), server(false), 40000, 445, SYN)).unwrap();
+    burst(&mut j);
+    // A second later the remembered repeat has lapsed: the source is reported again.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    burst(&mut j);
+    let later = drop_events_spent(&j, 1000);
+    assert!((first + 2..=first + 3).contains(&later), "{first} then {later} drop events");
+    assert_eq!(observed(&j, OBS_SCAN_SOURCES_ADMITTED), 0);
+}
+
 #[test]
 fn ipv6_sources_are_counted_and_blocked_by_network() {
     require_root!();
