@@ -520,7 +520,7 @@ fn per_packet(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     {
         writeln!(
             report,
-            "- Scan detection (alert) adds {:.0} ns to a refused attempt (denied TCP: {plain:.0} -> {scan:.0} ns).",
+            "- Scan detection (alert) adds {:.0} ns to a refused attempt (denied TCP: {plain:.0} -> {scan:.0} ns). The loop repeats one source and port, which the detector's per-CPU memo of the last repeat answers; a source's first failure (a keyed hash and an admission slot) is what the spoofed flood in section 2 measures.",
             scan - plain
         )?;
     }
