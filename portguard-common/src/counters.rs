@@ -321,7 +321,8 @@ mod tests {
                 }
             }
             if let Some(excluded) = a.metric_excludes {
-                let row = OBSERVATIONS.iter().find(|o| o.slot == excluded).expect("excluded slot in the table");
+                let row =
+                    OBSERVATIONS.iter().find(|o| o.slot == excluded).expect("excluded slot in the table");
                 assert_eq!(row.family, a.family, "an excluded slot is a row of the same family");
             }
         }

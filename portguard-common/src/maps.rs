@@ -686,7 +686,8 @@ mod tests {
         // The same prefix always lands on the same bit; its length is part of the hash.
         let words = addr_words(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(bl6_filter_slot(words, 32, 50), bl6_filter_slot(words, 32, 50));
-        let spread = (0..64u32).filter(|len| bl6_filter_slot(words, *len, 40) != bl6_filter_slot(words, 32, 40));
+        let spread =
+            (0..64u32).filter(|len| bl6_filter_slot(words, *len, 40) != bl6_filter_slot(words, 32, 40));
         assert!(spread.count() > 50, "lengths spread over the filter");
     }
 
@@ -698,12 +699,18 @@ mod tests {
         assert_eq!(auto_filter_half(header), 1);
         assert_eq!(auto_filter_shrink(header, 0), 3);
         assert_eq!(auto_filter_shrink(header, 1), 7);
-        assert_eq!(auto_filter_shrink(auto_filter_with_shrink(header, 0, 99), 0), 99 & AUTO_FILTER_MAX_SHRINK);
+        assert_eq!(
+            auto_filter_shrink(auto_filter_with_shrink(header, 0, 99), 0),
+            99 & AUTO_FILTER_MAX_SHRINK
+        );
         assert_eq!(auto_filter_shrink_for(0), AUTO_FILTER_MAX_SHRINK);
         assert_eq!(auto_filter_shrink_for(u64::MAX), 0);
         let bit = auto_filter_bit([7, 9], 0);
         assert!(bit < 1 << AUTO_FILTER_MAX_LOG2);
-        assert!(auto_filter_bit([7, 9], AUTO_FILTER_MAX_SHRINK) < 1 << (AUTO_FILTER_MAX_LOG2 - AUTO_FILTER_MAX_SHRINK));
+        assert!(
+            auto_filter_bit([7, 9], AUTO_FILTER_MAX_SHRINK)
+                < 1 << (AUTO_FILTER_MAX_LOG2 - AUTO_FILTER_MAX_SHRINK)
+        );
         let (index, mask) = auto_filter_slot(1, (1 << AUTO_FILTER_MAX_LOG2) - 1);
         assert_eq!(index, AUTO_FILTER_ENTRIES - 1);
         assert_eq!(mask, 1 << 63);

@@ -15,8 +15,14 @@ pub const TCP_ACK: u8 = 0x10;
 pub const TCP_URG: u8 = 0x20;
 
 /// The flags by name, in the order people list them (`SYN|ACK`).
-pub const TCP_FLAG_NAMES: [(u8, &str); 6] =
-    [(TCP_SYN, "SYN"), (TCP_ACK, "ACK"), (TCP_FIN, "FIN"), (TCP_RST, "RST"), (TCP_PSH, "PSH"), (TCP_URG, "URG")];
+pub const TCP_FLAG_NAMES: [(u8, &str); 6] = [
+    (TCP_SYN, "SYN"),
+    (TCP_ACK, "ACK"),
+    (TCP_FIN, "FIN"),
+    (TCP_RST, "RST"),
+    (TCP_PSH, "PSH"),
+    (TCP_URG, "URG"),
+];
 
 /// The lowercase name of an IP protocol portguard knows, as events and JSON print it.
 pub const fn protocol_name(proto: u8) -> Option<&'static str> {
