@@ -204,7 +204,7 @@ pub fn lock_holder(iface: &str) -> Option<u32> {
     let metadata = fs::metadata(paths::lock_file(iface)).ok()?;
     let (major, minor) = (libc::major(metadata.dev()), libc::minor(metadata.dev()));
     let file = format!("{major:02x}:{minor:02x}:{}", metadata.ino());
-    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let locks = fs::read_to_string(paths::PROC_LOCKS).ok()?;
     holder_in(&locks, &file)
 }
 

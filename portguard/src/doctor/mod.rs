@@ -307,11 +307,11 @@ fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
         Severity::Critical,
         "run a kernel with CONFIG_BPF_SYSCALL and XDP, as root",
     );
-    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let btf = Path::new(paths::KERNEL_BTF).exists();
     check(
         ("btf", "BTF"),
         btf,
-        if btf { "/sys/kernel/btf/vmlinux present".into() } else { "no kernel BTF".into() },
+        if btf { format!("{} present", paths::KERNEL_BTF) } else { "no kernel BTF".into() },
         Severity::Low,
         "build the kernel with CONFIG_DEBUG_INFO_BTF",
     );
@@ -409,7 +409,7 @@ fn interfaces(only: Option<&str>, findings: &mut Vec<Finding>) -> Vec<Check> {
             .as_str()
             .map(str::to_string)
             .or_else(|| {
-                let path = std::fs::read_link(format!("/sys/class/net/{name}/device/driver")).ok()?;
+                let path = std::fs::read_link(paths::iface_driver(name)).ok()?;
                 Some(path.file_name()?.to_string_lossy().into_owned())
             })
             .unwrap_or_else(|| "unknown".into());
