@@ -96,7 +96,7 @@ pub const EVENT_FLAG_MONITOR: u8 = 1 << 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when it happened.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, coarse) when it happened.
     pub time_ns: u64,
     /// For blocks: when the block expires (`bpf_ktime_get_coarse_ns` clock).
     pub expires_ns: u64,

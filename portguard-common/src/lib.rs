@@ -8,6 +8,7 @@ pub mod config;
 pub mod counters;
 pub mod events;
 pub mod maps;
+pub mod net;
 
 pub use config::Config;
 pub use counters::{Counter, Reason};

@@ -34,7 +34,7 @@ pub const fn bl4_range(start: u16, end: u16) -> u32 {
 }
 /// `HashMap<Bl6Key, u8>`: IPv6 prefixes, probed for each length in `Config::bl6_prefix_lens`.
 pub const MAP_BL6: &str = "PG_BL6";
-/// `LpmTrie<[u8; 16], u8>`: sources never dropped by a blocklist or an automatic block.
+/// `LpmTrie<NetKey, u8>`: sources never dropped by a blocklist or an automatic block.
 pub const MAP_NEVER_BLOCK: &str = "PG_NEVER_BLOCK";
 
 // Maps that outlive a policy generation: pinned and reused by every reload and restart.
@@ -55,7 +55,7 @@ pub const MAP_SCAN: &str = "PG_SCAN";
 pub const MAP_AUTO_BLOCK: &str = "PG_AUTO_BLOCK";
 /// `RingBuf` of `Event`s.
 pub const MAP_EVENTS: &str = "PG_EVENTS";
-/// `LpmTrie<[u8; 16], ManualBlock>`: sources blocked by hand (`portguard block`).
+/// `LpmTrie<NetKey, ManualBlock>`: sources blocked by hand (`portguard block`).
 pub const MAP_MANUAL: &str = "PG_MANUAL";
 /// `Array<Runtime>` of one entry: state userspace keeps for the packet path.
 pub const MAP_RUNTIME: &str = "PG_RUNTIME";
@@ -90,10 +90,8 @@ pub const SHARED_MAPS: [&str; 12] = [
     MAP_RUNTIME,
 ];
 
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_ICMPV6: u8 = 58;
+// The per-port tables are indexed by protocol: the numbers live in `net`.
+pub use crate::net::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 
 /// Entries in `PG_PORTS` (and in each shard of `PG_PORT_DROPS`): one block of 65536 ports for
 /// TCP, one for UDP.
@@ -117,8 +115,8 @@ pub const fn port_index(proto: u8, port: u16) -> Option<u32> {
     }
 }
 
-/// What the policy says about one destination port.
-pub const PORT_UNLISTED: u8 = 0;
+/// What the policy says about one destination port (`PortRule::action`; 0, the zeroed entry,
+/// means no rule names the port and the policy's default applies).
 pub const PORT_ALLOW: u8 = 1;
 pub const PORT_DENY: u8 = 2;
 /// Allowed only from the sources in `PG_SRC_ALLOW`.
@@ -390,7 +388,7 @@ pub struct FragKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragVerdict {
-    /// When the first fragment was seen (`bpf_ktime_get_ns`).
+    /// When the first fragment was seen (`bpf_ktime_get_coarse_ns`).
     pub seen_ns: u64,
     /// The first fragment's `Reason`.
     pub reason: u8,
@@ -576,4 +574,153 @@ mod pod {
     unsafe impl aya::Pod for ManualBlock {}
     unsafe impl aya::Pod for Runtime {}
     unsafe impl aya::Pod for EventBudget {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_index_puts_tcp_then_udp_and_nothing_else() {
+        assert_eq!(port_index(PROTO_TCP, 0), Some(0));
+        assert_eq!(port_index(PROTO_TCP, 65535), Some(65535));
+        assert_eq!(port_index(PROTO_UDP, 0), Some(65536));
+        assert_eq!(port_index(PROTO_UDP, 65535), Some(PORT_TABLE_LEN - 1));
+        assert_eq!(port_index(PROTO_ICMP, 80), None);
+        assert_eq!(port_index(PROTO_ICMPV6, 80), None);
+    }
+
+    #[test]
+    fn flow_port_bits_are_distinct_and_inside_the_map() {
+        assert_eq!(flow_port_bit(PROTO_TCP, 0), (0, 1));
+        assert_eq!(flow_port_bit(PROTO_TCP, 65), (1, 1 << 1));
+        assert_eq!(flow_port_bit(PROTO_TCP, 65535), (1023, 1 << 63));
+        assert_eq!(flow_port_bit(PROTO_UDP, 0), (1024, 1));
+        assert_eq!(flow_port_bit(PROTO_UDP, 65535), (FLOW_PORT_WORDS - 1, 1 << 63));
+        // TCP and UDP of one port never share a bit.
+        assert_ne!(flow_port_bit(PROTO_TCP, 53), flow_port_bit(PROTO_UDP, 53));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        assert_eq!(family_of(&v4_mapped([192, 0, 2, 1])), FAMILY_V4);
+        assert_eq!(family_of(&v4_mapped([0, 0, 0, 0])), FAMILY_V4);
+        let mut v6 = [0u8; 16];
+        v6[0] = 0x20;
+        v6[1] = 0x01;
+        v6[2] = 0x0d;
+        v6[3] = 0xb8;
+        assert_eq!(family_of(&v6), FAMILY_V6);
+        // ::ffff:0:0/96 only: one bit off makes it IPv6.
+        let mut near = v4_mapped([192, 0, 2, 1]);
+        near[9] = 1;
+        assert_eq!(family_of(&near), FAMILY_V6);
+        assert_eq!(family_of(&[0; 16]), FAMILY_V6);
+        assert_eq!(v4_mapped([1, 2, 3, 4])[..12], V4_MAPPED_PREFIX);
+    }
+
+    #[test]
+    fn port_drop_shards_are_powers_of_two_up_to_the_cap() {
+        assert_eq!(port_drop_shards(0), 1);
+        assert_eq!(port_drop_shards(1), 1);
+        assert_eq!(port_drop_shards(2), 2);
+        assert_eq!(port_drop_shards(3), 4);
+        assert_eq!(port_drop_shards(12), 16);
+        assert_eq!(port_drop_shards(16), 16);
+        assert_eq!(port_drop_shards(u32::MAX), MAX_PORT_DROP_SHARDS);
+        for cpus in 0..200 {
+            let shards = port_drop_shards(cpus);
+            assert!(shards.is_power_of_two() && shards <= MAX_PORT_DROP_SHARDS);
+            assert!(shards >= cpus.min(MAX_PORT_DROP_SHARDS));
+        }
+    }
+
+    #[test]
+    fn prefix_masks_keep_the_first_bits() {
+        assert_eq!(prefix_masks(0), (0, 0));
+        assert_eq!(prefix_masks(1), (1 << 63, 0));
+        assert_eq!(prefix_masks(48), (0xffff_ffff_ffff_0000, 0));
+        assert_eq!(prefix_masks(64), (u64::MAX, 0));
+        assert_eq!(prefix_masks(96), (u64::MAX, 0xffff_ffff_0000_0000));
+        assert_eq!(prefix_masks(128), (u64::MAX, u64::MAX));
+        assert_eq!(prefix_masks(200), (u64::MAX, u64::MAX), "clamped to 128");
+        for len in 0..=128u32 {
+            let (hi, lo) = prefix_masks(len);
+            assert_eq!(hi.count_ones() + lo.count_ones(), len);
+            // Masks over memory-order words cut the same bytes as the big-endian masks.
+            let words = prefix_mask_words(len);
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&words[0].to_ne_bytes());
+            bytes[8..].copy_from_slice(&words[1].to_ne_bytes());
+            assert_eq!(u128::from_be_bytes(bytes), (u128::from(hi) << 64) | u128::from(lo), "/{len}");
+        }
+    }
+
+    #[test]
+    fn address_words_are_memory_order() {
+        let addr = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+        let words = addr_words(&addr);
+        assert_eq!(words[0].to_ne_bytes(), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(words[1].to_ne_bytes(), [9, 10, 11, 12, 13, 14, 15, 16]);
+        let key = Bl6Key::from_words(words, 48);
+        assert_eq!(key, Bl6Key::new(addr, 48));
+    }
+
+    #[test]
+    fn bl6_filter_sizes_and_slots_stay_in_bounds() {
+        assert_eq!(bl6_filter_log2(0), BL6_FILTER_MIN_LOG2);
+        assert_eq!(bl6_filter_log2(1), BL6_FILTER_MIN_LOG2);
+        assert_eq!(bl6_filter_log2(1 << 20), BL6_FILTER_MAX_LOG2);
+        assert_eq!(bl6_filter_log2(u64::MAX), BL6_FILTER_MAX_LOG2);
+        // 1000 prefixes want 16000 bits: 2^14.
+        assert_eq!(bl6_filter_log2(1000), 14);
+        for log2 in [BL6_FILTER_MIN_LOG2, 14, BL6_FILTER_MAX_LOG2] {
+            let words = 1u32 << (log2 - 6);
+            for seed in 0..500u64 {
+                let address = [seed.wrapping_mul(0x9e37_79b9), !seed];
+                let (word, bit) = bl6_filter_slot(address, (seed % 129) as u32, 64 - log2);
+                assert!(word < words, "word {word} of {words}");
+                assert_eq!(bit.count_ones(), 1);
+            }
+        }
+        // The same prefix always lands on the same bit; its length is part of the hash.
+        let words = addr_words(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bl6_filter_slot(words, 32, 50), bl6_filter_slot(words, 32, 50));
+        let spread =
+            (0..64u32).filter(|len| bl6_filter_slot(words, *len, 40) != bl6_filter_slot(words, 32, 40));
+        assert!(spread.count() > 50, "lengths spread over the filter");
+    }
+
+    #[test]
+    fn auto_filter_header_holds_each_half_apart() {
+        assert_eq!(auto_filter_half(0), 0);
+        assert_eq!(auto_filter_half(1), 1);
+        let header = auto_filter_with_shrink(auto_filter_with_shrink(1, 0, 3), 1, 7);
+        assert_eq!(auto_filter_half(header), 1);
+        assert_eq!(auto_filter_shrink(header, 0), 3);
+        assert_eq!(auto_filter_shrink(header, 1), 7);
+        assert_eq!(
+            auto_filter_shrink(auto_filter_with_shrink(header, 0, 99), 0),
+            99 & AUTO_FILTER_MAX_SHRINK
+        );
+        assert_eq!(auto_filter_shrink_for(0), AUTO_FILTER_MAX_SHRINK);
+        assert_eq!(auto_filter_shrink_for(u64::MAX), 0);
+        let bit = auto_filter_bit([7, 9], 0);
+        assert!(bit < 1 << AUTO_FILTER_MAX_LOG2);
+        assert!(
+            auto_filter_bit([7, 9], AUTO_FILTER_MAX_SHRINK)
+                < 1 << (AUTO_FILTER_MAX_LOG2 - AUTO_FILTER_MAX_SHRINK)
+        );
+        let (index, mask) = auto_filter_slot(1, (1 << AUTO_FILTER_MAX_LOG2) - 1);
+        assert_eq!(index, AUTO_FILTER_ENTRIES - 1);
+        assert_eq!(mask, 1 << 63);
+        assert_eq!(auto_filter_slot(0, 0), (1, 1));
+    }
+
+    #[test]
+    fn bl4_entries_pack_offset_count_and_ranges() {
+        assert_eq!(bl4_index_entry(5, 3), 3 << 32 | 5);
+        assert_eq!(bl4_range(0x0100, 0x01ff), 0x0100_01ff);
+        assert_eq!(bl4_index_entry(u32::MAX, BL4_MAX_RANGES_PER_16) & BL4_WHOLE, 0);
+    }
 }

@@ -30,12 +30,7 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_PSH: u8 = 0x08;
-pub const TCP_ACK: u8 = 0x10;
-pub const TCP_URG: u8 = 0x20;
+pub use portguard_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG};
 
 /// Where a packet sits in a fragmented datagram.
 #[derive(Clone, Copy, PartialEq, Eq)]

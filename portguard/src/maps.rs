@@ -27,10 +27,6 @@ pub struct Counters {
 }
 
 impl Counters {
-    pub fn zero() -> Self {
-        Self { slots: vec![Counter::default(); COUNTER_SLOTS as usize] }
-    }
-
     /// Packets judged with `reason` and handled accordingly.
     pub fn applied(&self, reason: Reason) -> Counter {
         self.slots[reason as usize]

@@ -113,8 +113,12 @@ impl<'a> Family<'a> {
     }
 
     fn row(mut self, labels: &[(&'static str, &str)], value: u64) -> Self {
-        self.rows.push((labels.iter().map(|(k, v)| (*k, v.to_string())).collect(), value));
+        self.push(labels, value);
         self
+    }
+
+    fn push(&mut self, labels: &[(&'static str, &str)], value: u64) {
+        self.rows.push((labels.iter().map(|(k, v)| (*k, v.to_string())).collect(), value));
     }
 
     fn label_names(&self) -> Vec<&'static str> {
@@ -229,49 +233,32 @@ pub fn render(source: &Source) -> Result<String> {
     if !counts.events.is_empty() {
         events.counter(&registry)?;
     }
-    let slot = |index| counters.slot(index).packets;
-    Family::new(
-        "scans_detected_kernel",
-        "Port scans detected, as the kernel counts them (also while no loader runs).",
-        iface,
-    )
-    .row(&[], slot(OBS_SCANS_DETECTED))
-    .counter(&registry)?;
-    Family::new("auto_blocks", "Sources blocked automatically, by cause.", iface)
-        .row(&[("cause", "scan")], slot(OBS_SCAN_BLOCKS))
-        .row(&[("cause", "trap")], slot(OBS_TRAP_BLOCKS))
-        .counter(&registry)?;
-    Family::new(
-        "auto_blocks_not_admitted",
-        "Automatic blocks not added because [limits] new_blocks_per_second was spent.",
-        iface,
-    )
-    .row(&[], slot(OBS_BLOCKS_NOT_ADMITTED))
-    .counter(&registry)?;
-    Family::new(
-        "scan_sources_admitted",
-        "Sources given scan-detection state (refused on two ports or more).",
-        iface,
-    )
-    .row(&[], slot(OBS_SCAN_SOURCES_ADMITTED))
-    .counter(&registry)?;
-    Family::new("refusals_sent", "Refusals the host sent (TCP RST, ICMP port unreachable), by flow.", iface)
-        .row(&[("flow", "probe")], slot(OBS_REFUSALS_SENT).saturating_sub(slot(OBS_REFUSALS_OWN_FLOWS)))
-        .row(&[("flow", "own")], slot(OBS_REFUSALS_OWN_FLOWS))
-        .counter(&registry)?;
-    Family::new("blocks_expired", "Automatic blocks that expired.", iface)
-        .row(&[], slot(OBS_BLOCKS_EXPIRED))
-        .counter(&registry)?;
-    Family::new("events_lost", "Events the ring buffer had no room for.", iface)
-        .row(&[], slot(OBS_EVENTS_LOST))
-        .counter(&registry)?;
+    // Every observation slot, one row each, grouped into families by the shared table.
+    let mut families: Vec<Family> = Vec::new();
+    for observation in OBSERVATIONS {
+        let mut value = counters.slot(observation.slot).packets;
+        if let Some(excluded) = observation.metric_excludes {
+            value = value.saturating_sub(counters.slot(excluded).packets);
+        }
+        let family = match families.iter().position(|f| f.name == observation.family.name) {
+            Some(index) => &mut families[index],
+            None => {
+                families.push(Family::new(observation.family.name, observation.family.help, iface));
+                families.last_mut().expect("just pushed")
+            }
+        };
+        let labels: &[(&'static str, &str)] = if observation.family.label.is_empty() {
+            &[]
+        } else {
+            &[(observation.family.label, observation.label_value)]
+        };
+        family.push(labels, value);
+    }
+    for family in families {
+        family.counter(&registry)?;
+    }
     Family::new("events_suppressed", "Drop events held back by the rate limits.", iface)
         .row(&[], suppressed(&source.maps.event_budget))
-        .counter(&registry)?;
-    Family::new("fragments", "Fragments seen, by kind.", iface)
-        .row(&[("kind", "first")], slot(OBS_FRAGMENT_FIRST))
-        .row(&[("kind", "later")], slot(OBS_FRAGMENT_LATER))
-        .row(&[("kind", "untracked")], slot(OBS_FRAGMENT_TABLE_FULL))
         .counter(&registry)?;
     let by_sink = |name, help, map: &std::collections::BTreeMap<String, u64>| {
         ["webhook", "exec"].into_iter().fold(Family::new(name, help, iface), |family, sink| {

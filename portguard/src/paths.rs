@@ -1,4 +1,5 @@
-//! Every filesystem path portguard uses, in one place.
+//! Every filesystem path portguard uses, in one place: its own (pins, run and state files) and
+//! the kernel's it reads (/proc, /sys, /run/netns).
 
 use std::path::PathBuf;
 
@@ -14,6 +15,44 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/portguard";
 pub const RUN_DIR: &str = "/run/portguard";
 /// State that must survive a reboot: manual blocks, the policy each attachment runs.
 pub const STATE_DIR: &str = "/var/lib/portguard";
+
+/// Named network namespaces, as `ip netns add` creates them.
+pub const NETNS_DIR: &str = "/run/netns";
+/// procfs: processes (`/proc/PID/...`) and this namespace's sockets (`/proc/net/...`).
+pub const PROC: &str = "/proc";
+/// Who holds which file lock.
+pub const PROC_LOCKS: &str = "/proc/locks";
+/// The audit login user id of this process (kept across `su` and `sudo`).
+pub const PROC_SELF_LOGINUID: &str = "/proc/self/loginuid";
+/// The CPUs the kernel may run, as a list of ranges (`0-3`).
+pub const CPUS_POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+/// The kernel's own BTF (CO-RE and program metadata need it).
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// A named network namespace's file (`ip netns add NAME`).
+pub fn netns_file(name: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// A socket table of this network namespace (`tcp`, `tcp6`, `udp`, `udp6`).
+pub fn proc_net(table: &str) -> PathBuf {
+    PathBuf::from(PROC).join("net").join(table)
+}
+
+/// A file about process `pid` (`stat`, `environ`, ...).
+pub fn proc_pid(pid: u32, file: &str) -> PathBuf {
+    PathBuf::from(PROC).join(pid.to_string()).join(file)
+}
+
+/// What the kernel says about one of this thread's file descriptors.
+pub fn fdinfo(fd: i32) -> PathBuf {
+    PathBuf::from(PROC).join("thread-self/fdinfo").join(fd.to_string())
+}
+
+/// The driver of a network interface (a symlink whose name is the driver's).
+pub fn iface_driver(iface: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/class/net/{iface}/device/driver"))
+}
 
 /// `STATE_DIR`, or `PORTGUARD_STATE_DIR` when set (packaging, and tests that must not share
 /// the host's blocks).

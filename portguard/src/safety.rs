@@ -53,7 +53,7 @@ impl Session {
             if pid <= 1 {
                 return None;
             }
-            if let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) {
+            if let Ok(environ) = std::fs::read(crate::paths::proc_pid(pid, "environ")) {
                 let var = |name: &str| {
                     let prefix = format!("{name}=");
                     environ
@@ -94,7 +94,7 @@ impl Session {
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = std::fs::read_to_string(crate::paths::proc_pid(pid, "stat")).ok()?;
     // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }

@@ -54,12 +54,12 @@ pub fn read_all() -> Result<Vec<Socket>> {
     for (file, proto) in
         [("tcp", Proto::Tcp), ("tcp6", Proto::Tcp), ("udp", Proto::Udp), ("udp6", Proto::Udp)]
     {
-        let path = format!("/proc/net/{file}");
+        let path = crate::paths::proc_net(file);
         match fs::read_to_string(&path) {
             Ok(text) => sockets.extend(parse_table(&text, proto)),
             // No IPv6 in this kernel: nothing to read.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error).with_context(|| format!("reading {path}")),
+            Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
         }
     }
     Ok(sockets)
@@ -89,7 +89,7 @@ impl Owner {
 /// simply not found. Socket inodes are unique across network namespaces, so a process
 /// anywhere is found for a socket of this namespace.
 pub fn owners() -> BTreeMap<u64, Owner> {
-    owners_in(Path::new("/proc"))
+    owners_in(Path::new(crate::paths::PROC))
 }
 
 fn owners_in(proc: &Path) -> BTreeMap<u64, Owner> {

@@ -93,11 +93,6 @@ impl RunState {
         let _ = fs::remove_file(paths::state_file(iface));
     }
 
-    /// Whether the loader that wrote this is still running.
-    pub fn loader_alive(&self) -> bool {
-        loader_running(&self.iface)
-    }
-
     pub fn uptime_secs(&self) -> u64 {
         now_unix().saturating_sub(self.attached_at)
     }
@@ -209,7 +204,7 @@ pub fn lock_holder(iface: &str) -> Option<u32> {
     let metadata = fs::metadata(paths::lock_file(iface)).ok()?;
     let (major, minor) = (libc::major(metadata.dev()), libc::minor(metadata.dev()));
     let file = format!("{major:02x}:{minor:02x}:{}", metadata.ino());
-    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let locks = fs::read_to_string(paths::PROC_LOCKS).ok()?;
     holder_in(&locks, &file)
 }
 

@@ -127,7 +127,7 @@ pub fn ifindex(iface: &str) -> Result<u32> {
 /// does, but without its private mount namespace, so pins stay visible to everyone). Call it
 /// before starting any other thread: new threads inherit the namespace of their creator.
 pub fn enter_netns(name: &str) -> Result<()> {
-    let path = Path::new("/run/netns").join(name);
+    let path = paths::netns_file(name);
     let file = fs::File::open(&path).with_context(|| {
         format!(
             "network namespace `{name}` not found ({} is missing; `ip netns list` lists them)",
@@ -150,4 +150,12 @@ pub fn enter_netns(name: &str) -> Result<()> {
 pub fn host_name() -> Option<String> {
     static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     NAME.get_or_init(|| nix::unistd::gethostname().ok().and_then(|name| name.into_string().ok())).clone()
+}
+
+/// CPUs the kernel may run (what per-CPU maps and `bpf_get_smp_processor_id` range over).
+pub fn possible_cpus() -> u32 {
+    fs::read_to_string(paths::CPUS_POSSIBLE)
+        .ok()
+        .and_then(|text| text.trim().rsplit(['-', ',']).next().and_then(|last| last.parse::<u32>().ok()))
+        .map_or(1, |last| last + 1)
 }

@@ -17,6 +17,8 @@ use ipnet::IpNet;
 use portguard::policy::{Action, Mode, Policy, Proto, RuleKind, TcpNonSyn};
 use portguard_common::Reason;
 
+use crate::packets::{ACK, ICMP, ICMPV6, SYN, TCP, UDP};
+
 /// What the model says the kernel must do with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expected {
@@ -64,11 +66,6 @@ enum Parse {
     Malformed,
     Ip(Parsed),
 }
-
-const TCP: u8 = 6;
-const UDP: u8 = 17;
-const ICMP: u8 = 1;
-const ICMPV6: u8 = 58;
 
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
@@ -373,7 +370,7 @@ impl Model {
     fn port_policy(&mut self, packet: &Parsed) -> Reason {
         let proto = if packet.proto == TCP { Proto::Tcp } else { Proto::Udp };
         let port = packet.dport;
-        let attempt = proto == Proto::Udp || packet.tcp_flags & 0x12 == 0x02;
+        let attempt = proto == Proto::Udp || packet.tcp_flags & (SYN | ACK) == SYN;
         let policy = &self.policy;
         let traps = match proto {
             Proto::Tcp => &policy.trap_ports.tcp,

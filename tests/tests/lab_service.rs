@@ -153,6 +153,19 @@ fn metrics_match_the_traffic_sent() {
     // The same numbers as `portguard stats` reads.
     let stats = pg.stats();
     assert_eq!(applied(&stats, "port_denied"), counter(&after, "portguard_packets_total", &denied_labels));
+    // Every observation counter `stats` shows is also a series (both read one table).
+    for observation in portguard_common::counters::OBSERVATIONS {
+        assert!(
+            stats["observations"][observation.name].is_u64(),
+            "stats lacks {}: {stats}",
+            observation.name
+        );
+        let mut labels = vec![("interface", iface)];
+        if !observation.family.label.is_empty() {
+            labels.push((observation.family.label, observation.label_value));
+        }
+        http::value(&after, &format!("portguard_{}_total", observation.family.name), &labels);
+    }
 
     // Gauges and identity.
     assert_eq!(http::value(&after, "portguard_policy_generation", &[("interface", iface)]), 1.0);

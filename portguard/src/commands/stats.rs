@@ -45,32 +45,6 @@ impl Snapshot {
     }
 }
 
-/// Observation counters as (JSON name, human label, slot).
-const OBSERVATIONS: [(&str, &str, u32); 14] = [
-    ("fragments_first", "first fragments", OBS_FRAGMENT_FIRST),
-    ("fragments_later", "later fragments", OBS_FRAGMENT_LATER),
-    ("fragments_untracked", "fragments not tracked (table full)", OBS_FRAGMENT_TABLE_FULL),
-    ("vlan_single", "frames with one VLAN tag", OBS_VLAN_SINGLE),
-    ("vlan_stacked", "frames with stacked VLAN tags", OBS_VLAN_STACKED),
-    ("scans_detected", "scans detected", OBS_SCANS_DETECTED),
-    ("scan_blocks", "sources blocked for scanning", OBS_SCAN_BLOCKS),
-    ("trap_blocks", "sources blocked by trap ports", OBS_TRAP_BLOCKS),
-    ("blocks_expired", "automatic blocks expired on the packet path", OBS_BLOCKS_EXPIRED),
-    ("refusals_sent", "refusals sent by the host (RST, port unreachable)", OBS_REFUSALS_SENT),
-    (
-        "refusals_own_flows",
-        "of which on the host's own flows (not counted as probes)",
-        OBS_REFUSALS_OWN_FLOWS,
-    ),
-    ("scan_sources_admitted", "sources given scan state (failed on 2+ ports)", OBS_SCAN_SOURCES_ADMITTED),
-    (
-        "blocks_not_admitted",
-        "automatic blocks refused (new_blocks_per_second spent)",
-        OBS_BLOCKS_NOT_ADMITTED,
-    ),
-    ("events_lost", "events lost (ring buffer full)", OBS_EVENTS_LOST),
-];
-
 /// How many automatic blocks the text lists (`--json` lists all).
 const BLOCKS_SHOWN: usize = 50;
 
@@ -173,10 +147,10 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
             row("would drop", Tone::Caution, reason, would.packets, would.bytes);
         }
     }
-    for (_, label, slot) in OBSERVATIONS {
-        let count = c.slot(slot).packets;
+    for observation in OBSERVATIONS {
+        let count = c.slot(observation.slot).packets;
         if count > 0 {
-            let _ = writeln!(out, "  {label}: {}", group(count));
+            let _ = writeln!(out, "  {}: {}", observation.text, group(count));
         }
     }
     if now.suppressed > 0 {
@@ -242,7 +216,7 @@ fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -
         _ => Value::Null,
     };
     let mut observations: serde_json::Map<String, Value> =
-        OBSERVATIONS.iter().map(|(name, _, slot)| (name.to_string(), json!(c.slot(*slot).packets))).collect();
+        OBSERVATIONS.iter().map(|o| (o.name.to_string(), json!(c.slot(o.slot).packets))).collect();
     observations.insert("events_suppressed".into(), json!(now.suppressed));
     json!({
         "interface": iface,

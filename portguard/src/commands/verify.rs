@@ -22,7 +22,7 @@ use portguard::{
 };
 use portguard_common::{
     Reason,
-    maps::{PROTO_TCP, PROTO_UDP, port_index},
+    maps::{PROTO_TCP, PROTO_UDP},
 };
 use serde::Serialize;
 use serde_json::json;
@@ -64,8 +64,9 @@ struct Decider {
     rule: Option<u16>,
 }
 
-/// The rule that names the port, the default, or the part of the policy the reason names.
-fn decided_by(image: &policy::compile::MapImage, reason: Reason, frame: &[u8]) -> Decider {
+/// The rule that decided the port (`Policy::port_decision`, the one `compile` wrote into the
+/// kernel), the default, or the part of the policy the reason names.
+fn decided_by(policy: &Policy, reason: Reason, frame: &[u8]) -> Decider {
     let by = |by: &'static str| Decider { by, rule: None };
     match reason {
         Reason::PassPortAllowed
@@ -74,9 +75,9 @@ fn decided_by(image: &policy::compile::MapImage, reason: Reason, frame: &[u8]) -
         | Reason::DropSourceNotAllowed => Decider {
             by: "rule",
             rule: destination(frame)
-                .and_then(|(proto, port)| port_index(proto, port))
-                .and_then(|index| image.ports.get(&index))
-                .map(|entry| entry.rule),
+                .and_then(|(proto, port)| Some((Proto::from_number(proto)?, port)))
+                .and_then(|(proto, port)| policy.port_decision(proto, port).rule_for(source_of(frame)))
+                .map(|rule| rule.number),
         },
         Reason::PassDefaultAllow | Reason::DropDefaultDeny => by("default"),
         Reason::DropBlocklist => by("blocklist"),
@@ -241,7 +242,7 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
             };
             report.inbound += 1;
             let dropped = outcome.reason.is_drop();
-            let decider = decided_by(&image, outcome.reason, &frame);
+            let decider = decided_by(&policy, outcome.reason, &frame);
             let tally = report.tallies.entry((dropped, outcome.reason, decider)).or_default();
             tally.packets += 1;
             tally.bytes += packet.original_len as u64;

@@ -12,6 +12,7 @@ use portguard_common::{
     Reason,
     events::{EVENT_FLAG_BLOCKING, EVENT_FLAG_MONITOR, Event, EventKind, SAMPLE_PORTS, ScanKind},
     maps::{CAUSE_SCAN, CAUSE_SLOW_SCAN, CAUSE_TRAP, SCAN_COUNT_EXACT_BLOCK, SCAN_COUNT_EXACT_EVENT},
+    net::PROTO_TCP,
 };
 
 use super::{EventRecord, EventType};
@@ -30,19 +31,15 @@ pub fn ip_of(addr: [u8; 16]) -> IpAddr {
 }
 
 pub fn protocol_name(proto: u8) -> String {
-    match proto {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        other => other.to_string(),
-    }
+    portguard_common::net::protocol_name(proto).map_or_else(|| proto.to_string(), str::to_owned)
 }
 
 pub fn tcp_flags(flags: u8) -> String {
-    const NAMES: [(u8, &str); 6] =
-        [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x20, "URG")];
-    let set: Vec<&str> = NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| *n).collect();
+    let set: Vec<&str> = portguard_common::net::TCP_FLAG_NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
     if set.is_empty() { "none".into() } else { set.join("|") }
 }
 
@@ -111,11 +108,11 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
     record.source = Some(ip_of(event.src));
     record.destination = Some(ip_of(event.dst));
     record.protocol = Some(protocol_name(event.proto));
-    if matches!(event.proto, 6 | 17) {
+    if portguard_common::net::has_ports(event.proto) {
         record.source_port = Some(event.sport);
         record.destination_port = Some(event.dport);
     }
-    if event.proto == 6 {
+    if event.proto == PROTO_TCP {
         record.tcp_flags = Some(tcp_flags(event.tcp_flags));
     }
     let block = |record: &mut EventRecord| {
@@ -185,9 +182,9 @@ mod tests {
             dport: 23,
             kind: kind as u8,
             reason: 0,
-            proto: 6,
+            proto: PROTO_TCP,
             scan_kind: 0,
-            tcp_flags: 0x02,
+            tcp_flags: portguard_common::net::TCP_SYN,
             samples: 0,
             prefix_len: 0,
             flags: 0,
@@ -358,7 +355,7 @@ mod tests {
         let mut raw = event(EventKind::Drop);
         raw.src = "2001:db8:bad::7".parse::<Ipv6Addr>().unwrap().octets();
         raw.dst = "2001:db8::2".parse::<Ipv6Addr>().unwrap().octets();
-        raw.proto = 58;
+        raw.proto = portguard_common::net::PROTO_ICMPV6;
         raw.reason = Reason::DropBlocklist as u8;
         let record = decoded(&raw);
         assert_eq!(record.source_port, None);

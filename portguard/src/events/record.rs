@@ -206,7 +206,7 @@ impl Actor {
     pub fn of_this_process() -> Self {
         let uid = nix::unistd::getuid().as_raw();
         let sudo = std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty());
-        let login = std::fs::read_to_string("/proc/self/loginuid")
+        let login = std::fs::read_to_string(crate::paths::PROC_SELF_LOGINUID)
             .ok()
             .and_then(|text| text.trim().parse::<u32>().ok())
             // (uid_t)-1: no login recorded (a daemon, or no audit support).

@@ -1,5 +1,7 @@
-//! Policy -> `MapImage`: exactly the entries the kernel maps will hold. Pure, so it is unit
-//! tested here and shared by `check`, `attach` and every later command.
+//! Policy -> `MapImage`: exactly the entries the kernel maps will hold. `compile_for` is pure
+//! (the machine's CPU count, the one fact it needs from the host, is an argument), so it is
+//! unit tested here; `compile` supplies this machine's count and is shared by `check`, `attach`
+//! and every later command.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,7 +18,10 @@ use portguard_common::{
     },
 };
 
-use super::{Action, Mode, Policy, Proto, Response, RuleKind, TcpNonSyn};
+use super::{
+    Action, Mode, Policy, Proto, Response, Rule, TcpNonSyn,
+    reach::{PortAction, decide},
+};
 
 /// What one policy generation writes into the kernel.
 #[derive(Debug, Default, Clone)]
@@ -49,7 +54,13 @@ impl MapImage {
 /// Largest IPv6 expansion of one prefix to a longer probed length.
 const MAX_BL6_EXPANSION: u128 = 1 << 12;
 
+/// `compile_for` this machine (its possible CPUs size the per-port drop table's shards).
 pub fn compile(policy: &Policy, generation: u64) -> Result<MapImage> {
+    compile_for(policy, generation, crate::system::possible_cpus())
+}
+
+/// The image of `policy` as generation `generation` on a machine with `cpus` possible CPUs.
+pub fn compile_for(policy: &Policy, generation: u64, cpus: u32) -> Result<MapImage> {
     let mut image = MapImage::default();
     compile_ports(policy, &mut image);
     compile_blocklist(&policy.blocklist, &mut image)?;
@@ -57,59 +68,51 @@ pub fn compile(policy: &Policy, generation: u64) -> Result<MapImage> {
     for net in &policy.never_block {
         image.never_block.push(net_key(net));
     }
-    image.config = config(policy, &image, generation);
+    image.config = config(policy, &image, generation, cpus);
     Ok(image)
 }
 
+/// The port table: every port a rule or a trap names, as `Policy::port_decision` decides it.
 fn compile_ports(policy: &Policy, image: &mut MapImage) {
+    // The rules naming each port, in file order: one pass over the rules, not one per port.
+    let mut naming: BTreeMap<(Proto, u16), Vec<&Rule>> = BTreeMap::new();
     for rule in &policy.rules {
-        let action = match (rule.kind, &rule.from) {
-            (RuleKind::Deny, _) => PORT_DENY,
-            (RuleKind::Allow, None) => PORT_ALLOW,
-            (RuleKind::Allow, Some(_)) => PORT_ALLOW_FROM,
+        for port in rule.ports.iter().flat_map(|r| r.clone()) {
+            naming.entry((rule.proto, port)).or_default().push(rule);
+        }
+    }
+    let mut traps = BTreeSet::new();
+    for proto in [Proto::Tcp, Proto::Udp] {
+        for port in policy.trap_ports.of(proto).iter().flat_map(|r| r.clone()) {
+            traps.insert((proto, port));
+            naming.entry((proto, port)).or_default();
+        }
+    }
+    for ((proto, port), rules) in naming {
+        let Some(index) = port_index(proto.number(), port) else {
+            continue;
         };
-        for range in &rule.ports {
-            for port in range.clone() {
-                let Some(index) = port_index(rule.proto.number(), port) else {
-                    continue;
-                };
-                let entry = image.ports.entry(index).or_default();
-                // Validation rejects allow+deny on one port; an open allow beats a `from` one.
-                if entry.action == PORT_ALLOW && action == PORT_ALLOW_FROM {
-                    continue;
-                }
-                *entry = PortRule { action, flags: entry.flags, rule: rule.number };
-                if let Some(from) = &rule.from {
-                    for net in from {
-                        let (len, addr) = mapped(net);
-                        let key = SrcAllowKey {
-                            proto: rule.proto.number(),
-                            family: family(net),
-                            port_be: port.to_be_bytes(),
-                            addr,
-                        };
-                        image.src_allow.push((SRC_ALLOW_FIXED_BITS + len, key, rule.number));
-                    }
-                }
-            }
-        }
-    }
-    for (proto, ranges) in [(Proto::Tcp, &policy.trap_ports.tcp), (Proto::Udp, &policy.trap_ports.udp)] {
-        for port in ranges.iter().flat_map(|r| r.clone()) {
-            let Some(index) = port_index(proto.number(), port) else {
-                continue;
+        let decision = decide(rules, traps.contains(&(proto, port)), policy.default);
+        let (action, rule) = match &decision.action {
+            PortAction::Denied(rule) => (PORT_DENY, rule.number),
+            PortAction::Allowed(rule) => (PORT_ALLOW, rule.number),
+            PortAction::AllowedFrom(rules) => (PORT_ALLOW_FROM, rules[0].number),
+            // The zeroed entry: the kernel applies the default.
+            PortAction::Default(_) => (0, 0),
+        };
+        for (rule, net) in decision.sources() {
+            let (len, addr) = mapped(&net);
+            let key = SrcAllowKey {
+                proto: proto.number(),
+                family: family(&net),
+                port_be: port.to_be_bytes(),
+                addr,
             };
-            image.ports.entry(index).or_default().flags |= PORT_FLAG_TRAP;
+            image.src_allow.push((SRC_ALLOW_FIXED_BITS + len, key, rule.number));
         }
+        let flags = if decision.trap { PORT_FLAG_TRAP } else { 0 };
+        image.ports.insert(index, PortRule { action, flags, rule });
     }
-    // Source entries of ports an open allow took over are never consulted: drop them.
-    let ports = &image.ports;
-    image.src_allow.retain(|(_, key, _)| {
-        let port = u16::from_be_bytes(key.port_be);
-        port_index(key.proto, port)
-            .and_then(|index| ports.get(&index))
-            .is_some_and(|rule| rule.action == PORT_ALLOW_FROM)
-    });
 }
 
 fn family(net: &IpNet) -> u8 {
@@ -233,15 +236,7 @@ fn reduce_v6_lengths(by_len: &mut BTreeMap<u8, BTreeSet<u128>>) -> Result<()> {
     Ok(())
 }
 
-/// CPUs the kernel may run (what per-CPU maps and `bpf_get_smp_processor_id` range over).
-pub fn possible_cpus() -> u32 {
-    std::fs::read_to_string("/sys/devices/system/cpu/possible")
-        .ok()
-        .and_then(|text| text.trim().rsplit(['-', ',']).next().and_then(|last| last.parse::<u32>().ok()))
-        .map_or(1, |last| last + 1)
-}
-
-fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
+fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Config {
     let mut flags = 0;
     let mut set = |on: bool, flag: u32| {
         if on {
@@ -264,7 +259,6 @@ fn config(policy: &Policy, image: &MapImage, generation: u64) -> Config {
     set(scan == Response::Block, FLAG_SCAN_BLOCK);
     set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
     set(scan == Response::Block || !policy.trap_ports.is_empty(), FLAG_AUTO_BLOCK);
-    let cpus = possible_cpus();
     set(cpus <= port_drop_shards(cpus), FLAG_PORT_DROPS_PER_CPU);
     let ipv6_prefix = policy.scan_detection.ipv6_prefix;
     set(
@@ -362,7 +356,17 @@ mod tests {
 
     fn image(text: &str) -> MapImage {
         let loaded = parse(text, Path::new("test.toml"), LoadOptions::default()).unwrap();
-        compile(&loaded.policy, 1).unwrap()
+        compile_for(&loaded.policy, 1, 4).unwrap()
+    }
+
+    #[test]
+    fn the_cpu_count_sizes_the_drop_table_shards() {
+        let loaded = parse("", Path::new("test.toml"), LoadOptions::default()).unwrap();
+        let on = |cpus| compile_for(&loaded.policy, 1, cpus).unwrap().config;
+        assert_eq!(on(4).port_drop_shards, 4);
+        assert!(on(4).has(FLAG_PORT_DROPS_PER_CPU));
+        assert_eq!(on(64).port_drop_shards, 16);
+        assert!(!on(64).has(FLAG_PORT_DROPS_PER_CPU), "64 CPUs share 16 shards");
     }
 
     /// The IPv6 blocklist's pre-filter has the bit of every listed prefix, is sized from the

@@ -53,6 +53,15 @@ impl Proto {
             Self::Udp => portguard_common::maps::PROTO_UDP,
         }
     }
+
+    /// The protocol of an IP protocol number, if it is one with ports.
+    pub const fn from_number(number: u8) -> Option<Self> {
+        match number {
+            portguard_common::maps::PROTO_TCP => Some(Self::Tcp),
+            portguard_common::maps::PROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Proto {
@@ -243,6 +252,14 @@ impl Default for TrapPorts {
 impl TrapPorts {
     pub fn is_empty(&self) -> bool {
         self.tcp.is_empty() && self.udp.is_empty()
+    }
+
+    /// The trap ports of one protocol.
+    pub fn of(&self, proto: Proto) -> &[RangeInclusive<u16>] {
+        match proto {
+            Proto::Tcp => &self.tcp,
+            Proto::Udp => &self.udp,
+        }
     }
 }
 
