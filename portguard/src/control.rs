@@ -99,7 +99,7 @@ pub async fn request(iface: &str, request: &Request) -> Result<Reply> {
 /// did (the loader prints it, sends it to the alert sinks and counts it). Best effort: the
 /// change is made either way, so a loader that cannot be reached is only warned about.
 pub fn tell_loaders(interfaces: &[String], record: &EventRecord) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+    let Ok(runtime) = crate::runtime::new() else {
         return;
     };
     for iface in interfaces {

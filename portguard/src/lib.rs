@@ -6,6 +6,7 @@
 //! `output` (how things are printed for people) and `exit` (the exit codes).
 
 pub mod alerts;
+pub mod attachment;
 pub mod auto_filter;
 pub mod blocks;
 pub mod budget;
@@ -27,6 +28,7 @@ pub mod netns;
 pub mod output;
 pub mod paths;
 pub mod policy;
+pub mod runtime;
 pub mod safety;
 pub mod services;
 pub mod sockets;

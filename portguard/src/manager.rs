@@ -404,9 +404,10 @@ fn roll_back(iface: &str, rollback: Rollback, reason: String) -> Result<()> {
                 rollback: Some(reason),
             };
             if loader_running(iface) {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                let reply = runtime
-                    .block_on(crate::control::request(iface, &crate::control::Request::Reload(request)))?;
+                let reply = crate::runtime::block_on(crate::control::request(
+                    iface,
+                    &crate::control::Request::Reload(request),
+                ))??;
                 if !reply.ok {
                     bail!("rolling back {iface} failed: {}", reply.message);
                 }

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 use portguard::{
+    attachment::{self, WhenNone},
     control,
     events::{Actor, EventRecord, EventType},
     inform,
@@ -14,14 +15,9 @@ use portguard::{
     system,
 };
 
-use super::status::attached_interfaces;
-
 pub fn run(iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard confirm")?;
-    let interfaces = match iface {
-        Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces()?,
-    };
+    let interfaces = attachment::select(iface, WhenNone::Accept)?;
     let mut confirmed = 0;
     for iface in &interfaces {
         let Some(pending) = manager::confirm(iface)? else { continue };

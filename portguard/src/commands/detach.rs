@@ -3,14 +3,18 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use portguard::{blocks::BlockStore, inform, manager, output::count, system};
-
-use super::status::attached_interfaces;
+use portguard::{
+    attachment::{self, WhenNone},
+    blocks::BlockStore,
+    inform, manager,
+    output::count,
+    system,
+};
 
 pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
     system::require_root("portguard detach")?;
     let targets: Vec<String> = if all {
-        attached_interfaces()?
+        attachment::select(None, WhenNone::Accept)?
     } else {
         vec![iface.expect("clap requires IFACE without --all").to_owned()]
     };

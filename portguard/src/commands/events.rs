@@ -6,8 +6,9 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use portguard::{
+    attachment::{self, WhenNone},
     events::{EventRecord, EventSource},
     paths,
     state::loader_running,
@@ -18,30 +19,12 @@ use tokio::{
     net::UnixStream,
 };
 
-use super::{serve::Output, status::attached_interfaces};
+use super::serve::Output;
 
 pub fn run(iface: Option<&str>, json: bool) -> Result<ExitCode> {
     system::require_root("portguard events")?;
-    let interfaces = match iface {
-        Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces()?,
-    };
-    if interfaces.is_empty() {
-        bail!(
-            "portguard is not attached anywhere in {} (`portguard attach IFACE --policy FILE` starts it)",
-            portguard::netns::Netns::current()
-        );
-    }
-    for iface in &interfaces {
-        if !paths::pin_dir(iface).exists() {
-            bail!(
-                "portguard is not attached to {iface} in {} (`portguard status` lists attachments)",
-                portguard::netns::Netns::current()
-            );
-        }
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let interfaces = attachment::select(iface, WhenNone::Refuse)?;
+    portguard::runtime::block_on(async move {
         let mut followers = tokio::task::JoinSet::new();
         for iface in interfaces {
             followers.spawn(follow(iface, json));
@@ -57,7 +40,7 @@ pub fn run(iface: Option<&str>, json: bool) -> Result<ExitCode> {
                 _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),
             }
         }
-    })
+    })?
 }
 
 async fn follow(iface: String, json: bool) -> Result<()> {

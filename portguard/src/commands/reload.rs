@@ -5,15 +5,15 @@ use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{Result, bail};
 use portguard::{
+    attachment::{self, WhenNone},
     control::{self, ReloadRequest, Request},
-    loader,
     manager::{self, PolicySource, Rollback},
     safety::{Operator, Session},
     state::loader_running,
     system,
 };
 
-use super::{print_warnings, status::attached_interfaces};
+use super::print_warnings;
 
 pub fn run(
     iface: Option<&str>,
@@ -24,30 +24,9 @@ pub fn run(
 ) -> Result<ExitCode> {
     system::require_root("portguard reload")?;
     let operator = Operator { session: Session::find(), confirm_within: confirm_within.is_some(), force };
-    let interfaces = match iface {
-        Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces()?,
-    };
-    if interfaces.is_empty() {
-        bail!(
-            "portguard is not attached anywhere in {}: nothing to reload (`portguard attach` starts it)",
-            portguard::netns::Netns::current()
-        );
-    }
+    let interfaces = attachment::select(iface, WhenNone::Refuse)?;
     let mut failed = false;
     for iface in &interfaces {
-        if !loader::is_attached(iface) {
-            let left_behind = portguard::state::remove_left_behind(iface);
-            let cleaned = if left_behind.is_empty() {
-                String::new()
-            } else {
-                format!("; removed left-behind run files: {}", left_behind.join(", "))
-            };
-            bail!(
-                "portguard is not attached to {iface} in {} (`portguard status` lists attachments){cleaned}",
-                portguard::netns::Netns::current()
-            );
-        }
         // A new generation needs links on the interface to switch.
         if let Some(problem) = portguard::links::Inspection::of(iface)?.problem(iface) {
             eprintln!(
@@ -103,8 +82,7 @@ pub fn run(
                 via: Some("portguard reload".into()),
                 rollback: None,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let reply = runtime.block_on(control::request(iface, &Request::Reload(request)))?;
+            let reply = portguard::runtime::block_on(control::request(iface, &Request::Reload(request)))??;
             for warning in &reply.warnings {
                 eprintln!("{warning}");
             }

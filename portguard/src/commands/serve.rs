@@ -145,8 +145,7 @@ struct ReloadInProgress {
 
 /// Runs until SIGINT or SIGTERM; hands the loader back with how it ended.
 pub fn run(loader: Loader) -> Result<(Exit, Loader)> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(loader))
+    portguard::runtime::new()?.block_on(serve(loader))
 }
 
 async fn serve(mut loader: Loader) -> Result<(Exit, Loader)> {

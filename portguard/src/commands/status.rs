@@ -7,6 +7,7 @@ use portguard::{
     durations,
     exit::Exit,
     links::Inspection,
+    loader::attached_interfaces,
     manager::{self, Pending},
     note,
     output::{self, Tone, paint},
@@ -25,8 +26,6 @@ pub fn report_left_behind() {
         }
     }
 }
-
-pub use portguard::loader::attached_interfaces;
 
 /// One attachment as `status` reports it.
 struct Row {
