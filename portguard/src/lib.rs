@@ -12,6 +12,7 @@ pub mod blocks;
 pub mod budget;
 pub mod capture;
 pub mod control;
+pub mod daemon;
 pub mod doctor;
 pub mod durations;
 pub mod events;

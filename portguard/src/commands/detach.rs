@@ -6,7 +6,8 @@ use anyhow::Result;
 use portguard::{
     attachment::{self, WhenNone},
     blocks::BlockStore,
-    inform, manager,
+    inform,
+    manager::DetachRequest,
     output::count,
     system,
 };
@@ -31,7 +32,7 @@ pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
             );
             continue;
         }
-        manager::detach(iface, &manager::DetachRequest::by_command())?;
+        attachment::detach(iface, &DetachRequest::by_command())?;
         inform!("portguard: detached from {iface}");
     }
     let kept = BlockStore::load().map(|s| s.blocks.len()).unwrap_or(0) as u64;
