@@ -145,11 +145,6 @@ impl RunState {
         let _ = fs::remove_file(paths::state_file(iface));
     }
 
-    /// Whether the loader that wrote this is still running.
-    pub fn loader_alive(&self) -> bool {
-        loader_running(&self.iface)
-    }
-
     pub fn uptime_secs(&self) -> u64 {
         now_unix().saturating_sub(self.attached_at)
     }

@@ -18,7 +18,7 @@ use serde_json::json;
 
 /// Cleans the run files of interfaces with neither pins nor a loader, and says so (stderr:
 /// stdout stays what the command prints).
-pub fn report_left_behind() {
+fn report_left_behind() {
     for iface in portguard::state::interfaces_with_run_files() {
         let removed = portguard::state::remove_left_behind(&iface);
         if !removed.is_empty() {
