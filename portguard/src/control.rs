@@ -78,16 +78,27 @@ pub struct Reply {
     pub warnings: Vec<String>,
 }
 
-/// Sends a request to `iface`'s loader and returns its reply.
-pub async fn request(iface: &str, request: &Request) -> Result<Reply> {
+/// Connects to `iface`'s loader and sends `request`.
+async fn send(iface: &str, request: &Request) -> Result<UnixStream> {
     let path = paths::control_socket(iface);
-    let stream = UnixStream::connect(&path)
+    let mut stream = UnixStream::connect(&path)
         .await
         .with_context(|| format!("connecting to the loader of {iface} ({})", path.display()))?;
-    let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    write.write_all(line.as_bytes()).await?;
+    stream.write_all(line.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// Asks `iface`'s loader for its events: it sends them, one JSON object per line, until it
+/// stops.
+pub async fn subscribe(iface: &str) -> Result<UnixStream> {
+    send(iface, &Request::Events).await
+}
+
+/// Sends a request to `iface`'s loader and returns its reply.
+pub async fn request(iface: &str, request: &Request) -> Result<Reply> {
+    let (read, _write) = send(iface, request).await?.into_split();
     let mut lines = BufReader::new(read).lines();
     match lines.next_line().await? {
         Some(reply) => Ok(serde_json::from_str(&reply).context("a reply the loader should not send")?),
@@ -99,7 +110,7 @@ pub async fn request(iface: &str, request: &Request) -> Result<Reply> {
 /// did (the loader prints it, sends it to the alert sinks and counts it). Best effort: the
 /// change is made either way, so a loader that cannot be reached is only warned about.
 pub fn tell_loaders(interfaces: &[String], record: &EventRecord) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+    let Ok(runtime) = crate::runtime::new() else {
         return;
     };
     for iface in interfaces {

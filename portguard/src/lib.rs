@@ -3,14 +3,18 @@
 //! The library holds everything the CLI verbs share, so the integration tests and xtask can
 //! drive the same code: `policy` (read, validate, compile), `loader` (load, attach, pin),
 //! `maps` (typed access to pinned maps), `system` (privileges, bpffs, namespaces), `paths`,
-//! `output` (how things are printed for people) and `exit` (the exit codes).
+//! `output` (how things are printed for people) and `exit` (the exit codes). An attachment's
+//! lifecycle is `attachment` (what the commands call) over `manager` (its records and
+//! generations); the loader's event loop is `daemon`.
 
 pub mod alerts;
+pub mod attachment;
 pub mod auto_filter;
 pub mod blocks;
 pub mod budget;
 pub mod capture;
 pub mod control;
+pub mod daemon;
 pub mod doctor;
 pub mod durations;
 pub mod events;
@@ -27,6 +31,7 @@ pub mod netns;
 pub mod output;
 pub mod paths;
 pub mod policy;
+pub mod runtime;
 pub mod safety;
 pub mod services;
 pub mod sockets;

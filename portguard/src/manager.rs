@@ -1,18 +1,15 @@
-//! Attachments over their lifetime: policy generations, detaching, and changes that roll back
-//! by themselves unless confirmed (`--confirm-within`).
+//! The records under an attachment (`attachment` is the lifecycle the commands call): the
+//! policy each generation came from, switching a generation in with a write-ahead record and
+//! settling a switch that was interrupted, removing what an attachment recorded, and changes
+//! that roll back by themselves unless confirmed (`--confirm-within`).
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::Ebpf;
-use log::info;
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -23,9 +20,7 @@ use crate::{
     loader, paths,
     policy::{self, LoadOptions, Loaded, compile::compile},
     safety::{self, Operator},
-    state::{
-        LoaderLock, RunState, loader_running, lock_holder, now_unix, remove_stale_lock, write_atomically,
-    },
+    state::{RunState, now_unix, remove_stale_lock, write_atomically},
 };
 
 /// The policy a generation was built from: kept so a rollback can return to it even after
@@ -93,9 +88,7 @@ pub fn apply_generation(
     safety::review(&mut loaded, iface, operator, "reload")?;
     let image = compile(&loaded.policy, generation)?;
     let mut ebpf = loader::load(&image, &loaded.policy, Some(&paths::pin_dir(iface)))?;
-    let mut next =
-        RunState { generation, programs: Some(loader::program_ids(&mut ebpf)?), ..current.clone() };
-    next.describe(&loaded.policy, &source.path);
+    let next = current.next(&loaded.policy, &source.path, Some(loader::program_ids(&mut ebpf)?));
     switch_recorded(&next, source, || loader::replace(&mut ebpf, iface))?;
     Ok((ebpf, loaded, next))
 }
@@ -202,6 +195,22 @@ pub fn settle(iface: &str, repair: bool) -> Result<(Option<RunState>, Option<Str
     Ok((recorded, Some(note)))
 }
 
+/// Removes `iface`'s pending change (`portguard confirm`). Returns it, or `None` if there was
+/// none. (One whose record cannot be read is still confirmed: then `rollback` says `Detach`.)
+pub fn take_pending(iface: &str) -> Result<Option<Pending>> {
+    let pending = Pending::read(iface);
+    match std::fs::remove_file(paths::pending_file(iface)) {
+        Ok(()) => Ok(Some(pending.unwrap_or(Pending {
+            token: String::new(),
+            deadline: 0,
+            within_secs: 0,
+            rollback: Rollback::Detach,
+        }))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).context("removing the pending change"),
+    }
+}
+
 /// Re-applies the saved manual blocks to `iface`.
 pub fn restore_manual_blocks(iface: &str) -> Result<usize> {
     BlockStore::edit(&[iface.to_owned()], |store| Ok(store.for_iface(iface).count()))
@@ -240,44 +249,21 @@ impl DetachRequest {
     }
 }
 
-/// Stops the loader of `iface` if it runs (telling it why), detaches, removes every pin and
-/// the runtime state.
-pub fn detach(iface: &str, why: &DetachRequest) -> Result<()> {
-    let pins = paths::owned_pin_dir(iface)?.exists();
-    let running = loader_running(iface);
-    if !pins && !running {
-        bail!(
-            "portguard is not attached to {iface} in {} (`portguard status` lists attachments)",
-            crate::netns::Netns::current()
-        );
-    }
-    if running {
-        // The record names the loader; without a readable one, the lock does.
-        let pid = RunState::read(iface).map(|state| state.pid).or_else(|| lock_holder(iface));
-        if let Some(pid) = pid {
-            // Told it is detaching for good, even if it was started with --pin, and why.
-            let _ = write_atomically(&paths::detach_request(iface), serde_json::to_string(why)?.as_bytes());
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while loader_running(iface) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        if loader_running(iface) {
-            bail!(
-                "the loader of {iface} did not stop within 10 s; stop it (or kill it) and run detach again"
-            );
-        }
-    }
-    // Whatever the loader left (or all of it, if it was killed or pinned).
+/// Detaches `iface` and removes every record of the attachment: the one cleanup path for a
+/// loader that stops, `portguard detach`, and an attach that fails half-way. The loader lock
+/// goes too unless a loader holds it.
+pub fn remove(iface: &str) -> Result<()> {
     loader::detach(iface)?;
     RunState::remove(iface);
+    for record in [
+        paths::detach_request(iface),
+        paths::pending_file(iface),
+        paths::next_file(iface),
+        paths::active_policy(iface),
+    ] {
+        let _ = std::fs::remove_file(record);
+    }
     remove_stale_lock(iface);
-    let _ = std::fs::remove_file(paths::detach_request(iface));
-    let _ = std::fs::remove_file(paths::pending_file(iface));
-    let _ = std::fs::remove_file(paths::next_file(iface));
-    let _ = std::fs::remove_file(paths::active_policy(iface));
-    crate::state::remove_empty_netns_dirs();
     Ok(())
 }
 
@@ -349,101 +335,6 @@ pub fn arm_rollback(iface: &str, within: Duration, rollback: Rollback) -> Result
     }
     command.spawn().context("starting the rollback guard")?;
     Ok(())
-}
-
-/// `portguard confirm`: keeps the pending change. Returns it, or `None` if there was none.
-/// (One whose record cannot be read is still confirmed: then `rollback` says `Detach`.)
-pub fn confirm(iface: &str) -> Result<Option<Pending>> {
-    let pending = Pending::read(iface);
-    match std::fs::remove_file(paths::pending_file(iface)) {
-        Ok(()) => Ok(Some(pending.unwrap_or(Pending {
-            token: String::new(),
-            deadline: 0,
-            within_secs: 0,
-            rollback: Rollback::Detach,
-        }))),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(error).context("removing the pending change"),
-    }
-}
-
-/// The rollback guard: waits for the deadline and rolls back unless the change was confirmed
-/// (or replaced by a newer one).
-pub fn guard(iface: &str, token: &str) -> Result<()> {
-    loop {
-        let Some(pending) = Pending::read(iface) else {
-            return Ok(());
-        };
-        if pending.token != token {
-            return Ok(());
-        }
-        if now_unix() >= pending.deadline {
-            let _ = std::fs::remove_file(paths::pending_file(iface));
-            info!("{iface}: not confirmed in time, rolling back");
-            let reason = pending.rollback_reason();
-            return roll_back(iface, pending.rollback, reason);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn roll_back(iface: &str, rollback: Rollback, reason: String) -> Result<()> {
-    match rollback {
-        Rollback::Detach => detach(iface, &DetachRequest { actor: None, reason, rollback: true }),
-        Rollback::Restore { policy } => {
-            let request = crate::control::ReloadRequest {
-                policy: Some(policy.path.clone()),
-                policy_text: Some(policy.text.clone()),
-                strict: false,
-                confirm_within_secs: None,
-                // Back to what ran before: nobody is there to ask.
-                force: true,
-                session: None,
-                actor: None,
-                via: None,
-                rollback: Some(reason),
-            };
-            if loader_running(iface) {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                let reply = runtime
-                    .block_on(crate::control::request(iface, &crate::control::Request::Reload(request)))?;
-                if !reply.ok {
-                    bail!("rolling back {iface} failed: {}", reply.message);
-                }
-                Ok(())
-            } else {
-                reload_without_loader(iface, &policy, false, &Operator::trusted()).map(|_| ())
-            }
-        }
-    }
-}
-
-/// Reloads an attachment whose loader is gone (killed, or `--pin` and exited): this process
-/// loads the generation, switches the links and lets go; the pins keep it running. It holds
-/// the loader lock meanwhile, so no loader starts (and adopts) half-way through. Returns the
-/// generation, what to say about map sizes the policy changes but the pins keep, and the new
-/// policy's warnings.
-pub fn reload_without_loader(
-    iface: &str,
-    source: &PolicySource,
-    strict: bool,
-    operator: &Operator,
-) -> Result<(u64, Option<String>, Vec<policy::Diagnostic>)> {
-    let _lock = LoaderLock::acquire(iface)?;
-    let (state, note) = settle(iface, true)?;
-    if let Some(note) = note {
-        eprintln!("{iface}: {note}");
-    }
-    let state = state.with_context(|| format!("no runtime state for {iface}; detach it and attach again"))?;
-    if let Some(problem) = Inspection::of(iface)?.problem(iface) {
-        bail!(
-            "{iface} is NOT PROTECTED: {problem}; `portguard attach {iface} --policy FILE` attaches afresh"
-        );
-    }
-    let (ebpf, loaded, next) = apply_generation(&state, source, strict, operator)?;
-    // The links reference the new programs now; our handles can go.
-    drop(ebpf);
-    Ok((next.generation, crate::maps::kept_sizes_message(iface, &loaded.policy), loaded.warnings))
 }
 
 #[cfg(test)]

@@ -13,7 +13,13 @@ use anyhow::{Context as _, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::{files, loader::AttachedMode, paths, policy::Mode, system};
+use crate::{
+    files,
+    loader::AttachedMode,
+    paths,
+    policy::{Mode, Policy},
+    system,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
@@ -44,14 +50,60 @@ pub struct RunState {
     pub programs: Option<crate::links::ProgramIds>,
 }
 
+/// Who records an attachment as it attaches: this process, on this interface.
+pub struct Loading<'a> {
+    pub iface: &'a str,
+    pub ifindex: u32,
+    pub netns: Option<&'a str>,
+    /// `attach --pin`.
+    pub pinned: bool,
+}
+
 impl RunState {
-    /// Describes `policy`, read from `path`, as what this attachment runs.
-    pub fn describe(&mut self, policy: &crate::policy::Policy, path: &Path) {
-        self.policy = path.to_path_buf();
-        self.summary = policy.summary();
-        self.mode = policy.mode;
-        self.never_block = policy.never_block.clone();
-        self.blocklist_sources = policy.blocklist_sources.clone();
+    /// The record of an attach by this process, running `policy` (read from `path`): the first
+    /// generation, or the one after `adopted` (whose XDP mode and start time carry over until
+    /// the attach says otherwise).
+    pub fn attaching(loading: Loading, adopted: Option<&Self>, policy: &Policy, path: &Path) -> Self {
+        let Loading { iface, ifindex, netns, pinned } = loading;
+        let base = adopted.cloned().unwrap_or_else(|| Self {
+            iface: iface.to_owned(),
+            ifindex,
+            pid: std::process::id(),
+            policy: PathBuf::new(),
+            summary: String::new(),
+            mode: policy.mode,
+            xdp_mode: AttachedMode::Unknown,
+            attached_at: now_unix(),
+            generation: 0,
+            netns: None,
+            never_block: Vec::new(),
+            blocklist_sources: Vec::new(),
+            pinned,
+            programs: None,
+        });
+        Self {
+            iface: iface.to_owned(),
+            ifindex,
+            pid: std::process::id(),
+            netns: netns.map(str::to_owned),
+            pinned,
+            ..base.next(policy, path, None)
+        }
+    }
+
+    /// The generation after this one, running `policy` (read from `path`) with `programs`;
+    /// everything else (loader, interface, mode, start) stays.
+    pub fn next(&self, policy: &Policy, path: &Path, programs: Option<crate::links::ProgramIds>) -> Self {
+        Self {
+            generation: self.generation + 1,
+            policy: path.to_path_buf(),
+            summary: policy.summary(),
+            mode: policy.mode,
+            never_block: policy.never_block.clone(),
+            blocklist_sources: policy.blocklist_sources.clone(),
+            programs,
+            ..self.clone()
+        }
     }
 
     pub fn write(&self) -> Result<()> {

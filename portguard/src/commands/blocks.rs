@@ -25,7 +25,7 @@ use portguard::{
 use portguard_common::maps::{AutoBlock, MAP_AUTO_BLOCK};
 use serde::Serialize;
 
-use super::status::attached_interfaces;
+use portguard::attachment::{self, WhenNone};
 
 fn parse_nets(items: &[String]) -> Result<Vec<IpNet>> {
     let mut nets = Vec::new();
@@ -40,21 +40,6 @@ fn parse_nets(items: &[String]) -> Result<Vec<IpNet>> {
         bail!("{}; nothing was changed", errors.join("; "));
     }
     Ok(nets)
-}
-
-/// Interfaces a command acts on: the one named (which must be attached), or all, in the
-/// network namespace the command runs in.
-fn targets(iface: Option<&str>) -> Result<Vec<String>> {
-    let attached = attached_interfaces()?;
-    match iface {
-        Some(iface) if !attached.iter().any(|a| a == iface) => bail!(
-            "portguard is not attached to {iface} in {} (`portguard status` lists attachments; \
-             --netns NAME acts in another namespace)",
-            Netns::current()
-        ),
-        Some(iface) => Ok(vec![iface.to_owned()]),
-        None => Ok(attached),
-    }
 }
 
 /// What a command acted on, for its output: `eth0, eth1 in the host's network namespace`.
@@ -81,7 +66,7 @@ pub fn block(
         }
         _ => {}
     }
-    let interfaces = targets(iface)?;
+    let interfaces = attachment::select(iface, WhenNone::Accept)?;
     refuse_blocking_the_host(&nets, &interfaces, force)?;
     // Applied to the maps under the same lock that guards the saved list, so two commands at
     // once leave both the file and the maps with both changes.
@@ -182,7 +167,7 @@ fn refuse_blocking_the_host(nets: &[IpNet], interfaces: &[String], force: bool) 
 pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard unblock")?;
     let nets = parse_nets(items)?;
-    let interfaces = targets(iface)?;
+    let interfaces = attachment::select(iface, WhenNone::Accept)?;
     let netns = Netns::current();
     let manual: Vec<(usize, bool)> = BlockStore::edit(&interfaces, |store| {
         Ok(nets.iter().map(|net| store.remove(net, netns, iface)).collect())
@@ -310,7 +295,7 @@ impl Row {
 
 pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard blocks")?;
-    let interfaces = targets(iface)?;
+    let interfaces = attachment::select(iface, WhenNone::Accept)?;
     let now = now_unix();
     let mut rows = Vec::new();
     let store = BlockStore::load()?;

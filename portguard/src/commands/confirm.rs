@@ -2,43 +2,20 @@
 
 use std::process::ExitCode;
 
-use std::time::SystemTime;
-
 use anyhow::Result;
 use portguard::{
-    control,
-    events::{Actor, EventRecord, EventType},
-    inform,
-    manager::{self, Rollback},
-    state::RunState,
-    system,
+    attachment::{self, WhenNone},
+    inform, system,
 };
-
-use super::status::attached_interfaces;
 
 pub fn run(iface: Option<&str>) -> Result<ExitCode> {
     system::require_root("portguard confirm")?;
-    let interfaces = match iface {
-        Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces()?,
-    };
     let mut confirmed = 0;
-    for iface in &interfaces {
-        let Some(pending) = manager::confirm(iface)? else { continue };
-        inform!("{iface}: confirmed, the change stays");
-        confirmed += 1;
-        let generation = RunState::read(iface).map(|state| state.generation);
-        let mut record = EventRecord::new(SystemTime::now(), iface, EventType::Confirmed);
-        record.reason = Some(match (&pending.rollback, generation) {
-            (Rollback::Restore { .. }, Some(generation)) => {
-                format!("the reload to generation {generation} stays")
-            }
-            (Rollback::Restore { .. }, None) => "the reload stays".into(),
-            (Rollback::Detach, _) => "the attach stays".into(),
-        });
-        record.generation = generation;
-        Actor::of_this_process().stamp(&mut record);
-        control::tell_loaders(std::slice::from_ref(iface), &record);
+    for iface in &attachment::select(iface, WhenNone::Accept)? {
+        if attachment::confirm(iface)? {
+            inform!("{iface}: confirmed, the change stays");
+            confirmed += 1;
+        }
     }
     if confirmed == 0 {
         eprintln!("nothing is waiting for confirmation");

@@ -3,14 +3,19 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use portguard::{blocks::BlockStore, inform, manager, output::count, system};
-
-use super::status::attached_interfaces;
+use portguard::{
+    attachment::{self, WhenNone},
+    blocks::BlockStore,
+    inform,
+    manager::DetachRequest,
+    output::count,
+    system,
+};
 
 pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
     system::require_root("portguard detach")?;
     let targets: Vec<String> = if all {
-        attached_interfaces()?
+        attachment::select(None, WhenNone::Accept)?
     } else {
         vec![iface.expect("clap requires IFACE without --all").to_owned()]
     };
@@ -27,7 +32,7 @@ pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
             );
             continue;
         }
-        manager::detach(iface, &manager::DetachRequest::by_command())?;
+        attachment::detach(iface, &DetachRequest::by_command())?;
         inform!("portguard: detached from {iface}");
     }
     let kept = BlockStore::load().map(|s| s.blocks.len()).unwrap_or(0) as u64;

@@ -8,7 +8,6 @@ mod detach;
 mod doctor;
 mod events;
 mod reload;
-mod serve;
 mod stats;
 mod status;
 mod verify;
@@ -28,7 +27,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Command::Attach { iface, policy, xdp_mode, strict, json, pin, confirm_within, metrics, force } => {
-            attach::run(attach::Options {
+            attach::run(portguard::attachment::AttachOptions {
                 iface: &iface,
                 policy: &policy,
                 xdp_mode,
@@ -51,7 +50,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Unblock { sources, iface } => blocks::unblock(&sources, iface.as_deref()),
         Command::Blocks { json, iface } => blocks::list(json, iface.as_deref()),
         Command::RollbackGuard { iface, token } => {
-            portguard::manager::guard(&iface, &token)?;
+            portguard::attachment::guard(&iface, &token)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Events { iface, json } => events::run(iface.as_deref(), json),

@@ -5,15 +5,12 @@ use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{Result, bail};
 use portguard::{
-    control::{self, ReloadRequest, Request},
-    loader,
-    manager::{self, PolicySource, Rollback},
-    safety::{Operator, Session},
+    attachment::{self, Reload, Reloaded, WhenNone},
+    manager::{self, PolicySource},
+    safety::Session,
     state::loader_running,
     system,
 };
-
-use super::{print_warnings, status::attached_interfaces};
 
 pub fn run(
     iface: Option<&str>,
@@ -23,31 +20,11 @@ pub fn run(
     force: bool,
 ) -> Result<ExitCode> {
     system::require_root("portguard reload")?;
-    let operator = Operator { session: Session::find(), confirm_within: confirm_within.is_some(), force };
-    let interfaces = match iface {
-        Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces()?,
-    };
-    if interfaces.is_empty() {
-        bail!(
-            "portguard is not attached anywhere in {}: nothing to reload (`portguard attach` starts it)",
-            portguard::netns::Netns::current()
-        );
-    }
+    // Whose SSH session a lockout check protects: this command's (the loader's says nothing).
+    let session = Session::find();
+    let interfaces = attachment::select(iface, WhenNone::Refuse)?;
     let mut failed = false;
     for iface in &interfaces {
-        if !loader::is_attached(iface) {
-            let left_behind = portguard::state::remove_left_behind(iface);
-            let cleaned = if left_behind.is_empty() {
-                String::new()
-            } else {
-                format!("; removed left-behind run files: {}", left_behind.join(", "))
-            };
-            bail!(
-                "portguard is not attached to {iface} in {} (`portguard status` lists attachments){cleaned}",
-                portguard::netns::Netns::current()
-            );
-        }
         // A new generation needs links on the interface to switch.
         if let Some(problem) = portguard::links::Inspection::of(iface)?.problem(iface) {
             eprintln!(
@@ -91,51 +68,37 @@ pub fn run(
                 continue;
             }
         };
-        if loader_running(iface) {
-            let request = ReloadRequest {
-                policy: Some(source.path),
-                policy_text: Some(source.text),
-                strict,
-                confirm_within_secs: confirm_within.map(|d| d.as_secs().max(1)),
-                force,
-                session: operator.session,
-                actor: Some(portguard::events::Actor::of_this_process()),
-                via: Some("portguard reload".into()),
-                rollback: None,
-            };
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let reply = runtime.block_on(control::request(iface, &Request::Reload(request)))?;
-            for warning in &reply.warnings {
-                eprintln!("{warning}");
+        let reload = Reload {
+            source,
+            strict,
+            confirm_within,
+            force,
+            session: session.clone(),
+            actor: Some(portguard::events::Actor::of_this_process()),
+            via: Some("portguard reload".into()),
+            rollback: None,
+        };
+        let answer = attachment::reload(iface, reload)?;
+        for warning in &answer.warnings {
+            eprintln!("{warning}");
+        }
+        match answer.outcome {
+            Ok(Reloaded::ByLoader { message }) => println!("{message}"),
+            Ok(Reloaded::Directly { generation, kept, rolls_back_in }) => {
+                println!("reloaded {iface} (no loader running): generation {generation}");
+                if let Some(kept) = kept {
+                    println!("{kept}");
+                }
+                if let Some(within) = rolls_back_in {
+                    println!(
+                        "rolls back in {} unless `portguard confirm {iface}`",
+                        portguard::durations::format(within)
+                    );
+                }
             }
-            if reply.ok {
-                println!("{}", reply.message);
-            } else {
-                eprintln!("{iface}: reload refused, the running policy stays:\n{}", reply.message);
+            Err(why) => {
+                eprintln!("{iface}: reload refused, the running policy stays:\n{why}");
                 failed = true;
-            }
-        } else {
-            // No loader: this process switches the pinned links itself.
-            let previous = PolicySource::active(iface).ok();
-            match manager::reload_without_loader(iface, &source, strict, &operator) {
-                Ok((generation, kept, warnings)) => {
-                    print_warnings(&warnings);
-                    println!("reloaded {iface} (no loader running): generation {generation}");
-                    if let Some(kept) = kept {
-                        println!("{kept}");
-                    }
-                    if let (Some(within), Some(previous)) = (confirm_within, previous) {
-                        manager::arm_rollback(iface, within, Rollback::Restore { policy: previous })?;
-                        println!(
-                            "rolls back in {} unless `portguard confirm {iface}`",
-                            portguard::durations::format(within)
-                        );
-                    }
-                }
-                Err(error) => {
-                    eprintln!("{iface}: reload refused, the running policy stays:\n{error:#}");
-                    failed = true;
-                }
             }
         }
     }

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use portguard::{
     blocks::{ActiveBlock, active_blocks},
     durations,
@@ -19,7 +19,7 @@ use portguard::{
 use portguard_common::{Reason, counters::*};
 use serde_json::{Value, json};
 
-use super::status::attached_interfaces;
+use portguard::attachment::{self, WhenNone};
 
 struct Snapshot {
     counters: Counters,
@@ -50,16 +50,7 @@ const BLOCKS_SHOWN: usize = 50;
 
 pub fn run(iface: Option<&str>, json: bool, interval: Option<Duration>, top: usize) -> Result<ExitCode> {
     system::require_root_to_look("portguard stats")?;
-    let interfaces = match iface {
-        Some(iface) => vec![iface.to_owned()],
-        None => attached_interfaces()?,
-    };
-    if interfaces.is_empty() {
-        bail!(
-            "portguard is not attached anywhere in {} (`portguard attach IFACE --policy FILE` starts it)",
-            portguard::netns::Netns::current()
-        );
-    }
+    let interfaces = attachment::select(iface, WhenNone::Refuse)?;
     let maps: Vec<(String, PinnedMaps)> =
         interfaces.iter().map(|i| Ok((i.clone(), PinnedMaps::open(i)?))).collect::<Result<_>>()?;
     // On a terminal each round replaces the last (as watch(1) does); into a pipe or a file

@@ -7,6 +7,7 @@ use portguard::{
     durations,
     exit::Exit,
     links::Inspection,
+    loader::attached_interfaces,
     manager::{self, Pending},
     note,
     output::{self, Tone, paint},
@@ -17,7 +18,7 @@ use serde_json::json;
 
 /// Cleans the run files of interfaces with neither pins nor a loader, and says so (stderr:
 /// stdout stays what the command prints).
-pub fn report_left_behind() {
+fn report_left_behind() {
     for iface in portguard::state::interfaces_with_run_files() {
         let removed = portguard::state::remove_left_behind(&iface);
         if !removed.is_empty() {
@@ -25,8 +26,6 @@ pub fn report_left_behind() {
         }
     }
 }
-
-pub use portguard::loader::attached_interfaces;
 
 /// One attachment as `status` reports it.
 struct Row {

@@ -1,0 +1,258 @@
+//! The loader: what runs in the foreground of `portguard attach` once the interface is
+//! attached. Its event loop prints events as they happen (`pump`), answers its control socket
+//! (`control_server`), serves `/metrics` (`metrics::serve`), reloads on request or SIGHUP
+//! (`reload`), watches its interface and sweeps expired blocks (`watch`), keeps the audit
+//! trail of what changed, and stops on SIGINT/SIGTERM.
+
+mod control_server;
+pub mod pump;
+mod reload;
+mod watch;
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use log::{info, warn};
+use tokio::{
+    net::UnixListener,
+    signal::unix::{SignalKind, signal},
+    sync::{broadcast, mpsc},
+};
+
+pub use self::pump::Output;
+use self::{
+    control_server::Channels,
+    pump::Upkeep,
+    reload::{ReloadCall, ReloadInProgress},
+};
+use crate::{
+    alerts::Sinks,
+    control::ReloadRequest,
+    events::{EventRecord, EventSource, EventType, Grants},
+    loader::XdpModeChoice,
+    lock,
+    manager::{DetachRequest, PolicySource},
+    metrics::{self, LoaderCounts},
+    paths,
+    policy::{Mode, Policy},
+    state::RunState,
+};
+
+/// Lines kept for slow `events` clients before they are told they missed some.
+const CLIENT_BACKLOG: usize = 4096;
+
+/// A running attachment, as its loader holds it.
+pub struct Loader {
+    pub ebpf: Ebpf,
+    /// How XDP was asked to attach: used again when the interface comes back.
+    pub xdp_choice: XdpModeChoice,
+    /// Where `/metrics` is served (bound before attaching), and what it reads.
+    pub metrics: Option<(std::net::TcpListener, Arc<metrics::Source>)>,
+    /// What the loader counts itself (for the metrics).
+    pub counts: Arc<Mutex<LoaderCounts>>,
+    pub sinks: Sinks,
+    /// What the packet path may spend each second, from the policy.
+    pub grants: Grants,
+    pub state: RunState,
+    pub source: PolicySource,
+    /// The running policy, to tell what a reload changes.
+    pub policy: Arc<Policy>,
+    pub strict: bool,
+    pub output: Output,
+}
+
+impl Loader {
+    /// Prints an event, hands it to the alert sinks and counts it (the loader's own events;
+    /// `run` also streams them to `events` clients).
+    pub fn publish(&self, record: &EventRecord) {
+        self.output.print(record);
+        {
+            let mut counts = lock(&self.counts);
+            // The mode that judged it: the kernel's word for its events, the policy's for ours.
+            let mode = match (record.monitored(), record.event.is_kernel()) {
+                (true, _) => Mode::Monitor,
+                (false, true) => Mode::Enforce,
+                (false, false) => self.policy.mode,
+            };
+            *counts.events.entry((record.event, mode)).or_default() += 1;
+            if record.event == EventType::ScanDetected {
+                let kind = record.scan_kind.clone().unwrap_or_default();
+                *counts.scans_by_kind.entry(kind).or_default() += 1;
+            }
+        }
+        self.sinks.send(record);
+    }
+
+    /// Lets the alerts still queued reach their receivers (bounded in time).
+    pub fn close_sinks(&mut self) {
+        if !self.sinks.close(LAST_ALERTS_WAIT) {
+            warn!("alerts still undelivered after {LAST_ALERTS_WAIT:?} are dropped");
+        }
+    }
+}
+
+/// Longest a stopping loader waits for its last alerts to be delivered.
+const LAST_ALERTS_WAIT: Duration = Duration::from_secs(10);
+/// Longest it waits for `events` clients to take its last line.
+const LAST_LINE_WAIT: Duration = Duration::from_secs(1);
+
+/// How the loader ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Detached, pins removed, and said so in its last event (`detached`, or `rolled_back` for
+    /// an attach nobody confirmed).
+    Detached { rolled_back: bool },
+    /// Enforcement left pinned (`--pin`).
+    Left,
+}
+
+/// Runs until SIGINT or SIGTERM; hands the loader back with how it ended.
+pub fn run(loader: Loader) -> Result<(Ended, Loader)> {
+    crate::runtime::new()?.block_on(serve(loader))
+}
+
+async fn serve(mut loader: Loader) -> Result<(Ended, Loader)> {
+    let iface = loader.state.iface.clone();
+    let mut source = EventSource::from_pins(&iface)?.watch()?;
+    let metrics = match loader.metrics.take() {
+        Some((listener, source)) => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(metrics::serve(listener, source.clone()));
+            Some(source)
+        }
+        None => None,
+    };
+    let (lines, _) = broadcast::channel::<Arc<str>>(CLIENT_BACKLOG);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadCall>(4);
+    let (audit_tx, mut audit_rx) = mpsc::channel::<EventRecord>(64);
+    let socket_path = paths::control_socket(&iface);
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = UnixListener::bind(&socket_path)
+        .with_context(|| format!("listening on {}", socket_path.display()))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+    let clients = tokio::spawn(control_server::accept_clients(
+        listener,
+        Channels { iface: iface.clone(), lines: lines.clone(), reloads: reload_tx, audits: audit_tx },
+    ));
+
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut reloading: Option<ReloadInProgress> = None;
+    let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
+    let mut refilling: Option<tokio::task::JoinHandle<()>> = None;
+    let mut last_refill = std::time::Instant::now();
+    // What was last said about the interface being unprotected (said again only if it changes).
+    let mut unprotected: Option<String> = None;
+    let publish = |loader: &Loader, record: &EventRecord| {
+        loader.publish(record);
+        let _ = lines.send(Arc::from(record.json()));
+    };
+    // What ended the loop, for the last event.
+    let stopped_by;
+    loop {
+        tokio::select! {
+            ready = source.readable_mut() => {
+                let mut guard = ready?;
+                for record in guard.get_inner_mut().drain() {
+                    publish(&loader, &record);
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let Upkeep { records, errors } = pump::upkeep(source.get_mut(), loader.grants);
+                records.iter().for_each(|record| publish(&loader, record));
+                errors.iter().for_each(|error| warn!("{error:#}"));
+                // Not while a reload switches the links itself.
+                if reloading.is_none() {
+                    for record in watch::watch_interface(&mut loader, &mut unprotected) {
+                        publish(&loader, &record);
+                    }
+                }
+                // One refill at a time, on a worker thread (a walk of the block table).
+                if last_refill.elapsed() >= crate::auto_filter::REFILL_INTERVAL
+                    && refilling.as_ref().is_none_or(|refill| refill.is_finished())
+                {
+                    last_refill = std::time::Instant::now();
+                    let iface = iface.clone();
+                    refilling = Some(tokio::task::spawn_blocking(move || {
+                        if let Err(error) = crate::auto_filter::refill_from_pins(&iface) {
+                            warn!("refilling the automatic-block filter: {error:#}");
+                        }
+                    }));
+                }
+                // blocks.json is read and its lock waited for on a worker thread.
+                if sweeping.as_ref().is_none_or(|sweep| sweep.is_finished()) {
+                    let iface = iface.clone();
+                    sweeping = Some(tokio::task::spawn_blocking(move || watch::sweep_manual_blocks(&iface)));
+                }
+            }
+            // One reload at a time: the next request waits in the channel, SIGHUP in its stream.
+            call = reload_rx.recv(), if reloading.is_none() => {
+                if let Some((request, reply)) = call {
+                    reloading = Some(reload::start_reload(&loader, request, Some(reply)));
+                }
+            }
+            _ = hangup.recv(), if reloading.is_none() => {
+                info!("SIGHUP: reloading {}", loader.state.policy.display());
+                let request = ReloadRequest { via: Some("SIGHUP".into()), ..ReloadRequest::default() };
+                reloading = Some(reload::start_reload(&loader, request, None));
+            }
+            Some(record) = audit_rx.recv() => {
+                publish(&loader, &record);
+            }
+            done = async { (&mut reloading.as_mut().expect("enabled only while reloading").work).await },
+                if reloading.is_some() =>
+            {
+                let ReloadInProgress { request, reply, .. } = reloading.take().expect("reloading");
+                let built = done.unwrap_or_else(|error| Err(anyhow::anyhow!("the reload failed: {error}")));
+                let (answer, record) = reload::finish_reload(&mut loader, &request, built, metrics.as_deref());
+                if let Some(record) = record {
+                    publish(&loader, &record);
+                }
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(answer);
+                    }
+                    None if !answer.ok => {
+                        eprintln!("portguard: reload refused, the running policy stays: {}", answer.message);
+                    }
+                    None => {}
+                }
+            }
+            _ = interrupt.recv() => { info!("SIGINT"); stopped_by = "SIGINT"; break; }
+            _ = terminate.recv() => { info!("SIGTERM"); stopped_by = "SIGTERM"; break; }
+        }
+    }
+    let asked = DetachRequest::take(&iface);
+    let exit = if loader.state.pinned && asked.is_none() {
+        Ended::Left
+    } else {
+        let asked =
+            asked.unwrap_or_else(|| DetachRequest { reason: stopped_by.into(), ..DetachRequest::default() });
+        crate::manager::remove(&iface).context("detaching")?;
+        let event = if asked.rollback { EventType::RolledBack } else { EventType::Detached };
+        let mut last = EventRecord::new(SystemTime::now(), &iface, event);
+        last.reason = Some(asked.reason);
+        if let Some(actor) = asked.actor {
+            actor.stamp(&mut last);
+        }
+        publish(&loader, &last);
+        // `events` clients get the last line before their connections close.
+        let waited = std::time::Instant::now();
+        while !lines.is_empty() && waited.elapsed() < LAST_LINE_WAIT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ended::Detached { rolled_back: asked.rollback }
+    };
+    clients.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    Ok((exit, loader))
+}
