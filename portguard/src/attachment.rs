@@ -116,7 +116,7 @@ pub fn attach(options: &AttachOptions) -> Result<Attached> {
         force: options.force,
     };
     let reviewed = safety::review(&mut loaded, iface, &operator, "attach");
-    print_warnings(&loaded.warnings);
+    crate::output::warnings(&loaded.warnings);
     reviewed?;
     let policy = loaded.policy;
 
@@ -322,12 +322,6 @@ impl Drop for HalfAttached<'_> {
         if let Err(error) = manager::remove(self.0) {
             log::warn!("cleaning up after a failed attach: {error:#}");
         }
-    }
-}
-
-fn print_warnings(warnings: &[crate::policy::Diagnostic]) {
-    for warning in warnings {
-        eprintln!("{warning}");
     }
 }
 

@@ -48,6 +48,14 @@ pub fn say(line: &str) {
     };
 }
 
+/// A policy's warnings (`check`, `verify`, `attach`, `reload`), one per line on stderr: they
+/// are about the input, never the command's answer.
+pub fn warnings(warnings: &[crate::policy::Diagnostic]) {
+    for warning in warnings {
+        eprintln!("{warning}");
+    }
+}
+
 /// A line of what stdout is for (an event, a JSON object), shrugging off a closed stdout.
 pub fn emit(line: &str) {
     use std::io::Write as _;

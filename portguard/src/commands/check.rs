@@ -6,7 +6,6 @@ use anyhow::Result;
 use portguard::policy::{self, LoadOptions, compile::compile};
 use serde_json::json;
 
-use super::print_warnings;
 
 pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result<ExitCode> {
     let loaded = match policy::load(path, LoadOptions { strict }) {
@@ -64,7 +63,7 @@ pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result
         );
         return Ok(exit);
     }
-    print_warnings(&loaded.warnings);
+    portguard::output::warnings(&loaded.warnings);
     println!("{}: valid: {}", path.display(), policy.summary());
     for rule in &policy.rules {
         let ports = describe_ports(&rule.ports);

@@ -73,9 +73,3 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Prints policy warnings to stderr (errors come back as the `PolicyErrors` error).
-pub fn print_warnings(warnings: &[portguard::policy::Diagnostic]) {
-    for warning in warnings {
-        eprintln!("{warning}");
-    }
-}

@@ -27,7 +27,6 @@ use portguard_common::{
 use serde::Serialize;
 use serde_json::json;
 
-use super::print_warnings;
 
 #[derive(Default, Clone)]
 struct Tally {
@@ -183,7 +182,7 @@ pub fn run(policy_path: &Path, pcap: &Path, hosts: &[IpAddr], strict: bool, json
     system::raise_memlock();
     let loaded = policy::load(policy_path, LoadOptions { strict })?;
     if !json {
-        print_warnings(&loaded.warnings);
+        portguard::output::warnings(&loaded.warnings);
     }
     let policy = loaded.policy;
     let image = compile(&policy, 1)?;
