@@ -258,10 +258,10 @@ impl Lab {
         )?;
         self.client.ip(&["link", "set", &self.client_if, "up"])?;
         self.server.ip(&["link", "set", &self.server_if, "up"])?;
-        self.address(&self.server, &self.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
-        self.address(&self.client, &self.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
+        Self::address(&self.server, &self.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
+        Self::address(&self.client, &self.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
         for (address, route) in CLIENT_EXTRA {
-            self.address(&self.client, &self.client_if, &[address])?;
+            Self::address(&self.client, &self.client_if, &[address])?;
             if let Some(route) = route {
                 self.server.ip(&["route", "add", route, "dev", &self.server_if])?;
             }
@@ -299,7 +299,7 @@ impl Lab {
         Ok(())
     }
 
-    fn address(&self, netns: &Netns, iface: &str, addresses: &[&str]) -> Result<()> {
+    fn address(netns: &Netns, iface: &str, addresses: &[&str]) -> Result<()> {
         for address in addresses {
             if address.contains(':') {
                 netns.ip(&["addr", "add", address, "dev", iface, "nodad"])?;

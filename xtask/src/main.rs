@@ -4,7 +4,7 @@
 //! - `build`  build the `portguard` binary with its kernel programs embedded
 //! - `demo`   run portguard on a built-in namespace lab (no real interface is touched)
 //! - `test`   run every test, by tier: unit (with clippy), kernel (BPF_PROG_TEST_RUN), lab
-//!            (real traffic in namespaces)
+//!   (real traffic in namespaces)
 //! - `dist`   install the binary, the systemd unit and an example policy
 
 mod setup;

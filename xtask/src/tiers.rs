@@ -90,7 +90,8 @@ fn unit(extra: &[String]) -> Result<()> {
     args.extend(extra.iter().map(String::as_str));
     cargo_with(&args, &[MUST_RUN])?;
     // The tests crate's own library and helper binaries (the namespace lab, the model).
-    let mut args = vec!["test", "--locked", "--no-fail-fast", "--package", "portguard-tests", "--lib", "--bins"];
+    let mut args =
+        vec!["test", "--locked", "--no-fail-fast", "--package", "portguard-tests", "--lib", "--bins"];
     args.extend(extra.iter().map(String::as_str));
     cargo_with(&args, &[MUST_RUN])
 }
@@ -100,7 +101,8 @@ fn clippy(packages: &[&str], deny: bool) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
-    let mut args = vec!["clippy", "--locked", "--all-targets"];
+    // --no-deps: lint only the crates named, not the workspace crates they depend on.
+    let mut args = vec!["clippy", "--locked", "--all-targets", "--no-deps"];
     for package in packages {
         args.extend(["--package", package]);
     }
@@ -122,7 +124,8 @@ fn tests_crate(names: &[String], extra: &[String]) -> Result<()> {
 /// The test targets of each tier, from `tests/Cargo.toml`, checked against `tests/tests/`.
 fn test_targets() -> Result<BTreeMap<Tier, Vec<String>>> {
     let manifest = workspace_root().join("tests/Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let text =
+        std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let on_disk = target_files(&workspace_root().join("tests/tests"))?;
     tiers_from_manifest(&text, &on_disk).with_context(|| format!("in {}", manifest.display()))
 }
@@ -153,8 +156,9 @@ fn tiers_from_manifest(text: &str, on_disk: &[String]) -> Result<BTreeMap<Tier, 
     let mut tiers = BTreeMap::new();
     let mut placed: BTreeMap<&str, &str> = BTreeMap::new();
     for (key, value) in table {
-        let tier = Tier::from_str(key, false)
-            .map_err(|_| anyhow::anyhow!("[package.metadata.tiers] has `{key}`: the tiers are kernel and lab"))?;
+        let tier = Tier::from_str(key, false).map_err(|_| {
+            anyhow::anyhow!("[package.metadata.tiers] has `{key}`: the tiers are kernel and lab")
+        })?;
         if tier == Tier::Unit {
             bail!("[package.metadata.tiers] lists `unit`: the tests crate's unit tests run with --lib");
         }
@@ -188,7 +192,8 @@ mod tests {
 
     #[test]
     fn reads_each_tier() {
-        let text = "[package]\nname = \"t\"\n[package.metadata.tiers]\nkernel = [\"k\"]\nlab = [\"l1\", \"l2\"]\n";
+        let text =
+            "[package]\nname = \"t\"\n[package.metadata.tiers]\nkernel = [\"k\"]\nlab = [\"l1\", \"l2\"]\n";
         let tiers = tiers_from_manifest(text, &disk(&["k", "l1", "l2"])).unwrap();
         assert_eq!(tiers[&Tier::Kernel], ["k"]);
         assert_eq!(tiers[&Tier::Lab], ["l1", "l2"]);

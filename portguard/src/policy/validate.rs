@@ -374,7 +374,7 @@ fn describe_ports(ports: &[u16]) -> String {
     let mut ranges: Vec<(u16, u16)> = Vec::new();
     for &port in ports {
         match ranges.last_mut() {
-            Some((_, high)) if *high as u32 + 1 == port as u32 => *high = port,
+            Some((_, high)) if u32::from(*high) + 1 == u32::from(port) => *high = port,
             _ => ranges.push((port, port)),
         }
     }
@@ -622,7 +622,7 @@ fn scan_detection(report: &mut Reporter, raw: Option<&RawScanDetection>) -> Scan
     };
     // The kernel keeps a 512-bit keyed-hash port set per window and corrects for collisions:
     // exact enough up to 256 ports.
-    let thresholds = 2..=ScanDetection::MAX_THRESHOLD as i64;
+    let thresholds = 2..=i64::from(ScanDetection::MAX_THRESHOLD);
     if let Some(value) = &raw.threshold {
         scan.threshold = integer_in(report, value, "threshold", thresholds.clone()).unwrap_or(scan.threshold);
     }
