@@ -1,4 +1,5 @@
-//! The one place validation reads the filesystem: the blocklist files a policy names.
+//! Where validation reads the blocklist files a policy names (`[alerts]` reads its own
+//! files, in `policy/alerts.rs`).
 
 use std::path::Path;
 

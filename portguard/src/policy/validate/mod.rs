@@ -1,9 +1,10 @@
 //! From `RawPolicy` (what was written) to `Policy` (what it means), reporting every problem with
 //! its line: unknown keys, bad values, and rules that overlap or contradict each other.
 //!
-//! Validation is a function of the policy text and the files it names, which come through
-//! [`PolicyFiles`] (`files`): `values` reads single values (ports, addresses, durations),
-//! `sections` builds each table, and `lints` checks what the tables say together.
+//! `values` reads single values (ports, addresses, durations), `sections` builds each table,
+//! and `lints` checks what the tables say together. The blocklist files a policy names come
+//! through [`PolicyFiles`] (`files`), so a test can hand them in; `[alerts]` still reads its
+//! `hmac_secret_file` and looks at its `exec` program itself (`policy/alerts.rs`).
 
 mod files;
 mod lints;
@@ -25,7 +26,7 @@ pub fn validate(text: &str, path: &Path, options: LoadOptions) -> Result<Loaded,
 }
 
 /// Validates policy text: `path` names it in messages and anchors the relative paths of the
-/// blocklist files, which come from `files` (no other input, so a test can hand them in).
+/// blocklist files, which come from `files` (so a test can hand them in).
 pub fn validate_with(
     text: &str,
     path: &Path,
