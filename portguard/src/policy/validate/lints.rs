@@ -208,7 +208,7 @@ pub(super) fn check_defaults(
         );
     }
 
-    if default == Action::Deny && !admits_ssh(&rules) {
+    if default == Action::Deny && !admits_ssh(rules) {
         report.warning_at(
             raw.default.as_ref().map(Spanned::span).unwrap_or(0..0),
             "default deny and no rule allows tcp port 22: attached on a remote host, this policy \
