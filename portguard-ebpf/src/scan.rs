@@ -202,7 +202,7 @@ fn state_of(key: &ScanKey, now: u64, admitted_now: bool) -> Option<*mut ScanStat
     }
     // Built in a per-CPU scratch slot: 184 bytes do not fit on the stack beside the parser.
     let fresh = PG_SCAN_TEMPLATE.get_ptr_mut(0)?;
-    mem::zero_words(fresh as *mut u64, core::mem::size_of::<ScanState>() / 8);
+    mem::zero_words(fresh as *mut u64, size_of::<ScanState>() / 8);
     unsafe {
         (*fresh).window_start_ns = now;
         (*fresh).slow_start_ns = now;

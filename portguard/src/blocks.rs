@@ -153,7 +153,7 @@ impl BlockStore {
         for iface in interfaces {
             let manual: LpmTrie<MapData, NetKey, ManualBlock> =
                 LpmTrie::try_from(open_pinned(iface, MAP_MANUAL)?)?;
-            for item in manual.iter() {
+            for item in &manual {
                 let (key, block) = item.context("reading the manual blocks")?;
                 let Some(net) = net_of(key.prefix_len(), &key.data()) else { continue };
                 let expires = match block.expires_ns {

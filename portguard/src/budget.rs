@@ -56,5 +56,5 @@ pub fn refill_budget<T: std::borrow::BorrowMut<MapData>>(
 
 /// Drop events held back for lack of tokens, over all CPUs.
 pub fn suppressed<T: std::borrow::Borrow<MapData>>(budget: &PerCpuArray<T, EventBudget>) -> u64 {
-    budget.get(&0, 0).map(|values| values.iter().map(|v| v.suppressed).sum()).unwrap_or(0)
+    budget.get(&0, 0).map_or(0, |values| values.iter().map(|v| v.suppressed).sum())
 }

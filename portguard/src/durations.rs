@@ -153,7 +153,7 @@ mod tests {
             // The long scan window must stay longer than the short one: off, for this.
             let other = if key == "window" { "slow_threshold = 0\n" } else { "" };
             let text = format!("default = \"allow\"\n[{section}]\n{key} = \"{value}\"\n{other}");
-            crate::policy::parse(&text, std::path::Path::new("p.toml"), Default::default())
+            crate::policy::parse(&text, std::path::Path::new("p.toml"), crate::policy::LoadOptions::default())
         };
         for (section, key) in [
             ("trap_ports", "block_for"),

@@ -66,7 +66,7 @@ impl Exit {
 
     /// The code for a command that failed with `error`: a missing privilege has its own.
     pub fn of_error(error: &anyhow::Error) -> Self {
-        if error.chain().any(|cause| cause.is::<NeedsPrivileges>()) {
+        if error.chain().any(<dyn std::error::Error + 'static>::is::<NeedsPrivileges>) {
             Self::NeedsPrivileges
         } else {
             Self::Failure

@@ -99,9 +99,7 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let attr = ObjAttr { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0, _pad: 0 };
     // SAFETY: the kernel reads `attr` (and the NUL-terminated path it points to, alive until
     // the call returns) and returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr as *const ObjAttr, std::mem::size_of::<ObjAttr>())
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &raw const attr, size_of::<ObjAttr>()) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

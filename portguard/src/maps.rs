@@ -59,6 +59,7 @@ impl Counters {
     }
 
     /// What happened between `earlier` and `self`.
+    #[must_use]
     pub fn since(&self, earlier: &Self) -> Self {
         let slots = self
             .slots

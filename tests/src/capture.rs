@@ -19,18 +19,17 @@ pub fn tool_exists(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-/// Ends the calling test unless every tool named is installed: with a failure under `CI=true`
-/// or `cargo xtask test` (which installs them), otherwise with the reason printed.
+/// Ends the calling test unless every tool named is installed (see [`crate::cannot_run`]).
 #[macro_export]
 macro_rules! require_tools {
     ($($tool:expr),+ $(,)?) => {
         let missing: Vec<&str> =
             [$($tool),+].into_iter().filter(|t| !$crate::capture::tool_exists(t)).collect();
         if !missing.is_empty() {
-            if $crate::must_run() {
-                panic!("this test needs {} and did not run (`cargo xtask setup` installs them)", missing.join(", "));
-            }
-            eprintln!("NOT RUN: this test needs {} (`cargo xtask setup` installs them)", missing.join(", "));
+            $crate::cannot_run(&format!(
+                "it needs {} (`cargo xtask setup` installs them)",
+                missing.join(", ")
+            ));
             return;
         }
     };

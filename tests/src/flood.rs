@@ -101,7 +101,7 @@ pub struct Blast {
 }
 
 pub fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// The frame every sender starts from: Ethernet (`from` -> `to`), IPv6, a TCP SYN from

@@ -30,23 +30,38 @@ pub use portguard_cli::Attached;
 /// Set by `cargo xtask test` (and implied by `CI=true`): a test that cannot run fails.
 pub const MUST_RUN_ENV: &str = "PORTGUARD_TESTS_MUST_RUN";
 
-/// Whether a test that cannot run here must fail instead of returning early.
+/// Whether a test that cannot run here must fail instead of returning early: under CI (`CI`
+/// set, and not to "false" or "0") or `cargo xtask test` (`PORTGUARD_TESTS_MUST_RUN` set,
+/// and not to "0"). A test that passes without running proves nothing.
 pub fn must_run() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var_os(MUST_RUN_ENV).is_some()
+    must_run_under(std::env::var("CI").ok().as_deref(), std::env::var(MUST_RUN_ENV).ok().as_deref())
 }
 
-/// Ends the calling test unless it runs as root: with a failure under `CI=true` or
-/// `cargo xtask test` (a test that passes without running proves nothing), otherwise with the
-/// reason printed, so a plain unprivileged `cargo test` stays usable.
+fn must_run_under(ci: Option<&str>, must_run: Option<&str>) -> bool {
+    let on = |value: Option<&str>, off: &[&str]| value.is_some_and(|v| !v.is_empty() && !off.contains(&v));
+    on(ci, &["false", "0"]) || on(must_run, &["0"])
+}
+
+/// The one decision for a test whose prerequisite (root, a tool, a kernel feature) is missing:
+/// under [`must_run`] it fails with `reason`; otherwise (a developer's plain `cargo test`) it
+/// says so on the terminal, past the test harness's output capture, and the caller returns.
+/// Use it through [`require_root!`] and [`require_tools!`], which return from the test.
+pub fn cannot_run(reason: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    assert!(!must_run(), "{test} did not run: {reason}");
+    // Straight to the process's stderr: `eprintln!` inside a passing test is swallowed.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "\nNOT RUN (passed without testing anything): {test}: {reason}");
+}
+
+/// Ends the calling test unless it runs as root (see [`cannot_run`]).
 #[macro_export]
 macro_rules! require_root {
     () => {
         if !nix::unistd::geteuid().is_root() {
-            if $crate::must_run() {
-                panic!("this test needs root (network namespaces, XDP, BPF_PROG_TEST_RUN) and did not run");
-            }
-            eprintln!(
-                "NOT RUN: this test needs root (network namespaces, XDP); `sudo -E cargo xtask test` runs it"
+            $crate::cannot_run(
+                "it needs root (network namespaces, XDP, BPF_PROG_TEST_RUN); `sudo -E cargo xtask test` runs it",
             );
             return;
         }
@@ -258,10 +273,10 @@ impl Lab {
         )?;
         self.client.ip(&["link", "set", &self.client_if, "up"])?;
         self.server.ip(&["link", "set", &self.server_if, "up"])?;
-        self.address(&self.server, &self.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
-        self.address(&self.client, &self.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
+        Self::address(&self.server, &self.server_if, &["192.0.2.2/24", "2001:db8::2/64"])?;
+        Self::address(&self.client, &self.client_if, &["192.0.2.1/24", "2001:db8::1/64"])?;
         for (address, route) in CLIENT_EXTRA {
-            self.address(&self.client, &self.client_if, &[address])?;
+            Self::address(&self.client, &self.client_if, &[address])?;
             if let Some(route) = route {
                 self.server.ip(&["route", "add", route, "dev", &self.server_if])?;
             }
@@ -299,7 +314,7 @@ impl Lab {
         Ok(())
     }
 
-    fn address(&self, netns: &Netns, iface: &str, addresses: &[&str]) -> Result<()> {
+    fn address(netns: &Netns, iface: &str, addresses: &[&str]) -> Result<()> {
         for address in addresses {
             if address.contains(':') {
                 netns.ip(&["addr", "add", address, "dev", iface, "nodad"])?;
@@ -334,5 +349,22 @@ impl Lab {
 
     pub fn server_addr(v6: bool) -> IpAddr {
         if v6 { SERVER_V6.into() } else { SERVER_V4.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::must_run_under;
+
+    #[test]
+    fn ci_and_xtask_make_a_test_that_cannot_run_fail() {
+        assert!(must_run_under(Some("true"), None));
+        assert!(must_run_under(Some("1"), None));
+        assert!(must_run_under(None, Some("1")));
+        assert!(must_run_under(Some("false"), Some("1")));
+        assert!(!must_run_under(None, None));
+        assert!(!must_run_under(Some("false"), None));
+        assert!(!must_run_under(Some("0"), Some("0")));
+        assert!(!must_run_under(Some(""), Some("")));
     }
 }

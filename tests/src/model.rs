@@ -130,7 +130,7 @@ fn parse_ipv4(frame: &[u8], at: usize) -> Parse {
         proto,
         hop_limit: header[8],
         frag,
-        frag_id: u16::from_be_bytes([header[4], header[5]]) as u32,
+        frag_id: u32::from(u16::from_be_bytes([header[4], header[5]])),
         frag_proto: proto,
         dport: 0,
         tcp_flags: 0,
@@ -140,9 +140,10 @@ fn parse_ipv4(frame: &[u8], at: usize) -> Parse {
         return Parse::Ip(parsed);
     }
     // Layer 4 must fit in the datagram (not in Ethernet padding after it).
-    match transport(&frame[..at + total_len], at + header_len, &mut parsed) {
-        true => Parse::Ip(parsed),
-        false => Parse::Malformed,
+    if transport(&frame[..at + total_len], at + header_len, &mut parsed) {
+        Parse::Ip(parsed)
+    } else {
+        Parse::Malformed
     }
 }
 
@@ -227,9 +228,10 @@ fn parse_ipv6(frame: &[u8], at: usize) -> Parse {
         }
     }
     parsed.proto = next;
-    match transport(&frame[..end.min(frame.len())], cursor, &mut parsed) {
-        true => Parse::Ip(parsed),
-        false => Parse::Malformed,
+    if transport(&frame[..end.min(frame.len())], cursor, &mut parsed) {
+        Parse::Ip(parsed)
+    } else {
+        Parse::Malformed
     }
 }
 

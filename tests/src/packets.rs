@@ -100,7 +100,7 @@ pub fn ip_packet(ip: &Ip, l4: &[u8]) -> Vec<u8> {
             let mut chain = ip.ipv6_ext.clone();
             if let Some((id, offset, more)) = ip.fragment {
                 let mut fragment = vec![0u8; 8];
-                let field = (offset << 3) | more as u16;
+                let field = (offset << 3) | u16::from(more);
                 fragment[2..4].copy_from_slice(&field.to_be_bytes());
                 fragment[4..8].copy_from_slice(&id.to_be_bytes());
                 chain.push((FRAGMENT, fragment));
@@ -108,7 +108,7 @@ pub fn ip_packet(ip: &Ip, l4: &[u8]) -> Vec<u8> {
             let mut payload = Vec::new();
             for (i, (_, bytes)) in chain.iter().enumerate() {
                 let mut bytes = bytes.clone();
-                bytes[0] = chain.get(i + 1).map(|(t, _)| *t).unwrap_or(ip.proto);
+                bytes[0] = chain.get(i + 1).map_or(ip.proto, |(t, _)| *t);
                 payload.extend_from_slice(&bytes);
             }
             payload.extend_from_slice(l4);
@@ -116,7 +116,7 @@ pub fn ip_packet(ip: &Ip, l4: &[u8]) -> Vec<u8> {
                 traffic_class: 0,
                 flow_label: Ipv6FlowLabel::ZERO,
                 payload_length: payload.len() as u16,
-                next_header: IpNumber(chain.first().map(|(t, _)| *t).unwrap_or(ip.proto)),
+                next_header: IpNumber(chain.first().map_or(ip.proto, |(t, _)| *t)),
                 hop_limit: ip.hop_limit,
                 source: src.octets(),
                 destination: dst.octets(),

@@ -229,7 +229,7 @@ impl Attached {
 
     /// The loader's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.as_ref().map(Child::id)
     }
 
     /// Waits up to `timeout` for the loader to exit by itself (a rollback, a detach from
@@ -401,7 +401,11 @@ ports = [22, 80]
 "#;
 
 /// A command's standard output, failing the test with both outputs when it failed.
-pub fn succeeded(output: std::process::Output) -> String {
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "takes the `Output` a command returned, so calls read `succeeded(portguard(..))`"
+)]
+pub fn succeeded(output: Output) -> String {
     assert!(
         output.status.success(),
         "command failed: {}{}",
@@ -413,7 +417,11 @@ pub fn succeeded(output: std::process::Output) -> String {
 
 /// A command's standard output, failing the test with both outputs unless it ended with
 /// `exit` (the codes are `portguard::exit::Exit`).
-pub fn exited(output: std::process::Output, exit: portguard::exit::Exit) -> String {
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "takes the `Output` a command returned, so calls read `succeeded(portguard(..))`"
+)]
+pub fn exited(output: Output, exit: portguard::exit::Exit) -> String {
     assert_eq!(
         output.status.code(),
         Some(i32::from(exit.code())),

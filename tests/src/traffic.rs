@@ -170,7 +170,7 @@ pub fn syn_probes(netns: &Netns, source: Option<IpAddr>, targets: Vec<SocketAddr
             let _ = socket.connect(&SockAddr::from(target));
             std::thread::sleep(Duration::from_millis(2));
         }
-    })
+    });
 }
 
 /// `count` connections from this namespace to `target`, each closed with a RST (SO_LINGER 0,

@@ -65,11 +65,11 @@ fn sources() -> Vec<IpAddr> {
     ]
 }
 
-fn list(items: Vec<&str>) -> String {
+fn list(items: &[&str]) -> String {
     items.join(", ")
 }
 
-fn quoted(items: Vec<&str>) -> String {
+fn quoted(items: &[&str]) -> String {
     items.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ")
 }
 
@@ -92,19 +92,19 @@ prop_compose! {
             "mode = \"{}\"\ndefault = \"{}\"\nnever_block = [{}]\n",
             if monitor { "monitor" } else { "enforce" },
             if default_allow { "allow" } else { "deny" },
-            quoted(never_block),
+            quoted(&never_block),
         );
         for (tcp, ports, from) in allows {
-            text += &format!("[[allow]]\nproto = \"{}\"\nports = [{}]\n", if tcp { "tcp" } else { "udp" }, list(ports));
+            text += &format!("[[allow]]\nproto = \"{}\"\nports = [{}]\n", if tcp { "tcp" } else { "udp" }, list(&ports));
             if let Some(from) = from {
-                text += &format!("from = [{}]\n", quoted(from));
+                text += &format!("from = [{}]\n", quoted(&from));
             }
         }
         for (tcp, ports) in denies {
-            text += &format!("[[deny]]\nproto = \"{}\"\nports = [{}]\n", if tcp { "tcp" } else { "udp" }, list(ports));
+            text += &format!("[[deny]]\nproto = \"{}\"\nports = [{}]\n", if tcp { "tcp" } else { "udp" }, list(&ports));
         }
         // `::/0` in the pool blocks every IPv6 source: confirmed, as a policy must.
-        text += &format!("[blocklist]\neverything = true\nsources = [{}]\n", quoted(blocklist));
+        text += &format!("[blocklist]\neverything = true\nsources = [{}]\n", quoted(&blocklist));
         let pick = |on: bool, yes: &str, no: &str| if on { yes.to_string() } else { no.to_string() };
         text += &format!(
             "[inbound]\nmalformed = \"{}\"\nfragments_unseen = \"{}\"\nicmp = \"{}\"\nicmpv6 = \"{}\"\nother_protocols = \"{}\"\ntcp_non_syn = \"{}\"\n",
@@ -117,7 +117,7 @@ prop_compose! {
         );
         text += &format!("[scan_detection]\naction = \"off\"\nipv6_prefix = {ipv6_prefix}\n");
         if !traps.is_empty() {
-            text += &format!("[trap_ports]\ntcp = [{}]\nudp = [1900]\n", list(traps));
+            text += &format!("[trap_ports]\ntcp = [{}]\nudp = [1900]\n", list(&traps));
         }
         text
     }

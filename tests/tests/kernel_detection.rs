@@ -83,7 +83,7 @@ fn ports_that_collided_under_the_old_public_hash_are_counted() {
     let mut j = judge(&scan_policy(""));
     // The old detector mapped a port to bit `port * 2654435761 >> 23` (of 512): a scanner that
     // kept to ports of 19 bits was never counted. Those ports now spread over the set.
-    let old_bit = |port: u16| ((port as u32).wrapping_mul(2_654_435_761) >> 23) as u16;
+    let old_bit = |port: u16| (u32::from(port).wrapping_mul(2_654_435_761) >> 23) as u16;
     let mut chosen = std::collections::BTreeSet::new();
     let evasive: Vec<u16> = (1..=u16::MAX)
         .filter(|&port| {
@@ -318,7 +318,7 @@ fn the_automatic_block_filter_keeps_every_block_through_refills() {
     };
     let (filter, mut blocks) = table_maps(&j);
     let (bits_before, size) = filter.bits_set();
-    assert!(bits_before >= 75 && bits_before <= 80, "{bits_before} bits for 80 blocks");
+    assert!((75..=80).contains(&bits_before), "{bits_before} bits for 80 blocks");
     // Sized at load for an empty table: the smallest half (1 KiB), bits set since at that size.
     assert_eq!(size, 1 << 13, "bits in use at load");
     // Lift half the blocks behind the packet path's back (as `unblock` does), then refill twice.

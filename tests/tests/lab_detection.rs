@@ -52,7 +52,7 @@ fn ports_that_collided_under_the_old_public_hash_are_detected() {
         Attached::start(&lab.server, &lab.server_if, &policy("block", "deny", 0), &["--json"]).unwrap();
     // The old detector set bit `port * 2654435761 >> 23` of 512 for a port: a scanner keeping
     // to the ports of 19 bits was never counted (7,297 ports in 33 s, unseen).
-    let old_bit = |port: u16| (port as u32).wrapping_mul(2_654_435_761) >> 23;
+    let old_bit = |port: u16| u32::from(port).wrapping_mul(2_654_435_761) >> 23;
     let mut bits = std::collections::BTreeSet::new();
     let evasive: Vec<u16> = (1024..=u16::MAX)
         .filter(|&port| bits.contains(&old_bit(port)) || (bits.len() < 19 && bits.insert(old_bit(port))))

@@ -39,8 +39,7 @@ fn port_drops(stats: &Value, proto: &str, port: u16) -> u64 {
         .unwrap()
         .iter()
         .find(|p| p["protocol"] == proto && p["port"] == port)
-        .map(|p| p["drops"].as_u64().unwrap())
-        .unwrap_or(0)
+        .map_or(0, |p| p["drops"].as_u64().unwrap())
 }
 
 #[test]
@@ -242,7 +241,7 @@ fn second_attach_is_refused_and_detach_leaves_nothing() {
     let net = lab.server.exec("bpftool", &["-j", "net", "show", "dev", &lab.server_if]).unwrap();
     let net: Value = serde_json::from_slice(&net.stdout).unwrap();
     for hook in ["xdp", "tc", "tcx"] {
-        let attached = net[0].get(hook).and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+        let attached = net[0].get(hook).and_then(Value::as_array).map_or(0, Vec::len);
         assert_eq!(attached, 0, "{hook} program left behind: {net}");
     }
     // The lab still works without portguard.

@@ -37,6 +37,10 @@ fn connects_eventually(lab: &Lab, port_number: u16, wanted: bool) -> bool {
     }
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "takes the `Output` a command returned, so calls read `succeeded(portguard(..))`"
+)]
 fn refused(output: Output, wanted: &str) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "accepted: {}{stderr}", String::from_utf8_lossy(&output.stdout));

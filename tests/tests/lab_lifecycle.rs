@@ -26,6 +26,10 @@ fn port(port: u16) -> SocketAddr {
     SocketAddr::new(SERVER_V4.into(), port)
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "takes the `Output` a command returned, so calls read `succeeded(portguard(..))`"
+)]
 fn refused(output: Output, wanted: &str) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "accepted: {}{stderr}", String::from_utf8_lossy(&output.stdout));

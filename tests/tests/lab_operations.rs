@@ -465,7 +465,7 @@ fn sigkill_leaves_enforcement_then_attach_adopts_and_detach_cleans() {
     )
     .unwrap();
     for hook in ["xdp", "tc", "tcx"] {
-        assert_eq!(net[0].get(hook).and_then(Value::as_array).map(Vec::len).unwrap_or(0), 0, "{hook}: {net}");
+        assert_eq!(net[0].get(hook).and_then(Value::as_array).map_or(0, Vec::len), 0, "{hook}: {net}");
     }
 }
 
@@ -486,7 +486,7 @@ fn unconfirmed_changes_roll_back_by_themselves() {
     assert!(!std::path::Path::new(&pin_dir).exists(), "rolled back: detached");
     assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)));
     let status = pg.wait_exit(Duration::from_secs(15)).expect("the rolled-back loader exits");
-    assert_eq!(status.code(), Some(i32::from(portguard::exit::Exit::RolledBack.code())), "{status:?}");
+    assert_eq!(status.code(), Some(i32::from(Exit::RolledBack.code())), "{status:?}");
     let printed = pg.collect(Duration::from_millis(200)).join("\n");
     assert!(
         printed.contains(&format!("{} ROLLBACK not confirmed within 3s: detached", lab.server_if)),

@@ -65,11 +65,19 @@ fn refused_attach(netns: &Netns, iface: &str, policy: &Path, extra: &[&str], env
     text(&output.stderr)
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "takes the `Output` a command returned, so calls read `succeeded(portguard(..))`"
+)]
 fn failed(output: Output) -> String {
     assert!(!output.status.success(), "must fail: {}{}", text(&output.stdout), text(&output.stderr));
     text(&output.stderr)
 }
 
+#[allow(
+    clippy::needless_pass_by_value,
+    reason = "takes the `Output` a command returned, so calls read `succeeded(portguard(..))`"
+)]
 fn ok(output: Output) -> (String, String) {
     assert!(output.status.success(), "must succeed: {}{}", text(&output.stdout), text(&output.stderr));
     (text(&output.stdout), text(&output.stderr))

@@ -2,6 +2,9 @@
 //! sinks fed by a real scan (a webhook receiver that answers, one that hangs, a program run per
 //! alert), `portguard doctor` on a namespace with risky listeners, the systemd unit.
 
+// Metric samples here are whole numbers (gauges of 0 and 1, counts), compared exactly.
+#![allow(clippy::float_cmp)]
+
 use std::{
     net::{SocketAddr, TcpListener, UdpSocket},
     os::unix::fs::PermissionsExt as _,
@@ -118,15 +121,15 @@ fn metrics_match_the_traffic_sent() {
     let allowed_labels = [("interface", iface), ("action", "pass"), ("reason", "port_allowed")];
     // The last connection's final ACK answers the server's FIN and may still be on its way when
     // the client call returns: scrape until it is counted (at most 2 s).
-    let waited = std::time::Instant::now();
+    let waited = Instant::now();
     let (exposition, after) = loop {
         let (exposition, after) = scrape(&pg, &lab);
         let counted = counter(&after, "portguard_packets_total", &allowed_labels)
             - counter(&before, "portguard_packets_total", &allowed_labels);
-        if counted >= allowed * 4 || waited.elapsed() > std::time::Duration::from_secs(2) {
+        if counted >= allowed * 4 || waited.elapsed() > Duration::from_secs(2) {
             break (exposition, after);
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     };
     promtool_lint(&exposition);
     let delta =
@@ -198,6 +201,7 @@ fn metrics_match_the_traffic_sent() {
 /// head a header every 300 ms and never finishing it (reopened when the server closes them,
 /// up to 2,000 in all), and 100 that send nothing: more than the server holds at once.
 /// Returns how many of the idle ones the server closed, and how many connections were made.
+#[allow(clippy::needless_pass_by_value, reason = "the channel ends belong to the thread running this")]
 fn misbehave(
     address: SocketAddr,
     ready: std::sync::mpsc::Sender<()>,
@@ -238,7 +242,7 @@ fn misbehave(
     let mut idle_closed = vec![false; idle.len()];
     while stop.try_recv().is_err() && started.elapsed() < Duration::from_secs(40) {
         std::thread::sleep(Duration::from_millis(300));
-        for stream in partial.iter_mut() {
+        for stream in &mut partial {
             if stream.write_all(b"X-Slow: 1\r\n").is_err() && made < 2_000 {
                 if let Some(fresh) = connect() {
                     *stream = fresh;
@@ -375,7 +379,7 @@ fn a_real_scan_reaches_the_webhook_and_the_program() {
     lab.nmap(&["-sS"]);
     pg.wait_for_event(Duration::from_secs(5), |e| e["event"] == "auto_blocked").expect("auto_blocked event");
     let printed: Vec<Value> = pg.events(Duration::from_millis(300));
-    let printed_alerts: Vec<String> = alerts_of(&printed).iter().map(|e| e.to_string()).collect();
+    let printed_alerts: Vec<String> = alerts_of(&printed).iter().map(ToString::to_string).collect();
     assert!(printed_alerts.iter().any(|e| e.contains("\"scan_detected\"")), "{printed_alerts:?}");
 
     // Every alert printed reaches the webhook, as the same JSON document.
@@ -963,7 +967,7 @@ fn doctor_names_risky_listeners_against_the_policy() {
     let page = std::fs::read_to_string(&html).unwrap();
     let document =
         roxmltree::Document::parse_with_options(&page, XML).expect("the HTML report is well-formed XHTML");
-    for node in document.descendants().filter(|n| n.is_element()) {
+    for node in document.descendants().filter(roxmltree::Node::is_element) {
         let tag = node.tag_name().name();
         assert!(
             !["script", "link", "img", "iframe", "object"].contains(&tag),

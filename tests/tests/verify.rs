@@ -27,7 +27,7 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
-fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) {
+fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     let file = std::fs::File::create(path).unwrap();
     let header = PcapHeader { datalink: DataLink::ETHERNET, ..Default::default() };
     let mut writer = PcapWriter::with_header(file, header).unwrap();
@@ -254,7 +254,7 @@ fn bulk(lab: &Lab, target: SocketAddr, bytes: usize) -> usize {
             match listener.accept() {
                 Ok((stream, _)) => break stream,
                 Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(_) => return 0,
             }

@@ -3,12 +3,15 @@
 //! - `setup`  install (or, without root, check) every prerequisite
 //! - `build`  build the `portguard` binary with its kernel programs embedded
 //! - `demo`   run portguard on a built-in namespace lab (no real interface is touched)
-//! - `test`   run every test: unit, BPF_PROG_TEST_RUN, real traffic in namespaces
+//! - `test`   run every test, by tier: unit (with clippy), kernel (BPF_PROG_TEST_RUN), lab
+//!   (real traffic in namespaces)
 //! - `dist`   install the binary, the systemd unit and an example policy
 
 mod setup;
+mod tiers;
 
 use setup::Needs;
+use tiers::Tier;
 
 use std::{path::PathBuf, process::Command};
 
@@ -54,9 +57,13 @@ enum Task {
         #[arg(long, default_value = "/")]
         destdir: PathBuf,
     },
-    /// Run every test (as root, the real-kernel tests run too).
+    /// Run the tests, tier by tier: unit, kernel, lab (the last two need root; here a test
+    /// that cannot run fails).
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Run only this tier (default: every tier, in that order).
+        #[arg(long, value_enum)]
+        tier: Option<Tier>,
+        /// Extra arguments for every `cargo test` run (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -68,7 +75,10 @@ fn main() {
         Task::Setup { check } => setup::run(check, Needs::Tests),
         Task::Build { release } => setup::run(false, Needs::Build).and_then(|()| build(release)),
         Task::Demo => setup::run(false, Needs::Tests).and_then(|()| build(false)).and_then(|()| demo()),
-        Task::Test { args } => setup::run(false, Needs::Tests).and_then(|()| test(&args)),
+        Task::Test { tier, args } => {
+            let needs = if tier == Some(Tier::Unit) { Needs::Build } else { Needs::Tests };
+            setup::run(false, needs).and_then(|()| tiers::test(tier, &args))
+        }
         Task::Fuzz { policies } => setup::run(false, Needs::Tests).and_then(|()| fuzz(policies)),
         Task::Bench => {
             setup::run(false, Needs::Tests).and_then(|()| setup::bench_tools()).and_then(|()| bench())
@@ -87,11 +97,11 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub fn cargo(args: &[&str]) -> Result<()> {
     cargo_with(args, &[])
 }
 
-fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+pub fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
@@ -105,7 +115,7 @@ fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-fn build(release: bool) -> Result<()> {
+pub fn build(release: bool) -> Result<()> {
     let mut args = vec!["build", "--locked", "--package", "portguard"];
     if release {
         args.push("--release");
@@ -211,19 +221,4 @@ fn fuzz(policies: u32) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn test(extra: &[String]) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "xtask: not root: the real-kernel tests cannot run and will fail; run `sudo -E cargo xtask test`"
-        );
-    }
-    cargo(&["fmt", "--all", "--", "--check"]).context("code is not formatted: run `cargo fmt --all`")?;
-    build(false)?;
-    // The kernel crate only builds for the BPF target (portguard/build.rs builds it).
-    let mut args = vec!["test", "--locked", "--workspace", "--exclude", "portguard-ebpf", "--no-fail-fast"];
-    args.extend(extra.iter().map(String::as_str));
-    // Every test must run here: one that cannot (not root, a missing kernel feature) fails.
-    cargo_with(&args, &[("PORTGUARD_TESTS_MUST_RUN", "1")])
 }

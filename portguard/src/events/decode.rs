@@ -254,6 +254,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::decimal_bitwise_operands, reason = "a port count beside the exact-count flag")]
     fn scan_and_block_events() {
         let mut raw = event(EventKind::ScanDetected);
         raw.count = 20 | SCAN_COUNT_EXACT_EVENT;

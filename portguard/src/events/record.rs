@@ -94,7 +94,7 @@ impl EventType {
         Self::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    pub const fn of_kernel(kind: portguard_common::events::EventKind) -> Self {
+    pub const fn of_kernel(kind: EventKind) -> Self {
         use portguard_common::events::EventKind as K;
         match kind {
             K::Drop => Self::Drop,
@@ -216,6 +216,7 @@ impl Actor {
     }
 
     /// The same, with the user id the kernel vouches for (a control socket peer's) if known.
+    #[must_use]
     pub fn with_uid_of(self, uid: Option<u32>) -> Self {
         Self { uid: uid.or(self.uid), ..self }
     }
@@ -464,7 +465,7 @@ impl EventRecord {
                     .map(|t| format!("; rolls back at {t} unless confirmed"))
                     .unwrap_or_default()
             ),
-            EventType::Confirmed => format!("{reason}{}", self.by()),
+            EventType::Confirmed | EventType::Detached => format!("{reason}{}", self.by()),
             EventType::RolledBack => match self.generation {
                 Some(generation) => format!(
                     "{reason}: back to the previous policy, generation {generation}{}: {}",
@@ -473,7 +474,6 @@ impl EventRecord {
                 ),
                 None => format!("{reason}: detached"),
             },
-            EventType::Detached => format!("{reason}{}", self.by()),
             EventType::Unknown => String::new(),
         };
         format!("{} {details}", self.event.label(monitor))

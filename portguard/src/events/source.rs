@@ -176,6 +176,6 @@ impl EventSource {
         // SAFETY: the fd is the ring buffer's, owned by `self.ring` for as long as the
         // `AsyncFd` owns `self`, and `as_raw_fd` always returns that same fd.
         unsafe { tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE) }
-            .map_err(|error| anyhow::anyhow!("watching the event ring buffer: {}", error))
+            .map_err(|error| anyhow::anyhow!("watching the event ring buffer: {error}"))
     }
 }

@@ -211,7 +211,7 @@ pub(super) fn alerts(report: &mut Reporter, raw: Option<&RawAlerts>, policy_path
                 alerts.hmac_secret_file = Some(path);
             }
             Err(problem) => {
-                report.error_at(file.span(), format!("hmac_secret_file {}: {problem}", path.display()))
+                report.error_at(file.span(), format!("hmac_secret_file {}: {problem}", path.display()));
             }
         }
         if no_webhook {

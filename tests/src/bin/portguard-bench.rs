@@ -430,7 +430,7 @@ fn per_packet(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
                 LpmTrie::try_from(kit.map_mut("PG_TEST_LPM").context("trie")?)?;
             for line in blocklist(size).lines() {
                 if let Ok(net) = line.parse::<ipnet::Ipv4Net>() {
-                    trie.insert(&Key::new(net.prefix_len() as u32, net.network().octets()), 1, 0)?;
+                    trie.insert(&Key::new(u32::from(net.prefix_len()), net.network().octets()), 1, 0)?;
                 } else if let Ok(addr) = line.parse::<Ipv4Addr>() {
                     trie.insert(&Key::new(32, addr.octets()), 1, 0)?;
                 }
@@ -482,7 +482,7 @@ fn per_packet(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
         }
     }
     let cell = |column: &str, class: usize| table.get(&(column.to_string(), class)).copied();
-    let ns = |value: Option<f64>| value.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    let ns = |value: Option<f64>| value.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
 
     writeln!(report, "## 1. Per-packet cost in the kernel\n")?;
     writeln!(
@@ -853,7 +853,7 @@ impl Wire {
                             frame.as_ptr().cast(),
                             frame.len(),
                             0,
-                            (&address as *const libc::sockaddr_ll).cast(),
+                            (&raw const address).cast(),
                             size_of::<libc::sockaddr_ll>() as u32,
                         )
                     };
@@ -1262,8 +1262,7 @@ fn throughput(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
             "| receiver | Mpps | rounds | vs floor | vs xdp-filter | vs nftables netdev ingress | dropped | CPU ns per frame over the floor | senders in their calls |"
         )?;
         writeln!(report, "|---|---|---|---|---|---|---|---|---|")?;
-        let ratio =
-            |value: f64, of: Option<f64>| of.map(|of| format!("{:.2}", value / of)).unwrap_or("-".into());
+        let ratio = |value: f64, of: Option<f64>| of.map_or("-".into(), |of| format!("{:.2}", value / of));
         let cpus = num_cpus() as f64;
         for &row in &rows {
             let list = &cells[&(row, flood)];
@@ -1277,8 +1276,7 @@ fn throughput(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
             };
             // Sender and receiver share the CPUs: each frame costs all of them cpus / rate.
             let over_floor = rate(Row::Floor, flood)
-                .map(|floor| format!("{:.0}", cpus * (1.0 / value - 1.0 / floor) * 1e9))
-                .unwrap_or("-".into());
+                .map_or("-".into(), |floor| format!("{:.0}", cpus * (1.0 / value - 1.0 / floor) * 1e9));
             writeln!(
                 report,
                 "| {} | {:.2} | {:.2}-{:.2} | {} | {} | {} | {dropped} | {over_floor} | {:.0}% |",
@@ -1450,7 +1448,7 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     drop(pg);
     let _ = portguard(None, &["status"]);
 
-    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let mib = |bytes: u64| bytes as f64 / 1_048_576.0;
     let portguard_load = loaded_in.as_secs_f64();
     writeln!(report, "## 3. Operations\n")?;
     writeln!(
@@ -1485,11 +1483,11 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     writeln!(report, "| what | result |")?;
     writeln!(report, "|---|---|")?;
     writeln!(report, "| portguard load, read and validate | {:.2} s |", parsed.as_secs_f64())?;
-    writeln!(report, "| ... compile | {:.2} s |", (compiled - parsed).as_secs_f64())?;
+    writeln!(report, "| ... compile | {:.2} s |", compiled.saturating_sub(parsed).as_secs_f64())?;
     writeln!(
         report,
         "| ... create and fill the maps, verify the program | {:.2} s |",
-        (loaded_in - compiled).as_secs_f64()
+        loaded_in.saturating_sub(compiled).as_secs_f64()
     )?;
     writeln!(
         report,
@@ -1514,16 +1512,16 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
 /// `memlock` of a map, from its fd's /proc entry.
 fn map_memlock(map: &aya::maps::Map) -> Option<u64> {
     use std::os::fd::{AsFd as _, AsRawFd as _};
-    let data = match map {
-        aya::maps::Map::Array(d)
-        | aya::maps::Map::HashMap(d)
-        | aya::maps::Map::LpmTrie(d)
-        | aya::maps::Map::LruHashMap(d)
-        | aya::maps::Map::PerCpuArray(d)
-        | aya::maps::Map::PerCpuHashMap(d)
-        | aya::maps::Map::PerCpuLruHashMap(d)
-        | aya::maps::Map::RingBuf(d) => d,
-        _ => return None,
+    let (aya::maps::Map::Array(data)
+    | aya::maps::Map::HashMap(data)
+    | aya::maps::Map::LpmTrie(data)
+    | aya::maps::Map::LruHashMap(data)
+    | aya::maps::Map::PerCpuArray(data)
+    | aya::maps::Map::PerCpuHashMap(data)
+    | aya::maps::Map::PerCpuLruHashMap(data)
+    | aya::maps::Map::RingBuf(data)) = map
+    else {
+        return None;
     };
     let fd = data.fd().as_fd().as_raw_fd();
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;

@@ -1,0 +1,285 @@
+//! Every error and warning validation gives, by its text and line.
+
+use std::{path::Path, time::Duration};
+
+use super::*;
+use crate::policy::{RuleKind, parse};
+
+const EXAMPLE: &str = include_str!("../../../../examples/policy.toml");
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, Path::new("p.toml"), LoadOptions::default()) {
+        Ok(loaded) => panic!("accepted: {:?}", loaded.policy.summary()),
+        Err(errors) => errors.errors().map(ToString::to_string).collect(),
+    }
+}
+
+fn warnings(text: &str) -> Vec<String> {
+    let loaded = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap();
+    loaded.warnings.iter().map(ToString::to_string).collect()
+}
+
+#[track_caller]
+fn assert_one(list: &[String], expected: &str) {
+    assert!(list.iter().any(|e| e.contains(expected)), "{expected:?} not in {list:#?}");
+}
+
+#[test]
+fn the_example_is_accepted_as_written() {
+    let loaded = parse(EXAMPLE, Path::new("policy.toml"), LoadOptions::default()).unwrap();
+    let policy = loaded.policy;
+    assert_eq!(policy.mode, Mode::Enforce);
+    assert_eq!(policy.default, Action::Deny);
+    assert_eq!(policy.rules.len(), 4);
+    assert_eq!(policy.rules[0].ports, vec![80..=80, 443..=443, 8000..=8100]);
+    assert_eq!(policy.rules[0].line, 5);
+    assert_eq!(policy.rules[1].from.as_ref().unwrap().len(), 2);
+    assert_eq!(policy.rules[3].kind, RuleKind::Deny);
+    assert_eq!(policy.blocklist.len(), 2);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn alerts_and_metrics() {
+    let text = "default = \"deny\"\n[alerts]\nwebhook = \"https://hooks.example.net/portguard\"\nexec = \"/bin/true\"\ntimeout = \"2s\"\nretries = 0\nmax_per_minute = 10\n[metrics]\nlisten = \"127.0.0.1:9100\"\n";
+    let loaded = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap();
+    let alerts = &loaded.policy.alerts;
+    assert_eq!(alerts.webhook.as_deref(), Some("https://hooks.example.net/portguard"));
+    assert_eq!(alerts.exec.as_deref(), Some("/bin/true"));
+    assert_eq!((alerts.timeout, alerts.retries, alerts.max_per_minute), (Duration::from_secs(2), 0, 10));
+    assert_eq!(loaded.policy.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+
+    let list = errors(
+        "[alerts]\nwebhook = \"ftp://x\"\nexec = \"notify.sh\"\nretries = 11\nmax_per_minute = 0\n[metrics]\nlisten = \"localhost\"\n",
+    );
+    assert_one(&list, "p.toml:2:11: error: webhook = \"ftp://x\" is not an http:// or https:// URL");
+    assert_one(&list, "p.toml:3:8: error: exec must be an absolute path to a program");
+    assert_one(&list, "p.toml:4:11: error: retries");
+    assert_one(&list, "p.toml:5:18: error: max_per_minute");
+    assert_one(&list, "p.toml:7:10: error: listen = \"localhost\" is not an address:port");
+    assert_one(&errors("[alerts]\nwebhok = \"https://x\"\n"), "p.toml:2:1: error: unknown field `webhok`");
+    assert_one(&warnings("[metrics]\nlisten = \"0.0.0.0:9464\"\n"), "can be read beyond this host");
+}
+
+#[test]
+fn an_exec_program_others_can_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let program = tempfile::NamedTempFile::new().unwrap();
+    std::fs::set_permissions(program.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let text = format!("[alerts]\nexec = \"{}\"\n", program.path().display());
+    assert_one(&errors(&text), "is writable by group or others, and it would run as root");
+    std::fs::set_permissions(program.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let loaded = parse(&text, Path::new("p.toml"), LoadOptions::default()).unwrap();
+    assert_eq!(loaded.policy.alerts.exec.as_deref(), program.path().to_str());
+}
+
+#[test]
+fn unknown_keys_name_their_line() {
+    let list = errors("mode = \"enforce\"\n[[allow]]\nproto = \"tcp\"\nport = [80]\n");
+    assert_one(&list, "p.toml:4:1: error: unknown field `port`");
+    let list = errors("modes = \"enforce\"\n");
+    assert_one(&list, "p.toml:1:1: error: unknown field `modes`");
+}
+
+#[test]
+fn bad_ports() {
+    let list = errors(
+        "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [80, 70000, \"9-8\", \"x\", 0, true]\n",
+    );
+    assert_one(&list, "p.toml:4:14: error: port 70000 is out of range (valid ports are 1-65535)");
+    assert_one(&list, "p.toml:4:21: error: range \"9-8\" runs backwards");
+    assert_one(&list, "p.toml:4:28: error: \"x\" is not a port");
+    assert_one(&list, "p.toml:4:33: error: port 0 is not a real destination port");
+    assert_one(&list, "p.toml:4:36: error: a port is a number or a \"low-high\" string, not boolean");
+    assert_one(&errors("[[allow]]\nproto = \"tcp\"\nports = []\n"), "p.toml:3:9: error: ports is empty");
+    assert_one(&errors("[[allow]]\nproto = \"tcp\"\nports = [\"1-99999\"]\n"), "port 99999 is out of range");
+}
+
+#[test]
+fn bad_values() {
+    assert_one(
+        &errors("mode = \"block\"\n"),
+        "p.toml:1:8: error: mode must be \"enforce\" or \"monitor\", not \"block\"",
+    );
+    assert_one(&errors("default = \"drop\"\n"), "default must be \"allow\" or \"deny\", not \"drop\"");
+    assert_one(
+        &errors("[[allow]]\nproto = \"sctp\"\nports = [1]\n"),
+        "p.toml:2:9: error: proto must be \"tcp\" or \"udp\"",
+    );
+    assert_one(&errors("[[allow]]\nproto = \"icmp\"\nports = [1]\n"), "icmp is set with `icmp` in [inbound]");
+    assert_one(&errors("[inbound]\nmalformed = \"allow\"\n"), "malformed must be \"pass\" or \"drop\"");
+    assert_one(
+        &errors("[inbound]\nudp_reply_window = \"soon\"\n"),
+        "udp_reply_window = \"soon\" is not a duration",
+    );
+    assert_one(&errors("[limits]\nflows = 10\n"), "flows must be between 1024 and 16777216");
+    assert_one(&errors("mode = 3\n"), "p.toml:1:8: error: invalid type: integer `3`, expected a string");
+    assert_one(&errors("mode = \"enforce\"\n[[allow]\n"), "p.toml:2");
+}
+
+#[test]
+fn bad_networks() {
+    let list = errors(
+        "[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.7/24\", \"300.1.1.1\", \"2001:db8::/129\"]\n",
+    );
+    assert_one(
+        &list,
+        "p.toml:4:9: error: `198.51.100.7/24` has bits set past its prefix length; the network is 198.51.100.0/24",
+    );
+    assert_one(&list, "p.toml:4:28: error: `300.1.1.1` is not an IP address or network");
+    assert_one(&list, "p.toml:4:41: error: `2001:db8::/129` is not a network");
+    assert_one(
+        &errors("[blocklist]\nsources = [\"bad\"]\n"),
+        "p.toml:2:12: error: `bad` is not an IP address",
+    );
+    assert_one(&errors("never_block = [\"10.0.0.0/33\"]\n"), "is not a network");
+    assert_one(&errors("[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = []\n"), "from is empty");
+    assert_one(
+        &errors("[[deny]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n"),
+        "deny rules take no `from`",
+    );
+}
+
+#[test]
+fn contradictions_are_errors_overlaps_are_warnings() {
+    let contradiction = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [\"20-25\", 80]\n\n[[deny]]\nname = \"legacy\"\nproto = \"tcp\"\nports = [23, 24, 80]\n";
+    assert_one(
+        &errors(contradiction),
+        "p.toml:6:1: error: tcp ports 23-24, 80 allowed by rule 1 (line 2) and denied by rule 2 \"legacy\" (line 6)",
+    );
+    // The same port on another protocol is no conflict.
+    let fine = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22, 53]\n[[deny]]\nproto = \"udp\"\nports = [53]\n[inbound]\nother_protocols = \"allow\"\n";
+    assert!(warnings(fine).is_empty());
+    let moot = "default = \"allow\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [\"1-1024\"]\n";
+    assert_one(
+        &warnings(moot),
+        "tcp port 22: rule 2 (line 6) admits every source, so the `from` list of rule 1 (line 2) has no effect there",
+    );
+    let twice = "default = \"allow\"\n[[allow]]\nproto = \"udp\"\nports = [53]\n[[allow]]\nproto = \"udp\"\nports = [\"50-60\"]\n";
+    assert_one(&warnings(twice), "udp port 53 allowed twice, by rule 1 (line 2) and rule 2 (line 5)");
+    let sources_add_up = "default = \"allow\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"192.0.2.0/24\"]\n[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\n";
+    assert!(warnings(sources_add_up).is_empty());
+}
+
+#[test]
+fn scan_detection_settings() {
+    let scan =
+        |text: &str| parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy.scan_detection;
+    let defaults = scan("default = \"allow\"\n");
+    assert_eq!((defaults.threshold, defaults.slow_threshold, defaults.ipv6_prefix), (20, 40, 64));
+    assert_eq!(defaults.slow_window, Duration::from_secs(300));
+    // The long window's threshold follows the short one's unless written.
+    assert_eq!(scan("default = \"allow\"\n[scan_detection]\nthreshold = 200\n").slow_threshold, 256);
+    let written = scan(
+        "default = \"allow\"\n[scan_detection]\nthreshold = 10\nslow_threshold = 0\nipv6_prefix = 128\n",
+    );
+    assert_eq!((written.threshold, written.slow_threshold, written.ipv6_prefix), (10, 0, 128));
+    assert_one(
+        &errors("[scan_detection]\nwindow = \"10m\"\n"),
+        "p.toml:2:10: error: slow_window (5m) must be longer than window (10m), or set slow_threshold = 0",
+    );
+    assert_one(&errors("[scan_detection]\nipv6_prefix = 16\n"), "ipv6_prefix = 16 is out of range (32-128)");
+    assert_one(&errors("[scan_detection]\nslow_threshold = 1\n"), "out of range (2-256)");
+    assert_one(&errors("[limits]\nnew_blocks_per_second = 0\n"), "new_blocks_per_second = 0 is out of range");
+}
+
+#[test]
+fn warnings_about_spoofing_and_protocol_scans() {
+    // Blocking on unverified sources with nobody protected.
+    assert_one(
+        &warnings("default = \"allow\"\n[scan_detection]\naction = \"block\"\n"),
+        "p.toml:3:10: warning: scan_detection action = \"block\" with an empty never_block: probes with forged source addresses can get any address blocked",
+    );
+    assert_one(
+        &warnings("default = \"allow\"\n[trap_ports]\ntcp = [23]\n"),
+        "trap ports with an empty never_block",
+    );
+    assert!(
+        warnings("default = \"allow\"\nnever_block = [\"198.51.100.0/24\"]\n[trap_ports]\ntcp = [23]\n")
+            .is_empty()
+    );
+    // Default deny judges ports, not protocols: a protocol scan would pass unseen.
+    let open_protocols = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\n";
+    assert_one(&warnings(open_protocols), "default deny leaves other IP protocols (SCTP, GRE, ...) allowed");
+    assert!(warnings(&format!("{open_protocols}[inbound]\nother_protocols = \"allow\"\n")).is_empty());
+}
+
+#[test]
+fn lockout_and_never_block_warnings() {
+    assert_one(
+        &warnings("default = \"deny\"\n[inbound]\nother_protocols = \"allow\"\n"),
+        "no rule allows tcp port 22",
+    );
+    assert_one(&warnings("mode = \"enforce\"\n"), "no `default` given");
+    let overlap = "default = \"allow\"\nnever_block = [\"203.0.113.0/28\"]\n[blocklist]\nsources = [\"203.0.113.0/24\"]\n";
+    assert_one(
+        &warnings(overlap),
+        "p.toml:2:16: warning: never_block 203.0.113.0/28 overlaps blocklist entry 203.0.113.0/24: never_block wins",
+    );
+}
+
+#[test]
+fn blocklist_files_are_read_relative_to_the_policy() {
+    let dir = tempfile_dir();
+    std::fs::write(dir.join("bad.txt"), "203.0.113.9\nnonsense\n# comment\n2001:db8:bad::/48 ; SBL1\n")
+        .unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "default = \"allow\"\n[blocklist]\nfiles = [\"bad.txt\", \"missing.txt\"]\n")
+        .unwrap();
+    let errors = crate::policy::load(&policy, LoadOptions::default()).unwrap_err();
+    let text = errors.to_string();
+    assert!(text.contains("policy.toml:3:21: error: cannot read blocklist file"), "{text}");
+    assert!(text.contains("bad.txt:2:1: warning: `nonsense` is not an IP address"), "{text}");
+
+    std::fs::write(&policy, "default = \"allow\"\n[blocklist]\nfiles = [\"bad.txt\"]\n").unwrap();
+    let loaded = crate::policy::load(&policy, LoadOptions::default()).unwrap();
+    assert_eq!(loaded.policy.blocklist.len(), 2);
+    assert_eq!(loaded.warnings.len(), 1);
+    let strict = crate::policy::load(&policy, LoadOptions { strict: true }).unwrap_err();
+    assert!(strict.to_string().contains("bad.txt:2:1: error:"), "{strict}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Blocklist files handed in from memory: validation reads nothing else.
+struct InMemory(Vec<(&'static str, &'static str)>);
+
+impl PolicyFiles for InMemory {
+    fn blocklist(&self, path: &Path) -> std::io::Result<crate::policy::sources::SourceList> {
+        let (_, text) =
+            self.0.iter().find(|(name, _)| Path::new("/etc/pg").join(name) == path).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)")
+            })?;
+        Ok(crate::policy::sources::parse_source_list(text.as_bytes()))
+    }
+}
+
+#[test]
+fn validation_is_a_function_of_the_text_and_the_files_handed_in() {
+    let files = InMemory(vec![("lists/drop.txt", "203.0.113.0/24 ; SBL1\nnonsense\n")]);
+    let text = "default = \"allow\"\n[blocklist]\nfiles = [\"lists/drop.txt\", \"gone.txt\"]\n";
+    let path = Path::new("/etc/pg/edge.toml");
+    let errors = validate_with(text, path, LoadOptions::default(), &files).unwrap_err().to_string();
+    assert!(
+        errors.contains(
+            "/etc/pg/edge.toml:3:28: error: cannot read blocklist file /etc/pg/gone.txt: No such file"
+        ),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("/etc/pg/lists/drop.txt:2:1: warning: `nonsense` is not an IP address"),
+        "{errors}"
+    );
+    let text = "default = \"allow\"\n[blocklist]\nfiles = [\"lists/drop.txt\"]\n";
+    let loaded = validate_with(text, path, LoadOptions::default(), &files).unwrap();
+    assert_eq!(loaded.policy.blocklist, ["203.0.113.0/24".parse::<ipnet::IpNet>().unwrap()]);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "portguard-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
