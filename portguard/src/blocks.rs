@@ -14,7 +14,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portguard_common::{
     events::ScanKind,
     maps::{
-        AutoBlock, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_MANUAL, MAP_RUNTIME, ManualBlock,
+        AutoBlock, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_AUTO_BLOCK, MAP_MANUAL, MAP_RUNTIME, ManualBlock,
         NET_KEY_FIXED_BITS, NetKey, RUNTIME_USER, Runtime,
     },
 };
@@ -382,6 +382,31 @@ pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> IpNet {
         IpAddr::V6(_) => network_prefix(addr, block.prefix_len).unwrap_or(128),
     };
     IpNet::new(ip, len).expect("a valid prefix length")
+}
+
+/// Lifts the automatic blocks of `interfaces` that cover, or lie inside, `net` (a false
+/// positive, say); returns how many. An IPv6 network blocked as one is lifted by naming any
+/// address in it.
+pub fn lift_automatic(net: &IpNet, interfaces: &[String]) -> Result<usize> {
+    let mut lifted = 0;
+    for iface in interfaces {
+        let mut map: HashMap<MapData, [u8; 16], AutoBlock> =
+            HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
+        let entries: Vec<([u8; 16], AutoBlock)> = map.iter().filter_map(Result::ok).collect();
+        for (key, block) in entries {
+            let blocked = auto_block_network(key, &block);
+            if (net.contains(&blocked) || blocked.contains(net)) && map.remove(&key).is_ok() {
+                lifted += 1;
+            }
+        }
+    }
+    Ok(lifted)
+}
+
+/// The automatic blocks in force on `iface` (its pinned table), the soonest to end first.
+pub fn automatic_blocks_on(iface: &str) -> Result<Vec<ActiveBlock>> {
+    let map: HashMap<MapData, [u8; 16], AutoBlock> = HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
+    Ok(active_blocks(&map))
 }
 
 /// The automatic blocks in force in `map`, the soonest to end first.

@@ -6,15 +6,13 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
 use portguard::{
-    blocks::{self, BlockStore, ManualEntry, active_blocks},
+    blocks::{self, BlockStore, ManualEntry},
     control, durations,
     events::{Actor, EventRecord, EventType},
     inform,
     links::Inspection,
-    maps::open_pinned,
     netns::Netns,
     output::{self, count},
     policy::sources::parse_net_strict,
@@ -22,7 +20,6 @@ use portguard::{
     state::{RunState, now_unix},
     system,
 };
-use portguard_common::maps::{AutoBlock, MAP_AUTO_BLOCK};
 use serde::Serialize;
 
 use portguard::attachment::{self, WhenNone};
@@ -176,7 +173,7 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     // Automatic blocks are in the kernel only: lifted once the saved list agrees.
     let mut missing = Vec::new();
     for (net, (manual, stays)) in nets.iter().zip(manual) {
-        let automatic = remove_automatic(net, &interfaces)?;
+        let automatic = blocks::lift_automatic(net, &interfaces)?;
         if manual + automatic == 0 {
             missing.push(*net);
             continue;
@@ -216,24 +213,6 @@ fn audit(interfaces: &[String], nets: &[IpNet], event: EventType, details: impl 
         details(&mut record);
         control::tell_loaders(interfaces, &record);
     }
-}
-
-/// Lifts automatic blocks of addresses inside `net` (a false positive, say).
-fn remove_automatic(net: &IpNet, interfaces: &[String]) -> Result<usize> {
-    let mut removed = 0;
-    for iface in interfaces {
-        let mut map: HashMap<MapData, [u8; 16], AutoBlock> =
-            HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
-        let entries: Vec<([u8; 16], AutoBlock)> = map.iter().filter_map(Result::ok).collect();
-        for (key, block) in entries {
-            // An IPv6 network blocked as one is lifted by naming any address in it.
-            let blocked = blocks::auto_block_network(key, &block);
-            if (net.contains(&blocked) || blocked.contains(net)) && map.remove(&key).is_ok() {
-                removed += 1;
-            }
-        }
-    }
-    Ok(removed)
 }
 
 /// One active block as `blocks` lists it; `--json` prints these (docs/schemas/blocks.schema.json).
@@ -309,9 +288,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
         rows.push(manual_row(entry, &interfaces, now));
     }
     for iface in &interfaces {
-        let map: HashMap<MapData, [u8; 16], AutoBlock> =
-            HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
-        for block in active_blocks(&map) {
+        for block in blocks::automatic_blocks_on(iface)? {
             rows.push(Row {
                 network: Some(block.network),
                 shown_reason: format!("{}: {}", block.cause, block.detail()),
