@@ -126,7 +126,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 120 + 16 * MAX_BL6_PREFIX_LENS);
+const _: () = assert!(size_of::<Config>() == 120 + 16 * MAX_BL6_PREFIX_LENS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

@@ -127,7 +127,7 @@ pub struct Event {
     pub sample_ports: [u16; SAMPLE_PORTS],
 }
 
-const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(size_of::<Event>() == 88);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Event {}

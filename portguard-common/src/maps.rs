@@ -223,7 +223,7 @@ pub struct Bl6Key {
 
 impl Bl6Key {
     pub fn new(addr: [u8; 16], prefix_len: u8) -> Self {
-        Self { addr, prefix_len: prefix_len as u32, _pad: 0 }
+        Self { addr, prefix_len: u32::from(prefix_len), _pad: 0 }
     }
 
     /// From an address's words (`addr_words`): two word stores, not sixteen byte stores.
@@ -316,6 +316,7 @@ pub const fn auto_filter_slot(half: u64, bit: u32) -> (u32, u64) {
 /// 8-15): how the packet path holds addresses, and so what the IPv6 blocklist's pre-filter
 /// hashes.
 #[inline(always)]
+#[allow(clippy::many_single_char_names, reason = "the sixteen bytes, in order")]
 pub const fn addr_words(addr: &[u8; 16]) -> [u64; 2] {
     let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *addr;
     [u64::from_ne_bytes([a, b, c, d, e, f, g, h]), u64::from_ne_bytes([i, j, k, l, m, n, o, p])]
@@ -544,19 +545,19 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
     [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
 }
 
-const _: () = assert!(core::mem::size_of::<PortRule>() == 4);
-const _: () = assert!(core::mem::size_of::<SrcAllowKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Bl6Key>() == 24);
-const _: () = assert!(core::mem::size_of::<NetKey>() == 17);
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FragKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FragVerdict>() == 16);
-const _: () = assert!(core::mem::size_of::<ScanState>() == 232);
-const _: () = assert!(core::mem::size_of::<AutoBlock>() == 32);
-const _: () = assert!(core::mem::size_of::<ManualBlock>() == 16);
-const _: () = assert!(core::mem::size_of::<Runtime>() == 24);
-const _: () = assert!(core::mem::size_of::<ScanKey>() == 24);
-const _: () = assert!(core::mem::size_of::<EventBudget>() == 24);
+const _: () = assert!(size_of::<PortRule>() == 4);
+const _: () = assert!(size_of::<SrcAllowKey>() == 20);
+const _: () = assert!(size_of::<Bl6Key>() == 24);
+const _: () = assert!(size_of::<NetKey>() == 17);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FragKey>() == 40);
+const _: () = assert!(size_of::<FragVerdict>() == 16);
+const _: () = assert!(size_of::<ScanState>() == 232);
+const _: () = assert!(size_of::<AutoBlock>() == 32);
+const _: () = assert!(size_of::<ManualBlock>() == 16);
+const _: () = assert!(size_of::<Runtime>() == 24);
+const _: () = assert!(size_of::<ScanKey>() == 24);
+const _: () = assert!(size_of::<EventBudget>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -700,8 +701,8 @@ mod tests {
         assert_eq!(auto_filter_shrink(header, 0), 3);
         assert_eq!(auto_filter_shrink(header, 1), 7);
         assert_eq!(
-            auto_filter_shrink(auto_filter_with_shrink(header, 0, 99), 0),
-            99 & AUTO_FILTER_MAX_SHRINK
+            auto_filter_shrink(auto_filter_with_shrink(header, 0, 0x63), 0),
+            0x63 & AUTO_FILTER_MAX_SHRINK
         );
         assert_eq!(auto_filter_shrink_for(0), AUTO_FILTER_MAX_SHRINK);
         assert_eq!(auto_filter_shrink_for(u64::MAX), 0);

@@ -309,7 +309,7 @@ impl Attached {
             }
         };
         drop(lock);
-        crate::state::remove_empty_netns_dirs();
+        state::remove_empty_netns_dirs();
         ended
     }
 }
@@ -356,7 +356,7 @@ pub fn detach(iface: &str, why: &DetachRequest) -> Result<()> {
     }
     // Whatever the loader left (or all of it, if it was killed or pinned).
     manager::remove(iface)?;
-    crate::state::remove_empty_netns_dirs();
+    state::remove_empty_netns_dirs();
     Ok(())
 }
 

@@ -862,7 +862,9 @@ mod tests {
             body.extend_from_slice(&(frame.len() as u32).to_le_bytes());
             body.extend_from_slice(data);
             body.resize(body.len().next_multiple_of(4), 0);
-            options.iter().for_each(|o| body.extend_from_slice(o));
+            for option in options {
+                body.extend_from_slice(option);
+            }
             body
         };
         // Ethernet, with if_tzone as the standard has it (4 bytes), a custom option and one

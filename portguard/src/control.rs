@@ -126,7 +126,7 @@ pub fn tell_loaders(interfaces: &[String], record: &EventRecord) {
         match told {
             Ok(Ok(reply)) if reply.ok => {}
             Ok(Ok(reply)) => {
-                eprintln!("warning: the loader of {iface} did not record this: {}", reply.message)
+                eprintln!("warning: the loader of {iface} did not record this: {}", reply.message);
             }
             Ok(Err(error)) => eprintln!("warning: the loader of {iface} did not record this: {error:#}"),
             Err(_) => eprintln!(

@@ -68,7 +68,7 @@ pub fn pinned(path: &Path) -> Result<Option<LinkState>> {
         Err(error) => return Err(error).with_context(|| format!("opening {}", path.display())),
     };
     // The link's fdinfo names its program and interface (`ifindex: 0` once detached).
-    let info = std::fs::read_to_string(crate::paths::fdinfo(fd.as_raw_fd()))
+    let info = std::fs::read_to_string(paths::fdinfo(fd.as_raw_fd()))
         .with_context(|| format!("reading what the kernel says about {}", path.display()))?;
     parse_fdinfo(&info).map(Some).with_context(|| format!("{} is not a link", path.display()))
 }

@@ -60,7 +60,7 @@ impl Source {
         address: std::net::SocketAddr,
         policy: &Policy,
         counts: Arc<Mutex<LoaderCounts>>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         Ok(Self {
             iface: iface.to_owned(),
             address,
@@ -278,7 +278,7 @@ pub fn render(source: &Source) -> Result<String> {
         .ok()
         .and_then(|m| aya::maps::Array::<_, Runtime>::try_from(m).ok())
         .and_then(|a| a.get(&0, 0).ok())
-        .map_or(0, |r| r.manual_blocks as u64);
+        .map_or(0, |r| u64::from(r.manual_blocks));
     let policy_entries: u64 =
         state.as_ref().map_or(0, |s| s.blocklist_sources.iter().map(|b| b.entries as u64).sum());
     Family::new("active_blocks", "Blocks in force, by origin (policy: blocklist entries as written).", iface)
@@ -297,9 +297,8 @@ pub fn render(source: &Source) -> Result<String> {
     .row(&[], counts.last_load)
     .gauge(&registry)?;
     let xdp_mode = state.as_ref().map_or("unknown".into(), |s| s.xdp_mode.to_string());
-    let mode = state
-        .as_ref()
-        .map_or("unknown", |s| if s.mode == crate::policy::Mode::Monitor { "monitor" } else { "enforce" });
+    let mode =
+        state.as_ref().map_or("unknown", |s| if s.mode == Mode::Monitor { "monitor" } else { "enforce" });
     Family::new("attached", "1 while portguard is attached; its XDP mode and policy mode as labels.", iface)
         .row(&[("xdp_mode", &xdp_mode), ("mode", mode)], 1)
         .gauge(&registry)?;

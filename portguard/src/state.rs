@@ -93,6 +93,7 @@ impl RunState {
 
     /// The generation after this one, running `policy` (read from `path`) with `programs`;
     /// everything else (loader, interface, mode, start) stays.
+    #[must_use]
     pub fn next(&self, policy: &Policy, path: &Path, programs: Option<crate::links::ProgramIds>) -> Self {
         Self {
             generation: self.generation + 1,
@@ -130,7 +131,7 @@ impl RunState {
             return Vec::new();
         };
         let mut states: Vec<Self> = entries
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
                 let iface = name.strip_suffix(".json")?;
@@ -232,7 +233,7 @@ pub fn interfaces_with_run_files() -> Vec<String> {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
         .filter_map(|name| name.split_once('.').map(|(iface, _)| iface.to_owned()))
         .filter(|iface| paths::check_iface_name(iface).is_ok())
@@ -306,7 +307,7 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
 }
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -126,7 +126,8 @@ fn floods_allocate_no_per_source_state() {
 /// Drop events CPU 0 (the test's) has sent since its budget was last granted.
 fn drop_events_spent(j: &Judge, granted: u32) -> u32 {
     let budget: aya::maps::PerCpuArray<_, portguard_common::maps::EventBudget> =
-        aya::maps::PerCpuArray::try_from(j.ebpf().map(portguard_common::maps::MAP_EVENT_BUDGET).unwrap()).unwrap();
+        aya::maps::PerCpuArray::try_from(j.ebpf().map(portguard_common::maps::MAP_EVENT_BUDGET).unwrap())
+            .unwrap();
     granted - budget.get(&0, 0).unwrap()[0].tokens
 }
 

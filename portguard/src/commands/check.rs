@@ -6,7 +6,6 @@ use anyhow::Result;
 use portguard::policy::{self, LoadOptions, compile::compile};
 use serde_json::json;
 
-
 pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result<ExitCode> {
     let loaded = match policy::load(path, LoadOptions { strict }) {
         Ok(loaded) => loaded,

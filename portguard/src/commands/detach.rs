@@ -35,7 +35,7 @@ pub fn run(iface: Option<&str>, all: bool) -> Result<ExitCode> {
         attachment::detach(iface, &DetachRequest::by_command())?;
         inform!("portguard: detached from {iface}");
     }
-    let kept = BlockStore::load().map(|s| s.blocks.len()).unwrap_or(0) as u64;
+    let kept = BlockStore::load().map_or(0, |s| s.blocks.len()) as u64;
     if kept > 0 {
         inform!(
             "{} kept in {}: enforced again at the next attach (`portguard unblock` removes them)",

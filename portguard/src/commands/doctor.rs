@@ -70,7 +70,7 @@ fn print_human(report: &Report) {
     );
     match (&report.policy, &report.policy_in_force) {
         (Some(policy), _) if report.policy_enforced => {
-            println!("policy audited: {} (enforced)", policy.display())
+            println!("policy audited: {} (enforced)", policy.display());
         }
         (Some(policy), Some(in_force)) => println!(
             "policy audited: {} (not in force: shown as what it would change; in force: {})",
@@ -78,7 +78,7 @@ fn print_human(report: &Report) {
             in_force.display()
         ),
         (Some(policy), None) => {
-            println!("policy audited: {} (not attached: what it would do)", policy.display())
+            println!("policy audited: {} (not attached: what it would do)", policy.display());
         }
         (None, _) => {}
     }

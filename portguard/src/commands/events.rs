@@ -24,7 +24,7 @@ pub fn run(iface: Option<&str>, json: bool) -> Result<ExitCode> {
             tokio::select! {
                 done = followers.join_next() => match done {
                     Some(Ok(Err(error))) => return Err(error),
-                    Some(_) => continue,
+                    Some(_) => {}
                     None => return Ok(ExitCode::SUCCESS),
                 },
                 _ = interrupt.recv() => return Ok(ExitCode::SUCCESS),

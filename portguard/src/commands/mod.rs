@@ -72,4 +72,3 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Detach { iface, all } => detach::run(iface.as_deref(), all),
     }
 }
-

@@ -73,7 +73,7 @@ pub fn run(
             strict,
             confirm_within,
             force,
-            session: session.clone(),
+            session,
             actor: Some(portguard::events::Actor::of_this_process()),
             via: Some("portguard reload".into()),
             rollback: None,

@@ -119,7 +119,7 @@ pub fn run(json: bool) -> Result<ExitCode> {
                     "xdp_mode": state.as_ref().map(|s| s.xdp_mode),
                     "generation": state.as_ref().map(|s| s.generation),
                     "attached_at": state.as_ref().and_then(|s| output::rfc3339_unix(s.attached_at)),
-                    "uptime_secs": state.as_ref().map(|s| s.uptime_secs()),
+                    "uptime_secs": state.as_ref().map(RunState::uptime_secs),
                     "netns": state.as_ref().and_then(|s| s.netns.clone()),
                     "pinned": state.as_ref().map(|s| s.pinned),
                     "rollback_at": pending.as_ref().and_then(|p| output::rfc3339_unix(p.deadline)),

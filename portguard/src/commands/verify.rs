@@ -27,7 +27,6 @@ use portguard_common::{
 use serde::Serialize;
 use serde_json::json;
 
-
 #[derive(Default, Clone)]
 struct Tally {
     packets: u64,
@@ -51,7 +50,7 @@ fn source_of(frame: &[u8]) -> Option<IpAddr> {
     match LaxSlicedPacket::from_ethernet(frame).ok()?.net? {
         LaxNetSlice::Ipv4(v4) => Some(IpAddr::V4(v4.header().source_addr())),
         LaxNetSlice::Ipv6(v6) => Some(IpAddr::V6(v6.header().source_addr())),
-        _ => None,
+        LaxNetSlice::Arp(_) => None,
     }
 }
 

@@ -168,8 +168,12 @@ async fn serve(mut loader: Loader) -> Result<(Ended, Loader)> {
             }
             _ = tick.tick() => {
                 let Upkeep { records, errors } = pump::upkeep(source.get_mut(), loader.grants);
-                records.iter().for_each(|record| publish(&loader, record));
-                errors.iter().for_each(|error| warn!("{error:#}"));
+                for record in &records {
+                    publish(&loader, record);
+                }
+                for error in &errors {
+                    warn!("{error:#}");
+                }
                 // Not while a reload switches the links itself.
                 if reloading.is_none() {
                     for record in watch::watch_interface(&mut loader, &mut unprotected) {
@@ -178,7 +182,7 @@ async fn serve(mut loader: Loader) -> Result<(Ended, Loader)> {
                 }
                 // One refill at a time, on a worker thread (a walk of the block table).
                 if last_refill.elapsed() >= crate::auto_filter::REFILL_INTERVAL
-                    && refilling.as_ref().is_none_or(|refill| refill.is_finished())
+                    && refilling.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
                 {
                     last_refill = std::time::Instant::now();
                     let iface = iface.clone();
@@ -189,7 +193,7 @@ async fn serve(mut loader: Loader) -> Result<(Ended, Loader)> {
                     }));
                 }
                 // blocks.json is read and its lock waited for on a worker thread.
-                if sweeping.as_ref().is_none_or(|sweep| sweep.is_finished()) {
+                if sweeping.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
                     let iface = iface.clone();
                     sweeping = Some(tokio::task::spawn_blocking(move || watch::sweep_manual_blocks(&iface)));
                 }

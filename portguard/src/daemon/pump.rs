@@ -85,7 +85,9 @@ pub async fn follow(iface: String, output: Output) -> Result<()> {
             }
             _ = tick.tick() => {
                 let Upkeep { records, mut errors } = upkeep(source.get_mut(), Grants::defaults());
-                records.iter().for_each(|record| output.print(record));
+                for record in &records {
+                    output.print(record);
+                }
                 if !errors.is_empty() {
                     return Err(errors.swap_remove(0));
                 }

@@ -66,7 +66,7 @@ fn severity(reachable: bool, kind: Option<Kind>, now: &Reach, intended: Option<&
         (Some(Kind::RemoteLogin), Some(reach)) if !reach.to_some => Severity::High,
         (_, Some(reach)) if reach.by_default_allow => Severity::Medium,
         (_, Some(reach)) if reach.to_some => Severity::Info,
-        (_, Some(_)) | (_, None) => Severity::Low,
+        (_, Some(_) | None) => Severity::Low,
     }
 }
 

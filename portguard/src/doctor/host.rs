@@ -81,8 +81,7 @@ pub(super) fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
         "run Linux 6.6 or newer",
     );
     let memlock = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
-        .map(|(soft, _)| soft)
-        .unwrap_or(0);
+        .map_or(0, |(soft, _)| soft);
     let memlock_ok =
         memlock == libc::RLIM_INFINITY || version.len() == 2 && (version[0], version[1]) >= (5, 11);
     check(

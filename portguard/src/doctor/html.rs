@@ -48,7 +48,7 @@ fn chart(report: &Report) -> Chart {
         .enumerate()
         .map(|(i, port)| {
             let y = i as u32 * (BAR_HEIGHT + 6);
-            let width = ((port.drops as f64 / most as f64) * span as f64).round().max(1.0) as u32;
+            let width = ((port.drops as f64 / most as f64) * f64::from(span)).round().max(1.0) as u32;
             Bar {
                 label: format!("{}/{}", port.protocol, port.port),
                 y,

@@ -136,7 +136,8 @@ pub fn run(options: &Options) -> Result<Report> {
     readiness.extend(interfaces(options.iface, &mut findings));
     let audit = audit_policies(options)?;
     let sockets = sockets::read_all()?;
-    let policies = Policies { enforced: as_ref(&audit.enforced), audited: as_ref(&audit.audited) };
+    let policies =
+        Policies { enforced: as_ref(audit.enforced.as_ref()), audited: as_ref(audit.audited.as_ref()) };
     let listening = listening(&sockets, policies, &mut findings);
     let (attachments, drops_by_port) = protection(options.iface, &mut findings);
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.title.cmp(&b.title)));
@@ -163,6 +164,6 @@ pub fn run(options: &Options) -> Result<Report> {
     })
 }
 
-fn as_ref(policy: &Option<(PathBuf, Policy)>) -> Option<(&Path, &Policy)> {
-    policy.as_ref().map(|(path, policy)| (path.as_path(), policy))
+fn as_ref(policy: Option<&(PathBuf, Policy)>) -> Option<(&Path, &Policy)> {
+    policy.map(|(path, policy)| (path.as_path(), policy))
 }

@@ -77,13 +77,13 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
     // The rules naming each port, in file order: one pass over the rules, not one per port.
     let mut naming: BTreeMap<(Proto, u16), Vec<&Rule>> = BTreeMap::new();
     for rule in &policy.rules {
-        for port in rule.ports.iter().flat_map(|r| r.clone()) {
+        for port in rule.ports.iter().flat_map(Clone::clone) {
             naming.entry((rule.proto, port)).or_default().push(rule);
         }
     }
     let mut traps = BTreeSet::new();
     for proto in [Proto::Tcp, Proto::Udp] {
-        for port in policy.trap_ports.of(proto).iter().flat_map(|r| r.clone()) {
+        for port in policy.trap_ports.of(proto).iter().flat_map(Clone::clone) {
             traps.insert((proto, port));
             naming.entry((proto, port)).or_default();
         }
@@ -131,8 +131,8 @@ pub fn net_key(net: &IpNet) -> (u32, NetKey) {
 /// A network as (prefix length over 16 bytes, IPv4-mapped or IPv6 address).
 fn mapped(net: &IpNet) -> (u32, [u8; 16]) {
     match net {
-        IpNet::V4(v4) => (96 + v4.prefix_len() as u32, v4_mapped(v4.network().octets())),
-        IpNet::V6(v6) => (v6.prefix_len() as u32, v6.network().octets()),
+        IpNet::V4(v4) => (96 + u32::from(v4.prefix_len()), v4_mapped(v4.network().octets())),
+        IpNet::V6(v6) => (u32::from(v6.prefix_len()), v6.network().octets()),
     }
 }
 
@@ -144,7 +144,7 @@ fn compile_blocklist(nets: &[IpNet], image: &mut MapImage) -> Result<()> {
         match net {
             IpNet::V4(v4) => {
                 let base = u32::from(v4.network());
-                let len = v4.prefix_len() as u32;
+                let len = u32::from(v4.prefix_len());
                 if len <= 16 {
                     let first = base >> 16;
                     whole.extend(first..first + (1u32 << (16 - len)));
@@ -226,7 +226,7 @@ fn reduce_v6_lengths(by_len: &mut BTreeMap<u8, BTreeSet<u128>>) -> Result<()> {
         }
         let prefixes = by_len.remove(&len).expect("present");
         let target = by_len.get_mut(&next).expect("present");
-        let step = 1u128 << (128 - next as u32);
+        let step = 1u128 << (128 - u32::from(next));
         for prefix in prefixes {
             for i in 0..factor {
                 target.insert(prefix | (i * step));
@@ -479,10 +479,10 @@ mod tests {
             .filter(|(_, entry)| **entry == BL4_WHOLE)
             .map(|(slash16, _)| *slash16)
             .collect();
-        assert_eq!(whole, [(198 << 8) | 18, (198 << 8) | 19, (198 << 8) | 51]);
+        assert_eq!(whole, [(198 << 8) + 18, (198 << 8) + 19, (198 << 8) + 51]);
         // 192.0.2.0/23 is one range of 192.0/16; 203.0.113.7 and .8 merge, .100/30 lies in .64/26.
         assert_eq!(image.bl4_index[&(192 << 8)], bl4_index_entry(0, 1));
-        assert_eq!(image.bl4_index[&((203 << 8) | 0)], bl4_index_entry(1, 2));
+        assert_eq!(image.bl4_index[&(203 << 8)], bl4_index_entry(1, 2));
         assert_eq!(
             image.bl4_ranges,
             [bl4_range(0x0200, 0x03ff), bl4_range(0x7107, 0x7108), bl4_range(0x7140, 0x717f)]
@@ -509,15 +509,15 @@ mod tests {
     fn many_ipv6_lengths_fold_into_sixteen() {
         let mut by_len: BTreeMap<u8, BTreeSet<u128>> = BTreeMap::new();
         for len in 30..50u8 {
-            let prefix = 0x2001_0db8u128 << 96 | (len as u128) << 80;
-            let mask = !0u128 << (128 - len as u32);
+            let prefix = 0x2001_0db8u128 << 96 | u128::from(len) << 80;
+            let mask = !0u128 << (128 - u32::from(len));
             by_len.entry(len).or_default().insert(prefix & mask);
         }
         reduce_v6_lengths(&mut by_len).unwrap();
         assert_eq!(by_len.len(), MAX_BL6_PREFIX_LENS);
         // Every original prefix is still covered by some kept prefix.
         for len in 30..50u8 {
-            let prefix = (0x2001_0db8u128 << 96 | (len as u128) << 80) & (!0u128 << (128 - len as u32));
+            let prefix = (0x2001_0db8u128 << 96 | u128::from(len) << 80) & (!0u128 << (128 - u32::from(len)));
             // Host bits past /len are zero, so the prefix is its own first expansion.
             assert!(by_len.iter().any(|(kept, set)| *kept >= len && set.contains(&prefix)));
         }

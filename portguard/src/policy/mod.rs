@@ -448,6 +448,7 @@ pub(crate) mod secs {
 
 /// `[inbound] malformed` and `fragments_unseen` take `pass` and `drop` in the policy file, and
 /// JSON says them back in the same words.
+#[allow(clippy::trivially_copy_pass_by_ref, reason = "serde's serialize_with passes a reference")]
 fn pass_or_drop<S: serde::Serializer>(action: &Action, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(match action {
         Action::Allow => "pass",
