@@ -120,13 +120,21 @@ fn nmap_syn_scan_is_blocked_during_a_spoofed_flood() {
     let lab = Lab::new().unwrap();
     let _services = Servers::start(&lab.server, &[80], &[]);
     let mut pg = Attached::start(&lab.server, &lab.server_if, &policy(false), &["--json"]).unwrap();
+    // The scanner knows the server's MAC before the flood fills the wire: an ARP request lost
+    // in the flood would otherwise leave nmap's probes unsent, and the test would measure the
+    // veth, not the detector.
+    let mac = flood::mac(&lab.server, &lab.server_if).expect("the server's MAC address");
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    let server = SERVER_V4.to_string();
+    let neigh = ["neigh", "replace", &server, "lladdr", &mac, "dev", &lab.client_if, "nud", "permanent"];
+    assert!(lab.client.ip(&neigh).expect("ip neigh").status.success(), "a permanent neighbour entry");
     std::thread::scope(|scope| {
         let flood = spoofed_flood(scope, &lab, Bound::frames(200_000_000, Duration::from_secs(12)));
         let before = wait_for_flood(&pg, 100_000);
         // One probe per port (no retries): `default_deny` then counts the distinct ports the
         // scanner got refused before its block, independently of the detector's estimate.
         // Ports clear of the trap ports (a trap would block the scanner before the detector).
-        lab.nmap_at(SERVER_V4.into(), &["-T5", "-p", "1000-1300", "-sS", "--max-retries", "0"]);
+        lab.nmap_at(SERVER_V4.into(), &["-T5", "-p", "1000-1300", "-sS", "--max-retries", "0", "--send-ip"]);
         let scan = pg
             .wait_for_event(Duration::from_secs(5), |e| e["event"] == "scan_detected")
             .unwrap_or_else(|| {
