@@ -23,6 +23,7 @@ use crate::{
     control::{self, ReloadRequest, Request},
     daemon::{self, Loader, Output},
     events::{Actor, EventRecord, EventType},
+    exit::Exit,
     links::Inspection,
     loader::{self, XdpModeChoice},
     manager::{self, DetachRequest, Pending, PolicySource, Rollback},
@@ -374,6 +375,126 @@ pub enum Reloaded {
 pub struct ReloadAnswer {
     pub warnings: Vec<String>,
     pub outcome: Result<Reloaded, String>,
+}
+
+/// One attachment as it stands now (what `status` reports).
+pub struct Standing {
+    pub iface: String,
+    pub state: Option<RunState>,
+    /// Why it protects nothing (or only half), from the links and the interface now.
+    pub problem: Option<String>,
+    /// What was found about an interrupted switch.
+    pub note: Option<String>,
+    pub running: bool,
+    /// A change made with --confirm-within that waits for `portguard confirm`.
+    pub pending: Option<Pending>,
+}
+
+impl Standing {
+    /// What this attachment adds to the exit status (as `systemctl is-active`: a loader that
+    /// is not running, or an interface not protected, is "not running").
+    pub fn exit(&self) -> Exit {
+        if !self.running || self.problem.is_some() {
+            Exit::NotRunning
+        } else if self.pending.is_some() {
+            Exit::ConfirmationPending
+        } else {
+            Exit::Ok
+        }
+    }
+}
+
+/// The worst of `rows` (what `status` exits with); nothing attached is "not running".
+pub fn exit_of(rows: &[Standing]) -> Exit {
+    let exits: Vec<Exit> = rows.iter().map(Standing::exit).collect();
+    if rows.is_empty() || exits.contains(&Exit::NotRunning) {
+        Exit::NotRunning
+    } else if exits.contains(&Exit::ConfirmationPending) {
+        Exit::ConfirmationPending
+    } else {
+        Exit::Ok
+    }
+}
+
+/// How `iface`'s attachment stands; its record is repaired on the way when no loader can
+/// change it meanwhile.
+pub fn standing(iface: &str) -> Standing {
+    let running = loader_running(iface);
+    // With nobody else able to change it (no loader, and the lock held), the record is made to
+    // agree with what runs; the lock is taken only then, so an attach starting meanwhile is
+    // not turned away for nothing.
+    let interrupted = paths::next_file(iface).exists();
+    let lock = if running || !interrupted { None } else { LoaderLock::try_acquire(iface) };
+    let (state, note) = match manager::settle(iface, lock.is_some()) {
+        Ok(settled) => settled,
+        Err(error) if running => {
+            eprintln!("warning: {error:#}; its loader rewrites it at the next reload");
+            (None, None)
+        }
+        Err(error) => {
+            RunState::remove(iface);
+            eprintln!(
+                "warning: {error:#}: removed it (`portguard detach {iface}` and attach again restore a full record)"
+            );
+            (None, None)
+        }
+    };
+    drop(lock);
+    let problem = match Inspection::of(iface) {
+        Ok(found) => found.problem(iface),
+        Err(error) => Some(format!("{error:#}")),
+    };
+    let pending = Pending::read(iface);
+    Standing {
+        iface: iface.to_owned(),
+        state,
+        problem,
+        note,
+        running: running || loader_running(iface),
+        pending,
+    }
+}
+
+/// What a reload of `iface` swaps in: the file `policy` names, or the one the running
+/// generation was read from. `Ok(Err(why))` refuses this interface alone (it has no links to
+/// switch, or the file cannot be read), and `why` follows "IFACE: reload refused"; `Err` is a
+/// state the operator must repair first.
+pub fn reload_source(
+    iface: &str,
+    policy: Option<&Path>,
+) -> Result<std::result::Result<PolicySource, String>> {
+    // A new generation needs links on the interface to switch.
+    if let Some(problem) = Inspection::of(iface)?.problem(iface) {
+        let after = if loader_running(iface) {
+            format!("; its loader attaches again as soon as {iface} exists")
+        } else {
+            format!("; `portguard attach {iface} --policy FILE` attaches afresh")
+        };
+        return Ok(Err(format!(": {iface} is NOT PROTECTED: {problem}{after}")));
+    }
+    // Without a file named, the running policy's: from the record (what runs, also after an
+    // interrupted switch), which must be readable.
+    let running_policy = match manager::settle(iface, false).map(|(state, _)| state) {
+        Ok(state) => state.map(|s| s.policy),
+        // The loader knows what it runs, and rewrites its record after the reload.
+        Err(error) if loader_running(iface) && policy.is_some() => {
+            eprintln!("warning: {error:#}; the running loader rewrites it");
+            None
+        }
+        Err(error) => bail!(
+            "{error:#}: with its loader running, `portguard reload {iface} --policy FILE` repairs it; \
+             otherwise `portguard detach {iface}` and attach again"
+        ),
+    };
+    let Some(path) = policy.map(Path::to_path_buf).or(running_policy) else {
+        bail!(
+            "no record of the policy {iface} runs ({} is missing): name it with --policy FILE",
+            paths::state_file(iface).display()
+        );
+    };
+    // Read here, in the caller's working directory, and sent as text: the loader's own
+    // working directory (/ under systemd) says nothing about what a relative path meant.
+    Ok(PolicySource::read(&path).map_err(|error| format!(", the running policy stays:\n{error:#}")))
 }
 
 /// A reload asked for.

@@ -4,14 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use portguard::{
+    attachment::{self, Standing},
     durations,
-    exit::Exit,
-    links::Inspection,
     loader::attached_interfaces,
-    manager::{self, Pending},
+    manager::Pending,
     note,
     output::{self, Tone, paint},
-    state::{LoaderLock, RunState, loader_running},
+    state::RunState,
     system,
 };
 use serde_json::json;
@@ -27,85 +26,16 @@ fn report_left_behind() {
     }
 }
 
-/// One attachment as `status` reports it.
-struct Row {
-    iface: String,
-    state: Option<RunState>,
-    /// Why it protects nothing (or only half), from the links and the interface now.
-    problem: Option<String>,
-    /// What was found about an interrupted switch.
-    note: Option<String>,
-    running: bool,
-    /// A change made with --confirm-within that waits for `portguard confirm`.
-    pending: Option<Pending>,
-}
-
-impl Row {
-    /// What this attachment adds to the exit status (as `systemctl is-active`: a loader that
-    /// is not running, or an interface not protected, is "not running").
-    fn exit(&self) -> Exit {
-        if !self.running || self.problem.is_some() {
-            Exit::NotRunning
-        } else if self.pending.is_some() {
-            Exit::ConfirmationPending
-        } else {
-            Exit::Ok
-        }
-    }
-}
-
-/// The exit status of `status`: the worst of its attachments; nothing attached is "not
-/// running".
-fn exit_of(rows: &[Row]) -> Exit {
-    let exits: Vec<Exit> = rows.iter().map(Row::exit).collect();
-    if rows.is_empty() || exits.contains(&Exit::NotRunning) {
-        Exit::NotRunning
-    } else if exits.contains(&Exit::ConfirmationPending) {
-        Exit::ConfirmationPending
-    } else {
-        Exit::Ok
-    }
-}
-
-fn inspect(iface: &str) -> Row {
-    let running = loader_running(iface);
-    // With nobody else able to change it (no loader, and the lock held), the record is made to
-    // agree with what runs; the lock is taken only then, so an attach starting meanwhile is
-    // not turned away for nothing.
-    let interrupted = portguard::paths::next_file(iface).exists();
-    let lock = if running || !interrupted { None } else { LoaderLock::try_acquire(iface) };
-    let (state, note) = match manager::settle(iface, lock.is_some()) {
-        Ok(settled) => settled,
-        Err(error) if running => {
-            eprintln!("warning: {error:#}; its loader rewrites it at the next reload");
-            (None, None)
-        }
-        Err(error) => {
-            RunState::remove(iface);
-            eprintln!(
-                "warning: {error:#}: removed it (`portguard detach {iface}` and attach again restore a full record)"
-            );
-            (None, None)
-        }
-    };
-    drop(lock);
-    let problem = match Inspection::of(iface) {
-        Ok(found) => found.problem(iface),
-        Err(error) => Some(format!("{error:#}")),
-    };
-    let pending = Pending::read(iface);
-    Row { iface: iface.to_owned(), state, problem, note, running: running || loader_running(iface), pending }
-}
-
 pub fn run(json: bool) -> Result<ExitCode> {
     system::require_root_to_look("portguard status")?;
-    let rows: Vec<Row> = attached_interfaces()?.iter().map(|iface| inspect(iface)).collect();
+    let rows: Vec<Standing> =
+        attached_interfaces()?.iter().map(|iface| attachment::standing(iface)).collect();
     report_left_behind();
-    let exit = exit_of(&rows);
+    let exit = attachment::exit_of(&rows);
     if json {
         let list: Vec<_> = rows
             .iter()
-            .map(|Row { iface, state, problem, note, running, pending }| {
+            .map(|Standing { iface, state, problem, note, running, pending }| {
                 json!({
                     "interface": iface,
                     "enforcing": problem.is_none(),
@@ -143,7 +73,7 @@ pub fn run(json: bool) -> Result<ExitCode> {
         println!("portguard is not attached anywhere in {}", portguard::netns::Netns::current());
         return Ok(exit.into());
     }
-    for Row { iface, state, problem, note, running, pending } in rows {
+    for Standing { iface, state, problem, note, running, pending } in rows {
         let loader = match (running, &state) {
             (true, Some(state)) => format!("{} (pid {})", paint(Tone::Good, "loader running"), state.pid),
             (true, None) => paint(Tone::Good, "loader running").to_string(),

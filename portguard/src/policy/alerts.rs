@@ -15,7 +15,7 @@ use toml::Spanned;
 use super::{
     diagnostic::Reporter,
     raw::RawAlerts,
-    validate::{duration, integer_in},
+    validate::{PolicyFiles, ProgramFile, duration, integer_in},
 };
 use crate::events::EventType;
 
@@ -166,7 +166,12 @@ type Member = fn(EventType) -> bool;
 const GROUPS: [(&str, Member); 3] =
     [("alerts", EventType::is_alert), ("audit", EventType::is_audit), ("all", |_| true)];
 
-pub(super) fn alerts(report: &mut Reporter, raw: Option<&RawAlerts>, policy_path: &Path) -> Alerts {
+pub(super) fn alerts(
+    report: &mut Reporter,
+    raw: Option<&RawAlerts>,
+    policy_path: &Path,
+    files: &dyn PolicyFiles,
+) -> Alerts {
     let mut alerts = Alerts::default();
     let Some(raw) = raw else {
         return alerts;
@@ -205,7 +210,7 @@ pub(super) fn alerts(report: &mut Reporter, raw: Option<&RawAlerts>, policy_path
     }
     if let Some(file) = &raw.hmac_secret_file {
         let path = policy_path.parent().unwrap_or(Path::new(".")).join(file.get_ref());
-        match read_secret(&path) {
+        match files.secret(&path) {
             Ok(secret) => {
                 alerts.hmac_secret = Some(secret);
                 alerts.hmac_secret_file = Some(path);
@@ -222,7 +227,7 @@ pub(super) fn alerts(report: &mut Reporter, raw: Option<&RawAlerts>, policy_path
         }
     }
     if let Some(program) = &raw.exec {
-        alerts.exec = exec(report, program);
+        alerts.exec = exec(report, program, files);
     }
     if let Some(list) = &raw.events {
         alerts.events = events(report, list);
@@ -271,7 +276,7 @@ fn headers(
 }
 
 /// The key in a file root alone may read: its bytes, less one trailing line end.
-fn read_secret(path: &Path) -> Result<Secret, String> {
+pub(super) fn read_secret(path: &Path) -> Result<Secret, String> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
     if meta.mode() & 0o077 != 0 {
@@ -293,20 +298,18 @@ fn read_secret(path: &Path) -> Result<Secret, String> {
     Ok(Secret(bytes))
 }
 
-fn exec(report: &mut Reporter, program: &Spanned<String>) -> Option<String> {
+fn exec(report: &mut Reporter, program: &Spanned<String>, files: &dyn PolicyFiles) -> Option<String> {
     let path = Path::new(program.get_ref());
     if !path.is_absolute() {
         report.error_at(program.span(), "exec must be an absolute path to a program");
         return None;
     }
-    if !path.is_file() {
+    let ProgramFile::Found { mode, uid } = files.program(path) else {
         report.warning_at(program.span(), format!("exec program {} does not exist (yet)", path.display()));
         return Some(program.get_ref().clone());
-    }
+    };
     // It runs as the loader does (root, with its capabilities): nobody else may change it.
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).ok();
-    if meta.as_ref().is_some_and(|m| m.mode() & 0o022 != 0) {
+    if mode & 0o022 != 0 {
         report.error_at(
             program.span(),
             format!(
@@ -316,7 +319,7 @@ fn exec(report: &mut Reporter, program: &Spanned<String>) -> Option<String> {
         );
         return None;
     }
-    if meta.is_some_and(|m| m.uid() != 0) {
+    if uid != 0 {
         report.warning_at(
             program.span(),
             format!("exec program {} is not owned by root, and it would run as root", path.display()),

@@ -2,9 +2,9 @@
 //! its line: unknown keys, bad values, and rules that overlap or contradict each other.
 //!
 //! `values` reads single values (ports, addresses, durations), `sections` builds each table,
-//! and `lints` checks what the tables say together. The blocklist files a policy names come
-//! through [`PolicyFiles`] (`files`), so a test can hand them in; `[alerts]` still reads its
-//! `hmac_secret_file` and looks at its `exec` program itself (`policy/alerts.rs`).
+//! and `lints` checks what the tables say together. Every file a policy names (blocklists,
+//! `[alerts]`'s key file and `exec` program) comes through [`PolicyFiles`] (`files`), so
+//! validation reads nothing itself and a test can hand the files in.
 
 mod files;
 mod lints;
@@ -15,7 +15,7 @@ mod values;
 
 use std::path::Path;
 
-pub use files::{Disk, PolicyFiles};
+pub use files::{Disk, PolicyFiles, ProgramFile};
 pub(super) use values::{duration, integer_in};
 
 use super::{Action, LoadOptions, Loaded, Mode, Policy, PolicyErrors, diagnostic::Reporter, raw::RawPolicy};
@@ -82,7 +82,7 @@ pub fn validate_with(
     let scan_detection = sections::scan_detection(&mut report, raw.scan_detection.as_ref());
     let trap_ports = sections::trap_ports(&mut report, raw.trap_ports.as_ref(), &rules);
     let events = sections::events(&mut report, raw.events.as_ref());
-    let alerts = super::alerts::alerts(&mut report, raw.alerts.as_ref(), path);
+    let alerts = super::alerts::alerts(&mut report, raw.alerts.as_ref(), path, files);
     let metrics_listen = sections::metrics_listen(&mut report, raw.metrics.as_ref());
 
     lints::check_spoofable_blocks(&mut report, &raw, &scan_detection, &trap_ports, &never_block);

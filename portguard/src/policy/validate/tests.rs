@@ -240,22 +240,92 @@ fn blocklist_files_are_read_relative_to_the_policy() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Blocklist files handed in from memory: validation reads nothing else.
-struct InMemory(Vec<(&'static str, &'static str)>);
+/// Files handed in from memory: validation reads nothing else.
+struct InMemory {
+    /// Blocklist files by name (relative to /etc/pg), with their text.
+    blocklists: Vec<(&'static str, &'static str)>,
+    /// Key files by path, with what reading them gives.
+    secrets: Vec<(&'static str, Result<&'static str, &'static str>)>,
+    /// Program files by path.
+    programs: Vec<(&'static str, ProgramFile)>,
+}
+
+impl InMemory {
+    fn blocklists(blocklists: Vec<(&'static str, &'static str)>) -> Self {
+        Self { blocklists, secrets: Vec::new(), programs: Vec::new() }
+    }
+}
 
 impl PolicyFiles for InMemory {
     fn blocklist(&self, path: &Path) -> std::io::Result<crate::policy::sources::SourceList> {
-        let (_, text) =
-            self.0.iter().find(|(name, _)| Path::new("/etc/pg").join(name) == path).ok_or_else(|| {
+        let (_, text) = self
+            .blocklists
+            .iter()
+            .find(|(name, _)| Path::new("/etc/pg").join(name) == path)
+            .ok_or_else(|| {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)")
             })?;
         Ok(crate::policy::sources::parse_source_list(text.as_bytes()))
     }
+
+    fn secret(&self, path: &Path) -> Result<crate::policy::alerts::Secret, String> {
+        match self.secrets.iter().find(|(name, _)| Path::new(name) == path) {
+            Some((_, Ok(key))) => Ok(crate::policy::alerts::Secret::new(key.as_bytes().to_vec())),
+            Some((_, Err(why))) => Err((*why).to_owned()),
+            None => Err("cannot be read: No such file or directory (os error 2)".to_owned()),
+        }
+    }
+
+    fn program(&self, path: &Path) -> ProgramFile {
+        self.programs.iter().find(|(name, _)| Path::new(name) == path).map_or(ProgramFile::Missing, |p| p.1)
+    }
+}
+
+#[test]
+fn alert_files_come_through_the_files_handed_in() {
+    let files = InMemory {
+        blocklists: Vec::new(),
+        secrets: vec![("/etc/pg/hook.key", Ok("s3cret"))],
+        programs: vec![
+            ("/usr/local/bin/page", ProgramFile::Found { mode: 0o100_755, uid: 0 }),
+            ("/tmp/page", ProgramFile::Found { mode: 0o100_777, uid: 1000 }),
+        ],
+    };
+    let path = Path::new("/etc/pg/edge.toml");
+    let policy = |key: &str, program: &str| {
+        format!(
+            "default = \"allow\"\n[alerts]\nwebhook = \"http://127.0.0.1:9/hook\"\n\
+             hmac_secret_file = \"{key}\"\nexec = \"{program}\"\n"
+        )
+    };
+    let loaded =
+        validate_with(&policy("hook.key", "/usr/local/bin/page"), path, LoadOptions::default(), &files)
+            .unwrap();
+    assert_eq!(
+        loaded.policy.alerts.hmac_secret.as_ref().map(crate::policy::alerts::Secret::bytes),
+        Some(b"s3cret".as_slice())
+    );
+    assert_eq!(loaded.policy.alerts.exec.as_deref(), Some("/usr/local/bin/page"));
+    let errors = validate_with(&policy("gone.key", "/tmp/page"), path, LoadOptions::default(), &files)
+        .unwrap_err()
+        .to_string();
+    assert!(errors.contains("hmac_secret_file /etc/pg/gone.key: cannot be read"), "{errors}");
+    assert!(errors.contains("exec program /tmp/page is writable by group or others"), "{errors}");
+    let loaded =
+        validate_with(&policy("hook.key", "/opt/later"), path, LoadOptions::default(), &files).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("exec program /opt/later does not exist (yet)")),
+        "{:?}",
+        loaded.warnings
+    );
 }
 
 #[test]
 fn validation_is_a_function_of_the_text_and_the_files_handed_in() {
-    let files = InMemory(vec![("lists/drop.txt", "203.0.113.0/24 ; SBL1\nnonsense\n")]);
+    let files = InMemory::blocklists(vec![("lists/drop.txt", "203.0.113.0/24 ; SBL1\nnonsense\n")]);
     let text = "default = \"allow\"\n[blocklist]\nfiles = [\"lists/drop.txt\", \"gone.txt\"]\n";
     let path = Path::new("/etc/pg/edge.toml");
     let errors = validate_with(text, path, LoadOptions::default(), &files).unwrap_err().to_string();
