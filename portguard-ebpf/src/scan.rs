@@ -180,6 +180,12 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
     roll_windows(state, cfg, now);
     if admitted_now {
         add_port(state, cfg, &runtime.scan_key, first_port, kind);
+        // The remembered port alone may cross the threshold (another CPU admitted the source
+        // before this one did): reported there, at the threshold, not one port later.
+        let outcome = detect(state, cfg);
+        if outcome & DETECTED != 0 {
+            return outcome;
+        }
     }
     add_port(state, cfg, &runtime.scan_key, port, kind);
     let outcome = detect(state, cfg);
@@ -285,8 +291,9 @@ fn listed_before(state: &ScanState, port: u16, listed: u32) -> u32 {
 }
 
 /// Marks a window whose threshold was just crossed (once per window; a fast scan is not
-/// reported again as a slow one) and says so (`DETECTED`, cause, bits) to the caller.
-#[inline(always)]
+/// reported again as a slow one) and says so (`DETECTED`, cause, bits) to the caller. A call
+/// of its own: `failed_attempt` asks twice when it admits a source.
+#[inline(never)]
 fn detect(state: &mut ScanState, cfg: &Config) -> u32 {
     // Thresholds the exact list can hold are counted exactly; larger ones by the bits.
     let exact = cfg.scan_threshold_ports <= SCAN_EXACT_PORTS as u32;

@@ -160,6 +160,33 @@ fn a_source_repeating_one_port_is_remembered_and_still_reported_each_second() {
 }
 
 #[test]
+fn a_source_admitted_on_a_second_cpu_is_reported_at_the_threshold() {
+    require_root!();
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpus < 2 {
+        portguard_tests::cannot_run("it needs two CPUs (admission is per CPU)");
+        return;
+    }
+    let mut j = judge(&scan_policy(""));
+    let scanner = IpAddr::from([192, 0, 2, 68]);
+    // 19 ports on CPU 0: admitted there, 19 counted.
+    assert_eq!(ports_until_blocked(&mut j, scanner, 3000..3019), None);
+    // On CPU 1 the source is new: its first port is remembered, and the second admits it there
+    // with both. The first alone makes 20, and the scan is reported at 20, not 21.
+    let mut set = nix::sched::CpuSet::new();
+    set.set(1).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    assert_eq!(ports_until_blocked(&mut j, scanner, 4000..4002), Some(2));
+    let blocks: aya::maps::HashMap<_, [u8; 16], portguard_common::maps::AutoBlock> =
+        aya::maps::HashMap::try_from(j.ebpf().map(portguard_common::maps::MAP_AUTO_BLOCK).unwrap()).unwrap();
+    let ports: Vec<u16> = blocks
+        .iter()
+        .map(|entry| entry.unwrap().1.port & !portguard_common::maps::SCAN_COUNT_EXACT_BLOCK)
+        .collect();
+    assert_eq!(ports, [20], "distinct ports the block was made for");
+}
+
+#[test]
 fn ipv6_sources_are_counted_and_blocked_by_network() {
     require_root!();
     let mut j = judge(&scan_policy(""));
