@@ -22,7 +22,7 @@ use crate::{
 pub fn draft() -> Option<&'static mut Details> {
     // This CPU's slot; XDP and TC egress do not interleave on one CPU.
     let details = PG_EVENT_DRAFT.get_ptr_mut(0)?;
-    mem::zero_words(details as *mut u64, core::mem::size_of::<Details>() / 8);
+    mem::zero_words(details as *mut u64, size_of::<Details>() / 8);
     // SAFETY: this CPU's slot, zeroed: every field's valid value.
     Some(unsafe { &mut *details })
 }

@@ -84,7 +84,7 @@ pub struct Packet {
     pub frag_proto: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<Packet>() == 64);
+const _: () = assert!(size_of::<Packet>() == 64);
 
 impl Packet {
     /// The source as two words in memory order (`portguard_common::maps::addr_words`).
