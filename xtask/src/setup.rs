@@ -89,6 +89,20 @@ pub fn run(check_only: bool, needs: Needs) -> Result<()> {
         missing.push("rust-src for nightly (rustup component add rust-src --toolchain nightly)".into());
     }
 
+    // The unit tier runs `cargo fmt` and `cargo clippy` with the default toolchain; rustup's
+    // minimal profile has neither.
+    let installed = rustup(&["component", "list", "--installed"]).unwrap_or_default();
+    for component in ["clippy", "rustfmt"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            ok(component, "installed");
+        } else if !check_only {
+            step(&format!("adding {component} to the default toolchain"));
+            run_cmd("rustup", &["component", "add", component], &[])?;
+        } else {
+            missing.push(format!("{component} (rustup component add {component})"));
+        }
+    }
+
     match bpf_linker_state() {
         LinkerState::Good => ok("bpf-linker", &format!("{BPF_LINKER_VERSION}, LLVM 22")),
         state if !check_only && !absent_llvm() => {
