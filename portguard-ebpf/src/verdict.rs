@@ -180,8 +180,20 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     let rule = port_index(packet.proto, packet.dport).and_then(|index| PG_PORTS.get(index));
     let (action, flags) = rule.map(|r| (r.action, r.flags)).unwrap_or((0, 0));
     let attempt = packet.proto == PROTO_UDP || is_connection_attempt(packet.tcp_flags);
-    if flags & PORT_FLAG_TRAP != 0 && attempt && cfg.has(FLAG_TRAPS) && trap(packet, subject, cfg) {
-        return Judged { reason: Reason::DropAutoBlock as u8, report: false };
+    let mut scan_counts = cfg.has(FLAG_SCAN_DETECT);
+    if flags & PORT_FLAG_TRAP != 0 && attempt && cfg.has(FLAG_TRAPS) {
+        if blocks::block_token_left(CAUSE_TRAP) {
+            if trap(packet, subject, cfg) {
+                return Judged { reason: Reason::DropAutoBlock as u8, report: false };
+            }
+        } else {
+            // This second's trap blocks are spent: a flood of trap hits (forged sources, most
+            // likely). Past this point nothing is looked up or written for it, the scan
+            // detector's admission table included, which the flood's sources would otherwise
+            // overwrite and so push real scanners' first failures out of.
+            counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
+            scan_counts = false;
+        }
     }
     let decision = port_decision(packet, action, cfg);
     if !decision.is_drop() {
@@ -204,7 +216,7 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
         }
         decision
     };
-    if !cfg.has(FLAG_SCAN_DETECT) {
+    if !scan_counts {
         return Judged::new(reason);
     }
     if scan::repeats_last_refusal(packet) {
@@ -224,18 +236,12 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     Judged { reason, report: outcome & blocks::REPORT != 0 }
 }
 
-/// An attempt on a trap port: the source is blocked at once (true), unless it is in
-/// `never_block` (then only reported, within the drop-event budget) or this second's
-/// `new_blocks_per_second` is spent (then only counted); then the port policy judges it. A call of
-/// its own: its event details stay off the entry point's stack.
+/// An attempt on a trap port, while this second's trap blocks are not spent (the caller
+/// checks): the source is blocked at once (true), unless it is in `never_block` (then only
+/// reported, within the drop-event budget); then the port policy judges it. A call of its own:
+/// its event details stay off the entry point's stack.
 #[inline(never)]
 fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
-    // A flood of trap hits (forged sources, most likely) spends this second's blocks first:
-    // past that, nothing more is looked up or written for it.
-    if !blocks::block_token_left(CAUSE_TRAP) {
-        counters::add(OBS_BLOCKS_NOT_ADMITTED, 0);
-        return false;
-    }
     let prefix_len = blocks::source_prefix(packet.is_v6, cfg);
     let Some(details) = events::draft() else {
         return false;
