@@ -39,17 +39,23 @@ pub fn source_key(src: &[u8; 16], is_v6: bool, proto: u8, cfg: &Config) -> Optio
     let key = PG_SOURCE_KEY.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot; XDP and TC egress do not interleave on one CPU.
     let key = unsafe { &mut *key };
+    // SAFETY: `ScanKey` is 8-aligned and starts with the address.
+    unsafe { *(key.addr.as_mut_ptr() as *mut [u64; 2]) = source_words(src, is_v6, cfg) };
+    key.proto = proto;
+    Some(key)
+}
+
+/// The address words (`mem::addr_words`) of the network `source_key` makes of a source, in
+/// registers: for hashing a source without writing its key anywhere.
+#[inline(always)]
+pub fn source_words(src: &[u8; 16], is_v6: bool, cfg: &Config) -> [u64; 2] {
     let [hi, lo] = mem::addr_words(src);
-    let words = if is_v6 {
+    if is_v6 {
         let [mask_hi, mask_lo] = mem::addr_words(&cfg.v6_source_mask);
         [hi & mask_hi, lo & mask_lo]
     } else {
         [hi, lo]
-    };
-    // SAFETY: `ScanKey` is 8-aligned and starts with the address.
-    unsafe { *(key.addr.as_mut_ptr() as *mut [u64; 2]) = words };
-    key.proto = proto;
-    Some(key)
+    }
 }
 
 /// The prefix length of the network `source_key` makes of a source.

@@ -3,8 +3,6 @@
 //! a bit of a port set cannot be known, or chosen, from outside the host. Not a cryptographic
 //! MAC: a mixing function (the 64-bit finaliser of MurmurHash3) over key and input.
 
-use portguard_common::maps::ScanKey;
-
 #[inline(always)]
 fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
@@ -15,16 +13,13 @@ fn mix(mut x: u64) -> u64 {
     x
 }
 
-/// A source network and protocol. One mixing round over both words: multiplying the first
+/// A source network (`blocks::source_words`) and protocol. One mixing round over both words: multiplying the first
 /// by an odd constant is a bijection, so two sources that differ in only one word (every
 /// IPv4 source, every IPv6 network of up to /64) never meet before the final mix, which is a
 /// bijection too. It runs on every refused attempt of a new source, the spoofed flood's case.
 #[inline(always)]
-pub fn source(key: &[u64; 2], source: &ScanKey) -> u64 {
-    // SAFETY: `ScanKey` is 8-aligned and starts with the 16-byte address.
-    let words = source as *const ScanKey as *const u64;
-    let (hi, lo) = unsafe { (*words, *words.add(1)) };
-    mix((hi ^ key[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo ^ key[1] ^ ((source.proto as u64) << 56))
+pub fn source(key: &[u64; 2], [hi, lo]: [u64; 2], proto: u8) -> u64 {
+    mix((hi ^ key[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo ^ key[1] ^ ((proto as u64) << 56))
 }
 
 /// The bit (0..bits, a power of two) of `port` in a port set of the window that started at

@@ -134,10 +134,8 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
     let Some(runtime) = PG_RUNTIME.get(RUNTIME_USER) else {
         return REPORT;
     };
-    let Some(key) = blocks::source_key(subject.src, subject.is_v6, subject.proto, cfg) else {
-        return REPORT;
-    };
-    let hash = hash::source(&runtime.scan_key, key);
+    let words = blocks::source_words(subject.src, subject.is_v6, cfg);
+    let hash = hash::source(&runtime.scan_key, words, subject.proto);
     let Some(table) = PG_SCAN_ADMIT.get_ptr_mut(0) else {
         return REPORT;
     };
@@ -145,16 +143,18 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
     // SAFETY: this CPU's table; the mask keeps the index inside it.
     let slot = unsafe { &mut (*table)[index as usize] };
     let port = subject.dport;
-    let now = now_ns();
-    // About a second (2^30 ns), modulo 2^14: enough to tell "this second" from "before".
-    let second = ((now >> 30) << SLOT_SECOND_SHIFT) & SLOT_SECOND_MASK;
     let fingerprint = hash & 0xffff_ffff_0000_0000;
     let seen = *slot;
     if seen & SLOT_USED == 0 || seen & 0xffff_ffff_0000_0000 != fingerprint {
-        // First failure seen here: remember the port, keep no state.
-        *slot = fingerprint | ((port as u64) << 16) | second | SLOT_USED;
+        // First failure seen here: remember the port, keep no state. No clock read (the
+        // spoofed flood's every packet comes here): the slot's second stays 0, so a repeat
+        // within this second may send one more drop event, within the drop-event budget.
+        *slot = fingerprint | ((port as u64) << 16) | SLOT_USED;
         return REPORT;
     }
+    let now = now_ns();
+    // About a second (2^30 ns), modulo 2^14: enough to tell "this second" from "before".
+    let second = ((now >> 30) << SLOT_SECOND_SHIFT) & SLOT_SECOND_MASK;
     let first_port = (seen >> 16) as u16;
     if seen & SLOT_ADMITTED == 0 {
         if first_port == port {
@@ -172,6 +172,9 @@ pub fn failed_attempt(cfg: &Config, subject: &Subject, kind: u8) -> u32 {
         *slot = seen | SLOT_ADMITTED;
     }
     let admitted_now = seen & SLOT_ADMITTED == 0;
+    let Some(key) = blocks::source_key(subject.src, subject.is_v6, subject.proto, cfg) else {
+        return REPORT;
+    };
     let Some(state) = state_of(key, now, admitted_now) else {
         return REPORT;
     };
