@@ -289,6 +289,23 @@ fn the_new_block_budget_bounds_automatic_blocks() {
 }
 
 #[test]
+fn trap_hits_past_the_block_budget_are_not_counted_as_scan_ports() {
+    require_root!();
+    let mut j = judge(&format!("{}[trap_ports]\ntcp = [23, 24, 25]\n", scan_policy("")));
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
+    // One trap block and one scan block a second on this CPU; a forged source spends the trap's.
+    j.grant(Grants { drop_events: 0, new_blocks: cpus }).unwrap();
+    let forged = j.run(&tcp(IpAddr::from([203, 0, 113, 9]), server(false), 40000, 23, SYN)).unwrap();
+    assert_eq!(forged.reason, Reason::DropAutoBlock);
+    // The scanner's trap hits are neither blocked nor counted (a flood of them would fill the
+    // detector's admission table); the scan is caught on the ports after them, at the threshold.
+    let scanner = IpAddr::from([192, 0, 2, 70]);
+    let taken = ports_until_blocked(&mut j, scanner, [23, 24, 25].into_iter().chain(1000..1100));
+    assert_eq!(taken, Some(3 + 20), "blocked after {taken:?} ports");
+    assert_eq!(observed(&j, OBS_BLOCKS_NOT_ADMITTED), 3);
+}
+
+#[test]
 fn the_hosts_own_resets_are_not_probes() {
     require_root!();
     let policy = scan_policy("").replace("default = \"deny\"", "default = \"allow\"");
