@@ -12,7 +12,7 @@ use portguard_common::{
     events::EventKind,
     maps::{
         AutoBlock, CAUSE_TRAP, ManualBlock, NET_KEY_FIXED_BITS, RUNTIME_KERNEL, RUNTIME_USER, ScanKey,
-        auto_filter_bit, auto_filter_half, auto_filter_shrink, auto_filter_slot,
+        auto_filter_half, auto_filter_probe, auto_filter_shrink, auto_filter_slot,
     },
 };
 
@@ -121,26 +121,25 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
     0
 }
 
-/// Whether the filter has the bit of `net` (a `source_key` address) in the half consulted now.
+/// Whether the filter has both bits of `net` (a `source_key` address) in the half consulted now.
 #[inline(always)]
 fn maybe_auto_blocked(net: &[u8; 16]) -> bool {
     let header = PG_AUTO_FILTER.get(0).copied().unwrap_or(0);
     let half = auto_filter_half(header);
-    let bit = auto_filter_bit(mem::addr_words(net), auto_filter_shrink(header, half));
-    let (word, mask) = auto_filter_slot(half, bit);
-    PG_AUTO_FILTER.get(word).is_none_or(|bits| bits & mask != 0)
+    let (word, mask) = auto_filter_probe(mem::addr_words(net), auto_filter_shrink(header, half));
+    PG_AUTO_FILTER.get(auto_filter_slot(half, word)).is_none_or(|bits| bits & mask == mask)
 }
 
-/// Sets `net`'s filter bit in both halves (after its block is in the table; see
+/// Sets `net`'s filter bits in both halves (after its block is in the table; see
 /// `MAP_AUTO_FILTER`). Atomic: CPUs blocking networks whose bits share a word must not lose
-/// one another's bit.
+/// one another's bits.
 #[inline(always)]
 fn mark_auto_blocked(net: &[u8; 16]) {
     let header = PG_AUTO_FILTER.get(0).copied().unwrap_or(0);
     let words = mem::addr_words(net);
     for half in 0..2 {
-        let (word, mask) = auto_filter_slot(half, auto_filter_bit(words, auto_filter_shrink(header, half)));
-        if let Some(bits) = PG_AUTO_FILTER.get_ptr_mut(word) {
+        let (word, mask) = auto_filter_probe(words, auto_filter_shrink(header, half));
+        if let Some(bits) = PG_AUTO_FILTER.get_ptr_mut(auto_filter_slot(half, word)) {
             // SAFETY: a word of the map; BPF's atomic OR.
             unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(bits, mask) };
         }

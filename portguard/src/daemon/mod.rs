@@ -67,6 +67,13 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// Automatic blocks the packet path reported (`auto_blocked` events) since the loader
+    /// started: how fast the block table grows between refills of its filter.
+    pub fn automatic_blocks_published(&self) -> u64 {
+        let counts = lock(&self.counts);
+        counts.events.iter().filter(|((event, _), _)| *event == EventType::AutoBlocked).map(|(_, n)| *n).sum()
+    }
+
     /// Prints an event, hands it to the alert sinks and counts it (the loader's own events;
     /// `run` also streams them to `events` clients).
     pub fn publish(&self, record: &EventRecord) {
@@ -147,8 +154,12 @@ async fn serve(mut loader: Loader) -> Result<(Ended, Loader)> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut reloading: Option<ReloadInProgress> = None;
     let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
-    let mut refilling: Option<tokio::task::JoinHandle<()>> = None;
+    // The filter was sized for an empty table or for the pinned one; the first refill, early
+    // or at `REFILL_INTERVAL`, says how many blocks it found.
+    let mut refilling: Option<tokio::task::JoinHandle<Option<u64>>> = None;
     let mut last_refill = std::time::Instant::now();
+    let mut refill_after = crate::auto_filter::early_refill_after(0);
+    let mut blocks_at_refill = loader.automatic_blocks_published();
     // What was last said about the interface being unprotected (said again only if it changes).
     let mut unprotected: Option<String> = None;
     let publish = |loader: &Loader, record: &EventRecord| {
@@ -180,16 +191,25 @@ async fn serve(mut loader: Loader) -> Result<(Ended, Loader)> {
                         publish(&loader, &record);
                     }
                 }
-                // One refill at a time, on a worker thread (a walk of the block table).
-                if last_refill.elapsed() >= crate::auto_filter::REFILL_INTERVAL
-                    && refilling.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+                // One refill at a time, on a worker thread (a walk of the block table): every
+                // `REFILL_INTERVAL`, or sooner when blocks come fast enough to fill the filter.
+                if let Some(done) = refilling.take_if(|refill| refill.is_finished()) {
+                    if let Ok(Some(sized_for)) = done.await {
+                        refill_after = crate::auto_filter::early_refill_after(sized_for);
+                    }
+                }
+                let added = loader.automatic_blocks_published().saturating_sub(blocks_at_refill);
+                if refilling.is_none()
+                    && (last_refill.elapsed() >= crate::auto_filter::REFILL_INTERVAL || added >= refill_after)
                 {
                     last_refill = std::time::Instant::now();
+                    blocks_at_refill += added;
                     let iface = iface.clone();
                     refilling = Some(tokio::task::spawn_blocking(move || {
-                        if let Err(error) = crate::auto_filter::refill_from_pins(&iface) {
-                            warn!("refilling the automatic-block filter: {error:#}");
-                        }
+                        crate::auto_filter::refill_from_pins(&iface)
+                            .inspect_err(|error| warn!("refilling the automatic-block filter: {error:#}"))
+                            .ok()
+                            .flatten()
                     }));
                 }
                 // blocks.json is read and its lock waited for on a worker thread.
