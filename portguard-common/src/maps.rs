@@ -519,6 +519,10 @@ pub struct Runtime {
     /// `RUNTIME_USER`: the random key of the scan detector's hashes, chosen once when the
     /// shared maps are created (zero until then: detection still works, unkeyed).
     pub scan_key: [u64; 2],
+    /// `RUNTIME_USER`: bumped whenever userspace lifts automatic blocks (`unblock`): the packet
+    /// path's per-CPU memo of the last blocked source it saw holds only while this is unchanged.
+    pub auto_blocks_lifted: u32,
+    pub _pad: u32,
 }
 
 pub const RUNTIME_USER: u32 = 0;
@@ -561,7 +565,7 @@ const _: () = assert!(size_of::<FragVerdict>() == 16);
 const _: () = assert!(size_of::<ScanState>() == 232);
 const _: () = assert!(size_of::<AutoBlock>() == 32);
 const _: () = assert!(size_of::<ManualBlock>() == 16);
-const _: () = assert!(size_of::<Runtime>() == 24);
+const _: () = assert!(size_of::<Runtime>() == 32);
 const _: () = assert!(size_of::<ScanKey>() == 24);
 const _: () = assert!(size_of::<EventBudget>() == 24);
 

@@ -19,9 +19,13 @@ use portguard_common::{
 use crate::{
     blocklist, counters,
     events::{self, Details, Subject},
-    maps::{PG_AUTO_BLOCK, PG_AUTO_FILTER, PG_EVENT_BUDGET, PG_MANUAL, PG_RUNTIME, PG_SOURCE_KEY},
+    maps::{
+        PG_AUTO_BLOCK, PG_AUTO_FILTER, PG_EVENT_BUDGET, PG_LAST_AUTO_BLOCK, PG_MANUAL, PG_RUNTIME,
+        PG_SOURCE_KEY,
+    },
     mem,
-    time::now_ns,
+    time::{MEMO_JIFFIES, jiffies, now_ns},
+    types::LastAutoBlock,
 };
 
 /// At most one drop event per blocked source (or network) per second.
@@ -78,8 +82,23 @@ pub fn any_automatic() -> bool {
 
 /// Whether `subject.src` is blocked automatically right now (`IS_BLOCKED`, with `REPORT`
 /// when a drop event is due). An expired block is removed, and reported, on the way.
+///
+/// A blocked source's flood is answered from this CPU's memo of the last blocked source
+/// (`PG_LAST_AUTO_BLOCK`) for `MEMO_JIFFIES`: no filter, table lookup or clock read. The memo
+/// is made only for a block with more than a second left, and ends at once when userspace
+/// lifts automatic blocks (`Runtime::auto_blocks_lifted`); the lookup it skips runs again
+/// within a second, for the drop event due each second.
 #[inline(always)]
 pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
+    let lifted = PG_RUNTIME.get(RUNTIME_USER).map_or(0, |r| r.auto_blocks_lifted);
+    let src = mem::addr_words(subject.src);
+    if let Some(last) = PG_LAST_AUTO_BLOCK.get_ptr(0) {
+        // SAFETY: this CPU's slot; XDP and TC egress do not interleave on one CPU.
+        let last = unsafe { &*last };
+        if last.src == src && last.lifted == lifted && jiffies().wrapping_sub(last.jiffies) < MEMO_JIFFIES {
+            return IS_BLOCKED;
+        }
+    }
     let Some(key) = source_key(subject.src, subject.is_v6, 0, cfg) else {
         return 0;
     };
@@ -100,6 +119,9 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
         if subject.is_v6 && cfg.has(FLAG_NEVER_BLOCK_INSIDE_V6_NET) && exempt(cfg, subject.src) {
             return 0;
         }
+        if expires_ns - now > DROP_EVENT_INTERVAL_NS {
+            remember_auto_block(src, lifted);
+        }
         let last = unsafe { &mut (*entry).last_event_ns };
         if now.wrapping_sub(*last) >= DROP_EVENT_INTERVAL_NS {
             *last = now;
@@ -119,6 +141,15 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
         events::emit(EventKind::BlockExpired, &subject, &details, cfg);
     }
     0
+}
+
+/// Remembers a source found blocked (see `auto_blocked`).
+#[inline(always)]
+fn remember_auto_block(src: [u64; 2], lifted: u32) {
+    if let Some(last) = PG_LAST_AUTO_BLOCK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *last = LastAutoBlock { src, jiffies: jiffies(), lifted, _pad: 0 } };
+    }
 }
 
 /// Whether the filter has both bits of `net` (a `source_key` address) in the half consulted now.

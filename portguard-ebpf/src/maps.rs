@@ -114,6 +114,10 @@ pub static PG_SCAN_ADMIT: PerCpuArray<[u64; SCAN_ADMIT_SLOTS as usize]> = PerCpu
 #[map]
 pub static PG_LAST_REFUSAL: PerCpuArray<crate::types::LastRefusal> = PerCpuArray::with_max_entries(1, 0);
 
+/// See `blocks::auto_blocked`.
+#[map]
+pub static PG_LAST_AUTO_BLOCK: PerCpuArray<crate::types::LastAutoBlock> = PerCpuArray::with_max_entries(1, 0);
+
 /// Drop events this CPU may still send (refilled by the loader; shared, pinned).
 #[map]
 pub static PG_EVENT_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);

@@ -13,14 +13,13 @@
 //!   spoofed flood, whose sources fail once each, never touches the shared table.
 //! - Repeats: a source retrying the port it failed on changes nothing, and the last such
 //!   attempt is remembered per CPU (`PG_LAST_REFUSAL`) with its admission slot's value; the
-//!   same source, port and protocol again within `REPEAT_JIFFIES` (at most a second at any HZ),
+//!   same source, port and protocol again within `MEMO_JIFFIES` (under a second at any HZ),
 //!   while the slot still holds that value, is answered without hashing or calling the detector.
 //! - Shared state is written only when something changes: a new port in a window, a window
 //!   rolling over, a report. A source hammering one port, or one already reported, only reads.
 //! - Two tumbling windows: a short one (`threshold` ports in `window`) and a long one for slow
 //!   scans (`slow_threshold` ports in `slow_window`). Each reports once per window.
 
-use aya_ebpf::helpers::generated::bpf_jiffies64;
 use portguard_common::{
     Config,
     config::FLAG_SCAN_BLOCK,
@@ -40,7 +39,7 @@ use crate::{
     maps::{PG_LAST_REFUSAL, PG_RUNTIME, PG_SCAN, PG_SCAN_ADMIT, PG_SCAN_TEMPLATE},
     mem,
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG},
-    time::now_ns,
+    time::{MEMO_JIFFIES, jiffies, now_ns},
     types::LastRefusal,
 };
 
@@ -77,12 +76,6 @@ const SLOT_ADMITTED: u64 = 2;
 const SLOT_SECOND_SHIFT: u32 = 2;
 const SLOT_SECOND_MASK: u64 = 0x3fff << SLOT_SECOND_SHIFT;
 
-/// How long a remembered repeat stands, in jiffies: 64 is 0.64 s at HZ=100 and less at any
-/// higher HZ, so the detector still sees a repeating source at least once a second (its drop
-/// event per second depends on that). `bpf_jiffies64` is inlined by the verifier into one load,
-/// where the clock helper is a call.
-const REPEAT_JIFFIES: u64 = 64;
-
 /// Whether `packet` repeats the attempt this CPU's detector last found changing nothing, so
 /// `failed_attempt` would answer 0 again (or a drop event, deferred to the next call that does
 /// reach the detector, within a second). The flood's common case, checked before the call.
@@ -96,7 +89,7 @@ pub fn repeats_last_refusal(packet: &Packet) -> bool {
     if last.src != packet.src_words() || last.port != packet.dport || last.proto != packet.proto {
         return false;
     }
-    if unsafe { bpf_jiffies64() }.wrapping_sub(last.jiffies) >= REPEAT_JIFFIES {
+    if jiffies().wrapping_sub(last.jiffies) >= MEMO_JIFFIES {
         return false;
     }
     let Some(table) = PG_SCAN_ADMIT.get_ptr(0) else {
@@ -117,7 +110,7 @@ fn remember_repeat(subject: &Subject, slot: u32, slot_value: u64) {
     *last = LastRefusal {
         src: mem::addr_words(subject.src),
         slot_value,
-        jiffies: unsafe { bpf_jiffies64() },
+        jiffies: jiffies(),
         slot,
         port: subject.dport,
         proto: subject.proto,

@@ -84,3 +84,19 @@ pub struct LastRefusal {
     pub proto: u8,
     pub _pad: u8,
 }
+
+/// The last source this CPU found blocked automatically, so its next packets within a few
+/// jiffies are dropped without the filter, the table lookup and the clock
+/// (`blocks::auto_blocked`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastAutoBlock {
+    /// The source address as two words (`Packet::src_words`), not its blocked network: whether
+    /// a source is exempt depends on its own address.
+    pub src: [u64; 2],
+    /// `bpf_jiffies64` when it was remembered.
+    pub jiffies: u64,
+    /// `Runtime::auto_blocks_lifted` then: an `unblock` since ends the memo at once.
+    pub lifted: u32,
+    pub _pad: u32,
+}

@@ -3,6 +3,7 @@
 //! next packet sees them. Also the automatic blocks in force, as `stats` and `blocks` list them.
 
 use std::{
+    borrow::BorrowMut,
     collections::BTreeMap,
     net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -390,15 +391,34 @@ pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> IpNet {
 pub fn lift_automatic(net: &IpNet, interfaces: &[String]) -> Result<usize> {
     let mut lifted = 0;
     for iface in interfaces {
-        let mut map: HashMap<MapData, [u8; 16], AutoBlock> =
+        let mut blocks: HashMap<MapData, [u8; 16], AutoBlock> =
             HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
-        let entries: Vec<([u8; 16], AutoBlock)> = map.iter().filter_map(Result::ok).collect();
-        for (key, block) in entries {
-            let blocked = auto_block_network(key, &block);
-            if (net.contains(&blocked) || blocked.contains(net)) && map.remove(&key).is_ok() {
-                lifted += 1;
-            }
+        let mut runtime: Array<MapData, Runtime> = Array::try_from(open_pinned(iface, MAP_RUNTIME)?)?;
+        lifted += lift_automatic_in(&mut blocks, &mut runtime, net)?;
+    }
+    Ok(lifted)
+}
+
+/// Lifts the automatic blocks in `blocks` that overlap `net` (one attachment's maps), and
+/// tells the packet path so through `runtime`.
+pub fn lift_automatic_in<T: BorrowMut<MapData>, U: BorrowMut<MapData>>(
+    blocks: &mut HashMap<T, [u8; 16], AutoBlock>,
+    runtime: &mut Array<U, Runtime>,
+    net: &IpNet,
+) -> Result<usize> {
+    let entries: Vec<([u8; 16], AutoBlock)> = blocks.iter().filter_map(Result::ok).collect();
+    let mut lifted = 0;
+    for (key, block) in entries {
+        let blocked = auto_block_network(key, &block);
+        if (net.contains(&blocked) || blocked.contains(net)) && blocks.remove(&key).is_ok() {
+            lifted += 1;
         }
+    }
+    if lifted > 0 {
+        // The packet path's memo of a blocked source must not outlive its block.
+        let current = runtime.get(&RUNTIME_USER, 0)?;
+        let bumped = Runtime { auto_blocks_lifted: current.auto_blocks_lifted.wrapping_add(1), ..current };
+        runtime.set(RUNTIME_USER, bumped, 0)?;
     }
     Ok(lifted)
 }

@@ -306,6 +306,44 @@ fn trap_hits_past_the_block_budget_are_not_counted_as_scan_ports() {
 }
 
 #[test]
+fn a_blocked_sources_memo_ends_when_its_block_is_lifted() {
+    require_root!();
+    let policy = "default = \"deny\"\nnever_block = [\"198.51.100.0/24\"]\n[inbound]\nother_protocols = \"allow\"\n\
+                  [scan_detection]\naction = \"off\"\n[trap_ports]\ntcp = [23]\n";
+    let mut j = judge(policy);
+    let cpus = aya::util::nr_cpus().expect("possible CPUs") as u32;
+    j.grant(Grants { drop_events: 0, new_blocks: 10 * cpus }).unwrap();
+    let trapped = IpAddr::from([203, 0, 113, 7]);
+    assert_eq!(j.run(&tcp(trapped, server(false), 40000, 23, SYN)).unwrap().reason, Reason::DropAutoBlock);
+    // Its next packets are answered by this CPU's memo of it (within the same jiffies).
+    for sport in 1..=3 {
+        assert_eq!(
+            j.run(&tcp(trapped, server(false), sport, 80, SYN)).unwrap().reason,
+            Reason::DropAutoBlock
+        );
+    }
+    // Another source is judged afresh, and the memo holds the trapped one again after it.
+    let other = IpAddr::from([203, 0, 113, 8]);
+    assert_eq!(j.run(&tcp(other, server(false), 1, 80, SYN)).unwrap().reason, Reason::DropDefaultDeny);
+    assert_eq!(j.run(&tcp(trapped, server(false), 4, 80, SYN)).unwrap().reason, Reason::DropAutoBlock);
+    // `unblock`'s own code lifts it: the very next packet is judged by the policy.
+    let own = |name: &str| {
+        let id = match j.ebpf().map(name).expect(name) {
+            aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data.info().unwrap().id(),
+            _ => panic!("{name}: unexpected type"),
+        };
+        aya::maps::MapData::from_id(id).unwrap()
+    };
+    let mut blocks: aya::maps::HashMap<aya::maps::MapData, [u8; 16], portguard_common::maps::AutoBlock> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(own("PG_AUTO_BLOCK"))).unwrap();
+    let mut runtime: aya::maps::Array<aya::maps::MapData, portguard_common::maps::Runtime> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(own("PG_RUNTIME"))).unwrap();
+    let net: ipnet::IpNet = "203.0.113.7/32".parse().unwrap();
+    assert_eq!(portguard::blocks::lift_automatic_in(&mut blocks, &mut runtime, &net).unwrap(), 1);
+    assert_eq!(j.run(&tcp(trapped, server(false), 5, 80, SYN)).unwrap().reason, Reason::DropDefaultDeny);
+}
+
+#[test]
 fn the_hosts_own_resets_are_not_probes() {
     require_root!();
     let policy = scan_policy("").replace("default = \"deny\"", "default = \"allow\"");
