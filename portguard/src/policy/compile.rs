@@ -485,7 +485,7 @@ mod tests {
 
     #[test]
     fn limited_rules_flag_their_ports_and_get_a_rate_and_a_slot() {
-        let image = image(
+        let limited = image(
             r#"
             default = "deny"
             [[allow]]
@@ -506,19 +506,20 @@ mod tests {
             limit = { new_per_source = "20/s" }
             "#,
         );
-        assert_eq!(image.ports[&80].flags, 0);
-        assert_eq!(image.ports[&22].flags, PORT_FLAG_LIMITED);
-        assert_eq!(image.ports[&(65536 + 53)].flags, PORT_FLAG_LIMITED);
+        assert_eq!(limited.ports[&80].flags, 0);
+        assert_eq!(limited.ports[&22].flags, PORT_FLAG_LIMITED);
+        assert_eq!(limited.ports[&(65536 + 53)].flags, PORT_FLAG_LIMITED);
         // A network two rules list is admitted by the first.
-        let rules: Vec<u16> = image.src_allow.iter().map(|(_, _, rule)| *rule).collect();
+        let rules: Vec<u16> = limited.src_allow.iter().map(|(_, _, rule)| *rule).collect();
         assert_eq!(rules, [2, 3]);
-        let ssh = image.rule_limits[&2];
+        let ssh = limited.rule_limits[&2];
         assert_eq!((ssh.interval_ns, ssh.tolerance_ns, ssh.slot), (2_000_000_000, 4_000_000_000, 0));
-        let dns = image.rule_limits[&4];
+        let dns = limited.rule_limits[&4];
         assert_eq!((dns.interval_ns, dns.tolerance_ns, dns.slot), (50_000_000, 19 * 50_000_000, 1));
-        assert_eq!(image.rule_limits.len(), 2);
-        assert!(image.config.has(FLAG_RATE_LIMITS));
-        assert!(!image("default = \"deny\"").config.has(FLAG_RATE_LIMITS));
+        assert_eq!(limited.rule_limits.len(), 2);
+        assert!(limited.config.has(FLAG_RATE_LIMITS));
+        let unlimited = image("default = \"deny\"");
+        assert!(!unlimited.config.has(FLAG_RATE_LIMITS));
     }
 
     #[test]
