@@ -1,0 +1,129 @@
+//! Per-source limits of new connections (`limit = { new_per_source, burst }`) on real TCP
+//! connections between two namespaces, with `portguard attach` on the server's veth.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use portguard_tests::{
+    ADMIN_V6, Attached, CLIENT_V4, CLIENT_V6, INTRUDER_V4, Lab,
+    portguard_cli::applied,
+    require_root,
+    traffic::{Servers, tcp_connect_burst, tcp_connects},
+};
+use serde_json::Value;
+
+/// Long enough for an admitted connection to complete on a veth, shorter than a SYN
+/// retransmission (so a refused attempt is not tried again within the burst).
+const WAIT: Duration = Duration::from_millis(400);
+
+fn ssh(v6: bool) -> SocketAddr {
+    SocketAddr::new(Lab::server_addr(v6), 22)
+}
+
+fn policy(limit: &str, extra: &str) -> String {
+    format!(
+        "default = \"deny\"\n{extra}\n[[allow]]\nname = \"ssh\"\nproto = \"tcp\"\nports = [22]\nlimit = {limit}\n"
+    )
+}
+
+fn would_drop(stats: &Value, name: &str) -> u64 {
+    stats["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["reason"] == name && r["counted_as"] != "applied")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn thirty_connections_in_a_second_five_get_through_and_the_budget_comes_back() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let servers = Servers::start(&lab.server, &[22], &[]);
+    let pg = Attached::start(
+        &lab.server,
+        &lab.server_if,
+        &policy("{ new_per_source = \"5/10s\", burst = 5 }", ""),
+        &[],
+    )
+    .unwrap();
+    let first = Some(IpAddr::from(CLIENT_V4));
+    let started = Instant::now();
+    let results = tcp_connect_burst(&lab.client, first, ssh(false), 30, WAIT);
+    let passed: Vec<usize> = results.iter().enumerate().filter(|(_, ok)| **ok).map(|(i, _)| i).collect();
+    assert_eq!(passed, [0, 1, 2, 3, 4], "the first five connect, the other 25 are refused");
+    // A second client has a budget of its own.
+    let second = Some(IpAddr::from(INTRUDER_V4));
+    assert_eq!(tcp_connect_burst(&lab.client, second, ssh(false), 5, WAIT), [true; 5]);
+    assert!(!tcp_connects(&lab.client, first, ssh(false)), "the first client is still over its rate");
+    assert_eq!(servers.accepted(22), 10);
+    let stats = pg.stats();
+    assert!(applied(&stats, "rate_limited") >= 26, "{stats}");
+
+    // Ten seconds after the burst the whole budget is back: five more, then refused again.
+    std::thread::sleep(
+        Duration::from_secs(10).saturating_sub(started.elapsed()) + Duration::from_millis(200),
+    );
+    let again = tcp_connect_burst(&lab.client, first, ssh(false), 6, WAIT);
+    assert_eq!(again, [true, true, true, true, true, false]);
+    let (ok, stderr) = pg.stop();
+    assert!(ok, "{stderr}");
+}
+
+#[test]
+fn ipv6_sources_in_one_slash_64_share_a_budget() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _servers = Servers::start(&lab.server, &[22], &[]);
+    // A second client address in the client's /64.
+    lab.client.ip(&["addr", "add", "2001:db8::77/64", "dev", &lab.client_if, "nodad"]).unwrap();
+    let neighbour: IpAddr = "2001:db8::77".parse().unwrap();
+    let pg = Attached::start(&lab.server, &lab.server_if, &policy("{ new_per_source = \"3/1h\" }", ""), &[])
+        .unwrap();
+    assert_eq!(tcp_connect_burst(&lab.client, Some(CLIENT_V6.into()), ssh(true), 2, WAIT), [true, true]);
+    assert_eq!(tcp_connect_burst(&lab.client, Some(neighbour), ssh(true), 2, WAIT), [true, false]);
+    assert!(!tcp_connects(&lab.client, Some(CLIENT_V6.into()), ssh(true)));
+    // Another /64 is another source.
+    assert_eq!(tcp_connect_burst(&lab.client, Some(ADMIN_V6.into()), ssh(true), 3, WAIT), [true; 3]);
+    assert!(applied(&pg.stats(), "rate_limited") >= 2);
+}
+
+#[test]
+fn never_block_sources_are_exempt_and_monitor_mode_only_counts() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let servers = Servers::start(&lab.server, &[22], &[]);
+    let limit = "{ new_per_source = \"2/1h\" }";
+    let pg = Attached::start(
+        &lab.server,
+        &lab.server_if,
+        &policy(limit, &format!("never_block = [\"{INTRUDER_V4}\"]")),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(tcp_connect_burst(&lab.client, Some(INTRUDER_V4.into()), ssh(false), 8, WAIT), [true; 8]);
+    assert_eq!(
+        tcp_connect_burst(&lab.client, Some(CLIENT_V4.into()), ssh(false), 3, WAIT),
+        [true, true, false]
+    );
+    assert_eq!(applied(&pg.stats(), "rate_limited"), 1);
+    let (ok, stderr) = pg.stop();
+    assert!(ok, "{stderr}");
+
+    let pg = Attached::start(
+        &lab.server,
+        &lab.server_if,
+        &format!("mode = \"monitor\"\n{}", policy(limit, "")),
+        &[],
+    )
+    .unwrap();
+    let before = servers.accepted(22);
+    assert_eq!(tcp_connect_burst(&lab.client, Some(CLIENT_V4.into()), ssh(false), 6, WAIT), [true; 6]);
+    assert_eq!(servers.accepted(22) - before, 6);
+    let stats = pg.stats();
+    assert_eq!(applied(&stats, "rate_limited"), 0, "monitor mode drops nothing");
+    assert!(would_drop(&stats, "rate_limited") >= 4, "{stats}");
+}
