@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use portguard_tests::http;
 use portguard_tests::{
     ADMIN_V6, Attached, CLIENT_V4, CLIENT_V6, INTRUDER_V4, Lab,
     portguard_cli::applied,
@@ -62,6 +63,17 @@ fn thirty_connections_in_a_second_five_get_through_and_the_budget_comes_back() {
     assert_eq!(servers.accepted(22), 10);
     let stats = pg.stats();
     assert!(applied(&stats, "rate_limited") >= 26, "{stats}");
+    let limits = &stats["rate_limits"];
+    assert_eq!(limits["rules"][0]["name"], "ssh", "{stats}");
+    assert_eq!(limits["rules"][0]["new_per_source"], "5/10s", "{stats}");
+    let limited = limits["rules"][0]["limited"].as_u64().unwrap();
+    assert!(limited >= 26, "{stats}");
+    assert_eq!(limits["tracked_sources"], 2, "two clients, one rule: {stats}");
+    let text = portguard_tests::portguard_cli::succeeded(pg.run(&["stats", &pg.iface]));
+    assert!(
+        text.contains(&format!("rule 1 \"ssh\" (5/10s per source, burst 5): {limited} refused")),
+        "{text}"
+    );
 
     // Ten seconds after the burst the whole budget is back: five more, then refused again.
     std::thread::sleep(
@@ -81,14 +93,32 @@ fn ipv6_sources_in_one_slash_64_share_a_budget() {
     // A second client address in the client's /64.
     lab.client.ip(&["addr", "add", "2001:db8::77/64", "dev", &lab.client_if, "nodad"]).unwrap();
     let neighbour: IpAddr = "2001:db8::77".parse().unwrap();
-    let pg = Attached::start(&lab.server, &lab.server_if, &policy("{ new_per_source = \"3/1h\" }", ""), &[])
-        .unwrap();
+    let pg = Attached::start(
+        &lab.server,
+        &lab.server_if,
+        &policy("{ new_per_source = \"3/1h\" }", ""),
+        &["--metrics"],
+    )
+    .unwrap();
     assert_eq!(tcp_connect_burst(&lab.client, Some(CLIENT_V6.into()), ssh(true), 2, WAIT), [true, true]);
     assert_eq!(tcp_connect_burst(&lab.client, Some(neighbour), ssh(true), 2, WAIT), [true, false]);
     assert!(!tcp_connects(&lab.client, Some(CLIENT_V6.into()), ssh(true)));
     // Another /64 is another source.
     assert_eq!(tcp_connect_burst(&lab.client, Some(ADMIN_V6.into()), ssh(true), 3, WAIT), [true; 3]);
     assert!(applied(&pg.stats(), "rate_limited") >= 2);
+    let (status, body) = http::get(&lab.server, "127.0.0.1:9464".parse().unwrap(), "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let samples = http::samples(&body);
+    let iface = lab.server_if.as_str();
+    let refused =
+        http::value(&samples, "portguard_rate_limited_total", &[("interface", iface), ("rule", "1")]);
+    assert!(refused >= 2.0, "{body}");
+    // Two /64s tried the one limited rule.
+    assert_eq!(
+        http::value(&samples, "portguard_rate_limited_sources", &[("interface", iface)]),
+        2.0,
+        "{body}"
+    );
 }
 
 #[test]
