@@ -157,3 +157,32 @@ fn never_block_sources_are_exempt_and_monitor_mode_only_counts() {
     assert_eq!(applied(&stats, "rate_limited"), 0, "monitor mode drops nothing");
     assert!(would_drop(&stats, "rate_limited") >= 4, "{stats}");
 }
+
+#[test]
+fn doctor_names_open_ports_without_a_limit() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _servers = Servers::start(&lab.server, &[22, 80, 8080], &[]);
+    let text = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22, 8080]\n\
+                [[allow]]\nproto = \"tcp\"\nports = [80]\nlimit = { new_per_source = \"20/s\" }\n";
+    let pg = Attached::start(&lab.server, &lab.server_if, text, &[]).unwrap();
+    let output = pg.run(&["doctor", "--json", "--iface", &pg.iface]);
+    let report: Value = serde_json::from_slice(&output.stdout).expect("doctor --json");
+    let unlimited: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["title"].as_str().unwrap().ends_with("no rate limit"))
+        .map(|f| (f["title"].as_str().unwrap().to_owned(), f["severity"].as_str().unwrap().to_owned()))
+        .collect();
+    let severity_of = |port: &str| {
+        let found: Vec<&(String, String)> =
+            unlimited.iter().filter(|(title, _)| title.contains(&format!("tcp/{port} "))).collect();
+        found.first().map(|(_, severity)| severity.clone())
+    };
+    // SSH open to the world without a limit: medium; another open port: info; a limited one:
+    // nothing (its IPv4 and IPv6 listeners are one socket here).
+    assert_eq!(severity_of("22").as_deref(), Some("medium"), "{unlimited:?}");
+    assert_eq!(severity_of("8080").as_deref(), Some("info"), "{unlimited:?}");
+    assert_eq!(severity_of("80"), None, "{unlimited:?}");
+}
