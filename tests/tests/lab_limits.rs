@@ -6,12 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portguard_tests::http;
 use portguard_tests::{
     ADMIN_V6, Attached, CLIENT_V4, CLIENT_V6, INTRUDER_V4, Lab,
     portguard_cli::applied,
     require_root,
     traffic::{Servers, tcp_connect_burst, tcp_connects},
+};
+use portguard_tests::{
+    flood::{self, Bound, FLOOD_PORT, Flood},
+    http,
 };
 use serde_json::Value;
 
@@ -182,4 +185,45 @@ fn doctor_names_open_ports_without_a_limit() {
     assert_eq!(severity_of("22").as_deref(), Some("medium"), "{unlimited:?}");
     assert_eq!(severity_of("8080").as_deref(), Some("info"), "{unlimited:?}");
     assert_eq!(severity_of("80"), None, "{unlimited:?}");
+}
+
+#[test]
+fn a_spoofed_syn_flood_to_a_limited_port_keeps_the_state_bounded() {
+    require_root!();
+    const TABLE: u64 = 1024;
+    let lab = Lab::new().unwrap();
+    let servers = Servers::start(&lab.server, &[FLOOD_PORT], &[]);
+    let text = format!(
+        "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [{FLOOD_PORT}]\n\
+         limit = {{ new_per_source = \"5/1h\" }}\n[limits]\nlimited_sources = {TABLE}\n"
+    );
+    let pg = Attached::start(&lab.server, &lab.server_if, &text, &[]).unwrap();
+    let target = SocketAddr::new(Lab::server_addr(false), FLOOD_PORT);
+    let to = flood::mac(&lab.server, &lab.server_if).unwrap();
+    // A forged source each frame: each is new to the limiter, so each passes and takes an
+    // entry; the LRU keeps the table at its size.
+    let during = std::thread::scope(|scope| {
+        let flooding = scope.spawn(|| {
+            let bound = Bound::frames(1_000_000, Duration::from_secs(15));
+            flood::flood(&lab.client, &lab.client_if, to, Flood::Spoofed, bound).expect("the flood runs")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // A real client during the flood (its SYNs meet the forged ones at the listener).
+        let connected = (0..5).any(|_| tcp_connects(&lab.client, Some(INTRUDER_V4.into()), target));
+        let blast = flooding.join().unwrap();
+        assert!(blast.frames > 10 * TABLE, "the flood sent {} frames", blast.frames);
+        connected
+    });
+    assert!(during, "a legitimate client connected during the flood");
+    let stats = pg.stats();
+    assert!(applied(&stats, "port_allowed") > 10 * TABLE, "the forged SYNs reached the limiter: {stats}");
+    let tracked = stats["rate_limits"]["tracked_sources"].as_u64().unwrap();
+    assert!(tracked <= TABLE, "{tracked} budgets in a table of {TABLE}");
+    // After it, a client's budget is whole: five connections, then refused.
+    let before = servers.accepted(FLOOD_PORT);
+    assert_eq!(
+        tcp_connect_burst(&lab.client, Some(CLIENT_V4.into()), target, 6, WAIT),
+        [true, true, true, true, true, false]
+    );
+    assert_eq!(servers.accepted(FLOOD_PORT) - before, 5);
 }
