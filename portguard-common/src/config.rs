@@ -39,6 +39,9 @@ pub const FLAG_AUTO_BLOCK: u32 = 1 << 15;
 pub const FLAG_NEVER_BLOCK_INSIDE_V6_NET: u32 = 1 << 16;
 /// Every CPU has a shard of `PG_PORT_DROPS` to itself: plain adds, no atomic instruction.
 pub const FLAG_PORT_DROPS_PER_CPU: u32 = 1 << 17;
+/// Some rule carries a per-source limit (`limit = { ... }`): ports flagged
+/// `PORT_FLAG_LIMITED` consult `PG_RULE_LIMITS`.
+pub const FLAG_RATE_LIMITS: u32 = 1 << 18;
 
 /// Most distinct IPv6 prefix lengths the blocklist probes, longest first.
 pub const MAX_BL6_PREFIX_LENS: usize = 16;

@@ -56,6 +56,9 @@ pub enum Reason {
     DropFragmentUnseen = 25,
     /// Too short or malformed to parse (default).
     DropMalformed = 26,
+    /// A new connection (TCP SYN) or datagram over its rule's per-source rate
+    /// (`limit.new_per_source`).
+    DropRateLimited = 27,
 }
 
 /// Reasons at or above this value drop.
@@ -211,7 +214,7 @@ pub const OBS_UNUSED: [u32; 2] = [OBSERVATION_BASE + 6, OBSERVATION_BASE + 15];
 /// Entries in `PG_COUNTERS`.
 pub const COUNTER_SLOTS: u32 = OBSERVATION_BASE + 16;
 
-pub const ALL_REASONS: [Reason; 22] = [
+pub const ALL_REASONS: [Reason; 23] = [
     Reason::PassNotIp,
     Reason::PassPortAllowed,
     Reason::PassSourceAllowed,
@@ -234,6 +237,7 @@ pub const ALL_REASONS: [Reason; 22] = [
     Reason::DropFragment,
     Reason::DropFragmentUnseen,
     Reason::DropMalformed,
+    Reason::DropRateLimited,
 ];
 
 impl Reason {
@@ -276,6 +280,7 @@ impl Reason {
             Self::DropFragment => "fragment",
             Self::DropFragmentUnseen => "fragment_unseen",
             Self::DropMalformed => "malformed",
+            Self::DropRateLimited => "rate_limited",
         }
     }
 }
@@ -289,7 +294,7 @@ pub struct Counter {
 }
 
 const _: () = assert!(size_of::<Counter>() == 16);
-const _: () = assert!((Reason::DropMalformed as u32) < REASON_SLOTS);
+const _: () = assert!((Reason::DropRateLimited as u32) < REASON_SLOTS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Counter {}
@@ -346,6 +351,6 @@ mod tests {
         }
         assert_eq!(Reason::from_u8(11), None);
         assert_eq!(Reason::from_u8(DROP_BASE - 1), None);
-        assert_eq!(Reason::from_u8(Reason::DropMalformed as u8 + 1), None);
+        assert_eq!(Reason::from_u8(Reason::DropRateLimited as u8 + 1), None);
     }
 }

@@ -75,7 +75,7 @@ pub const fn flow_port_bit(proto: u8, port: u16) -> (u32, u64) {
 pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 12] = [
+pub const SHARED_MAPS: [&str; 14] = [
     MAP_EVENT_BUDGET,
     MAP_FLOW_PORTS,
     MAP_COUNTERS,
@@ -88,6 +88,8 @@ pub const SHARED_MAPS: [&str; 12] = [
     MAP_EVENTS,
     MAP_MANUAL,
     MAP_RUNTIME,
+    MAP_LIMITS,
+    MAP_RULE_LIMITED,
 ];
 
 // The per-port tables are indexed by protocol: the numbers live in `net`.
@@ -124,6 +126,58 @@ pub const PORT_ALLOW_FROM: u8 = 3;
 
 /// `PortRule::flags`: a trap port (whoever tries to open it gets blocked).
 pub const PORT_FLAG_TRAP: u8 = 1;
+/// `PortRule::flags`: a rule that opens the port limits new connections per source: the
+/// packet path looks the deciding rule up in `PG_RULE_LIMITS` (ports without it pay nothing).
+pub const PORT_FLAG_LIMITED: u8 = 2;
+
+/// `Array<RuleLimit>`, indexed by rule number (one policy generation): the limits of the
+/// rules that carry one (`limit = { ... }`); zeroed entries for the others.
+pub const MAP_RULE_LIMITS: &str = "PG_RULE_LIMITS";
+/// `LruHashMap<LimitKey, LimitState>` (shared, sized by `[limits] limited_sources`): each
+/// source's budget of new connections on each limited rule.
+pub const MAP_LIMITS: &str = "PG_LIMITS";
+/// `PerCpuArray<u64>` of `LIMIT_COUNTER_SLOTS` (shared): attempts refused by each limited
+/// rule (`RuleLimit::slot`), applied or, in monitor mode, only counted. Zeroed by the loader
+/// for every new generation (slots are assigned anew).
+pub const MAP_RULE_LIMITED: &str = "PG_RULE_LIMITED";
+/// Most rules of one policy that may carry a limit.
+pub const MAX_LIMITED_RULES: u32 = 64;
+pub const LIMIT_COUNTER_SLOTS: u32 = MAX_LIMITED_RULES;
+
+/// A rule's limit of new connections per source, as a generic cell rate algorithm (a token
+/// bucket kept as one timestamp): each admitted attempt moves the source's theoretical
+/// arrival time `interval_ns` on; an attempt is refused while that time is more than
+/// `tolerance_ns` ahead of now (`tolerance_ns = (burst - 1) * interval_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleLimit {
+    /// 0: the rule carries no rate limit.
+    pub interval_ns: u64,
+    pub tolerance_ns: u64,
+    /// Index into `PG_RULE_LIMITED`.
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// Key of a source's budget on one rule: the source's network (`blocks::source_key`: an IPv4
+/// address, an IPv6 source cut to `ipv6_prefix`), the rule, and the low bits of the policy
+/// generation, so a reload (which may renumber rules) starts every budget afresh and the old
+/// entries age out of the LRU.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LimitKey {
+    pub addr: [u8; 16],
+    pub rule: u16,
+    pub _pad: u16,
+    pub generation: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitState {
+    /// Theoretical arrival time of the next attempt (`bpf_ktime_get_coarse_ns` clock).
+    pub tat_ns: u64,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -556,6 +610,9 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 }
 
 const _: () = assert!(size_of::<PortRule>() == 4);
+const _: () = assert!(size_of::<RuleLimit>() == 24);
+const _: () = assert!(size_of::<LimitKey>() == 24);
+const _: () = assert!(size_of::<LimitState>() == 8);
 const _: () = assert!(size_of::<SrcAllowKey>() == 20);
 const _: () = assert!(size_of::<Bl6Key>() == 24);
 const _: () = assert!(size_of::<NetKey>() == 17);
@@ -573,6 +630,9 @@ const _: () = assert!(size_of::<EventBudget>() == 24);
 mod pod {
     use super::*;
     unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for RuleLimit {}
+    unsafe impl aya::Pod for LimitKey {}
+    unsafe impl aya::Pod for LimitState {}
     unsafe impl aya::Pod for SrcAllowKey {}
     unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for Bl6Key {}

@@ -17,6 +17,7 @@ mod egress;
 mod events;
 mod flows;
 mod hash;
+mod limits;
 mod maps;
 mod mem;
 mod opaque;

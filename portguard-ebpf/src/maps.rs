@@ -11,8 +11,8 @@ use portguard_common::{
     counters::COUNTER_SLOTS,
     maps::{
         AUTO_FILTER_ENTRIES, AutoBlock, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict,
-        ManualBlock, NetKey, PORT_TABLE_LEN, PortRule, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState,
-        SrcAllowKey,
+        LIMIT_COUNTER_SLOTS, LimitKey, LimitState, ManualBlock, NetKey, PORT_TABLE_LEN, PortRule, RuleLimit,
+        Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
     },
 };
 
@@ -36,6 +36,10 @@ pub static PG_BL6: HashMap<Bl6Key, u8> = HashMap::with_max_entries(1, 0);
 /// See `portguard_common::maps::MAP_BL6_FILTER`; sized by the loader.
 #[map]
 pub static PG_BL6_FILTER: Array<u64> = Array::with_max_entries(1024, 0);
+
+/// Indexed by rule number; sized by the loader.
+#[map]
+pub static PG_RULE_LIMITS: Array<RuleLimit> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static PG_NEVER_BLOCK: LpmTrie<NetKey, u8> = LpmTrie::with_max_entries(1, 0);
@@ -76,6 +80,12 @@ pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 pub static PG_MANUAL: LpmTrie<NetKey, ManualBlock> = LpmTrie::with_max_entries(65536, 0);
 
 #[map]
+pub static PG_LIMITS: LruHashMap<LimitKey, LimitState> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static PG_RULE_LIMITED: PerCpuArray<u64> = PerCpuArray::with_max_entries(LIMIT_COUNTER_SLOTS, 0);
+
+#[map]
 pub static PG_RUNTIME: Array<Runtime> = Array::with_max_entries(2, 0);
 
 // --- Per-CPU scratch (not pinned, nothing to keep) ------------------------------------------
@@ -100,6 +110,10 @@ pub static PG_SCAN_TEMPLATE: PerCpuArray<ScanState> = PerCpuArray::with_max_entr
 /// The source key being worked on (see `blocks::source_key`).
 #[map]
 pub static PG_SOURCE_KEY: PerCpuArray<ScanKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// The limiter's key being worked on (see `limits::limit_key`).
+#[map]
+pub static PG_LIMIT_KEY: PerCpuArray<LimitKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// The details of the event being built (see `events::draft`).
 #[map]

@@ -6,7 +6,8 @@
 //! 4. source blocked by hand (`portguard block`) or automatically (scan, trap port), unless
 //!    expired or in `never_block` -> drop
 //! 5. later fragment -> the verdict its first fragment got (or the `unseen` action)
-//! 6. TCP/UDP -> port policy; a drop is lifted for packets of flows the host is part of
+//! 6. TCP/UDP -> port policy; a new connection or datagram the deciding rule admits may still be
+//!    over the rule's per-source rate (`limits.rs`); a drop is lifted for packets of flows the host is part of
 //!    (TCP segments that cannot open a connection, UDP replies); a refused attempt counts
 //!    towards scan detection, an attempt on a trap port blocks its source
 //! 7. ICMP, ICMPv6, other protocols -> the policy's protocol actions
@@ -19,15 +20,15 @@ use portguard_common::{
     events::EventKind,
     maps::{
         CAUSE_TRAP, FAMILY_V4, FAMILY_V6, FragKey, FragVerdict, PORT_ALLOW, PORT_ALLOW_FROM, PORT_DENY,
-        PORT_FLAG_TRAP, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, SRC_ALLOW_FIXED_BITS, SrcAllowKey,
-        port_index,
+        PORT_FLAG_LIMITED, PORT_FLAG_TRAP, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+        SRC_ALLOW_FIXED_BITS, SrcAllowKey, port_index,
     },
 };
 
 use crate::{
     blocklist, blocks, counters,
     events::{self, Details, Subject},
-    flows,
+    flows, limits,
     maps::{PG_FRAGS, PG_PACKET, PG_PORTS, PG_SRC_ALLOW, SCRATCH_XDP},
     opaque,
     parse::{FragKind, PARSED_IP, PARSED_MALFORMED, Packet, TCP_ACK, TCP_SYN, parse},
@@ -195,8 +196,16 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
             scan_counts = false;
         }
     }
-    let decision = port_decision(packet, action, cfg);
+    let (decision, deciding_rule) = port_decision(packet, action, rule_number(rule), cfg);
     if !decision.is_drop() {
+        // Ports no limited rule opens pay for one flag test (on a value already loaded).
+        if flags & PORT_FLAG_LIMITED != 0
+            && attempt
+            && cfg.has(FLAG_RATE_LIMITS)
+            && limits::over_rate(packet, deciding_rule, cfg)
+        {
+            return Judged::new(Reason::DropRateLimited);
+        }
         return Judged::new(decision);
     }
     // The policy decides who may open a connection or send a datagram to a port. Segments
@@ -277,32 +286,38 @@ fn is_connection_attempt(flags: u8) -> bool {
     flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// The rule number of a port's entry (0: none).
 #[inline(always)]
-fn port_decision(packet: &Packet, action: u8, cfg: &Config) -> Reason {
+fn rule_number(rule: Option<&portguard_common::maps::PortRule>) -> u16 {
+    rule.map_or(0, |r| r.rule)
+}
+
+/// The port policy's decision, and the number of the rule that made it (for a port open to
+/// `from` lists, the rule whose network admitted the source; 0 for the default).
+#[inline(always)]
+fn port_decision(packet: &Packet, action: u8, rule: u16, cfg: &Config) -> (Reason, u16) {
     match action {
-        PORT_ALLOW => Reason::PassPortAllowed,
-        PORT_DENY => Reason::DropPortDenied,
-        PORT_ALLOW_FROM => {
-            if source_allowed(packet) {
-                Reason::PassSourceAllowed
-            } else {
-                Reason::DropSourceNotAllowed
-            }
-        }
-        _ if cfg.has(FLAG_DEFAULT_ALLOW) => Reason::PassDefaultAllow,
-        _ => Reason::DropDefaultDeny,
+        PORT_ALLOW => (Reason::PassPortAllowed, rule),
+        PORT_DENY => (Reason::DropPortDenied, rule),
+        PORT_ALLOW_FROM => match admitting_rule(packet) {
+            Some(admitting) => (Reason::PassSourceAllowed, admitting),
+            None => (Reason::DropSourceNotAllowed, rule),
+        },
+        _ if cfg.has(FLAG_DEFAULT_ALLOW) => (Reason::PassDefaultAllow, 0),
+        _ => (Reason::DropDefaultDeny, 0),
     }
 }
 
+/// The rule whose `from` list admits the packet's source to its port, if any.
 #[inline(always)]
-fn source_allowed(packet: &Packet) -> bool {
+fn admitting_rule(packet: &Packet) -> Option<u16> {
     let key = SrcAllowKey {
         proto: packet.proto,
         family: if packet.is_v6 { FAMILY_V6 } else { FAMILY_V4 },
         port_be: packet.dport.to_be_bytes(),
         addr: packet.src,
     };
-    PG_SRC_ALLOW.get(Key::new(SRC_ALLOW_FIXED_BITS + 128, key)).is_some()
+    PG_SRC_ALLOW.get(Key::new(SRC_ALLOW_FIXED_BITS + 128, key)).copied()
 }
 
 /// With `icmp = "deny"`, errors (unreachable, time exceeded, parameter problem) and echo

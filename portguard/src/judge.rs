@@ -15,13 +15,13 @@ use portguard_common::{
     counters::{
         ALL_REASONS, MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED,
     },
-    maps::{EventBudget, MAP_COUNTERS, MAP_EVENT_BUDGET, MAP_PORT_DROPS},
+    maps::{EventBudget, MAP_COUNTERS, MAP_EVENT_BUDGET, MAP_PORT_DROPS, MAP_RULE_LIMITED},
 };
 
 use crate::{
     events::Grants,
     loader::{self, TC_EGRESS_PROGRAM, XDP_PROGRAM},
-    maps::{Counters, PortDrops, read_counters},
+    maps::{Counters, PortDrops, read_counters, read_rule_limited},
     policy::{Policy, Proto, compile::MapImage},
 };
 
@@ -101,6 +101,12 @@ impl Judge {
     pub fn counters(&self) -> Result<Counters> {
         let map = self.ebpf.map(MAP_COUNTERS).context("no counter map")?;
         read_counters(&PerCpuArray::<_, Counter>::try_from(map)?)
+    }
+
+    /// Attempts each limited rule refused so far, by counter slot.
+    pub fn rule_limited(&self) -> Result<Vec<u64>> {
+        let map = self.ebpf.map(MAP_RULE_LIMITED).context("no per-rule limit counters")?;
+        read_rule_limited(&PerCpuArray::<_, u64>::try_from(map)?)
     }
 
     /// Runs the program once on `frame` (at least 14 bytes: the kernel's minimum for XDP).

@@ -22,6 +22,7 @@ pub mod exit;
 pub mod files;
 pub mod hostnet;
 pub mod judge;
+pub mod limits;
 pub mod links;
 pub mod loader;
 pub mod manager;

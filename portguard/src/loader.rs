@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -25,10 +25,11 @@ use aya::{
 use ipnet::IpNet;
 use log::{info, warn};
 use portguard_common::maps::{
-    AutoBlock, Bl6Key, EventBudget, MAP_AUTO_BLOCK, MAP_AUTO_FILTER, MAP_BL4_INDEX, MAP_BL4_RANGES, MAP_BL6,
-    MAP_BL6_FILTER, MAP_EVENT_BUDGET, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_MANUAL, MAP_NEVER_BLOCK,
-    MAP_PORT_DROPS, MAP_PORTS, MAP_RUNTIME, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule,
-    RUNTIME_USER, Runtime, SHARED_MAPS, SrcAllowKey,
+    AutoBlock, Bl6Key, EventBudget, LIMIT_COUNTER_SLOTS, MAP_AUTO_BLOCK, MAP_AUTO_FILTER, MAP_BL4_INDEX,
+    MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER, MAP_EVENT_BUDGET, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_LIMITS,
+    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS, MAP_PORTS, MAP_RULE_LIMITED, MAP_RULE_LIMITS, MAP_RUNTIME,
+    MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, RuleLimit, Runtime, SHARED_MAPS,
+    SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +99,11 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         .map_max_entries(MAP_BL6, size(image.bl6.len()))
         .map_max_entries(MAP_BL6_FILTER, 1 << (64 - image.config.bl6_filter_shift - 6))
         .map_max_entries(MAP_NEVER_BLOCK, size(image.never_block.len()))
+        .map_max_entries(
+            MAP_RULE_LIMITS,
+            image.rule_limits.keys().last().map_or(1, |last| u32::from(*last) + 1),
+        )
+        .map_max_entries(MAP_LIMITS, limits.limited_sources)
         .map_max_entries(MAP_FLOWS, limits.flows)
         .map_max_entries(MAP_FRAGS, limits.fragments)
         .map_max_entries(MAP_SCAN, limits.sources)
@@ -110,6 +116,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     }
     let mut ebpf = loader.load(KERNEL_OBJECT).context("creating the BPF maps failed")?;
     fill(&mut ebpf, image).context("filling the policy maps failed")?;
+    reset_rule_limit_counts(&mut ebpf)?;
     key_scan_detector(&mut ebpf)?;
     lift_automatic_blocks_the_policy_exempts(&mut ebpf, policy)?;
     refill_auto_filter(&ebpf)?;
@@ -157,6 +164,19 @@ fn lift_automatic_blocks_the_policy_exempts(ebpf: &mut Ebpf, policy: &Policy) ->
     }
     if rekeyed > 0 {
         warn!("lifted {rekeyed} automatic IPv6 block(s) made under another [scan_detection] ipv6_prefix");
+    }
+    Ok(())
+}
+
+/// The per-rule counts of limited attempts start at zero with every generation: its rules
+/// may be numbered and counted in other slots than the last one's.
+fn reset_rule_limit_counts(ebpf: &mut Ebpf) -> Result<()> {
+    let mut counts: PerCpuArray<&mut MapData, u64> =
+        PerCpuArray::try_from(map_data(ebpf, MAP_RULE_LIMITED)?)?;
+    let cpus = crate::system::possible_cpus() as usize;
+    for slot in 0..LIMIT_COUNTER_SLOTS {
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus])?;
+        counts.set(slot, zeros, 0).context(MAP_RULE_LIMITED)?;
     }
     Ok(())
 }
@@ -273,6 +293,10 @@ fn fill(ebpf: &mut Ebpf, image: &MapImage) -> Result<()> {
         filter.set(*word, bits, 0).context(MAP_BL6_FILTER)?;
     }
     bar.finish_and_clear();
+    let mut rule_limits: Array<&mut MapData, RuleLimit> = Array::try_from(map_data(ebpf, MAP_RULE_LIMITS)?)?;
+    for (rule, limit) in &image.rule_limits {
+        rule_limits.set(u32::from(*rule), limit, 0).context(MAP_RULE_LIMITS)?;
+    }
     let mut never: LpmTrie<&mut MapData, NetKey, u8> = LpmTrie::try_from(map_data(ebpf, MAP_NEVER_BLOCK)?)?;
     for (prefix_len, addr) in &image.never_block {
         never.insert(&Key::new(*prefix_len, *addr), 1, 0).context(MAP_NEVER_BLOCK)?;

@@ -12,8 +12,8 @@ use portguard_common::{
     Counter, Reason,
     counters::{ALL_REASONS, COUNTER_SLOTS, MONITOR_BASE},
     maps::{
-        AutoBlock, EventBudget, MAP_AUTO_BLOCK, MAP_COUNTERS, MAP_EVENT_BUDGET, MAP_PORT_DROPS,
-        PORT_TABLE_LEN,
+        AutoBlock, EventBudget, LIMIT_COUNTER_SLOTS, MAP_AUTO_BLOCK, MAP_COUNTERS, MAP_EVENT_BUDGET,
+        MAP_PORT_DROPS, MAP_RULE_LIMITED, PORT_TABLE_LEN,
     },
 };
 use serde::Serialize;
@@ -88,6 +88,17 @@ pub fn read_counters<T: Borrow<MapData>>(map: &PerCpuArray<T, Counter>) -> Resul
         slots.push(sum(per_cpu.iter().copied()));
     }
     Ok(Counters { slots })
+}
+
+/// `PG_RULE_LIMITED`: attempts each limited rule refused (or, in monitor mode, would have),
+/// by counter slot (`RuleLimit::slot`), summed over CPUs.
+pub fn read_rule_limited<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Vec<u64>> {
+    (0..LIMIT_COUNTER_SLOTS)
+        .map(|slot| {
+            let per_cpu = map.get(&slot, 0).with_context(|| format!("reading {MAP_RULE_LIMITED}[{slot}]"))?;
+            Ok(per_cpu.iter().sum())
+        })
+        .collect()
 }
 
 /// `PG_PORT_DROPS`, mapped read-only into our memory: `shards` copies of the port table,
@@ -238,6 +249,7 @@ pub fn kept_sizes(iface: &str, policy: &crate::policy::Policy) -> Result<Vec<Kep
         ("[limits] sources", MAP_SCAN, limits.sources, 1),
         ("[limits] auto_blocks", MAP_AUTO_BLOCK, limits.auto_blocks, 1),
         ("[limits] manual_blocks", MAP_MANUAL, limits.manual_blocks, 1),
+        ("[limits] limited_sources", portguard_common::maps::MAP_LIMITS, limits.limited_sources, 1),
         ("[events] ring_buffer_kib", MAP_EVENTS, policy.events.ring_buffer_kib, 1024),
     ];
     let mut kept = Vec::new();

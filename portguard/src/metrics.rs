@@ -286,6 +286,29 @@ pub fn render(source: &Source) -> Result<String> {
         .row(&[("origin", "manual")], manual)
         .row(&[("origin", "policy")], policy_entries)
         .gauge(&registry)?;
+    // Absent (rather than zero) when the limiter's maps cannot be read: a zero would be a claim.
+    if let Some(report) =
+        state.as_ref().and_then(|s| crate::limits::report(iface, &s.limited_rules, s.generation).ok())
+    {
+        let mut limited = Family::new(
+            "rate_limited",
+            "New connections refused (or that would be, in monitor mode) by a rule's per-source limit, since the policy generation was loaded.",
+            iface,
+        );
+        for rule in &report.rules {
+            let number = rule.rule.rule.to_string();
+            limited
+                .push(&[("rule", &number), ("name", rule.rule.name.as_deref().unwrap_or(""))], rule.limited);
+        }
+        limited.counter(&registry)?;
+        Family::new(
+            "rate_limited_sources",
+            "(source, rule) budgets the kernel holds for the running policy's rate limits.",
+            iface,
+        )
+        .row(&[], report.tracked_sources)
+        .gauge(&registry)?;
+    }
     Family::new("policy_generation", "The running policy generation (1 at attach, +1 per reload).", iface)
         .row(&[], state.as_ref().map_or(0, |s| s.generation))
         .gauge(&registry)?;

@@ -48,6 +48,9 @@ pub struct RunState {
     /// pinned links run.
     #[serde(default)]
     pub programs: Option<crate::links::ProgramIds>,
+    /// The policy's rules that carry a per-source limit, with their kernel counter slots.
+    #[serde(default)]
+    pub limited_rules: Vec<crate::limits::LimitedRule>,
 }
 
 /// Who records an attachment as it attaches: this process, on this interface.
@@ -80,6 +83,7 @@ impl RunState {
             blocklist_sources: Vec::new(),
             pinned,
             programs: None,
+            limited_rules: Vec::new(),
         });
         Self {
             iface: iface.to_owned(),
@@ -103,6 +107,7 @@ impl RunState {
             never_block: policy.never_block.clone(),
             blocklist_sources: policy.blocklist_sources.clone(),
             programs,
+            limited_rules: crate::limits::limited_rules(policy),
             ..self.clone()
         }
     }

@@ -6,7 +6,8 @@
 //! Out of the model's scope, so the differential tests leave them off: scan detection
 //! (`action = "off"`; its `ipv6_prefix` still sets what a trap port blocks), the per-second
 //! limit on new automatic blocks (the test runs grant an unlimited budget), flows (no egress program runs under BPF_PROG_TEST_RUN, so the flow
-//! table is empty), manual blocks and timeouts.
+//! table is empty), manual blocks and timeouts. Rule limits are modelled as budgets that do
+//! not come back: the generated rates name periods far longer than a test run.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -274,11 +275,13 @@ pub struct Model {
     /// Networks blocked by trap ports: the source itself, or for IPv6 its network of
     /// `[scan_detection] ipv6_prefix` bits.
     trapped: HashSet<IpNet>,
+    /// New connections admitted so far per (source network, limited rule number).
+    admitted: HashMap<(IpNet, u16), u32>,
 }
 
 impl Model {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, fragments: HashMap::new(), trapped: HashSet::new() }
+        Self { policy, fragments: HashMap::new(), trapped: HashSet::new(), admitted: HashMap::new() }
     }
 
     pub fn judge(&mut self, frame: &[u8]) -> Expected {
@@ -402,6 +405,9 @@ impl Model {
             Reason::DropDefaultDeny
         };
         if !decision.is_drop() {
+            if attempt && self.over_limit(packet, &naming_numbers(&naming)) {
+                return Reason::DropRateLimited;
+            }
             return decision;
         }
         // Packets that cannot open a connection: pass with tcp_non_syn = "pass", or as part of
@@ -414,4 +420,41 @@ impl Model {
         }
         decision
     }
+
+    /// Whether an attempt the port policy admits is over the deciding rule's limit: the rule
+    /// that opens the port to everyone (the first), else the rule whose `from` network holds
+    /// the source most specifically (the first of equals). Its budget is `burst` attempts per
+    /// source (an IPv4 address, an IPv6 network of `ipv6_prefix` bits); refused attempts
+    /// spend nothing, and `never_block` sources are never refused.
+    fn over_limit(&mut self, packet: &Parsed, naming: &[u16]) -> bool {
+        let policy = &self.policy;
+        let rules: Vec<_> =
+            naming.iter().filter_map(|n| policy.rules.iter().find(|r| r.number == *n)).collect();
+        let deciding = rules.iter().find(|r| r.from.is_none()).copied().or_else(|| {
+            let mut best: Option<(&portguard::policy::Rule, u8)> = None;
+            for rule in &rules {
+                for net in rule.from.iter().flatten().filter(|net| net.contains(&packet.src)) {
+                    if best.is_none_or(|(_, len)| net.prefix_len() > len) {
+                        best = Some((rule, net.prefix_len()));
+                    }
+                }
+            }
+            best.map(|(rule, _)| rule)
+        });
+        let Some(rule) = deciding else { return false };
+        let Some(limit) = rule.limit else { return false };
+        let prefix = if packet.v6 { policy.scan_detection.ipv6_prefix } else { 32 };
+        let source = IpNet::new(packet.src, prefix).expect("a valid prefix").trunc();
+        let admitted = self.admitted.entry((source, rule.number)).or_default();
+        if *admitted < limit.burst {
+            *admitted += 1;
+            return false;
+        }
+        !contains(&policy.never_block, packet.src)
+    }
+}
+
+/// The numbers of the allow rules naming a port (file order).
+fn naming_numbers(naming: &[&portguard::policy::Rule]) -> Vec<u16> {
+    naming.iter().filter(|r| r.kind == RuleKind::Allow).map(|r| r.number).collect()
 }

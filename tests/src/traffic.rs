@@ -255,3 +255,33 @@ impl Drop for NamedService {
         let _ = self.child.wait();
     }
 }
+
+/// `count` connection attempts from `source` to `target`, one SYN each, sent in turn within a
+/// fraction of a second; after `wait` (shorter than the kernel's first SYN retransmission, one
+/// second) says which completed, and closes them all. Runs in `netns`.
+pub fn tcp_connect_burst(
+    netns: &Netns,
+    source: Option<IpAddr>,
+    target: SocketAddr,
+    count: usize,
+    wait: Duration,
+) -> Vec<bool> {
+    assert!(wait < Duration::from_millis(900), "a retransmitted SYN would blur the answer");
+    netns.run(move || {
+        let sockets: Vec<Socket> = (0..count)
+            .map(|_| {
+                let domain = if target.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+                let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
+                if let Some(source) = source {
+                    socket.bind(&SockAddr::from(SocketAddr::new(source, 0))).unwrap();
+                }
+                socket.set_nonblocking(true).unwrap();
+                // EINPROGRESS: the SYN is on its way.
+                let _ = socket.connect(&SockAddr::from(target));
+                socket
+            })
+            .collect();
+        std::thread::sleep(wait);
+        sockets.iter().map(|socket| socket.peer_addr().is_ok()).collect()
+    })
+}

@@ -78,7 +78,7 @@ prop_compose! {
         monitor in prop::bool::weighted(0.2),
         default_allow in any::<bool>(),
         allows in prop::collection::vec(
-            (any::<bool>(), prop::sample::subsequence(ALLOW_PORTS.to_vec(), 1..3), prop::option::weighted(0.4, prop::sample::subsequence(NETS.to_vec(), 1..3))),
+            (any::<bool>(), prop::sample::subsequence(ALLOW_PORTS.to_vec(), 1..3), prop::option::weighted(0.4, prop::sample::subsequence(NETS.to_vec(), 1..3)), prop::option::weighted(0.6, (1u32..4, 1u32..3))),
             0..4,
         ),
         denies in prop::collection::vec((any::<bool>(), prop::sample::subsequence(DENY_PORTS.to_vec(), 1..3)), 0..3),
@@ -94,10 +94,14 @@ prop_compose! {
             if default_allow { "allow" } else { "deny" },
             quoted(&never_block),
         );
-        for (tcp, ports, from) in allows {
+        for (tcp, ports, from, limit) in allows {
             text += &format!("[[allow]]\nproto = \"{}\"\nports = [{}]\n", if tcp { "tcp" } else { "udp" }, list(&ports));
             if let Some(from) = from {
                 text += &format!("from = [{}]\n", quoted(&from));
+            }
+            // Periods far longer than a run: budgets never come back within it.
+            if let Some((count, burst)) = limit {
+                text += &format!("limit = {{ new_per_source = \"{count}/1h\", burst = {burst} }}\n");
             }
         }
         for (tcp, ports) in denies {

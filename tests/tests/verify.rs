@@ -42,7 +42,7 @@ fn row<'a>(report: &'a Value, side: &str, reason: &str) -> Option<&'a Value> {
     report[side].as_array().unwrap().iter().find(|r| r["reason"] == reason)
 }
 
-/// The rules that decided the `side` rows (`pass`, `drop`): `rule 3 "dns" (line 18)`, as the
+/// The rules that decided the `side` rows (`pass`, `drop`): `rule 3 "dns" (line 20)`, as the
 /// human report names them.
 fn rules(report: &Value, side: &str) -> Vec<String> {
     report[side]
@@ -123,12 +123,12 @@ fn a_crafted_capture_is_judged_by_rule_and_reason() {
     let passed_by = rules(&report, "pass");
     assert!(
         passed_by.contains(&"rule 1 \"web\" (line 7)".to_string())
-            && passed_by.contains(&"rule 3 \"dns\" (line 18)".to_string()),
+            && passed_by.contains(&"rule 3 \"dns\" (line 20)".to_string()),
         "{report}"
     );
     let flow = row(&report, "pass", "flow").expect("the DNS reply passes as a flow");
     assert_eq!((flow["packets"].as_u64(), flow["decided_by"].as_str()), (Some(1), Some("flow_tracking")));
-    assert_eq!(rules(&report, "drop"), ["rule 4 \"legacy remote access\" (line 23)"], "{report}");
+    assert_eq!(rules(&report, "drop"), ["rule 4 \"legacy remote access\" (line 25)"], "{report}");
     let denied = row(&report, "drop", "port_denied").unwrap();
     // Objects with named fields (once `[["tcp/5900",1]]`).
     assert_eq!(denied["top_ports"], serde_json::json!([{ "protocol": "tcp", "port": 5900, "drops": 1 }]));
@@ -475,7 +475,7 @@ fn tunnelled_and_linux_cooked_captures_are_judged() {
         let passed_by = rules(&report, "pass");
         assert!(
             passed_by.contains(&"rule 1 \"web\" (line 7)".to_string())
-                && passed_by.contains(&"rule 3 \"dns\" (line 18)".to_string()),
+                && passed_by.contains(&"rule 3 \"dns\" (line 20)".to_string()),
             "{report}"
         );
         assert!(drops_to(row(&report, "drop", "default_deny").unwrap(), "udp", 4789) > 0, "{report}");

@@ -12,8 +12,10 @@ use anyhow::Result;
 use portguard::{
     blocks::{ActiveBlock, active_blocks},
     durations,
+    limits::{self, LimitReport},
     maps::{Counters, PinnedMaps, PortCount, top_ports},
     output::{self, Tone, count, group, noun, paint},
+    state::RunState,
     system,
 };
 use portguard_common::{Reason, counters::*};
@@ -27,14 +29,22 @@ struct Snapshot {
     suppressed: u64,
     port_drops: Vec<u64>,
     blocks: Vec<ActiveBlock>,
+    /// The per-source rate limits (`Err`: why they could not be read).
+    limits: Result<LimitReport, String>,
     at: Instant,
     /// The wall clock when it was taken, for people and JSON.
     time: SystemTime,
 }
 
 impl Snapshot {
-    fn take(maps: &PinnedMaps) -> Result<Self> {
+    fn take(iface: &str, maps: &PinnedMaps) -> Result<Self> {
+        let limits = match RunState::read(iface) {
+            Some(state) => limits::report(iface, &state.limited_rules, state.generation)
+                .map_err(|error| format!("{error:#}")),
+            None => Err("no record of the attachment's policy".to_string()),
+        };
         Ok(Self {
+            limits,
             counters: maps.counters()?,
             suppressed: portguard::events::suppressed(&maps.event_budget),
             port_drops: maps.port_drops.snapshot(),
@@ -58,7 +68,7 @@ pub fn run(iface: Option<&str>, json: bool, interval: Option<Duration>, top: usi
     let redraw = interval.is_some() && !json && output::redraws();
     let mut previous: Option<Vec<Snapshot>> = None;
     loop {
-        let current: Vec<Snapshot> = maps.iter().map(|(_, m)| Snapshot::take(m)).collect::<Result<_>>()?;
+        let current: Vec<Snapshot> = maps.iter().map(|(i, m)| Snapshot::take(i, m)).collect::<Result<_>>()?;
         let mut frame = String::new();
         if let (Some(interval), false) = (interval, json) {
             let when = humantime::format_rfc3339_seconds(current[0].time);
@@ -152,6 +162,29 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
             ports.iter().map(|p| format!("{}/{} {}", p.protocol, p.port, group(p.drops))).collect();
         let _ = writeln!(out, "  top dropped ports: {}", list.join(", "));
     }
+    match &now.limits {
+        Ok(report) if report.rules.is_empty() => {}
+        Ok(report) => {
+            let _ = writeln!(
+                out,
+                "  rate limits ({} tracked):",
+                count(report.tracked_sources, "source budget", "source budgets")
+            );
+            for rule in &report.rules {
+                let _ = writeln!(
+                    out,
+                    "    {} ({} per source, burst {}): {} refused since loaded",
+                    rule.rule.label(),
+                    rule.rule.new_per_source,
+                    rule.rule.burst,
+                    group(rule.limited)
+                );
+            }
+        }
+        Err(error) => {
+            let _ = writeln!(out, "  rate limits: unknown ({error})");
+        }
+    }
     if !now.blocks.is_empty() {
         let _ = writeln!(out, "  automatic blocks ({}):", group(now.blocks.len() as u64));
         let rows: Vec<Vec<String>> = now
@@ -221,6 +254,7 @@ fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -
         "observations": observations,
         "top_dropped_ports": ports,
         "auto_blocks": now.blocks,
+        "rate_limits": now.limits.as_ref().ok(),
         "rates": rates,
     })
 }

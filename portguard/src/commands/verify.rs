@@ -70,7 +70,8 @@ fn decided_by(policy: &Policy, reason: Reason, frame: &[u8]) -> Decider {
         Reason::PassPortAllowed
         | Reason::PassSourceAllowed
         | Reason::DropPortDenied
-        | Reason::DropSourceNotAllowed => Decider {
+        | Reason::DropSourceNotAllowed
+        | Reason::DropRateLimited => Decider {
             by: "rule",
             rule: destination(frame)
                 .and_then(|(proto, port)| Some((Proto::from_number(proto)?, port)))

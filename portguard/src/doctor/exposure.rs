@@ -134,6 +134,25 @@ pub(super) fn listening(
                 remedy: remedy(closed_ssh),
             });
         }
+        // Open without a per-source limit: new connections from one source come as fast as it
+        // sends them. Worth a medium finding for SSH open to the world (password guessing).
+        if let (true, Some((_, policy))) = (reachable && now.to_some, policies.enforced.or(policies.audited))
+        {
+            if !policy.port_decision(proto, port).limited() {
+                let ssh_to_all = kind == Some(Kind::RemoteLogin) && now.to_all;
+                findings.push(Finding {
+                    severity: if ssh_to_all { Severity::Medium } else { Severity::Info },
+                    category: "exposure",
+                    title: format!("{title}: no rate limit"),
+                    detail: if ssh_to_all {
+                        "open to every source with no limit on new connections per source: password guessing runs as fast as the attacker sends".into()
+                    } else {
+                        "open with no limit on new connections per source".into()
+                    },
+                    remedy: "add limit = { new_per_source = \"5/10s\", burst = 5 } (or what the service bears) to the rule that opens it".into(),
+                });
+            }
+        }
         // What the audited policy would change, where it would make things worse.
         if let (Some((path, _)), Some(reach), true) =
             (policies.audited, &audited, policies.enforced.is_some())

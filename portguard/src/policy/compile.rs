@@ -11,10 +11,10 @@ use portguard_common::{
     Config,
     config::*,
     maps::{
-        BL4_WHOLE, Bl6Key, FAMILY_V4, FAMILY_V6, NET_KEY_FIXED_BITS, NetKey, PORT_ALLOW, PORT_ALLOW_FROM,
-        PORT_DENY, PORT_FLAG_TRAP, PortRule, SCAN_PORT_BITS, SRC_ALLOW_FIXED_BITS, SrcAllowKey, addr_words,
-        bl4_index_entry, bl4_range, bl6_filter_log2, bl6_filter_slot, port_drop_shards, port_index,
-        prefix_mask_words, prefix_masks, v4_mapped,
+        BL4_WHOLE, Bl6Key, FAMILY_V4, FAMILY_V6, MAX_LIMITED_RULES, NET_KEY_FIXED_BITS, NetKey, PORT_ALLOW,
+        PORT_ALLOW_FROM, PORT_DENY, PORT_FLAG_LIMITED, PORT_FLAG_TRAP, PortRule, RuleLimit, SCAN_PORT_BITS,
+        SRC_ALLOW_FIXED_BITS, SrcAllowKey, addr_words, bl4_index_entry, bl4_range, bl6_filter_log2,
+        bl6_filter_slot, port_drop_shards, port_index, prefix_mask_words, prefix_masks, v4_mapped,
     },
 };
 
@@ -42,6 +42,8 @@ pub struct MapImage {
     pub bl6_filter: BTreeMap<u32, u64>,
     /// `PG_NEVER_BLOCK`: (prefix length, key).
     pub never_block: Vec<(u32, NetKey)>,
+    /// `PG_RULE_LIMITS` entries of the rules that carry a limit, by rule number.
+    pub rule_limits: BTreeMap<u16, RuleLimit>,
 }
 
 impl MapImage {
@@ -62,6 +64,7 @@ pub fn compile(policy: &Policy, generation: u64) -> Result<MapImage> {
 /// The image of `policy` as generation `generation` on a machine with `cpus` possible CPUs.
 pub fn compile_for(policy: &Policy, generation: u64, cpus: u32) -> Result<MapImage> {
     let mut image = MapImage::default();
+    compile_rule_limits(policy, &mut image)?;
     compile_ports(policy, &mut image);
     compile_blocklist(&policy.blocklist, &mut image)?;
     check_blocklist_size(&image, policy.limits.blocklist)?;
@@ -100,7 +103,12 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
             // The zeroed entry: the kernel applies the default.
             PortAction::Default(_) => (0, 0),
         };
+        let mut keys = BTreeSet::new();
         for (rule, net) in decision.sources() {
+            // A network two rules list is admitted by the first (file order), as `verify` says.
+            if !keys.insert(net) {
+                continue;
+            }
             let (len, addr) = mapped(&net);
             let key = SrcAllowKey {
                 proto: proto.number(),
@@ -110,9 +118,37 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
             };
             image.src_allow.push((SRC_ALLOW_FIXED_BITS + len, key, rule.number));
         }
-        let flags = if decision.trap { PORT_FLAG_TRAP } else { 0 };
+        let limited = match &decision.action {
+            PortAction::Allowed(rule) => rule.limit.is_some(),
+            PortAction::AllowedFrom(rules) => rules.iter().any(|rule| rule.limit.is_some()),
+            PortAction::Denied(_) | PortAction::Default(_) => false,
+        };
+        let flags =
+            if decision.trap { PORT_FLAG_TRAP } else { 0 } | if limited { PORT_FLAG_LIMITED } else { 0 };
         image.ports.insert(index, PortRule { action, flags, rule });
     }
+}
+
+/// `PG_RULE_LIMITS`: each limited rule's rate as the kernel's cell rate algorithm takes it,
+/// and its counter slot (in file order).
+fn compile_rule_limits(policy: &Policy, image: &mut MapImage) -> Result<()> {
+    for (slot, rule) in policy.rules.iter().filter(|rule| rule.limit.is_some()).enumerate() {
+        let limit = rule.limit.expect("filtered");
+        if slot as u32 >= MAX_LIMITED_RULES {
+            bail!("more than {MAX_LIMITED_RULES} rules carry a limit");
+        }
+        let interval_ns = kernel_ns(limit.new_per_source.interval()).max(1);
+        image.rule_limits.insert(
+            rule.number,
+            RuleLimit {
+                interval_ns,
+                tolerance_ns: interval_ns.saturating_mul(u64::from(limit.burst) - 1),
+                slot: slot as u32,
+                _pad: 0,
+            },
+        );
+    }
+    Ok(())
 }
 
 fn family(net: &IpNet) -> u8 {
@@ -258,6 +294,7 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
     set(scan != Response::Off, FLAG_SCAN_DETECT);
     set(scan == Response::Block, FLAG_SCAN_BLOCK);
     set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
+    set(!image.rule_limits.is_empty(), FLAG_RATE_LIMITS);
     set(scan == Response::Block || !policy.trap_ports.is_empty(), FLAG_AUTO_BLOCK);
     set(cpus <= port_drop_shards(cpus), FLAG_PORT_DROPS_PER_CPU);
     let ipv6_prefix = policy.scan_detection.ipv6_prefix;
@@ -444,6 +481,45 @@ mod tests {
         assert_eq!(lens, [32 + 96 + 24, 32 + 48]);
         assert_eq!(image.src_allow[0].1.port_be, [0, 22]);
         assert_eq!(&image.src_allow[0].1.addr[12..], &[198, 51, 100, 0]);
+    }
+
+    #[test]
+    fn limited_rules_flag_their_ports_and_get_a_rate_and_a_slot() {
+        let limited = image(
+            r#"
+            default = "deny"
+            [[allow]]
+            proto = "tcp"
+            ports = [80]
+            [[allow]]
+            proto = "tcp"
+            ports = [22]
+            from = ["198.51.100.0/24"]
+            limit = { new_per_source = "5/10s", burst = 3 }
+            [[allow]]
+            proto = "tcp"
+            ports = [22]
+            from = ["198.51.100.0/24", "192.0.2.0/24"]
+            [[allow]]
+            proto = "udp"
+            ports = [53]
+            limit = { new_per_source = "20/s" }
+            "#,
+        );
+        assert_eq!(limited.ports[&80].flags, 0);
+        assert_eq!(limited.ports[&22].flags, PORT_FLAG_LIMITED);
+        assert_eq!(limited.ports[&(65536 + 53)].flags, PORT_FLAG_LIMITED);
+        // A network two rules list is admitted by the first.
+        let rules: Vec<u16> = limited.src_allow.iter().map(|(_, _, rule)| *rule).collect();
+        assert_eq!(rules, [2, 3]);
+        let ssh = limited.rule_limits[&2];
+        assert_eq!((ssh.interval_ns, ssh.tolerance_ns, ssh.slot), (2_000_000_000, 4_000_000_000, 0));
+        let dns = limited.rule_limits[&4];
+        assert_eq!((dns.interval_ns, dns.tolerance_ns, dns.slot), (50_000_000, 19 * 50_000_000, 1));
+        assert_eq!(limited.rule_limits.len(), 2);
+        assert!(limited.config.has(FLAG_RATE_LIMITS));
+        let unlimited = image("default = \"deny\"");
+        assert!(!unlimited.config.has(FLAG_RATE_LIMITS));
     }
 
     #[test]

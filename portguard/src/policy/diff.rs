@@ -83,8 +83,12 @@ fn rule(rule: &Rule) -> String {
         .as_ref()
         .map(|nets| format!(" from {}", nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")))
         .unwrap_or_default();
+    let limit = rule
+        .limit
+        .map(|limit| format!(" limit {} burst {}", limit.new_per_source, limit.burst))
+        .unwrap_or_default();
     let name = rule.name.as_deref().map(|n| format!(" (\"{n}\")")).unwrap_or_default();
-    format!("{kind} {} {ports}{from}{name}", rule.proto)
+    format!("{kind} {} {ports}{from}{limit}{name}", rule.proto)
 }
 
 fn range_text(range: &std::ops::RangeInclusive<u16>) -> String {
@@ -174,6 +178,12 @@ mod tests {
         let changes = diff(&old, &new);
         assert_eq!(changes.added, ["allow tcp 80,8000-8100", "trap tcp 2323", "blocklist 2001:db8:bad::/48"]);
         assert_eq!(changes.removed, ["allow tcp 80"]);
+        // A limit added to a rule is the rule changed.
+        let limited =
+            policy(&BASE.replace("ports = [80]\n", "ports = [80]\nlimit = { new_per_source = \"5/10s\" }\n"));
+        let limit_changes = diff(&old, &limited);
+        assert_eq!(limit_changes.added, ["allow tcp 80 limit 5/10s burst 5"]);
+        assert_eq!(limit_changes.removed, ["allow tcp 80"]);
         assert!(changes.changed.contains(&"mode enforce -> monitor".to_string()), "{changes:?}");
         assert!(changes.changed.contains(&"[scan_detection] threshold 20 -> 30".to_string()), "{changes:?}");
         assert!(

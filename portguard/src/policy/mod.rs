@@ -93,7 +93,40 @@ pub struct Rule {
     pub ports: Vec<RangeInclusive<u16>>,
     /// Sources the rule is limited to (allow rules only); `None` means every source.
     pub from: Option<Vec<IpNet>>,
+    /// Per-source limits (allow rules only).
+    pub limit: Option<SourceLimit>,
     pub line: usize,
+}
+
+/// An allow rule's per-source limits (`limit = { new_per_source = "5/10s", burst = 5 }`).
+/// A source is an IPv4 address, or an IPv6 network of `[scan_detection] ipv6_prefix` bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SourceLimit {
+    /// New connections (TCP SYN) or datagrams (UDP) per source, on average.
+    pub new_per_source: Rate,
+    /// How many may come at once: the size of the bucket (default: the rate's count).
+    pub burst: u32,
+}
+
+/// `count` per `per` (`"5/10s"`, `"20/s"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Rate {
+    pub count: u32,
+    #[serde(rename = "per_secs", with = "secs")]
+    pub per: Duration,
+}
+
+impl Rate {
+    /// The time one attempt's token takes to come back.
+    pub fn interval(self) -> Duration {
+        self.per / self.count.max(1)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.count, crate::durations::format(self.per))
+    }
 }
 
 impl Rule {
@@ -165,6 +198,9 @@ pub struct Limits {
     pub manual_blocks: u32,
     /// Blocklist entries as the kernel holds them (IPv4 ranges after merging, IPv6 prefixes).
     pub blocklist: u32,
+    /// Sources (per limited rule) whose budget of new connections is kept (LRU: the least
+    /// recently seen are forgotten, and start with a full budget when they come back).
+    pub limited_sources: u32,
     /// Automatic blocks (scans, trap ports) the packet path may add per second; the rest are
     /// counted as not admitted. Bounds what a flood of forged sources can do to the table.
     pub new_blocks_per_second: u32,
@@ -179,6 +215,7 @@ impl Default for Limits {
             auto_blocks: 65536,
             manual_blocks: 65536,
             blocklist: 4_000_000,
+            limited_sources: 65536,
             new_blocks_per_second: 200,
         }
     }

@@ -82,6 +82,14 @@ pub struct RawRule {
     /// Numbers and `"low-high"` strings; checked one by one in validation.
     pub ports: Spanned<Vec<Spanned<Value>>>,
     pub from: Option<Spanned<Vec<Spanned<String>>>>,
+    pub limit: Option<Spanned<RawSourceLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSourceLimit {
+    pub new_per_source: Option<Spanned<String>>,
+    pub burst: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,5 +126,6 @@ pub struct RawLimits {
     pub auto_blocks: Option<Spanned<i64>>,
     pub manual_blocks: Option<Spanned<i64>>,
     pub blocklist: Option<Spanned<i64>>,
+    pub limited_sources: Option<Spanned<i64>>,
     pub new_blocks_per_second: Option<Spanned<i64>>,
 }

@@ -72,6 +72,16 @@ impl<'p> PortDecision<'p> {
         }
     }
 
+    /// Whether every source the port admits is under a per-source limit: the rule opening it
+    /// to everyone carries one, or each of its `from` rules does. False for the default.
+    pub fn limited(&self) -> bool {
+        match &self.action {
+            PortAction::Allowed(rule) => rule.limit.is_some(),
+            PortAction::AllowedFrom(rules) => rules.iter().all(|rule| rule.limit.is_some()),
+            PortAction::Denied(_) | PortAction::Default(_) => false,
+        }
+    }
+
     /// The sources of a `from` port, with the rule admitting each (file order).
     pub fn sources(&self) -> Vec<(&'p Rule, IpNet)> {
         match &self.action {

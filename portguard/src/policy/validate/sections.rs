@@ -1,16 +1,18 @@
 //! Each table of the policy, from what was written to what it means.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use ipnet::IpNet;
+use portguard_common::maps::MAX_LIMITED_RULES;
 use toml::Spanned;
 
 use super::super::{
-    Action, BlocklistSource, Events, Inbound, Limits, LoadOptions, Proto, Response, Rule, RuleKind,
-    ScanDetection, TcpNonSyn, TrapPorts,
+    Action, BlocklistSource, Events, Inbound, Limits, LoadOptions, Proto, Rate, Response, Rule, RuleKind,
+    ScanDetection, SourceLimit, TcpNonSyn, TrapPorts,
     diagnostic::{Diagnostic, Reporter, Severity},
     raw::{
-        RawBlocklist, RawEvents, RawInbound, RawLimits, RawMetrics, RawRule, RawScanDetection, RawTrapPorts,
+        RawBlocklist, RawEvents, RawInbound, RawLimits, RawMetrics, RawRule, RawScanDetection,
+        RawSourceLimit, RawTrapPorts,
     },
 };
 use super::{
@@ -32,7 +34,23 @@ pub(super) fn rules(
         report.error_at(0..0, format!("{} rules is more than the {} supported", all.len(), u16::MAX));
         return Vec::new();
     }
-    all.into_iter().enumerate().filter_map(|(i, (kind, raw))| rule(report, i as u16 + 1, kind, raw)).collect()
+    let rules: Vec<Rule> = all
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, (kind, raw))| rule(report, i as u16 + 1, kind, raw))
+        .collect();
+    if let Some(rule) = rules.iter().filter(|r| r.limit.is_some()).nth(MAX_LIMITED_RULES as usize) {
+        report.at_line(
+            Severity::Error,
+            rule.line,
+            format!(
+                "{} is the {}th rule with a limit: at most {MAX_LIMITED_RULES} rules may carry one",
+                rule.label(),
+                MAX_LIMITED_RULES + 1
+            ),
+        );
+    }
+    rules
 }
 
 fn rule(report: &mut Reporter, number: u16, kind: RuleKind, raw: &Spanned<RawRule>) -> Option<Rule> {
@@ -85,8 +103,76 @@ fn rule(report: &mut Reporter, number: u16, kind: RuleKind, raw: &Spanned<RawRul
         }
         Some(from) => Some(nets(report, from.get_ref())),
     };
+    let limit = match &raw.limit {
+        None => None,
+        Some(limit) if kind == RuleKind::Deny => {
+            report
+                .error_at(limit.span(), "deny rules take no `limit`: a limit applies to what a rule allows");
+            None
+        }
+        Some(limit) => source_limit(report, limit),
+    };
     let name = raw.name.as_ref().map(|n| n.get_ref().clone());
-    Some(Rule { number, kind, name, proto: proto?, ports, from, line: report.line_of(span.start) })
+    Some(Rule { number, kind, name, proto: proto?, ports, from, limit, line: report.line_of(span.start) })
+}
+
+/// Most attempts a rate may name per period, and the largest burst.
+const MAX_RATE_COUNT: i64 = 1_000_000;
+
+fn source_limit(report: &mut Reporter, raw: &Spanned<RawSourceLimit>) -> Option<SourceLimit> {
+    let Some(rate) = &raw.get_ref().new_per_source else {
+        report
+            .error_at(raw.span(), "limit needs new_per_source, e.g. limit = { new_per_source = \"5/10s\" }");
+        return None;
+    };
+    let rate = self::rate(report, rate)?;
+    let burst = match &raw.get_ref().burst {
+        None => rate.count,
+        Some(value) => integer_in(report, value, "burst", 1..=MAX_RATE_COUNT)?,
+    };
+    Some(SourceLimit { new_per_source: rate, burst })
+}
+
+/// `"COUNT/PERIOD"`: `"5/10s"`, `"20/s"`, `"100/1m"`.
+fn rate(report: &mut Reporter, value: &Spanned<String>) -> Option<Rate> {
+    let text = value.get_ref().trim();
+    let wrong = |report: &mut Reporter, why: &str| {
+        report.error_at(
+            value.span(),
+            format!("new_per_source = \"{text}\" {why}: write COUNT/PERIOD, like \"5/10s\" or \"20/s\""),
+        );
+    };
+    let Some((count, per)) = text.split_once('/') else {
+        wrong(report, "has no `/`");
+        return None;
+    };
+    let count = match count.trim().parse::<i64>() {
+        Ok(count) if (1..=MAX_RATE_COUNT).contains(&count) => count as u32,
+        _ => {
+            wrong(report, &format!("needs a count from 1 to {MAX_RATE_COUNT} before the `/`"));
+            return None;
+        }
+    };
+    let per = per.trim();
+    // "20/s" means one second.
+    let per_text =
+        if per.starts_with(|c: char| c.is_ascii_alphabetic()) { format!("1{per}") } else { per.to_string() };
+    let per = match crate::durations::parse(&per_text, Duration::from_millis(1)) {
+        Ok(per) if per <= Duration::from_secs(7 * 24 * 3600) => per,
+        Ok(_) => {
+            wrong(report, "has a period longer than a week");
+            return None;
+        }
+        Err(error) => {
+            wrong(report, &format!("has a period that {error}"));
+            return None;
+        }
+    };
+    if per / count < Duration::from_micros(1) {
+        wrong(report, "is more than a million per second");
+        return None;
+    }
+    Some(Rate { count, per })
 }
 
 pub(super) fn blocklist(
@@ -208,6 +294,7 @@ pub(super) fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
     limits.auto_blocks = size(&raw.auto_blocks, "auto_blocks", limits.auto_blocks);
     limits.manual_blocks = size(&raw.manual_blocks, "manual_blocks", limits.manual_blocks);
     limits.blocklist = size(&raw.blocklist, "blocklist", limits.blocklist);
+    limits.limited_sources = size(&raw.limited_sources, "limited_sources", limits.limited_sources);
     if let Some(value) = &raw.new_blocks_per_second {
         limits.new_blocks_per_second = integer_in(report, value, "new_blocks_per_second", 1..=1_000_000)
             .unwrap_or(limits.new_blocks_per_second);

@@ -353,3 +353,56 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn rule_limits_are_read_and_checked() {
+    let text = "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [22]\nlimit = { new_per_source = \"5/10s\", burst = 7 }\n[[allow]]\nproto = \"udp\"\nports = [53]\nlimit = { new_per_source = \"20/s\" }\n[limits]\nlimited_sources = 4096\n";
+    let policy = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy;
+    let ssh = policy.rules[0].limit.unwrap();
+    assert_eq!(
+        (ssh.new_per_source.count, ssh.new_per_source.per, ssh.burst),
+        (5, Duration::from_secs(10), 7)
+    );
+    assert_eq!(ssh.new_per_source.interval(), Duration::from_secs(2));
+    let dns = policy.rules[1].limit.unwrap();
+    assert_eq!(
+        (dns.new_per_source.count, dns.new_per_source.per, dns.burst),
+        (20, Duration::from_secs(1), 20)
+    );
+    assert_eq!(policy.limits.limited_sources, 4096);
+
+    let rule = |limit: &str| format!("[[allow]]\nproto = \"tcp\"\nports = [22]\nlimit = {limit}\n");
+    assert_one(
+        &errors(&rule("{ new_per_source = \"5\" }")),
+        "p.toml:4:28: error: new_per_source = \"5\" has no `/`",
+    );
+    assert_one(
+        &errors(&rule("{ new_per_source = \"0/s\" }")),
+        "p.toml:4:28: error: new_per_source = \"0/s\" needs a count",
+    );
+    assert_one(&errors(&rule("{ new_per_source = \"x/s\" }")), "needs a count from 1 to 1000000");
+    assert_one(&errors(&rule("{ new_per_source = \"5/fortnight\" }")), "has a period that is not a duration");
+    assert_one(&errors(&rule("{ new_per_source = \"5/30d\" }")), "has a period longer than a week");
+    assert_one(&errors(&rule("{ new_per_source = \"1000000/1ms\" }")), "more than a million per second");
+    assert_one(&errors(&rule("{ burst = 5 }")), "p.toml:4:9: error: limit needs new_per_source");
+    assert_one(
+        &errors(&rule("{ new_per_source = \"5/s\", burst = 0 }")),
+        "p.toml:4:43: error: burst = 0 is out of range",
+    );
+    assert_one(&errors(&rule("{ new_per_sorce = \"5/s\" }")), "unknown field `new_per_sorce`");
+    assert_one(
+        &errors("[[deny]]\nproto = \"tcp\"\nports = [23]\nlimit = { new_per_source = \"1/s\" }\n"),
+        "p.toml:4:9: error: deny rules take no `limit`",
+    );
+    assert_one(
+        &errors("[limits]\nlimited_sources = 10\n"),
+        "p.toml:2:19: error: limited_sources must be between",
+    );
+    let many: String = (0..65)
+        .map(|i| {
+            rule(&format!("{{ new_per_source = \"{}/s\" }}", i + 1))
+                .replace("[22]", &format!("[{}]", 1000 + i))
+        })
+        .collect();
+    assert_one(&errors(&many), "is the 65th rule with a limit: at most 64 rules may carry one");
+}

@@ -1,0 +1,110 @@
+//! Per-source rate limits as the operator sees them: which rules carry one (recorded with the
+//! attachment, so `stats` and `/metrics` can name them), how many attempts each refused, and
+//! how many sources the kernel keeps a budget for.
+
+use std::borrow::Borrow;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use portguard_common::maps::{LimitKey, LimitState, MAP_LIMITS, MAP_RULE_LIMITED};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    maps::{open_pinned, read_rule_limited},
+    policy::Policy,
+};
+
+/// A rule that carries a limit, with its counter slot in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitedRule {
+    /// `RuleLimit::slot`: the limited rules in file order.
+    pub slot: u32,
+    pub rule: u16,
+    pub name: Option<String>,
+    pub line: usize,
+    /// `"5/10s"`, as the policy wrote it (normalised).
+    pub new_per_source: String,
+    pub burst: u32,
+}
+
+impl LimitedRule {
+    /// `rule 2 "ssh"`, as `stats` names it.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("rule {} \"{}\"", self.rule, crate::printable(name)),
+            None => format!("rule {}", self.rule),
+        }
+    }
+}
+
+/// The rules of `policy` that carry a limit, in the slots `compile` gives them.
+pub fn limited_rules(policy: &Policy) -> Vec<LimitedRule> {
+    policy
+        .rules
+        .iter()
+        .filter_map(|rule| Some((rule, rule.limit?)))
+        .enumerate()
+        .map(|(slot, (rule, limit))| LimitedRule {
+            slot: slot as u32,
+            rule: rule.number,
+            name: rule.name.clone(),
+            line: rule.line,
+            new_per_source: limit.new_per_source.to_string(),
+            burst: limit.burst,
+        })
+        .collect()
+}
+
+/// One limited rule's refusals since its generation was loaded.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleCount {
+    #[serde(flatten)]
+    pub rule: LimitedRule,
+    /// Attempts refused (in monitor mode: that would have been).
+    pub limited: u64,
+}
+
+/// What the kernel's limiter holds for an attachment.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LimitReport {
+    pub rules: Vec<RuleCount>,
+    /// (source, rule) budgets of the running generation in the LRU table (a source counts
+    /// once per limited rule it tried).
+    pub tracked_sources: u64,
+}
+
+/// Reads the limiter's pinned maps of `iface`, for the rules `rules` of generation
+/// `generation`. An attachment made by a portguard without rate limits has no such maps: an
+/// empty report.
+pub fn report(iface: &str, rules: &[LimitedRule], generation: u64) -> Result<LimitReport> {
+    if rules.is_empty() {
+        return Ok(LimitReport::default());
+    }
+    let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(open_pinned(iface, MAP_RULE_LIMITED)?)?;
+    let counts = read_rule_limited(&counts)?;
+    let state: HashMap<MapData, LimitKey, LimitState> = HashMap::try_from(open_pinned(iface, MAP_LIMITS)?)?;
+    Ok(LimitReport {
+        rules: rules
+            .iter()
+            .map(|rule| RuleCount {
+                rule: rule.clone(),
+                limited: counts.get(rule.slot as usize).copied().unwrap_or(0),
+            })
+            .collect(),
+        tracked_sources: tracked_sources(&state, generation).context(MAP_LIMITS)?,
+    })
+}
+
+/// Budgets of generation `generation` (older ones wait for the LRU to push them out).
+pub fn tracked_sources<T: Borrow<MapData>>(
+    state: &HashMap<T, LimitKey, LimitState>,
+    generation: u64,
+) -> Result<u64> {
+    let mut count = 0;
+    for key in state.keys() {
+        if key?.generation == generation as u32 {
+            count += 1;
+        }
+    }
+    Ok(count)
+}

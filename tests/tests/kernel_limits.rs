@@ -1,0 +1,214 @@
+//! Per-source limits of new connections (`limit = { new_per_source, burst }` on allow rules),
+//! run on the real kernel program with BPF_PROG_TEST_RUN: who is refused, when budgets come
+//! back, how sources are grouped, who is exempt, what monitor mode does, and what is counted.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use portguard::{
+    judge::{Judge, Outcome, XDP_DROP, XDP_PASS},
+    policy::{LoadOptions, compile::compile, parse},
+};
+use portguard_common::Reason;
+use portguard_tests::{packets::*, require_root};
+
+fn judge(policy: &str) -> Judge {
+    let loaded = parse(policy, std::path::Path::new("test.toml"), LoadOptions::default()).expect("policy");
+    let image = compile(&loaded.policy, 1).expect("compile");
+    Judge::new(&image, &loaded.policy).expect("load the kernel program")
+}
+
+fn v4(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, last))
+}
+
+fn v6(s: &str) -> IpAddr {
+    IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
+}
+
+fn server(src: IpAddr) -> IpAddr {
+    if src.is_ipv6() { v6("2001:db8::2") } else { IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)) }
+}
+
+fn syn(j: &mut Judge, src: IpAddr, port: u16) -> Outcome {
+    j.run(&tcp(src, server(src), 40000, port, SYN)).unwrap()
+}
+
+#[track_caller]
+fn expect(outcome: Outcome, reason: Reason) {
+    assert_eq!(outcome.reason, reason, "{outcome:?}");
+    let action = if reason.is_drop() && !outcome.monitored { XDP_DROP } else { XDP_PASS };
+    assert_eq!(outcome.action, action, "{outcome:?}");
+}
+
+const SSH_AND_WEB: &str = r#"
+default = "deny"
+never_block = ["203.0.113.0/24"]
+
+[[allow]]
+name = "ssh"
+proto = "tcp"
+ports = [22]
+limit = { new_per_source = "5/1h", burst = 5 }
+
+[[allow]]
+name = "web"
+proto = "tcp"
+ports = [80]
+
+[[allow]]
+name = "dns"
+proto = "udp"
+ports = [53]
+limit = { new_per_source = "3/1h" }
+"#;
+
+#[test]
+fn a_source_over_its_burst_is_refused_and_others_are_not() {
+    require_root!();
+    let mut j = judge(SSH_AND_WEB);
+    let first = v4(1);
+    for _ in 0..5 {
+        expect(syn(&mut j, first, 22), Reason::PassPortAllowed);
+    }
+    for _ in 0..10 {
+        expect(syn(&mut j, first, 22), Reason::DropRateLimited);
+    }
+    // Segments that cannot open a connection are not counted, nor refused.
+    let ack = j.run(&tcp(first, server(first), 40000, 22, ACK)).unwrap();
+    expect(ack, Reason::PassPortAllowed);
+    // Another source has its own budget; an unlimited port costs nothing.
+    for _ in 0..5 {
+        expect(syn(&mut j, v4(2), 22), Reason::PassPortAllowed);
+    }
+    expect(syn(&mut j, v4(2), 22), Reason::DropRateLimited);
+    for _ in 0..50 {
+        expect(syn(&mut j, first, 80), Reason::PassPortAllowed);
+    }
+    // UDP: every datagram is an attempt; burst defaults to the rate's count.
+    for _ in 0..3 {
+        expect(j.run(&udp(first, server(first), 40000, 53)).unwrap(), Reason::PassPortAllowed);
+    }
+    expect(j.run(&udp(first, server(first), 40000, 53)).unwrap(), Reason::DropRateLimited);
+    // Counted per rule (slots in file order of the limited rules), and per port.
+    assert_eq!(j.rule_limited().unwrap()[..2], [11, 1]);
+    assert_eq!(j.port_drops(portguard::policy::Proto::Tcp, 22), 11);
+}
+
+#[test]
+fn the_budget_comes_back_at_the_rate() {
+    require_root!();
+    let mut j = judge(
+        r#"
+default = "deny"
+[[allow]]
+proto = "tcp"
+ports = [22]
+limit = { new_per_source = "4/s", burst = 2 }
+"#,
+    );
+    let source = v4(3);
+    expect(syn(&mut j, source, 22), Reason::PassPortAllowed);
+    expect(syn(&mut j, source, 22), Reason::PassPortAllowed);
+    expect(syn(&mut j, source, 22), Reason::DropRateLimited);
+    // One token every 250 ms (the clock is coarse: a few ms of slack).
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_millis(320));
+    expect(syn(&mut j, source, 22), Reason::PassPortAllowed);
+    if start.elapsed() < Duration::from_millis(450) {
+        expect(syn(&mut j, source, 22), Reason::DropRateLimited);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    expect(syn(&mut j, source, 22), Reason::PassPortAllowed);
+    expect(syn(&mut j, source, 22), Reason::PassPortAllowed);
+    expect(syn(&mut j, source, 22), Reason::DropRateLimited);
+}
+
+#[test]
+fn ipv6_sources_share_their_network_and_never_block_is_exempt() {
+    require_root!();
+    let mut j = judge(SSH_AND_WEB);
+    // 2001:db8::1 and 2001:db8::7 are one /64 (the default `ipv6_prefix`).
+    for host in ["2001:db8::1", "2001:db8::7", "2001:db8::1", "2001:db8::9", "2001:db8::ff"] {
+        expect(syn(&mut j, v6(host), 22), Reason::PassPortAllowed);
+    }
+    expect(syn(&mut j, v6("2001:db8::1234"), 22), Reason::DropRateLimited);
+    // The next /64 has a budget of its own.
+    expect(syn(&mut j, v6("2001:db8:0:1::1"), 22), Reason::PassPortAllowed);
+    // never_block: never refused, never counted.
+    let exempt = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5));
+    for _ in 0..20 {
+        expect(syn(&mut j, exempt, 22), Reason::PassPortAllowed);
+    }
+    assert_eq!(j.rule_limited().unwrap()[0], 1);
+
+    let mut j = judge(&format!("{SSH_AND_WEB}\n[scan_detection]\nipv6_prefix = 128\n"));
+    for _ in 0..5 {
+        expect(syn(&mut j, v6("2001:db8::1"), 22), Reason::PassPortAllowed);
+    }
+    expect(syn(&mut j, v6("2001:db8::1"), 22), Reason::DropRateLimited);
+    expect(syn(&mut j, v6("2001:db8::7"), 22), Reason::PassPortAllowed);
+}
+
+#[test]
+fn monitor_mode_counts_and_drops_nothing() {
+    require_root!();
+    let mut j = judge(&format!("mode = \"monitor\"\n{SSH_AND_WEB}"));
+    let source = v4(4);
+    for _ in 0..5 {
+        expect(syn(&mut j, source, 22), Reason::PassPortAllowed);
+    }
+    for _ in 0..3 {
+        let outcome = syn(&mut j, source, 22);
+        expect(outcome, Reason::DropRateLimited);
+        assert!(outcome.monitored && !outcome.dropped(), "{outcome:?}");
+    }
+    assert_eq!(j.rule_limited().unwrap()[0], 3);
+}
+
+#[test]
+fn each_from_list_has_its_own_rules_limit() {
+    require_root!();
+    let mut j = judge(
+        r#"
+default = "deny"
+[[allow]]
+name = "admins"
+proto = "tcp"
+ports = [22]
+from = ["198.51.100.0/28"]
+limit = { new_per_source = "1/1h", burst = 1 }
+
+[[allow]]
+name = "office"
+proto = "tcp"
+ports = [22]
+from = ["198.51.100.0/24"]
+limit = { new_per_source = "3/1h", burst = 3 }
+
+[[allow]]
+name = "backup"
+proto = "tcp"
+ports = [22]
+from = ["192.0.2.0/24"]
+"#,
+    );
+    // 198.51.100.1 is in the admins' /28 (the most specific match): one attempt.
+    expect(syn(&mut j, v4(1), 22), Reason::PassSourceAllowed);
+    expect(syn(&mut j, v4(1), 22), Reason::DropRateLimited);
+    // 198.51.100.100 only in the office /24: three.
+    for _ in 0..3 {
+        expect(syn(&mut j, v4(100), 22), Reason::PassSourceAllowed);
+    }
+    expect(syn(&mut j, v4(100), 22), Reason::DropRateLimited);
+    // The backup rule carries no limit.
+    let backup = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+    for _ in 0..10 {
+        expect(syn(&mut j, backup, 22), Reason::PassSourceAllowed);
+    }
+    // Not admitted at all: refused by the port policy, not the limiter.
+    expect(syn(&mut j, IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 22), Reason::DropSourceNotAllowed);
+    assert_eq!(j.rule_limited().unwrap()[..2], [1, 1]);
+}
