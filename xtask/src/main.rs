@@ -5,6 +5,7 @@
 //! - `demo`   run portguard on a built-in namespace lab (no real interface is touched)
 //! - `test`   run every test, by tier: unit (with clippy), kernel (BPF_PROG_TEST_RUN), lab
 //!   (real traffic in namespaces)
+//! - `deb`    build the Debian package
 //! - `dist`   install the binary, the systemd unit, example policies, man pages and shell
 //!   completions (the generated ones are also left in target/dist/)
 
@@ -60,6 +61,9 @@ enum Task {
         #[arg(long, default_value = "/")]
         destdir: PathBuf,
     },
+    /// Build the Debian package (target/dist/portguard_VERSION-1_amd64.deb): the static
+    /// binary, the unit, examples, man pages, completions; see the README's Packages section.
+    Deb,
     /// Run the tests, tier by tier: unit, kernel, lab (the last two need root; here a test
     /// that cannot run fails).
     Test {
@@ -86,6 +90,7 @@ fn main() {
         Task::Bench => {
             setup::run(false, Needs::Tests).and_then(|()| setup::bench_tools()).and_then(|()| bench())
         }
+        Task::Deb => setup::run(false, Needs::Package).and_then(|()| package::deb()).map(|_| ()),
         Task::Dist { destdir } => {
             setup::run(false, Needs::Build).and_then(|()| build(true)).and_then(|()| dist(&destdir))
         }

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::workspace_root;
+use crate::{setup::MUSL_TARGET, workspace_root};
 
 /// What `portguard generate-docs` wrote: `man/` and `completions/` under `dir`.
 pub struct Docs {
@@ -67,4 +67,70 @@ pub fn generate_docs(binary: &Path) -> Result<Docs> {
     }
     println!("xtask: man pages and completions in {}", dir.display());
     Ok(Docs { dir })
+}
+
+/// Builds the static release binary (musl; the kernel object is embedded as in every build),
+/// the one binary the Debian package and the image ship.
+pub fn build_static() -> Result<PathBuf> {
+    crate::cargo(&["build", "--locked", "--release", "--package", "portguard", "--target", MUSL_TARGET])?;
+    let binary = workspace_root().join("target").join(MUSL_TARGET).join("release/portguard");
+    // ldd says "not a dynamic executable" (glibc) or "statically linked" for a static one.
+    let ldd = Command::new("ldd").arg(&binary).output().context("running ldd")?;
+    let text = String::from_utf8_lossy(&ldd.stdout) + String::from_utf8_lossy(&ldd.stderr);
+    if !(text.contains("not a dynamic executable") || text.contains("statically linked")) {
+        bail!("{} is not statically linked: {}", binary.display(), text.trim());
+    }
+    println!("xtask: built {} (static)", binary.display());
+    Ok(binary)
+}
+
+/// The unit as packaged: `dist/portguard@.service` (one source) with the package's paths.
+fn packaged_unit() -> Result<PathBuf> {
+    let source = workspace_root().join("dist/portguard@.service");
+    let text = std::fs::read_to_string(&source).with_context(|| format!("reading {}", source.display()))?;
+    let mut packaged = text.clone();
+    for (from, to) in [
+        ("/usr/local/bin/portguard", "/usr/bin/portguard"),
+        ("/usr/local/share/doc/portguard/", "/usr/share/doc/portguard/"),
+    ] {
+        if !packaged.contains(from) {
+            bail!("{} no longer names {from}: update xtask/src/package.rs", source.display());
+        }
+        packaged = packaged.replace(from, to);
+    }
+    if packaged.contains("/usr/local/") {
+        bail!("{} names another /usr/local path: the packaged unit would use it", source.display());
+    }
+    let target = dist_dir().join("deb/portguard@.service");
+    std::fs::create_dir_all(target.parent().context("unit has a directory")?)?;
+    std::fs::write(&target, packaged).with_context(|| format!("writing {}", target.display()))?;
+    Ok(target)
+}
+
+/// `cargo xtask deb`: the static binary, the man pages and completions, the unit with the
+/// package's paths, then cargo-deb (configured in portguard/Cargo.toml) without a second build.
+pub fn deb() -> Result<PathBuf> {
+    let binary = build_static()?;
+    generate_docs(&binary)?;
+    packaged_unit()?;
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        // --quiet: cargo-deb warns about every asset path under target/ other than
+        // target/release/ (the generated ones here are meant); errors still show.
+        .args(["deb", "--quiet", "--package", "portguard", "--no-build", "--target", MUSL_TARGET, "--output"])
+        .arg(dist_dir())
+        .current_dir(workspace_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo deb (cargo xtask setup installs it)")?;
+    if !output.status.success() {
+        bail!("cargo deb failed");
+    }
+    // cargo-deb prints the package's path on stdout.
+    let deb = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    if deb.extension().is_none_or(|ext| ext != "deb") || !deb.is_file() {
+        bail!("cargo deb did not name the package it built (it printed {:?})", deb.display().to_string());
+    }
+    let size = std::fs::metadata(&deb)?.len();
+    println!("xtask: built {} ({} KiB)", deb.display(), size / 1024);
+    Ok(deb)
 }

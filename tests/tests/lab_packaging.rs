@@ -1,0 +1,327 @@
+//! The release artifacts as an operator gets them: the Debian package installed with `dpkg -i`
+//! on this machine (binary, unit, man pages, completions, conffiles, state directory), an
+//! attach from the installed binary on a lab namespace, and `dpkg --purge`.
+//!
+//! The package is `PORTGUARD_DEB` (`cargo xtask test` builds it once for the lab tier), or
+//! `cargo xtask deb` is run here to build it.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use portguard_tests::{
+    Lab, SERVER_V4, cannot_run, require_root, require_tools,
+    traffic::{Servers, tcp_connects},
+};
+
+const PACKAGE: &str = "portguard";
+const UNIT: &str = "/usr/lib/systemd/system/portguard@.service";
+const COMPLETIONS: [&str; 3] = [
+    "/usr/share/bash-completion/completions/portguard",
+    "/usr/share/zsh/vendor-completions/_portguard",
+    "/usr/share/fish/vendor_completions.d/portguard.fish",
+];
+/// Everything the package puts on the system outside /etc (all gone after a purge).
+const SHIPPED: [&str; 6] = [
+    "/usr/bin/portguard",
+    UNIT,
+    "/usr/share/man/man8/portguard.8.gz",
+    "/usr/share/man/man8/portguard-attach.8.gz",
+    "/usr/share/doc/portguard/examples/edge-host.toml",
+    "/usr/share/doc/portguard/README.md",
+];
+const CONFFILES: [&str; 2] = ["/etc/portguard/example-edge-host.toml", "/etc/portguard/example-policy.toml"];
+const STATE_DIR: &str = "/var/lib/portguard";
+
+/// The operator's policy for the lab's interface: HTTP open, the rest closed.
+const POLICY: &str = r#"
+mode = "enforce"
+default = "deny"
+
+[[allow]]
+proto = "tcp"
+ports = [80]
+"#;
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("running {program}: {error}"))
+}
+
+fn ok(program: &str, args: &[&str]) -> String {
+    let output = run(program, args);
+    assert!(
+        output.status.success(),
+        "{program} {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn installed() -> bool {
+    String::from_utf8_lossy(&run("dpkg-query", &["-W", "-f=${Status}", PACKAGE]).stdout)
+        .contains("install ok installed")
+}
+
+/// The package to test: `PORTGUARD_DEB`, or one built now by `cargo xtask deb`.
+fn package() -> PathBuf {
+    if let Some(deb) = std::env::var_os("PORTGUARD_DEB") {
+        return PathBuf::from(deb);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["xtask", "deb"])
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo xtask deb");
+    assert!(output.status.success(), "cargo xtask deb failed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line =
+        stdout.lines().rev().find_map(|l| l.strip_prefix("xtask: built ")).expect("xtask names the package");
+    PathBuf::from(line.split(" (").next().unwrap())
+}
+
+/// Purges the package and removes the operator's files this test wrote, also when it fails.
+struct Installation {
+    operator_files: Vec<PathBuf>,
+}
+
+impl Drop for Installation {
+    fn drop(&mut self) {
+        if installed() {
+            let _ = run("dpkg", &["--purge", PACKAGE]);
+        }
+        for file in &self.operator_files {
+            let _ = std::fs::remove_file(file);
+        }
+        let _ = std::fs::remove_dir("/etc/portguard");
+    }
+}
+
+/// The installed binary attaching like the installed unit: its ExecStart's binary, only the
+/// capabilities of its CapabilityBoundingSet, the package's state directory.
+struct Loader {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Loader {
+    fn start(lab: &Lab, policy: &Path) -> Self {
+        let unit = std::fs::read_to_string(UNIT).unwrap();
+        let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+        let binary = exec.split_whitespace().next().unwrap();
+        assert_eq!(binary, "/usr/bin/portguard", "the packaged unit runs the packaged binary");
+        let caps: Vec<String> = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+            .expect("the unit bounds its capabilities")
+            .split_whitespace()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect();
+        // setns needs CAP_SYS_ADMIN: the namespace is entered before the capabilities go.
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.server.name))
+            .args(["setpriv", "--inh-caps=-all", "--bounding-set", &format!("-all,{}", caps.join(","))])
+            .args(["--", binary, "attach", &lab.server_if, "--policy"])
+            .arg(policy)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let loader = Self { child, lines };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(line) = loader.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if line.starts_with("running until") {
+                return loader;
+            }
+        }
+        panic!("the installed binary did not attach");
+    }
+
+    /// SIGTERM, as `systemctl stop` sends: the loader detaches and exits 0.
+    fn stop(mut self) -> bool {
+        self.terminate(Duration::from_secs(15)).is_some_and(|status| status.success())
+    }
+
+    fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().ok().flatten() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate(Duration::from_secs(10));
+        }
+    }
+}
+
+fn mode(path: &str) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}")).permissions().mode() & 0o7777
+}
+
+/// Tab in bash: what the installed completion offers after `words`.
+fn bash_completes(words: &str) -> String {
+    let script = format!(
+        "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+         _portguard portguard \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; echo \"${{COMPREPLY[*]}}\"",
+        COMPLETIONS[0]
+    );
+    ok("bash", &["-c", &script])
+}
+
+#[test]
+fn the_debian_package_installs_attaches_and_purges() {
+    require_root!();
+    require_tools!("dpkg", "man", "systemd-analyze", "nsenter", "setpriv", "bash");
+    // This test installs and purges the real package: never over an operator's installation.
+    let existing: Vec<&str> = ["/usr/bin/portguard", "/etc/portguard", STATE_DIR]
+        .into_iter()
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    if installed() || !existing.is_empty() {
+        cannot_run(&format!(
+            "portguard is installed on this machine ({}); the test would replace and purge it",
+            existing.join(", ")
+        ));
+        return;
+    }
+    let deb = package();
+    let deb = deb.to_str().unwrap();
+
+    // What the package declares: only what the binary needs at run time.
+    assert_eq!(ok("dpkg-deb", &["-f", deb, "Depends"]).trim(), "iproute2");
+    let lab = Lab::new().unwrap();
+    let policy = PathBuf::from(format!("/etc/portguard/{}.toml", lab.server_if));
+    let mut installation = Installation { operator_files: Vec::new() };
+    ok("dpkg", &["-i", deb]);
+    assert!(installed());
+
+    let version = ok("/usr/bin/portguard", &["--version"]);
+    assert_eq!(version.trim(), format!("portguard {}", env!("CARGO_PKG_VERSION")));
+    let ldd = run("ldd", &["/usr/bin/portguard"]);
+    let ldd = String::from_utf8_lossy(&ldd.stdout) + String::from_utf8_lossy(&ldd.stderr);
+    assert!(ldd.contains("not a dynamic executable") || ldd.contains("statically linked"), "{ldd}");
+    for file in SHIPPED.iter().chain(&CONFFILES).chain(&COMPLETIONS) {
+        assert!(Path::new(file).is_file(), "{file} is installed");
+    }
+    assert_eq!(ok("man", &["-w", "portguard"]).trim(), "/usr/share/man/man8/portguard.8.gz");
+    assert_eq!(
+        ok("man", &["-w", "8", "portguard-verify"]).trim(),
+        "/usr/share/man/man8/portguard-verify.8.gz"
+    );
+    let page = ok("man", &["-P", "cat", "8", "portguard-attach"]);
+    assert!(page.contains("--confirm-within") && page.contains("Treat bad lines in blocklist"), "{page}");
+    assert_eq!(bash_completes("portguard ver").trim(), "verify");
+    assert!(bash_completes("portguard attach --co").contains("--confirm-within"));
+    assert!(std::fs::read_to_string(COMPLETIONS[1]).unwrap().starts_with("#compdef portguard"));
+    assert!(std::fs::read_to_string(COMPLETIONS[2]).unwrap().contains("complete -c portguard"));
+    let copyright = std::fs::read_to_string("/usr/share/doc/portguard/copyright").unwrap();
+    assert!(copyright.contains("License: MIT") && copyright.contains("Apache-2.0"), "{copyright}");
+
+    // The state directory is root's alone; nothing is enabled or started.
+    assert_eq!(mode(STATE_DIR), 0o700);
+    let conffiles = ok("dpkg-query", &["-W", "-f=${Conffiles}", PACKAGE]);
+    for file in CONFFILES {
+        assert!(conffiles.contains(file), "{file} is a conffile: {conffiles}");
+    }
+    let wants = std::fs::read_dir("/etc/systemd/system")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_dir(entry.path()).ok())
+        .flatten()
+        .flatten()
+        .filter(|link| link.file_name().to_string_lossy().starts_with("portguard"))
+        .map(|link| link.path())
+        .collect::<Vec<_>>();
+    assert!(wants.is_empty(), "installing enabled {wants:?}");
+
+    // The installed unit, for an instance (a template alone is not a unit systemd runs).
+    let units = tempfile::tempdir().unwrap();
+    std::fs::copy(UNIT, units.path().join("portguard@.service")).unwrap();
+    std::os::unix::fs::symlink("portguard@.service", units.path().join("portguard@eth0.service")).unwrap();
+    let verify = run(
+        "systemd-analyze",
+        &["verify", "--man=no", units.path().join("portguard@eth0.service").to_str().unwrap()],
+    );
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && complaints.trim().is_empty(), "systemd-analyze verify:\n{complaints}");
+
+    // The operator's policy, where the unit looks for it; enforcement from the installed binary.
+    std::fs::write(&policy, POLICY).unwrap();
+    installation.operator_files.push(policy.clone());
+    ok("/usr/bin/portguard", &["check", policy.to_str().unwrap()]);
+    let services = Servers::start(&lab.server, &[80, 8080], &[]);
+    let loader = Loader::start(&lab, &policy);
+    assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 80)));
+    assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)));
+    assert_eq!(services.accepted(8080), 0, "the closed port saw no connection");
+    let pins = portguard_tests::portguard_cli::pin_dir(&lab.server, &lab.server_if);
+    assert!(pins.exists(), "{} while attached", pins.display());
+    assert!(loader.stop(), "SIGTERM detaches and exits 0");
+    assert!(!pins.exists(), "{} left after detach", pins.display());
+    assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)), "detached");
+
+    // An upgrade (the same package again) keeps an edited conffile without asking.
+    let edited = format!("{}\n# edited by the operator\n", std::fs::read_to_string(CONFFILES[1]).unwrap());
+    std::fs::write(CONFFILES[1], &edited).unwrap();
+    let reinstall =
+        Command::new("timeout").args(["120", "dpkg", "-i", deb]).stdin(Stdio::null()).output().unwrap();
+    assert!(reinstall.status.success(), "{}", String::from_utf8_lossy(&reinstall.stderr));
+    assert_eq!(
+        std::fs::read_to_string(CONFFILES[1]).unwrap(),
+        edited,
+        "the operator's edit survives an upgrade"
+    );
+
+    // Purge: everything the package shipped or made goes; the operator's own policy stays.
+    ok("dpkg", &["--purge", PACKAGE]);
+    assert!(!installed());
+    for file in SHIPPED.iter().chain(&CONFFILES).chain(&COMPLETIONS).chain(&[STATE_DIR]) {
+        assert!(!Path::new(file).exists(), "{file} is left after the purge");
+    }
+    assert!(!Path::new("/usr/share/doc/portguard").exists());
+    assert!(!run("man", &["-w", "portguard"]).status.success(), "man still finds portguard(8)");
+    let left: Vec<String> = std::fs::read_dir("/etc/portguard")
+        .unwrap()
+        .map(|entry| entry.unwrap().path().display().to_string())
+        .collect();
+    assert_eq!(left, vec![policy.display().to_string()], "only the operator's policy is kept");
+    drop(installation);
+    assert!(!Path::new("/etc/portguard").exists());
+}
