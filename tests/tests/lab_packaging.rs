@@ -38,14 +38,17 @@ const SHIPPED: [&str; 6] = [
 const CONFFILES: [&str; 2] = ["/etc/portguard/example-edge-host.toml", "/etc/portguard/example-policy.toml"];
 const STATE_DIR: &str = "/var/lib/portguard";
 
-/// The operator's policy for the lab's interface: HTTP open, the rest closed.
+/// The operator's policy for the lab's interface: SSH and HTTP open, the rest closed.
 const POLICY: &str = r#"
 mode = "enforce"
 default = "deny"
 
+[inbound]
+other_protocols = "deny"
+
 [[allow]]
 proto = "tcp"
-ports = [80]
+ports = [22, 80]
 "#;
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -324,4 +327,202 @@ fn the_debian_package_installs_attaches_and_purges() {
     assert_eq!(left, vec![policy.display().to_string()], "only the operator's policy is kept");
     drop(installation);
     assert!(!Path::new("/etc/portguard").exists());
+}
+
+/// The image to test: `PORTGUARD_IMAGE` (`LAYOUT:TAG`, an OCI layout), or one built now by
+/// `cargo xtask image`.
+fn image() -> String {
+    if let Ok(image) = std::env::var("PORTGUARD_IMAGE") {
+        return image;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["xtask", "image"])
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .status()
+        .expect("running cargo xtask image");
+    assert!(status.success(), "cargo xtask image failed");
+    format!(
+        "{}:{}",
+        root.join("target/dist/image/oci").canonicalize().unwrap().display(),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A blob of an OCI layout, parsed.
+fn blob(layout: &Path, digest: &str) -> serde_json::Value {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+}
+
+/// The image's configuration (entrypoint, labels) from its OCI layout, as a runtime reads it.
+fn image_config(layout: &Path, tag: &str) -> serde_json::Value {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag} in {index}"));
+    let manifest = blob(layout, manifest["digest"].as_str().unwrap());
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 1, "FROM scratch: one layer, the binary");
+    blob(layout, manifest["config"]["digest"].as_str().unwrap())
+}
+
+/// A container run by runc; killed and deleted on drop, its pins removed.
+struct Container {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pins: PathBuf,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = run("runc", &["kill", &self.name, "KILL"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = run("runc", &["delete", "--force", &self.name]);
+        // A killed loader leaves its pins; the programs go with the lab's veth pair.
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+#[test]
+fn the_container_image_enforces_and_detaches_on_sigterm() {
+    require_root!();
+    require_tools!("umoci", "runc");
+    let image = image();
+    let (layout, tag) = image.rsplit_once(':').expect("LAYOUT:TAG");
+    let layout = Path::new(layout);
+    let config = image_config(layout, tag);
+    let labels = &config["config"]["Labels"];
+    assert_eq!(labels["org.opencontainers.image.version"], env!("CARGO_PKG_VERSION"));
+    assert!(labels["org.opencontainers.image.source"].as_str().is_some_and(|s| s.starts_with("https://")));
+    let entrypoint: Vec<String> = serde_json::from_value(config["config"]["Entrypoint"].clone()).unwrap();
+    assert_eq!(entrypoint, ["/usr/bin/portguard"]);
+
+    // umoci unpacks the image into a runtime bundle as containerd and podman do: its rootfs
+    // and a config.json with the image's entrypoint, environment and working directory.
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle");
+    let unpacked = run("umoci", &["unpack", "--image", &image, bundle.to_str().unwrap()]);
+    assert!(unpacked.status.success(), "umoci unpack: {}", String::from_utf8_lossy(&unpacked.stderr));
+    let files: Vec<String> = walk(&bundle.join("rootfs"));
+    assert_eq!(files, ["/usr/bin/portguard"], "the image holds the static binary and nothing else");
+
+    let lab = Lab::new().unwrap();
+    let services = Servers::start(&lab.server, &[80, 8080], &[]);
+    let policy = work.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let state = work.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // What a DaemonSet pod gets (deploy/kubernetes/): the node's network namespace (here the
+    // lab's), /sys/fs/bpf and /var/lib/portguard from the host, the policy mounted read-only,
+    // CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only; the arguments after the entrypoint.
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut args: Vec<serde_json::Value> = entrypoint.iter().map(|a| a.as_str().into()).collect();
+    args.extend(
+        ["attach", &lab.server_if, "--policy", "/etc/portguard/policy.toml"].map(serde_json::Value::from),
+    );
+    spec["process"]["args"] = args.into();
+    spec["process"]["terminal"] = false.into();
+    let caps = serde_json::json!(["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
+    for set in ["bounding", "effective", "permitted"] {
+        spec["process"]["capabilities"][set] = caps.clone();
+    }
+    for set in ["inheritable", "ambient"] {
+        spec["process"]["capabilities"][set] = serde_json::json!([]);
+    }
+    for namespace in spec["linux"]["namespaces"].as_array_mut().unwrap() {
+        if namespace["type"] == "network" {
+            namespace["path"] = format!("/run/netns/{}", lab.server.name).into();
+        }
+    }
+    let bind = |source: &Path, destination: &str, mode: &str| serde_json::json!({"source": source, "destination": destination, "type": "bind", "options": ["rbind", mode]});
+    let mounts = spec["mounts"].as_array_mut().unwrap();
+    mounts.push(bind(Path::new("/sys/fs/bpf"), "/sys/fs/bpf", "rw"));
+    mounts.push(bind(&state, "/var/lib/portguard", "rw"));
+    mounts.push(bind(&policy, "/etc/portguard/policy.toml", "ro"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+
+    let name = portguard_tests::unique("img");
+    let mut child = Command::new("runc")
+        .args(["run", "--bundle", bundle.to_str().unwrap(), &name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("runc");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // In its own PID namespace the loader is PID 1, so the network namespace it runs in is the
+    // host's to it (as with a DaemonSet's hostNetwork): it pins where a host's loader does.
+    let pins = Path::new(portguard::paths::PIN_ROOT).join(&lab.server_if);
+    let mut container = Container { name: name.clone(), child, lines, pins: pins.clone() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut banner = Vec::new();
+    while let Ok(line) = container.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        banner.push(line);
+        if banner.last().unwrap().starts_with("running until") {
+            break;
+        }
+    }
+    assert!(
+        banner.last().is_some_and(|l| l.starts_with("running until")),
+        "the container did not attach: {banner:?}"
+    );
+
+    // It enforces: real traffic from the client namespace.
+    assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 80)));
+    assert!(!tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)));
+    assert_eq!(services.accepted(8080), 0, "the closed port saw no connection");
+    assert!(pins.exists(), "{} is pinned on the host's bpffs while attached", pins.display());
+
+    // SIGTERM (what the kubelet sends on pod deletion) detaches: exit 0, nothing pinned.
+    ok("runc", &["kill", &name, "TERM"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut status = None;
+    while Instant::now() < deadline && status.is_none() {
+        status = container.child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(status.is_some_and(|s| s.success()), "the container ended with {status:?} after SIGTERM");
+    assert!(!pins.exists(), "{} left after SIGTERM", pins.display());
+    assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)), "detached");
+}
+
+/// Every file (not directory) under `root`, as a path inside it.
+fn walk(root: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(format!("/{}", path.strip_prefix(root).unwrap().display()));
+            }
+        }
+    }
+    files.sort();
+    files
 }

@@ -6,6 +6,7 @@
 //! - `test`   run every test, by tier: unit (with clippy), kernel (BPF_PROG_TEST_RUN), lab
 //!   (real traffic in namespaces)
 //! - `deb`    build the Debian package
+//! - `image`  build the container image
 //! - `dist`   install the binary, the systemd unit, example policies, man pages and shell
 //!   completions (the generated ones are also left in target/dist/)
 
@@ -64,6 +65,9 @@ enum Task {
     /// Build the Debian package (target/dist/portguard_VERSION-1_amd64.deb): the static
     /// binary, the unit, examples, man pages, completions; see the README's Packages section.
     Deb,
+    /// Build the container image (FROM scratch: the static binary alone) with buildah:
+    /// localhost/portguard:VERSION, target/dist/image/oci (OCI layout) and an OCI archive.
+    Image,
     /// Run the tests, tier by tier: unit, kernel, lab (the last two need root; here a test
     /// that cannot run fails).
     Test {
@@ -91,6 +95,7 @@ fn main() {
             setup::run(false, Needs::Tests).and_then(|()| setup::bench_tools()).and_then(|()| bench())
         }
         Task::Deb => setup::run(false, Needs::Package).and_then(|()| package::deb()).map(|_| ()),
+        Task::Image => setup::run(false, Needs::Package).and_then(|()| package::image()).map(|_| ()),
         Task::Dist { destdir } => {
             setup::run(false, Needs::Build).and_then(|()| build(true)).and_then(|()| dist(&destdir))
         }

@@ -134,3 +134,131 @@ pub fn deb() -> Result<PathBuf> {
     println!("xtask: built {} ({} KiB)", deb.display(), size / 1024);
     Ok(deb)
 }
+
+/// Where `cargo xtask image` leaves the image: an OCI layout (tag = the version) and the same
+/// as an archive (`podman load -i`, `skopeo copy oci-archive:...`).
+pub struct Image {
+    pub layout: PathBuf,
+    pub tag: String,
+}
+
+impl Image {
+    /// The reference umoci and skopeo take: `LAYOUT:TAG`.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.layout.display(), self.tag)
+    }
+}
+
+/// The image's labels besides the version (OCI annotation keys).
+const SOURCE: &str = "https://github.com/portguard/portguard";
+
+/// `cargo xtask image`: FROM scratch, the static binary (stripped) and nothing else, built
+/// with buildah; also kept in buildah's local storage as `localhost/portguard:VERSION`.
+pub fn image() -> Result<Image> {
+    let binary = build_static()?;
+    let version = env!("CARGO_PKG_VERSION");
+    let dir = dist_dir().join("image");
+    std::fs::create_dir_all(&dir)?;
+    let stripped = dir.join("portguard");
+    run("strip", &[OsArg::from("-o"), stripped.as_os_str().into(), binary.as_os_str().into()])?;
+    let name = format!("localhost/portguard:{version}");
+    let container = output("buildah", &["from", "scratch"])?;
+    let built = (|| -> Result<()> {
+        let labels = [
+            format!("org.opencontainers.image.version={version}"),
+            format!("org.opencontainers.image.source={SOURCE}"),
+            "org.opencontainers.image.title=portguard".to_owned(),
+            "org.opencontainers.image.description=Port policy and port-scan defence, enforced in the kernel with XDP"
+                .to_owned(),
+            "org.opencontainers.image.licenses=MIT OR Apache-2.0".to_owned(),
+        ];
+        run(
+            "buildah",
+            &[
+                "copy".into(),
+                "--chmod".into(),
+                "0755".into(),
+                container.as_str().into(),
+                stripped.as_os_str().into(),
+                "/usr/bin/portguard".into(),
+            ],
+        )?;
+        let mut config: Vec<OsArg> = vec![
+            "config".into(),
+            "--entrypoint".into(),
+            r#"["/usr/bin/portguard"]"#.into(),
+            "--cmd".into(),
+            r#"["--help"]"#.into(),
+        ];
+        for label in &labels {
+            config.extend(["--label".into(), label.as_str().into()]);
+        }
+        config.push(container.as_str().into());
+        run("buildah", &config)?;
+        run(
+            "buildah",
+            &["commit".into(), "--quiet".into(), container.as_str().into(), name.as_str().into()],
+        )?;
+        Ok(())
+    })();
+    let _ = Command::new("buildah").args(["rm", &container]).output();
+    built?;
+    let layout = dir.join("oci");
+    let archive = dist_dir().join(format!("portguard_{version}_oci.tar"));
+    for old in [&layout, &archive] {
+        if old.is_dir() {
+            std::fs::remove_dir_all(old)?;
+        } else if old.exists() {
+            std::fs::remove_file(old)?;
+        }
+    }
+    run(
+        "buildah",
+        &[
+            "push".into(),
+            "--quiet".into(),
+            name.as_str().into(),
+            format!("oci:{}:{version}", layout.display()).into(),
+        ],
+    )?;
+    run(
+        "buildah",
+        &[
+            "push".into(),
+            "--quiet".into(),
+            name.as_str().into(),
+            format!("oci-archive:{}:{version}", archive.display()).into(),
+        ],
+    )?;
+    let size = std::fs::metadata(&archive)?.len();
+    let unpacked = std::fs::metadata(&stripped)?.len();
+    println!(
+        "xtask: built image {name}: {} (OCI layout) and {} ({} KiB compressed; the one file in it, /usr/bin/portguard, is {} KiB)",
+        layout.display(),
+        archive.display(),
+        size / 1024,
+        unpacked / 1024
+    );
+    Ok(Image { layout, tag: version.to_owned() })
+}
+
+type OsArg = std::ffi::OsString;
+
+fn run(program: &str, args: &[OsArg]) -> Result<()> {
+    let status = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!(
+            "`{program} {}` failed",
+            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}

@@ -31,8 +31,9 @@ const TEST_PACKAGES: &[&str] = &[
 const PACKAGE_PACKAGES: &[&str] = &["musl-tools", "buildah"];
 
 /// Debian packages the packaging tests drive besides: man-db (`man -w`), umoci to unpack the
-/// image as a runtime would, python3-venv for the Kubernetes manifest validator.
-const PACKAGING_TEST_PACKAGES: &[&str] = &["man-db", "umoci", "python3-venv"];
+/// image as a runtime would and runc to run it, python3-venv for the Kubernetes manifest
+/// validator.
+const PACKAGING_TEST_PACKAGES: &[&str] = &["man-db", "umoci", "runc", "python3-venv"];
 
 /// The static binary's target (the Debian package and the image ship it).
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";

@@ -73,11 +73,15 @@ pub fn test(only: Option<Tier>, extra: &[String]) -> Result<()> {
                 }
                 // The release artifacts, built once for the packaging tests (one static release
                 // build serves the package and the image).
-                let deb = if tier == Tier::Lab { Some(crate::package::deb()?) } else { None };
-                let deb = deb.as_deref().map(|path| path.to_string_lossy().into_owned());
+                let artifacts = if tier == Tier::Lab {
+                    let deb = crate::package::deb()?.to_string_lossy().into_owned();
+                    Some((deb, crate::package::image()?.reference()))
+                } else {
+                    None
+                };
                 let mut env = vec![MUST_RUN];
-                if let Some(deb) = &deb {
-                    env.push(("PORTGUARD_DEB", deb));
+                if let Some((deb, image)) = &artifacts {
+                    env.extend([("PORTGUARD_DEB", deb.as_str()), ("PORTGUARD_IMAGE", image.as_str())]);
                 }
                 tests_crate(names, extra, &env)
                     .with_context(|| format!("the {} tier failed", tier.name()))?;
