@@ -396,7 +396,7 @@ impl Drop for Container {
 }
 
 #[test]
-fn the_container_image_enforces_and_detaches_on_sigterm() {
+fn the_image_runs_as_the_daemonset_says_enforces_reloads_and_detaches() {
     require_root!();
     require_tools!("umoci", "runc");
     let image = image();
@@ -418,42 +418,81 @@ fn the_container_image_enforces_and_detaches_on_sigterm() {
     let files: Vec<String> = walk(&bundle.join("rootfs"));
     assert_eq!(files, ["/usr/bin/portguard"], "the image holds the static binary and nothing else");
 
+    // The pod the DaemonSet (deploy/kubernetes/daemonset.yaml) makes, on a lab "node": its
+    // arguments after the entrypoint (`$(VAR)` expanded from its env), its capabilities, its
+    // volumes at its mount paths, its read-only root; the node's network namespace is the
+    // lab's server namespace. runc is what containerd would hand this to.
+    let daemonset = manifest("daemonset.yaml");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true, "the node's network namespace");
+    let spec_of = &pod["containers"][0];
     let lab = Lab::new().unwrap();
-    let services = Servers::start(&lab.server, &[80, 8080], &[]);
-    let policy = work.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let state = work.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let services = Servers::start(&lab.server, &[80, 8080, 3306], &[]);
+    let env: Vec<String> =
+        spec_of["env"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(env, ["PORTGUARD_IFACE", "NODE_IP"], "the variables the test gives values");
+    let vars = [("$(PORTGUARD_IFACE)", lab.server_if.clone()), ("$(NODE_IP)", SERVER_V4.to_string())];
+    let mut args: Vec<serde_json::Value> = entrypoint.iter().map(|a| a.as_str().into()).collect();
+    for arg in spec_of["args"].as_array().unwrap() {
+        let arg =
+            vars.iter().fold(arg.as_str().unwrap().to_owned(), |arg, (var, value)| arg.replace(var, value));
+        assert!(!arg.contains("$("), "{arg}: a variable the test does not know");
+        args.push(arg.into());
+    }
+    let security = &spec_of["securityContext"];
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let caps: Vec<serde_json::Value> = security["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("CAP_{}", c.as_str().unwrap()).into())
+        .collect();
+    assert_eq!(caps, ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"], "the unit's capabilities");
 
-    // What a DaemonSet pod gets (deploy/kubernetes/): the node's network namespace (here the
-    // lab's), /sys/fs/bpf and /var/lib/portguard from the host, the policy mounted read-only,
-    // CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only; the arguments after the entrypoint.
+    let config = work.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("policy.toml"), POLICY).unwrap();
     let path = bundle.join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let mut args: Vec<serde_json::Value> = entrypoint.iter().map(|a| a.as_str().into()).collect();
-    args.extend(
-        ["attach", &lab.server_if, "--policy", "/etc/portguard/policy.toml"].map(serde_json::Value::from),
-    );
     spec["process"]["args"] = args.into();
     spec["process"]["terminal"] = false.into();
-    let caps = serde_json::json!(["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]);
     for set in ["bounding", "effective", "permitted"] {
-        spec["process"]["capabilities"][set] = caps.clone();
+        spec["process"]["capabilities"][set] = caps.clone().into();
     }
     for set in ["inheritable", "ambient"] {
         spec["process"]["capabilities"][set] = serde_json::json!([]);
     }
+    spec["root"]["readonly"] = security["readOnlyRootFilesystem"].clone();
     for namespace in spec["linux"]["namespaces"].as_array_mut().unwrap() {
         if namespace["type"] == "network" {
             namespace["path"] = format!("/run/netns/{}", lab.server.name).into();
         }
     }
-    let bind = |source: &Path, destination: &str, mode: &str| serde_json::json!({"source": source, "destination": destination, "type": "bind", "options": ["rbind", mode]});
-    let mounts = spec["mounts"].as_array_mut().unwrap();
-    mounts.push(bind(Path::new("/sys/fs/bpf"), "/sys/fs/bpf", "rw"));
-    mounts.push(bind(&state, "/var/lib/portguard", "rw"));
-    mounts.push(bind(&policy, "/etc/portguard/policy.toml", "ro"));
+    let volumes = pod["volumes"].as_array().unwrap();
+    let mut mounts = Vec::new();
+    for mount in spec_of["volumeMounts"].as_array().unwrap() {
+        assert!(mount.get("subPath").is_none(), "a subPath mount is never updated: {mount}");
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        let destination = mount["mountPath"].as_str().unwrap();
+        let source = if volume.get("configMap").is_some() {
+            config.clone()
+        } else if volume["hostPath"]["path"] == "/sys/fs/bpf" {
+            PathBuf::from("/sys/fs/bpf")
+        } else {
+            // The node's other directories: the test's own, as the lab tests keep theirs.
+            let dir = work.path().join(mount["name"].as_str().unwrap());
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            dir
+        };
+        let mode = if mount["readOnly"] == true { "ro" } else { "rw" };
+        mounts.push(serde_json::json!({
+            "source": source, "destination": destination, "type": "bind", "options": ["rbind", mode]
+        }));
+    }
+    let destinations: Vec<&str> = mounts.iter().map(|m| m["destination"].as_str().unwrap()).collect();
+    assert_eq!(destinations, ["/etc/portguard", "/sys/fs/bpf", "/var/lib/portguard", "/run/portguard"]);
+    spec["mounts"].as_array_mut().unwrap().extend(mounts);
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 
     let name = portguard_tests::unique("img");
@@ -496,6 +535,28 @@ fn the_container_image_enforces_and_detaches_on_sigterm() {
     assert_eq!(services.accepted(8080), 0, "the closed port saw no connection");
     assert!(pins.exists(), "{} is pinned on the host's bpffs while attached", pins.display());
 
+    // Prometheus finds the metrics where the pod's annotations say.
+    let annotations = &daemonset["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    let port: u16 = annotations["prometheus.io/port"].as_str().unwrap().parse().unwrap();
+    let path = annotations["prometheus.io/path"].as_str().unwrap();
+    let (status, body) =
+        portguard_tests::http::get(&lab.server, SocketAddr::new(SERVER_V4.into(), port), path).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("portguard_"), "{body}");
+
+    // A ConfigMap edit as the kubelet delivers it (the file swapped), then the README's reload:
+    // `kubectl exec POD -- portguard reload`, which is `runc exec`. Same process, new policy.
+    let opened = POLICY.replace("ports = [22, 80]", "ports = [22, 80, 8080]");
+    std::fs::write(config.join(".policy.toml.new"), &opened).unwrap();
+    std::fs::rename(config.join(".policy.toml.new"), config.join("policy.toml")).unwrap();
+    ok("runc", &["exec", &name, "/usr/bin/portguard", "reload"]);
+    assert!(container.child.try_wait().unwrap().is_none(), "reloaded, not restarted");
+    assert!(
+        tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)),
+        "the reload opened 8080"
+    );
+
     // SIGTERM (what the kubelet sends on pod deletion) detaches: exit 0, nothing pinned.
     ok("runc", &["kill", &name, "TERM"]);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -506,7 +567,7 @@ fn the_container_image_enforces_and_detaches_on_sigterm() {
     }
     assert!(status.is_some_and(|s| s.success()), "the container ended with {status:?} after SIGTERM");
     assert!(!pins.exists(), "{} left after SIGTERM", pins.display());
-    assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 8080)), "detached");
+    assert!(tcp_connects(&lab.client, None, SocketAddr::new(SERVER_V4.into(), 3306)), "detached");
 }
 
 /// Every file (not directory) under `root`, as a path inside it.
@@ -525,4 +586,127 @@ fn walk(root: &Path) -> Vec<String> {
     }
     files.sort();
     files
+}
+
+/// The venv `cargo xtask setup` makes (xtask/src/setup.rs: kubernetes_validate_venv).
+fn kubernetes_validate_venv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/kubernetes-validate")
+}
+
+const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
+
+/// The documents of a YAML file in deploy/kubernetes/, read by PyYAML from that venv.
+fn manifests(file: &str) -> Vec<serde_json::Value> {
+    let python = kubernetes_validate_venv().join("bin/python3");
+    assert!(python.exists(), "{} is missing: `cargo xtask setup` makes it", python.display());
+    let script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
+    let text = ok(python.to_str().unwrap(), &["-c", script, &format!("{MANIFESTS}/{file}")]);
+    serde_json::from_str::<Vec<serde_json::Value>>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// The one document of a manifest file.
+fn manifest(file: &str) -> serde_json::Value {
+    let mut documents = manifests(file);
+    assert_eq!(documents.len(), 1, "{file}: one resource per file");
+    documents.remove(0)
+}
+
+/// The Kubernetes manifests against the current API schema (kubernetes-validate, offline,
+/// strict: no unknown fields), the kustomization against the directory, the policy in the
+/// ConfigMap against portguard itself, and the pods' privileges against the unit's.
+#[test]
+fn the_kubernetes_manifests_validate() {
+    let tool = kubernetes_validate_venv().join("bin/kubernetes-validate");
+    if !tool.exists() {
+        cannot_run(&format!("it needs {} (`cargo xtask setup` installs it)", tool.display()));
+        return;
+    }
+    let kustomization = manifest("kustomization.yaml");
+    let resources: Vec<String> = serde_json::from_value(kustomization["resources"].clone()).unwrap();
+    let mut on_disk: Vec<String> = std::fs::read_dir(MANIFESTS)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|name| name != "kustomization.yaml")
+        .collect();
+    on_disk.sort();
+    let mut listed = resources.clone();
+    listed.sort();
+    assert_eq!(listed, on_disk, "the kustomization lists every manifest, and only those");
+    let image = &kustomization["images"][0];
+    assert_eq!(image["newTag"], env!("CARGO_PKG_VERSION"), "the image `cargo xtask image` builds");
+
+    let mut args = vec!["--strict", "--kubernetes-version", "1.37.0"];
+    let paths: Vec<String> = resources.iter().map(|r| format!("{MANIFESTS}/{r}")).collect();
+    args.extend(paths.iter().map(String::as_str));
+    let validated = run(tool.to_str().unwrap(), &args);
+    let report = String::from_utf8_lossy(&validated.stdout) + String::from_utf8_lossy(&validated.stderr);
+    assert!(validated.status.success(), "kubernetes-validate:\n{report}");
+    assert_eq!(report.matches(" passed for resource ").count(), resources.len(), "{report}");
+
+    // Every container runs the kustomization's image.
+    let daemonset = manifest("daemonset.yaml");
+    let cronjob = manifest("doctor-cronjob.yaml");
+    let pods =
+        [&daemonset["spec"]["template"]["spec"], &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]];
+    for pod in pods {
+        for container in pod["containers"].as_array().unwrap() {
+            assert_eq!(container["image"], image["name"], "{container}");
+        }
+    }
+
+    // The policy every node gets is one portguard accepts.
+    let configmap = manifest("policy-configmap.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, configmap["data"]["policy.toml"].as_str().unwrap()).unwrap();
+    let binary = portguard_tests::portguard_cli::binary();
+    let check = ok(binary.to_str().unwrap(), &["check", "--json", policy.to_str().unwrap()]);
+    let check: serde_json::Value = serde_json::from_str(&check).unwrap();
+    assert_eq!(check["valid"], true, "{check}");
+
+    // The DaemonSet: the unit's capabilities and no more, the host's bpffs and state, the
+    // policy as a directory (updated in place), metrics where the annotations say.
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/portguard@.service")).unwrap();
+    let mut unit_caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_owned())
+        .collect();
+    unit_caps.sort();
+    let pod = pods[0];
+    let container = &pod["containers"][0];
+    let mut caps: Vec<String> =
+        serde_json::from_value(container["securityContext"]["capabilities"]["add"].clone()).unwrap();
+    caps.sort();
+    assert_eq!(caps, unit_caps);
+    assert_eq!(container["securityContext"]["privileged"], false);
+    assert_eq!(pod["hostNetwork"], true);
+    let host_paths: Vec<&str> =
+        pod["volumes"].as_array().unwrap().iter().filter_map(|v| v["hostPath"]["path"].as_str()).collect();
+    assert_eq!(host_paths, ["/sys/fs/bpf", "/var/lib/portguard", "/run/portguard"]);
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let annotations = &daemonset["spec"]["template"]["metadata"]["annotations"];
+    let metrics = args.iter().position(|a| *a == "--metrics").map(|i| args[i + 1]).expect("--metrics");
+    assert!(
+        metrics.ends_with(&format!(":{}", annotations["prometheus.io/port"].as_str().unwrap())),
+        "{metrics}"
+    );
+    assert_eq!(args[..4], ["attach", "$(PORTGUARD_IFACE)", "--policy", "/etc/portguard/policy.toml"]);
+
+    // The doctor CronJob writes its HTML report into the kept volume.
+    let doctor = &pods[1]["containers"][0];
+    let args: Vec<&str> = doctor["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(args[0], "doctor");
+    let html = args.iter().position(|a| *a == "--html").map(|i| args[i + 1]).expect("--html");
+    let reports = doctor["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "reports").unwrap();
+    assert!(html.starts_with(reports["mountPath"].as_str().unwrap()), "{html}");
 }

@@ -38,6 +38,15 @@ const PACKAGING_TEST_PACKAGES: &[&str] = &["man-db", "umoci", "runc", "python3-v
 /// The static binary's target (the Debian package and the image ship it).
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
+/// The offline Kubernetes manifest validator (its schemas ship with it), in a venv of its own.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// Where `setup` puts that venv: `bin/kubernetes-validate` and `bin/python3` (with PyYAML,
+/// which the tests use to read the manifests).
+pub fn kubernetes_validate_venv() -> std::path::PathBuf {
+    crate::workspace_root().join("target/tools/kubernetes-validate")
+}
+
 /// cargo-deb builds the Debian package; pinned so a package build does not change under us.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
@@ -127,6 +136,9 @@ pub fn run(check_only: bool, needs: Needs) -> Result<()> {
     if needs >= Needs::Package {
         packaging_tools(check_only, &mut missing)?;
     }
+    if needs >= Needs::Tests {
+        kubernetes_validate(check_only, &mut missing)?;
+    }
 
     match bpf_linker_state() {
         LinkerState::Good => ok("bpf-linker", &format!("{BPF_LINKER_VERSION}, LLVM 22")),
@@ -203,6 +215,40 @@ fn packaging_tools(check_only: bool, missing: &mut Vec<String>) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// kubernetes-validate in a venv under target/ (python3-venv is among the test packages).
+fn kubernetes_validate(check_only: bool, missing: &mut Vec<String>) -> Result<()> {
+    let venv = kubernetes_validate_venv();
+    let tool = venv.join("bin/kubernetes-validate");
+    let version = Command::new(&tool)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if version == KUBERNETES_VALIDATE_VERSION {
+        ok("kubernetes-validate", KUBERNETES_VALIDATE_VERSION);
+        return Ok(());
+    }
+    let venv_text = venv.to_string_lossy();
+    if check_only {
+        missing.push(format!(
+            "kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (python3 -m venv {venv_text} && \
+             {venv_text}/bin/pip install kubernetes-validate=={KUBERNETES_VALIDATE_VERSION})"
+        ));
+        return Ok(());
+    }
+    step(&format!("installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} in {venv_text}"));
+    // Debian's python3 (python3-venv), whatever else is first on the PATH.
+    let python =
+        if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    run_cmd(python, &["-m", "venv", "--clear", &venv_text], &[])?;
+    let pip = venv.join("bin/pip");
+    run_cmd(
+        &pip.to_string_lossy(),
+        &["install", "--quiet", &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}")],
+        &[],
+    )
 }
 
 /// What `cargo xtask bench` compares portguard with: nftables, ip6tables, xdp-filter, and ipset
