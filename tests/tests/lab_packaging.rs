@@ -257,7 +257,7 @@ fn the_debian_package_installs_attaches_and_purges() {
     assert!(copyright.contains("License: MIT") && copyright.contains("Apache-2.0"), "{copyright}");
 
     // The state directory is root's alone; nothing is enabled or started.
-    assert_eq!(mode(STATE_DIR), 0o700);
+    assert_eq!(mode(STATE_DIR), 0o700, "{STATE_DIR} has mode {:o}", mode(STATE_DIR));
     let conffiles = ok("dpkg-query", &["-W", "-f=${Conffiles}", PACKAGE]);
     for file in CONFFILES {
         assert!(conffiles.contains(file), "{file} is a conffile: {conffiles}");

@@ -152,7 +152,6 @@ mod tests {
         let man = dir.path().join("man");
         for verb in ["attach", "reload", "block", "verify", "doctor", "detach"] {
             let page = fs::read_to_string(man.join(format!("portguard-{verb}.8"))).unwrap();
-            assert!(page.starts_with(".ie \\n(.g .ds Aq") || page.contains(".TH"), "{verb}: {page}");
             assert!(page.contains(&format!(".TH portguard-{verb} 8")), "{verb}: section 8");
         }
         assert!(!man.join("portguard-rollback-guard.8").exists());
@@ -161,7 +160,6 @@ mod tests {
         let main = fs::read_to_string(man.join("portguard.8")).unwrap();
         assert!(main.contains("portguard\\-verify(8)"), "the main page lists the verbs: {main}");
         assert!(main.contains("/var/lib/portguard"), "FILES section");
-        assert!(main.contains("\\-\\-confirm\\-within") || main.contains("confirm"), "options described");
         let attach = fs::read_to_string(man.join("portguard-attach.8")).unwrap();
         assert!(attach.contains("Treat bad lines in blocklist files as errors"), "help text in the page");
         for file in ["bash/portguard", "zsh/_portguard", "fish/portguard.fish"] {
