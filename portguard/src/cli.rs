@@ -257,6 +257,13 @@ pub enum Command {
         #[arg(long, value_name = "SEVERITY")]
         fail_on: Option<portguard::doctor::Severity>,
     },
+    /// (internal) writes the man pages and shell completions, generated from this command
+    /// line, into DIR (`cargo xtask dist` and `cargo xtask deb` call it on the built binary).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write `man/*.8` and `completions/` (created if missing).
+        dir: PathBuf,
+    },
     /// Remove an attachment: stops its loader if it runs, detaches, deletes every pin.
     Detach {
         /// Interface to detach.
@@ -285,6 +292,7 @@ impl Command {
             | Self::Block { .. }
             | Self::Unblock { .. }
             | Self::RollbackGuard { .. }
+            | Self::GenerateDocs { .. }
             | Self::Detach { .. } => false,
         }
     }

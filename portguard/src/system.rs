@@ -20,9 +20,6 @@ use nix::{
 
 use crate::paths;
 
-/// bpffs's magic number (`BPF_FS_MAGIC` in linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// A command lacks the privileges it needs: it says so, changes nothing and ends with its own
 /// exit code (`exit::Exit::NeedsPrivileges`), never with an answer it could not know.
 #[derive(Debug)]
@@ -79,7 +76,7 @@ pub fn raise_memlock() {
 
 /// Mounts bpffs at /sys/fs/bpf when it is missing (fresh machines often lack it).
 pub fn ensure_bpffs() -> Result<()> {
-    let mounted = statfs(paths::BPFFS).is_ok_and(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC);
+    let mounted = statfs(paths::BPFFS).is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
     if mounted {
         return Ok(());
     }

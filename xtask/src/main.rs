@@ -5,8 +5,12 @@
 //! - `demo`   run portguard on a built-in namespace lab (no real interface is touched)
 //! - `test`   run every test, by tier: unit (with clippy), kernel (BPF_PROG_TEST_RUN), lab
 //!   (real traffic in namespaces)
-//! - `dist`   install the binary, the systemd unit and an example policy
+//! - `deb`    build the Debian package
+//! - `image`  build the container image
+//! - `dist`   install the binary, the systemd unit, example policies, man pages and shell
+//!   completions (the generated ones are also left in target/dist/)
 
+mod package;
 mod setup;
 mod tiers;
 
@@ -51,12 +55,19 @@ enum Task {
         policies: u32,
     },
     /// Install portguard as a service: the release binary in /usr/local/bin, the systemd unit
-    /// `portguard@.service`, the example policies in /etc/portguard (existing files are kept).
+    /// `portguard@.service`, the example policies in /etc/portguard (existing files are kept),
+    /// the man pages and the bash, zsh and fish completions (generated into target/dist/).
     Dist {
         /// Install under this root instead of / (for packaging).
         #[arg(long, default_value = "/")]
         destdir: PathBuf,
     },
+    /// Build the Debian package (target/dist/portguard_VERSION-1_amd64.deb): the static
+    /// binary, the unit, examples, man pages, completions; see the README's Packages section.
+    Deb,
+    /// Build the container image (FROM scratch: the static binary alone) with buildah:
+    /// localhost/portguard:VERSION, target/dist/image/oci (OCI layout) and an OCI archive.
+    Image,
     /// Run the tests, tier by tier: unit, kernel, lab (the last two need root; here a test
     /// that cannot run fails).
     Test {
@@ -83,6 +94,8 @@ fn main() {
         Task::Bench => {
             setup::run(false, Needs::Tests).and_then(|()| setup::bench_tools()).and_then(|()| bench())
         }
+        Task::Deb => setup::run(false, Needs::Package).and_then(|()| package::deb()).map(|_| ()),
+        Task::Image => setup::run(false, Needs::Package).and_then(|()| package::image()).map(|_| ()),
         Task::Dist { destdir } => {
             setup::run(false, Needs::Build).and_then(|()| build(true)).and_then(|()| dist(&destdir))
         }
@@ -187,16 +200,33 @@ fn install(from: &str, destdir: &std::path::Path, to: &str, mode: u32, keep: boo
 }
 
 fn dist(destdir: &std::path::Path) -> Result<()> {
+    let docs = package::generate_docs(&workspace_root().join("target/release/portguard"))?;
     install("target/release/portguard", destdir, "/usr/local/bin/portguard", 0o755, false)?;
     install("dist/portguard@.service", destdir, "/etc/systemd/system/portguard@.service", 0o644, false)?;
     install("examples/edge-host.toml", destdir, "/etc/portguard/example-edge-host.toml", 0o644, true)?;
     install("examples/policy.toml", destdir, "/etc/portguard/example-policy.toml", 0o644, true)?;
     install("README.md", destdir, "/usr/local/share/doc/portguard/README.md", 0o644, false)?;
+    for page in docs.man_pages()? {
+        let name = page.file_name().context("man page name")?.to_string_lossy();
+        install(&relative(&page)?, destdir, &format!("/usr/local/share/man/man8/{name}"), 0o644, false)?;
+    }
+    for (file, to) in package::COMPLETIONS_LOCAL {
+        install(&relative(&docs.completion(file))?, destdir, to, 0o644, false)?;
+    }
     println!(
         "\nnext, for eth0:\n  cp /etc/portguard/example-edge-host.toml /etc/portguard/eth0.toml   # then edit it\n  \
          portguard check /etc/portguard/eth0.toml\n  systemctl daemon-reload && systemctl enable --now portguard@eth0"
     );
     Ok(())
+}
+
+/// `path` relative to the workspace, as `install` takes it.
+fn relative(path: &std::path::Path) -> Result<String> {
+    Ok(path
+        .strip_prefix(workspace_root())
+        .with_context(|| format!("{} is outside the workspace", path.display()))?
+        .to_string_lossy()
+        .into_owned())
 }
 
 fn fuzz(policies: u32) -> Result<()> {

@@ -26,15 +26,41 @@ const TEST_PACKAGES: &[&str] = &[
     "bsdutils",
 ];
 
+/// Debian packages to build the release artifacts: musl-gcc for the static binary (ring's C and
+/// assembly), buildah for the container image.
+const PACKAGE_PACKAGES: &[&str] = &["musl-tools", "buildah"];
+
+/// Debian packages the packaging tests drive besides: man-db (`man -w`), umoci to unpack the
+/// image as a runtime would and runc to run it, python3-venv for the Kubernetes manifest
+/// validator.
+const PACKAGING_TEST_PACKAGES: &[&str] = &["man-db", "umoci", "runc", "python3-venv"];
+
+/// The static binary's target (the Debian package and the image ship it).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The offline Kubernetes manifest validator (its schemas ship with it), in a venv of its own.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// Where `setup` puts that venv: `bin/kubernetes-validate` and `bin/python3` (with PyYAML,
+/// which the tests use to read the manifests).
+pub fn kubernetes_validate_venv() -> std::path::PathBuf {
+    crate::workspace_root().join("target/tools/kubernetes-validate")
+}
+
+/// cargo-deb builds the Debian package; pinned so a package build does not change under us.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
-/// What a task needs.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What a task needs; each includes what the one before needs.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Needs {
     /// Building the binary.
     Build,
-    /// Building, and the tools the tests and the demo drive.
+    /// Building the Debian package and the container image too.
+    Package,
+    /// Building and packaging, and the tools the tests and the demo drive.
     Tests,
 }
 
@@ -44,8 +70,12 @@ pub fn run(check_only: bool, needs: Needs) -> Result<()> {
     let mut missing = Vec::new();
 
     let mut packages = BUILD_PACKAGES.to_vec();
-    if needs == Needs::Tests {
+    if needs >= Needs::Package {
+        packages.extend_from_slice(PACKAGE_PACKAGES);
+    }
+    if needs >= Needs::Tests {
         packages.extend_from_slice(TEST_PACKAGES);
+        packages.extend_from_slice(PACKAGING_TEST_PACKAGES);
     }
     let absent: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if absent.is_empty() {
@@ -103,6 +133,13 @@ pub fn run(check_only: bool, needs: Needs) -> Result<()> {
         }
     }
 
+    if needs >= Needs::Package {
+        packaging_tools(check_only, &mut missing)?;
+    }
+    if needs >= Needs::Tests {
+        kubernetes_validate(check_only, &mut missing)?;
+    }
+
     match bpf_linker_state() {
         LinkerState::Good => ok("bpf-linker", &format!("{BPF_LINKER_VERSION}, LLVM 22")),
         state if !check_only && !absent_llvm() => {
@@ -144,6 +181,74 @@ pub fn run(check_only: bool, needs: Needs) -> Result<()> {
         bail!("{} prerequisite(s) missing", missing.len());
     }
     Ok(())
+}
+
+/// The musl target for the static binary, and cargo-deb (both rustup's and cargo's, in the
+/// user's own toolchain: no root needed).
+fn packaging_tools(check_only: bool, missing: &mut Vec<String>) -> Result<()> {
+    let targets = rustup(&["target", "list", "--installed"]).unwrap_or_default();
+    if targets.lines().any(|l| l.trim() == MUSL_TARGET) {
+        ok("rust target", MUSL_TARGET);
+    } else if !check_only {
+        step(&format!("adding the {MUSL_TARGET} target (the static binary)"));
+        run_cmd("rustup", &["target", "add", MUSL_TARGET], &[])?;
+    } else {
+        missing.push(format!("the {MUSL_TARGET} target (rustup target add {MUSL_TARGET})"));
+    }
+    let version = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if version.ends_with(CARGO_DEB_VERSION) {
+        ok("cargo-deb", CARGO_DEB_VERSION);
+    } else if !check_only {
+        step(&format!("installing cargo-deb {CARGO_DEB_VERSION}"));
+        run_cmd(
+            "cargo",
+            &["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked", "--force"],
+            &[],
+        )?;
+    } else {
+        missing.push(format!(
+            "cargo-deb {CARGO_DEB_VERSION} (cargo install cargo-deb --version {CARGO_DEB_VERSION} --locked)"
+        ));
+    }
+    Ok(())
+}
+
+/// kubernetes-validate in a venv under target/ (python3-venv is among the test packages).
+fn kubernetes_validate(check_only: bool, missing: &mut Vec<String>) -> Result<()> {
+    let venv = kubernetes_validate_venv();
+    let tool = venv.join("bin/kubernetes-validate");
+    let version = Command::new(&tool)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if version == KUBERNETES_VALIDATE_VERSION {
+        ok("kubernetes-validate", KUBERNETES_VALIDATE_VERSION);
+        return Ok(());
+    }
+    let venv_text = venv.to_string_lossy();
+    if check_only {
+        missing.push(format!(
+            "kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (python3 -m venv {venv_text} && \
+             {venv_text}/bin/pip install kubernetes-validate=={KUBERNETES_VALIDATE_VERSION})"
+        ));
+        return Ok(());
+    }
+    step(&format!("installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} in {venv_text}"));
+    // Debian's python3 (python3-venv), whatever else is first on the PATH.
+    let python =
+        if std::path::Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+    run_cmd(python, &["-m", "venv", "--clear", &venv_text], &[])?;
+    let pip = venv.join("bin/pip");
+    run_cmd(
+        &pip.to_string_lossy(),
+        &["install", "--quiet", &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}")],
+        &[],
+    )
 }
 
 /// What `cargo xtask bench` compares portguard with: nftables, ip6tables, xdp-filter, and ipset

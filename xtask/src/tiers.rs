@@ -71,7 +71,20 @@ pub fn test(only: Option<Tier>, extra: &[String]) -> Result<()> {
                     println!("xtask: the {} tier has no tests", tier.name());
                     continue;
                 }
-                tests_crate(names, extra).with_context(|| format!("the {} tier failed", tier.name()))?;
+                // The release artifacts, built once for the packaging tests (one static release
+                // build serves the package and the image).
+                let artifacts = if tier == Tier::Lab {
+                    let deb = crate::package::deb()?.to_string_lossy().into_owned();
+                    Some((deb, crate::package::image()?.reference()))
+                } else {
+                    None
+                };
+                let mut env = vec![MUST_RUN];
+                if let Some((deb, image)) = &artifacts {
+                    env.extend([("PORTGUARD_DEB", deb.as_str()), ("PORTGUARD_IMAGE", image.as_str())]);
+                }
+                tests_crate(names, extra, &env)
+                    .with_context(|| format!("the {} tier failed", tier.name()))?;
             }
         }
     }
@@ -108,13 +121,13 @@ fn clippy(packages: &[&str]) -> Result<()> {
     cargo(&args).with_context(|| format!("clippy found problems in {}", packages.join(", ")))
 }
 
-fn tests_crate(names: &[String], extra: &[String]) -> Result<()> {
+fn tests_crate(names: &[String], extra: &[String], env: &[(&str, &str)]) -> Result<()> {
     let mut args = vec!["test", "--locked", "--no-fail-fast", "--package", "portguard-tests"];
     for name in names {
         args.extend(["--test", name.as_str()]);
     }
     args.extend(extra.iter().map(String::as_str));
-    cargo_with(&args, &[MUST_RUN])
+    cargo_with(&args, env)
 }
 
 /// The test targets of each tier, from `tests/Cargo.toml`, checked against `tests/tests/`.

@@ -5,6 +5,7 @@ mod blocks;
 mod check;
 mod confirm;
 mod detach;
+mod docs;
 mod doctor;
 mod events;
 mod reload;
@@ -70,5 +71,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             fail_on,
         }),
         Command::Detach { iface, all } => detach::run(iface.as_deref(), all),
+        Command::GenerateDocs { dir } => docs::generate(&dir),
     }
 }

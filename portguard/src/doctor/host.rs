@@ -130,12 +130,27 @@ const NATIVE_XDP: &[&str] = &[
 
 pub(super) fn interfaces(only: Option<&str>, findings: &mut Vec<Finding>) -> Vec<Check> {
     // `ip -j -d link` answers for the current network namespace (sysfs may show another one).
-    let links: Vec<serde_json::Value> = std::process::Command::new("ip")
+    let listed = std::process::Command::new("ip")
         .args(["-j", "-d", "link", "show"])
         .output()
-        .ok()
-        .and_then(|output| serde_json::from_slice(&output.stdout).ok())
-        .unwrap_or_default();
+        .map_err(|error| format!("`ip` could not run ({error}); is iproute2 installed?"))
+        .and_then(|output| {
+            serde_json::from_slice::<Vec<serde_json::Value>>(&output.stdout).map_err(|_| {
+                format!("`ip -j -d link show` failed: {}", String::from_utf8_lossy(&output.stderr).trim())
+            })
+        });
+    let links = match listed {
+        Ok(links) => links,
+        // Say so rather than list no interface (a container image without iproute2).
+        Err(why) => {
+            return vec![Check {
+                name: "interface",
+                label: "interface",
+                ok: false,
+                detail: format!("not checked: {why}"),
+            }];
+        }
+    };
     let mut checks = Vec::new();
     for link in &links {
         let Some(name) = link["ifname"].as_str() else { continue };
