@@ -294,12 +294,15 @@ impl Attached {
     pub fn run(self) -> Result<Ended> {
         let Self { loader, lock } = self;
         let iface = loader.state.iface.clone();
-        say("running until Ctrl-C or SIGTERM; events follow");
-        // Under systemd (Type=notify): the unit counts as started only now, once enforcing.
-        if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
-            log::warn!("telling systemd we are ready: {error}");
-        }
-        let ended = match daemon::run(loader) {
+        // Said once the daemon handles SIGINT and SIGTERM: a stop right after the start detaches.
+        let ready = || {
+            say("running until Ctrl-C or SIGTERM; events follow");
+            // Under systemd (Type=notify): the unit counts as started only now, once enforcing.
+            if let Err(error) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+                log::warn!("telling systemd we are ready: {error}");
+            }
+        };
+        let ended = match daemon::run(loader, ready) {
             Ok((ended, mut loader)) => {
                 loader.close_sinks();
                 Ok(ended)

@@ -118,12 +118,13 @@ pub enum Ended {
     Left,
 }
 
-/// Runs until SIGINT or SIGTERM; hands the loader back with how it ended.
-pub fn run(loader: Loader) -> Result<(Ended, Loader)> {
-    crate::runtime::new()?.block_on(serve(loader))
+/// Runs until SIGINT or SIGTERM; hands the loader back with how it ended. `ready` runs once
+/// both signals are handled (and the control socket listens).
+pub fn run(loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loader)> {
+    crate::runtime::new()?.block_on(serve(loader, ready))
 }
 
-async fn serve(mut loader: Loader) -> Result<(Ended, Loader)> {
+async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loader)> {
     let iface = loader.state.iface.clone();
     let mut source = EventSource::from_pins(&iface)?.watch()?;
     let metrics = match loader.metrics.take() {
@@ -151,6 +152,7 @@ async fn serve(mut loader: Loader) -> Result<(Ended, Loader)> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
+    ready();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut reloading: Option<ReloadInProgress> = None;
     let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
