@@ -38,6 +38,15 @@ fn pin_to_one_cpu() {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
 }
 
+/// A map of the judge's own program, opened again by id (the way a separate process opens it).
+fn own_map(j: &Judge, name: &str) -> aya::maps::MapData {
+    let id = match j.ebpf().map(name).expect(name) {
+        aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data.info().unwrap().id(),
+        _ => panic!("{name}: unexpected type"),
+    };
+    aya::maps::MapData::from_id(id).unwrap()
+}
+
 fn observed(j: &Judge, slot: u32) -> u64 {
     j.counters().unwrap().slot(slot).packets
 }
@@ -327,13 +336,7 @@ fn a_blocked_sources_memo_ends_when_its_block_is_lifted() {
     assert_eq!(j.run(&tcp(other, server(false), 1, 80, SYN)).unwrap().reason, Reason::DropDefaultDeny);
     assert_eq!(j.run(&tcp(trapped, server(false), 4, 80, SYN)).unwrap().reason, Reason::DropAutoBlock);
     // `unblock`'s own code lifts it: the very next packet is judged by the policy.
-    let own = |name: &str| {
-        let id = match j.ebpf().map(name).expect(name) {
-            aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data.info().unwrap().id(),
-            _ => panic!("{name}: unexpected type"),
-        };
-        aya::maps::MapData::from_id(id).unwrap()
-    };
+    let own = |name: &str| own_map(&j, name);
     let mut blocks: aya::maps::HashMap<aya::maps::MapData, [u8; 16], portguard_common::maps::AutoBlock> =
         aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(own("PG_AUTO_BLOCK"))).unwrap();
     let mut runtime: aya::maps::Array<aya::maps::MapData, portguard_common::maps::Runtime> =
@@ -387,13 +390,7 @@ fn the_automatic_block_filter_keeps_every_block_through_refills() {
         assert_eq!(hit.reason, Reason::DropAutoBlock, "{src} not blocked by the trap");
     }
     let table_maps = |j: &Judge| {
-        let own = |name: &str| {
-            let id = match j.ebpf().map(name).expect(name) {
-                aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data.info().unwrap().id(),
-                _ => panic!("{name}: unexpected type"),
-            };
-            aya::maps::MapData::from_id(id).unwrap()
-        };
+        let own = |name: &str| own_map(j, name);
         let filter = portguard::auto_filter::AutoFilter::map(&own("PG_AUTO_FILTER")).unwrap();
         let blocks: aya::maps::HashMap<aya::maps::MapData, [u8; 16], portguard_common::maps::AutoBlock> =
             aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(own("PG_AUTO_BLOCK"))).unwrap();
