@@ -42,6 +42,9 @@ pub const FLAG_PORT_DROPS_PER_CPU: u32 = 1 << 17;
 /// Some rule carries a per-source limit (`limit = { ... }`): ports flagged
 /// `PORT_FLAG_LIMITED` consult `PG_RULE_LIMITS`.
 pub const FLAG_RATE_LIMITS: u32 = 1 << 18;
+/// `[brute_force]`: a source refused by a rule's limit `brute_force_after` times within
+/// `brute_force_window_ns` is blocked.
+pub const FLAG_BRUTE_FORCE: u32 = 1 << 19;
 
 /// Most distinct IPv6 prefix lengths the blocklist probes, longest first.
 pub const MAX_BL6_PREFIX_LENS: usize = 16;
@@ -91,6 +94,16 @@ pub struct Config {
     pub bl6_filter_shift: u32,
     /// `bl6_prefix_lens` as masks over an address's words (`maps::prefix_mask_words`).
     pub bl6_masks: [[u64; 2]; MAX_BL6_PREFIX_LENS],
+    /// `[brute_force]`: refused attempts (per source and rule, in one window) that block.
+    pub brute_force_after: u32,
+    pub _pad: u32,
+    /// `[brute_force]`: the window they are counted in (tumbling).
+    pub brute_force_window_ns: u64,
+    /// `[brute_force]`: a first block's length; it doubles for each block in a row, each
+    /// within `recidive_ns` of the one before, up to `brute_force_max_block_ns`.
+    pub brute_force_block_ns: u64,
+    pub brute_force_max_block_ns: u64,
+    pub recidive_ns: u64,
 }
 
 impl Config {
@@ -114,6 +127,12 @@ impl Config {
             scan_threshold_ports: 0,
             bl6_filter_shift: 64 - crate::maps::BL6_FILTER_MIN_LOG2,
             bl6_masks: [[0; 2]; MAX_BL6_PREFIX_LENS],
+            brute_force_after: 0,
+            _pad: 0,
+            brute_force_window_ns: 0,
+            brute_force_block_ns: 0,
+            brute_force_max_block_ns: 0,
+            recidive_ns: 0,
         }
     }
 
@@ -129,7 +148,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(size_of::<Config>() == 120 + 16 * MAX_BL6_PREFIX_LENS);
+const _: () = assert!(size_of::<Config>() == 160 + 16 * MAX_BL6_PREFIX_LENS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

@@ -184,6 +184,9 @@ observations! {
     /// Sources blocked automatically for touching a trap port.
     OBS_TRAP_BLOCKS = OBSERVATION_BASE + 9,
         "trap_blocks", "sources blocked by trap ports", FAMILY_AUTO_BLOCKS = "trap";
+    /// Sources blocked automatically by `[brute_force]` (refused by a rule's limit too often).
+    OBS_LIMIT_BLOCKS = OBSERVATION_BASE + 15,
+        "limit_blocks", "sources blocked for hitting a rule's limit too often", FAMILY_AUTO_BLOCKS = "limit";
     /// Automatic blocks found expired by the packet path (and removed).
     OBS_BLOCKS_EXPIRED = OBSERVATION_BASE + 10,
         "blocks_expired", "automatic blocks expired on the packet path", FAMILY_BLOCKS_EXPIRED;
@@ -210,7 +213,7 @@ observations! {
 }
 
 /// Observation slots no counter uses (yet): the only ones `OBSERVATIONS` may leave out.
-pub const OBS_UNUSED: [u32; 2] = [OBSERVATION_BASE + 6, OBSERVATION_BASE + 15];
+pub const OBS_UNUSED: [u32; 1] = [OBSERVATION_BASE + 6];
 /// Entries in `PG_COUNTERS`.
 pub const COUNTER_SLOTS: u32 = OBSERVATION_BASE + 16;
 

@@ -14,11 +14,14 @@ pub enum EventKind {
     BlockExpired = 4,
     /// A source tried to open a trap port.
     TrapHit = 5,
+    /// A rule's per-source limit refused a source: the first refusal of each `[brute_force]`
+    /// window (one minute without that section), per source and rule.
+    Limited = 6,
 }
 
 impl EventKind {
     pub fn from_u8(value: u8) -> Option<Self> {
-        [Self::Drop, Self::ScanDetected, Self::AutoBlocked, Self::BlockExpired, Self::TrapHit]
+        [Self::Drop, Self::ScanDetected, Self::AutoBlocked, Self::BlockExpired, Self::TrapHit, Self::Limited]
             .into_iter()
             .find(|k| *k as u8 == value)
     }
@@ -30,6 +33,7 @@ impl EventKind {
             Self::AutoBlocked => "auto_blocked",
             Self::BlockExpired => "block_expired",
             Self::TrapHit => "trap_hit",
+            Self::Limited => "limited",
         }
     }
 }
@@ -104,7 +108,8 @@ pub struct Event {
     pub dst: [u8; 16],
     pub ifindex: u32,
     /// Scans: distinct ports in the window. Drops: drops of this kind not reported since the
-    /// last event (suppressed by the rate limit), where known.
+    /// last event (suppressed by the rate limit), where known. Limits: the rule's number.
+    /// Blocks for a limit: the attempts refused in the window.
     pub count: u32,
     pub sport: u16,
     pub dport: u16,

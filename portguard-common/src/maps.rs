@@ -75,7 +75,7 @@ pub const fn flow_port_bit(proto: u8, port: u16) -> (u32, u64) {
 pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 14] = [
+pub const SHARED_MAPS: [&str; 15] = [
     MAP_EVENT_BUDGET,
     MAP_FLOW_PORTS,
     MAP_COUNTERS,
@@ -90,6 +90,7 @@ pub const SHARED_MAPS: [&str; 14] = [
     MAP_RUNTIME,
     MAP_LIMITS,
     MAP_RULE_LIMITED,
+    MAP_OFFENDERS,
 ];
 
 // The per-port tables are indexed by protocol: the numbers live in `net`.
@@ -177,6 +178,30 @@ pub struct LimitKey {
 pub struct LimitState {
     /// Theoretical arrival time of the next attempt (`bpf_ktime_get_coarse_ns` clock).
     pub tat_ns: u64,
+    /// Start of the `[brute_force]` window the source's refused attempts on this rule are
+    /// counted in (same clock; tumbling).
+    pub window_start_ns: u64,
+    /// Attempts refused in that window.
+    pub refused: u32,
+    pub _pad: u32,
+}
+
+/// `LruHashMap<[u8; 16], Offender>` (shared, sized by `[limits] auto_blocks`): sources
+/// `[brute_force]` has blocked, kept past their block so a repeat offender's next block is
+/// longer (recidive). Keyed like `PG_AUTO_BLOCK`.
+pub const MAP_OFFENDERS: &str = "PG_OFFENDERS";
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offender {
+    /// When the source's last `[brute_force]` block ends (`bpf_ktime_get_coarse_ns` clock).
+    pub last_expires_ns: u64,
+    /// Blocks in a row, each within `recidive_within` of the end of the one before (1: the
+    /// first).
+    pub blocks: u32,
+    /// Prefix length of the network the key stands for (as `AutoBlock::prefix_len`).
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
 }
 
 #[repr(C)]
@@ -525,6 +550,13 @@ pub const CAUSE_SCAN: u8 = 1;
 pub const CAUSE_TRAP: u8 = 2;
 /// A slow scan: the long window's threshold was crossed.
 pub const CAUSE_SLOW_SCAN: u8 = 3;
+/// `[brute_force]`: refused by a rule's rate limit too often (`limit = { new_per_source }`).
+pub const CAUSE_RATE_LIMIT: u8 = 4;
+/// `[brute_force]`: refused by a rule's cap on concurrent connections too often.
+pub const CAUSE_CONNECTION_LIMIT: u8 = 5;
+/// `[brute_force]` again within `recidive_within` of its last block: a longer block (its
+/// event says which limit).
+pub const CAUSE_RECIDIVE: u8 = 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -535,9 +567,9 @@ pub struct AutoBlock {
     pub expires_ns: u64,
     /// `CAUSE_*`.
     pub cause: u8,
-    /// `ScanKind` of the scan, or the protocol of the trap port.
+    /// `ScanKind` of the scan, or the protocol of the trap port or of the limited port.
     pub kind: u8,
-    /// Trap port, or the distinct ports that made the scan.
+    /// Trap port, the distinct ports that made the scan, or the port whose limit refused.
     pub port: u16,
     /// Prefix length of the blocked network (the key is its address): 32 for IPv4
     /// sources, the policy's `ipv6_prefix` for IPv6 ones.
@@ -612,7 +644,8 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 const _: () = assert!(size_of::<PortRule>() == 4);
 const _: () = assert!(size_of::<RuleLimit>() == 24);
 const _: () = assert!(size_of::<LimitKey>() == 24);
-const _: () = assert!(size_of::<LimitState>() == 8);
+const _: () = assert!(size_of::<LimitState>() == 24);
+const _: () = assert!(size_of::<Offender>() == 16);
 const _: () = assert!(size_of::<SrcAllowKey>() == 20);
 const _: () = assert!(size_of::<Bl6Key>() == 24);
 const _: () = assert!(size_of::<NetKey>() == 17);
@@ -633,6 +666,7 @@ mod pod {
     unsafe impl aya::Pod for RuleLimit {}
     unsafe impl aya::Pod for LimitKey {}
     unsafe impl aya::Pod for LimitState {}
+    unsafe impl aya::Pod for Offender {}
     unsafe impl aya::Pod for SrcAllowKey {}
     unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for Bl6Key {}

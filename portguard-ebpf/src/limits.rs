@@ -4,16 +4,31 @@
 
 use portguard_common::{
     Config,
-    maps::{LimitKey, LimitState, RuleLimit},
+    config::FLAG_BRUTE_FORCE,
+    counters::OBS_LIMIT_BLOCKS,
+    events::EventKind,
+    maps::{CAUSE_RATE_LIMIT, CAUSE_RECIDIVE, LimitKey, LimitState, Offender},
 };
 
 use crate::{
-    blocks,
-    maps::{PG_LIMIT_KEY, PG_LIMITS, PG_RULE_LIMITED, PG_RULE_LIMITS},
+    blocks, counters,
+    events::{self, Subject},
+    maps::{PG_LIMIT_KEY, PG_LIMITS, PG_OFFENDERS, PG_RULE_LIMITED, PG_RULE_LIMITS},
     mem,
     parse::Packet,
     time::now_ns,
 };
+
+/// `over_rate`'s answers: the attempt may go on; it is refused; it is refused and reported
+/// (a `limited` event: no drop event for it); it is refused and its source was blocked for it
+/// (`[brute_force]`, reported too).
+pub const ADMITTED: u32 = 0;
+pub const REFUSED: u32 = 1;
+pub const REFUSED_REPORTED: u32 = 2;
+pub const BLOCKED_NOW: u32 = 3;
+
+/// The window refusals are counted in (for the `limited` event) without `[brute_force]`.
+const DEFAULT_WINDOW_NS: u64 = 60_000_000_000;
 
 /// Whether a new connection (TCP SYN) or datagram from `packet.src` to a port that rule
 /// `rule` opens is over the rule's per-source rate. An admitted attempt spends from the
@@ -21,21 +36,22 @@ use crate::{
 /// for what it sends beyond the rate). `never_block` sources are never refused; a refusal is
 /// counted for the rule (as "would limit" in monitor mode: the verdict decides).
 #[inline(always)]
-pub fn over_rate(packet: &Packet, rule: u16, cfg: &Config) -> bool {
+pub fn over_rate(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) -> u32 {
     let Some(limit) = PG_RULE_LIMITS.get(u32::from(rule)) else {
-        return false;
+        return ADMITTED;
     };
     if limit.interval_ns == 0 {
-        return false;
+        return ADMITTED;
     }
     let Some(key) = limit_key(packet, rule, cfg) else {
-        return false;
+        return ADMITTED;
     };
     let now = now_ns();
     let Some(state) = PG_LIMITS.get_ptr_mut(key) else {
         // A source new to this rule (or forgotten by the LRU): a full burst, less this attempt.
-        let _ = PG_LIMITS.insert(key, &LimitState { tat_ns: now + limit.interval_ns }, 0);
-        return false;
+        let fresh = LimitState { tat_ns: now + limit.interval_ns, ..Default::default() };
+        let _ = PG_LIMITS.insert(key, &fresh, 0);
+        return ADMITTED;
     };
     // SAFETY: a value of the map. CPUs may race on one source's timestamp: at worst one
     // attempt too many is admitted, never one too few.
@@ -43,20 +59,92 @@ pub fn over_rate(packet: &Packet, rule: u16, cfg: &Config) -> bool {
     let start = if tat > now { tat } else { now };
     if start - now <= limit.tolerance_ns {
         unsafe { (*state).tat_ns = start + limit.interval_ns };
-        return false;
+        return ADMITTED;
     }
-    refused(packet, limit, cfg)
+    refused(subject, rule, limit.slot, state, cfg)
 }
 
-/// An attempt over the rate: refused unless the source is exempt, counted for its rule.
-#[inline(always)]
-fn refused(packet: &Packet, limit: &RuleLimit, cfg: &Config) -> bool {
-    if blocks::exempt(cfg, &packet.src) {
-        return false;
+/// An attempt over the rate: refused unless the source is exempt, counted for its rule and
+/// in the source's window; the window's first refusal is reported (`limited`), and with
+/// `[brute_force]` its `after`-th blocks the source. A call of its own: the limited path's
+/// event and block code stays out of the admitted path.
+#[inline(never)]
+fn refused(subject: &Subject, rule: u16, slot: u32, state: *mut LimitState, cfg: &Config) -> u32 {
+    if blocks::exempt(cfg, subject.src) {
+        return ADMITTED;
     }
-    if let Some(count) = PG_RULE_LIMITED.get_ptr_mut(limit.slot) {
+    let now = now_ns();
+    if let Some(count) = PG_RULE_LIMITED.get_ptr_mut(slot) {
         // Per-CPU: a plain add.
         unsafe { *count += 1 };
+    }
+    // SAFETY: a value of the map; CPUs racing on one source's window may lose a count.
+    let state = unsafe { &mut *state };
+    let window = if cfg.has(FLAG_BRUTE_FORCE) { cfg.brute_force_window_ns } else { DEFAULT_WINDOW_NS };
+    if now.wrapping_sub(state.window_start_ns) >= window {
+        state.window_start_ns = now;
+        state.refused = 0;
+    }
+    state.refused += 1;
+    if cfg.has(FLAG_BRUTE_FORCE) && state.refused >= cfg.brute_force_after {
+        if escalate(subject, CAUSE_RATE_LIMIT, state.refused, now, cfg) {
+            state.refused = 0;
+            return BLOCKED_NOW;
+        }
+    }
+    if state.refused == 1 && events::drop_event_allowed() {
+        if let Some(details) = events::draft() {
+            details.reason = CAUSE_RATE_LIMIT;
+            details.count = u32::from(rule);
+            events::emit(EventKind::Limited, subject, details, cfg);
+            return REFUSED_REPORTED;
+        }
+    }
+    REFUSED
+}
+
+/// Blocks the source of a limited attempt for `[brute_force] block_for`, doubled for each
+/// block in a row, each within `recidive_within` of the end of the one before, up to
+/// `max_block_for`; says so with an `auto_blocked` event whose cause is `cause`, or
+/// `recidive` for a repeat. False when this second's block budget is spent.
+#[inline(always)]
+fn escalate(subject: &Subject, cause: u8, refused: u32, now: u64, cfg: &Config) -> bool {
+    let Some(key) = blocks::source_key(subject.src, subject.is_v6, 0, cfg) else {
+        return false;
+    };
+    // SAFETY: a copy is read; an LRU entry may be replaced meanwhile, which only shortens a
+    // block.
+    let before = unsafe { PG_OFFENDERS.get(&key.addr).copied() };
+    let in_a_row = match before {
+        Some(before) if now < before.last_expires_ns.saturating_add(cfg.recidive_ns) => before.blocks + 1,
+        _ => 1,
+    };
+    let mut block_ns = cfg.brute_force_block_ns;
+    let mut doublings = 1;
+    // Bounded for the verifier; 2^31 times any length is past every cap.
+    while doublings < in_a_row && doublings < 32 && block_ns < cfg.brute_force_max_block_ns {
+        block_ns = block_ns.saturating_mul(2);
+        doublings += 1;
+    }
+    if block_ns > cfg.brute_force_max_block_ns {
+        block_ns = cfg.brute_force_max_block_ns;
+    }
+    let block_cause = if in_a_row > 1 { CAUSE_RECIDIVE } else { cause };
+    let prefix_len = blocks::source_prefix(subject.is_v6, cfg);
+    let expires_ns = now + block_ns;
+    if !blocks::block(&key.addr, prefix_len, now, expires_ns, block_cause, subject.proto, subject.dport) {
+        return false;
+    }
+    let offender = Offender { last_expires_ns: expires_ns, blocks: in_a_row, prefix_len, _pad: [0; 3] };
+    let _ = PG_OFFENDERS.insert(&key.addr, &offender, 0);
+    counters::add(OBS_LIMIT_BLOCKS, 0);
+    if let Some(details) = events::draft() {
+        details.reason = block_cause;
+        details.scan_kind = cause;
+        details.count = refused;
+        details.expires_ns = expires_ns;
+        details.prefix_len = prefix_len;
+        events::emit(EventKind::AutoBlocked, &Subject { src: &key.addr, ..*subject }, details, cfg);
     }
     true
 }

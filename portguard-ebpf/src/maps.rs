@@ -11,8 +11,8 @@ use portguard_common::{
     counters::COUNTER_SLOTS,
     maps::{
         AUTO_FILTER_ENTRIES, AutoBlock, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict,
-        LIMIT_COUNTER_SLOTS, LimitKey, LimitState, ManualBlock, NetKey, PORT_TABLE_LEN, PortRule, RuleLimit,
-        Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
+        LIMIT_COUNTER_SLOTS, LimitKey, LimitState, ManualBlock, NetKey, Offender, PORT_TABLE_LEN, PortRule,
+        RuleLimit, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
     },
 };
 
@@ -81,6 +81,9 @@ pub static PG_MANUAL: LpmTrie<NetKey, ManualBlock> = LpmTrie::with_max_entries(6
 
 #[map]
 pub static PG_LIMITS: LruHashMap<LimitKey, LimitState> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static PG_OFFENDERS: LruHashMap<[u8; 16], Offender> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 pub static PG_RULE_LIMITED: PerCpuArray<u64> = PerCpuArray::with_max_entries(LIMIT_COUNTER_SLOTS, 0);

@@ -7,7 +7,8 @@
 //!    expired or in `never_block` -> drop
 //! 5. later fragment -> the verdict its first fragment got (or the `unseen` action)
 //! 6. TCP/UDP -> port policy; a new connection or datagram the deciding rule admits may still be
-//!    over the rule's per-source rate (`limits.rs`); a drop is lifted for packets of flows the host is part of
+//!    over the rule's per-source rate (`limits.rs`; refused too often: blocked, with
+//!    `[brute_force]`); a drop is lifted for packets of flows the host is part of
 //!    (TCP segments that cannot open a connection, UDP replies); a refused attempt counts
 //!    towards scan detection, an attempt on a trap port blocks its source
 //! 7. ICMP, ICMPv6, other protocols -> the policy's protocol actions
@@ -199,12 +200,16 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     let (decision, deciding_rule) = port_decision(packet, action, rule_number(rule), cfg);
     if !decision.is_drop() {
         // Ports no limited rule opens pay for one flag test (on a value already loaded).
-        if flags & PORT_FLAG_LIMITED != 0
-            && attempt
-            && cfg.has(FLAG_RATE_LIMITS)
-            && limits::over_rate(packet, deciding_rule, cfg)
-        {
-            return Judged::new(Reason::DropRateLimited);
+        if flags & PORT_FLAG_LIMITED != 0 && attempt && cfg.has(FLAG_RATE_LIMITS) {
+            match limits::over_rate(packet, subject, deciding_rule, cfg) {
+                limits::ADMITTED => {}
+                limits::REFUSED => return Judged::new(Reason::DropRateLimited),
+                // Reported already: by a `limited` event, or by the block's.
+                limits::REFUSED_REPORTED => {
+                    return Judged { reason: Reason::DropRateLimited as u8, report: false };
+                }
+                _ => return Judged { reason: Reason::DropAutoBlock as u8, report: false },
+            }
         }
         return Judged::new(decision);
     }

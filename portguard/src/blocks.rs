@@ -15,15 +15,15 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portguard_common::{
     events::ScanKind,
     maps::{
-        AutoBlock, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_AUTO_BLOCK, MAP_MANUAL, MAP_RUNTIME, ManualBlock,
-        NET_KEY_FIXED_BITS, NetKey, RUNTIME_USER, Runtime,
+        AutoBlock, CAUSE_TRAP, FAMILY_V4, FAMILY_V6, MAP_AUTO_BLOCK, MAP_MANUAL, MAP_OFFENDERS, MAP_RUNTIME,
+        ManualBlock, NET_KEY_FIXED_BITS, NetKey, Offender, RUNTIME_USER, Runtime,
     },
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     durations,
-    events::{Clock, block_scan_ports, cause_name, ip_of, network_prefix, protocol_name},
+    events::{Clock, block_scan_ports, cause_name, ip_of, is_limit_cause, network_prefix, protocol_name},
     files,
     loader::kernel_now_ns,
     maps::open_pinned,
@@ -336,13 +336,14 @@ pub struct ActiveBlock {
     /// The blocked address (a /32 or /128), or the IPv6 network blocked as one
     /// (`[scan_detection] ipv6_prefix`).
     pub network: IpNet,
-    /// `scan`, `slow_scan` or `trap`.
+    /// `scan`, `slow_scan`, `trap`, or for `[brute_force]` `rate_limit`, `connection_limit`
+    /// and `recidive` (a repeat offender's longer block).
     pub cause: &'static str,
     /// Scans: how the source probed (`syn`, `udp`, ...).
     pub scan_kind: Option<&'static str>,
     /// Scans: the distinct refused ports that made the scan (estimated past the exact count).
     pub distinct_ports: Option<u32>,
-    /// Trap ports: the one touched.
+    /// Trap ports: the one touched; limits: the limited one.
     pub protocol: Option<String>,
     pub port: Option<u16>,
     /// RFC 3339, UTC.
@@ -377,17 +378,23 @@ impl ActiveBlock {
 
 /// The network an automatic block's key and prefix length stand for.
 pub fn auto_block_network(addr: [u8; 16], block: &AutoBlock) -> IpNet {
+    network_of(addr, block.prefix_len)
+}
+
+/// The network a key of the automatic block tables and its prefix length stand for.
+fn network_of(addr: [u8; 16], prefix_len: u8) -> IpNet {
     let ip = ip_of(addr);
     let len = match ip {
         IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => network_prefix(addr, block.prefix_len).unwrap_or(128),
+        IpAddr::V6(_) => network_prefix(addr, prefix_len).unwrap_or(128),
     };
     IpNet::new(ip, len).expect("a valid prefix length")
 }
 
 /// Lifts the automatic blocks of `interfaces` that cover, or lie inside, `net` (a false
 /// positive, say); returns how many. An IPv6 network blocked as one is lifted by naming any
-/// address in it.
+/// address in it. `[brute_force]`'s memory of those sources goes too: an operator who lifts
+/// a block does not want the next one doubled for it.
 pub fn lift_automatic(net: &IpNet, interfaces: &[String]) -> Result<usize> {
     let mut lifted = 0;
     for iface in interfaces {
@@ -395,8 +402,25 @@ pub fn lift_automatic(net: &IpNet, interfaces: &[String]) -> Result<usize> {
             HashMap::try_from(open_pinned(iface, MAP_AUTO_BLOCK)?)?;
         let mut runtime: Array<MapData, Runtime> = Array::try_from(open_pinned(iface, MAP_RUNTIME)?)?;
         lifted += lift_automatic_in(&mut blocks, &mut runtime, net)?;
+        let mut offenders: HashMap<MapData, [u8; 16], Offender> =
+            HashMap::try_from(open_pinned(iface, MAP_OFFENDERS)?)?;
+        forget_offenders_in(&mut offenders, net);
     }
     Ok(lifted)
+}
+
+/// Forgets the repeat offenders in `offenders` (keyed like automatic blocks) inside `net`.
+pub fn forget_offenders_in<T: BorrowMut<MapData>>(
+    offenders: &mut HashMap<T, [u8; 16], Offender>,
+    net: &IpNet,
+) {
+    let entries: Vec<([u8; 16], Offender)> = offenders.iter().filter_map(Result::ok).collect();
+    for (key, offender) in entries {
+        let remembered = network_of(key, offender.prefix_len);
+        if net.contains(&remembered) || remembered.contains(net) {
+            let _ = offenders.remove(&key);
+        }
+    }
 }
 
 /// Lifts the automatic blocks in `blocks` that overlap `net` (one attachment's maps), and
@@ -441,7 +465,8 @@ pub fn active_blocks<T: std::borrow::Borrow<MapData>>(
         .filter_map(Result::ok)
         .filter(|(_, b)| b.expires_ns > now)
         .map(|(addr, b)| {
-            let trap = b.cause == CAUSE_TRAP;
+            // Trap and limit blocks name a port; scan blocks how the scan went.
+            let trap = b.cause == CAUSE_TRAP || is_limit_cause(b.cause);
             ActiveBlock {
                 network: auto_block_network(addr, &b),
                 cause: cause_name(b.cause),

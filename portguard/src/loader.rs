@@ -27,9 +27,9 @@ use log::{info, warn};
 use portguard_common::maps::{
     AutoBlock, Bl6Key, EventBudget, LIMIT_COUNTER_SLOTS, MAP_AUTO_BLOCK, MAP_AUTO_FILTER, MAP_BL4_INDEX,
     MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER, MAP_EVENT_BUDGET, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_LIMITS,
-    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_PORT_DROPS, MAP_PORTS, MAP_RULE_LIMITED, MAP_RULE_LIMITS, MAP_RUNTIME,
-    MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, RuleLimit, Runtime, SHARED_MAPS,
-    SrcAllowKey,
+    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_OFFENDERS, MAP_PORT_DROPS, MAP_PORTS, MAP_RULE_LIMITED, MAP_RULE_LIMITS,
+    MAP_RUNTIME, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, RuleLimit, Runtime,
+    SHARED_MAPS, SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +108,8 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         .map_max_entries(MAP_FRAGS, limits.fragments)
         .map_max_entries(MAP_SCAN, limits.sources)
         .map_max_entries(MAP_AUTO_BLOCK, limits.auto_blocks)
+        // Repeat offenders are remembered for as many sources as may be blocked at once.
+        .map_max_entries(MAP_OFFENDERS, limits.auto_blocks)
         .map_max_entries(MAP_EVENTS, policy.events.ring_buffer_kib * 1024)
         .map_max_entries(MAP_MANUAL, limits.manual_blocks)
         .map_max_entries(MAP_PORT_DROPS, PORT_TABLE_LEN * image.config.port_drop_shards);

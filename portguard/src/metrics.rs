@@ -281,8 +281,15 @@ pub fn render(source: &Source) -> Result<String> {
         .map_or(0, |r| u64::from(r.manual_blocks));
     let policy_entries: u64 =
         state.as_ref().map_or(0, |s| s.blocklist_sources.iter().map(|b| b.entries as u64).sum());
+    let automatic = active_blocks(&source.maps.auto_blocks);
+    let mut by_cause = Family::new("active_automatic_blocks", "Automatic blocks in force, by cause.", iface);
+    for cause in crate::events::BLOCK_CAUSES.map(crate::events::cause_name) {
+        by_cause =
+            by_cause.row(&[("cause", cause)], automatic.iter().filter(|b| b.cause == cause).count() as u64);
+    }
+    by_cause.gauge(&registry)?;
     Family::new("active_blocks", "Blocks in force, by origin (policy: blocklist entries as written).", iface)
-        .row(&[("origin", "automatic")], active_blocks(&source.maps.auto_blocks).len() as u64)
+        .row(&[("origin", "automatic")], automatic.len() as u64)
         .row(&[("origin", "manual")], manual)
         .row(&[("origin", "policy")], policy_entries)
         .gauge(&registry)?;

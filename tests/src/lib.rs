@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod flood;
 pub mod http;
+pub mod kernel;
 pub mod model;
 pub mod packets;
 pub mod portguard_cli;

@@ -7,7 +7,9 @@
 //! (`action = "off"`; its `ipv6_prefix` still sets what a trap port blocks), the per-second
 //! limit on new automatic blocks (the test runs grant an unlimited budget), flows (no egress program runs under BPF_PROG_TEST_RUN, so the flow
 //! table is empty), manual blocks and timeouts. Rule limits are modelled as budgets that do
-//! not come back: the generated rates name periods far longer than a test run.
+//! not come back, and `[brute_force]` as counts of refusals whose window does not end and
+//! whose blocks do not expire: the generated rates, windows and blocks name periods far
+//! longer than a test run.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -272,16 +274,25 @@ fn contains(nets: &[IpNet], address: IpAddr) -> bool {
 pub struct Model {
     policy: Policy,
     fragments: HashMap<(IpAddr, IpAddr, u32, u8), Reason>,
-    /// Networks blocked by trap ports: the source itself, or for IPv6 its network of
-    /// `[scan_detection] ipv6_prefix` bits.
+    /// Networks blocked automatically, by trap ports and `[brute_force]`: the source itself,
+    /// or for IPv6 its network of `[scan_detection] ipv6_prefix` bits.
     trapped: HashSet<IpNet>,
     /// New connections admitted so far per (source network, limited rule number).
     admitted: HashMap<(IpNet, u16), u32>,
+    /// Attempts refused by a limit per (source network, limited rule number), since the last
+    /// `[brute_force]` block.
+    refused: HashMap<(IpNet, u16), u32>,
 }
 
 impl Model {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, fragments: HashMap::new(), trapped: HashSet::new(), admitted: HashMap::new() }
+        Self {
+            policy,
+            fragments: HashMap::new(),
+            trapped: HashSet::new(),
+            admitted: HashMap::new(),
+            refused: HashMap::new(),
+        }
     }
 
     pub fn judge(&mut self, frame: &[u8]) -> Expected {
@@ -405,10 +416,24 @@ impl Model {
             Reason::DropDefaultDeny
         };
         if !decision.is_drop() {
-            if attempt && self.over_limit(packet, &naming_numbers(&naming)) {
-                return Reason::DropRateLimited;
+            if !attempt {
+                return decision;
             }
-            return decision;
+            let Some(refused) = self.over_limit(packet, &naming_numbers(&naming)) else {
+                return decision;
+            };
+            // `[brute_force]`: the `after`-th refusal (windows are far longer than a run)
+            // blocks the source's network on every port, and the count starts again.
+            if let Some(after) = self.policy.brute_force.as_ref().map(|b| b.after) {
+                let count = self.refused.entry(refused).or_default();
+                *count += 1;
+                if *count >= after {
+                    *count = 0;
+                    self.trapped.insert(refused.0);
+                    return Reason::DropAutoBlock;
+                }
+            }
+            return Reason::DropRateLimited;
         }
         // Packets that cannot open a connection: pass with tcp_non_syn = "pass", or as part of
         // a known flow (there are none here).
@@ -425,8 +450,9 @@ impl Model {
     /// that opens the port to everyone (the first), else the rule whose `from` network holds
     /// the source most specifically (the first of equals). Its budget is `burst` attempts per
     /// source (an IPv4 address, an IPv6 network of `ipv6_prefix` bits); refused attempts
-    /// spend nothing, and `never_block` sources are never refused.
-    fn over_limit(&mut self, packet: &Parsed, naming: &[u16]) -> bool {
+    /// spend nothing, and `never_block` sources are never refused. A refusal names the source
+    /// network and the rule.
+    fn over_limit(&mut self, packet: &Parsed, naming: &[u16]) -> Option<(IpNet, u16)> {
         let policy = &self.policy;
         let rules: Vec<_> =
             naming.iter().filter_map(|n| policy.rules.iter().find(|r| r.number == *n)).collect();
@@ -441,16 +467,16 @@ impl Model {
             }
             best.map(|(rule, _)| rule)
         });
-        let Some(rule) = deciding else { return false };
-        let Some(limit) = rule.limit else { return false };
+        let rule = deciding?;
+        let limit = rule.limit?;
         let prefix = if packet.v6 { policy.scan_detection.ipv6_prefix } else { 32 };
         let source = IpNet::new(packet.src, prefix).expect("a valid prefix").trunc();
         let admitted = self.admitted.entry((source, rule.number)).or_default();
         if *admitted < limit.burst {
             *admitted += 1;
-            return false;
+            return None;
         }
-        !contains(&policy.never_block, packet.src)
+        (!contains(&policy.never_block, packet.src)).then_some((source, rule.number))
     }
 }
 

@@ -87,6 +87,7 @@ prop_compose! {
         traps in prop::sample::subsequence(TRAP_TCP.to_vec(), 0..2),
         ipv6_prefix in prop::sample::select(vec![32u8, 48, 64, 128]),
         flags in prop::array::uniform6(any::<bool>()),
+        brute_force_after in prop::option::weighted(0.4, 1u32..4),
     ) -> String {
         let mut text = format!(
             "mode = \"{}\"\ndefault = \"{}\"\nnever_block = [{}]\n",
@@ -122,6 +123,10 @@ prop_compose! {
         text += &format!("[scan_detection]\naction = \"off\"\nipv6_prefix = {ipv6_prefix}\n");
         if !traps.is_empty() {
             text += &format!("[trap_ports]\ntcp = [{}]\nudp = [1900]\n", list(&traps));
+        }
+        // Windows and blocks far longer than a run, as the rates.
+        if let Some(after) = brute_force_after {
+            text += &format!("[brute_force]\nafter = {after}\nwithin = \"1h\"\nblock_for = \"1h\"\n");
         }
         text
     }

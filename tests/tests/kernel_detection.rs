@@ -17,7 +17,7 @@ use portguard_common::{
         OBS_SCAN_SOURCES_ADMITTED, OBS_SCANS_DETECTED, OBS_TRAP_BLOCKS,
     },
 };
-use portguard_tests::{packets::*, require_root};
+use portguard_tests::{kernel::own_map, packets::*, require_root};
 
 const SERVER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
@@ -36,15 +36,6 @@ fn pin_to_one_cpu() {
     let mut set = nix::sched::CpuSet::new();
     set.set(0).unwrap();
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
-}
-
-/// A map of the judge's own program, opened again by id (the way a separate process opens it).
-fn own_map(j: &Judge, name: &str) -> aya::maps::MapData {
-    let id = match j.ebpf().map(name).expect(name) {
-        aya::maps::Map::Array(data) | aya::maps::Map::LruHashMap(data) => data.info().unwrap().id(),
-        _ => panic!("{name}: unexpected type"),
-    };
-    aya::maps::MapData::from_id(id).unwrap()
 }
 
 fn observed(j: &Judge, slot: u32) -> u64 {

@@ -11,7 +11,10 @@ use anyhow::{Result, bail};
 use portguard_common::{
     Reason,
     events::{EVENT_FLAG_BLOCKING, EVENT_FLAG_MONITOR, Event, EventKind, SAMPLE_PORTS, ScanKind},
-    maps::{CAUSE_SCAN, CAUSE_SLOW_SCAN, CAUSE_TRAP, SCAN_COUNT_EXACT_BLOCK, SCAN_COUNT_EXACT_EVENT},
+    maps::{
+        CAUSE_CONNECTION_LIMIT, CAUSE_RATE_LIMIT, CAUSE_RECIDIVE, CAUSE_SCAN, CAUSE_SLOW_SCAN, CAUSE_TRAP,
+        SCAN_COUNT_EXACT_BLOCK, SCAN_COUNT_EXACT_EVENT,
+    },
     net::PROTO_TCP,
 };
 
@@ -43,13 +46,25 @@ pub fn tcp_flags(flags: u8) -> String {
     if set.is_empty() { "none".into() } else { set.join("|") }
 }
 
+/// Every cause of an automatic block, in `CAUSE_*` order.
+pub(crate) const BLOCK_CAUSES: [u8; 6] =
+    [CAUSE_SCAN, CAUSE_TRAP, CAUSE_SLOW_SCAN, CAUSE_RATE_LIMIT, CAUSE_CONNECTION_LIMIT, CAUSE_RECIDIVE];
+
 pub(crate) fn cause_name(cause: u8) -> &'static str {
     match cause {
         CAUSE_SCAN => "scan",
         CAUSE_SLOW_SCAN => "slow_scan",
         CAUSE_TRAP => "trap",
+        CAUSE_RATE_LIMIT => "rate_limit",
+        CAUSE_CONNECTION_LIMIT => "connection_limit",
+        CAUSE_RECIDIVE => "recidive",
         _ => "automatic",
     }
+}
+
+/// A block `[brute_force]` made.
+pub(crate) fn is_limit_cause(cause: u8) -> bool {
+    matches!(cause, CAUSE_RATE_LIMIT | CAUSE_CONNECTION_LIMIT | CAUSE_RECIDIVE)
 }
 
 /// The distinct ports a scan event's count stands for: exact, or estimated from a port set's
@@ -141,11 +156,22 @@ pub fn decode(event: &Event, interface: &str, clock: &Clock) -> Result<EventReco
             record.prefix_len = network_prefix(event.src, event.prefix_len);
             record.reason = Some(cause_name(event.reason).to_string());
             record.action = Some("blocked".into());
-            record.scan_kind = Some(ScanKind::from_u8(event.scan_kind).name().to_string());
-            if event.reason != CAUSE_TRAP {
-                record.distinct_ports = Some(scan_ports(event.count));
+            if is_limit_cause(event.reason) {
+                // `scan_kind` carries which limit (the cause itself, or under a recidive).
+                record.limit = Some(cause_name(event.scan_kind).to_string());
+                record.count = Some(u64::from(event.count));
+            } else {
+                record.scan_kind = Some(ScanKind::from_u8(event.scan_kind).name().to_string());
+                if event.reason != CAUSE_TRAP {
+                    record.distinct_ports = Some(scan_ports(event.count));
+                }
             }
             block(&mut record);
+        }
+        EventKind::Limited => {
+            record.limit = Some(cause_name(event.reason).to_string());
+            record.rule = u16::try_from(event.count).ok();
+            record.action = Some("limited".into());
         }
         EventKind::TrapHit => {
             record.reason = Some("trap".into());

@@ -7,8 +7,8 @@ mod decode;
 mod record;
 mod source;
 
+pub(crate) use decode::{BLOCK_CAUSES, block_scan_ports, cause_name, is_limit_cause, network_prefix};
 pub use decode::{Clock, decode, ip_of, protocol_name, tcp_flags};
-pub(crate) use decode::{block_scan_ports, cause_name, network_prefix};
 pub use record::{Actor, EventRecord, EventType};
 pub use source::EventSource;
 

@@ -21,6 +21,8 @@ pub enum EventType {
     AutoBlocked,
     BlockExpired,
     TrapHit,
+    /// A rule's per-source limit refused a source (the first refusal of a window).
+    Limited,
     // From the loader about itself.
     /// The ring buffer had no room for some events.
     EventsLost,
@@ -50,12 +52,13 @@ pub enum EventType {
 
 impl EventType {
     /// Every type a policy can name (`[alerts] events`).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Drop,
         Self::ScanDetected,
         Self::AutoBlocked,
         Self::BlockExpired,
         Self::TrapHit,
+        Self::Limited,
         Self::EventsLost,
         Self::Unprotected,
         Self::Reattached,
@@ -76,6 +79,7 @@ impl EventType {
             Self::AutoBlocked => EventKind::AutoBlocked.name(),
             Self::BlockExpired => EventKind::BlockExpired.name(),
             Self::TrapHit => EventKind::TrapHit.name(),
+            Self::Limited => EventKind::Limited.name(),
             Self::EventsLost => "events_lost",
             Self::Unprotected => "unprotected",
             Self::Reattached => "reattached",
@@ -102,6 +106,7 @@ impl EventType {
             K::AutoBlocked => Self::AutoBlocked,
             K::BlockExpired => Self::BlockExpired,
             K::TrapHit => Self::TrapHit,
+            K::Limited => Self::Limited,
         }
     }
 
@@ -109,7 +114,12 @@ impl EventType {
     pub const fn is_kernel(self) -> bool {
         matches!(
             self,
-            Self::Drop | Self::ScanDetected | Self::AutoBlocked | Self::BlockExpired | Self::TrapHit
+            Self::Drop
+                | Self::ScanDetected
+                | Self::AutoBlocked
+                | Self::BlockExpired
+                | Self::TrapHit
+                | Self::Limited
         )
     }
 
@@ -148,6 +158,8 @@ impl EventType {
             Self::AutoBlocked if monitor => "WOULD-BLOCK",
             Self::AutoBlocked => "BLOCK",
             Self::TrapHit => "TRAP",
+            Self::Limited if monitor => "WOULD-LIMIT",
+            Self::Limited => "LIMIT",
             Self::BlockExpired => "UNBLOCK",
             Self::EventsLost => "LOST",
             Self::Unprotected | Self::Reattached => "IFACE",
@@ -168,8 +180,9 @@ impl EventType {
     /// been, what was lifted or came back.
     fn tone(self, monitor: bool) -> Option<Tone> {
         match self {
-            Self::Drop | Self::AutoBlocked if monitor => Some(Tone::Caution),
+            Self::Drop | Self::AutoBlocked | Self::Limited if monitor => Some(Tone::Caution),
             Self::Drop
+            | Self::Limited
             | Self::ScanDetected
             | Self::AutoBlocked
             | Self::TrapHit
@@ -282,6 +295,13 @@ pub struct EventRecord {
     /// `blocked` or `alert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    /// Limit events, and blocks for a limit: which limit refused (`rate_limit`,
+    /// `connection_limit`); a `recidive` block names the limit here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// Limit events: the number of the rule whose limit refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u16>,
     /// Blocks: how long the block lasts, in seconds.
     #[serde(rename = "block_secs", default, skip_serializing_if = "Option::is_none")]
     pub block_seconds: Option<u64>,
@@ -289,7 +309,7 @@ pub struct EventRecord {
     #[serde(rename = "expires_at", default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
     /// `events_lost`: how many events the ring buffer could not hold; `client_lagged`: lines
-    /// the client missed.
+    /// the client missed; blocks for a limit: the attempts refused in the window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
     /// The audit trail: who (see `Actor`).
@@ -318,6 +338,14 @@ pub struct EventRecord {
     pub confirm_by: Option<String>,
 }
 
+/// A limit's name on a human line.
+fn limit_text(limit: Option<&str>) -> &'static str {
+    match limit {
+        Some("connection_limit") => "the per-source connection cap",
+        _ => "the per-source rate limit",
+    }
+}
+
 /// Changes listed on a human line at most; the rest are counted (JSON has them all).
 const CHANGES_SHOWN: usize = 8;
 
@@ -341,6 +369,8 @@ impl EventRecord {
             distinct_ports: None,
             ports_sample: None,
             action: None,
+            limit: None,
+            rule: None,
             block_seconds: None,
             expires: None,
             count: None,
@@ -423,8 +453,21 @@ impl EventRecord {
                         format!("touched trap port {proto}/{}", self.destination_port.unwrap_or(0)),
                     Some("slow_scan") =>
                         format!("{kind} slow scan of {} ports", self.distinct_ports.unwrap_or(0)),
+                    Some(cause @ ("rate_limit" | "connection_limit" | "recidive")) => format!(
+                        "{}{} of {proto}/{} refused {} attempts within the window",
+                        if cause == "recidive" { "again, a longer block: " } else { "" },
+                        limit_text(self.limit.as_deref()),
+                        self.destination_port.unwrap_or(0),
+                        self.count.unwrap_or(0)
+                    ),
                     _ => format!("{kind} scan of {} ports", self.distinct_ports.unwrap_or(0)),
                 }
+            ),
+            EventType::Limited => format!(
+                "{who} -> {target} {proto}: {} of rule {} {}",
+                limit_text(self.limit.as_deref()),
+                self.rule.unwrap_or(0),
+                if monitor { "would refuse it (monitor mode: passed)" } else { "refused it" }
             ),
             EventType::TrapHit => format!(
                 "{who} -> {target} {proto} trap port{}",

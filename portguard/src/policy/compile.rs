@@ -295,7 +295,9 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
     set(scan == Response::Block, FLAG_SCAN_BLOCK);
     set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
     set(!image.rule_limits.is_empty(), FLAG_RATE_LIMITS);
-    set(scan == Response::Block || !policy.trap_ports.is_empty(), FLAG_AUTO_BLOCK);
+    let brute_force = policy.brute_force.as_ref().filter(|_| !image.rule_limits.is_empty());
+    set(brute_force.is_some(), FLAG_BRUTE_FORCE);
+    set(scan == Response::Block || !policy.trap_ports.is_empty() || brute_force.is_some(), FLAG_AUTO_BLOCK);
     set(cpus <= port_drop_shards(cpus), FLAG_PORT_DROPS_PER_CPU);
     let ipv6_prefix = policy.scan_detection.ipv6_prefix;
     set(
@@ -338,6 +340,12 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
         scan_threshold_ports: policy.scan_detection.threshold,
         bl6_filter_shift: 64 - bl6_filter_log2(image.bl6.len() as u64),
         bl6_masks,
+        brute_force_after: brute_force.map_or(0, |b| b.after),
+        _pad: 0,
+        brute_force_window_ns: brute_force.map_or(0, |b| kernel_ns(b.within)),
+        brute_force_block_ns: brute_force.map_or(0, |b| kernel_ns(b.block_for)),
+        brute_force_max_block_ns: brute_force.map_or(0, |b| kernel_ns(b.max_block_for)),
+        recidive_ns: brute_force.map_or(0, |b| kernel_ns(b.recidive_within)),
     }
 }
 

@@ -116,6 +116,13 @@ fn settings(policy: &Policy) -> Vec<(String, String)> {
             "trap_ports",
             serde_json::json!({ "block_for": serde_json::to_value(&policy.trap_ports).unwrap_or_default()["block_for"] }),
         ),
+        (
+            "brute_force",
+            policy.brute_force.as_ref().map_or_else(
+                || serde_json::json!({ "enabled": false }),
+                |b| serde_json::to_value(b).unwrap_or_default(),
+            ),
+        ),
         ("events", serde_json::to_value(&policy.events).unwrap_or_default()),
         ("alerts", alerts),
         ("metrics", serde_json::json!({ "listen": policy.metrics_listen.map(|a| a.to_string()) })),

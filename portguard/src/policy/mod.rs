@@ -300,6 +300,38 @@ impl TrapPorts {
     }
 }
 
+/// `[brute_force]`: a source that a rule's per-source limit keeps refusing is blocked, and a
+/// repeat offender for longer each time (fail2ban's recidive).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BruteForce {
+    /// Refused attempts (by one source, on one rule, in one window) that block the source.
+    pub after: u32,
+    #[serde(rename = "within_secs", with = "secs")]
+    pub within: Duration,
+    /// A first block's length.
+    #[serde(rename = "block_for_secs", with = "secs")]
+    pub block_for: Duration,
+    /// A block that starts within this time of the end of the source's last one lasts twice
+    /// as long as that one ...
+    #[serde(rename = "recidive_within_secs", with = "secs")]
+    pub recidive_within: Duration,
+    /// ... up to this.
+    #[serde(rename = "max_block_for_secs", with = "secs")]
+    pub max_block_for: Duration,
+}
+
+impl Default for BruteForce {
+    fn default() -> Self {
+        Self {
+            after: 10,
+            within: Duration::from_secs(60),
+            block_for: Duration::from_secs(10 * 60),
+            recidive_within: Duration::from_secs(24 * 3600),
+            max_block_for: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Events {
     /// Drop events each CPU may send per second; the rest are counted as suppressed.
@@ -344,6 +376,8 @@ pub struct Policy {
     pub limits: Limits,
     pub scan_detection: ScanDetection,
     pub trap_ports: TrapPorts,
+    /// `[brute_force]`; `None`: limits refuse, nothing more.
+    pub brute_force: Option<BruteForce>,
     pub events: Events,
     pub alerts: Alerts,
     /// `[metrics] listen`: where to serve Prometheus metrics (`attach --metrics` overrides).

@@ -20,6 +20,7 @@ pub struct RawPolicy {
     pub limits: Option<RawLimits>,
     pub scan_detection: Option<RawScanDetection>,
     pub trap_ports: Option<RawTrapPorts>,
+    pub brute_force: Option<RawBruteForce>,
     pub events: Option<RawEvents>,
     pub alerts: Option<RawAlerts>,
     pub metrics: Option<RawMetrics>,
@@ -65,6 +66,16 @@ pub struct RawTrapPorts {
     #[serde(default)]
     pub udp: Vec<Spanned<Value>>,
     pub block_for: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBruteForce {
+    pub after: Option<Spanned<i64>>,
+    pub within: Option<Spanned<String>>,
+    pub block_for: Option<Spanned<String>>,
+    pub recidive_within: Option<Spanned<String>>,
+    pub max_block_for: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -81,6 +81,7 @@ pub fn validate_with(
     let limits = sections::limits(&mut report, raw.limits.as_ref());
     let scan_detection = sections::scan_detection(&mut report, raw.scan_detection.as_ref());
     let trap_ports = sections::trap_ports(&mut report, raw.trap_ports.as_ref(), &rules);
+    let brute_force = sections::brute_force(&mut report, raw.brute_force.as_ref(), &rules);
     let events = sections::events(&mut report, raw.events.as_ref());
     let alerts = super::alerts::alerts(&mut report, raw.alerts.as_ref(), path, files);
     let metrics_listen = sections::metrics_listen(&mut report, raw.metrics.as_ref());
@@ -104,6 +105,7 @@ pub fn validate_with(
             limits,
             scan_detection,
             trap_ports,
+            brute_force,
             events,
             alerts,
             metrics_listen,

@@ -7,11 +7,11 @@ use portguard_common::maps::MAX_LIMITED_RULES;
 use toml::Spanned;
 
 use super::super::{
-    Action, BlocklistSource, Events, Inbound, Limits, LoadOptions, Proto, Rate, Response, Rule, RuleKind,
-    ScanDetection, SourceLimit, TcpNonSyn, TrapPorts,
+    Action, BlocklistSource, BruteForce, Events, Inbound, Limits, LoadOptions, Proto, Rate, Response, Rule,
+    RuleKind, ScanDetection, SourceLimit, TcpNonSyn, TrapPorts,
     diagnostic::{Diagnostic, Reporter, Severity},
     raw::{
-        RawBlocklist, RawEvents, RawInbound, RawLimits, RawMetrics, RawRule, RawScanDetection,
+        RawBlocklist, RawBruteForce, RawEvents, RawInbound, RawLimits, RawMetrics, RawRule, RawScanDetection,
         RawSourceLimit, RawTrapPorts,
     },
 };
@@ -391,6 +391,44 @@ pub(super) fn trap_ports(report: &mut Reporter, raw: Option<&RawTrapPorts>, rule
         traps.block_for = duration(report, value, "block_for").unwrap_or(traps.block_for);
     }
     traps
+}
+
+pub(super) fn brute_force(
+    report: &mut Reporter,
+    raw: Option<&RawBruteForce>,
+    rules: &[Rule],
+) -> Option<BruteForce> {
+    let raw = raw?;
+    let mut brute = BruteForce::default();
+    if let Some(value) = &raw.after {
+        brute.after = integer_in(report, value, "after", 1..=1_000_000).unwrap_or(brute.after);
+    }
+    // `duration` refuses zero.
+    let mut read = |value: &Option<Spanned<String>>, key: &str, current: Duration| -> Duration {
+        value.as_ref().and_then(|value| duration(report, value, key)).unwrap_or(current)
+    };
+    brute.within = read(&raw.within, "within", brute.within);
+    brute.block_for = read(&raw.block_for, "block_for", brute.block_for);
+    brute.recidive_within = read(&raw.recidive_within, "recidive_within", brute.recidive_within);
+    brute.max_block_for = read(&raw.max_block_for, "max_block_for", brute.max_block_for);
+    if brute.max_block_for < brute.block_for {
+        let span = raw.max_block_for.as_ref().or(raw.block_for.as_ref()).map(Spanned::span).unwrap_or(0..0);
+        report.error_at(
+            span,
+            format!(
+                "max_block_for ({}) must be at least block_for ({})",
+                crate::durations::format(brute.max_block_for),
+                crate::durations::format(brute.block_for)
+            ),
+        );
+    }
+    if !rules.iter().any(|rule| rule.limit.is_some()) {
+        report.warning_at(
+            0..0,
+            "[brute_force] has no effect: no [[allow]] rule carries a limit (limit = { new_per_source = ... })",
+        );
+    }
+    Some(brute)
 }
 
 pub(super) fn events(report: &mut Reporter, raw: Option<&RawEvents>) -> Events {

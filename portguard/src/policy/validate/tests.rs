@@ -406,3 +406,40 @@ fn rule_limits_are_read_and_checked() {
         .collect();
     assert_one(&errors(&many), "is the 65th rule with a limit: at most 64 rules may carry one");
 }
+
+#[test]
+fn brute_force_is_read_and_checked() {
+    let limited = "[[allow]]\nproto = \"tcp\"\nports = [22]\nlimit = { new_per_source = \"5/10s\" }\n";
+    let text = format!(
+        "{limited}[brute_force]\nafter = 4\nwithin = \"30s\"\nblock_for = \"1m\"\nrecidive_within = \"1h\"\nmax_block_for = \"8m\"\n"
+    );
+    let policy = parse(&text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy;
+    let brute = policy.brute_force.unwrap();
+    assert_eq!(brute.after, 4);
+    assert_eq!(brute.within, Duration::from_secs(30));
+    assert_eq!(brute.block_for, Duration::from_secs(60));
+    assert_eq!(brute.recidive_within, Duration::from_secs(3600));
+    assert_eq!(brute.max_block_for, Duration::from_secs(480));
+    // An empty section takes the defaults; none means off.
+    let defaults = parse(&format!("{limited}[brute_force]\n"), Path::new("p.toml"), LoadOptions::default());
+    assert_eq!(defaults.unwrap().policy.brute_force, Some(crate::policy::BruteForce::default()));
+    assert_eq!(parse(limited, Path::new("p.toml"), LoadOptions::default()).unwrap().policy.brute_force, None);
+
+    assert_one(
+        &errors(&format!("{limited}[brute_force]\nafter = 0\n")),
+        "p.toml:6:9: error: after = 0 is out of range",
+    );
+    assert_one(
+        &errors(&format!("{limited}[brute_force]\nwithin = \"0s\"\n")),
+        "p.toml:6:10: error: within = \"0s\" must be longer than zero",
+    );
+    assert_one(
+        &errors(&format!("{limited}[brute_force]\nblock_for = \"2h\"\nmax_block_for = \"1h\"\n")),
+        "p.toml:7:17: error: max_block_for (1h) must be at least block_for (2h)",
+    );
+    assert_one(&errors(&format!("{limited}[brute_force]\nbantime = \"1h\"\n")), "unknown field `bantime`");
+    assert_one(
+        &warnings("[[allow]]\nproto = \"tcp\"\nports = [22]\n[brute_force]\n"),
+        "[brute_force] has no effect: no [[allow]] rule carries a limit",
+    );
+}

@@ -1,0 +1,15 @@
+//! For the tests that run the kernel program under BPF_PROG_TEST_RUN (`portguard::judge`).
+
+use portguard::judge::Judge;
+
+/// A map of the judge's own program, opened again by id (the way a separate process opens it).
+pub fn own_map(j: &Judge, name: &str) -> aya::maps::MapData {
+    let id = match j.ebpf().map(name).expect(name) {
+        aya::maps::Map::Array(data)
+        | aya::maps::Map::LruHashMap(data)
+        | aya::maps::Map::HashMap(data)
+        | aya::maps::Map::RingBuf(data) => data.info().unwrap().id(),
+        _ => panic!("{name}: unexpected type"),
+    };
+    aya::maps::MapData::from_id(id).unwrap()
+}
