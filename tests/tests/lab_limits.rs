@@ -227,3 +227,70 @@ fn a_spoofed_syn_flood_to_a_limited_port_keeps_the_state_bounded() {
     );
     assert_eq!(servers.accepted(FLOOD_PORT) - before, 5);
 }
+
+#[test]
+fn a_client_that_keeps_hammering_is_blocked_and_a_repeat_offender_for_longer() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let servers = Servers::start(&lab.server, &[22, 80], &[]);
+    let text = format!(
+        "{}[[allow]]\nname = \"web\"\nproto = \"tcp\"\nports = [80]\n[brute_force]\nafter = 3\nwithin = \"1m\"\n\
+         block_for = \"2s\"\nrecidive_within = \"1h\"\nmax_block_for = \"1h\"\n",
+        policy("{ new_per_source = \"2/1h\" }", "")
+    );
+    let mut pg = Attached::start(&lab.server, &lab.server_if, &text, &["--json"]).unwrap();
+    let hammer = Some(IpAddr::from(CLIENT_V4));
+    let web = SocketAddr::new(Lab::server_addr(false), 80);
+    // Two connect, two are refused by the rate, the third refusal blocks the client.
+    assert_eq!(
+        tcp_connect_burst(&lab.client, hammer, ssh(false), 5, WAIT),
+        [true, true, false, false, false]
+    );
+    assert!(!tcp_connects(&lab.client, hammer, web), "blocked on every port, the unlimited one too");
+    assert!(tcp_connects(&lab.client, Some(INTRUDER_V4.into()), ssh(false)), "another client is not");
+
+    let limited =
+        pg.wait_for_event(Duration::from_secs(3), |e| e["event"] == "limited").expect("a limited event");
+    assert_eq!(
+        (limited["limit"].as_str(), limited["rule"].as_u64()),
+        (Some("rate_limit"), Some(1)),
+        "{limited}"
+    );
+    let block = pg
+        .wait_for_event(Duration::from_secs(3), |e| e["event"] == "auto_blocked")
+        .expect("an auto_blocked event");
+    assert_eq!(block["source"], CLIENT_V4.to_string(), "{block}");
+    assert_eq!((block["reason"].as_str(), block["limit"].as_str()), (Some("rate_limit"), Some("rate_limit")));
+    assert_eq!((block["count"].as_u64(), block["block_secs"].as_u64()), (Some(3), Some(2)), "{block}");
+    portguard_tests::schemas::assert_valid("event", &limited);
+    portguard_tests::schemas::assert_valid("event", &block);
+    let blocks = pg.stats()["auto_blocks"].clone();
+    assert_eq!(blocks[0]["cause"], "rate_limit", "{blocks}");
+    assert_eq!((blocks[0]["protocol"].as_str(), blocks[0]["port"].as_u64()), (Some("tcp"), Some(22)));
+    let listing = portguard_tests::portguard_cli::succeeded(pg.run(&["blocks"]));
+    assert!(listing.contains("rate_limit: tcp/22"), "{listing}");
+
+    // The block ends (2 s, and up to 0.64 s of the packet path's memo); the rate still refuses
+    // (its budget is per hour), and three more refusals block again: twice as long.
+    std::thread::sleep(Duration::from_millis(2800));
+    assert!(tcp_connects(&lab.client, hammer, web), "the first block is over");
+    assert_eq!(tcp_connect_burst(&lab.client, hammer, ssh(false), 3, WAIT), [false; 3]);
+    let again = pg
+        .wait_for_event(Duration::from_secs(3), |e| e["event"] == "auto_blocked" && e["reason"] == "recidive")
+        .unwrap_or_else(|| panic!("no recidive block: {:#?}", pg.output));
+    assert_eq!(
+        (again["limit"].as_str(), again["block_secs"].as_u64()),
+        (Some("rate_limit"), Some(4)),
+        "{again}"
+    );
+    let blocks = pg.stats()["auto_blocks"].clone();
+    assert_eq!(blocks[0]["cause"], "recidive", "{blocks}");
+    let left = blocks[0]["remaining_secs"].as_u64().unwrap();
+    assert!((3..=4).contains(&left), "{blocks}");
+
+    // `unblock` lifts it at once.
+    assert!(!tcp_connects(&lab.client, hammer, web));
+    portguard_tests::portguard_cli::succeeded(pg.run(&["unblock", &CLIENT_V4.to_string()]));
+    assert!(tcp_connects(&lab.client, hammer, web), "unblocked");
+    assert_eq!(servers.accepted(22), 3);
+}

@@ -232,7 +232,8 @@ struct Row {
     every_interface: bool,
     /// Manual blocks: the `--reason` given.
     reason: Option<String>,
-    /// Automatic blocks: what made them (`scan`, `slow_scan`, `trap`), and the details.
+    /// Automatic blocks: what made them (`scan`, `slow_scan`, `trap`, `rate_limit`,
+    /// `connection_limit`, `recidive`), and the details.
     cause: Option<&'static str>,
     scan_kind: Option<&'static str>,
     distinct_ports: Option<u32>,

@@ -320,6 +320,49 @@ mod tests {
     }
 
     #[test]
+    fn limit_events_and_brute_force_blocks() {
+        let mut raw = event(EventKind::Limited);
+        raw.dport = 22;
+        raw.reason = CAUSE_RATE_LIMIT;
+        raw.count = 2;
+        let record = decoded(&raw);
+        assert_eq!((record.limit.as_deref(), record.rule), (Some("rate_limit"), Some(2)));
+        assert!(
+            record.human().contains(
+                "LIMIT   203.0.113.7 -> 192.0.2.2:22 tcp: the per-source rate limit of rule 2 refused it"
+            ),
+            "{}",
+            record.human()
+        );
+        raw.flags = EVENT_FLAG_MONITOR;
+        assert!(decoded(&raw).human().contains("WOULD-LIMIT"), "{}", decoded(&raw).human());
+
+        let mut raw = event(EventKind::AutoBlocked);
+        raw.dport = 22;
+        raw.reason = CAUSE_RECIDIVE;
+        raw.scan_kind = CAUSE_RATE_LIMIT;
+        raw.count = 10;
+        raw.prefix_len = 32;
+        raw.expires_ns = raw.time_ns + 1_200_000_000_000;
+        let record = decoded(&raw);
+        assert_eq!(
+            (record.reason.as_deref(), record.limit.as_deref()),
+            (Some("recidive"), Some("rate_limit"))
+        );
+        assert_eq!(
+            (record.count, record.scan_kind.as_deref(), record.distinct_ports),
+            (Some(10), None, None)
+        );
+        assert!(
+            record.human().ends_with(
+                "BLOCK   203.0.113.7 blocked for 20m (again, a longer block: the per-source rate limit of tcp/22 refused 10 attempts within the window)"
+            ),
+            "{}",
+            record.human()
+        );
+    }
+
+    #[test]
     fn slow_scans_of_ipv6_networks() {
         let mut raw = event(EventKind::ScanDetected);
         raw.src = "2001:db8:5::".parse::<Ipv6Addr>().unwrap().octets();
