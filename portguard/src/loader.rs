@@ -91,6 +91,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         Some(dir) => SHARED_MAPS.iter().map(|name| (*name, dir.join(name))).collect(),
         None => Vec::new(),
     };
+    check_pinned_layouts(&pin_paths)?;
     let mut loader = EbpfLoader::new();
     loader
         .override_global("PG_CONFIG", &image.config, true)
@@ -229,6 +230,35 @@ where
         .program_mut(name)
         .ok_or_else(|| anyhow!("the kernel object has no program `{name}` (a build mismatch?)"))?;
     program.try_into().with_context(|| format!("program `{name}` has an unexpected type"))
+}
+
+/// Refuses pinned shared maps whose keys or values differ in size from this build's
+/// definitions: a portguard whose layout changed (an upgrade) would otherwise take them over,
+/// and the verifier would refuse its programs with a log that names no map. Their state cannot
+/// be carried over; the operator detaches and attaches again.
+pub fn check_pinned_layouts(pins: &[(&str, PathBuf)]) -> Result<()> {
+    if !pins.iter().any(|(_, path)| path.exists()) {
+        return Ok(());
+    }
+    let object = aya_obj::Object::parse(KERNEL_OBJECT).context("reading this build's kernel object")?;
+    for (name, path) in pins {
+        let (Some(definition), true) = (object.maps.get(*name), path.exists()) else {
+            continue;
+        };
+        let info = MapData::from_pin(path)
+            .and_then(|map| map.info())
+            .with_context(|| format!("opening {}", path.display()))?;
+        let (key, value) = (info.key_size(), info.value_size());
+        if (key, value) != (definition.key_size(), definition.value_size()) {
+            bail!(
+                "{} was pinned by another portguard build: its entries have {key}-byte keys and                  {value}-byte values, this build's {name} has {} and {}, so its state cannot be                  carried over; run `portguard detach` for this interface (nothing is protected                  until the attach that follows) and attach again",
+                path.display(),
+                definition.key_size(),
+                definition.value_size()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Surfaces the verifier log, which is what explains a refused program.

@@ -324,3 +324,32 @@ fn attachments_of_the_same_name_in_two_namespaces_share_nothing() {
     drop(pg_two);
     assert!(!pin_dir(&two.server, &iface).exists());
 }
+
+#[test]
+fn pins_made_by_a_build_with_another_layout_are_refused_with_what_to_do() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _servers = Servers::start(&lab.server, &[80], &[]);
+    let pg = Attached::start(&lab.server, &lab.server_if, WEB, &[]).unwrap();
+    let iface = lab.server_if.as_str();
+    // As an older build would have left it: a shared map of the same name with other sizes.
+    let pin = pin_dir(&lab.server, iface).join(portguard_common::maps::MAP_LIMITS);
+    std::fs::remove_file(&pin).unwrap();
+    let kit = aya::EbpfLoader::new().load(portguard::TESTKIT_OBJECT).unwrap();
+    let Some(aya::maps::Map::LpmTrie(other)) = kit.map("PG_TEST_LPM") else { panic!("no PG_TEST_LPM") };
+    other.pin(&pin).unwrap();
+
+    let stderr = refused(pg.run(&["reload", iface]), "was pinned by another portguard build");
+    assert!(stderr.contains("run `portguard detach`"), "{stderr}");
+    assert!(tcp_connects(&lab.client, None, port(80)), "the running generation keeps running");
+    let row = status_of(&pg, iface, Exit::Ok);
+    assert_eq!(row["generation"].as_u64(), Some(1), "{row}");
+
+    // What the message says to do works: detach removes every pin, and attach starts afresh.
+    let (stopped, stderr) = pg.stop();
+    assert!(stopped, "{stderr}");
+    assert!(!pin.exists());
+    let pg = Attached::start(&lab.server, &lab.server_if, WEB, &[]).unwrap();
+    assert!(tcp_connects(&lab.client, None, port(80)));
+    drop(pg);
+}

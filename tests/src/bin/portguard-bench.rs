@@ -237,7 +237,23 @@ enum Judged {
     ScanAlert,
     /// Blocklist of 1, a trap port, and the source already blocked by it.
     AutoBlocked,
+    /// Blocklist of 1 and two more ports open under a per-source limit (`LIMITED_RULES`).
+    Limited,
 }
+
+/// Issue 13's per-packet rows: tcp/8080 under a limit no timed run reaches (a million a
+/// second, a burst of a million: about 200,000 SYNs per run, a few runs a second), and tcp/8081
+/// under one the check run spends (1/1h).
+const LIMITED_RULES: &str = r#"
+[[allow]]
+proto = "tcp"
+ports = [8080]
+limit = { new_per_source = "1000000/s", burst = 1000000 }
+[[allow]]
+proto = "tcp"
+ports = [8081]
+limit = { new_per_source = "1/1h", burst = 1 }
+"#;
 
 struct Class {
     name: &'static str,
@@ -338,6 +354,22 @@ fn classes() -> Vec<Class> {
             true,
             false,
         ),
+        class(
+            "allowed TCP, port under a per-source rate limit",
+            tcp(client, server, 40000, 8080, SYN),
+            Reason::PassPortAllowed,
+            Limited,
+            false,
+            false,
+        ),
+        class(
+            "refused by a per-source rate limit",
+            tcp(client, server, 40000, 8081, SYN),
+            Reason::DropRateLimited,
+            Limited,
+            false,
+            false,
+        ),
     ]
 }
 
@@ -412,11 +444,15 @@ fn per_packet(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
         portguard_judge(dir.path(), 1, "off", &format!("[trap_ports]\ntcp = [{TRAP_PORT}]\n"))?;
     let trap_hit = tcp(ip(TRAPPED_V4), ip("192.0.2.2"), 40000, TRAP_PORT, SYN);
     ensure!(trapping.run(&trap_hit)?.dropped(), "the trap-port hit was not dropped");
+    let mut limiting = portguard_judge(dir.path(), 1, "off", LIMITED_RULES)?;
+    // tcp/8081's one connection an hour, spent: its class times the refusal.
+    limiting.run(&tcp(ip("198.51.100.20"), ip("192.0.2.2"), 40000, 8081, SYN))?;
     for class in &classes {
         match class.judged {
             Judged::BySize => {}
             Judged::ScanAlert => check_verdict(&mut scanning, class, "scan detection")?,
             Judged::AutoBlocked => check_verdict(&mut trapping, class, "trap port")?,
+            Judged::Limited => check_verdict(&mut limiting, class, "rate limits")?,
         }
     }
     let mut empty_kit = testkit()?;
@@ -469,6 +505,11 @@ fn per_packet(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
                     index,
                     once(xdp_of(trapping.ebpf(), XDP_PROGRAM)?, &class.frame)?,
                 ),
+                Judged::Limited => best(
+                    "portguard 1".into(),
+                    index,
+                    once(xdp_of(limiting.ebpf(), XDP_PROGRAM)?, &class.frame)?,
+                ),
             }
             if let Some(filter) = &xdp_filter {
                 if class.xdp_filter {
@@ -481,13 +522,19 @@ fn per_packet(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
             best(format!("lpm {size}"), 0, once(xdp_of(kit, "pg_test_lpm")?, &classes[0].frame)?);
         }
     }
+    // Every timed SYN to tcp/8080 must have been admitted, or its row timed refusals.
+    let refused_within_rate = limiting.rule_limited()?.first().copied().unwrap_or(0);
+    ensure!(
+        refused_within_rate == 0,
+        "the limit of tcp/8080 refused {refused_within_rate} timed SYNs: its row would time refusals"
+    );
     let cell = |column: &str, class: usize| table.get(&(column.to_string(), class)).copied();
     let ns = |value: Option<f64>| value.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
 
     writeln!(report, "## 1. Per-packet cost in the kernel\n")?;
     writeln!(
         report,
-        "BPF_PROG_TEST_RUN, {REPEAT} repetitions per run, the fastest of {RUNS} rounds (every column measured in each round, in turn), ns per packet, gross: the test loop itself costs what the empty program shows. Policy: default deny, 3 allow and 1 deny rule, a blocklist of N entries (96% single IPv4 addresses, 2% /24s, 2% /16-/22, 4% IPv6 /48s), scan detection off. Every class was run once through each generation first and got the verdict it is named for. The last two rows use their own generation (blocklist of 1): scan detection alerting (threshold 256, so it never fires here); and a trap port (tcp/{TRAP_PORT}) that {TRAPPED_V4} hit once through the same program before its packets to tcp/80 were timed. xdp-filter: default allow, the same ports and the blocklisted and trapped addresses denied (it has no flow tracking, fragment tracking, malformed-packet policy or automatic blocks).\n"
+        "BPF_PROG_TEST_RUN, {REPEAT} repetitions per run, the fastest of {RUNS} rounds (every column measured in each round, in turn), ns per packet, gross: the test loop itself costs what the empty program shows. Policy: default deny, 3 allow and 1 deny rule, a blocklist of N entries (96% single IPv4 addresses, 2% /24s, 2% /16-/22, 4% IPv6 /48s), scan detection off. Every class was run once through each generation first and got the verdict it is named for. The last four rows use generations of their own (blocklist of 1): scan detection alerting (threshold 256, so it never fires here); a trap port (tcp/{TRAP_PORT}) that {TRAPPED_V4} hit once through the same program before its packets to tcp/80 were timed; and two more allow rules under per-source limits, tcp/8080 at a million a second with a burst of a million (no timed SYN reaches it) and tcp/8081 at one an hour (spent by one SYN before the timing). xdp-filter: default allow, the same ports and the blocklisted and trapped addresses denied (it has no flow tracking, fragment tracking, malformed-packet policy or automatic blocks).\n"
     )?;
     write!(report, "| packet class |")?;
     for size in sizes {
@@ -535,7 +582,25 @@ fn per_packet(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
             )?;
         }
     }
+    let limited_row = classes.iter().position(|c| c.judged == Judged::Limited);
+    let limit_cost = match (limited_row.and_then(|i| cell("portguard 1", i)), cell("portguard 1", 0)) {
+        (Some(limited), Some(plain)) => {
+            writeln!(
+                report,
+                "- A per-source rate limit adds {:.0} ns to an allowed SYN (allowed TCP: {plain:.0} ns on an unlimited port, {limited:.0} ns on a limited one; a generation with two more rules, tcp/8080 limited to a million a second with a burst of a million, so no timed SYN was refused, which the benchmark checks from the rule's refusal count).",
+                limited - plain
+            )?;
+            limited - plain
+        }
+        _ => f64::NAN,
+    };
     writeln!(report)?;
+    targets.push(Target::at_most(
+        "rate limit: an allowed SYN on a limited port over an unlimited one, ns",
+        limit_cost,
+        10.0,
+        "+",
+    ));
     for (index, class) in classes.iter().enumerate().filter(|(_, c)| c.target) {
         let ratio = match (cell("portguard 1", index), cell("xdp-filter", index)) {
             (Some(ours), Some(theirs)) => ours / theirs,
@@ -912,6 +977,9 @@ struct EdgeHost {
     path: PathBuf,
     scan_off: String,
     scan_alert: String,
+    /// `scan_off` with the flood's port open under a per-source limit (`LIMITED_FLOOD_PORT`)
+    /// and without `[brute_force]`, so the flood's source stays refused by the limit.
+    limited: String,
     /// What the shipped file does to the floods, for the report.
     facts: String,
 }
@@ -976,8 +1044,53 @@ impl EdgeHost {
             if trapped { "among them: a source's first SYN blocks it" } else { "not among them" },
             portguard::durations::format(shipped.trap_ports.block_for),
         );
-        Ok(Self { scan_off: variant(Response::Off)?, scan_alert: variant(Response::Alert)?, path, facts })
+        let scan_off = variant(Response::Off)?;
+        let limited = limited_variant(&scan_off, &path)?;
+        Ok(Self { scan_alert: variant(Response::Alert)?, scan_off, limited, path, facts })
     }
+}
+
+/// The limit the flood's port is opened under in the `Limited` row.
+const LIMITED_FLOOD_PORT: &str = "{ new_per_source = \"5/10s\", burst = 5 }";
+
+/// `scan_off` (edge-host.toml's rules) with the flood's port taken out of its `[[deny]]` rules
+/// and opened under `LIMITED_FLOOD_PORT`, and `[brute_force]` left out.
+fn limited_variant(scan_off: &str, path: &std::path::Path) -> Result<String> {
+    let flood_port = FLOOD_PORT.to_string();
+    let mut out = String::new();
+    let mut section = String::new();
+    for line in scan_off.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            section = trimmed.to_string();
+        }
+        if section.starts_with("[brute_force]") {
+            continue;
+        }
+        match trimmed.strip_prefix("ports = [").and_then(|rest| rest.strip_suffix(']')) {
+            Some(list) if section == "[[deny]]" => {
+                let kept: Vec<&str> = list.split(',').map(str::trim).filter(|p| *p != flood_port).collect();
+                writeln!(out, "ports = [{}]", kept.join(", "))?;
+            }
+            _ => writeln!(out, "{line}")?,
+        }
+    }
+    writeln!(
+        out,
+        "\n[[allow]]\nname = \"flood port, limited\"\nproto = \"tcp\"\nports = [{FLOOD_PORT}]\nlimit = {LIMITED_FLOOD_PORT}"
+    )?;
+    let policy = parse(&out, path, LoadOptions::default())?.policy;
+    let opens = |rule: &&portguard::policy::Rule| rule.ports.iter().any(|r| r.contains(&FLOOD_PORT));
+    ensure!(
+        policy
+            .rules
+            .iter()
+            .filter(opens)
+            .all(|r| r.kind == portguard::policy::RuleKind::Allow && r.limit.is_some())
+            && policy.brute_force.is_none(),
+        "could not open tcp/{FLOOD_PORT} under a limit in edge-host.toml's rules"
+    );
+    Ok(out)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -991,16 +1104,18 @@ enum Row {
     ScanOff,
     ScanAlert,
     Shipped,
+    Limited,
 }
 
 impl Row {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Floor,
         Self::XdpFilter,
         Self::NftIngress,
         Self::ScanOff,
         Self::ScanAlert,
         Self::Shipped,
+        Self::Limited,
         Self::NftInput,
         Self::Ip6tablesRaw,
         Self::NoFilter,
@@ -1017,6 +1132,9 @@ impl Row {
             Self::ScanOff => "portguard, edge-host rules, scan detection off, no trap ports",
             Self::ScanAlert => "portguard, edge-host rules, scan detection alert, no trap ports",
             Self::Shipped => "portguard, examples/edge-host.toml as shipped",
+            Self::Limited => {
+                "portguard, edge-host rules with tcp/445 open under a 5/10s per-source limit, scan detection off, no trap ports, no [brute_force]"
+            }
         }
     }
 
@@ -1089,6 +1207,9 @@ impl Receiver {
             }
             Row::ScanAlert => {
                 portguard(Attached::start(&wire.receiver, &wire.rx, &edge_host.scan_alert, &native)?)
+            }
+            Row::Limited => {
+                portguard(Attached::start(&wire.receiver, &wire.rx, &edge_host.limited, &native)?)
             }
             Row::Shipped => {
                 let path = edge_host.path.to_str().context("non-UTF-8 path")?;
@@ -1338,6 +1459,34 @@ fn throughput(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
                 Flood::Spoofed => "spoofed",
             };
             targets.push(Target::at_least(format!("{what}, {flood_name} flood"), measured, 1.0, "x"));
+        }
+        // Issue 13: a source flooding an open port under a limit is refused as cheaply as a
+        // denied port is dropped. A spoofed flood's sources are each new, with a full burst:
+        // they pass to the stack, which the row's low drop share shows; no target there.
+        if flood == Flood::OneSource {
+            let paired = paired_ratios(&cells, Row::Limited, Row::XdpFilter, flood);
+            if !paired.is_empty() {
+                let (low, high) =
+                    paired.iter().fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+                writeln!(
+                    report,
+                    "- {}: x{:.2} (x{low:.2}-x{high:.2})",
+                    Row::Limited.name(),
+                    median_of(&paired)
+                )?;
+            }
+            targets.push(Target::at_least(
+                "drop rate vs xdp-filter (paired), one source flooding a rate-limited open port (xdp-filter: the port denied)",
+                median_of(&paired),
+                0.9,
+                "x",
+            ));
+        } else {
+            writeln!(
+                report,
+                "- {}: a spoofed flood's sources are each new to the limiter, with a full burst, so they pass to the stack (see its drop share above); the limit is per source, not a cap on the port.",
+                Row::Limited.name()
+            )?;
         }
         writeln!(report)?;
     }
