@@ -96,7 +96,8 @@ pub struct Config {
     pub bl6_masks: [[u64; 2]; MAX_BL6_PREFIX_LENS],
     /// `[brute_force]`: refused attempts (per source and rule, in one window) that block.
     pub brute_force_after: u32,
-    pub _pad: u32,
+    /// `PG_LIMITS` slots minus one (a power of two, minus one).
+    pub limit_slot_mask: u32,
     /// `[brute_force]`: the window they are counted in (tumbling).
     pub brute_force_window_ns: u64,
     /// `[brute_force]`: a first block's length; it doubles for each block in a row, each
@@ -128,7 +129,7 @@ impl Config {
             bl6_filter_shift: 64 - crate::maps::BL6_FILTER_MIN_LOG2,
             bl6_masks: [[0; 2]; MAX_BL6_PREFIX_LENS],
             brute_force_after: 0,
-            _pad: 0,
+            limit_slot_mask: 0,
             brute_force_window_ns: 0,
             brute_force_block_ns: 0,
             brute_force_max_block_ns: 0,

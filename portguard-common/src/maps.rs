@@ -134,8 +134,10 @@ pub const PORT_FLAG_LIMITED: u8 = 2;
 /// `Array<RuleLimit>`, indexed by rule number (one policy generation): the limits of the
 /// rules that carry one (`limit = { ... }`); zeroed entries for the others.
 pub const MAP_RULE_LIMITS: &str = "PG_RULE_LIMITS";
-/// `LruHashMap<LimitKey, LimitState>` (shared, sized by `[limits] limited_sources`): each
-/// source's budget of new connections on each limited rule.
+/// `Array<LimitState>` (shared, mmapable, `[limits] limited_sources` slots rounded up to a
+/// power of two): each source's budget of new connections on each limited rule, in the slot a
+/// keyed hash of (source, rule) picks (`Config::limit_slot_mask`). Direct-mapped rather than a
+/// hash table: an admitted SYN costs a hash in registers and one array read, no helper call.
 pub const MAP_LIMITS: &str = "PG_LIMITS";
 /// `PerCpuArray<u64>` of `LIMIT_COUNTER_SLOTS` (shared): attempts refused by each limited
 /// rule (`RuleLimit::slot`), applied or, in monitor mode, only counted. Zeroed by the loader
@@ -160,30 +162,31 @@ pub struct RuleLimit {
     pub _pad: u32,
 }
 
-/// Key of a source's budget on one rule: the source's network (`blocks::source_key`: an IPv4
-/// address, an IPv6 source cut to `ipv6_prefix`), the rule, and the low bits of the policy
-/// generation, so a reload (which may renumber rules) starts every budget afresh and the old
-/// entries age out of the LRU.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct LimitKey {
-    pub addr: [u8; 16],
-    pub rule: u16,
-    pub _pad: u16,
-    pub generation: u32,
-}
-
+/// A budget's slot in `PG_LIMITS`. It belongs to the source network (`blocks::source_words`:
+/// an IPv4 address, an IPv6 source cut to `ipv6_prefix`) and rule `owner` names; another
+/// source or rule hashed to the slot takes it over with a full burst (as a source pushed out of
+/// an LRU table would come back). A zeroed slot belongs to nobody: rule numbers start at 1.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LimitState {
+    /// The source network, as two address words.
+    pub source: [u64; 2],
+    /// `limit_owner(rule, generation)`.
+    pub owner: u32,
+    /// Attempts refused in the `[brute_force]` window.
+    pub refused: u32,
     /// Theoretical arrival time of the next attempt (`bpf_ktime_get_coarse_ns` clock).
     pub tat_ns: u64,
-    /// Start of the `[brute_force]` window the source's refused attempts on this rule are
-    /// counted in (same clock; tumbling).
+    /// Start of the window the source's refused attempts on this rule are counted in (same
+    /// clock; tumbling).
     pub window_start_ns: u64,
-    /// Attempts refused in that window.
-    pub refused: u32,
-    pub _pad: u32,
+}
+
+/// Who a `LimitState` belongs to, besides its source: the rule and the low 16 bits of the
+/// policy generation, so a reload (which may renumber rules) starts every budget afresh.
+#[inline(always)]
+pub const fn limit_owner(rule: u16, generation: u64) -> u32 {
+    rule as u32 | (generation as u32) << 16
 }
 
 /// `LruHashMap<[u8; 16], Offender>` (shared, sized by `[limits] auto_blocks`): sources
@@ -643,8 +646,7 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 
 const _: () = assert!(size_of::<PortRule>() == 4);
 const _: () = assert!(size_of::<RuleLimit>() == 24);
-const _: () = assert!(size_of::<LimitKey>() == 24);
-const _: () = assert!(size_of::<LimitState>() == 24);
+const _: () = assert!(size_of::<LimitState>() == 40);
 const _: () = assert!(size_of::<Offender>() == 16);
 const _: () = assert!(size_of::<SrcAllowKey>() == 20);
 const _: () = assert!(size_of::<Bl6Key>() == 24);
@@ -664,7 +666,6 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for RuleLimit {}
-    unsafe impl aya::Pod for LimitKey {}
     unsafe impl aya::Pod for LimitState {}
     unsafe impl aya::Pod for Offender {}
     unsafe impl aya::Pod for SrcAllowKey {}

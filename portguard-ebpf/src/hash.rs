@@ -1,6 +1,7 @@
-//! Keyed hashes of the scan detector. The key (`Runtime::scan_key`) is random and chosen when
-//! the shared maps are created, so which sources share an admission slot and which ports share
-//! a bit of a port set cannot be known, or chosen, from outside the host. Not a cryptographic
+//! Keyed hashes of the scan detector and the rate limiter. The key (`Runtime::scan_key`) is
+//! random and chosen when the shared maps are created, so which sources share an admission
+//! slot or a budget's slot, and which ports share a bit of a port set, cannot be known, or
+//! chosen, from outside the host. Not a cryptographic
 //! MAC: a mixing function (the 64-bit finaliser of MurmurHash3) over key and input.
 
 #[inline(always)]
@@ -20,6 +21,13 @@ fn mix(mut x: u64) -> u64 {
 #[inline(always)]
 pub fn source(key: &[u64; 2], [hi, lo]: [u64; 2], proto: u8) -> u64 {
     mix((hi ^ key[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo ^ key[1] ^ ((proto as u64) << 56))
+}
+
+/// A (source network, limit owner) pair, for its slot in `PG_LIMITS`: as `source`, with the
+/// owner (rule and generation) in the high half of the second word.
+#[inline(always)]
+pub fn limit(key: &[u64; 2], [hi, lo]: [u64; 2], owner: u32) -> u64 {
+    mix((hi ^ key[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lo ^ key[1] ^ ((owner as u64) << 32))
 }
 
 /// The bit (0..bits, a power of two) of `port` in a port set of the window that started at

@@ -1,20 +1,21 @@
 //! Per-source limits of new connections on the rules that carry one (`limit = { ... }` on an
 //! `[[allow]]` rule): a generic cell rate algorithm per (source network, rule), one timestamp
-//! of state in `PG_LIMITS`. Only ports flagged `PORT_FLAG_LIMITED` come here.
+//! of state in a slot of `PG_LIMITS` that a keyed hash picks. Only ports flagged
+//! `PORT_FLAG_LIMITED` come here.
 
 use portguard_common::{
     Config,
     config::FLAG_BRUTE_FORCE,
     counters::OBS_LIMIT_BLOCKS,
     events::EventKind,
-    maps::{CAUSE_RATE_LIMIT, CAUSE_RECIDIVE, LimitKey, LimitState, Offender},
+    maps::{CAUSE_RATE_LIMIT, CAUSE_RECIDIVE, LimitState, Offender, RUNTIME_USER, limit_owner},
 };
 
 use crate::{
     blocks, counters,
     events::{self, Subject},
-    maps::{PG_LIMIT_KEY, PG_LIMITS, PG_OFFENDERS, PG_RULE_LIMITED, PG_RULE_LIMITS},
-    mem,
+    hash,
+    maps::{PG_LIMITS, PG_OFFENDERS, PG_RULE_LIMITED, PG_RULE_LIMITS, PG_RUNTIME},
     parse::Packet,
     time::now_ns,
 };
@@ -43,18 +44,27 @@ pub fn over_rate(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) ->
     if limit.interval_ns == 0 {
         return ADMITTED;
     }
-    let Some(key) = limit_key(packet, rule, cfg) else {
+    let Some(runtime) = PG_RUNTIME.get(RUNTIME_USER) else {
+        return ADMITTED;
+    };
+    let source = blocks::source_words(&packet.src, packet.is_v6, cfg);
+    let owner = limit_owner(rule, cfg.generation);
+    let slot = hash::limit(&runtime.scan_key, source, owner) as u32 & cfg.limit_slot_mask;
+    let Some(state) = PG_LIMITS.get_ptr_mut(slot) else {
         return ADMITTED;
     };
     let now = now_ns();
-    let Some(state) = PG_LIMITS.get_ptr_mut(key) else {
-        // A source new to this rule (or forgotten by the LRU): a full burst, less this attempt.
-        let fresh = LimitState { tat_ns: now + limit.interval_ns, ..Default::default() };
-        let _ = PG_LIMITS.insert(key, &fresh, 0);
-        return ADMITTED;
-    };
-    // SAFETY: a value of the map. CPUs may race on one source's timestamp: at worst one
-    // attempt too many is admitted, never one too few.
+    // SAFETY: a slot of the map; CPUs may race on it (see below).
+    unsafe {
+        if (*state).source != source || (*state).owner != owner {
+            // A source new to this rule (or whose slot another took over): a full burst, less
+            // this attempt.
+            *state = LimitState { source, owner, tat_ns: now + limit.interval_ns, ..Default::default() };
+            return ADMITTED;
+        }
+    }
+    // CPUs may race on one source's timestamp: at worst one attempt too many is admitted,
+    // never one too few; two sources racing for one slot each start with a full burst.
     let tat = unsafe { (*state).tat_ns };
     let start = if tat > now { tat } else { now };
     if start - now <= limit.tolerance_ns {
@@ -147,26 +157,4 @@ fn escalate(subject: &Subject, cause: u8, refused: u32, now: u64, cfg: &Config) 
         events::emit(EventKind::AutoBlocked, &Subject { src: &key.addr, ..*subject }, details, cfg);
     }
     true
-}
-
-/// The key of `packet`'s source on `rule`, built in this CPU's scratch slot (map memory: no
-/// stack, and aligned, so it is written as whole words).
-#[inline(always)]
-fn limit_key(packet: &Packet, rule: u16, cfg: &Config) -> Option<&'static LimitKey> {
-    let key = PG_LIMIT_KEY.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot; nothing else uses it while the program runs.
-    let key = unsafe { &mut *key };
-    let [hi, lo] = packet.src_words();
-    let words = if packet.is_v6 {
-        let [mask_hi, mask_lo] = mem::addr_words(&cfg.v6_source_mask);
-        [hi & mask_hi, lo & mask_lo]
-    } else {
-        [hi, lo]
-    };
-    // SAFETY: `LimitKey` is 8-aligned and starts with the address.
-    unsafe { *(key.addr.as_mut_ptr() as *mut [u64; 2]) = words };
-    key.rule = rule;
-    key._pad = 0;
-    key.generation = cfg.generation as u32;
-    Some(key)
 }

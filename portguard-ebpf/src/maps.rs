@@ -11,8 +11,8 @@ use portguard_common::{
     counters::COUNTER_SLOTS,
     maps::{
         AUTO_FILTER_ENTRIES, AutoBlock, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict,
-        LIMIT_COUNTER_SLOTS, LimitKey, LimitState, ManualBlock, NetKey, Offender, PORT_TABLE_LEN, PortRule,
-        RuleLimit, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
+        LIMIT_COUNTER_SLOTS, LimitState, ManualBlock, NetKey, Offender, PORT_TABLE_LEN, PortRule, RuleLimit,
+        Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
     },
 };
 
@@ -80,7 +80,7 @@ pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 pub static PG_MANUAL: LpmTrie<NetKey, ManualBlock> = LpmTrie::with_max_entries(65536, 0);
 
 #[map]
-pub static PG_LIMITS: LruHashMap<LimitKey, LimitState> = LruHashMap::with_max_entries(65536, 0);
+pub static PG_LIMITS: Array<LimitState> = Array::with_max_entries(65536, BPF_F_MMAPABLE);
 
 #[map]
 pub static PG_OFFENDERS: LruHashMap<[u8; 16], Offender> = LruHashMap::with_max_entries(65536, 0);
@@ -113,10 +113,6 @@ pub static PG_SCAN_TEMPLATE: PerCpuArray<ScanState> = PerCpuArray::with_max_entr
 /// The source key being worked on (see `blocks::source_key`).
 #[map]
 pub static PG_SOURCE_KEY: PerCpuArray<ScanKey> = PerCpuArray::with_max_entries(1, 0);
-
-/// The limiter's key being worked on (see `limits::limit_key`).
-#[map]
-pub static PG_LIMIT_KEY: PerCpuArray<LimitKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// The details of the event being built (see `events::draft`).
 #[map]

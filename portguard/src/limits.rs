@@ -2,15 +2,15 @@
 //! attachment, so `stats` and `/metrics` can name them), how many attempts each refused, and
 //! how many sources the kernel keeps a budget for.
 
-use std::borrow::Borrow;
+use std::os::fd::AsFd as _;
 
-use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray};
-use portguard_common::maps::{LimitKey, LimitState, MAP_LIMITS, MAP_RULE_LIMITED};
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Map, MapData, PerCpuArray};
+use portguard_common::maps::{LimitState, MAP_LIMITS, MAP_RULE_LIMITED, limit_owner};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    maps::{open_pinned, read_rule_limited},
+    maps::{MappedArray, open_pinned, read_rule_limited},
     policy::Policy,
 };
 
@@ -82,7 +82,11 @@ pub fn report(iface: &str, rules: &[LimitedRule], generation: u64) -> Result<Lim
     }
     let counts: PerCpuArray<MapData, u64> = PerCpuArray::try_from(open_pinned(iface, MAP_RULE_LIMITED)?)?;
     let counts = read_rule_limited(&counts)?;
-    let state: HashMap<MapData, LimitKey, LimitState> = HashMap::try_from(open_pinned(iface, MAP_LIMITS)?)?;
+    let Map::Array(table) = open_pinned(iface, MAP_LIMITS)? else {
+        bail!("{MAP_LIMITS} of {iface} is not an array (pinned by another portguard build?)");
+    };
+    let entries = table.info().context(MAP_LIMITS)?.max_entries();
+    let state: MappedArray<LimitState> = MappedArray::map(table.fd().as_fd(), entries, MAP_LIMITS)?;
     Ok(LimitReport {
         rules: rules
             .iter()
@@ -91,20 +95,13 @@ pub fn report(iface: &str, rules: &[LimitedRule], generation: u64) -> Result<Lim
                 limited: counts.get(rule.slot as usize).copied().unwrap_or(0),
             })
             .collect(),
-        tracked_sources: tracked_sources(&state, generation).context(MAP_LIMITS)?,
+        tracked_sources: tracked_sources(state.values(), generation),
     })
 }
 
-/// Budgets of generation `generation` (older ones wait for the LRU to push them out).
-pub fn tracked_sources<T: Borrow<MapData>>(
-    state: &HashMap<T, LimitKey, LimitState>,
-    generation: u64,
-) -> Result<u64> {
-    let mut count = 0;
-    for key in state.keys() {
-        if key?.generation == generation as u32 {
-            count += 1;
-        }
-    }
-    Ok(count)
+/// Budgets of generation `generation` in the limiter's table (older ones wait for a source of
+/// the running generation to take their slot).
+pub fn tracked_sources(table: &[LimitState], generation: u64) -> u64 {
+    let current = limit_owner(0, generation);
+    table.iter().filter(|state| state.owner & 0xffff != 0 && state.owner & !0xffff == current).count() as u64
 }

@@ -104,7 +104,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
             MAP_RULE_LIMITS,
             image.rule_limits.keys().last().map_or(1, |last| u32::from(*last) + 1),
         )
-        .map_max_entries(MAP_LIMITS, limits.limited_sources)
+        .map_max_entries(MAP_LIMITS, crate::policy::compile::limit_slots(limits.limited_sources))
         .map_max_entries(MAP_FLOWS, limits.flows)
         .map_max_entries(MAP_FRAGS, limits.fragments)
         .map_max_entries(MAP_SCAN, limits.sources)

@@ -101,32 +101,67 @@ pub fn read_rule_limited<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Resul
         .collect()
 }
 
+/// An mmapable BPF array (`BPF_F_MMAPABLE`) mapped read-only into our memory: read without a
+/// syscall per entry; the kernel updates it concurrently, so a read is a snapshot of each value.
+pub struct MappedArray<T> {
+    base: *const T,
+    len: usize,
+}
+
+impl<T: aya::Pod> MappedArray<T> {
+    /// Maps the array `fd` of `entries` values; `name` names it in errors.
+    pub fn map(fd: BorrowedFd<'_>, entries: u32, name: &str) -> Result<Self> {
+        let len = entries as usize;
+        // SAFETY: a read-only shared mapping of an mmapable BPF array of exactly this size.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len * size_of::<T>(),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            bail!("mapping {name} failed: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self { base: base.cast(), len })
+    }
+
+    pub fn values(&self) -> &[T] {
+        // SAFETY: the mapping holds `len` values for as long as `self` lives; BPF array values
+        // are 8-aligned, and `T` is plain data.
+        unsafe { std::slice::from_raw_parts(self.base, self.len) }
+    }
+}
+
+// SAFETY: the mapping is read-only and lives as long as the value; any thread may read it.
+unsafe impl<T> Send for MappedArray<T> {}
+unsafe impl<T> Sync for MappedArray<T> {}
+
+impl<T> Drop for MappedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.base as *mut _, self.len * size_of::<T>()) };
+    }
+}
+
 /// `PG_PORT_DROPS`, mapped read-only into our memory: `shards` copies of the port table,
 /// added up on reading.
 pub struct PortDrops {
-    base: *const u64,
-    shards: usize,
+    table: MappedArray<u64>,
 }
 
 impl PortDrops {
     /// Maps the table; `entries` is the map's size (a multiple of the port table).
     pub fn map(fd: BorrowedFd<'_>, entries: u32) -> Result<Self> {
-        let shards = (entries / PORT_TABLE_LEN).max(1) as usize;
-        let bytes = shards * PORT_TABLE_LEN as usize * size_of::<u64>();
-        // SAFETY: a read-only shared mapping of an mmapable BPF array of exactly this size.
-        let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, fd.as_raw_fd(), 0)
-        };
-        if base == libc::MAP_FAILED {
-            bail!("mapping {MAP_PORT_DROPS} failed: {}", std::io::Error::last_os_error());
-        }
-        Ok(Self { base: base.cast(), shards })
+        let shards = (entries / PORT_TABLE_LEN).max(1);
+        Ok(Self { table: MappedArray::map(fd, shards * PORT_TABLE_LEN, MAP_PORT_DROPS)? })
     }
 
     fn words(&self) -> &[u64] {
-        // SAFETY: the mapping holds `shards` port tables for as long as `self` lives; the kernel
-        // updates it concurrently, so a read is a snapshot of each word.
-        unsafe { std::slice::from_raw_parts(self.base, self.shards * PORT_TABLE_LEN as usize) }
+        self.table.values()
     }
 
     pub fn get(&self, proto: Proto, port: u16) -> u64 {
@@ -148,19 +183,6 @@ impl PortDrops {
     /// Drops over every port.
     pub fn total(&self) -> u64 {
         self.words().iter().sum()
-    }
-}
-
-// SAFETY: the mapping is read-only and lives as long as the value; any thread may read it.
-unsafe impl Send for PortDrops {}
-unsafe impl Sync for PortDrops {}
-
-impl Drop for PortDrops {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe {
-            libc::munmap(self.base as *mut _, self.shards * PORT_TABLE_LEN as usize * size_of::<u64>())
-        };
     }
 }
 
@@ -249,7 +271,12 @@ pub fn kept_sizes(iface: &str, policy: &crate::policy::Policy) -> Result<Vec<Kep
         ("[limits] sources", MAP_SCAN, limits.sources, 1),
         ("[limits] auto_blocks", MAP_AUTO_BLOCK, limits.auto_blocks, 1),
         ("[limits] manual_blocks", MAP_MANUAL, limits.manual_blocks, 1),
-        ("[limits] limited_sources", portguard_common::maps::MAP_LIMITS, limits.limited_sources, 1),
+        (
+            "[limits] limited_sources",
+            portguard_common::maps::MAP_LIMITS,
+            crate::policy::compile::limit_slots(limits.limited_sources),
+            1,
+        ),
         ("[events] ring_buffer_kib", MAP_EVENTS, policy.events.ring_buffer_kib, 1024),
     ];
     let mut kept = Vec::new();

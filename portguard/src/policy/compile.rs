@@ -272,6 +272,12 @@ fn reduce_v6_lengths(by_len: &mut BTreeMap<u8, BTreeSet<u128>>) -> Result<()> {
     Ok(())
 }
 
+/// `PG_LIMITS`' slots for `[limits] limited_sources`: a power of two, so a hash picks a slot
+/// with a mask.
+pub fn limit_slots(limited_sources: u32) -> u32 {
+    limited_sources.next_power_of_two()
+}
+
 fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Config {
     let mut flags = 0;
     let mut set = |on: bool, flag: u32| {
@@ -341,7 +347,7 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
         bl6_filter_shift: 64 - bl6_filter_log2(image.bl6.len() as u64),
         bl6_masks,
         brute_force_after: brute_force.map_or(0, |b| b.after),
-        _pad: 0,
+        limit_slot_mask: limit_slots(policy.limits.limited_sources) - 1,
         brute_force_window_ns: brute_force.map_or(0, |b| kernel_ns(b.within)),
         brute_force_block_ns: brute_force.map_or(0, |b| kernel_ns(b.block_for)),
         brute_force_max_block_ns: brute_force.map_or(0, |b| kernel_ns(b.max_block_for)),
