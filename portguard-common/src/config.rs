@@ -42,6 +42,10 @@ pub const FLAG_PORT_DROPS_PER_CPU: u32 = 1 << 17;
 /// Some rule carries a per-source limit (`limit = { ... }`): ports flagged
 /// `PORT_FLAG_LIMITED` consult `PG_RULE_LIMITS`.
 pub const FLAG_RATE_LIMITS: u32 = 1 << 18;
+/// Some rule caps concurrent connections per source (`connections_per_source`): the
+/// `sock_ops` program counts connections, and SYNs to ports flagged `PORT_FLAG_LIMITED` are
+/// checked against the count.
+pub const FLAG_CONN_LIMITS: u32 = 1 << 19;
 
 /// Most distinct IPv6 prefix lengths the blocklist probes, longest first.
 pub const MAX_BL6_PREFIX_LENS: usize = 16;
@@ -91,6 +95,9 @@ pub struct Config {
     pub bl6_filter_shift: u32,
     /// `bl6_prefix_lens` as masks over an address's words (`maps::prefix_mask_words`).
     pub bl6_masks: [[u64; 2]; MAX_BL6_PREFIX_LENS],
+    /// The network namespace of the attachment (`SO_NETNS_COOKIE`): the `sock_ops` program,
+    /// attached to the root cgroup, sees every namespace's sockets and counts only these.
+    pub netns_cookie: u64,
 }
 
 impl Config {
@@ -114,6 +121,7 @@ impl Config {
             scan_threshold_ports: 0,
             bl6_filter_shift: 64 - crate::maps::BL6_FILTER_MIN_LOG2,
             bl6_masks: [[0; 2]; MAX_BL6_PREFIX_LENS],
+            netns_cookie: 0,
         }
     }
 
@@ -129,7 +137,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(size_of::<Config>() == 120 + 16 * MAX_BL6_PREFIX_LENS);
+const _: () = assert!(size_of::<Config>() == 128 + 16 * MAX_BL6_PREFIX_LENS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

@@ -7,7 +7,8 @@
 //!    expired or in `never_block` -> drop
 //! 5. later fragment -> the verdict its first fragment got (or the `unseen` action)
 //! 6. TCP/UDP -> port policy; a new connection or datagram the deciding rule admits may still be
-//!    over the rule's per-source rate (`limits.rs`); a drop is lifted for packets of flows the host is part of
+//!    refused: a TCP SYN from a source holding the rule's cap of connections (`conns.rs`),
+//!    or an attempt over the rule's per-source rate (`limits.rs`); a drop is lifted for packets of flows the host is part of
 //!    (TCP segments that cannot open a connection, UDP replies); a refused attempt counts
 //!    towards scan detection, an attempt on a trap port blocks its source
 //! 7. ICMP, ICMPv6, other protocols -> the policy's protocol actions
@@ -26,7 +27,7 @@ use portguard_common::{
 };
 
 use crate::{
-    blocklist, blocks, counters,
+    blocklist, blocks, conns, counters,
     events::{self, Details, Subject},
     flows, limits,
     maps::{PG_FRAGS, PG_PACKET, PG_PORTS, PG_SRC_ALLOW, SCRATCH_XDP},
@@ -199,12 +200,17 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     let (decision, deciding_rule) = port_decision(packet, action, rule_number(rule), cfg);
     if !decision.is_drop() {
         // Ports no limited rule opens pay for one flag test (on a value already loaded).
-        if flags & PORT_FLAG_LIMITED != 0
-            && attempt
-            && cfg.has(FLAG_RATE_LIMITS)
-            && limits::over_rate(packet, deciding_rule, cfg)
-        {
-            return Judged::new(Reason::DropRateLimited);
+        if flags & PORT_FLAG_LIMITED != 0 && attempt {
+            // The cap first: an attempt it refuses spends nothing of the source's rate.
+            if packet.proto == PROTO_TCP
+                && cfg.has(FLAG_CONN_LIMITS)
+                && conns::at_cap(packet, deciding_rule, cfg)
+            {
+                return Judged::new(Reason::DropConnectionLimit);
+            }
+            if cfg.has(FLAG_RATE_LIMITS) && limits::over_rate(packet, deciding_rule, cfg) {
+                return Judged::new(Reason::DropRateLimited);
+            }
         }
         return Judged::new(decision);
     }

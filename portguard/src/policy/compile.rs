@@ -130,25 +130,69 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
 }
 
 /// `PG_RULE_LIMITS`: each limited rule's rate as the kernel's cell rate algorithm takes it,
-/// and its counter slot (in file order).
+/// its connection cap and identity, and its counter slot (in file order).
 fn compile_rule_limits(policy: &Policy, image: &mut MapImage) -> Result<()> {
+    let conn_rules = conn_rules(policy);
     for (slot, rule) in policy.rules.iter().filter(|rule| rule.limit.is_some()).enumerate() {
         let limit = rule.limit.expect("filtered");
         if slot as u32 >= MAX_LIMITED_RULES {
             bail!("more than {MAX_LIMITED_RULES} rules carry a limit");
         }
-        let interval_ns = kernel_ns(limit.new_per_source.interval()).max(1);
+        let interval_ns = limit.new_per_source.map_or(0, |rate| kernel_ns(rate.interval()).max(1));
+        let (max_connections, conn_rule) = match limit.connections_per_source {
+            Some(cap) => (cap, conn_rules[&rule.number]),
+            None => (0, 0),
+        };
         image.rule_limits.insert(
             rule.number,
             RuleLimit {
                 interval_ns,
-                tolerance_ns: interval_ns.saturating_mul(u64::from(limit.burst) - 1),
+                tolerance_ns: interval_ns.saturating_mul(u64::from(limit.burst.max(1)) - 1),
                 slot: slot as u32,
+                max_connections,
+                conn_rule,
                 _pad: 0,
             },
         );
     }
     Ok(())
+}
+
+/// The identities of the rules that cap connections (`conn_rule_id`), by rule number; two
+/// rules of one policy never share one (file order settles a collision).
+pub fn conn_rules(policy: &Policy) -> BTreeMap<u16, u32> {
+    let mut taken = BTreeSet::new();
+    let mut ids = BTreeMap::new();
+    for rule in
+        policy.rules.iter().filter(|rule| rule.limit.is_some_and(|l| l.connections_per_source.is_some()))
+    {
+        let mut id = conn_rule_id(rule);
+        while !taken.insert(id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        ids.insert(rule.number, id);
+    }
+    ids
+}
+
+/// A rule's identity for its connection counts (`RuleLimit::conn_rule`): a hash of what
+/// decides which connections it admits (protocol, ports, `from`), so the same rule keeps its
+/// counts across reloads (also when rules before it are added or removed, or its cap or name
+/// changes). FNV-1a: stable across builds, so a restarted loader finds the same counts.
+fn conn_rule_id(rule: &Rule) -> u32 {
+    let mut text = format!("{} ", rule.proto.number());
+    for range in &rule.ports {
+        text += &format!("{}-{},", range.start(), range.end());
+    }
+    for net in rule.from.iter().flatten() {
+        text += &format!(" {}", net.trunc());
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in text.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    // 0 means "no cap" in `RuleLimit`.
+    hash.max(1)
 }
 
 fn family(net: &IpNet) -> u8 {
@@ -294,7 +338,8 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
     set(scan != Response::Off, FLAG_SCAN_DETECT);
     set(scan == Response::Block, FLAG_SCAN_BLOCK);
     set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
-    set(!image.rule_limits.is_empty(), FLAG_RATE_LIMITS);
+    set(image.rule_limits.values().any(|limit| limit.interval_ns != 0), FLAG_RATE_LIMITS);
+    set(image.rule_limits.values().any(|limit| limit.max_connections != 0), FLAG_CONN_LIMITS);
     set(scan == Response::Block || !policy.trap_ports.is_empty(), FLAG_AUTO_BLOCK);
     set(cpus <= port_drop_shards(cpus), FLAG_PORT_DROPS_PER_CPU);
     let ipv6_prefix = policy.scan_detection.ipv6_prefix;
@@ -338,6 +383,8 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
         scan_threshold_ports: policy.scan_detection.threshold,
         bl6_filter_shift: 64 - bl6_filter_log2(image.bl6.len() as u64),
         bl6_masks,
+        // Known only where the program is loaded (`loader::load`).
+        netns_cookie: 0,
     }
 }
 
