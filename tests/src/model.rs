@@ -7,7 +7,9 @@
 //! (`action = "off"`; its `ipv6_prefix` still sets what a trap port blocks), the per-second
 //! limit on new automatic blocks (the test runs grant an unlimited budget), flows (no egress program runs under BPF_PROG_TEST_RUN, so the flow
 //! table is empty), manual blocks and timeouts. Rule limits are modelled as budgets that do
-//! not come back: the generated rates name periods far longer than a test run.
+//! not come back: the generated rates name periods far longer than a test run. Caps of open
+//! connections are judged against the connections the test says each source holds (`hold`):
+//! no connection is opened under BPF_PROG_TEST_RUN.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -277,11 +279,19 @@ pub struct Model {
     trapped: HashSet<IpNet>,
     /// New connections admitted so far per (source network, limited rule number).
     admitted: HashMap<(IpNet, u16), u32>,
+    /// Open connections per (source network, capped rule number), as the test set them.
+    held: HashMap<(IpNet, u16), u64>,
 }
 
 impl Model {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, fragments: HashMap::new(), trapped: HashSet::new(), admitted: HashMap::new() }
+        Self {
+            policy,
+            fragments: HashMap::new(),
+            trapped: HashSet::new(),
+            admitted: HashMap::new(),
+            held: HashMap::new(),
+        }
     }
 
     pub fn judge(&mut self, frame: &[u8]) -> Expected {
@@ -405,6 +415,9 @@ impl Model {
             Reason::DropDefaultDeny
         };
         if !decision.is_drop() {
+            if attempt && proto == Proto::Tcp && self.at_cap(packet, &naming_numbers(&naming)) {
+                return Reason::DropConnectionLimit;
+            }
             if attempt && self.over_limit(packet, &naming_numbers(&naming)) {
                 return Reason::DropRateLimited;
             }
@@ -427,31 +440,63 @@ impl Model {
     /// source (an IPv4 address, an IPv6 network of `ipv6_prefix` bits); refused attempts
     /// spend nothing, and `never_block` sources are never refused.
     fn over_limit(&mut self, packet: &Parsed, naming: &[u16]) -> bool {
-        let policy = &self.policy;
-        let rules: Vec<_> =
-            naming.iter().filter_map(|n| policy.rules.iter().find(|r| r.number == *n)).collect();
-        let deciding = rules.iter().find(|r| r.from.is_none()).copied().or_else(|| {
-            let mut best: Option<(&portguard::policy::Rule, u8)> = None;
-            for rule in &rules {
-                for net in rule.from.iter().flatten().filter(|net| net.contains(&packet.src)) {
-                    if best.is_none_or(|(_, len)| net.prefix_len() > len) {
-                        best = Some((rule, net.prefix_len()));
-                    }
-                }
-            }
-            best.map(|(rule, _)| rule)
-        });
-        let Some(rule) = deciding else { return false };
+        let Some(rule) = deciding_rule(&self.policy, packet, naming) else { return false };
         let Some(limit) = rule.limit else { return false };
-        let prefix = if packet.v6 { policy.scan_detection.ipv6_prefix } else { 32 };
-        let source = IpNet::new(packet.src, prefix).expect("a valid prefix").trunc();
+        if limit.new_per_source.is_none() {
+            return false;
+        }
+        let source = self.source_net(packet);
         let admitted = self.admitted.entry((source, rule.number)).or_default();
         if *admitted < limit.burst {
             *admitted += 1;
             return false;
         }
-        !contains(&policy.never_block, packet.src)
+        !contains(&self.policy.never_block, packet.src)
     }
+
+    /// Whether a TCP SYN the port policy admits comes from a source that holds the deciding
+    /// rule's `connections_per_source` (as `hold` set them: the model opens no connections).
+    /// Such attempts spend nothing of the rate; `never_block` sources are never refused.
+    fn at_cap(&self, packet: &Parsed, naming: &[u16]) -> bool {
+        let Some(rule) = deciding_rule(&self.policy, packet, naming) else { return false };
+        let Some(cap) = rule.limit.and_then(|limit| limit.connections_per_source) else { return false };
+        let held = self.held.get(&(self.source_net(packet), rule.number)).copied().unwrap_or(0);
+        held >= u64::from(cap) && !contains(&self.policy.never_block, packet.src)
+    }
+
+    /// The network a source is limited as: an IPv4 address, an IPv6 network of `ipv6_prefix`.
+    fn source_net(&self, packet: &Parsed) -> IpNet {
+        let prefix = if packet.v6 { self.policy.scan_detection.ipv6_prefix } else { 32 };
+        IpNet::new(packet.src, prefix).expect("a valid prefix").trunc()
+    }
+
+    /// Says that the network `source` (as `source_net` cuts it) holds `count` open connections
+    /// on rule `rule` (the kernel test writes the same count into the kernel's table).
+    pub fn hold(&mut self, source: IpNet, rule: u16, count: u64) {
+        self.held.insert((source, rule), count);
+    }
+}
+
+/// The rule whose limits apply to an attempt the port policy admits: the rule that opens the
+/// port to everyone (the first), else the rule whose `from` network holds the source most
+/// specifically (the first of equals).
+fn deciding_rule<'a>(
+    policy: &'a Policy,
+    packet: &Parsed,
+    naming: &[u16],
+) -> Option<&'a portguard::policy::Rule> {
+    let rules: Vec<_> = naming.iter().filter_map(|n| policy.rules.iter().find(|r| r.number == *n)).collect();
+    rules.iter().find(|r| r.from.is_none()).copied().or_else(|| {
+        let mut best: Option<(&portguard::policy::Rule, u8)> = None;
+        for rule in &rules {
+            for net in rule.from.iter().flatten().filter(|net| net.contains(&packet.src)) {
+                if best.is_none_or(|(_, len)| net.prefix_len() > len) {
+                    best = Some((rule, net.prefix_len()));
+                }
+            }
+        }
+        best.map(|(rule, _)| rule)
+    })
 }
 
 /// The numbers of the allow rules naming a port (file order).
