@@ -175,25 +175,27 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
                 count(report.tracked_sources, "source budget", "source budgets")
             );
             for rule in &report.rules {
-                let mut parts = Vec::new();
                 if let Some(rate) = &rule.rule.new_per_source {
-                    parts.push(format!(
-                        "{rate} per source, burst {}: {} refused",
+                    let _ = writeln!(
+                        out,
+                        "    {} ({rate} per source, burst {}): {} refused since loaded",
+                        rule.rule.label(),
                         rule.rule.burst,
                         group(rule.limited)
-                    ));
+                    );
                 }
                 if let (Some(cap), Some(refused)) =
                     (rule.rule.connections_per_source, rule.connection_limited)
                 {
-                    parts.push(format!(
-                        "{cap} open per source: {} refused, {} open from {}",
+                    let _ = writeln!(
+                        out,
+                        "    {} ({cap} open per source): {} refused since loaded, {} open from {}",
+                        rule.rule.label(),
                         group(refused),
                         group(rule.connections_open.unwrap_or(0)),
                         count(rule.sources_connected.unwrap_or(0), "source", "sources")
-                    ));
+                    );
                 }
-                let _ = writeln!(out, "    {}: {} (since loaded)", rule.rule.label(), parts.join("; "));
             }
         }
         Err(error) => {
