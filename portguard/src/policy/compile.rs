@@ -570,6 +570,34 @@ mod tests {
     }
 
     #[test]
+    fn connection_caps_keep_their_rule_identity_across_renumbering() {
+        let capped = "[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\nlimit = { connections_per_source = 4 }\n";
+        let first = image(&format!("default = \"deny\"\n{capped}"));
+        let ssh = first.rule_limits[&1];
+        assert_eq!((ssh.max_connections, ssh.interval_ns, ssh.tolerance_ns), (4, 0, 0));
+        assert_ne!(ssh.conn_rule, 0);
+        assert_eq!(first.ports[&22].flags, PORT_FLAG_LIMITED);
+        assert!(first.config.has(FLAG_CONN_LIMITS));
+        assert!(!first.config.has(FLAG_RATE_LIMITS), "a cap alone is no rate");
+        // Rules before it and a rate beside the cap: another number, the same identity.
+        let later = image(&format!(
+            "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [80]\nlimit = {{ connections_per_source = 9 }}\n{}",
+            capped.replace(
+                "connections_per_source = 4",
+                "connections_per_source = 6, new_per_source = \"5/s\""
+            )
+        ));
+        assert_eq!(later.rule_limits[&2].conn_rule, ssh.conn_rule);
+        assert_eq!(later.rule_limits[&2].max_connections, 6);
+        assert_ne!(later.rule_limits[&1].conn_rule, ssh.conn_rule, "another port, another rule");
+        assert!(later.config.has(FLAG_RATE_LIMITS));
+        // Another `from`: another rule.
+        let other =
+            image(&format!("default = \"deny\"\n{}", capped.replace("198.51.100.0/24", "203.0.113.0/24")));
+        assert_ne!(other.rule_limits[&1].conn_rule, ssh.conn_rule);
+    }
+
+    #[test]
     fn open_allow_beats_from_allow() {
         let image = image(
             r#"
