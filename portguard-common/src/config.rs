@@ -45,6 +45,10 @@ pub const FLAG_RATE_LIMITS: u32 = 1 << 18;
 /// `[brute_force]`: a source refused by a rule's limit `brute_force_after` times within
 /// `brute_force_window_ns` is blocked.
 pub const FLAG_BRUTE_FORCE: u32 = 1 << 19;
+/// Some rule caps concurrent connections per source (`connections_per_source`): the
+/// `sock_ops` program counts connections, and SYNs to ports flagged `PORT_FLAG_LIMITED` are
+/// checked against the count.
+pub const FLAG_CONN_LIMITS: u32 = 1 << 20;
 
 /// Most distinct IPv6 prefix lengths the blocklist probes, longest first.
 pub const MAX_BL6_PREFIX_LENS: usize = 16;
@@ -105,6 +109,9 @@ pub struct Config {
     pub brute_force_block_ns: u64,
     pub brute_force_max_block_ns: u64,
     pub recidive_ns: u64,
+    /// The network namespace of the attachment (`SO_NETNS_COOKIE`): the `sock_ops` program,
+    /// attached to the root cgroup, sees every namespace's sockets and counts only these.
+    pub netns_cookie: u64,
 }
 
 impl Config {
@@ -134,6 +141,7 @@ impl Config {
             brute_force_block_ns: 0,
             brute_force_max_block_ns: 0,
             recidive_ns: 0,
+            netns_cookie: 0,
         }
     }
 
@@ -149,7 +157,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(size_of::<Config>() == 160 + 16 * MAX_BL6_PREFIX_LENS);
+const _: () = assert!(size_of::<Config>() == 168 + 16 * MAX_BL6_PREFIX_LENS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

@@ -59,6 +59,9 @@ pub enum Reason {
     /// A new connection (TCP SYN) or datagram over its rule's per-source rate
     /// (`limit.new_per_source`).
     DropRateLimited = 27,
+    /// A new connection (TCP SYN) from a source that already holds its rule's
+    /// `limit.connections_per_source` open connections.
+    DropConnectionLimit = 28,
 }
 
 /// Reasons at or above this value drop.
@@ -124,6 +127,11 @@ pub const FAMILY_SCAN_SOURCES_ADMITTED: MetricFamily = MetricFamily {
 pub const FAMILY_BLOCKS_NOT_ADMITTED: MetricFamily = MetricFamily {
     name: "auto_blocks_not_admitted",
     help: "Automatic blocks not added because [limits] new_blocks_per_second was spent.",
+    label: "",
+};
+pub const FAMILY_CONNECTIONS_UNTRACKED: MetricFamily = MetricFamily {
+    name: "connections_untracked",
+    help: "Connections to a port with a connection cap that were not counted (table full: [limits] connections or connected_sources).",
     label: "",
 };
 pub const FAMILY_EVENTS_LOST: MetricFamily =
@@ -207,17 +215,22 @@ observations! {
     OBS_BLOCKS_NOT_ADMITTED = OBSERVATION_BASE + 12,
         "blocks_not_admitted", "automatic blocks refused (new_blocks_per_second spent)",
         FAMILY_BLOCKS_NOT_ADMITTED;
+    /// Connections to a port whose rule caps connections per source that were not counted,
+    /// because a table was full (they are let be: the cap fails open, never closed).
+    OBS_CONNECTIONS_UNTRACKED = OBSERVATION_BASE + 6,
+        "connections_untracked", "connections not counted against a cap (table full)",
+        FAMILY_CONNECTIONS_UNTRACKED;
     /// Events the ring buffer had no room for (never silently lost: reported by the reader).
     OBS_EVENTS_LOST = OBSERVATION_BASE + 5,
         "events_lost", "events lost (ring buffer full)", FAMILY_EVENTS_LOST;
 }
 
 /// Observation slots no counter uses (yet): the only ones `OBSERVATIONS` may leave out.
-pub const OBS_UNUSED: [u32; 1] = [OBSERVATION_BASE + 6];
+pub const OBS_UNUSED: [u32; 0] = [];
 /// Entries in `PG_COUNTERS`.
 pub const COUNTER_SLOTS: u32 = OBSERVATION_BASE + 16;
 
-pub const ALL_REASONS: [Reason; 23] = [
+pub const ALL_REASONS: [Reason; 24] = [
     Reason::PassNotIp,
     Reason::PassPortAllowed,
     Reason::PassSourceAllowed,
@@ -241,6 +254,7 @@ pub const ALL_REASONS: [Reason; 23] = [
     Reason::DropFragmentUnseen,
     Reason::DropMalformed,
     Reason::DropRateLimited,
+    Reason::DropConnectionLimit,
 ];
 
 impl Reason {
@@ -284,6 +298,7 @@ impl Reason {
             Self::DropFragmentUnseen => "fragment_unseen",
             Self::DropMalformed => "malformed",
             Self::DropRateLimited => "rate_limited",
+            Self::DropConnectionLimit => "connection_limit",
         }
     }
 }
@@ -297,7 +312,7 @@ pub struct Counter {
 }
 
 const _: () = assert!(size_of::<Counter>() == 16);
-const _: () = assert!((Reason::DropRateLimited as u32) < REASON_SLOTS);
+const _: () = assert!((Reason::DropConnectionLimit as u32) < REASON_SLOTS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Counter {}
@@ -354,6 +369,6 @@ mod tests {
         }
         assert_eq!(Reason::from_u8(11), None);
         assert_eq!(Reason::from_u8(DROP_BASE - 1), None);
-        assert_eq!(Reason::from_u8(Reason::DropRateLimited as u8 + 1), None);
+        assert_eq!(Reason::from_u8(Reason::DropConnectionLimit as u8 + 1), None);
     }
 }

@@ -75,7 +75,7 @@ pub const fn flow_port_bit(proto: u8, port: u16) -> (u32, u64) {
 pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 15] = [
+pub const SHARED_MAPS: [&str; 18] = [
     MAP_EVENT_BUDGET,
     MAP_FLOW_PORTS,
     MAP_COUNTERS,
@@ -91,6 +91,9 @@ pub const SHARED_MAPS: [&str; 15] = [
     MAP_LIMITS,
     MAP_RULE_LIMITED,
     MAP_OFFENDERS,
+    MAP_CONNS,
+    MAP_CONN_SOCKETS,
+    MAP_RULE_CONN_LIMITED,
 ];
 
 // The per-port tables are indexed by protocol: the numbers live in `net`.
@@ -147,18 +150,52 @@ pub const MAP_RULE_LIMITED: &str = "PG_RULE_LIMITED";
 pub const MAX_LIMITED_RULES: u32 = 64;
 pub const LIMIT_COUNTER_SLOTS: u32 = MAX_LIMITED_RULES;
 
-/// A rule's limit of new connections per source, as a generic cell rate algorithm (a token
+/// A rule's limits. New connections per source, as a generic cell rate algorithm (a token
 /// bucket kept as one timestamp): each admitted attempt moves the source's theoretical
 /// arrival time `interval_ns` on; an attempt is refused while that time is more than
-/// `tolerance_ns` ahead of now (`tolerance_ns = (burst - 1) * interval_ns`).
+/// `tolerance_ns` ahead of now (`tolerance_ns = (burst - 1) * interval_ns`). Concurrent
+/// connections per source: a new connection is refused while the source holds
+/// `max_connections` (see `MAP_CONNS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleLimit {
     /// 0: the rule carries no rate limit.
     pub interval_ns: u64,
     pub tolerance_ns: u64,
-    /// Index into `PG_RULE_LIMITED`.
+    /// Index into `PG_RULE_LIMITED` and `PG_RULE_CONN_LIMITED`.
     pub slot: u32,
+    /// 0: the rule caps no connections.
+    pub max_connections: u32,
+    /// The rule's identity in `ConnKey`: the same for the same rule (protocol, ports, `from`)
+    /// in every generation, so a reload that renumbers rules keeps each source's count.
+    pub conn_rule: u32,
+    pub _pad: u32,
+}
+
+/// `HashMap<ConnKey, u64>` (shared, sized by `[limits] connected_sources`): the connections
+/// each source holds on each rule that caps them, kept by the `sock_ops` program from the
+/// host's own TCP state changes (established: +1, closed: -1). A count of `CONNS_RETIRED` is an
+/// entry being deleted (it went to zero): nobody adds to it, a new connection inserts afresh.
+pub const MAP_CONNS: &str = "PG_CONNS";
+/// `HashMap<u64, ConnKey>` (shared, sized by `[limits] connections`): what each counted socket
+/// (by socket cookie) added to, so its close takes exactly that away, whatever generation runs
+/// then. Inserted before the count and deleted before the decrement: whichever program deletes
+/// it decrements (two generations' programs may both see a socket for a moment).
+pub const MAP_CONN_SOCKETS: &str = "PG_CONN_SOCKETS";
+/// `PerCpuArray<u64>` of `LIMIT_COUNTER_SLOTS` (shared): connection attempts refused by each
+/// capped rule (`RuleLimit::slot`), applied or, in monitor mode, only counted. Zeroed by the
+/// loader for every new generation.
+pub const MAP_RULE_CONN_LIMITED: &str = "PG_RULE_CONN_LIMITED";
+/// A `PG_CONNS` count on its way out (see `MAP_CONNS`).
+pub const CONNS_RETIRED: u64 = u64::MAX;
+
+/// Key of the connections a source holds on a capped rule: the source's network (an IPv4
+/// address, an IPv6 source cut to `ipv6_prefix`) and the rule's `RuleLimit::conn_rule`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub addr: [u8; 16],
+    pub conn_rule: u32,
     pub _pad: u32,
 }
 
@@ -645,7 +682,8 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 }
 
 const _: () = assert!(size_of::<PortRule>() == 4);
-const _: () = assert!(size_of::<RuleLimit>() == 24);
+const _: () = assert!(size_of::<RuleLimit>() == 32);
+const _: () = assert!(size_of::<ConnKey>() == 24);
 const _: () = assert!(size_of::<LimitState>() == 40);
 const _: () = assert!(size_of::<Offender>() == 16);
 const _: () = assert!(size_of::<SrcAllowKey>() == 20);
@@ -666,6 +704,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for PortRule {}
     unsafe impl aya::Pod for RuleLimit {}
+    unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for LimitState {}
     unsafe impl aya::Pod for Offender {}
     unsafe impl aya::Pod for SrcAllowKey {}

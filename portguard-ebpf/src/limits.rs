@@ -8,7 +8,10 @@ use portguard_common::{
     config::FLAG_BRUTE_FORCE,
     counters::OBS_LIMIT_BLOCKS,
     events::EventKind,
-    maps::{CAUSE_RATE_LIMIT, CAUSE_RECIDIVE, LimitState, Offender, RUNTIME_USER, limit_owner},
+    maps::{
+        CAUSE_CONNECTION_LIMIT, CAUSE_RATE_LIMIT, CAUSE_RECIDIVE, LimitState, Offender, RUNTIME_USER,
+        limit_owner,
+    },
 };
 
 use crate::{
@@ -71,23 +74,46 @@ pub fn over_rate(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) ->
         unsafe { (*state).tat_ns = start + limit.interval_ns };
         return ADMITTED;
     }
-    refused(subject, rule, limit.slot, state, cfg)
-}
-
-/// An attempt over the rate: refused unless the source is exempt, counted for its rule and
-/// in the source's window; the window's first refusal is reported (`limited`), and with
-/// `[brute_force]` its `after`-th blocks the source. A call of its own: the limited path's
-/// event and block code stays out of the admitted path.
-#[inline(never)]
-fn refused(subject: &Subject, rule: u16, slot: u32, state: *mut LimitState, cfg: &Config) -> u32 {
     if blocks::exempt(cfg, subject.src) {
         return ADMITTED;
     }
-    let now = now_ns();
-    if let Some(count) = PG_RULE_LIMITED.get_ptr_mut(slot) {
+    if let Some(count) = PG_RULE_LIMITED.get_ptr_mut(limit.slot) {
         // Per-CPU: a plain add.
         unsafe { *count += 1 };
     }
+    refused(subject, rule, state, CAUSE_RATE_LIMIT, cfg)
+}
+
+/// A SYN the rule's cap of connections refused (`conns::at_cap` decided it and counted it):
+/// counted in the source's window on the rule like a rate refusal (the budget's slot, taken
+/// with a full rate budget if another source held it), and reported and escalated alike.
+#[inline(always)]
+pub fn cap_refused(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) -> u32 {
+    let Some(runtime) = PG_RUNTIME.get(RUNTIME_USER) else {
+        return REFUSED;
+    };
+    let source = blocks::source_words(&packet.src, packet.is_v6, cfg);
+    let owner = limit_owner(rule, cfg.generation);
+    let slot = hash::limit(&runtime.scan_key, source, owner) as u32 & cfg.limit_slot_mask;
+    let Some(state) = PG_LIMITS.get_ptr_mut(slot) else {
+        return REFUSED;
+    };
+    // SAFETY: a slot of the map (see `over_rate`).
+    unsafe {
+        if (*state).source != source || (*state).owner != owner {
+            *state = LimitState { source, owner, ..Default::default() };
+        }
+    }
+    refused(subject, rule, state, CAUSE_CONNECTION_LIMIT, cfg)
+}
+
+/// An attempt a limit refused (`cause`: which one), counted in the source's window on the
+/// rule; the window's first refusal is reported (`limited`), and with `[brute_force]` its
+/// `after`-th blocks the source. A call of its own: the limited path's event and block code
+/// stays out of the admitted path.
+#[inline(never)]
+fn refused(subject: &Subject, rule: u16, state: *mut LimitState, cause: u8, cfg: &Config) -> u32 {
+    let now = now_ns();
     // SAFETY: a value of the map; CPUs racing on one source's window may lose a count.
     let state = unsafe { &mut *state };
     let window = if cfg.has(FLAG_BRUTE_FORCE) { cfg.brute_force_window_ns } else { DEFAULT_WINDOW_NS };
@@ -97,14 +123,14 @@ fn refused(subject: &Subject, rule: u16, slot: u32, state: *mut LimitState, cfg:
     }
     state.refused += 1;
     if cfg.has(FLAG_BRUTE_FORCE) && state.refused >= cfg.brute_force_after {
-        if escalate(subject, CAUSE_RATE_LIMIT, state.refused, now, cfg) {
+        if escalate(subject, cause, state.refused, now, cfg) {
             state.refused = 0;
             return BLOCKED_NOW;
         }
     }
     if state.refused == 1 && events::drop_event_allowed() {
         if let Some(details) = events::draft() {
-            details.reason = CAUSE_RATE_LIMIT;
+            details.reason = cause;
             details.count = u32::from(rule);
             events::emit(EventKind::Limited, subject, details, cfg);
             return REFUSED_REPORTED;

@@ -12,6 +12,7 @@
 // maps, then counting and events, lookups, detection, and the two paths.
 mod blocklist;
 mod blocks;
+mod conns;
 mod counters;
 mod egress;
 mod events;
@@ -29,8 +30,8 @@ mod verdict;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, sock_ops, xdp},
+    programs::{SockOpsContext, TcContext, XdpContext},
 };
 use portguard_common::Config;
 
@@ -68,6 +69,14 @@ pub fn pg_tc_egress(ctx: TcContext) -> i32 {
     let cfg = config();
     egress::record_egress(&ctx, cfg);
     TC_ACT_OK
+}
+
+/// The host's TCP state changes, for the connection caps (attached to the root cgroup only
+/// while some rule caps connections). Never changes what the socket does.
+#[sock_ops]
+pub fn pg_sock_ops(ctx: SockOpsContext) -> u32 {
+    conns::sock_op(&ctx, config());
+    1
 }
 
 #[cfg(not(test))]

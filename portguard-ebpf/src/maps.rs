@@ -10,9 +10,9 @@ use portguard_common::{
     Counter,
     counters::COUNTER_SLOTS,
     maps::{
-        AUTO_FILTER_ENTRIES, AutoBlock, Bl6Key, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey, FragVerdict,
-        LIMIT_COUNTER_SLOTS, LimitState, ManualBlock, NetKey, Offender, PORT_TABLE_LEN, PortRule, RuleLimit,
-        Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
+        AUTO_FILTER_ENTRIES, AutoBlock, Bl6Key, ConnKey, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey,
+        FragVerdict, LIMIT_COUNTER_SLOTS, LimitState, ManualBlock, NetKey, Offender, PORT_TABLE_LEN,
+        PortRule, RuleLimit, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
     },
 };
 
@@ -89,6 +89,15 @@ pub static PG_OFFENDERS: LruHashMap<[u8; 16], Offender> = LruHashMap::with_max_e
 pub static PG_RULE_LIMITED: PerCpuArray<u64> = PerCpuArray::with_max_entries(LIMIT_COUNTER_SLOTS, 0);
 
 #[map]
+pub static PG_CONNS: HashMap<ConnKey, u64> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static PG_CONN_SOCKETS: HashMap<u64, ConnKey> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static PG_RULE_CONN_LIMITED: PerCpuArray<u64> = PerCpuArray::with_max_entries(LIMIT_COUNTER_SLOTS, 0);
+
+#[map]
 pub static PG_RUNTIME: Array<Runtime> = Array::with_max_entries(2, 0);
 
 // --- Per-CPU scratch (not pinned, nothing to keep) ------------------------------------------
@@ -113,6 +122,10 @@ pub static PG_SCAN_TEMPLATE: PerCpuArray<ScanState> = PerCpuArray::with_max_entr
 /// The source key being worked on (see `blocks::source_key`).
 #[map]
 pub static PG_SOURCE_KEY: PerCpuArray<ScanKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// The connection key being looked up by the packet path (see `conns::at_cap`).
+#[map]
+pub static PG_CONN_KEY: PerCpuArray<ConnKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// The details of the event being built (see `events::draft`).
 #[map]

@@ -7,8 +7,9 @@
 //!    expired or in `never_block` -> drop
 //! 5. later fragment -> the verdict its first fragment got (or the `unseen` action)
 //! 6. TCP/UDP -> port policy; a new connection or datagram the deciding rule admits may still be
-//!    over the rule's per-source rate (`limits.rs`; refused too often: blocked, with
-//!    `[brute_force]`); a drop is lifted for packets of flows the host is part of
+//!    refused: a TCP SYN from a source holding the rule's cap of connections (`conns.rs`),
+//!    or an attempt over the rule's per-source rate (`limits.rs`; refused too often: blocked,
+//!    with `[brute_force]`); a drop is lifted for packets of flows the host is part of
 //!    (TCP segments that cannot open a connection, UDP replies); a refused attempt counts
 //!    towards scan detection, an attempt on a trap port blocks its source
 //! 7. ICMP, ICMPv6, other protocols -> the policy's protocol actions
@@ -27,7 +28,7 @@ use portguard_common::{
 };
 
 use crate::{
-    blocklist, blocks, counters,
+    blocklist, blocks, conns, counters,
     events::{self, Details, Subject},
     flows, limits,
     maps::{PG_FRAGS, PG_PACKET, PG_PORTS, PG_SRC_ALLOW, SCRATCH_XDP},
@@ -200,14 +201,23 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     let (decision, deciding_rule) = port_decision(packet, action, rule_number(rule), cfg);
     if !decision.is_drop() {
         // Ports no limited rule opens pay for one flag test (on a value already loaded).
-        if flags & PORT_FLAG_LIMITED != 0 && attempt && cfg.has(FLAG_RATE_LIMITS) {
-            match limits::over_rate(packet, subject, deciding_rule, cfg) {
-                limits::ADMITTED => {}
-                limits::REFUSED => return Judged::new(Reason::DropRateLimited),
+        if flags & PORT_FLAG_LIMITED != 0 && attempt {
+            // The cap first: an attempt it refuses spends nothing of the source's rate.
+            let limited = if packet.proto == PROTO_TCP
+                && cfg.has(FLAG_CONN_LIMITS)
+                && conns::at_cap(packet, deciding_rule, cfg)
+            {
+                (limits::cap_refused(packet, subject, deciding_rule, cfg), Reason::DropConnectionLimit)
+            } else if cfg.has(FLAG_RATE_LIMITS) {
+                (limits::over_rate(packet, subject, deciding_rule, cfg), Reason::DropRateLimited)
+            } else {
+                (limits::ADMITTED, Reason::DropRateLimited)
+            };
+            match limited {
+                (limits::ADMITTED, _) => {}
+                (limits::REFUSED, reason) => return Judged::new(reason),
                 // Reported already: by a `limited` event, or by the block's.
-                limits::REFUSED_REPORTED => {
-                    return Judged { reason: Reason::DropRateLimited as u8, report: false };
-                }
+                (limits::REFUSED_REPORTED, reason) => return Judged { reason: reason as u8, report: false },
                 _ => return Judged { reason: Reason::DropAutoBlock as u8, report: false },
             }
         }

@@ -15,7 +15,10 @@ use portguard_common::{
     counters::{
         ALL_REASONS, MONITOR_BASE, OBS_FRAGMENT_FIRST, OBS_FRAGMENT_LATER, OBS_VLAN_SINGLE, OBS_VLAN_STACKED,
     },
-    maps::{EventBudget, MAP_COUNTERS, MAP_EVENT_BUDGET, MAP_PORT_DROPS, MAP_RULE_LIMITED},
+    maps::{
+        ConnKey, EventBudget, MAP_CONNS, MAP_COUNTERS, MAP_EVENT_BUDGET, MAP_PORT_DROPS,
+        MAP_RULE_CONN_LIMITED, MAP_RULE_LIMITED,
+    },
 };
 
 use crate::{
@@ -106,6 +109,23 @@ impl Judge {
     /// Attempts each limited rule refused so far, by counter slot.
     pub fn rule_limited(&self) -> Result<Vec<u64>> {
         let map = self.ebpf.map(MAP_RULE_LIMITED).context("no per-rule limit counters")?;
+        read_rule_limited(&PerCpuArray::<_, u64>::try_from(map)?)
+    }
+
+    /// Says that the source network `addr` (an IPv4-mapped address, or an IPv6 network's
+    /// address cut to the policy's `ipv6_prefix`) holds `count` open connections on the capped
+    /// rule whose `RuleLimit::conn_rule` is `conn_rule`: what the `sock_ops` program would have
+    /// counted (nothing runs it here).
+    pub fn hold_connections(&mut self, addr: [u8; 16], conn_rule: u32, count: u64) -> Result<()> {
+        let mut counts: aya::maps::HashMap<_, ConnKey, u64> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut(MAP_CONNS).context("no connection counts")?)?;
+        counts.insert(ConnKey { addr, conn_rule, _pad: 0 }, count, 0).context(MAP_CONNS)?;
+        Ok(())
+    }
+
+    /// Connection attempts each capped rule refused so far, by counter slot.
+    pub fn rule_connection_limited(&self) -> Result<Vec<u64>> {
+        let map = self.ebpf.map(MAP_RULE_CONN_LIMITED).context("no per-rule connection cap counters")?;
         read_rule_limited(&PerCpuArray::<_, u64>::try_from(map)?)
     }
 

@@ -13,6 +13,7 @@ pub mod auto_filter;
 pub mod blocks;
 pub mod budget;
 pub mod capture;
+pub mod conns;
 pub mod control;
 pub mod daemon;
 pub mod doctor;

@@ -26,10 +26,10 @@ use ipnet::IpNet;
 use log::{info, warn};
 use portguard_common::maps::{
     AutoBlock, Bl6Key, EventBudget, LIMIT_COUNTER_SLOTS, MAP_AUTO_BLOCK, MAP_AUTO_FILTER, MAP_BL4_INDEX,
-    MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER, MAP_EVENT_BUDGET, MAP_EVENTS, MAP_FLOWS, MAP_FRAGS, MAP_LIMITS,
-    MAP_MANUAL, MAP_NEVER_BLOCK, MAP_OFFENDERS, MAP_PORT_DROPS, MAP_PORTS, MAP_RULE_LIMITED, MAP_RULE_LIMITS,
-    MAP_RUNTIME, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, RuleLimit, Runtime,
-    SHARED_MAPS, SrcAllowKey,
+    MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER, MAP_CONN_SOCKETS, MAP_CONNS, MAP_EVENT_BUDGET, MAP_EVENTS,
+    MAP_FLOWS, MAP_FRAGS, MAP_LIMITS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_OFFENDERS, MAP_PORT_DROPS, MAP_PORTS,
+    MAP_RULE_LIMITED, MAP_RULE_LIMITS, MAP_RUNTIME, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN,
+    PortRule, RUNTIME_USER, RuleLimit, Runtime, SHARED_MAPS, SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -92,9 +92,14 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         None => Vec::new(),
     };
     check_pinned_layouts(&pin_paths)?;
+    let caps_connections = image.config.has(portguard_common::config::FLAG_CONN_LIMITS);
+    let mut config = image.config;
+    if caps_connections {
+        config.netns_cookie = crate::conns::netns_cookie()?;
+    }
     let mut loader = EbpfLoader::new();
     loader
-        .override_global("PG_CONFIG", &image.config, true)
+        .override_global("PG_CONFIG", &config, true)
         .map_max_entries(MAP_SRC_ALLOW, size(image.src_allow.len()))
         .map_max_entries(MAP_BL4_RANGES, size(image.bl4_ranges.len()))
         .map_max_entries(MAP_BL6, size(image.bl6.len()))
@@ -105,6 +110,8 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
             image.rule_limits.keys().last().map_or(1, |last| u32::from(*last) + 1),
         )
         .map_max_entries(MAP_LIMITS, crate::policy::compile::limit_slots(limits.limited_sources))
+        .map_max_entries(MAP_CONNS, limits.connected_sources)
+        .map_max_entries(MAP_CONN_SOCKETS, limits.connections)
         .map_max_entries(MAP_FLOWS, limits.flows)
         .map_max_entries(MAP_FRAGS, limits.fragments)
         .map_max_entries(MAP_SCAN, limits.sources)
@@ -120,6 +127,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     let mut ebpf = loader.load(KERNEL_OBJECT).context("creating the BPF maps failed")?;
     fill(&mut ebpf, image).context("filling the policy maps failed")?;
     reset_rule_limit_counts(&mut ebpf)?;
+    crate::conns::reset_refusal_counts(&mut ebpf)?;
     key_scan_detector(&mut ebpf)?;
     lift_automatic_blocks_the_policy_exempts(&mut ebpf, policy)?;
     refill_auto_filter(&ebpf)?;
@@ -133,6 +141,9 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     xdp.load().map_err(verifier_error).context("the kernel refused the XDP program")?;
     let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROGRAM)?;
     tc.load().map_err(verifier_error).context("the kernel refused the TC egress program")?;
+    if caps_connections {
+        crate::conns::load(&mut ebpf)?;
+    }
     Ok(ebpf)
 }
 
@@ -262,7 +273,7 @@ pub fn check_pinned_layouts(pins: &[(&str, PathBuf)]) -> Result<()> {
 }
 
 /// Surfaces the verifier log, which is what explains a refused program.
-fn verifier_error(error: ProgramError) -> anyhow::Error {
+pub(crate) fn verifier_error(error: ProgramError) -> anyhow::Error {
     match error {
         ProgramError::LoadError { io_error, verifier_log } => {
             anyhow!("{io_error}\nverifier log:\n{verifier_log}")
@@ -356,6 +367,11 @@ pub fn attach_new(
         let _ = unpin_link(iface, Hook::Xdp);
         return Err(error);
     }
+    if let Err(error) = crate::conns::sync(ebpf, iface) {
+        let _ = unpin_link(iface, Hook::TcEgress);
+        let _ = unpin_link(iface, Hook::Xdp);
+        return Err(error);
+    }
     Ok(mode)
 }
 
@@ -392,6 +408,7 @@ pub fn adopt(
         let why = if link.is_none() { "its link was missing" } else { "its link was not on the interface" };
         repaired.push(format!("attached {} anew ({why})", hook.what()));
     }
+    crate::conns::sync(ebpf, iface)?;
     Ok((mode, repaired))
 }
 
@@ -419,7 +436,8 @@ fn unpin_link(iface: &str, hook: Hook) -> Result<()> {
 /// (`bpf_link_update`): each packet is judged entirely by the old program or entirely by the
 /// new one, never by a mix, and there is no moment without a program.
 pub fn replace(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    Hook::BOTH.into_iter().try_for_each(|hook| replace_link(ebpf, iface, hook))
+    Hook::BOTH.into_iter().try_for_each(|hook| replace_link(ebpf, iface, hook))?;
+    crate::conns::sync(ebpf, iface)
 }
 
 fn replace_link(ebpf: &mut Ebpf, iface: &str, hook: Hook) -> Result<()> {

@@ -277,11 +277,17 @@ pub fn kept_sizes(iface: &str, policy: &crate::policy::Policy) -> Result<Vec<Kep
             crate::policy::compile::limit_slots(limits.limited_sources),
             1,
         ),
+        ("[limits] connected_sources", portguard_common::maps::MAP_CONNS, limits.connected_sources, 1),
+        ("[limits] connections", portguard_common::maps::MAP_CONN_SOCKETS, limits.connections, 1),
         ("[events] ring_buffer_kib", MAP_EVENTS, policy.events.ring_buffer_kib, 1024),
     ];
     let mut kept = Vec::new();
     for (setting, map, wanted, unit) in sizes {
         let path = paths::map_pin(iface, map);
+        // Not pinned yet (an attachment made by an older portguard): made at the size wanted.
+        if !path.exists() {
+            continue;
+        }
         let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         let running =
             u64::from(data.info().with_context(|| format!("reading {}", path.display()))?.max_entries())

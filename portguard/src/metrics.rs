@@ -315,6 +315,36 @@ pub fn render(source: &Source) -> Result<String> {
         )
         .row(&[], report.tracked_sources)
         .gauge(&registry)?;
+        if let Some(sources) = report.sources_connected {
+            let mut refused = Family::new(
+                "connection_limited",
+                "New connections refused (or that would be, in monitor mode) because the source held its rule's connections_per_source, since the policy generation was loaded.",
+                iface,
+            );
+            let mut open = Family::new(
+                "connections_open",
+                "Open connections counted against a rule's connections_per_source (accepted since the cap was attached).",
+                iface,
+            );
+            for rule in &report.rules {
+                let (Some(count), Some(held)) = (rule.connection_limited, rule.connections_open) else {
+                    continue;
+                };
+                let number = rule.rule.rule.to_string();
+                let labels = [("rule", number.as_str()), ("name", rule.rule.name.as_deref().unwrap_or(""))];
+                refused.push(&labels, count);
+                open.push(&labels, held);
+            }
+            refused.counter(&registry)?;
+            open.gauge(&registry)?;
+            Family::new(
+                "connected_sources",
+                "(source, rule) pairs holding open connections on the rules that cap them.",
+                iface,
+            )
+            .row(&[], sources)
+            .gauge(&registry)?;
+        }
     }
     Family::new("policy_generation", "The running policy generation (1 at attach, +1 per reload).", iface)
         .row(&[], state.as_ref().map_or(0, |s| s.generation))

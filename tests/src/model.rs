@@ -9,7 +9,8 @@
 //! table is empty), manual blocks and timeouts. Rule limits are modelled as budgets that do
 //! not come back, and `[brute_force]` as counts of refusals whose window does not end and
 //! whose blocks do not expire: the generated rates, windows and blocks name periods far
-//! longer than a test run.
+//! longer than a test run. Caps of open connections are judged against the connections the
+//! test says each source holds (`hold`): no connection is opened under BPF_PROG_TEST_RUN.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -282,6 +283,8 @@ pub struct Model {
     /// Attempts refused by a limit per (source network, limited rule number), since the last
     /// `[brute_force]` block.
     refused: HashMap<(IpNet, u16), u32>,
+    /// Open connections per (source network, capped rule number), as the test set them.
+    held: HashMap<(IpNet, u16), u64>,
 }
 
 impl Model {
@@ -292,6 +295,7 @@ impl Model {
             trapped: HashSet::new(),
             admitted: HashMap::new(),
             refused: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -419,11 +423,18 @@ impl Model {
             if !attempt {
                 return decision;
             }
-            let Some(refused) = self.over_limit(packet, &naming_numbers(&naming)) else {
+            // The cap first: an attempt it refuses spends nothing of the rate.
+            let naming = naming_numbers(&naming);
+            let capped = if proto == Proto::Tcp { self.at_cap(packet, &naming) } else { None };
+            let refused = match capped {
+                Some(refused) => Some((refused, Reason::DropConnectionLimit)),
+                None => self.over_limit(packet, &naming).map(|refused| (refused, Reason::DropRateLimited)),
+            };
+            let Some((refused, reason)) = refused else {
                 return decision;
             };
-            // `[brute_force]`: the `after`-th refusal (windows are far longer than a run)
-            // blocks the source's network on every port, and the count starts again.
+            // `[brute_force]`: the `after`-th refusal by either limit (windows are far longer
+            // than a run) blocks the source's network on every port, and the count starts again.
             if let Some(after) = self.policy.brute_force.as_ref().map(|b| b.after) {
                 let count = self.refused.entry(refused).or_default();
                 *count += 1;
@@ -433,7 +444,7 @@ impl Model {
                     return Reason::DropAutoBlock;
                 }
             }
-            return Reason::DropRateLimited;
+            return reason;
         }
         // Packets that cannot open a connection: pass with tcp_non_syn = "pass", or as part of
         // a known flow (there are none here).
@@ -453,31 +464,64 @@ impl Model {
     /// spend nothing, and `never_block` sources are never refused. A refusal names the source
     /// network and the rule.
     fn over_limit(&mut self, packet: &Parsed, naming: &[u16]) -> Option<(IpNet, u16)> {
-        let policy = &self.policy;
-        let rules: Vec<_> =
-            naming.iter().filter_map(|n| policy.rules.iter().find(|r| r.number == *n)).collect();
-        let deciding = rules.iter().find(|r| r.from.is_none()).copied().or_else(|| {
-            let mut best: Option<(&portguard::policy::Rule, u8)> = None;
-            for rule in &rules {
-                for net in rule.from.iter().flatten().filter(|net| net.contains(&packet.src)) {
-                    if best.is_none_or(|(_, len)| net.prefix_len() > len) {
-                        best = Some((rule, net.prefix_len()));
-                    }
-                }
-            }
-            best.map(|(rule, _)| rule)
-        });
-        let rule = deciding?;
+        let rule = deciding_rule(&self.policy, packet, naming)?;
         let limit = rule.limit?;
-        let prefix = if packet.v6 { policy.scan_detection.ipv6_prefix } else { 32 };
-        let source = IpNet::new(packet.src, prefix).expect("a valid prefix").trunc();
+        limit.new_per_source?;
+        let source = self.source_net(packet);
         let admitted = self.admitted.entry((source, rule.number)).or_default();
         if *admitted < limit.burst {
             *admitted += 1;
             return None;
         }
-        (!contains(&policy.never_block, packet.src)).then_some((source, rule.number))
+        (!contains(&self.policy.never_block, packet.src)).then_some((source, rule.number))
     }
+
+    /// Whether a TCP SYN the port policy admits comes from a source that holds the deciding
+    /// rule's `connections_per_source` (as `hold` set them: the model opens no connections).
+    /// Such attempts spend nothing of the rate; `never_block` sources are never refused. A
+    /// refusal names the source network and the rule.
+    fn at_cap(&self, packet: &Parsed, naming: &[u16]) -> Option<(IpNet, u16)> {
+        let rule = deciding_rule(&self.policy, packet, naming)?;
+        let cap = rule.limit.and_then(|limit| limit.connections_per_source)?;
+        let source = self.source_net(packet);
+        let held = self.held.get(&(source, rule.number)).copied().unwrap_or(0);
+        (held >= u64::from(cap) && !contains(&self.policy.never_block, packet.src))
+            .then_some((source, rule.number))
+    }
+
+    /// The network a source is limited as: an IPv4 address, an IPv6 network of `ipv6_prefix`.
+    fn source_net(&self, packet: &Parsed) -> IpNet {
+        let prefix = if packet.v6 { self.policy.scan_detection.ipv6_prefix } else { 32 };
+        IpNet::new(packet.src, prefix).expect("a valid prefix").trunc()
+    }
+
+    /// Says that the network `source` (as `source_net` cuts it) holds `count` open connections
+    /// on rule `rule` (the kernel test writes the same count into the kernel's table).
+    pub fn hold(&mut self, source: IpNet, rule: u16, count: u64) {
+        self.held.insert((source, rule), count);
+    }
+}
+
+/// The rule whose limits apply to an attempt the port policy admits: the rule that opens the
+/// port to everyone (the first), else the rule whose `from` network holds the source most
+/// specifically (the first of equals).
+fn deciding_rule<'a>(
+    policy: &'a Policy,
+    packet: &Parsed,
+    naming: &[u16],
+) -> Option<&'a portguard::policy::Rule> {
+    let rules: Vec<_> = naming.iter().filter_map(|n| policy.rules.iter().find(|r| r.number == *n)).collect();
+    rules.iter().find(|r| r.from.is_none()).copied().or_else(|| {
+        let mut best: Option<(&portguard::policy::Rule, u8)> = None;
+        for rule in &rules {
+            for net in rule.from.iter().flatten().filter(|net| net.contains(&packet.src)) {
+                if best.is_none_or(|(_, len)| net.prefix_len() > len) {
+                    best = Some((rule, net.prefix_len()));
+                }
+            }
+        }
+        best.map(|(rule, _)| rule)
+    })
 }
 
 /// The numbers of the allow rules naming a port (file order).

@@ -285,3 +285,89 @@ pub fn tcp_connect_burst(
         sockets.iter().map(|socket| socket.peer_addr().is_ok()).collect()
     })
 }
+
+/// A TCP server in a namespace that keeps every connection it accepts open until the peer
+/// closes it (end of stream or reset) or the test closes one (`close_oldest`): for the caps on
+/// open connections. Listens on `[::]` (IPv4 and IPv6); stopped on drop.
+pub struct HoldingServer {
+    stop: Arc<AtomicBool>,
+    close: std::sync::mpsc::Sender<()>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HoldingServer {
+    pub fn start(netns: &Netns, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (close, closes) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (stop, open) = (stop.clone(), open.clone());
+            netns.spawn(move || {
+                let listener = tcp_listener(port);
+                ready_tx.send(()).unwrap();
+                let started = Instant::now();
+                let mut held: Vec<std::net::TcpStream> = Vec::new();
+                let mut buffer = [0u8; 512];
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < SERVER_LIFETIME {
+                    while let Ok((stream, _)) = listener.accept() {
+                        stream.set_nonblocking(true).unwrap();
+                        held.push(stream);
+                    }
+                    // Keep what is still open; a closed or reset peer is let go.
+                    held.retain_mut(|stream| match std::io::Read::read(stream, &mut buffer) {
+                        Ok(0) => false,
+                        Ok(_) => true,
+                        Err(error) => error.kind() == ErrorKind::WouldBlock,
+                    });
+                    while closes.try_recv().is_ok() {
+                        if !held.is_empty() {
+                            held.remove(0);
+                        }
+                    }
+                    open.store(held.len(), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("the holding server did not start");
+        Self { stop, close, open, thread: Some(thread) }
+    }
+
+    /// Connections the server holds open now (after letting its loop catch up).
+    pub fn open(&self) -> usize {
+        std::thread::sleep(SETTLE);
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection it accepted first (the server's side: a FIN).
+    pub fn close_oldest(&self) {
+        self.close.send(()).unwrap();
+        std::thread::sleep(SETTLE);
+    }
+}
+
+impl Drop for HoldingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A TCP connection from `source` to `target`, made in `netns` and kept open (a socket
+/// belongs to the namespace it was made in), or none if it did not complete within
+/// `ATTEMPT_TIMEOUT`.
+pub fn tcp_open(netns: &Netns, source: Option<IpAddr>, target: SocketAddr) -> Option<Socket> {
+    netns.run(move || {
+        let domain = if target.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        if let Some(source) = source {
+            socket.bind(&SockAddr::from(SocketAddr::new(source, 0))).unwrap();
+        }
+        socket.connect_timeout(&SockAddr::from(target), ATTEMPT_TIMEOUT).ok()?;
+        Some(socket)
+    })
+}

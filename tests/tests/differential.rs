@@ -78,7 +78,7 @@ prop_compose! {
         monitor in prop::bool::weighted(0.2),
         default_allow in any::<bool>(),
         allows in prop::collection::vec(
-            (any::<bool>(), prop::sample::subsequence(ALLOW_PORTS.to_vec(), 1..3), prop::option::weighted(0.4, prop::sample::subsequence(NETS.to_vec(), 1..3)), prop::option::weighted(0.6, (1u32..4, 1u32..3))),
+            (any::<bool>(), prop::sample::subsequence(ALLOW_PORTS.to_vec(), 1..3), prop::option::weighted(0.4, prop::sample::subsequence(NETS.to_vec(), 1..3)), prop::option::weighted(0.6, (prop::option::weighted(0.7, (1u32..4, 1u32..3)), prop::option::weighted(0.7, 1u32..3)))),
             0..4,
         ),
         denies in prop::collection::vec((any::<bool>(), prop::sample::subsequence(DENY_PORTS.to_vec(), 1..3)), 0..3),
@@ -100,9 +100,18 @@ prop_compose! {
             if let Some(from) = from {
                 text += &format!("from = [{}]\n", quoted(&from));
             }
-            // Periods far longer than a run: budgets never come back within it.
-            if let Some((count, burst)) = limit {
-                text += &format!("limit = {{ new_per_source = \"{count}/1h\", burst = {burst} }}\n");
+            // Periods far longer than a run: budgets never come back within it. Caps of open
+            // connections on TCP rules only (the policy refuses them on UDP rules).
+            let (rate, cap) = limit.unwrap_or_default();
+            let mut parts = Vec::new();
+            if let Some((count, burst)) = rate {
+                parts.push(format!("new_per_source = \"{count}/1h\", burst = {burst}"));
+            }
+            if let Some(cap) = cap.filter(|_| tcp) {
+                parts.push(format!("connections_per_source = {cap}"));
+            }
+            if !parts.is_empty() {
+                text += &format!("limit = {{ {} }}\n", parts.join(", "));
             }
         }
         for (tcp, ports) in denies {
@@ -239,12 +248,26 @@ fn seen(reason: Reason) {
     }
 }
 
-fn agree(policy_text: &str, frames: &[Vec<u8>]) -> Result<(), TestCaseError> {
+fn agree(policy_text: &str, frames: &[Vec<u8>], holders: &[(IpAddr, bool)]) -> Result<(), TestCaseError> {
     let loaded = parse(policy_text, std::path::Path::new("generated.toml"), LoadOptions::default())
         .map_err(|e| TestCaseError::fail(format!("generated policy rejected: {e}\n{policy_text}")))?;
     let image = compile(&loaded.policy, 1).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut judge = Judge::new(&image, &loaded.policy).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
     let mut model = Model::new(loaded.policy.clone());
+    // Sources holding connections on every capped rule: at the cap, or one below it.
+    for rule in &loaded.policy.rules {
+        let Some(cap) = rule.limit.and_then(|limit| limit.connections_per_source) else { continue };
+        let conn_rule = image.rule_limits[&rule.number].conn_rule;
+        for (source, full) in holders {
+            let prefix = if source.is_ipv6() { loaded.policy.scan_detection.ipv6_prefix } else { 32 };
+            let net = ipnet::IpNet::new(*source, prefix).unwrap().trunc();
+            let count = u64::from(cap) - u64::from(!full);
+            judge
+                .hold_connections(portguard::loader::addr16(net.addr()), conn_rule, count)
+                .map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+            model.hold(net, rule.number, count);
+        }
+    }
     for (index, frame) in frames.iter().enumerate() {
         let expected = model.judge(frame);
         seen(expected.reason);
@@ -284,8 +307,9 @@ fn hex(bytes: &[u8]) -> String {
 fn kernel_and_model_agree() {
     portguard_tests::require_root!();
     let mut runner = proptest::test_runner::TestRunner::new(config());
-    let strategy = (policy_text(), prop::collection::vec(frame(), FRAMES_PER_POLICY));
-    let result = runner.run(&strategy, |(policy, frames)| agree(&policy, &frames));
+    let holders = prop::collection::vec((prop::sample::select(sources()), prop::bool::weighted(0.7)), 1..8);
+    let strategy = (policy_text(), prop::collection::vec(frame(), FRAMES_PER_POLICY), holders);
+    let result = runner.run(&strategy, |(policy, frames, holders)| agree(&policy, &frames, &holders));
     if let Err(error) = result {
         panic!("the kernel and the model disagree: {error}");
     }

@@ -76,10 +76,7 @@ pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result
             policy::RuleKind::Allow => "allow",
             policy::RuleKind::Deny => "deny",
         };
-        let limit = rule
-            .limit
-            .map(|limit| format!(", at most {} new per source (burst {})", limit.new_per_source, limit.burst))
-            .unwrap_or_default();
+        let limit = rule.limit.map(|limit| format!(", {}", limit.describe())).unwrap_or_default();
         println!("  {}: {kind} {} {ports}{from}{limit}", portguard::printable(&rule.label()), rule.proto);
     }
     for source in &policy.blocklist_sources {

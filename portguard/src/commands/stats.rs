@@ -165,24 +165,41 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
     match &now.limits {
         Ok(report) if report.rules.is_empty() => {}
         Ok(report) => {
+            let connected = report
+                .sources_connected
+                .map(|n| format!(", {} holding connections", count(n, "source", "sources")))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  rate limits ({} tracked):",
+                "  per-source limits ({} tracked{connected}):",
                 count(report.tracked_sources, "source budget", "source budgets")
             );
             for rule in &report.rules {
-                let _ = writeln!(
-                    out,
-                    "    {} ({} per source, burst {}): {} refused since loaded",
-                    rule.rule.label(),
-                    rule.rule.new_per_source,
-                    rule.rule.burst,
-                    group(rule.limited)
-                );
+                if let Some(rate) = &rule.rule.new_per_source {
+                    let _ = writeln!(
+                        out,
+                        "    {} ({rate} per source, burst {}): {} refused since loaded",
+                        rule.rule.label(),
+                        rule.rule.burst,
+                        group(rule.limited)
+                    );
+                }
+                if let (Some(cap), Some(refused)) =
+                    (rule.rule.connections_per_source, rule.connection_limited)
+                {
+                    let _ = writeln!(
+                        out,
+                        "    {} ({cap} open per source): {} refused since loaded, {} open from {}",
+                        rule.rule.label(),
+                        group(refused),
+                        group(rule.connections_open.unwrap_or(0)),
+                        count(rule.sources_connected.unwrap_or(0), "source", "sources")
+                    );
+                }
             }
         }
         Err(error) => {
-            let _ = writeln!(out, "  rate limits: unknown ({error})");
+            let _ = writeln!(out, "  per-source limits: unknown ({error})");
         }
     }
     if !now.blocks.is_empty() {

@@ -71,7 +71,8 @@ fn decided_by(policy: &Policy, reason: Reason, frame: &[u8]) -> Decider {
         | Reason::PassSourceAllowed
         | Reason::DropPortDenied
         | Reason::DropSourceNotAllowed
-        | Reason::DropRateLimited => Decider {
+        | Reason::DropRateLimited
+        | Reason::DropConnectionLimit => Decider {
             by: "rule",
             rule: destination(frame)
                 .and_then(|(proto, port)| Some((Proto::from_number(proto)?, port)))

@@ -130,25 +130,69 @@ fn compile_ports(policy: &Policy, image: &mut MapImage) {
 }
 
 /// `PG_RULE_LIMITS`: each limited rule's rate as the kernel's cell rate algorithm takes it,
-/// and its counter slot (in file order).
+/// its connection cap and identity, and its counter slot (in file order).
 fn compile_rule_limits(policy: &Policy, image: &mut MapImage) -> Result<()> {
+    let conn_rules = conn_rules(policy);
     for (slot, rule) in policy.rules.iter().filter(|rule| rule.limit.is_some()).enumerate() {
         let limit = rule.limit.expect("filtered");
         if slot as u32 >= MAX_LIMITED_RULES {
             bail!("more than {MAX_LIMITED_RULES} rules carry a limit");
         }
-        let interval_ns = kernel_ns(limit.new_per_source.interval()).max(1);
+        let interval_ns = limit.new_per_source.map_or(0, |rate| kernel_ns(rate.interval()).max(1));
+        let (max_connections, conn_rule) = match limit.connections_per_source {
+            Some(cap) => (cap, conn_rules[&rule.number]),
+            None => (0, 0),
+        };
         image.rule_limits.insert(
             rule.number,
             RuleLimit {
                 interval_ns,
-                tolerance_ns: interval_ns.saturating_mul(u64::from(limit.burst) - 1),
+                tolerance_ns: interval_ns.saturating_mul(u64::from(limit.burst.max(1)) - 1),
                 slot: slot as u32,
+                max_connections,
+                conn_rule,
                 _pad: 0,
             },
         );
     }
     Ok(())
+}
+
+/// The identities of the rules that cap connections (`conn_rule_id`), by rule number; two
+/// rules of one policy never share one (file order settles a collision).
+pub fn conn_rules(policy: &Policy) -> BTreeMap<u16, u32> {
+    let mut taken = BTreeSet::new();
+    let mut ids = BTreeMap::new();
+    for rule in
+        policy.rules.iter().filter(|rule| rule.limit.is_some_and(|l| l.connections_per_source.is_some()))
+    {
+        let mut id = conn_rule_id(rule);
+        while !taken.insert(id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        ids.insert(rule.number, id);
+    }
+    ids
+}
+
+/// A rule's identity for its connection counts (`RuleLimit::conn_rule`): a hash of what
+/// decides which connections it admits (protocol, ports, `from`), so the same rule keeps its
+/// counts across reloads (also when rules before it are added or removed, or its cap or name
+/// changes). FNV-1a: stable across builds, so a restarted loader finds the same counts.
+fn conn_rule_id(rule: &Rule) -> u32 {
+    let mut text = format!("{} ", rule.proto.number());
+    for range in &rule.ports {
+        text += &format!("{}-{},", range.start(), range.end());
+    }
+    for net in rule.from.iter().flatten() {
+        text += &format!(" {}", net.trunc());
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in text.bytes() {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    // 0 means "no cap" in `RuleLimit`.
+    hash.max(1)
 }
 
 fn family(net: &IpNet) -> u8 {
@@ -300,7 +344,8 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
     set(scan != Response::Off, FLAG_SCAN_DETECT);
     set(scan == Response::Block, FLAG_SCAN_BLOCK);
     set(!policy.trap_ports.is_empty(), FLAG_TRAPS);
-    set(!image.rule_limits.is_empty(), FLAG_RATE_LIMITS);
+    set(image.rule_limits.values().any(|limit| limit.interval_ns != 0), FLAG_RATE_LIMITS);
+    set(image.rule_limits.values().any(|limit| limit.max_connections != 0), FLAG_CONN_LIMITS);
     let brute_force = policy.brute_force.as_ref().filter(|_| !image.rule_limits.is_empty());
     set(brute_force.is_some(), FLAG_BRUTE_FORCE);
     set(scan == Response::Block || !policy.trap_ports.is_empty() || brute_force.is_some(), FLAG_AUTO_BLOCK);
@@ -352,6 +397,8 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
         brute_force_block_ns: brute_force.map_or(0, |b| kernel_ns(b.block_for)),
         brute_force_max_block_ns: brute_force.map_or(0, |b| kernel_ns(b.max_block_for)),
         recidive_ns: brute_force.map_or(0, |b| kernel_ns(b.recidive_within)),
+        // Known only where the program is loaded (`loader::load`).
+        netns_cookie: 0,
     }
 }
 
@@ -534,6 +581,34 @@ mod tests {
         assert!(limited.config.has(FLAG_RATE_LIMITS));
         let unlimited = image("default = \"deny\"");
         assert!(!unlimited.config.has(FLAG_RATE_LIMITS));
+    }
+
+    #[test]
+    fn connection_caps_keep_their_rule_identity_across_renumbering() {
+        let capped = "[[allow]]\nproto = \"tcp\"\nports = [22]\nfrom = [\"198.51.100.0/24\"]\nlimit = { connections_per_source = 4 }\n";
+        let first = image(&format!("default = \"deny\"\n{capped}"));
+        let ssh = first.rule_limits[&1];
+        assert_eq!((ssh.max_connections, ssh.interval_ns, ssh.tolerance_ns), (4, 0, 0));
+        assert_ne!(ssh.conn_rule, 0);
+        assert_eq!(first.ports[&22].flags, PORT_FLAG_LIMITED);
+        assert!(first.config.has(FLAG_CONN_LIMITS));
+        assert!(!first.config.has(FLAG_RATE_LIMITS), "a cap alone is no rate");
+        // Rules before it and a rate beside the cap: another number, the same identity.
+        let later = image(&format!(
+            "default = \"deny\"\n[[allow]]\nproto = \"tcp\"\nports = [80]\nlimit = {{ connections_per_source = 9 }}\n{}",
+            capped.replace(
+                "connections_per_source = 4",
+                "connections_per_source = 6, new_per_source = \"5/s\""
+            )
+        ));
+        assert_eq!(later.rule_limits[&2].conn_rule, ssh.conn_rule);
+        assert_eq!(later.rule_limits[&2].max_connections, 6);
+        assert_ne!(later.rule_limits[&1].conn_rule, ssh.conn_rule, "another port, another rule");
+        assert!(later.config.has(FLAG_RATE_LIMITS));
+        // Another `from`: another rule.
+        let other =
+            image(&format!("default = \"deny\"\n{}", capped.replace("198.51.100.0/24", "203.0.113.0/24")));
+        assert_ne!(other.rule_limits[&1].conn_rule, ssh.conn_rule);
     }
 
     #[test]

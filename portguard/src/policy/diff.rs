@@ -85,7 +85,11 @@ fn rule(rule: &Rule) -> String {
         .unwrap_or_default();
     let limit = rule
         .limit
-        .map(|limit| format!(" limit {} burst {}", limit.new_per_source, limit.burst))
+        .map(|limit| {
+            let rate = limit.new_per_source.map(|rate| format!(" limit {rate} burst {}", limit.burst));
+            let cap = limit.connections_per_source.map(|cap| format!(" connections {cap}"));
+            format!("{}{}", rate.unwrap_or_default(), cap.unwrap_or_default())
+        })
         .unwrap_or_default();
     let name = rule.name.as_deref().map(|n| format!(" (\"{n}\")")).unwrap_or_default();
     format!("{kind} {} {ports}{from}{limit}{name}", rule.proto)

@@ -98,14 +98,32 @@ pub struct Rule {
     pub line: usize,
 }
 
-/// An allow rule's per-source limits (`limit = { new_per_source = "5/10s", burst = 5 }`).
-/// A source is an IPv4 address, or an IPv6 network of `[scan_detection] ipv6_prefix` bits.
+/// An allow rule's per-source limits (`limit = { new_per_source = "5/10s", burst = 5,
+/// connections_per_source = 4 }`), at least one of the two. A source is an IPv4 address, or
+/// an IPv6 network of `[scan_detection] ipv6_prefix` bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct SourceLimit {
     /// New connections (TCP SYN) or datagrams (UDP) per source, on average.
-    pub new_per_source: Rate,
-    /// How many may come at once: the size of the bucket (default: the rate's count).
+    pub new_per_source: Option<Rate>,
+    /// How many may come at once: the size of the bucket (default: the rate's count; 0
+    /// without a rate).
     pub burst: u32,
+    /// Open TCP connections a source may hold at once (TCP rules only).
+    pub connections_per_source: Option<u32>,
+}
+
+impl SourceLimit {
+    /// `at most 5/10s new per source (burst 5), 4 open per source`, for `check` and diffs.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(rate) = self.new_per_source {
+            parts.push(format!("at most {rate} new per source (burst {})", self.burst));
+        }
+        if let Some(connections) = self.connections_per_source {
+            parts.push(format!("at most {connections} open per source"));
+        }
+        parts.join(", ")
+    }
 }
 
 /// `count` per `per` (`"5/10s"`, `"20/s"`).
@@ -201,6 +219,12 @@ pub struct Limits {
     /// Sources (per limited rule) whose budget of new connections is kept (LRU: the least
     /// recently seen are forgotten, and start with a full budget when they come back).
     pub limited_sources: u32,
+    /// Sources (per rule with `connections_per_source`) whose open connections are counted;
+    /// when full, a new source's connections are not counted (the cap fails open, counted).
+    pub connected_sources: u32,
+    /// Open connections counted against caps, over every source; when full, a new
+    /// connection is not counted (fails open, counted).
+    pub connections: u32,
     /// Automatic blocks (scans, trap ports) the packet path may add per second; the rest are
     /// counted as not admitted. Bounds what a flood of forged sources can do to the table.
     pub new_blocks_per_second: u32,
@@ -216,6 +240,8 @@ impl Default for Limits {
             manual_blocks: 65536,
             blocklist: 4_000_000,
             limited_sources: 65536,
+            connected_sources: 65536,
+            connections: 65536,
             new_blocks_per_second: 200,
         }
     }

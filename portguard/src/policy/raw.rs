@@ -101,6 +101,7 @@ pub struct RawRule {
 pub struct RawSourceLimit {
     pub new_per_source: Option<Spanned<String>>,
     pub burst: Option<Spanned<i64>>,
+    pub connections_per_source: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,5 +139,7 @@ pub struct RawLimits {
     pub manual_blocks: Option<Spanned<i64>>,
     pub blocklist: Option<Spanned<i64>>,
     pub limited_sources: Option<Spanned<i64>>,
+    pub connected_sources: Option<Spanned<i64>>,
+    pub connections: Option<Spanned<i64>>,
     pub new_blocks_per_second: Option<Spanned<i64>>,
 }

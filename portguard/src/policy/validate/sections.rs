@@ -110,7 +110,7 @@ fn rule(report: &mut Reporter, number: u16, kind: RuleKind, raw: &Spanned<RawRul
                 .error_at(limit.span(), "deny rules take no `limit`: a limit applies to what a rule allows");
             None
         }
-        Some(limit) => source_limit(report, limit),
+        Some(limit) => source_limit(report, limit, proto),
     };
     let name = raw.name.as_ref().map(|n| n.get_ref().clone());
     Some(Rule { number, kind, name, proto: proto?, ports, from, limit, line: report.line_of(span.start) })
@@ -119,18 +119,55 @@ fn rule(report: &mut Reporter, number: u16, kind: RuleKind, raw: &Spanned<RawRul
 /// Most attempts a rate may name per period, and the largest burst.
 const MAX_RATE_COUNT: i64 = 1_000_000;
 
-fn source_limit(report: &mut Reporter, raw: &Spanned<RawSourceLimit>) -> Option<SourceLimit> {
-    let Some(rate) = &raw.get_ref().new_per_source else {
-        report
-            .error_at(raw.span(), "limit needs new_per_source, e.g. limit = { new_per_source = \"5/10s\" }");
+/// Most connections a source may be allowed to hold on one rule.
+const MAX_CONNECTIONS_PER_SOURCE: i64 = 1_000_000;
+
+fn source_limit(
+    report: &mut Reporter,
+    raw: &Spanned<RawSourceLimit>,
+    proto: Option<Proto>,
+) -> Option<SourceLimit> {
+    let limit = raw.get_ref();
+    if limit.new_per_source.is_none() && limit.connections_per_source.is_none() {
+        report.error_at(
+            raw.span(),
+            "limit needs new_per_source or connections_per_source, e.g. limit = { new_per_source = \"5/10s\" }",
+        );
         return None;
+    }
+    let rate = match &limit.new_per_source {
+        None => {
+            if let Some(burst) = &limit.burst {
+                report.error_at(
+                    burst.span(),
+                    "burst needs new_per_source: it is the size of the rate's bucket",
+                );
+                return None;
+            }
+            None
+        }
+        Some(rate) => Some(self::rate(report, rate)?),
     };
-    let rate = self::rate(report, rate)?;
-    let burst = match &raw.get_ref().burst {
-        None => rate.count,
-        Some(value) => integer_in(report, value, "burst", 1..=MAX_RATE_COUNT)?,
+    let burst = match (&limit.burst, rate) {
+        (Some(value), Some(_)) => integer_in(report, value, "burst", 1..=MAX_RATE_COUNT)?,
+        (_, Some(rate)) => rate.count,
+        (_, None) => 0,
     };
-    Some(SourceLimit { new_per_source: rate, burst })
+    let connections_per_source = match &limit.connections_per_source {
+        None => None,
+        Some(value) if proto == Some(Proto::Udp) => {
+            report.error_at(
+                value.span(),
+                "connections_per_source needs proto = \"tcp\": UDP has no connections to count (limit \
+                 its datagrams with new_per_source)",
+            );
+            return None;
+        }
+        Some(value) => {
+            Some(integer_in(report, value, "connections_per_source", 1..=MAX_CONNECTIONS_PER_SOURCE)?)
+        }
+    };
+    Some(SourceLimit { new_per_source: rate, burst, connections_per_source })
 }
 
 /// `"COUNT/PERIOD"`: `"5/10s"`, `"20/s"`, `"100/1m"`.
@@ -295,6 +332,8 @@ pub(super) fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
     limits.manual_blocks = size(&raw.manual_blocks, "manual_blocks", limits.manual_blocks);
     limits.blocklist = size(&raw.blocklist, "blocklist", limits.blocklist);
     limits.limited_sources = size(&raw.limited_sources, "limited_sources", limits.limited_sources);
+    limits.connected_sources = size(&raw.connected_sources, "connected_sources", limits.connected_sources);
+    limits.connections = size(&raw.connections, "connections", limits.connections);
     if let Some(value) = &raw.new_blocks_per_second {
         limits.new_blocks_per_second = integer_in(report, value, "new_blocks_per_second", 1..=1_000_000)
             .unwrap_or(limits.new_blocks_per_second);

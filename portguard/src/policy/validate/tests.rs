@@ -360,13 +360,13 @@ fn rule_limits_are_read_and_checked() {
     let policy = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy;
     let ssh = policy.rules[0].limit.unwrap();
     assert_eq!(
-        (ssh.new_per_source.count, ssh.new_per_source.per, ssh.burst),
+        (ssh.new_per_source.unwrap().count, ssh.new_per_source.unwrap().per, ssh.burst),
         (5, Duration::from_secs(10), 7)
     );
-    assert_eq!(ssh.new_per_source.interval(), Duration::from_secs(2));
+    assert_eq!(ssh.new_per_source.unwrap().interval(), Duration::from_secs(2));
     let dns = policy.rules[1].limit.unwrap();
     assert_eq!(
-        (dns.new_per_source.count, dns.new_per_source.per, dns.burst),
+        (dns.new_per_source.unwrap().count, dns.new_per_source.unwrap().per, dns.burst),
         (20, Duration::from_secs(1), 20)
     );
     assert_eq!(policy.limits.limited_sources, 4096);
@@ -385,6 +385,14 @@ fn rule_limits_are_read_and_checked() {
     assert_one(&errors(&rule("{ new_per_source = \"5/30d\" }")), "has a period longer than a week");
     assert_one(&errors(&rule("{ new_per_source = \"1000000/1ms\" }")), "more than a million per second");
     assert_one(&errors(&rule("{ burst = 5 }")), "p.toml:4:9: error: limit needs new_per_source");
+    assert_one(
+        &errors(&rule("{ burst = 5, connections_per_source = 2 }")),
+        "p.toml:4:19: error: burst needs new_per_source",
+    );
+    assert_one(
+        &errors(&rule("{ }")),
+        "p.toml:4:9: error: limit needs new_per_source or connections_per_source",
+    );
     assert_one(
         &errors(&rule("{ new_per_source = \"5/s\", burst = 0 }")),
         "p.toml:4:43: error: burst = 0 is out of range",
@@ -442,4 +450,38 @@ fn brute_force_is_read_and_checked() {
         &warnings("[[allow]]\nproto = \"tcp\"\nports = [22]\n[brute_force]\n"),
         "[brute_force] has no effect: no [[allow]] rule carries a limit",
     );
+}
+
+#[test]
+fn connection_caps_are_read_and_checked() {
+    let text = "[[allow]]\nproto = \"tcp\"\nports = [22]\nlimit = { new_per_source = \"5/10s\", connections_per_source = 4 }\n[[allow]]\nproto = \"tcp\"\nports = [80]\nlimit = { connections_per_source = 64 }\n[limits]\nconnected_sources = 4096\nconnections = 8192\n";
+    let policy = parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy;
+    let ssh = policy.rules[0].limit.unwrap();
+    assert_eq!((ssh.connections_per_source, ssh.burst), (Some(4), 5));
+    let web = policy.rules[1].limit.unwrap();
+    assert_eq!((web.new_per_source, web.burst, web.connections_per_source), (None, 0, Some(64)));
+    assert_eq!(web.describe(), "at most 64 open per source");
+    assert_eq!(ssh.describe(), "at most 5/10s new per source (burst 5), at most 4 open per source");
+    assert_eq!((policy.limits.connected_sources, policy.limits.connections), (4096, 8192));
+
+    let rule =
+        |proto: &str, limit: &str| format!("[[allow]]\nproto = \"{proto}\"\nports = [22]\nlimit = {limit}\n");
+    assert_one(
+        &errors(&rule("tcp", "{ connections_per_source = 0 }")),
+        "p.toml:4:36: error: connections_per_source = 0 is out of range (1-1000000)",
+    );
+    assert_one(
+        &errors(&rule("tcp", "{ connections_per_source = -3 }")),
+        "connections_per_source = -3 is out of range",
+    );
+    assert_one(
+        &errors(&rule("udp", "{ connections_per_source = 4 }")),
+        "p.toml:4:36: error: connections_per_source needs proto = \"tcp\"",
+    );
+    assert_one(
+        &errors("[[deny]]\nproto = \"tcp\"\nports = [23]\nlimit = { connections_per_source = 1 }\n"),
+        "p.toml:4:9: error: deny rules take no `limit`",
+    );
+    assert_one(&errors("[limits]\nconnections = 10\n"), "p.toml:2:15: error: connections must be between");
+    assert_one(&errors("[limits]\nconnected_sources = 10\n"), "connected_sources must be between");
 }
