@@ -14,6 +14,7 @@ pub mod blocks;
 pub mod budget;
 pub mod capture;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod doctor;
 pub mod durations;

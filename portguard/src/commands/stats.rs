@@ -11,6 +11,7 @@ use std::{
 use anyhow::Result;
 use portguard::{
     blocks::{ActiveBlock, active_blocks},
+    crowdsec::PullStatus,
     durations,
     limits::{self, LimitReport},
     maps::{Counters, PinnedMaps, PortCount, top_ports},
@@ -31,6 +32,8 @@ struct Snapshot {
     blocks: Vec<ActiveBlock>,
     /// The per-source rate limits (`Err`: why they could not be read).
     limits: Result<LimitReport, String>,
+    /// `[crowdsec]`: how the loader's pulls from the LAPI go.
+    crowdsec: Option<PullStatus>,
     at: Instant,
     /// The wall clock when it was taken, for people and JSON.
     time: SystemTime,
@@ -45,6 +48,7 @@ impl Snapshot {
         };
         Ok(Self {
             limits,
+            crowdsec: PullStatus::read(iface),
             counters: maps.counters()?,
             suppressed: portguard::events::suppressed(&maps.event_budget),
             port_drops: maps.port_drops.snapshot(),
@@ -185,6 +189,9 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
             let _ = writeln!(out, "  rate limits: unknown ({error})");
         }
     }
+    if let Some(status) = &now.crowdsec {
+        let _ = writeln!(out, "  {}", crowdsec_line(status, portguard::state::now_unix()));
+    }
     if !now.blocks.is_empty() {
         let _ = writeln!(out, "  automatic blocks ({}):", group(now.blocks.len() as u64));
         let rows: Vec<Vec<String>> = now
@@ -255,6 +262,11 @@ fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -
         "top_dropped_ports": ports,
         "auto_blocks": now.blocks,
         "rate_limits": now.limits.as_ref().ok(),
+        "crowdsec": now.crowdsec.as_ref().map(|status| {
+            let mut value = json!(status);
+            value["last_success_age_secs"] = json!(status.age(portguard::state::now_unix()));
+            value
+        }),
         "rates": rates,
     })
 }
@@ -267,4 +279,28 @@ fn reason_json(reason: Reason, how: &str, packets: u64, bytes: u64) -> Value {
         "packets": packets,
         "bytes": bytes,
     })
+}
+
+/// `[crowdsec]` for people: `crowdsec: 1,204 decisions from http://127.0.0.1:8080, last pull 3s ago`.
+fn crowdsec_line(status: &PullStatus, now: u64) -> String {
+    let last = match (status.age(now), status.last_success) {
+        (Some(age), Some(_)) => format!("last pull {} ago", durations::format_secs(age)),
+        _ => "no successful pull yet".to_string(),
+    };
+    let mut line = format!(
+        "crowdsec: {} from {}, {last}",
+        count(status.decisions as u64, "decision", "decisions"),
+        status.lapi
+    );
+    if status.errors > 0 {
+        line.push_str(&format!(", {} failed", count(status.errors, "pull", "pulls")));
+    }
+    if let Some(error) = &status.last_error {
+        line.push_str(&format!("; LAST PULL FAILED: {} (the decisions in force stay)", portguard::printable(error)));
+    }
+    let ignored: u64 = status.other_types.values().sum();
+    if ignored > 0 {
+        line.push_str(&format!("; {} not of type ban ignored", group(ignored)));
+    }
+    line
 }
