@@ -303,7 +303,9 @@ pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
         };
         let key = key_of(&entry.net);
         // A network blocked twice (by hand and by CrowdSec) is blocked until the later end.
-        let block = wanted.entry((key.prefix_len(), key.data())).or_insert(ManualBlock { expires_ns, last_event_ns: 0 });
+        let block = wanted
+            .entry((key.prefix_len(), key.data()))
+            .or_insert(ManualBlock { expires_ns, last_event_ns: 0 });
         if block.expires_ns != 0 && (expires_ns == 0 || expires_ns > block.expires_ns) {
             block.expires_ns = expires_ns;
         }
@@ -318,7 +320,8 @@ pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
         .collect();
     for ((prefix_len, addr), block) in &wanted {
         let same = present.get(&(*prefix_len, *addr)).is_some_and(|&expires_ns| {
-            (expires_ns == 0) == (block.expires_ns == 0) && expires_ns.abs_diff(block.expires_ns) < 1_000_000_000
+            (expires_ns == 0) == (block.expires_ns == 0)
+                && expires_ns.abs_diff(block.expires_ns) < 1_000_000_000
         });
         if !same {
             manual.insert(&Key::new(*prefix_len, *addr), block, 0).context("adding a manual block")?;

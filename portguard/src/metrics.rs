@@ -171,9 +171,13 @@ fn crowdsec_families(registry: &Registry, iface: &str, status: &crate::crowdsec:
     Family::new("crowdsec_pull_errors", "Pulls from the CrowdSec LAPI that failed.", iface)
         .row(&[], status.errors)
         .counter(registry)?;
-    Family::new("crowdsec_up", "1 when the last pull from the CrowdSec LAPI succeeded, 0 when it failed.", iface)
-        .row(&[], u64::from(status.last_error.is_none() && status.last_success.is_some()))
-        .gauge(registry)?;
+    Family::new(
+        "crowdsec_up",
+        "1 when the last pull from the CrowdSec LAPI succeeded, 0 when it failed.",
+        iface,
+    )
+    .row(&[], u64::from(status.last_error.is_none() && status.last_success.is_some()))
+    .gauge(registry)?;
     // Absent until a pull succeeds: a zero would claim one at 1970.
     if let Some(at) = status.last_success {
         Family::new(
@@ -183,9 +187,13 @@ fn crowdsec_families(registry: &Registry, iface: &str, status: &crate::crowdsec:
         )
         .row(&[], at)
         .gauge(registry)?;
-        Family::new("crowdsec_last_pull_age_seconds", "Seconds since the last successful pull from the CrowdSec LAPI.", iface)
-            .row(&[], status.age(crate::state::now_unix()).unwrap_or(0))
-            .gauge(registry)?;
+        Family::new(
+            "crowdsec_last_pull_age_seconds",
+            "Seconds since the last successful pull from the CrowdSec LAPI.",
+            iface,
+        )
+        .row(&[], status.age(crate::state::now_unix()).unwrap_or(0))
+        .gauge(registry)?;
     }
     if !status.other_types.is_empty() {
         let mut ignored = Family::new(

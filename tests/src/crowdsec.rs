@@ -37,7 +37,8 @@ impl Lapi {
         std::fs::create_dir_all(path.join("data"))?;
         std::fs::create_dir_all(path.join("notifications"))?;
         std::fs::write(path.join("config.yaml"), config(path))?;
-        let mut lapi = Self { netns: netns.name.clone(), key_file: path.join("bouncer.key"), dir, child: None };
+        let mut lapi =
+            Self { netns: netns.name.clone(), key_file: path.join("bouncer.key"), dir, child: None };
         let credentials = lapi.path("local_api_credentials.yaml");
         lapi.cscli(&["machines", "add", "portguard-test", "--auto", "--force", "-f", &credentials])?;
         let key = lapi.cscli(&["bouncers", "add", "portguard-test", "-o", "raw"])?;
@@ -139,7 +140,7 @@ impl Lapi {
         let config = self.path("config.yaml");
         let output = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
-            .args(["timeout", "60", "cscli", "-c", &config])
+            .args(["timeout", "300", "cscli", "-c", &config])
             .args(args)
             .output()
             .context("running cscli (`cargo xtask setup` installs crowdsec)")?;
@@ -152,6 +153,21 @@ impl Lapi {
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Adds `count` one-address ban decisions of `duration` (`4h`) through `cscli decisions
+    /// import`, from `first` on (one address in three, so none are neighbours): the LAPI of
+    /// a site that takes the community's lists.
+    pub fn import_bans(&self, first: std::net::Ipv4Addr, count: u32, duration: &str) -> Result<()> {
+        let mut csv = String::from("duration,scope,value,reason\n");
+        for n in 0..count {
+            let address = std::net::Ipv4Addr::from(u32::from(first) + 3 * n);
+            csv.push_str(&format!("{duration},ip,{address},portguard-test/import\n"));
+        }
+        let file = self.dir.path().join("import.csv");
+        std::fs::write(&file, csv)?;
+        self.cscli(&["decisions", "import", "-i", &file.to_string_lossy()])?;
+        Ok(())
     }
 
     /// What the LAPI logged.
@@ -190,7 +206,7 @@ cscli:
 db_config:
   log_level: info
   type: sqlite
-  use_wal: false
+  use_wal: true
   db_path: {dir}/data/crowdsec.db
   flush:
     max_items: 5000

@@ -169,7 +169,8 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     let interfaces = attachment::select(iface, WhenNone::Accept)?;
     let netns = Netns::current();
     // CrowdSec decisions are lifted with the manual blocks, under the same lock.
-    let mut from_crowdsec: Vec<Vec<(String, Vec<portguard::crowdsec::Decision>)>> = vec![Vec::new(); nets.len()];
+    let mut from_crowdsec: Vec<Vec<(String, Vec<portguard::crowdsec::Decision>)>> =
+        vec![Vec::new(); nets.len()];
     let manual: Vec<(usize, bool)> = BlockStore::edit(&interfaces, |store| {
         for iface in &interfaces {
             let mut decisions = DecisionStore::load(iface)?;
@@ -199,7 +200,11 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
                      start, or when it is made again) unless it is deleted there: cscli decisions delete {} {}",
                     decision.net,
                     portguard::printable(&decision.scenario),
-                    if decision.net.prefix_len() == decision.net.max_prefix_len() { "--ip" } else { "--range" },
+                    if decision.net.prefix_len() == decision.net.max_prefix_len() {
+                        "--ip"
+                    } else {
+                        "--range"
+                    },
                     if decision.net.prefix_len() == decision.net.max_prefix_len() {
                         decision.net.addr().to_string()
                     } else {

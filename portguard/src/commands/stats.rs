@@ -296,7 +296,10 @@ fn crowdsec_line(status: &PullStatus, now: u64) -> String {
         line.push_str(&format!(", {} failed", count(status.errors, "pull", "pulls")));
     }
     if let Some(error) = &status.last_error {
-        line.push_str(&format!("; LAST PULL FAILED: {} (the decisions in force stay)", portguard::printable(error)));
+        line.push_str(&format!(
+            "; LAST PULL FAILED: {} (the decisions in force stay)",
+            portguard::printable(error)
+        ));
     }
     let ignored: u64 = status.other_types.values().sum();
     if ignored > 0 {

@@ -105,7 +105,10 @@ impl DecisionStore {
         let path = paths::crowdsec_decisions(iface);
         match files::read_text_capped(&path, FILE_MAX) {
             Ok(text) => serde_json::from_str(&text).with_context(|| {
-                format!("{} is damaged; remove it (the LAPI sends every decision again at the next start)", path.display())
+                format!(
+                    "{} is damaged; remove it (the LAPI sends every decision again at the next start)",
+                    path.display()
+                )
             }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
@@ -143,7 +146,8 @@ impl DecisionStore {
                 continue;
             };
             if !config.scopes.contains(&scope)
-                || !(config.origins.is_empty() || config.origins.iter().any(|o| o.eq_ignore_ascii_case(&wire.origin)))
+                || !(config.origins.is_empty()
+                    || config.origins.iter().any(|o| o.eq_ignore_ascii_case(&wire.origin)))
             {
                 changes.filtered += 1;
                 continue;
@@ -229,8 +233,12 @@ fn scope_of(scope: &str) -> Option<Scope> {
 pub fn parse_value(scope: Scope, value: &str) -> Result<IpNet, String> {
     let value = value.trim();
     let net = match scope {
-        Scope::Ip => value.parse::<IpAddr>().map(IpNet::from).map_err(|_| format!("\"{value}\" is not an address")),
-        Scope::Range => value.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| format!("\"{value}\" is not a CIDR range")),
+        Scope::Ip => {
+            value.parse::<IpAddr>().map(IpNet::from).map_err(|_| format!("\"{value}\" is not an address"))
+        }
+        Scope::Range => {
+            value.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| format!("\"{value}\" is not a CIDR range"))
+        }
     }?;
     // IPv4-mapped IPv6 is the IPv4 source the kernel sees.
     Ok(match net {
@@ -338,7 +346,13 @@ mod tests {
         let mut store = DecisionStore::default();
         store.decisions.insert(
             99,
-            Decision { net: "192.0.2.99/32".parse().unwrap(), scenario: String::new(), origin: String::new(), added: 0, expires: 10_000 },
+            Decision {
+                net: "192.0.2.99/32".parse().unwrap(),
+                scenario: String::new(),
+                origin: String::new(),
+                added: 0,
+                expires: 10_000,
+            },
         );
         let answer = StreamAnswer {
             new: Some(vec![
@@ -360,7 +374,10 @@ mod tests {
         assert_eq!(store.kernel_entries("eth0", 1000).len(), 2);
         let delta = StreamAnswer {
             new: Some(vec![wire(7, "ban", "Ip", "198.51.100.1", "5s")]),
-            deleted: Some(vec![wire(1, "ban", "Ip", "203.0.113.7", "-1s"), wire(50, "ban", "Ip", "192.0.2.1", "0s")]),
+            deleted: Some(vec![
+                wire(1, "ban", "Ip", "203.0.113.7", "-1s"),
+                wire(50, "ban", "Ip", "192.0.2.1", "0s"),
+            ]),
         };
         let changes = store.apply(delta, false, &config(), 1001);
         assert_eq!((changes.added, changes.removed), (1, 1));
@@ -382,7 +399,11 @@ mod tests {
         let mut from_engine = wire(1, "ban", "Ip", "203.0.113.7", "1h");
         from_engine.origin = "CrowdSec".into();
         let answer = StreamAnswer {
-            new: Some(vec![from_engine, wire(2, "ban", "Ip", "203.0.113.8", "1h"), wire(3, "ban", "Range", "198.51.100.0/24", "1h")]),
+            new: Some(vec![
+                from_engine,
+                wire(2, "ban", "Ip", "203.0.113.8", "1h"),
+                wire(3, "ban", "Range", "198.51.100.0/24", "1h"),
+            ]),
             deleted: None,
         };
         let changes = store.apply(answer, false, &only, 0);

@@ -212,7 +212,9 @@ pub fn restore_or_forget(iface: &str, following: bool, say: impl Fn(&str)) {
     match DecisionStore::forget(iface) {
         Ok(0) => {}
         Ok(lifted) => {
-            say(&format!("portguard: the policy has no [crowdsec]: lifted the {lifted} CrowdSec decisions kept for {iface}"));
+            say(&format!(
+                "portguard: the policy has no [crowdsec]: lifted the {lifted} CrowdSec decisions kept for {iface}"
+            ));
             if let Err(error) = BlockStore::edit(&[iface.to_owned()], |_| Ok(())) {
                 warn!("lifting the CrowdSec decisions: {error:#}");
             }
@@ -254,7 +256,8 @@ fn pull_once(
 ) -> Result<Pulled> {
     let answer = fetch(agent, config, startup)?;
     let now = now_unix();
-    let quiet = answer.new.as_ref().is_none_or(Vec::is_empty) && answer.deleted.as_ref().is_none_or(Vec::is_empty);
+    let quiet =
+        answer.new.as_ref().is_none_or(Vec::is_empty) && answer.deleted.as_ref().is_none_or(Vec::is_empty);
     if !startup && quiet && next_expiry.is_none_or(|at| at > now) {
         let decisions = DecisionStore::load(iface).map(|s| s.decisions.len()).unwrap_or_default();
         return Ok(Pulled { changes: Changes::default(), decisions, next_expiry });
@@ -279,7 +282,12 @@ fn fetch(agent: &ureq::Agent, config: &CrowdSec, startup: bool) -> Result<Stream
     let key = std::str::from_utf8(config.api_key.bytes())
         .ok()
         .filter(|key| key.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| anyhow!("the key in {} is not a CrowdSec API key (printable ASCII)", config.api_key_file.display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "the key in {} is not a CrowdSec API key (printable ASCII)",
+                config.api_key_file.display()
+            )
+        })?;
     let mut response = match agent.get(&url).header("X-Api-Key", key).call() {
         Ok(response) => response,
         Err(ureq::Error::StatusCode(code @ (401 | 403))) => {
@@ -304,7 +312,11 @@ mod tests {
         assert_eq!(backoff(every, 1), Duration::from_secs(20));
         assert_eq!(backoff(every, 3), Duration::from_secs(80));
         assert_eq!(backoff(every, 30), MAX_BACKOFF);
-        assert_eq!(backoff(Duration::from_secs(3600), 2), Duration::from_secs(3600), "never below the interval");
+        assert_eq!(
+            backoff(Duration::from_secs(3600), 2),
+            Duration::from_secs(3600),
+            "never below the interval"
+        );
     }
 
     #[test]

@@ -72,15 +72,24 @@ pub(super) fn crowdsec(
     let mut valid = true;
     let lapi = match &raw.lapi {
         None => {
-            report.error_at(section.span(), "[crowdsec] needs lapi = \"http://127.0.0.1:8080\" (the Local API's URL)");
+            report.error_at(
+                section.span(),
+                "[crowdsec] needs lapi = \"http://127.0.0.1:8080\" (the Local API's URL)",
+            );
             valid = false;
             String::new()
         }
         Some(url) => {
             let text = url.get_ref().trim_end_matches('/');
-            let host = text.split_once("://").map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
-            if !(text.starts_with("http://") || text.starts_with("https://")) || host.is_none_or(str::is_empty) {
-                report.error_at(url.span(), format!("lapi = \"{}\" is not an http:// or https:// URL", url.get_ref()));
+            let host =
+                text.split_once("://").map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""));
+            if !(text.starts_with("http://") || text.starts_with("https://"))
+                || host.is_none_or(str::is_empty)
+            {
+                report.error_at(
+                    url.span(),
+                    format!("lapi = \"{}\" is not an http:// or https:// URL", url.get_ref()),
+                );
                 valid = false;
             } else if text.contains(['?', '#']) {
                 report.error_at(url.span(), "lapi is the API's base URL: no query or fragment");
@@ -141,7 +150,10 @@ pub(super) fn crowdsec(
         scopes.sort_unstable();
         scopes.dedup();
         if scopes.is_empty() && valid {
-            report.error_at(list.span(), "scopes is empty: nothing would be taken (leave it out for ip and range)");
+            report.error_at(
+                list.span(),
+                "scopes is empty: nothing would be taken (leave it out for ip and range)",
+            );
             valid = false;
         }
     }
@@ -157,7 +169,10 @@ pub(super) fn crowdsec(
             }
         }
         if origins.is_empty() && valid {
-            report.error_at(list.span(), "origins is empty: nothing would be taken (leave it out for every origin)");
+            report.error_at(
+                list.span(),
+                "origins is empty: nothing would be taken (leave it out for every origin)",
+            );
             valid = false;
         }
     }
@@ -182,7 +197,8 @@ mod tests {
     fn a_valid_section_is_read_with_its_defaults() {
         let dir = tempfile::tempdir().unwrap();
         key_file(dir.path(), 0o600);
-        let text = "default = \"allow\"\n[crowdsec]\nlapi = \"http://127.0.0.1:8080/\"\napi_key_file = \"cs.key\"\n";
+        let text =
+            "default = \"allow\"\n[crowdsec]\nlapi = \"http://127.0.0.1:8080/\"\napi_key_file = \"cs.key\"\n";
         let policy = validate(text, &dir.path().join("p.toml"), LoadOptions::default()).unwrap().policy;
         let cs = policy.crowdsec.unwrap();
         assert_eq!(cs.lapi, "http://127.0.0.1:8080");
@@ -200,7 +216,8 @@ mod tests {
         key_file(dir.path(), 0o644);
         let text = "default = \"allow\"\n[crowdsec]\nlapi = \"127.0.0.1:8080\"\napi_key_file = \"cs.key\"\n\
                     update_every = \"2h\"\nscopes = [\"country\"]\norigins = [\"\"]\n";
-        let errors = validate(text, &dir.path().join("p.toml"), LoadOptions::default()).unwrap_err().to_string();
+        let errors =
+            validate(text, &dir.path().join("p.toml"), LoadOptions::default()).unwrap_err().to_string();
         for expected in [
             "p.toml:3:8: error: lapi = \"127.0.0.1:8080\" is not an http:// or https:// URL",
             "p.toml:4:16: error: api_key_file",
@@ -211,9 +228,13 @@ mod tests {
         ] {
             assert!(errors.contains(expected), "{expected:?} missing from:\n{errors}");
         }
-        let missing = validate("[crowdsec]\nupdate_every = \"5s\"\n", &dir.path().join("p.toml"), LoadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let missing = validate(
+            "[crowdsec]\nupdate_every = \"5s\"\n",
+            &dir.path().join("p.toml"),
+            LoadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(missing.contains("needs lapi") && missing.contains("needs api_key_file"), "{missing}");
     }
 }
