@@ -195,6 +195,36 @@ fn crowdsec_families(registry: &Registry, iface: &str, status: &crate::crowdsec:
         .row(&[], status.age(crate::state::now_unix()).unwrap_or(0))
         .gauge(registry)?;
     }
+    if let Some(push) = &status.push {
+        Family::new(
+            "crowdsec_alerts_pushed",
+            "portguard's own automatic blocks the CrowdSec LAPI took as alerts.",
+            iface,
+        )
+        .row(&[], push.pushed)
+        .counter(registry)?;
+        Family::new(
+            "crowdsec_alerts_unsent",
+            "Alerts for the CrowdSec LAPI dropped unsent (queue full, or unsent at stop).",
+            iface,
+        )
+        .row(&[], push.unsent)
+        .counter(registry)?;
+        Family::new(
+            "crowdsec_alerts_pending",
+            "Alerts waiting to be sent (again) to the CrowdSec LAPI.",
+            iface,
+        )
+        .row(&[], push.pending)
+        .gauge(registry)?;
+        Family::new(
+            "crowdsec_push_errors",
+            "Requests to send alerts to the CrowdSec LAPI that failed.",
+            iface,
+        )
+        .row(&[], push.errors)
+        .counter(registry)?;
+    }
     if !status.other_types.is_empty() {
         let mut ignored = Family::new(
             "crowdsec_decisions_ignored",

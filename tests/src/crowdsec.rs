@@ -22,6 +22,8 @@ const LIFETIME: &str = "600";
 
 pub struct Lapi {
     netns: String,
+    /// Where it listens, in its namespace.
+    listen: std::net::SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
     /// The bouncer key, in a file only root may read.
@@ -32,13 +34,18 @@ impl Lapi {
     /// Prepares a LAPI (database, a machine for `cscli decisions add`, a bouncer key) and
     /// starts it in `netns`.
     pub fn start(netns: &Netns) -> Result<Self> {
+        Self::start_on(netns, std::net::SocketAddr::from(([127, 0, 0, 1], LAPI_PORT)))
+    }
+
+    /// The same, listening on `listen` (an address of that namespace another can reach).
+    pub fn start_on(netns: &Netns, listen: std::net::SocketAddr) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("pgt-crowdsec-").tempdir()?;
         let path = dir.path();
         std::fs::create_dir_all(path.join("data"))?;
         std::fs::create_dir_all(path.join("notifications"))?;
-        std::fs::write(path.join("config.yaml"), config(path))?;
+        std::fs::write(path.join("config.yaml"), config(path, listen))?;
         let mut lapi =
-            Self { netns: netns.name.clone(), key_file: path.join("bouncer.key"), dir, child: None };
+            Self { netns: netns.name.clone(), listen, key_file: path.join("bouncer.key"), dir, child: None };
         let credentials = lapi.path("local_api_credentials.yaml");
         lapi.cscli(&["machines", "add", "portguard-test", "--auto", "--force", "-f", &credentials])?;
         let key = lapi.cscli(&["bouncers", "add", "portguard-test", "-o", "raw"])?;
@@ -60,16 +67,52 @@ impl Lapi {
         self.dir.path().join(name).to_string_lossy().into_owned()
     }
 
-    /// The LAPI's URL, from its namespace.
-    pub fn url() -> String {
-        format!("http://127.0.0.1:{LAPI_PORT}")
+    /// The LAPI's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// A `[crowdsec]` section with a bouncer key of its own, `name`: each host needs one, as
+    /// the LAPI keeps one stream position per bouncer (two hosts sharing a key would each get
+    /// part of the changes).
+    pub fn policy_section_for(&self, name: &str, update_every: &str) -> Result<String> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let key = self.cscli(&["bouncers", "add", name, "-o", "raw"])?;
+        let file = self.dir.path().join(format!("{name}.key"));
+        let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file)?;
+        std::io::Write::write_all(&mut out, key.trim().as_bytes())?;
+        Ok(format!(
+            "\n[crowdsec]\nlapi = \"{}\"\napi_key_file = \"{}\"\nupdate_every = \"{update_every}\"\n",
+            self.url(),
+            file.display()
+        ))
+    }
+
+    /// Machine credentials for portguard to push alerts with, as `cscli machines add -f`
+    /// writes them (made readable by root alone, as the policy check wants).
+    pub fn machine_credentials(&self, name: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let file = self.dir.path().join(format!("{name}.yaml"));
+        let password = format!("pw-{}-{}", std::process::id(), name);
+        self.cscli(&[
+            "machines",
+            "add",
+            name,
+            "--password",
+            &password,
+            "--force",
+            "-f",
+            &file.to_string_lossy(),
+        ])?;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
     }
 
     /// A `[crowdsec]` section that follows this LAPI.
     pub fn policy_section(&self, update_every: &str) -> String {
         format!(
             "\n[crowdsec]\nlapi = \"{}\"\napi_key_file = \"{}\"\nupdate_every = \"{update_every}\"\n",
-            Self::url(),
+            self.url(),
             self.key_file.display()
         )
     }
@@ -104,7 +147,7 @@ impl Lapi {
 
     /// Whether the LAPI accepts connections.
     fn answers(&self) -> bool {
-        let target = std::net::SocketAddr::from(([127, 0, 0, 1], LAPI_PORT));
+        let target = self.listen;
         let path = format!("/run/netns/{}", self.netns);
         std::thread::spawn(move || {
             let Ok(file) = std::fs::File::open(&path) else { return false };
@@ -184,7 +227,7 @@ impl Drop for Lapi {
 
 /// The LAPI's configuration: everything under `dir` but the hub and the profiles, which it
 /// only reads; no Central API, no Prometheus listener.
-fn config(dir: &Path) -> String {
+fn config(dir: &Path, listen: std::net::SocketAddr) -> String {
     let dir = dir.display();
     format!(
         "common:
@@ -217,7 +260,7 @@ api:
     credentials_path: {dir}/local_api_credentials.yaml
   server:
     log_level: info
-    listen_uri: 127.0.0.1:{LAPI_PORT}
+    listen_uri: \"{listen}\"
     profiles_path: /etc/crowdsec/profiles.yaml
     trusted_ips:
       - 127.0.0.1

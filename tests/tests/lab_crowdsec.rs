@@ -210,6 +210,96 @@ fn a_hundred_thousand_decisions_load_within_five_seconds() {
     assert!(tcp_connects(&lab.client, Some(other), web(other)), "other sources still pass");
 }
 
+/// A link between two labs' server namespaces (their management network), deleted with them.
+fn management_link(one: &Lab, two: &Lab) -> (std::net::Ipv6Addr, std::net::Ipv6Addr) {
+    let (a, b) = (portguard_tests::unique("m"), portguard_tests::unique("m"));
+    portguard_tests::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            &a,
+            "netns",
+            &one.server.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            &two.server.name,
+        ],
+    )
+    .unwrap();
+    one.server.ip(&["addr", "add", "2001:db8:c5::1/64", "dev", &a, "nodad"]).unwrap();
+    two.server.ip(&["addr", "add", "2001:db8:c5::2/64", "dev", &b, "nodad"]).unwrap();
+    one.server.ip(&["link", "set", &a, "up"]).unwrap();
+    two.server.ip(&["link", "set", &b, "up"]).unwrap();
+    ("2001:db8:c5::1".parse().unwrap(), "2001:db8:c5::2".parse().unwrap())
+}
+
+#[test]
+fn a_scanner_blocked_on_one_host_is_refused_by_the_other() {
+    require_root!();
+    require_tools!("crowdsec", "cscli", "nmap");
+    // Two protected hosts, each its lab's server; the scanner is 192.0.2.1 in both labs (the
+    // same address seen from either host). The LAPI runs on host 1, on its management link.
+    let one = Lab::new().unwrap();
+    let two = Lab::new().unwrap();
+    let _servers_one = Servers::start(&one.server, &[80], &[]);
+    let _servers_two = Servers::start(&two.server, &[80], &[]);
+    let (lapi_address, _) = management_link(&one, &two);
+    let lapi = Lapi::start_on(&one.server, SocketAddr::new(lapi_address.into(), 8080)).unwrap();
+    let machine = lapi.machine_credentials("edge-1").unwrap();
+    let host_one = format!(
+        "{WEB}[scan_detection]\nthreshold = 20\nwindow = \"5s\"\naction = \"block\"\nblock_for = \"15m\"\n{}machine_credentials_file = \"{}\"\n",
+        lapi.policy_section("1s"),
+        machine.display()
+    );
+    let mut pg_one = Attached::start(&one.server, &one.server_if, &host_one, &["--json"]).unwrap();
+    let host_two = format!("{WEB}{}", lapi.policy_section_for("edge-2", "1s").unwrap());
+    let pg_two = Attached::start(&two.server, &two.server_if, &host_two, &[]).unwrap();
+    let scanner: IpAddr = CLIENT_V4.into();
+    assert!(tcp_connects(&two.client, Some(scanner), web(scanner)), "host 2 answers the scanner before");
+
+    // A real SYN scan of host 1 only.
+    one.nmap(&["-sS"]);
+    let blocked = pg_one.wait_for_event(Duration::from_secs(10), |e| e["event"] == "auto_blocked");
+    assert!(blocked.is_some(), "host 1 did not block the scan");
+    let blocked_at = Instant::now();
+    assert!(!tcp_connects(&one.client, Some(scanner), web(scanner)), "host 1 refuses the scanner");
+    // Host 2, which the scanner never sent a packet, refuses it too.
+    let refused = becomes(&two, scanner, true, Duration::from_secs(15).saturating_sub(blocked_at.elapsed()));
+    assert!(refused.is_some(), "host 2 did not refuse the scanner within 15 s\n{}", lapi.log());
+    eprintln!("host 2 refused the scanner {:?} after host 1 blocked it", blocked_at.elapsed());
+
+    // What the LAPI holds: an alert of portguard's scenario, with the ports and the host.
+    // `-a`: cscli 1.4 lists only the crowdsec and cscli origins without it.
+    let text = lapi.cscli(&["alerts", "list", "-a", "-o", "json"]).unwrap();
+    let alerts: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let alert = alerts
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {text}"))
+        .iter()
+        .find(|a| a["scenario"] == "portguard/port-scan")
+        .unwrap_or_else(|| panic!("no portguard alert in {alerts}"));
+    assert_eq!(alert["source"]["value"], "192.0.2.1", "{alert}");
+    assert_eq!(alert["decisions"][0]["type"], "ban", "{alert}");
+    let seconds = alert["decisions"][0]["duration"].as_str().unwrap().to_owned();
+    assert!(seconds.contains('m'), "a 15-minute ban, not {seconds}");
+    let meta = alert["meta"].to_string();
+    assert!(meta.contains("ports") && meta.contains("host"), "{meta}");
+    let listed = blocks(&pg_two);
+    let row = listed.iter().find(|r| r["origin"] == "crowdsec").expect("host 2 lists it");
+    assert_eq!(row["scenario"], "portguard/port-scan");
+    assert!(row["remaining_secs"].as_u64().unwrap() > 800, "{row}");
+    let stats = pg_one.stats();
+    portguard_tests::schemas::assert_valid("stats", &stats);
+    assert!(stats["crowdsec"]["push"]["pushed"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["crowdsec"]["push"]["unsent"], 0, "{stats}");
+    drop(pg_two);
+}
+
 /// Stops a spawned loader with SIGTERM when dropped.
 struct Killer(std::process::Child);
 

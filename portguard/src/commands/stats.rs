@@ -301,6 +301,19 @@ fn crowdsec_line(status: &PullStatus, now: u64) -> String {
             portguard::printable(error)
         ));
     }
+    if let Some(push) = &status.push {
+        line.push_str(&format!(
+            "; pushed {} as {} ({} waiting, {} unsent, {} failed)",
+            count(push.pushed, "block", "blocks"),
+            push.machine,
+            group(push.pending),
+            group(push.unsent),
+            count(push.errors, "request", "requests")
+        ));
+        if let Some(error) = &push.last_error {
+            line.push_str(&format!("; LAST PUSH FAILED: {}", portguard::printable(error)));
+        }
+    }
     let ignored: u64 = status.other_types.values().sum();
     if ignored > 0 {
         line.push_str(&format!("; {} not of type ban ignored", group(ignored)));

@@ -300,6 +300,7 @@ mod tests {
             update_every: Duration::from_secs(10),
             scopes: vec![Scope::Ip, Scope::Range],
             origins: Vec::new(),
+            machine: None,
         }
     }
 

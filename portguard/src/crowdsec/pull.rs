@@ -43,6 +43,9 @@ pub struct PullStatus {
     pub other_types: BTreeMap<String, u64>,
     /// How long the last full load (`startup`) took, fetch and kernel update, in milliseconds.
     pub full_load_ms: Option<u64>,
+    /// With machine credentials: how the pushes of portguard's own blocks go.
+    #[serde(default)]
+    pub push: Option<super::push::PushStatus>,
 }
 
 impl PullStatus {
@@ -52,7 +55,7 @@ impl PullStatus {
         serde_json::from_str(&text).ok()
     }
 
-    fn write(&self, iface: &str) {
+    pub(super) fn write(&self, iface: &str) {
         if let Err(error) = serde_json::to_vec(self)
             .map_err(anyhow::Error::from)
             .and_then(|json| write_atomically(&paths::crowdsec_status(iface), &json))
@@ -142,33 +145,56 @@ pub async fn follow(iface: String, config: CrowdSec, counts: Arc<Mutex<LoaderCou
                 startup = true;
             }
         }
-        status.write(&iface);
-        lock(&counts).crowdsec = Some(status.clone());
+        // The pushes' counters are the pusher's: kept as they are.
+        let snapshot = {
+            let mut counts = lock(&counts);
+            let push = counts.crowdsec.as_mut().and_then(|shared| shared.push.take());
+            counts.crowdsec = Some(PullStatus { push, ..status.clone() });
+            counts.crowdsec.clone()
+        };
+        if let Some(snapshot) = snapshot {
+            snapshot.write(&iface);
+        }
         let wait = if failures == 0 { config.update_every } else { backoff(config.update_every, failures) };
         tokio::time::sleep(wait).await;
     }
 }
 
 /// The follower of the running policy's `[crowdsec]`, if it has one: started with the
-/// loader, started again when a reload changes the section, stopped with the loader.
+/// loader, started again when a reload changes the section, stopped with the loader. Shared
+/// by the loader's event loop (`offer`) and its reloads (`update`), hence the lock inside.
 #[derive(Default)]
 pub struct Follower {
+    inner: Mutex<Following>,
+}
+
+#[derive(Default)]
+struct Following {
     running: Option<(CrowdSec, tokio::task::JoinHandle<()>)>,
+    /// With machine credentials: sends portguard's own blocks to the LAPI.
+    pusher: Option<super::push::Pusher>,
 }
 
 impl Follower {
     /// Follows `config` (nothing when `None`). Must run inside the loader's runtime.
-    pub fn update(&mut self, iface: &str, config: Option<&CrowdSec>, counts: &Arc<Mutex<LoaderCounts>>) {
-        if self.running.as_ref().map(|(running, _)| running) == config {
+    pub fn update(&self, iface: &str, config: Option<&CrowdSec>, counts: &Arc<Mutex<LoaderCounts>>) {
+        let mut inner = lock(&self.inner);
+        if inner.running.as_ref().map(|(running, _)| running) == config {
             return;
         }
-        if let Some((_, task)) = self.running.take() {
+        if let Some((_, task)) = inner.running.take() {
             task.abort();
         }
+        // Dropping the pusher lets its thread send what it holds, then stop.
+        inner.pusher = None;
         match config {
             Some(config) => {
                 let task = tokio::spawn(follow(iface.to_owned(), config.clone(), counts.clone()));
-                self.running = Some((config.clone(), task));
+                inner.running = Some((config.clone(), task));
+                inner.pusher = config
+                    .machine
+                    .as_ref()
+                    .map(|machine| super::push::Pusher::start(config, machine, counts, iface));
             }
             None => {
                 lock(counts).crowdsec = None;
@@ -179,11 +205,18 @@ impl Follower {
             }
         }
     }
+
+    /// Hands an event to the pusher (an enforced automatic block becomes an alert); never waits.
+    pub fn offer(&self, record: &crate::events::EventRecord) {
+        if let Some(pusher) = &lock(&self.inner).pusher {
+            pusher.offer(record);
+        }
+    }
 }
 
 impl Drop for Follower {
     fn drop(&mut self) {
-        if let Some((_, task)) = self.running.take() {
+        if let Some((_, task)) = lock(&self.inner).running.take() {
             task.abort();
         }
     }

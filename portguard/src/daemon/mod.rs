@@ -150,7 +150,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
     ));
 
     // `[crowdsec]`: its own task, so a slow LAPI holds up nothing here.
-    let mut crowdsec = crate::crowdsec::pull::Follower::default();
+    let crowdsec = crate::crowdsec::pull::Follower::default();
     crowdsec.update(&iface, loader.policy.crowdsec.as_ref(), &loader.counts);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -170,6 +170,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
     let mut unprotected: Option<String> = None;
     let publish = |loader: &Loader, record: &EventRecord| {
         loader.publish(record);
+        crowdsec.offer(record);
         let _ = lines.send(Arc::from(record.json()));
     };
     // What ended the loop, for the last event.

@@ -29,6 +29,49 @@ pub struct CrowdSec {
     pub scopes: Vec<Scope>,
     /// Only decisions of these origins (`crowdsec`, `cscli`, `CAPI`, `lists`, ...); empty: all.
     pub origins: Vec<String>,
+    /// Machine credentials: portguard's own automatic blocks go to the LAPI as alerts.
+    pub machine: Option<Machine>,
+}
+
+/// A machine's login (`cscli machines add NAME --password ... -f FILE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Machine {
+    /// The file they were read from (the password is never shown).
+    pub file: PathBuf,
+    pub login: String,
+    #[serde(skip)]
+    pub password: Secret,
+}
+
+/// The `login:` and `password:` of the YAML file `cscli machines add -f` writes (its `url:` is
+/// the LAPI as cscli saw it; portguard uses `lapi`).
+fn machine_credentials(path: &std::path::Path, text: &[u8]) -> Result<Machine, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "is not UTF-8 text".to_string())?;
+    let (mut login, mut password) = (None, None);
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let Some((key, value)) = line.split_once(':') else {
+            return Err(format!("line \"{}\" is not `key: value`", crate::printable(line)));
+        };
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        match key.trim() {
+            "login" => login = Some(value.to_owned()),
+            "password" => password = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    match (login, password) {
+        (Some(login), Some(password)) if !login.is_empty() && !password.is_empty() => Ok(Machine {
+            file: path.to_owned(),
+            login,
+            password: Secret::new(password.into_bytes()),
+        }),
+        _ => Err("has no `login:` and `password:` (write it with `cscli machines add NAME --password ... -f FILE`)".into()),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -56,6 +99,7 @@ pub struct RawCrowdSec {
     pub update_every: Option<Spanned<String>>,
     pub scopes: Option<Spanned<Vec<Spanned<String>>>>,
     pub origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub machine_credentials_file: Option<Spanned<String>>,
 }
 
 /// Shortest and longest `update_every`.
@@ -176,7 +220,20 @@ pub(super) fn crowdsec(
             valid = false;
         }
     }
-    Some(CrowdSec { lapi, api_key_file, api_key: api_key?, update_every, scopes, origins }).filter(|_| valid)
+    let mut machine = None;
+    if let Some(file) = &raw.machine_credentials_file {
+        let path = policy_path.parent().unwrap_or(std::path::Path::new(".")).join(file.get_ref());
+        match files.secret(&path).and_then(|text| machine_credentials(&path, text.bytes())) {
+            Ok(found) => machine = Some(found),
+            Err(problem) => {
+                report
+                    .error_at(file.span(), format!("machine_credentials_file {}: {problem}", path.display()));
+                valid = false;
+            }
+        }
+    }
+    Some(CrowdSec { lapi, api_key_file, api_key: api_key?, update_every, scopes, origins, machine })
+        .filter(|_| valid)
 }
 
 #[cfg(test)]
@@ -208,6 +265,37 @@ mod tests {
         assert!(cs.origins.is_empty());
         let json = serde_json::to_string(&cs).unwrap();
         assert!(!json.contains("abc123"), "the key is never shown: {json}");
+    }
+
+    #[test]
+    fn machine_credentials_are_read_from_cscli_s_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        key_file(dir.path(), 0o600);
+        let machine = dir.path().join("m.yaml");
+        std::fs::write(&machine, "url: http://127.0.0.1:8080\nlogin: edge-1\npassword: s3cret\n").unwrap();
+        std::fs::set_permissions(&machine, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = "default = \"allow\"\n[crowdsec]\nlapi = \"http://127.0.0.1:8080\"\napi_key_file = \"cs.key\"\n\
+                    machine_credentials_file = \"m.yaml\"\n";
+        let cs = validate(text, &dir.path().join("p.toml"), LoadOptions::default())
+            .unwrap()
+            .policy
+            .crowdsec
+            .unwrap();
+        let found = cs.machine.unwrap();
+        assert_eq!((found.login.as_str(), found.password.bytes()), ("edge-1", b"s3cret".as_slice()));
+        std::fs::write(&machine, "url: http://127.0.0.1:8080\n").unwrap();
+        let errors =
+            validate(text, &dir.path().join("p.toml"), LoadOptions::default()).unwrap_err().to_string();
+        assert!(
+            errors.contains("p.toml:5:28: error: machine_credentials_file")
+                && errors.contains("has no `login:`"),
+            "{errors}"
+        );
+        std::fs::set_permissions(&machine, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let errors =
+            validate(text, &dir.path().join("p.toml"), LoadOptions::default()).unwrap_err().to_string();
+        assert!(errors.contains("can be read or changed by group or others"), "{errors}");
     }
 
     #[test]
