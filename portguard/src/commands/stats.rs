@@ -262,11 +262,7 @@ fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -
         "top_dropped_ports": ports,
         "auto_blocks": now.blocks,
         "rate_limits": now.limits.as_ref().ok(),
-        "crowdsec": now.crowdsec.as_ref().map(|status| {
-            let mut value = json!(status);
-            value["last_success_age_secs"] = json!(status.age(portguard::state::now_unix()));
-            value
-        }),
+        "crowdsec": now.crowdsec.as_ref().map(crowdsec_json),
         "rates": rates,
     })
 }
@@ -319,4 +315,20 @@ fn crowdsec_line(status: &PullStatus, now: u64) -> String {
         line.push_str(&format!("; {} not of type ban ignored", group(ignored)));
     }
     line
+}
+
+/// `[crowdsec]` in `stats --json`, in the JSON vocabulary (RFC 3339 `_at`, seconds `_secs`).
+fn crowdsec_json(status: &PullStatus) -> Value {
+    json!({
+        "lapi": status.lapi,
+        "decisions": status.decisions,
+        "errors": status.errors,
+        "last_error": status.last_error,
+        "last_success_at": status.last_success.and_then(output::rfc3339_unix),
+        "last_success_age_secs": status.age(portguard::state::now_unix()),
+        "last_attempt_at": status.last_attempt.and_then(output::rfc3339_unix),
+        "other_types": status.other_types,
+        "full_load_secs": status.full_load_ms.map(|ms| ms as f64 / 1e3),
+        "push": status.push,
+    })
 }

@@ -1568,7 +1568,7 @@ fn crowdsec(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
     let stats = pg.stats();
     let crowdsec = &stats["crowdsec"];
     ensure!(crowdsec["decisions"] == DECISIONS, "the loader holds {} decisions", crowdsec["decisions"]);
-    let load_ms = crowdsec["full_load_ms"].as_u64().context("no full load recorded")?;
+    let load_ms = (crowdsec["full_load_secs"].as_f64().context("no full load recorded")? * 1e3) as u64;
     drop(pg);
     writeln!(report, "## CrowdSec\n")?;
     writeln!(
