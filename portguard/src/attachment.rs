@@ -188,6 +188,7 @@ pub fn attach(options: &AttachOptions) -> Result<Attached> {
         let mut ebpf = loader::load(&image, &policy, Some(&pin_dir))?;
         let seeded = loader::seed_flows(&mut ebpf, &sockets::read_all()?)?;
         info!("flow table seeded with {seeded} existing connections");
+        crate::crowdsec::pull::restore_or_forget(iface, policy.crowdsec.is_some(), say);
         let manual = manager::restore_manual_blocks(iface)?;
         if manual > 0 {
             say(&format!(

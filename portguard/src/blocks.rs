@@ -302,28 +302,49 @@ pub fn sync_iface(iface: &str, entries: &[&ManualEntry]) -> Result<usize> {
             },
         };
         let key = key_of(&entry.net);
-        wanted.insert((key.prefix_len(), key.data()), ManualBlock { expires_ns, last_event_ns: 0 });
+        // A network blocked twice (by hand and by CrowdSec) is blocked until the later end.
+        let block = wanted
+            .entry((key.prefix_len(), key.data()))
+            .or_insert(ManualBlock { expires_ns, last_event_ns: 0 });
+        if block.expires_ns != 0 && (expires_ns == 0 || expires_ns > block.expires_ns) {
+            block.expires_ns = expires_ns;
+        }
     }
+    // Only what differs is written: CrowdSec brings tens of thousands of entries, and most
+    // syncs change a few. An end within a second of the wanted one is the same end (the two
+    // clocks are read a little apart each time).
+    let present: BTreeMap<(u32, NetKey), u64> = manual
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(key, block)| ((key.prefix_len(), key.data()), block.expires_ns))
+        .collect();
     for ((prefix_len, addr), block) in &wanted {
-        manual.insert(&Key::new(*prefix_len, *addr), block, 0).context("adding a manual block")?;
+        let same = present.get(&(*prefix_len, *addr)).is_some_and(|&expires_ns| {
+            (expires_ns == 0) == (block.expires_ns == 0)
+                && expires_ns.abs_diff(block.expires_ns) < 1_000_000_000
+        });
+        if !same {
+            manual.insert(&Key::new(*prefix_len, *addr), block, 0).context("adding a manual block")?;
+        }
     }
     let count = wanted.len() as u32;
     let current = runtime.get(&RUNTIME_USER, 0)?;
     runtime.set(RUNTIME_USER, Runtime { manual_blocks: count.max(current.manual_blocks), ..current }, 0)?;
-    let present: Vec<Key<NetKey>> = manual.keys().filter_map(Result::ok).collect();
-    for key in present {
-        if !wanted.contains_key(&(key.prefix_len(), key.data())) {
-            manual.remove(&key).context("removing a manual block")?;
+    for (prefix_len, addr) in present.keys() {
+        if !wanted.contains_key(&(*prefix_len, *addr)) {
+            manual.remove(&Key::new(*prefix_len, *addr)).context("removing a manual block")?;
         }
     }
     runtime.set(RUNTIME_USER, Runtime { manual_blocks: count, ..current }, 0)?;
     Ok(wanted.len())
 }
 
-/// Re-applies the saved blocks to every running attachment (and prunes expired ones).
+/// Re-applies the saved blocks to every running attachment (and prunes expired ones), with
+/// the CrowdSec decisions each enforces: the kernel holds both in `PG_MANUAL`.
 pub fn sync_all(store: &BlockStore, interfaces: &[String]) -> Result<()> {
     for iface in interfaces {
-        let entries: Vec<&ManualEntry> = store.for_iface(iface).collect();
+        let decisions = crate::crowdsec::DecisionStore::load(iface)?.kernel_entries(iface, now_unix());
+        let entries: Vec<&ManualEntry> = store.for_iface(iface).chain(&decisions).collect();
         sync_iface(iface, &entries).with_context(|| format!("applying manual blocks to {iface}"))?;
     }
     Ok(())

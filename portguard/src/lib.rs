@@ -15,6 +15,7 @@ pub mod budget;
 pub mod capture;
 pub mod conns;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod doctor;
 pub mod durations;

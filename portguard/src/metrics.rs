@@ -41,6 +41,8 @@ pub struct LoaderCounts {
     pub alerts_dropped: u64,
     /// Seconds since the Unix epoch of the last policy load.
     pub last_load: u64,
+    /// How the pulls from the CrowdSec LAPI go (`[crowdsec]`).
+    pub crowdsec: Option<crate::crowdsec::PullStatus>,
 }
 
 /// What a scrape of one attachment reads.
@@ -159,6 +161,82 @@ impl<'a> Family<'a> {
         registry.register(Box::new(vec))?;
         Ok(())
     }
+}
+
+/// `[crowdsec]`: the decisions in force and how the pulls from the LAPI go.
+fn crowdsec_families(registry: &Registry, iface: &str, status: &crate::crowdsec::PullStatus) -> Result<()> {
+    Family::new("crowdsec_decisions", "CrowdSec ban decisions in force (enforced in the kernel).", iface)
+        .row(&[], status.decisions as u64)
+        .gauge(registry)?;
+    Family::new("crowdsec_pull_errors", "Pulls from the CrowdSec LAPI that failed.", iface)
+        .row(&[], status.errors)
+        .counter(registry)?;
+    Family::new(
+        "crowdsec_up",
+        "1 when the last pull from the CrowdSec LAPI succeeded, 0 when it failed.",
+        iface,
+    )
+    .row(&[], u64::from(status.last_error.is_none() && status.last_success.is_some()))
+    .gauge(registry)?;
+    // Absent until a pull succeeds: a zero would claim one at 1970.
+    if let Some(at) = status.last_success {
+        Family::new(
+            "crowdsec_last_pull_timestamp_seconds",
+            "When the last pull from the CrowdSec LAPI succeeded (Unix time).",
+            iface,
+        )
+        .row(&[], at)
+        .gauge(registry)?;
+        Family::new(
+            "crowdsec_last_pull_age_seconds",
+            "Seconds since the last successful pull from the CrowdSec LAPI.",
+            iface,
+        )
+        .row(&[], status.age(crate::state::now_unix()).unwrap_or(0))
+        .gauge(registry)?;
+    }
+    if let Some(push) = &status.push {
+        Family::new(
+            "crowdsec_alerts_pushed",
+            "portguard's own automatic blocks the CrowdSec LAPI took as alerts.",
+            iface,
+        )
+        .row(&[], push.pushed)
+        .counter(registry)?;
+        Family::new(
+            "crowdsec_alerts_unsent",
+            "Alerts for the CrowdSec LAPI dropped unsent (queue full, or unsent at stop).",
+            iface,
+        )
+        .row(&[], push.unsent)
+        .counter(registry)?;
+        Family::new(
+            "crowdsec_alerts_pending",
+            "Alerts waiting to be sent (again) to the CrowdSec LAPI.",
+            iface,
+        )
+        .row(&[], push.pending)
+        .gauge(registry)?;
+        Family::new(
+            "crowdsec_push_errors",
+            "Requests to send alerts to the CrowdSec LAPI that failed.",
+            iface,
+        )
+        .row(&[], push.errors)
+        .counter(registry)?;
+    }
+    if !status.other_types.is_empty() {
+        let mut ignored = Family::new(
+            "crowdsec_decisions_ignored",
+            "CrowdSec decisions not enforced because their type is not ban, by type.",
+            iface,
+        );
+        for (kind, count) in &status.other_types {
+            ignored.push(&[("type", kind)], *count);
+        }
+        ignored.counter(registry)?;
+    }
+    Ok(())
 }
 
 /// The text exposition of one attachment, read now.
@@ -345,6 +423,9 @@ pub fn render(source: &Source) -> Result<String> {
             .row(&[], sources)
             .gauge(&registry)?;
         }
+    }
+    if let Some(status) = &counts.crowdsec {
+        crowdsec_families(&registry, iface, status)?;
     }
     Family::new("policy_generation", "The running policy generation (1 at attach, +1 per reload).", iface)
         .row(&[], state.as_ref().map_or(0, |s| s.generation))

@@ -99,6 +99,20 @@ pub fn active_policy(iface: &str) -> PathBuf {
     dir.join(format!("{iface}.active-policy.json"))
 }
 
+/// The CrowdSec decisions an attachment enforces (`[crowdsec]`), kept across loader restarts.
+pub fn crowdsec_decisions(iface: &str) -> PathBuf {
+    let dir = match Netns::current().dir() {
+        Some(netns) => state_dir().join(netns),
+        None => state_dir(),
+    };
+    dir.join(format!("{iface}.crowdsec.json"))
+}
+
+/// How the loader's pulls from the CrowdSec LAPI went, for `stats`.
+pub fn crowdsec_status(iface: &str) -> PathBuf {
+    run_dir().join(format!("{iface}.crowdsec-status.json"))
+}
+
 /// A change waiting for `portguard confirm` (`--confirm-within`).
 pub fn pending_file(iface: &str) -> PathBuf {
     run_dir().join(format!("{iface}.pending.json"))

@@ -6,6 +6,7 @@
 //! fails), and every traffic helper is bounded in count and time.
 
 pub mod capture;
+pub mod crowdsec;
 pub mod flood;
 pub mod http;
 pub mod kernel;

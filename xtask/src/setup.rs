@@ -10,7 +10,8 @@ const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev
 /// Debian packages the tests and the demo drive: iproute2, ethtool, bpftool, nmap, nsenter
 /// from util-linux, tcpdump, dumpcap and editcap from wireshark-common (pcapng captures for
 /// `verify`), promtool from prometheus to lint the metrics, systemd-analyze to check the unit,
-/// openssl to check webhook signatures independently, script from bsdutils for a pty.
+/// openssl to check webhook signatures independently, script from bsdutils for a pty. (CrowdSec,
+/// for `lab_crowdsec`, is installed by `crowdsec` below: it needs a file in place first.)
 /// `cargo xtask dist` does not install them on a production host.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
@@ -138,6 +139,7 @@ pub fn run(check_only: bool, needs: Needs) -> Result<()> {
     }
     if needs >= Needs::Tests {
         kubernetes_validate(check_only, &mut missing)?;
+        crowdsec(install, &mut missing)?;
     }
 
     match bpf_linker_state() {
@@ -180,6 +182,45 @@ pub fn run(check_only: bool, needs: Needs) -> Result<()> {
         }
         bail!("{} prerequisite(s) missing", missing.len());
     }
+    Ok(())
+}
+
+/// Where Debian's crowdsec package looks for Central API credentials: when the file is empty
+/// or missing, its install registers with the Central API, which fails offline.
+const CROWDSEC_CAPI_CREDENTIALS: &str = "/etc/crowdsec/online_api_credentials.yaml";
+
+/// CrowdSec's Local API and `cscli` for `lab_crowdsec` (each test runs its own LAPI, with its
+/// own configuration and database, in a lab namespace). Installed without registering with
+/// the Central API, and the package's own service left stopped and disabled.
+fn crowdsec(install: bool, missing: &mut Vec<String>) -> Result<()> {
+    if dpkg_installed("crowdsec") {
+        ok("crowdsec", "installed (the tests run their own LAPI)");
+        return Ok(());
+    }
+    if !install {
+        missing.push(format!(
+            "crowdsec (first put a non-empty {CROWDSEC_CAPI_CREDENTIALS} so it installs offline, then sudo \
+             apt-get install -y crowdsec and sudo systemctl disable --now crowdsec)"
+        ));
+        return Ok(());
+    }
+    let credentials = std::path::Path::new(CROWDSEC_CAPI_CREDENTIALS);
+    if std::fs::metadata(credentials).map_or(true, |m| m.len() == 0) {
+        step(&format!("writing {CROWDSEC_CAPI_CREDENTIALS} (no Central API: the install stays offline)"));
+        std::fs::create_dir_all(credentials.parent().expect("a directory"))?;
+        std::fs::write(
+            credentials,
+            "# Written by portguard's `cargo xtask setup`: no Central API (CAPI) registration.\n\
+             url: http://127.0.0.1:1/\nlogin: offline\npassword: offline\n",
+        )?;
+    }
+    step("installing crowdsec");
+    apt_install(&["crowdsec"])?;
+    // The tests start and stop their own LAPI; the package's service must not run beside them.
+    step("disabling the crowdsec service the package enabled (the tests run their own LAPI)");
+    // Apart: without a running systemd (a container) the stop fails and the disable works.
+    let _ = run_cmd("systemctl", &["disable", "crowdsec"], &[]);
+    let _ = run_cmd("systemctl", &["stop", "crowdsec"], &[]);
     Ok(())
 }
 

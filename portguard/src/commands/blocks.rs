@@ -9,7 +9,9 @@ use anyhow::{Result, bail};
 use ipnet::IpNet;
 use portguard::{
     blocks::{self, BlockStore, ManualEntry},
-    control, durations,
+    control,
+    crowdsec::DecisionStore,
+    durations,
     events::{Actor, EventRecord, EventType},
     inform,
     links::Inspection,
@@ -166,22 +168,61 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     let nets = parse_nets(items)?;
     let interfaces = attachment::select(iface, WhenNone::Accept)?;
     let netns = Netns::current();
+    // CrowdSec decisions are lifted with the manual blocks, under the same lock.
+    let mut from_crowdsec: Vec<Vec<(String, Vec<portguard::crowdsec::Decision>)>> =
+        vec![Vec::new(); nets.len()];
     let manual: Vec<(usize, bool)> = BlockStore::edit(&interfaces, |store| {
+        for iface in &interfaces {
+            let mut decisions = DecisionStore::load(iface)?;
+            let mut changed = false;
+            for (net, lifted) in nets.iter().zip(&mut from_crowdsec) {
+                let here = decisions.lift(net);
+                if !here.is_empty() {
+                    changed = true;
+                    lifted.push((iface.clone(), here));
+                }
+            }
+            if changed {
+                decisions.save(iface)?;
+            }
+        }
         Ok(nets.iter().map(|net| store.remove(net, netns, iface)).collect())
     })?;
     let names: Vec<&str> = interfaces.iter().map(String::as_str).collect();
     // Automatic blocks are in the kernel only: lifted once the saved list agrees.
     let mut missing = Vec::new();
-    for (net, (manual, stays)) in nets.iter().zip(manual) {
+    for ((net, (manual, stays)), crowdsec) in nets.iter().zip(manual).zip(&from_crowdsec) {
         let automatic = blocks::lift_automatic(net, &interfaces)?;
-        if manual + automatic == 0 {
+        for (on, decisions) in crowdsec {
+            for decision in decisions {
+                inform!(
+                    "lifted the CrowdSec decision on {} on {on} ({}): the LAPI sends it again (at the loader's next \
+                     start, or when it is made again) unless it is deleted there: cscli decisions delete {} {}",
+                    decision.net,
+                    portguard::printable(&decision.scenario),
+                    if decision.net.prefix_len() == decision.net.max_prefix_len() {
+                        "--ip"
+                    } else {
+                        "--range"
+                    },
+                    if decision.net.prefix_len() == decision.net.max_prefix_len() {
+                        decision.net.addr().to_string()
+                    } else {
+                        decision.net.to_string()
+                    }
+                );
+            }
+        }
+        let crowdsec: usize = crowdsec.iter().map(|(_, d)| d.len()).sum();
+        if manual + automatic + crowdsec == 0 {
             missing.push(*net);
             continue;
         }
         let on = if names.is_empty() { format!("in {netns}") } else { format!("on {}", acted_on(&names)) };
-        inform!("unblocked {net} {on} ({manual} manual, {automatic} automatic)");
+        inform!("unblocked {net} {on} ({manual} manual, {automatic} automatic, {crowdsec} CrowdSec)");
         audit(&interfaces, std::slice::from_ref(net), EventType::Unblocked, |record| {
-            record.reason = Some(format!("lifted {manual} manual and {automatic} automatic blocks"));
+            record.reason =
+                Some(format!("lifted {manual} manual, {automatic} automatic and {crowdsec} CrowdSec blocks"));
         });
         if stays {
             inform!("{net} was blocked on every attachment there: it stays blocked on the others");
@@ -190,7 +231,7 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
     for net in &missing {
         let in_policy = RunState::all().iter().any(|s| !s.blocklist_sources.is_empty());
         eprintln!(
-            "{net} was not blocked by hand or automatically{}",
+            "{net} was not blocked by hand, automatically or by CrowdSec{}",
             if in_policy {
                 " (if it is in a policy blocklist: edit the policy, then `portguard reload`)"
             } else {
@@ -218,7 +259,7 @@ fn audit(interfaces: &[String], nets: &[IpNet], event: EventType, details: impl 
 /// One active block as `blocks` lists it; `--json` prints these (docs/schemas/blocks.schema.json).
 #[derive(Serialize)]
 struct Row {
-    /// `manual`, `automatic` or `policy_blocklist`.
+    /// `manual`, `automatic`, `crowdsec` or `policy_blocklist`.
     origin: &'static str,
     /// The blocked network; `None` for a policy blocklist, counted in `entries`.
     network: Option<IpNet>,
@@ -232,6 +273,8 @@ struct Row {
     every_interface: bool,
     /// Manual blocks: the `--reason` given.
     reason: Option<String>,
+    /// CrowdSec decisions: the scenario that made the decision.
+    scenario: Option<String>,
     /// Automatic blocks: what made them (`scan`, `slow_scan`, `trap`, `rate_limit`,
     /// `connection_limit`, `recidive`), and the details.
     cause: Option<&'static str>,
@@ -260,6 +303,7 @@ impl Row {
             interfaces,
             every_interface: false,
             reason: None,
+            scenario: None,
             cause: None,
             scan_kind: None,
             distinct_ports: None,
@@ -305,6 +349,19 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
             });
         }
     }
+    for iface in &interfaces {
+        for decision in DecisionStore::load(iface)?.decisions.into_values().filter(|d| d.expires > now) {
+            rows.push(Row {
+                network: Some(decision.net),
+                shown_reason: format!("{} (origin {})", decision.scenario, decision.origin),
+                scenario: Some(decision.scenario.clone()),
+                added_at: output::rfc3339_unix(decision.added),
+                expires_at: output::rfc3339_unix(decision.expires),
+                remaining_secs: Some(decision.seconds_left(now)),
+                ..Row::new("crowdsec", vec![iface.clone()])
+            });
+        }
+    }
     for state in RunState::all().into_iter().filter(|s| interfaces.contains(&s.iface)) {
         for source in &state.blocklist_sources {
             rows.push(Row {
@@ -328,7 +385,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
         .map(|row| {
             vec![
                 match row.network {
-                    Some(net) if row.origin == "automatic" && net.prefix_len() == net.max_prefix_len() => {
+                    Some(net) if row.origin != "manual" && net.prefix_len() == net.max_prefix_len() => {
                         net.addr().to_string()
                     }
                     Some(net) => net.to_string(),

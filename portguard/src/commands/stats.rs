@@ -11,6 +11,7 @@ use std::{
 use anyhow::Result;
 use portguard::{
     blocks::{ActiveBlock, active_blocks},
+    crowdsec::PullStatus,
     durations,
     limits::{self, LimitReport},
     maps::{Counters, PinnedMaps, PortCount, top_ports},
@@ -31,6 +32,8 @@ struct Snapshot {
     blocks: Vec<ActiveBlock>,
     /// The per-source rate limits (`Err`: why they could not be read).
     limits: Result<LimitReport, String>,
+    /// `[crowdsec]`: how the loader's pulls from the LAPI go.
+    crowdsec: Option<PullStatus>,
     at: Instant,
     /// The wall clock when it was taken, for people and JSON.
     time: SystemTime,
@@ -45,6 +48,7 @@ impl Snapshot {
         };
         Ok(Self {
             limits,
+            crowdsec: PullStatus::read(iface),
             counters: maps.counters()?,
             suppressed: portguard::events::suppressed(&maps.event_budget),
             port_drops: maps.port_drops.snapshot(),
@@ -202,6 +206,9 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
             let _ = writeln!(out, "  per-source limits: unknown ({error})");
         }
     }
+    if let Some(status) = &now.crowdsec {
+        let _ = writeln!(out, "  {}", crowdsec_line(status, portguard::state::now_unix()));
+    }
     if !now.blocks.is_empty() {
         let _ = writeln!(out, "  automatic blocks ({}):", group(now.blocks.len() as u64));
         let rows: Vec<Vec<String>> = now
@@ -272,6 +279,7 @@ fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -
         "top_dropped_ports": ports,
         "auto_blocks": now.blocks,
         "rate_limits": now.limits.as_ref().ok(),
+        "crowdsec": now.crowdsec.as_ref().map(crowdsec_json),
         "rates": rates,
     })
 }
@@ -283,5 +291,61 @@ fn reason_json(reason: Reason, how: &str, packets: u64, bytes: u64) -> Value {
         "counted_as": how,
         "packets": packets,
         "bytes": bytes,
+    })
+}
+
+/// `[crowdsec]` for people: `crowdsec: 1,204 decisions from http://127.0.0.1:8080, last pull 3s ago`.
+fn crowdsec_line(status: &PullStatus, now: u64) -> String {
+    let last = match (status.age(now), status.last_success) {
+        (Some(age), Some(_)) => format!("last pull {} ago", durations::format_secs(age)),
+        _ => "no successful pull yet".to_string(),
+    };
+    let mut line = format!(
+        "crowdsec: {} from {}, {last}",
+        count(status.decisions as u64, "decision", "decisions"),
+        status.lapi
+    );
+    if status.errors > 0 {
+        line.push_str(&format!(", {} failed", count(status.errors, "pull", "pulls")));
+    }
+    if let Some(error) = &status.last_error {
+        line.push_str(&format!(
+            "; LAST PULL FAILED: {} (the decisions in force stay)",
+            portguard::printable(error)
+        ));
+    }
+    if let Some(push) = &status.push {
+        line.push_str(&format!(
+            "; pushed {} as {} ({} waiting, {} unsent, {} failed)",
+            count(push.pushed, "block", "blocks"),
+            push.machine,
+            group(push.pending),
+            group(push.unsent),
+            count(push.errors, "request", "requests")
+        ));
+        if let Some(error) = &push.last_error {
+            line.push_str(&format!("; LAST PUSH FAILED: {}", portguard::printable(error)));
+        }
+    }
+    let ignored: u64 = status.other_types.values().sum();
+    if ignored > 0 {
+        line.push_str(&format!("; {} not of type ban ignored", group(ignored)));
+    }
+    line
+}
+
+/// `[crowdsec]` in `stats --json`, in the JSON vocabulary (RFC 3339 `_at`, seconds `_secs`).
+fn crowdsec_json(status: &PullStatus) -> Value {
+    json!({
+        "lapi": status.lapi,
+        "decisions": status.decisions,
+        "errors": status.errors,
+        "last_error": status.last_error,
+        "last_success_at": status.last_success.and_then(output::rfc3339_unix),
+        "last_success_age_secs": status.age(portguard::state::now_unix()),
+        "last_attempt_at": status.last_attempt.and_then(output::rfc3339_unix),
+        "other_types": status.other_types,
+        "full_load_secs": status.full_load_ms.map(|ms| ms as f64 / 1e3),
+        "push": status.push,
     })
 }

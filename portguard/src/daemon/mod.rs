@@ -149,6 +149,10 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
         Channels { iface: iface.clone(), lines: lines.clone(), reloads: reload_tx, audits: audit_tx },
     ));
 
+    // `[crowdsec]`: its own task, so a slow LAPI holds up nothing here.
+    let crowdsec = crate::crowdsec::pull::Follower::default();
+    crowdsec.update(&iface, loader.policy.crowdsec.as_ref(), &loader.counts);
+
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -166,6 +170,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
     let mut unprotected: Option<String> = None;
     let publish = |loader: &Loader, record: &EventRecord| {
         loader.publish(record);
+        crowdsec.offer(record);
         let _ = lines.send(Arc::from(record.json()));
     };
     // What ended the loop, for the last event.
@@ -243,6 +248,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
                 if let Some(record) = record {
                     publish(&loader, &record);
                 }
+                crowdsec.update(&iface, loader.policy.crowdsec.as_ref(), &loader.counts);
                 match reply {
                     Some(reply) => {
                         let _ = reply.send(answer);
@@ -279,6 +285,8 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
         Ended::Detached { rolled_back: asked.rollback }
     };
     clients.abort();
+    drop(crowdsec);
+    let _ = std::fs::remove_file(paths::crowdsec_status(&iface));
     let _ = std::fs::remove_file(&socket_path);
     Ok((exit, loader))
 }

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod compile;
+pub mod crowdsec;
 pub mod diagnostic;
 pub mod diff;
 mod raw;
@@ -19,6 +20,7 @@ use std::{
 };
 
 pub use alerts::{Alerts, WebhookFormat};
+pub use crowdsec::CrowdSec;
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -408,6 +410,8 @@ pub struct Policy {
     pub alerts: Alerts,
     /// `[metrics] listen`: where to serve Prometheus metrics (`attach --metrics` overrides).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[crowdsec]`: the Local API whose decisions are enforced.
+    pub crowdsec: Option<CrowdSec>,
 }
 
 impl Mode {

@@ -24,6 +24,7 @@ pub struct RawPolicy {
     pub events: Option<RawEvents>,
     pub alerts: Option<RawAlerts>,
     pub metrics: Option<RawMetrics>,
+    pub crowdsec: Option<Spanned<super::crowdsec::RawCrowdSec>>,
 }
 
 #[derive(Debug, Deserialize)]

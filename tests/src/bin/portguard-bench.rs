@@ -128,6 +128,12 @@ fn bench() -> Result<String> {
         operations(&mut report, &mut targets)?;
         timings.push(("operations", t0.elapsed()));
     }
+    if wanted("crowdsec") {
+        eprintln!("== CrowdSec: 100,000 decisions at startup");
+        let t0 = Instant::now();
+        crowdsec(&mut report, &mut targets)?;
+        timings.push(("crowdsec", t0.elapsed()));
+    }
     writeln!(report, "## 4. Targets (issue 9)\n")?;
     writeln!(report, "Computed from the numbers above; \"missed by\" is relative to the target.\n")?;
     writeln!(report, "| target | measured | bound | result |")?;
@@ -1681,6 +1687,61 @@ fn operations(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
         blocklist_memory as f64 / ipset_bytes as f64,
         2.0,
         "x",
+    ));
+    Ok(())
+}
+
+/// A real CrowdSec LAPI holding 100,000 ban decisions (`cscli decisions import`), and a loader
+/// that follows it from attach: how long its first pull takes (the LAPI's answer, reading it,
+/// saving it, the kernel table), and from the attach command to the last decision dropping.
+fn crowdsec(report: &mut String, targets: &mut Vec<Target>) -> Result<()> {
+    use portguard_tests::{crowdsec::Lapi, traffic::tcp_connects};
+    const DECISIONS: u32 = 100_000;
+    let lab = Lab::new()?;
+    let _servers = portguard_tests::traffic::Servers::start(&lab.server, &[80], &[]);
+    let lapi = Lapi::start(&lab.server)?;
+    lapi.import_bans(Ipv4Addr::new(10, 0, 0, 0), DECISIONS - 1, "4h")?;
+    lapi.cscli(&["decisions", "add", "--ip", "192.0.2.1", "--duration", "4h"])?;
+    let policy = format!(
+        "default = \"allow\"\n[scan_detection]\naction = \"off\"\n[limits]\nmanual_blocks = 131072\n{}",
+        lapi.policy_section("10s")
+    );
+    let started = Instant::now();
+    let pg = Attached::start(&lab.server, &lab.server_if, &policy, &[])?;
+    let target = SocketAddr::new(Ipv4Addr::new(192, 0, 2, 2).into(), 80);
+    while tcp_connects(&lab.client, Some(Ipv4Addr::new(192, 0, 2, 1).into()), target) {
+        ensure!(started.elapsed() < Duration::from_secs(60), "the decisions were not enforced within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let enforced = started.elapsed();
+    let stats = pg.stats();
+    let crowdsec = &stats["crowdsec"];
+    ensure!(crowdsec["decisions"] == DECISIONS, "the loader holds {} decisions", crowdsec["decisions"]);
+    let load_ms = (crowdsec["full_load_secs"].as_f64().context("no full load recorded")? * 1e3) as u64;
+    drop(pg);
+    writeln!(report, "## CrowdSec\n")?;
+    writeln!(
+        report,
+        "A CrowdSec LAPI (Debian's 1.4.6, SQLite) holding {DECISIONS} IPv4 ban decisions, followed by a fresh attach (`[crowdsec]`, `update_every = \"10s\"`).\n"
+    )?;
+    writeln!(report, "| what | result |")?;
+    writeln!(report, "|---|---|")?;
+    writeln!(
+        report,
+        "| first pull: the LAPI's answer, reading it, saving it, filling the kernel table | {:.2} s |",
+        load_ms as f64 / 1e3
+    )?;
+    writeln!(
+        report,
+        "| from `portguard attach` starting to the last decision dropping packets | {:.2} s |",
+        enforced.as_secs_f64()
+    )?;
+    writeln!(report)?;
+    targets.push(Target::at_most(
+        "CrowdSec: 100,000 decisions loaded at startup",
+        load_ms as f64 / 1e3,
+        5.0,
+        "",
     ));
     Ok(())
 }

@@ -85,6 +85,7 @@ pub fn validate_with(
     let events = sections::events(&mut report, raw.events.as_ref());
     let alerts = super::alerts::alerts(&mut report, raw.alerts.as_ref(), path, files);
     let metrics_listen = sections::metrics_listen(&mut report, raw.metrics.as_ref());
+    let crowdsec = super::crowdsec::crowdsec(&mut report, raw.crowdsec.as_ref(), path, files);
 
     lints::check_spoofable_blocks(&mut report, &raw, &scan_detection, &trap_ports, &never_block);
     lints::check_defaults(&mut report, &raw, default, &inbound, &rules);
@@ -109,6 +110,7 @@ pub fn validate_with(
             events,
             alerts,
             metrics_listen,
+            crowdsec,
         },
         warnings: report.diagnostics,
     })
