@@ -156,8 +156,11 @@ pub enum Command {
         /// Which change (from the pending record), so a confirmed one is left alone.
         token: String,
     },
-    /// Follow the events (drops, scans, blocks) of an attachment started elsewhere.
-    #[command(after_help = "Example:\n  sudo portguard events eth0 --json | jq .")]
+    /// Follow the events (drops, scans, blocks) of an attachment started elsewhere, or read
+    /// back what its journal kept (`--since`).
+    #[command(
+        after_help = "Example:\n  sudo portguard events eth0 --json | jq .\n  sudo portguard events --since 2h"
+    )]
     Events {
         /// Interface (default: every attached interface).
         #[arg(value_parser = iface_name)]
@@ -165,6 +168,10 @@ pub enum Command {
         /// One JSON object per line (schema: docs/schemas/event.schema.json).
         #[arg(long)]
         json: bool,
+        /// Print what the journal kept since then (`2h`, or an RFC 3339 time) instead of
+        /// following; gaps in the journal are said on stderr.
+        #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
     },
     /// Validate a policy without touching the kernel; explains every error with its line.
     #[command(after_help = "Example:\n  portguard check policy.toml")]
@@ -321,6 +328,11 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
         .filter(|d| !d.is_zero() && *d <= portguard::durations::MAX)
         .ok_or_else(|| format!("`{text}` is not a number of seconds above zero (e.g. 1 or 0.5)"))
+}
+
+/// `--since`: a duration back from now or an RFC 3339 time.
+fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    portguard::journal::parse_since(text, std::time::SystemTime::now())
 }
 
 /// Durations on the command line are kept in whole seconds (blocks.json, rollback deadlines):

@@ -21,6 +21,7 @@ pub mod events;
 pub mod exit;
 pub mod files;
 pub mod hostnet;
+pub mod journal;
 pub mod judge;
 pub mod limits;
 pub mod links;

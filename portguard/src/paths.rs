@@ -99,6 +99,19 @@ pub fn active_policy(iface: &str) -> PathBuf {
     dir.join(format!("{iface}.active-policy.json"))
 }
 
+/// The journals of this namespace's attachments (`crate::journal`), one directory each.
+pub fn journal_root() -> PathBuf {
+    match Netns::current().dir() {
+        Some(netns) => state_dir().join(netns).join("journal"),
+        None => state_dir().join("journal"),
+    }
+}
+
+/// The journal of the attachment of `iface`: it outlives the attachment.
+pub fn journal_dir(iface: &str) -> PathBuf {
+    journal_root().join(iface)
+}
+
 /// A change waiting for `portguard confirm` (`--confirm-within`).
 pub fn pending_file(iface: &str) -> PathBuf {
     run_dir().join(format!("{iface}.pending.json"))

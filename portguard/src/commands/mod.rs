@@ -54,7 +54,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             portguard::attachment::guard(&iface, &token)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Events { iface, json } => events::run(iface.as_deref(), json),
+        Command::Events { iface, json, since } => events::run(iface.as_deref(), json, since),
         Command::Verify { policy, pcap, hosts, strict, json } => {
             verify::run(&policy, &pcap, &hosts, strict, json)
         }

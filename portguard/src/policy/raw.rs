@@ -72,6 +72,8 @@ pub struct RawTrapPorts {
 pub struct RawEvents {
     pub drop_events_per_second: Option<Spanned<i64>>,
     pub ring_buffer_kib: Option<Spanned<i64>>,
+    pub journal_kib: Option<Spanned<i64>>,
+    pub journal_file_kib: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
