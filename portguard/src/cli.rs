@@ -173,6 +173,22 @@ pub enum Command {
         #[arg(long, value_name = "WHEN", value_parser = parse_since)]
         since: Option<std::time::SystemTime>,
     },
+    /// What happened, from the journal: timeline, top sources and ports, blocks, changes.
+    #[command(after_help = "Example:\n  sudo portguard report --since 24h --html report.html")]
+    Report {
+        /// Interface (default: every interface with a journal in this namespace).
+        #[arg(value_parser = iface_name)]
+        iface: Option<String>,
+        /// The window's start: a duration back from now (`24h`) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN", value_parser = parse_since, default_value = "24h")]
+        since: std::time::SystemTime,
+        /// Also write the report as a self-contained HTML page.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a policy without touching the kernel; explains every error with its line.
     #[command(after_help = "Example:\n  portguard check policy.toml")]
     Check {
@@ -293,7 +309,8 @@ impl Command {
             | Self::Verify { json, .. }
             | Self::Status { json }
             | Self::Stats { json, .. }
-            | Self::Doctor { json, .. } => *json,
+            | Self::Doctor { json, .. }
+            | Self::Report { json, .. } => *json,
             Self::Reload { .. }
             | Self::Confirm { .. }
             | Self::Block { .. }

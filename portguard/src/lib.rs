@@ -33,6 +33,7 @@ pub mod netns;
 pub mod output;
 pub mod paths;
 pub mod policy;
+pub mod report;
 pub mod runtime;
 pub mod safety;
 pub mod services;

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-pub use read::{Gap, Reading, journals, read, read_dir};
+pub use read::{Gap, GapKind, Reading, journals, read, read_dir};
 pub use store::{Store, append_directly};
 pub use writer::Journal;
 
