@@ -273,7 +273,15 @@ pub fn attach(options: &AttachOptions) -> Result<Attached> {
     if let Some(program) = &policy.alerts.exec {
         say(&format!("alerts: run {program}"));
     }
+    let journal = match crate::journal::Journal::open(iface, crate::journal::Limits::of(&policy.events)) {
+        Ok(journal) => Some(journal),
+        Err(error) => {
+            eprintln!("portguard: warning: events are NOT journaled: {error:#}");
+            None
+        }
+    };
     let loader = Loader {
+        journal,
         ebpf,
         xdp_choice: options.xdp_mode,
         metrics,

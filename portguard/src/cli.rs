@@ -156,13 +156,36 @@ pub enum Command {
         /// Which change (from the pending record), so a confirmed one is left alone.
         token: String,
     },
-    /// Follow the events (drops, scans, blocks) of an attachment started elsewhere.
-    #[command(after_help = "Example:\n  sudo portguard events eth0 --json | jq .")]
+    /// Follow the events (drops, scans, blocks) of an attachment started elsewhere, or read
+    /// back what its journal kept (`--since`).
+    #[command(
+        after_help = "Example:\n  sudo portguard events eth0 --json | jq .\n  sudo portguard events --since 2h"
+    )]
     Events {
         /// Interface (default: every attached interface).
         #[arg(value_parser = iface_name)]
         iface: Option<String>,
         /// One JSON object per line (schema: docs/schemas/event.schema.json).
+        #[arg(long)]
+        json: bool,
+        /// Print what the journal kept since then (`2h`, or an RFC 3339 time) instead of
+        /// following; gaps in the journal are said on stderr.
+        #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
+    },
+    /// What happened, from the journal: timeline, top sources and ports, blocks, changes.
+    #[command(after_help = "Example:\n  sudo portguard report --since 24h --html report.html")]
+    Report {
+        /// Interface (default: every interface with a journal in this namespace).
+        #[arg(value_parser = iface_name)]
+        iface: Option<String>,
+        /// The window's start: a duration back from now (`24h`) or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN", value_parser = parse_since, default_value = "24h")]
+        since: std::time::SystemTime,
+        /// Also write the report as a self-contained HTML page.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -286,7 +309,8 @@ impl Command {
             | Self::Verify { json, .. }
             | Self::Status { json }
             | Self::Stats { json, .. }
-            | Self::Doctor { json, .. } => *json,
+            | Self::Doctor { json, .. }
+            | Self::Report { json, .. } => *json,
             Self::Reload { .. }
             | Self::Confirm { .. }
             | Self::Block { .. }
@@ -321,6 +345,11 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
         .filter(|d| !d.is_zero() && *d <= portguard::durations::MAX)
         .ok_or_else(|| format!("`{text}` is not a number of seconds above zero (e.g. 1 or 0.5)"))
+}
+
+/// `--since`: a duration back from now or an RFC 3339 time.
+fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    portguard::journal::parse_since(text, std::time::SystemTime::now())
 }
 
 /// Durations on the command line are kept in whole seconds (blocks.json, rollback deadlines):

@@ -107,14 +107,20 @@ pub async fn request(iface: &str, request: &Request) -> Result<Reply> {
 }
 
 /// Hands the loader of each of `interfaces` that runs an audit record of what this command
-/// did (the loader prints it, sends it to the alert sinks and counts it). Best effort: the
-/// change is made either way, so a loader that cannot be reached is only warned about.
+/// did (the loader prints it, sends it to the alert sinks, counts it and journals it); where
+/// none runs, appends it to the journal itself. Best effort: the change is made either way, so
+/// a loader that cannot be reached is only warned about.
 pub fn tell_loaders(interfaces: &[String], record: &EventRecord) {
     let Ok(runtime) = crate::runtime::new() else {
         return;
     };
     for iface in interfaces {
         if !crate::state::loader_running(iface) {
+            // No loader to tell: into the journal it left, so the change is on record.
+            let record = EventRecord { interface: iface.clone(), ..record.clone() };
+            if let Err(error) = crate::journal::append_directly(iface, &record) {
+                eprintln!("warning: this is not in the journal of {iface}: {error:#}");
+            }
             continue;
         }
         let request = Request::Audit(AuditRequest {

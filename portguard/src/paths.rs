@@ -113,6 +113,19 @@ pub fn crowdsec_status(iface: &str) -> PathBuf {
     run_dir().join(format!("{iface}.crowdsec-status.json"))
 }
 
+/// The journals of this namespace's attachments (`crate::journal`), one directory each.
+pub fn journal_root() -> PathBuf {
+    match Netns::current().dir() {
+        Some(netns) => state_dir().join(netns).join("journal"),
+        None => state_dir().join("journal"),
+    }
+}
+
+/// The journal of the attachment of `iface`: it outlives the attachment.
+pub fn journal_dir(iface: &str) -> PathBuf {
+    journal_root().join(iface)
+}
+
 /// A change waiting for `portguard confirm` (`--confirm-within`).
 pub fn pending_file(iface: &str) -> PathBuf {
     run_dir().join(format!("{iface}.pending.json"))

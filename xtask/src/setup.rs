@@ -10,8 +10,9 @@ const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev
 /// Debian packages the tests and the demo drive: iproute2, ethtool, bpftool, nmap, nsenter
 /// from util-linux, tcpdump, dumpcap and editcap from wireshark-common (pcapng captures for
 /// `verify`), promtool from prometheus to lint the metrics, systemd-analyze to check the unit,
-/// openssl to check webhook signatures independently, script from bsdutils for a pty. (CrowdSec,
-/// for `lab_crowdsec`, is installed by `crowdsec` below: it needs a file in place first.)
+/// openssl to check webhook signatures independently, script from bsdutils for a pty,
+/// chromium to render `report --html` headless. (CrowdSec, for `lab_crowdsec`, is installed
+/// by `crowdsec` below: it needs a file in place first.)
 /// `cargo xtask dist` does not install them on a production host.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
@@ -25,6 +26,7 @@ const TEST_PACKAGES: &[&str] = &[
     "systemd",
     "openssl",
     "bsdutils",
+    "chromium",
 ];
 
 /// Debian packages to build the release artifacts: musl-gcc for the static binary (ring's C and

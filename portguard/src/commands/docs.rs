@@ -65,7 +65,10 @@ fn main_page_extra(see_also: &[String]) -> Roff {
             "/etc/portguard/IFACE.env",
             "optional: POLICY=... (another policy file) and PORTGUARD_ARGS=... for that instance",
         ),
-        (paths::STATE_DIR, "manual blocks (blocks.json) and the policies in force"),
+        (
+            paths::STATE_DIR,
+            "manual blocks (blocks.json), the policies in force and the event journals (journal/IFACE/)",
+        ),
         (paths::RUN_DIR, "the loaders' run files and event sockets"),
         (paths::PIN_ROOT, "the pinned programs, maps and links of each attachment"),
         ("/usr/share/doc/portguard/examples/", "example policies (as packaged)"),
@@ -172,6 +175,6 @@ mod tests {
                 "{file}: internal verbs"
             );
         }
-        assert_eq!(written.len(), 1 + 13 + 3, "{written:#?}");
+        assert_eq!(written.len(), 1 + 14 + 3, "{written:#?}");
     }
 }

@@ -9,6 +9,7 @@ mod docs;
 mod doctor;
 mod events;
 mod reload;
+mod report;
 mod stats;
 mod status;
 mod verify;
@@ -54,7 +55,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             portguard::attachment::guard(&iface, &token)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Events { iface, json } => events::run(iface.as_deref(), json),
+        Command::Events { iface, json, since } => events::run(iface.as_deref(), json, since),
+        Command::Report { iface, since, html, json } => {
+            report::run(iface.as_deref(), since, html.as_deref(), json)
+        }
         Command::Verify { policy, pcap, hosts, strict, json } => {
             verify::run(&policy, &pcap, &hosts, strict, json)
         }

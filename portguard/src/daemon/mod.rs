@@ -64,6 +64,8 @@ pub struct Loader {
     pub policy: Arc<Policy>,
     pub strict: bool,
     pub output: Output,
+    /// Where every published event is kept (`None`: it could not be opened; said at attach).
+    pub journal: Option<crate::journal::Journal>,
 }
 
 impl Loader {
@@ -78,6 +80,9 @@ impl Loader {
     /// `run` also streams them to `events` clients).
     pub fn publish(&self, record: &EventRecord) {
         self.output.print(record);
+        if let Some(journal) = &self.journal {
+            journal.record(record);
+        }
         {
             let mut counts = lock(&self.counts);
             // The mode that judged it: the kernel's word for its events, the policy's for ours.
@@ -284,6 +289,16 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
         }
         Ended::Detached { rolled_back: asked.rollback }
     };
+    if let Some(mut journal) = loader.journal.take() {
+        journal.close(&match exit {
+            Ended::Left => "the loader stopped; enforcement stays pinned, its events are not journaled \
+                            until a loader runs again"
+                .to_string(),
+            Ended::Detached { .. } => {
+                "the loader detached: nothing is enforced until the next attach".to_string()
+            }
+        });
+    }
     clients.abort();
     drop(crowdsec);
     let _ = std::fs::remove_file(paths::crowdsec_status(&iface));

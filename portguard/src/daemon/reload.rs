@@ -102,6 +102,9 @@ fn take_over(
     // The old generation's programs and policy maps go with it.
     loader.ebpf = ebpf;
     loader.grants = Grants::of(&loaded.policy);
+    if let Some(journal) = &loader.journal {
+        journal.set_limits(crate::journal::Limits::of(&loaded.policy.events));
+    }
     lock(&loader.counts).last_load = now_unix();
     if let Some(metrics) = metrics {
         metrics.set_policy(&loaded.policy);

@@ -366,11 +366,15 @@ pub struct Events {
     pub drop_events_per_second: u32,
     /// Size of the kernel's event ring buffer.
     pub ring_buffer_kib: u32,
+    /// The journal's files together (`crate::journal`); 0: no journal.
+    pub journal_kib: u32,
+    /// One journal file, rotated when it reaches this size.
+    pub journal_file_kib: u32,
 }
 
 impl Default for Events {
     fn default() -> Self {
-        Self { drop_events_per_second: 20, ring_buffer_kib: 256 }
+        Self { drop_events_per_second: 20, ring_buffer_kib: 256, journal_kib: 65536, journal_file_kib: 8192 }
     }
 }
 

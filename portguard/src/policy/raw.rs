@@ -84,6 +84,8 @@ pub struct RawBruteForce {
 pub struct RawEvents {
     pub drop_events_per_second: Option<Spanned<i64>>,
     pub ring_buffer_kib: Option<Spanned<i64>>,
+    pub journal_kib: Option<Spanned<i64>>,
+    pub journal_file_kib: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -491,7 +491,35 @@ pub(super) fn events(report: &mut Reporter, raw: Option<&RawEvents>) -> Events {
             None => {}
         }
     }
+    journal(report, raw, &mut events);
     events
+}
+
+/// `journal_kib` and `journal_file_kib`: the total must hold the file being written and at
+/// least one rotated one, or be 0 (no journal).
+fn journal(report: &mut Reporter, raw: &RawEvents, events: &mut Events) {
+    if let Some(value) = &raw.journal_file_kib {
+        events.journal_file_kib =
+            integer_in(report, value, "journal_file_kib", 16..=1_048_576).unwrap_or(events.journal_file_kib);
+    }
+    if let Some(value) = &raw.journal_kib {
+        if let Some(kib) = integer_in(report, value, "journal_kib", 0..=16_777_216) {
+            events.journal_kib = kib;
+        }
+    }
+    let total = events.journal_kib;
+    // The defaults fit: only a value written in the policy can be pointed at.
+    let written = raw.journal_kib.as_ref().or(raw.journal_file_kib.as_ref());
+    if let Some(value) = written.filter(|_| total != 0 && total / 2 < events.journal_file_kib) {
+        report.error_at(
+            value.span(),
+            format!(
+                "journal_kib = {total} must be 0 (no journal) or at least twice journal_file_kib ({}): \
+                 the file being written and one rotated file",
+                events.journal_file_kib
+            ),
+        );
+    }
 }
 
 pub(super) fn metrics_listen(

@@ -485,3 +485,31 @@ fn connection_caps_are_read_and_checked() {
     assert_one(&errors("[limits]\nconnections = 10\n"), "p.toml:2:15: error: connections must be between");
     assert_one(&errors("[limits]\nconnected_sources = 10\n"), "connected_sources must be between");
 }
+
+#[test]
+fn the_journal_keeps_at_least_one_rotated_file_or_none() {
+    let base = "[[allow]]\nproto = \"tcp\"\nports = [22]\n[events]\n";
+    let parsed = |extra: &str| parse(&format!("{base}{extra}"), Path::new("p.toml"), LoadOptions::default());
+    let defaults = parsed("").unwrap().policy.events;
+    assert_eq!((defaults.journal_kib, defaults.journal_file_kib), (65536, 8192));
+    let small = parsed("journal_kib = 256\njournal_file_kib = 64\n").unwrap().policy.events;
+    assert_eq!((small.journal_kib, small.journal_file_kib), (256, 64));
+    assert_eq!(parsed("journal_kib = 0\n").unwrap().policy.events.journal_kib, 0);
+    assert_one(
+        &errors(&format!("{base}journal_kib = 100\njournal_file_kib = 64\n")),
+        "p.toml:5:15: error: journal_kib = 100 must be 0 (no journal) or at least twice journal_file_kib (64)",
+    );
+    // The default total is too small for a file this large: the key written is named.
+    assert_one(
+        &errors(&format!("{base}journal_file_kib = 65536\n")),
+        "p.toml:5:20: error: journal_kib = 65536 must be 0 (no journal) or at least twice journal_file_kib (65536)",
+    );
+    assert_one(
+        &errors(&format!("{base}journal_file_kib = 8\n")),
+        "journal_file_kib = 8 is out of range (16-1048576)",
+    );
+    assert_one(
+        &errors(&format!("{base}journal_kib = -1\n")),
+        "journal_kib = -1 is out of range (0-16777216)",
+    );
+}
