@@ -42,7 +42,7 @@ fn row<'a>(report: &'a Value, side: &str, reason: &str) -> Option<&'a Value> {
     report[side].as_array().unwrap().iter().find(|r| r["reason"] == reason)
 }
 
-/// The rules that decided the `side` rows (`pass`, `drop`): `rule 3 "dns" (line 20)`, as the
+/// The rules that decided the `side` rows (`pass`, `drop`): `rule 3 "dns" (line 21)`, as the
 /// human report names them.
 fn rules(report: &Value, side: &str) -> Vec<String> {
     report[side]
@@ -122,13 +122,13 @@ fn a_crafted_capture_is_judged_by_rule_and_reason() {
     assert_eq!(packets(&report, "pass", "port_allowed"), 3, "443, 80 and DNS: {report}");
     let passed_by = rules(&report, "pass");
     assert!(
-        passed_by.contains(&"rule 1 \"web\" (line 7)".to_string())
-            && passed_by.contains(&"rule 3 \"dns\" (line 20)".to_string()),
+        passed_by.contains(&"rule 1 \"web\" (line 8)".to_string())
+            && passed_by.contains(&"rule 3 \"dns\" (line 21)".to_string()),
         "{report}"
     );
     let flow = row(&report, "pass", "flow").expect("the DNS reply passes as a flow");
     assert_eq!((flow["packets"].as_u64(), flow["decided_by"].as_str()), (Some(1), Some("flow_tracking")));
-    assert_eq!(rules(&report, "drop"), ["rule 4 \"legacy remote access\" (line 25)"], "{report}");
+    assert_eq!(rules(&report, "drop"), ["rule 4 \"legacy remote access\" (line 26)"], "{report}");
     let denied = row(&report, "drop", "port_denied").unwrap();
     // Objects with named fields (once `[["tcp/5900",1]]`).
     assert_eq!(denied["top_ports"], serde_json::json!([{ "protocol": "tcp", "port": 5900, "drops": 1 }]));
@@ -149,7 +149,7 @@ fn a_crafted_capture_is_judged_by_rule_and_reason() {
         &["verify", "--policy", EXAMPLE, "--pcap", pcap.to_str().unwrap(), "--host", "192.0.2.2"],
     );
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(text.contains("rule 1 \"web\" (line 7)"), "{text}");
+    assert!(text.contains("rule 1 \"web\" (line 8)"), "{text}");
     assert!(text.contains("scan: 20 distinct tcp ports refused"), "{text}");
 
     // Not a capture: a clear error.
@@ -474,8 +474,8 @@ fn tunnelled_and_linux_cooked_captures_are_judged() {
         assert!(report["outbound"].as_u64().unwrap() > 0, "{report}");
         let passed_by = rules(&report, "pass");
         assert!(
-            passed_by.contains(&"rule 1 \"web\" (line 7)".to_string())
-                && passed_by.contains(&"rule 3 \"dns\" (line 20)".to_string()),
+            passed_by.contains(&"rule 1 \"web\" (line 8)".to_string())
+                && passed_by.contains(&"rule 3 \"dns\" (line 21)".to_string()),
             "{report}"
         );
         assert!(drops_to(row(&report, "drop", "default_deny").unwrap(), "udp", 4789) > 0, "{report}");

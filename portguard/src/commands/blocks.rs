@@ -221,8 +221,12 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
         let on = if names.is_empty() { format!("in {netns}") } else { format!("on {}", acted_on(&names)) };
         inform!("unblocked {net} {on} ({manual} manual, {automatic} automatic, {crowdsec} CrowdSec)");
         audit(&interfaces, std::slice::from_ref(net), EventType::Unblocked, |record| {
-            record.reason =
-                Some(format!("lifted {manual} manual, {automatic} automatic and {crowdsec} CrowdSec blocks"));
+            // CrowdSec named only where it had a share (most hosts have no `[crowdsec]`).
+            record.reason = Some(if crowdsec == 0 {
+                format!("lifted {manual} manual and {automatic} automatic blocks")
+            } else {
+                format!("lifted {manual} manual, {automatic} automatic and {crowdsec} CrowdSec blocks")
+            });
         });
         if stays {
             inform!("{net} was blocked on every attachment there: it stays blocked on the others");
