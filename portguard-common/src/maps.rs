@@ -217,6 +217,10 @@ pub struct LimitState {
     /// Start of the window the source's refused attempts on this rule are counted in (same
     /// clock; tumbling).
     pub window_start_ns: u64,
+    /// 1: the source is in `never_block` (looked up once, when the slot is taken: a reload,
+    /// which may change the list, starts every slot afresh).
+    pub exempt: u32,
+    pub _pad: u32,
 }
 
 /// Who a `LimitState` belongs to, besides its source: the rule and the low 16 bits of the
@@ -684,7 +688,7 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
 const _: () = assert!(size_of::<PortRule>() == 4);
 const _: () = assert!(size_of::<RuleLimit>() == 32);
 const _: () = assert!(size_of::<ConnKey>() == 24);
-const _: () = assert!(size_of::<LimitState>() == 40);
+const _: () = assert!(size_of::<LimitState>() == 48);
 const _: () = assert!(size_of::<Offender>() == 16);
 const _: () = assert!(size_of::<SrcAllowKey>() == 20);
 const _: () = assert!(size_of::<Bl6Key>() == 24);

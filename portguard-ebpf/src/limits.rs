@@ -62,7 +62,9 @@ pub fn over_rate(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) ->
         if (*state).source != source || (*state).owner != owner {
             // A source new to this rule (or whose slot another took over): a full burst, less
             // this attempt.
-            *state = LimitState { source, owner, tat_ns: now + limit.interval_ns, ..Default::default() };
+            let exempt = blocks::exempt(cfg, subject.src) as u32;
+            *state =
+                LimitState { source, owner, tat_ns: now + limit.interval_ns, exempt, ..Default::default() };
             return ADMITTED;
         }
     }
@@ -74,7 +76,8 @@ pub fn over_rate(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) ->
         unsafe { (*state).tat_ns = start + limit.interval_ns };
         return ADMITTED;
     }
-    if blocks::exempt(cfg, subject.src) {
+    // From the slot: a flood's source is refused without a trie lookup per packet.
+    if unsafe { (*state).exempt } != 0 {
         return ADMITTED;
     }
     if let Some(count) = PG_RULE_LIMITED.get_ptr_mut(limit.slot) {
@@ -101,6 +104,7 @@ pub fn cap_refused(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) 
     // SAFETY: a slot of the map (see `over_rate`).
     unsafe {
         if (*state).source != source || (*state).owner != owner {
+            // `conns::at_cap` refused the attempt: the source is not exempt.
             *state = LimitState { source, owner, ..Default::default() };
         }
     }
@@ -117,18 +121,21 @@ fn refused(subject: &Subject, rule: u16, state: *mut LimitState, cause: u8, cfg:
     // SAFETY: a value of the map; CPUs racing on one source's window may lose a count.
     let state = unsafe { &mut *state };
     let window = if cfg.has(FLAG_BRUTE_FORCE) { cfg.brute_force_window_ns } else { DEFAULT_WINDOW_NS };
-    if now.wrapping_sub(state.window_start_ns) >= window {
+    let new_window = now.wrapping_sub(state.window_start_ns) >= window;
+    if new_window {
         state.window_start_ns = now;
         state.refused = 0;
     }
-    state.refused += 1;
-    if cfg.has(FLAG_BRUTE_FORCE) && state.refused >= cfg.brute_force_after {
-        if escalate(subject, cause, state.refused, now, cfg) {
+    // Only `[brute_force]` needs the count. Without it a flooding source's slot is written
+    // once a window, not once a packet: two CPUs writing one cache line pass it back and forth.
+    if cfg.has(FLAG_BRUTE_FORCE) {
+        state.refused += 1;
+        if state.refused >= cfg.brute_force_after && escalate(subject, cause, state.refused, now, cfg) {
             state.refused = 0;
             return BLOCKED_NOW;
         }
     }
-    if state.refused == 1 && events::drop_event_allowed() {
+    if new_window && events::drop_event_allowed() {
         if let Some(details) = events::draft() {
             details.reason = cause;
             details.count = u32::from(rule);
