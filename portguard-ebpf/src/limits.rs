@@ -47,13 +47,7 @@ pub fn over_rate(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) ->
     if limit.interval_ns == 0 {
         return ADMITTED;
     }
-    let Some(runtime) = PG_RUNTIME.get(RUNTIME_USER) else {
-        return ADMITTED;
-    };
-    let source = blocks::source_words(&packet.src, packet.is_v6, cfg);
-    let owner = limit_owner(rule, cfg.generation);
-    let slot = hash::limit(&runtime.scan_key, source, owner) as u32 & cfg.limit_slot_mask;
-    let Some(state) = PG_LIMITS.get_ptr_mut(slot) else {
+    let Some(Budget { state, source, owner }) = budget(packet, rule, cfg) else {
         return ADMITTED;
     };
     let now = now_ns();
@@ -92,13 +86,7 @@ pub fn over_rate(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) ->
 /// with a full rate budget if another source held it), and reported and escalated alike.
 #[inline(always)]
 pub fn cap_refused(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) -> u32 {
-    let Some(runtime) = PG_RUNTIME.get(RUNTIME_USER) else {
-        return REFUSED;
-    };
-    let source = blocks::source_words(&packet.src, packet.is_v6, cfg);
-    let owner = limit_owner(rule, cfg.generation);
-    let slot = hash::limit(&runtime.scan_key, source, owner) as u32 & cfg.limit_slot_mask;
-    let Some(state) = PG_LIMITS.get_ptr_mut(slot) else {
+    let Some(Budget { state, source, owner }) = budget(packet, rule, cfg) else {
         return REFUSED;
     };
     // SAFETY: a slot of the map (see `over_rate`).
@@ -109,6 +97,23 @@ pub fn cap_refused(packet: &Packet, subject: &Subject, rule: u16, cfg: &Config) 
         }
     }
     refused(subject, rule, state, CAUSE_CONNECTION_LIMIT, cfg)
+}
+
+/// The slot of `PG_LIMITS` that (source network, rule) hashes to, with who should own it.
+struct Budget {
+    state: *mut LimitState,
+    source: [u64; 2],
+    owner: u32,
+}
+
+#[inline(always)]
+fn budget(packet: &Packet, rule: u16, cfg: &Config) -> Option<Budget> {
+    let runtime = PG_RUNTIME.get(RUNTIME_USER)?;
+    let source = blocks::source_words(&packet.src, packet.is_v6, cfg);
+    let owner = limit_owner(rule, cfg.generation);
+    let slot = hash::limit(&runtime.scan_key, source, owner) as u32 & cfg.limit_slot_mask;
+    let state = PG_LIMITS.get_ptr_mut(slot)?;
+    Some(Budget { state, source, owner })
 }
 
 /// An attempt a limit refused (`cause`: which one), counted in the source's window on the
