@@ -58,17 +58,8 @@ impl Store {
     }
 
     fn save_limits(&self) -> Result<()> {
-        let path = self.dir.join(LIMITS);
-        let temporary = self.dir.join(format!("{LIMITS}.tmp"));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .with_context(|| format!("writing {}", temporary.display()))?;
-        file.write_all(serde_json::to_string(&self.limits)?.as_bytes())?;
-        fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
+        let text = serde_json::to_string(&self.limits)?;
+        crate::state::write_atomically(&self.dir.join(LIMITS), text.as_bytes())
     }
 
     /// Appends `text` (whole lines), rotating the file whenever it reaches `file_bytes` (files
