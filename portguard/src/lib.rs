@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod attachment;
 pub mod auto_filter;
+pub mod baseline;
 pub mod blocks;
 pub mod budget;
 pub mod capture;

@@ -45,6 +45,9 @@ pub enum EventType {
     RolledBack,
     /// The loader detached and removed its pins.
     Detached,
+    // From the loader's baselines.
+    /// A port's minute departed from its baseline (`crate::baseline`).
+    Anomaly,
     /// A type this build does not know (a newer loader's).
     #[serde(other)]
     Unknown,
@@ -52,7 +55,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type a policy can name (`[alerts] events`).
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Drop,
         Self::ScanDetected,
         Self::AutoBlocked,
@@ -69,6 +72,7 @@ impl EventType {
         Self::Confirmed,
         Self::RolledBack,
         Self::Detached,
+        Self::Anomaly,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -90,6 +94,7 @@ impl EventType {
             Self::Confirmed => "confirmed",
             Self::RolledBack => "rolled_back",
             Self::Detached => "detached",
+            Self::Anomaly => "anomaly",
             Self::Unknown => "unknown",
         }
     }
@@ -133,6 +138,7 @@ impl EventType {
                 | Self::BlockExpired
                 | Self::Unprotected
                 | Self::Reattached
+                | Self::Anomaly
         )
     }
 
@@ -170,6 +176,7 @@ impl EventType {
             Self::Confirmed => "CONFIRM",
             Self::RolledBack => "ROLLBACK",
             Self::Detached => "DETACH",
+            Self::Anomaly => "ANOMALY",
             Self::Unknown => "EVENT",
         }
     }
@@ -190,6 +197,7 @@ impl EventType {
             | Self::Unprotected
             | Self::Blocked
             | Self::RolledBack => Some(Tone::Bad),
+            Self::Anomaly => Some(Tone::Caution),
             Self::BlockExpired | Self::Reattached | Self::Unblocked | Self::Confirmed => Some(Tone::Good),
             Self::ClientLagged | Self::Reloaded | Self::Detached | Self::Unknown => None,
         }
@@ -336,6 +344,18 @@ pub struct EventRecord {
     /// `portguard confirm` runs first. Named as `status` names the same moment.
     #[serde(rename = "rollback_at", default, skip_serializing_if = "Option::is_none")]
     pub confirm_by: Option<String>,
+    /// Anomalies (`reason` names the measure): its value in the minute, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<u64>,
+    /// ... the baseline's mean for that minute, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    /// ... the least value that departs from it, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u64>,
+    /// ... and which baseline: `Mon 09:00-10:00` (that hour of earlier weeks) or `all hours`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compared_with: Option<String>,
 }
 
 /// A limit's name on a human line.
@@ -382,6 +402,10 @@ impl EventRecord {
             removed: Vec::new(),
             changed: Vec::new(),
             confirm_by: None,
+            observed: None,
+            expected: None,
+            threshold: None,
+            compared_with: None,
         }
     }
 
@@ -517,6 +541,16 @@ impl EventRecord {
                 ),
                 None => format!("{reason}: detached"),
             },
+            EventType::Anomaly => format!(
+                "{}/{}: {reason} {} per minute{}, normally {} ({}; departs above {})",
+                proto,
+                self.destination_port.unwrap_or(0),
+                crate::output::group(self.observed.unwrap_or(0)),
+                if who.is_empty() { String::new() } else { format!(" from {who}") },
+                crate::output::group(self.expected.unwrap_or(0)),
+                self.compared_with.as_deref().unwrap_or("?"),
+                crate::output::group(self.threshold.unwrap_or(0)),
+            ),
             EventType::Unknown => String::new(),
         };
         format!("{} {details}", self.event.label(monitor))

@@ -3,6 +3,7 @@
 //! command go through `load`; only the loader touches the kernel.
 
 pub mod alerts;
+pub mod anomaly;
 pub mod compile;
 pub mod crowdsec;
 pub mod diagnostic;
@@ -20,6 +21,7 @@ use std::{
 };
 
 pub use alerts::{Alerts, WebhookFormat};
+pub use anomaly::AnomalyDetection;
 pub use crowdsec::CrowdSec;
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
 use ipnet::IpNet;
@@ -416,6 +418,8 @@ pub struct Policy {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[crowdsec]`: the Local API whose decisions are enforced.
     pub crowdsec: Option<CrowdSec>,
+    /// `[anomaly]`: when a port departs from its baseline (`crate::baseline`).
+    pub anomaly: AnomalyDetection,
 }
 
 impl Mode {

@@ -25,6 +25,7 @@ pub struct RawPolicy {
     pub alerts: Option<RawAlerts>,
     pub metrics: Option<RawMetrics>,
     pub crowdsec: Option<Spanned<super::crowdsec::RawCrowdSec>>,
+    pub anomaly: Option<super::anomaly::RawAnomaly>,
 }
 
 #[derive(Debug, Deserialize)]
