@@ -92,20 +92,27 @@ pub fn blocks_lock() -> PathBuf {
 
 /// The text of the policy an attachment runs now: what a rollback returns to.
 pub fn active_policy(iface: &str) -> PathBuf {
-    let dir = match Netns::current().dir() {
-        Some(netns) => state_dir().join(netns),
-        None => state_dir(),
-    };
-    dir.join(format!("{iface}.active-policy.json"))
+    namespace_state_dir().join(format!("{iface}.active-policy.json"))
 }
 
 /// The CrowdSec decisions an attachment enforces (`[crowdsec]`), kept across loader restarts.
 pub fn crowdsec_decisions(iface: &str) -> PathBuf {
-    let dir = match Netns::current().dir() {
+    namespace_state_dir().join(format!("{iface}.crowdsec.json"))
+}
+
+/// What is normal for each port of an attachment (`crate::baseline`): it outlives the
+/// attachment, so weeks of learning survive a detach.
+pub fn baseline_file(iface: &str) -> PathBuf {
+    namespace_state_dir().join(format!("{iface}.baseline.json"))
+}
+
+/// The state directory of this namespace's attachments: another namespace's under its
+/// `net:INODE/`.
+fn namespace_state_dir() -> PathBuf {
+    match Netns::current().dir() {
         Some(netns) => state_dir().join(netns),
         None => state_dir(),
-    };
-    dir.join(format!("{iface}.crowdsec.json"))
+    }
 }
 
 /// How the loader's pulls from the CrowdSec LAPI went, for `stats`.
@@ -115,10 +122,7 @@ pub fn crowdsec_status(iface: &str) -> PathBuf {
 
 /// The journals of this namespace's attachments (`crate::journal`), one directory each.
 pub fn journal_root() -> PathBuf {
-    match Netns::current().dir() {
-        Some(netns) => state_dir().join(netns).join("journal"),
-        None => state_dir().join("journal"),
-    }
+    namespace_state_dir().join("journal")
 }
 
 /// The journal of the attachment of `iface`: it outlives the attachment.
