@@ -484,7 +484,7 @@ pub fn host_facts(ipv6_prefix: u8) -> anyhow::Result<(Vec<Listener>, Ssh)> {
             program: owners.get(&s.inode).map(crate::sockets::Owner::label),
         })
         .collect();
-    listeners.sort_by(|a, b| (a.protocol, a.port).cmp(&(b.protocol, b.port)));
+    listeners.sort_by_key(|l| (l.protocol, l.port));
     // One line per port (a socket per address family, or per address).
     listeners.dedup_by(|a, b| a.protocol == b.protocol && a.port == b.port);
     let host = crate::safety::Host::gather(crate::safety::Session::find())?;
@@ -493,4 +493,197 @@ pub fn host_facts(ipv6_prefix: u8) -> anyhow::Result<(Vec<Listener>, Ssh)> {
         Some((network_of(session.client, ipv6_prefix), port))
     });
     Ok((listeners, Ssh { ports: host.ssh_ports.iter().map(|(port, _)| *port).collect(), session }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::portstats::{PortUse, Traffic};
+
+    const T0: Duration = Duration::from_secs(1_800_000_000);
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + T0 + Duration::from_secs(secs)
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    /// Statistics where each `(protocol, port, network, connections, last seen)` made that
+    /// many connections, all admitted.
+    fn snapshot(uses: &[(Proto, u16, &str, u64, u64)]) -> Snapshot {
+        let mut ports: Vec<PortUse> = Vec::new();
+        for (protocol, port, _, connections, _) in uses {
+            let traffic =
+                Traffic { packets: *connections, bytes: 60 * connections, connections: *connections };
+            match ports.iter_mut().find(|p| p.protocol == *protocol && p.port == *port) {
+                Some(p) => {
+                    p.accepted.packets += traffic.packets;
+                    p.accepted.connections += traffic.connections;
+                }
+                None => ports.push(PortUse {
+                    protocol: *protocol,
+                    port: *port,
+                    accepted: traffic,
+                    refused: Traffic::default(),
+                }),
+            }
+        }
+        let sources: Vec<SourceUse> = uses
+            .iter()
+            .map(|(protocol, port, network, connections, last)| SourceUse {
+                protocol: *protocol,
+                port: *port,
+                network: net(network),
+                connections: *connections,
+                refused: 0,
+                bytes: 60 * connections,
+                first_seen: at(0),
+                last_seen: at(*last),
+            })
+            .collect();
+        Snapshot {
+            taken_at: at(3600),
+            since: Some(at(0)),
+            ports,
+            sources_added: sources.len() as u64,
+            sources,
+            source_capacity: 65536,
+        }
+    }
+
+    fn listening(ports: &[(Proto, u16)]) -> Vec<Listener> {
+        ports
+            .iter()
+            .map(|(protocol, port)| Listener { protocol: *protocol, port: *port, program: None })
+            .collect()
+    }
+
+    fn rule(proposal: &Proposal, protocol: Proto, port: u16) -> &ProposedRule {
+        proposal.rules.iter().find(|r| r.protocol == protocol && r.port == port).expect("a rule")
+    }
+
+    #[test]
+    fn a_port_used_from_few_networks_is_narrowed_and_one_offs_are_named() {
+        let stats = snapshot(&[
+            (Proto::Tcp, 443, "198.51.100.0/24", 40, 10),
+            (Proto::Tcp, 443, "2001:db8:1::/64", 10, 10),
+            (Proto::Tcp, 443, "203.0.113.0/24", 1, 10),
+        ]);
+        let proposal =
+            propose(&stats, &listening(&[(Proto::Tcp, 443)]), &Ssh::default(), &Options::default());
+        let web = rule(&proposal, Proto::Tcp, 443);
+        assert_eq!(web.from, Some(vec![net("198.51.100.0/24"), net("2001:db8:1::/64")]));
+        assert_eq!(web.left_out, vec![(net("203.0.113.0/24"), 1)]);
+        assert_eq!((web.connections, web.networks), (51, 3));
+        let text = render(&proposal, "eth0", &stats, &Options::default());
+        assert!(text.contains("from = [\"198.51.100.0/24\", \"2001:db8:1::/64\"]"), "{text}");
+        assert!(text.contains("left out, with fewer: 203.0.113.0/24 (1)"), "{text}");
+    }
+
+    #[test]
+    fn spread_many_or_forgotten_sources_leave_the_port_open_and_say_why() {
+        let open = |stats: &Snapshot, options: &Options| {
+            let proposal = propose(stats, &listening(&[(Proto::Tcp, 80)]), &Ssh::default(), options);
+            let web = rule(&proposal, Proto::Tcp, 80).clone();
+            assert_eq!(web.from, None);
+            (web.open_because, proposal.caveats)
+        };
+        // Many one-off visitors: a public service.
+        let spread = snapshot(&[
+            (Proto::Tcp, 80, "198.51.100.0/24", 10, 1),
+            (Proto::Tcp, 80, "203.0.113.0/24", 2, 1),
+            (Proto::Tcp, 80, "192.0.2.0/24", 2, 1),
+        ]);
+        assert_eq!(open(&spread, &Options::default()).0, Some(OpenBecause::Spread));
+        // More regular networks than --max-networks.
+        let options = Options { max_networks: 1, ..Options::default() };
+        let two =
+            snapshot(&[(Proto::Tcp, 80, "198.51.100.0/24", 10, 1), (Proto::Tcp, 80, "192.0.2.0/24", 10, 1)]);
+        assert_eq!(open(&two, &options).0, Some(OpenBecause::ManyNetworks));
+        // The source table lost entries: the networks seen may not be all.
+        let mut forgot = snapshot(&[(Proto::Tcp, 80, "198.51.100.0/24", 10, 1)]);
+        forgot.sources_added = 70_000;
+        let (why, caveats) = open(&forgot, &Options::default());
+        assert_eq!(why, Some(OpenBecause::SourcesForgotten));
+        assert!(caveats.iter().any(|c| c.contains("forgot 69999")), "{caveats:?}");
+    }
+
+    #[test]
+    fn ports_without_a_listener_or_real_use_stay_closed_and_idle_listeners_are_named() {
+        let stats =
+            snapshot(&[(Proto::Tcp, 23, "203.0.113.0/24", 5, 1), (Proto::Udp, 161, "203.0.113.0/24", 2, 1)]);
+        let listeners = listening(&[(Proto::Udp, 161), (Proto::Tcp, 3306)]);
+        let proposal = propose(&stats, &listeners, &Ssh::default(), &Options::default());
+        assert!(proposal.rules.is_empty(), "{proposal:?}");
+        assert_eq!(proposal.probed.len(), 1);
+        assert_eq!((proposal.probed[0].port, proposal.probed[0].listening), (23, false));
+        assert_eq!((proposal.little_used[0].port, proposal.little_used[0].connections), (161, 2));
+        assert_eq!(proposal.unused, listening(&[(Proto::Tcp, 3306)]));
+    }
+
+    #[test]
+    fn ssh_is_always_proposed_with_the_session_network() {
+        let ssh = Ssh { ports: vec![22], session: Some((net("198.51.100.0/24"), 22)) };
+        // Unused: open to the session's network.
+        let quiet = snapshot(&[]);
+        let proposal = propose(&quiet, &listening(&[(Proto::Tcp, 22)]), &ssh, &Options::default());
+        let rule22 = rule(&proposal, Proto::Tcp, 22);
+        assert_eq!((rule22.from.clone(), rule22.keeps_session), (Some(vec![net("198.51.100.0/24")]), true));
+        // Used from elsewhere too: both.
+        let used = snapshot(&[(Proto::Tcp, 22, "192.0.2.0/24", 30, 1)]);
+        let proposal = propose(&used, &[], &ssh, &Options::default());
+        assert_eq!(
+            rule(&proposal, Proto::Tcp, 22).from,
+            Some(vec![net("192.0.2.0/24"), net("198.51.100.0/24")])
+        );
+        // No session, no known network: open to everyone, never closed.
+        let proposal = propose(&quiet, &[], &Ssh { ports: vec![22], session: None }, &Options::default());
+        let rule22 = rule(&proposal, Proto::Tcp, 22);
+        assert_eq!((rule22.from.clone(), rule22.open_because.clone()), (None, Some(OpenBecause::NoSources)));
+    }
+
+    #[test]
+    fn since_keeps_the_networks_seen_since_and_says_what_it_cannot_filter() {
+        let stats = snapshot(&[
+            (Proto::Tcp, 80, "198.51.100.0/24", 10, 3000),
+            (Proto::Tcp, 80, "192.0.2.0/24", 50, 100),
+            (Proto::Tcp, 8080, "192.0.2.0/24", 50, 100),
+        ]);
+        let options = Options { since: Some(at(2000)), ..Options::default() };
+        let listeners = listening(&[(Proto::Tcp, 80), (Proto::Tcp, 8080)]);
+        let proposal = propose(&stats, &listeners, &Ssh::default(), &options);
+        let web = rule(&proposal, Proto::Tcp, 80);
+        assert_eq!((web.from.clone(), web.connections), (Some(vec![net("198.51.100.0/24")]), 10));
+        assert!(proposal.rules.iter().all(|r| r.port != 8080), "8080 was not used since: {proposal:?}");
+        assert!(proposal.caveats.iter().any(|c| c.contains("the counts are not kept by time")));
+    }
+
+    #[test]
+    fn the_rendering_is_a_policy_check_accepts_without_warnings() {
+        let stats = snapshot(&[
+            (Proto::Tcp, 22, "192.0.2.0/24", 30, 1),
+            (Proto::Tcp, 443, "198.51.100.0/24", 40, 1),
+            (Proto::Udp, 53, "2001:db8:1::/64", 12, 1),
+            (Proto::Tcp, 23, "203.0.113.0/24", 1, 1),
+        ]);
+        let listeners = listening(&[(Proto::Tcp, 443), (Proto::Udp, 53), (Proto::Tcp, 3306)]);
+        let ssh = Ssh { ports: vec![22], session: None };
+        let text = render(
+            &propose(&stats, &listeners, &ssh, &Options::default()),
+            "eth0",
+            &stats,
+            &Options::default(),
+        );
+        let loaded = crate::policy::parse(
+            &text,
+            std::path::Path::new("proposed.toml"),
+            crate::policy::LoadOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        assert!(loaded.warnings.is_empty(), "{:?}\n{text}", loaded.warnings);
+        assert_eq!(loaded.policy.rules.len(), 3, "{text}");
+        assert!(loaded.policy.rules.iter().all(|r| r.from.is_some()), "{text}");
+    }
 }

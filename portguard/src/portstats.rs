@@ -165,9 +165,9 @@ impl PortStatsMaps {
     /// The maps of a loaded object, opened again by id (as another process would).
     pub fn of(ebpf: &Ebpf) -> Result<Self> {
         let reopen = |name: &str| -> Result<Map> {
-            let data = match ebpf.map(name) {
-                Some(Map::Array(data) | Map::LruHashMap(data) | Map::PerCpuArray(data)) => data,
-                _ => bail!("the kernel object has no map `{name}`"),
+            let Some(Map::Array(data) | Map::LruHashMap(data) | Map::PerCpuArray(data)) = ebpf.map(name)
+            else {
+                bail!("the kernel object has no map `{name}`")
             };
             Ok(Map::from_map_data(MapData::from_id(data.info()?.id())?)?)
         };
@@ -221,7 +221,7 @@ impl PortStatsMaps {
             })
             .collect();
         let mut sources = Vec::new();
-        for entry in self.sources.iter() {
+        for entry in &self.sources {
             // An entry the LRU removed while we walked the table: skip it.
             let Ok((key, value)) = entry else { continue };
             let Some(protocol) = Proto::from_number(key.proto) else { continue };
