@@ -229,6 +229,9 @@ pub struct Limits {
     /// Open connections counted against caps, over every source; when full, a new
     /// connection is not counted (fails open, counted).
     pub connections: u32,
+    /// (port, source network) pairs the per-port statistics keep (LRU: the least recently
+    /// seen are forgotten, and `learn` says so).
+    pub port_sources: u32,
     /// Automatic blocks (scans, trap ports) the packet path may add per second; the rest are
     /// counted as not admitted. Bounds what a flood of forged sources can do to the table.
     pub new_blocks_per_second: u32,
@@ -246,6 +249,7 @@ impl Default for Limits {
             limited_sources: 65536,
             connected_sources: 65536,
             connections: 65536,
+            port_sources: 65536,
             new_blocks_per_second: 200,
         }
     }

@@ -145,5 +145,6 @@ pub struct RawLimits {
     pub limited_sources: Option<Spanned<i64>>,
     pub connected_sources: Option<Spanned<i64>>,
     pub connections: Option<Spanned<i64>>,
+    pub port_sources: Option<Spanned<i64>>,
     pub new_blocks_per_second: Option<Spanned<i64>>,
 }
