@@ -2,16 +2,17 @@
 //! UDP port, admitted and refused, and who opens connections to it.
 //!
 //! Per packet: one entry of this CPU's copy of the port table (an array read, no hash), three
-//! adds. Per new connection (a TCP SYN without ACK, a UDP datagram) also a lookup in the
-//! source table, a call of its own. Sources dropped for who they are (blocklist, manual and
-//! automatic blocks) cost nothing here: they never reached the port policy.
+//! adds. Per new connection (a TCP SYN without ACK, a UDP datagram) admitted, or refused while
+//! the policy only monitors, also a lookup in the source table, a call of its own. Sources
+//! dropped for who they are (blocklist, manual and automatic blocks) cost nothing here: they
+//! never reached the port policy.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_get_smp_processor_id};
 use portguard_common::{
     Config, Reason,
-    config::FLAG_PORT_DROPS_PER_CPU,
+    config::{FLAG_MONITOR, FLAG_PORT_DROPS_PER_CPU},
     maps::{
         PORT_SOURCE_V4_PREFIX, PORT_TABLE_LEN, PROTO_TCP, PROTO_UDP, PortSource, PortSourceKey, PortTraffic,
     },
@@ -43,7 +44,10 @@ pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) {
         let traffic = unsafe { if refused { &mut (*entry).refused } else { &mut (*entry).accepted } };
         add(traffic, frame_len as u64, new_connection as u64, cfg);
     }
-    if new_connection {
+    // Refused attempts are summarised by source only while the policy monitors (what would a
+    // deny policy break?): under enforcement a flood of them would pay a hash lookup, and an
+    // insert per forged source, on the path that must drop at line rate.
+    if new_connection && (!refused || cfg.has(FLAG_MONITOR)) {
         record_source(verdict.port_index, refused as u64, frame_len as u64, cfg);
     }
 }
