@@ -43,6 +43,8 @@ pub struct LoaderCounts {
     pub last_load: u64,
     /// How the pulls from the CrowdSec LAPI go (`[crowdsec]`).
     pub crowdsec: Option<crate::crowdsec::PullStatus>,
+    /// What the per-port baselines know (`[anomaly]`).
+    pub baseline: Option<crate::baseline::Summary>,
 }
 
 /// What a scrape of one attachment reads.
@@ -161,6 +163,43 @@ impl<'a> Family<'a> {
         registry.register(Box::new(vec))?;
         Ok(())
     }
+}
+
+/// `[anomaly]`: how much the baselines have seen, and the anomalies held back (those reported
+/// are in `portguard_events_total{event="anomaly"}`).
+fn baseline_families(registry: &Registry, iface: &str, known: &crate::baseline::Summary) -> Result<()> {
+    Family::new("baseline_minutes_observed", "Minutes the per-port baselines have learned.", iface)
+        .row(&[], known.minutes_observed)
+        .gauge(registry)?;
+    Family::new(
+        "baseline_warming_up",
+        "1 while the baselines have seen less than [anomaly] warm_up: no anomaly is reported yet.",
+        iface,
+    )
+    .row(&[], u64::from(known.warming_up))
+    .gauge(registry)?;
+    Family::new(
+        "baseline_ports",
+        "Ports with a baseline of their own (tracked), and ports past [anomaly] max_ports (untracked, judged against silence).",
+        iface,
+    )
+    .row(&[("state", "tracked")], known.ports_tracked as u64)
+    .row(&[("state", "untracked")], known.ports_untracked)
+    .gauge(registry)?;
+    Family::new(
+        "anomalies_held_back",
+        "Anomalies not reported because the same port and measure was reported within [anomaly] alert_every.",
+        iface,
+    )
+    .row(&[], known.anomalies_quiet)
+    .counter(registry)?;
+    Family::new(
+        "baseline_read_failing",
+        "1 when the last minute's per-port statistics could not be read.",
+        iface,
+    )
+    .row(&[], u64::from(known.error.is_some()))
+    .gauge(registry)
 }
 
 /// `[crowdsec]`: the decisions in force and how the pulls from the LAPI go.
@@ -426,6 +465,9 @@ pub fn render(source: &Source) -> Result<String> {
     }
     if let Some(status) = &counts.crowdsec {
         crowdsec_families(&registry, iface, status)?;
+    }
+    if let Some(known) = &counts.baseline {
+        baseline_families(&registry, iface, known)?;
     }
     Family::new("policy_generation", "The running policy generation (1 at attach, +1 per reload).", iface)
         .row(&[], state.as_ref().map_or(0, |s| s.generation))

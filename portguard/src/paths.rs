@@ -115,6 +115,11 @@ fn namespace_state_dir() -> PathBuf {
     }
 }
 
+/// What the loader's baselines know, for `stats`.
+pub fn baseline_status(iface: &str) -> PathBuf {
+    run_dir().join(format!("{iface}.baseline-status.json"))
+}
+
 /// How the loader's pulls from the CrowdSec LAPI went, for `stats`.
 pub fn crowdsec_status(iface: &str) -> PathBuf {
     run_dir().join(format!("{iface}.crowdsec-status.json"))

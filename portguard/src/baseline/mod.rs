@@ -13,6 +13,7 @@
 //! that suddenly gets traffic stands out. The clock is a parameter, so tests can drive weeks of
 //! minutes in milliseconds.
 
+mod follow;
 mod hour;
 
 use std::{
@@ -25,6 +26,7 @@ use anyhow::{Context, Result};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use follow::{MINUTE, Sampler, minute_between};
 pub use hour::HourOfWeek;
 
 use crate::{
@@ -234,6 +236,9 @@ pub struct Summary {
     /// Anomalies not reported because the same port and measure was reported within
     /// `alert_every`.
     pub anomalies_quiet: u64,
+    /// Why the loader could not read the last minute's statistics, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Every port's baselines, as saved under the state directory.
@@ -279,6 +284,7 @@ impl Baselines {
             warming_up: self.minutes_observed < u64::from(settings.warm_up_minutes()),
             anomalies: self.anomalies,
             anomalies_quiet: self.anomalies_quiet,
+            error: None,
         }
     }
 

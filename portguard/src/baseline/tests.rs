@@ -221,3 +221,84 @@ fn baselines_survive_a_save_and_load() {
         0
     );
 }
+
+mod between_snapshots {
+    use crate::portstats::{PortUse, Snapshot, SourceUse, Traffic};
+
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(MONDAY + secs)
+    }
+
+    fn traffic(packets: u64, bytes: u64, connections: u64) -> Traffic {
+        Traffic { packets, bytes, connections }
+    }
+
+    fn source(protocol: Proto, port: u16, network: &str, bytes: u64, last_seen: u64) -> SourceUse {
+        SourceUse {
+            protocol,
+            port,
+            network: network.parse().unwrap(),
+            connections: 1,
+            refused: 0,
+            bytes,
+            first_seen: at(0),
+            last_seen: at(last_seen),
+        }
+    }
+
+    fn snapshot(taken: u64, ports: Vec<PortUse>, sources: Vec<SourceUse>) -> Snapshot {
+        Snapshot {
+            taken_at: at(taken),
+            since: Some(at(0)),
+            ports,
+            sources,
+            source_capacity: 1024,
+            sources_added: 0,
+        }
+    }
+
+    #[test]
+    fn a_minute_is_what_grew_between_two_snapshots() {
+        let ssh = |accepted, refused| PortUse { protocol: Proto::Tcp, port: 22, accepted, refused };
+        let earlier = snapshot(
+            60,
+            vec![ssh(traffic(10, 1000, 2), Traffic::default())],
+            vec![source(Proto::Tcp, 22, "198.51.100.0/24", 100, 50)],
+        );
+        let later = snapshot(
+            120,
+            vec![
+                ssh(traffic(30, 5000, 7), traffic(5, 300, 5)),
+                PortUse {
+                    protocol: Proto::Udp,
+                    port: 53,
+                    accepted: traffic(9, 9000, 9),
+                    refused: Traffic::default(),
+                },
+            ],
+            vec![
+                // Not seen since the earlier snapshot: not a source of this minute.
+                source(Proto::Tcp, 22, "198.51.100.0/24", 100, 50),
+                source(Proto::Tcp, 22, "203.0.113.0/24", 600, 115),
+                source(Proto::Udp, 53, "198.51.101.0/24", 9000, 118),
+            ],
+        );
+        let minute = minute_between(&earlier, &later);
+        let ssh = &minute[&PortKey { proto: Proto::Tcp, port: 22 }];
+        assert_eq!((ssh.new_connections, ssh.bytes, ssh.drops, ssh.sources), (5, 4000, 5, 1));
+        assert_eq!(ssh.busiest_source, Some(("203.0.113.0/24".parse().unwrap(), 600)));
+        let dns = &minute[&DNS];
+        assert_eq!((dns.new_connections, dns.bytes, dns.sources), (9, 9000, 1));
+        assert_eq!(dns.busiest_source, Some(("198.51.101.0/24".parse().unwrap(), 9000)));
+    }
+
+    #[test]
+    fn a_source_that_sent_again_counts_only_what_it_added() {
+        let earlier = snapshot(60, vec![], vec![source(Proto::Udp, 53, "198.51.100.0/24", 5000, 59)]);
+        let later = snapshot(120, vec![], vec![source(Proto::Udp, 53, "198.51.100.0/24", 5600, 110)]);
+        let minute = minute_between(&earlier, &later);
+        assert_eq!(minute[&DNS].busiest_source, Some(("198.51.100.0/24".parse().unwrap(), 600)));
+    }
+}

@@ -34,6 +34,8 @@ struct Snapshot {
     limits: Result<LimitReport, String>,
     /// `[crowdsec]`: how the loader's pulls from the LAPI go.
     crowdsec: Option<PullStatus>,
+    /// `[anomaly]`: what the loader's baselines know.
+    baseline: Option<portguard::baseline::Summary>,
     at: Instant,
     /// The wall clock when it was taken, for people and JSON.
     time: SystemTime,
@@ -49,6 +51,7 @@ impl Snapshot {
         Ok(Self {
             limits,
             crowdsec: PullStatus::read(iface),
+            baseline: portguard::state::read_status(&portguard::paths::baseline_status(iface)),
             counters: maps.counters()?,
             suppressed: portguard::events::suppressed(&maps.event_budget),
             port_drops: maps.port_drops.snapshot(),
@@ -206,6 +209,9 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
             let _ = writeln!(out, "  per-source limits: unknown ({error})");
         }
     }
+    if let Some(known) = &now.baseline {
+        let _ = writeln!(out, "  {}", baseline_line(known));
+    }
     if let Some(status) = &now.crowdsec {
         let _ = writeln!(out, "  {}", crowdsec_line(status, portguard::state::now_unix()));
     }
@@ -280,6 +286,7 @@ fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -
         "auto_blocks": now.blocks,
         "rate_limits": now.limits.as_ref().ok(),
         "crowdsec": now.crowdsec.as_ref().map(crowdsec_json),
+        "baselines": now.baseline,
         "rates": rates,
     })
 }
@@ -292,6 +299,31 @@ fn reason_json(reason: Reason, how: &str, packets: u64, bytes: u64) -> Value {
         "packets": packets,
         "bytes": bytes,
     })
+}
+
+/// `[anomaly]` for people: `baselines: 3 ports, 1,440 minutes learned, 2 anomalies since the
+/// loader started (5 held back by alert_every)`.
+fn baseline_line(known: &portguard::baseline::Summary) -> String {
+    let mut line = format!(
+        "baselines: {}, {} learned{}, {} since the loader started",
+        count(known.ports_tracked as u64, "port", "ports"),
+        count(known.minutes_observed, "minute", "minutes"),
+        if known.warming_up { " (warming up: no anomaly is reported yet)" } else { "" },
+        count(known.anomalies, "anomaly", "anomalies"),
+    );
+    if known.anomalies_quiet > 0 {
+        line.push_str(&format!(" ({} held back by alert_every)", group(known.anomalies_quiet)));
+    }
+    if known.ports_untracked > 0 {
+        line.push_str(&format!(
+            "; {} past max_ports, judged against silence",
+            count(known.ports_untracked, "port", "ports")
+        ));
+    }
+    if let Some(error) = &known.error {
+        line.push_str(&format!("; LAST MINUTE NOT READ: {}", portguard::printable(error)));
+    }
+    line
 }
 
 /// `[crowdsec]` for people: `crowdsec: 1,204 decisions from http://127.0.0.1:8080, last pull 3s ago`.

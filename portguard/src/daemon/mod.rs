@@ -157,6 +157,8 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
     // `[crowdsec]`: its own task, so a slow LAPI holds up nothing here.
     let crowdsec = crate::crowdsec::pull::Follower::default();
     crowdsec.update(&iface, loader.policy.crowdsec.as_ref(), &loader.counts);
+    // `[anomaly]`: a minute of per-port statistics at a time, on a worker thread.
+    let mut baselines = crate::baseline::Sampler::new(&iface, &loader.policy.anomaly);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -196,6 +198,13 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
                 }
                 for error in &errors {
                     warn!("{error:#}");
+                }
+                let (anomalies, known) = baselines.tick(&loader.policy.anomaly).await;
+                for record in &anomalies {
+                    publish(&loader, record);
+                }
+                if let Some(known) = known {
+                    lock(&loader.counts).baseline = Some(known);
                 }
                 // Not while a reload switches the links itself.
                 if reloading.is_none() {
@@ -254,6 +263,10 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
                     publish(&loader, &record);
                 }
                 crowdsec.update(&iface, loader.policy.crowdsec.as_ref(), &loader.counts);
+                baselines.configure(&loader.policy.anomaly).await;
+                if !loader.policy.anomaly.enabled {
+                    lock(&loader.counts).baseline = None;
+                }
                 match reply {
                     Some(reply) => {
                         let _ = reply.send(answer);
@@ -268,6 +281,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
             _ = terminate.recv() => { info!("SIGTERM"); stopped_by = "SIGTERM"; break; }
         }
     }
+    baselines.stop().await;
     let asked = DetachRequest::take(&iface);
     let exit = if loader.state.pinned && asked.is_none() {
         Ended::Left
