@@ -92,20 +92,20 @@ pub fn blocks_lock() -> PathBuf {
 
 /// The text of the policy an attachment runs now: what a rollback returns to.
 pub fn active_policy(iface: &str) -> PathBuf {
-    let dir = match Netns::current().dir() {
+    namespace_state_dir().join(format!("{iface}.active-policy.json"))
+}
+
+/// The state directory of this namespace's attachments.
+fn namespace_state_dir() -> PathBuf {
+    match Netns::current().dir() {
         Some(netns) => state_dir().join(netns),
         None => state_dir(),
-    };
-    dir.join(format!("{iface}.active-policy.json"))
+    }
 }
 
 /// The CrowdSec decisions an attachment enforces (`[crowdsec]`), kept across loader restarts.
 pub fn crowdsec_decisions(iface: &str) -> PathBuf {
-    let dir = match Netns::current().dir() {
-        Some(netns) => state_dir().join(netns),
-        None => state_dir(),
-    };
-    dir.join(format!("{iface}.crowdsec.json"))
+    namespace_state_dir().join(format!("{iface}.crowdsec.json"))
 }
 
 /// How the loader's pulls from the CrowdSec LAPI went, for `stats`.
@@ -113,12 +113,20 @@ pub fn crowdsec_status(iface: &str) -> PathBuf {
     run_dir().join(format!("{iface}.crowdsec-status.json"))
 }
 
+/// The last good copy of each `[blocklist] urls` feed an attachment enforces, kept across
+/// loader restarts and reboots: `ID.list` (the list as served) and `ID.json` (its validators).
+pub fn feed_copies(iface: &str) -> PathBuf {
+    namespace_state_dir().join("feeds").join(iface)
+}
+
+/// How the loader's fetches of its feeds went, for `stats`.
+pub fn feeds_status(iface: &str) -> PathBuf {
+    run_dir().join(format!("{iface}.feeds-status.json"))
+}
+
 /// The journals of this namespace's attachments (`crate::journal`), one directory each.
 pub fn journal_root() -> PathBuf {
-    match Netns::current().dir() {
-        Some(netns) => state_dir().join(netns).join("journal"),
-        None => state_dir().join("journal"),
-    }
+    namespace_state_dir().join("journal")
 }
 
 /// The journal of the attachment of `iface`: it outlives the attachment.
