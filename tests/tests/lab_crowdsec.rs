@@ -13,7 +13,7 @@ use portguard_tests::{
     ADMIN_V4, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6,
     crowdsec::Lapi,
     http,
-    portguard_cli::succeeded as ok,
+    portguard_cli::{Killer, succeeded as ok},
     require_root, require_tools,
     traffic::{Servers, tcp_connects},
 };
@@ -298,25 +298,4 @@ fn a_scanner_blocked_on_one_host_is_refused_by_the_other() {
     assert!(stats["crowdsec"]["push"]["pushed"].as_u64().unwrap() >= 1, "{stats}");
     assert_eq!(stats["crowdsec"]["push"]["unsent"], 0, "{stats}");
     drop(pg_two);
-}
-
-/// Stops a spawned loader with SIGTERM when dropped.
-struct Killer(std::process::Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
