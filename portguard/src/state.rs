@@ -311,6 +311,22 @@ pub fn write_atomically(path: &Path, content: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A status file the loader keeps for other commands (`stats`): `value` as JSON, written
+/// atomically. A failure is a warning naming `what`; it never stops the loader.
+pub fn record_status(path: &Path, value: &impl Serialize, what: &str) {
+    if let Err(error) =
+        serde_json::to_vec(value).map_err(anyhow::Error::from).and_then(|json| write_atomically(path, &json))
+    {
+        log::warn!("recording {what}: {error:#}");
+    }
+}
+
+/// What `record_status` last wrote at `path`; `None` without one (no running loader).
+pub fn read_status<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = files::read_text_capped(path, 1 << 20).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

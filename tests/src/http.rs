@@ -133,26 +133,12 @@ impl Receiver {
 
     /// Waits up to `wait` until `done` holds for the requests received; returns them.
     pub fn wait_for_requests(&self, wait: Duration, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let requests = self.requests();
-            if done(&requests) || Instant::now() >= deadline {
-                return requests;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(wait, || self.requests(), |requests| done(requests))
     }
 
     /// Waits up to `wait` until `done` holds for the bodies received; returns them.
     pub fn wait_for(&self, wait: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let bodies = self.bodies();
-            if done(&bodies) || Instant::now() >= deadline {
-                return bodies;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(wait, || self.bodies(), |bodies| done(bodies))
     }
 }
 
@@ -279,14 +265,20 @@ impl FeedServer {
 
     /// Waits up to `wait` until `done` holds for the requests answered; returns them.
     pub fn wait_for(&self, wait: Duration, done: impl Fn(&[Answered]) -> bool) -> Vec<Answered> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let answered = self.answered();
-            if done(&answered) || Instant::now() >= deadline {
-                return answered;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        poll(wait, || self.answered(), |answered| done(answered))
+    }
+}
+
+/// Reads `read` every 50 ms until `done` holds for what it read or `wait` has passed; the
+/// last reading.
+fn poll<T>(wait: Duration, read: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + wait;
+    loop {
+        let seen = read();
+        if done(&seen) || Instant::now() >= deadline {
+            return seen;
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -201,6 +201,21 @@ impl Attached {
         command
     }
 
+    /// Another loader for this attachment's interface, in its namespace and state directory
+    /// (a restart after a detach): `portguard attach IFACE --policy POLICY EXTRA...`, its
+    /// output discarded; stopped when the guard drops.
+    pub fn attach_again(&self, policy: &std::path::Path, extra: &[&str]) -> Killer {
+        let policy = policy.to_str().expect("a UTF-8 path");
+        let child = self
+            .command(&["attach", &self.iface, "--policy", policy])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting portguard attach");
+        Killer(child)
+    }
+
     /// `portguard events IFACE EXTRA...` beside this attachment (as from another terminal),
     /// once it follows the loader.
     pub fn follow_events(&self, extra: &[&str]) -> Result<Follower> {

@@ -13,7 +13,7 @@ use portguard_tests::{
     ADMIN_V4, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6,
     crowdsec::Lapi,
     http,
-    portguard_cli::{Killer, succeeded as ok},
+    portguard_cli::succeeded as ok,
     require_root, require_tools,
     traffic::{Servers, tcp_connects},
 };
@@ -161,13 +161,7 @@ fn a_lapi_that_goes_away_leaves_the_decisions_in_force() {
     assert!(tcp_connects(&lab.client, Some(client), web(client)), "open while detached");
     let policy = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(policy.path(), format!("{WEB}{}", lapi.policy_section("1s"))).unwrap();
-    let restarted = pg
-        .command(&["attach", &pg.iface, "--policy", policy.path().to_str().unwrap(), "--metrics", METRICS])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let restarted = Killer(restarted);
+    let restarted = pg.attach_again(policy.path(), &["--metrics", METRICS]);
     assert!(becomes(&lab, client, true, Duration::from_secs(10)).is_some(), "not restored after a restart");
 
     // The LAPI is back: new decisions arrive (after the back-off, at most a few seconds here).

@@ -14,7 +14,7 @@ use std::{
 use portguard_tests::{
     ADMIN_V4, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, Lab, SERVER_V4, SERVER_V6,
     http::{self, Answered, Feed, FeedServer},
-    portguard_cli::{Killer, succeeded as ok},
+    portguard_cli::succeeded as ok,
     require_root,
     traffic::{Servers, tcp_connects},
 };
@@ -197,13 +197,7 @@ fn feeds_are_fetched_switched_in_and_kept_when_the_server_fails() {
     assert!(tcp_connects(&lab.client, Some(admin), web(admin)), "open while detached");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), policy(&url)).unwrap();
-    let restarted = pg
-        .command(&["attach", &pg.iface, "--policy", file.path().to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let restarted = Killer(restarted);
+    let restarted = pg.attach_again(file.path(), &[]);
     assert!(
         becomes(&lab, admin, true, Duration::from_secs(10)),
         "the saved copy was not enforced after a restart"

@@ -30,7 +30,7 @@ use crate::{
     metrics::LoaderCounts,
     paths,
     policy::{Feeds, Policy},
-    state::{now_unix, write_atomically},
+    state::{now_unix, read_status, record_status},
 };
 
 /// How one feed goes: `stats` reads it from the run directory, `/metrics` from the loader.
@@ -57,19 +57,11 @@ pub struct FeedStatus {
 impl FeedStatus {
     /// What the loader of `iface` last wrote; empty without feeds or a running loader.
     pub fn read_all(iface: &str) -> Vec<Self> {
-        crate::files::read_text_capped(&paths::feeds_status(iface), 1 << 20)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default()
+        read_status(&paths::feeds_status(iface)).unwrap_or_default()
     }
 
     fn write_all(iface: &str, all: &[Self]) {
-        if let Err(error) = serde_json::to_vec(all)
-            .map_err(anyhow::Error::from)
-            .and_then(|json| write_atomically(&paths::feeds_status(iface), &json))
-        {
-            warn!("recording the feeds' status: {error:#}");
-        }
+        record_status(&paths::feeds_status(iface), &all, "the feeds' status");
     }
 
     /// Seconds since the last successful fetch.
