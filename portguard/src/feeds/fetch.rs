@@ -95,7 +95,79 @@ pub fn parse(body: &[u8]) -> Result<Vec<IpNet>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// Answers one request on 127.0.0.1 with `answer`; hands back the request's header lines.
+    fn serve_once(answer: &'static str) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/list.txt", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut lines = Vec::new();
+            let mut reader = BufReader::new(&stream);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                    break;
+                }
+                lines.push(line.trim().to_ascii_lowercase());
+            }
+            (&stream).write_all(answer.as_bytes()).unwrap();
+            lines
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn a_list_its_validators_and_a_conditional_304() {
+        let (url, server) = serve_once(
+            "HTTP/1.1 200 OK\r\nETag: \"abc\"\r\nLast-Modified: Wed, 02 Dec 2026 08:00:00 GMT\r\n\
+             Content-Length: 26\r\nConnection: close\r\n\r\n198.51.100.0/24 ; SBL123\n\n",
+        );
+        let Fetched::List(list) = fetch(&agent(), &url, None).unwrap() else { panic!("not a list") };
+        assert_eq!(list.entries.len(), 1);
+        assert_eq!(list.info.validators.etag.as_deref(), Some("\"abc\""));
+        assert!(
+            !server.join().unwrap().iter().any(|h| h.starts_with("if-")),
+            "not conditional without a copy"
+        );
+
+        let (url, server) = serve_once("HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
+        let saved = CopyInfo { url: url.clone(), ..list.info };
+        assert!(matches!(fetch(&agent(), &url, Some(&saved)).unwrap(), Fetched::NotModified));
+        let headers = server.join().unwrap();
+        assert!(headers.contains(&"if-none-match: \"abc\"".to_string()), "{headers:?}");
+        assert!(
+            headers.contains(&"if-modified-since: wed, 02 dec 2026 08:00:00 gmt".to_string()),
+            "{headers:?}"
+        );
+
+        let (url, server) = serve_once("HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n");
+        let error = fetch(&agent(), &url, None).unwrap_err().to_string();
+        assert!(error.contains("not conditional"), "{error}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn errors_and_bad_bodies_are_refused() {
+        let (url, server) = serve_once(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(fetch(&agent(), &url, None).unwrap_err().to_string(), "answered HTTP 500");
+        server.join().unwrap();
+        let (url, server) = serve_once(
+            "HTTP/1.1 200 OK\r\nContent-Length: 31\r\nConnection: close\r\n\r\n198.51.100.0/24\nnot an address\n",
+        );
+        let error = fetch(&agent(), &url, None).unwrap_err().to_string();
+        assert!(error.starts_with("line 2: ") && error.ends_with("nothing of it is taken"), "{error}");
+        server.join().unwrap();
+    }
 
     #[test]
     fn feeds_parse_like_files_but_strictly() {
