@@ -75,7 +75,7 @@ pub const fn flow_port_bit(proto: u8, port: u16) -> (u32, u64) {
 pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 18] = [
+pub const SHARED_MAPS: [&str; 21] = [
     MAP_EVENT_BUDGET,
     MAP_FLOW_PORTS,
     MAP_COUNTERS,
@@ -94,6 +94,9 @@ pub const SHARED_MAPS: [&str; 18] = [
     MAP_CONNS,
     MAP_CONN_SOCKETS,
     MAP_RULE_CONN_LIMITED,
+    MAP_PORT_STATS,
+    MAP_PORT_SOURCES,
+    MAP_PORT_STATS_META,
 ];
 
 // The per-port tables are indexed by protocol: the numbers live in `net`.
@@ -677,6 +680,86 @@ pub struct EventBudget {
     pub suppressed: u64,
 }
 
+// --- Per-port statistics (`portguard learn`, baselines) ------------------------------------
+
+/// `Array<PortStats>` (shared, mmapable): inbound TCP and UDP traffic per destination port, in
+/// `Config::port_drop_shards` copies of the port table like `PG_PORT_DROPS` (each CPU adds to
+/// copy `cpu % shards`), indexed `shard * PORT_TABLE_LEN + port_index(proto, port)`. Packets
+/// of sources dropped for who they are (blocklist, manual and automatic blocks) are not
+/// counted: they were dropped before the port policy looked at them.
+pub const MAP_PORT_STATS: &str = "PG_PORT_STATS";
+/// `LruHashMap<PortSourceKey, PortSource>` (shared, sized by `[limits] port_sources`): who
+/// opens connections to each port, by source network. Written only by new connections (a TCP
+/// SYN without ACK) and UDP datagrams, never by the other segments of a connection.
+pub const MAP_PORT_SOURCES: &str = "PG_PORT_SOURCES";
+/// `PerCpuArray<PortStatsMeta>` of one entry: what tells a reader how far the statistics go
+/// back and whether `PG_PORT_SOURCES` has lost entries.
+pub const MAP_PORT_STATS_META: &str = "PG_PORT_STATS_META";
+
+/// Traffic of one kind to one port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortTraffic {
+    pub packets: u64,
+    pub bytes: u64,
+    /// New connections: TCP SYNs without ACK; for UDP, every datagram.
+    pub connections: u64,
+}
+
+/// One port's `PG_PORT_STATS` entry (one shard's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// What the policy let through.
+    pub accepted: PortTraffic,
+    /// What it dropped or, in monitor mode, would have dropped.
+    pub refused: PortTraffic,
+}
+
+/// IPv4 sources are summarised by their /24 (`PortSourceKey::prefix_len` says which
+/// network); IPv6 sources by the policy's `ipv6_prefix`, as the detectors count them.
+pub const PORT_SOURCE_V4_PREFIX: u8 = 24;
+
+/// A source network's connections to a port.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortSourceKey {
+    /// The network's address (IPv4-mapped for IPv4), host bits zero.
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    /// Of the address as written (IPv4: 24, counted within the mapped address's last 32 bits).
+    pub prefix_len: u8,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSource {
+    /// New connections (TCP SYNs without ACK, UDP datagrams), admitted or refused.
+    pub connections: u64,
+    /// Of which the policy dropped or, in monitor mode, would have dropped.
+    pub refused: u64,
+    /// Bytes of the frames counted in `connections` (for UDP, every datagram's; for TCP only
+    /// the SYNs').
+    pub bytes: u64,
+    /// `bpf_ktime_get_coarse_ns` of the first and the last of them.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// One CPU's `PG_PORT_STATS_META`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStatsMeta {
+    /// Entries this CPU added to `PG_PORT_SOURCES`: more added than the table holds means the
+    /// LRU has pushed some out.
+    pub sources_added: u64,
+    /// Written by userspace (the same in every CPU's copy): when counting began, the maps'
+    /// creation or the last reset, as nanoseconds since the Unix epoch.
+    pub since_unix_ns: u64,
+}
+
 /// `::ffff:0:0/96`, the prefix of IPv4-mapped addresses.
 pub const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
@@ -702,6 +785,10 @@ const _: () = assert!(size_of::<ManualBlock>() == 16);
 const _: () = assert!(size_of::<Runtime>() == 32);
 const _: () = assert!(size_of::<ScanKey>() == 24);
 const _: () = assert!(size_of::<EventBudget>() == 24);
+const _: () = assert!(size_of::<PortStats>() == 48);
+const _: () = assert!(size_of::<PortSourceKey>() == 24);
+const _: () = assert!(size_of::<PortSource>() == 40);
+const _: () = assert!(size_of::<PortStatsMeta>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -723,6 +810,10 @@ mod pod {
     unsafe impl aya::Pod for ManualBlock {}
     unsafe impl aya::Pod for Runtime {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for PortStats {}
+    unsafe impl aya::Pod for PortSourceKey {}
+    unsafe impl aya::Pod for PortSource {}
+    unsafe impl aya::Pod for PortStatsMeta {}
 }
 
 #[cfg(test)]

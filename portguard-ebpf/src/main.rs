@@ -9,7 +9,7 @@
 #![allow(internal_features)]
 
 // Layered, each module using only those listed above it: leaves (time, hash, types, mem, parse),
-// maps, then counting and events, lookups, detection, and the two paths.
+// maps, then counting (counters, portstats) and events, lookups, detection, and the two paths.
 mod blocklist;
 mod blocks;
 mod conns;
@@ -23,6 +23,7 @@ mod maps;
 mod mem;
 mod opaque;
 mod parse;
+mod portstats;
 mod scan;
 mod time;
 mod types;
@@ -56,6 +57,7 @@ pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     let verdict = verdict::opaque(verdict::judge(data, end, ifindex, cfg));
     let enforced = counters::count(&verdict, cfg, end - data);
+    portstats::count(&verdict, cfg, end - data);
     if verdict.is_drop() && verdict.report != 0 && events::drop_event_allowed() {
         verdict::report_drop(&verdict, ifindex, cfg);
     }

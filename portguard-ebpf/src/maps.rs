@@ -12,7 +12,8 @@ use portguard_common::{
     maps::{
         AUTO_FILTER_ENTRIES, AutoBlock, Bl6Key, ConnKey, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey,
         FragVerdict, LIMIT_COUNTER_SLOTS, LimitState, ManualBlock, NetKey, Offender, PORT_TABLE_LEN,
-        PortRule, RuleLimit, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
+        PortRule, PortSource, PortSourceKey, PortStats, PortStatsMeta, RuleLimit, Runtime, SCAN_ADMIT_SLOTS,
+        ScanKey, ScanState, SrcAllowKey,
     },
 };
 
@@ -96,6 +97,16 @@ pub static PG_CONN_SOCKETS: HashMap<u64, ConnKey> = HashMap::with_max_entries(65
 
 #[map]
 pub static PG_RULE_CONN_LIMITED: PerCpuArray<u64> = PerCpuArray::with_max_entries(LIMIT_COUNTER_SLOTS, 0);
+
+/// See `portguard_common::maps::MAP_PORT_STATS`; sized by the loader (one table per shard).
+#[map]
+pub static PG_PORT_STATS: Array<PortStats> = Array::with_max_entries(PORT_TABLE_LEN, BPF_F_MMAPABLE);
+
+#[map]
+pub static PG_PORT_SOURCES: LruHashMap<PortSourceKey, PortSource> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static PG_PORT_STATS_META: PerCpuArray<PortStatsMeta> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static PG_RUNTIME: Array<Runtime> = Array::with_max_entries(2, 0);

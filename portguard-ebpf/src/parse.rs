@@ -304,8 +304,6 @@ fn parse_ipv6(data: usize, end: usize, offset: usize, packet: &mut Packet) -> Pa
     if ip.vcf[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    // An IPv4-mapped source has no business on the wire (RFC 4291 2.5.5.2); judged as IPv4 it
-    // would slip into IPv4 rules, judged as IPv6 it would dodge them.
     let (src, dst) = (mem::addr_words(&ip.src_addr), mem::addr_words(&ip.dst_addr));
     // An IPv4-mapped source has no business on the wire (RFC 4291 2.5.5.2); judged as IPv4 it
     // would slip into IPv4 rules, judged as IPv6 it would dodge them.

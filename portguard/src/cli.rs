@@ -189,6 +189,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Propose a policy from the traffic the attachment has seen (run it in monitor mode for
+    /// a while first): every port with real use and a listener opened, to the networks that
+    /// used it where they are few, SSH kept reachable, with the evidence in comments. Prints
+    /// the policy file on stdout.
+    #[command(
+        after_help = "Example:\n  sudo portguard learn eth0 > proposed.toml && portguard check proposed.toml\n  sudo portguard learn eth0 --since 24h --min-connections 10\n  sudo portguard learn eth0 --reset"
+    )]
+    Learn {
+        /// The attached interface whose statistics to read.
+        #[arg(value_parser = iface_name)]
+        iface: String,
+        /// New connections (TCP SYNs, UDP datagrams) that make a port's use real, and a
+        /// network's use of a port regular.
+        #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        min_connections: u64,
+        /// Count only the source networks last seen since then (`24h`, or an RFC 3339 time).
+        /// Their counts still cover everything since the statistics began.
+        #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
+        /// Most networks a rule is narrowed to; a port used from more is opened to everyone.
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+        max_networks: u64,
+        /// Start the statistics afresh (every count at zero, counting from now) and exit.
+        #[arg(long, conflicts_with_all = ["since", "min_connections", "max_networks"])]
+        reset: bool,
+    },
     /// Validate a policy without touching the kernel; explains every error with its line.
     #[command(after_help = "Example:\n  portguard check policy.toml")]
     Check {
@@ -316,6 +342,7 @@ impl Command {
             | Self::Block { .. }
             | Self::Unblock { .. }
             | Self::RollbackGuard { .. }
+            | Self::Learn { .. }
             | Self::GenerateDocs { .. }
             | Self::Detach { .. } => false,
         }

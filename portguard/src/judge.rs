@@ -129,6 +129,11 @@ impl Judge {
         read_rule_limited(&PerCpuArray::<_, u64>::try_from(map)?)
     }
 
+    /// The per-port statistics so far, as `learn` and the baselines read them.
+    pub fn port_statistics(&self) -> Result<crate::portstats::Snapshot> {
+        crate::portstats::PortStatsMaps::of(&self.ebpf)?.snapshot()
+    }
+
     /// Runs the program once on `frame` (at least 14 bytes: the kernel's minimum for XDP).
     pub fn run(&mut self, frame: &[u8]) -> Result<Outcome> {
         let before = self.counters()?;

@@ -27,9 +27,10 @@ use log::{info, warn};
 use portguard_common::maps::{
     AutoBlock, Bl6Key, EventBudget, LIMIT_COUNTER_SLOTS, MAP_AUTO_BLOCK, MAP_AUTO_FILTER, MAP_BL4_INDEX,
     MAP_BL4_RANGES, MAP_BL6, MAP_BL6_FILTER, MAP_CONN_SOCKETS, MAP_CONNS, MAP_EVENT_BUDGET, MAP_EVENTS,
-    MAP_FLOWS, MAP_FRAGS, MAP_LIMITS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_OFFENDERS, MAP_PORT_DROPS, MAP_PORTS,
-    MAP_RULE_LIMITED, MAP_RULE_LIMITS, MAP_RUNTIME, MAP_SCAN, MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN,
-    PortRule, RUNTIME_USER, RuleLimit, Runtime, SHARED_MAPS, SrcAllowKey,
+    MAP_FLOWS, MAP_FRAGS, MAP_LIMITS, MAP_MANUAL, MAP_NEVER_BLOCK, MAP_OFFENDERS, MAP_PORT_DROPS,
+    MAP_PORT_SOURCES, MAP_PORT_STATS, MAP_PORTS, MAP_RULE_LIMITED, MAP_RULE_LIMITS, MAP_RUNTIME, MAP_SCAN,
+    MAP_SRC_ALLOW, NetKey, PORT_TABLE_LEN, PortRule, RUNTIME_USER, RuleLimit, Runtime, SHARED_MAPS,
+    SrcAllowKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -120,7 +121,9 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
         .map_max_entries(MAP_OFFENDERS, limits.auto_blocks)
         .map_max_entries(MAP_EVENTS, policy.events.ring_buffer_kib * 1024)
         .map_max_entries(MAP_MANUAL, limits.manual_blocks)
-        .map_max_entries(MAP_PORT_DROPS, PORT_TABLE_LEN * image.config.port_drop_shards);
+        .map_max_entries(MAP_PORT_DROPS, PORT_TABLE_LEN * image.config.port_drop_shards)
+        .map_max_entries(MAP_PORT_STATS, PORT_TABLE_LEN * image.config.port_drop_shards)
+        .map_max_entries(MAP_PORT_SOURCES, limits.port_sources);
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -129,6 +132,7 @@ pub fn load(image: &MapImage, policy: &Policy, shared_pins: Option<&Path>) -> Re
     reset_rule_limit_counts(&mut ebpf)?;
     crate::conns::reset_refusal_counts(&mut ebpf)?;
     key_scan_detector(&mut ebpf)?;
+    crate::portstats::date_new_statistics(&mut ebpf)?;
     lift_automatic_blocks_the_policy_exempts(&mut ebpf, policy)?;
     refill_auto_filter(&ebpf)?;
     // The first second's budget: packets arrive as soon as the program is attached, before

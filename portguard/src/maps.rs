@@ -136,6 +136,31 @@ impl<T: aya::Pod> MappedArray<T> {
     }
 }
 
+/// Zeroes the mmapable BPF array `fd` of `entries` values of `T` in place, through a writable
+/// shared mapping: one pass over memory where a syscall per entry would take seconds for a big
+/// table. What the kernel adds meanwhile may be lost.
+pub fn zero_mapped_array<T>(fd: BorrowedFd<'_>, entries: u32, name: &str) -> Result<()> {
+    let bytes = entries as usize * size_of::<T>();
+    // SAFETY: a writable shared mapping of an mmapable BPF array of exactly this size, zeroed
+    // and unmapped here; BPF array values are plain data, so zero is a valid value.
+    unsafe {
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        );
+        if base == libc::MAP_FAILED {
+            bail!("mapping {name} for writing failed: {}", std::io::Error::last_os_error());
+        }
+        std::ptr::write_bytes(base.cast::<u8>(), 0, bytes);
+        libc::munmap(base, bytes);
+    }
+    Ok(())
+}
+
 // SAFETY: the mapping is read-only and lives as long as the value; any thread may read it.
 unsafe impl<T> Send for MappedArray<T> {}
 unsafe impl<T> Sync for MappedArray<T> {}
@@ -279,6 +304,7 @@ pub fn kept_sizes(iface: &str, policy: &crate::policy::Policy) -> Result<Vec<Kep
         ),
         ("[limits] connected_sources", portguard_common::maps::MAP_CONNS, limits.connected_sources, 1),
         ("[limits] connections", portguard_common::maps::MAP_CONN_SOCKETS, limits.connections, 1),
+        ("[limits] port_sources", portguard_common::maps::MAP_PORT_SOURCES, limits.port_sources, 1),
         ("[events] ring_buffer_kib", MAP_EVENTS, policy.events.ring_buffer_kib, 1024),
     ];
     let mut kept = Vec::new();

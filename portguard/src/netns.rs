@@ -23,6 +23,21 @@ fn host() -> Option<(u64, u64)> {
     identity(Path::new("/proc/1/ns/net")).or_else(|| identity(Path::new("/proc/2/ns/net")))
 }
 
+/// The inode of the initial network namespace on kernels that give it a fixed one (6.x; the
+/// other initial namespaces have had theirs since 3.8).
+const INITIAL_NETNS_INODE: u64 = 0xEFFF_FFF9;
+
+/// Whether the namespace `own` is the host's. Looking at PID 1 and 2 needs the capabilities
+/// they have: a loader confined to a few (the systemd unit's CAP_BPF, CAP_PERFMON,
+/// CAP_NET_ADMIN) is refused, and would take the host's namespace for another one and keep its
+/// pins where root's commands never look. Then the fixed inode tells, where the kernel has one.
+fn is_host(own: (u64, u64), host: Option<(u64, u64)>) -> bool {
+    match host {
+        Some(host) => host == own,
+        None => own.1 == INITIAL_NETNS_INODE,
+    }
+}
+
 /// Device and inode of a namespace file.
 fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
@@ -38,7 +53,7 @@ impl Netns {
     /// The namespace a namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`) refers to.
     pub fn of_file(path: &Path) -> Option<Self> {
         let own = identity(path)?;
-        Some(if host() == Some(own) { Self::Host } else { Self::Inode(own.1) })
+        Some(if is_host(own, host()) { Self::Host } else { Self::Inode(own.1) })
     }
 
     pub fn is_host(&self) -> bool {
@@ -84,6 +99,18 @@ impl fmt::Display for Netns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_is_known_also_where_pid_1_cannot_be_looked_at() {
+        let (nsfs, initial, other) = (4, INITIAL_NETNS_INODE, 4_026_532_281);
+        assert!(is_host((nsfs, initial), Some((nsfs, initial))));
+        assert!(!is_host((nsfs, other), Some((nsfs, initial))));
+        // Older kernels number the initial namespace like any other: PID 1 decides.
+        assert!(is_host((nsfs, other), Some((nsfs, other))));
+        // PID 1 and 2 refused (a confined loader): the fixed inode decides.
+        assert!(is_host((nsfs, initial), None));
+        assert!(!is_host((nsfs, other), None));
+    }
 
     #[test]
     fn directories_name_namespaces_and_never_an_interface() {

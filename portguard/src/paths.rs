@@ -95,17 +95,24 @@ pub fn active_policy(iface: &str) -> PathBuf {
     namespace_state_dir().join(format!("{iface}.active-policy.json"))
 }
 
-/// The state directory of this namespace's attachments.
+/// The CrowdSec decisions an attachment enforces (`[crowdsec]`), kept across loader restarts.
+pub fn crowdsec_decisions(iface: &str) -> PathBuf {
+    namespace_state_dir().join(format!("{iface}.crowdsec.json"))
+}
+
+/// What is normal for each port of an attachment (`crate::baseline`): it outlives the
+/// attachment, so weeks of learning survive a detach.
+pub fn baseline_file(iface: &str) -> PathBuf {
+    namespace_state_dir().join(format!("{iface}.baseline.json"))
+}
+
+/// The state directory of this namespace's attachments: another namespace's under its
+/// `net:INODE/`.
 fn namespace_state_dir() -> PathBuf {
     match Netns::current().dir() {
         Some(netns) => state_dir().join(netns),
         None => state_dir(),
     }
-}
-
-/// The CrowdSec decisions an attachment enforces (`[crowdsec]`), kept across loader restarts.
-pub fn crowdsec_decisions(iface: &str) -> PathBuf {
-    namespace_state_dir().join(format!("{iface}.crowdsec.json"))
 }
 
 /// How the loader's pulls from the CrowdSec LAPI went, for `stats`.

@@ -497,7 +497,13 @@ impl Model {
 
     /// Says that the network `source` (as `source_net` cuts it) holds `count` open connections
     /// on rule `rule` (the kernel test writes the same count into the kernel's table).
+    /// The kernel keys sources by their 16-byte form, where IPv4 a.b.c.d is ::ffff:a.b.c.d:
+    /// a count held by an IPv4-mapped peer of a dual-stack socket is its IPv4 source's count.
     pub fn hold(&mut self, source: IpNet, rule: u16, count: u64) {
+        let source = match source {
+            IpNet::V6(net) => net.addr().to_ipv4_mapped().map_or(source, |v4| IpNet::from(IpAddr::V4(v4))),
+            IpNet::V4(_) => source,
+        };
         self.held.insert((source, rule), count);
     }
 }

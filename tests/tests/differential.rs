@@ -303,6 +303,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// CI found this one by chance: a connection the test holds for the IPv4-mapped address
+/// ::ffff:192.0.2.1 is, in the kernel's table, a connection of IPv4 192.0.2.1.
+#[test]
+fn a_connection_held_by_an_ipv4_mapped_peer_counts_for_its_ipv4_source() {
+    portguard_tests::require_root!();
+    let policy = "[[allow]]\nproto = \"tcp\"\nports = [22]\nlimit = { connections_per_source = 1 }\n\
+                  [scan_detection]\nipv6_prefix = 128\n";
+    let mapped: IpAddr = "::ffff:192.0.2.1".parse::<Ipv6Addr>().unwrap().into();
+    let source: IpAddr = Ipv4Addr::new(192, 0, 2, 1).into();
+    let syn = tcp(source, Ipv4Addr::new(192, 0, 2, 2).into(), 40000, 22, SYN);
+    agree(policy, &[syn], &[(mapped, true)]).unwrap();
+}
+
 #[test]
 fn kernel_and_model_agree() {
     portguard_tests::require_root!();

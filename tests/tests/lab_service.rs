@@ -1090,6 +1090,21 @@ fn the_units_capabilities_are_enough_to_attach_and_enforce() {
     // The unit's bounding set, as systemd would apply it; `--netns` needs CAP_SYS_ADMIN for
     // setns, so the namespace is entered before the capabilities are dropped.
     let bounding = format!("-all,{}", caps.join(","));
+    // With so few capabilities PID 1's namespace cannot be looked at: the host's must still be
+    // known as the host's, or the service's pins and state go where root's commands never look.
+    let status = Command::new("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set", &bounding, "--"])
+        .arg(portguard_tests::portguard_cli::binary())
+        .arg("status")
+        .env("PORTGUARD_STATE_DIR", dir.path().join("state"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains("not attached anywhere in the host's network namespace"),
+        "{said}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     // systemd's readiness socket (Type=notify): READY=1 must come once enforcing.
     let notify_path = dir.path().join("notify");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();

@@ -8,6 +8,7 @@ mod detach;
 mod docs;
 mod doctor;
 mod events;
+mod learn;
 mod reload;
 mod report;
 mod stats;
@@ -66,6 +67,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             check::run(&policy, strict, json, deny_warnings)
         }
         Command::Status { json } => status::run(json),
+        Command::Learn { iface, min_connections, since, max_networks, reset } => learn::run(
+            &iface,
+            portguard::learn::Options { min_connections, since, max_networks: max_networks as usize },
+            reset,
+        ),
         Command::Stats { iface, json, watch, top } => stats::run(iface.as_deref(), json, watch, top),
         Command::Doctor { policy, iface, json, html, fail_on } => doctor::run(doctor::Options {
             policy: policy.as_deref(),

@@ -47,6 +47,9 @@ pub enum EventType {
     RolledBack,
     /// The loader detached and removed its pins.
     Detached,
+    // From the loader's baselines.
+    /// A port's minute departed from its baseline (`crate::baseline`).
+    Anomaly,
     /// A type this build does not know (a newer loader's).
     #[serde(other)]
     Unknown,
@@ -54,7 +57,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type a policy can name (`[alerts] events`).
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Drop,
         Self::ScanDetected,
         Self::AutoBlocked,
@@ -72,6 +75,7 @@ impl EventType {
         Self::Confirmed,
         Self::RolledBack,
         Self::Detached,
+        Self::Anomaly,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -94,6 +98,7 @@ impl EventType {
             Self::Confirmed => "confirmed",
             Self::RolledBack => "rolled_back",
             Self::Detached => "detached",
+            Self::Anomaly => "anomaly",
             Self::Unknown => "unknown",
         }
     }
@@ -138,6 +143,7 @@ impl EventType {
                 | Self::Unprotected
                 | Self::Reattached
                 | Self::FeedFailed
+                | Self::Anomaly
         )
     }
 
@@ -176,6 +182,7 @@ impl EventType {
             Self::Confirmed => "CONFIRM",
             Self::RolledBack => "ROLLBACK",
             Self::Detached => "DETACH",
+            Self::Anomaly => "ANOMALY",
             Self::Unknown => "EVENT",
         }
     }
@@ -197,6 +204,7 @@ impl EventType {
             | Self::FeedFailed
             | Self::Blocked
             | Self::RolledBack => Some(Tone::Bad),
+            Self::Anomaly => Some(Tone::Caution),
             Self::BlockExpired | Self::Reattached | Self::Unblocked | Self::Confirmed => Some(Tone::Good),
             Self::ClientLagged | Self::Reloaded | Self::Detached | Self::Unknown => None,
         }
@@ -346,6 +354,18 @@ pub struct EventRecord {
     /// `portguard confirm` runs first. Named as `status` names the same moment.
     #[serde(rename = "rollback_at", default, skip_serializing_if = "Option::is_none")]
     pub confirm_by: Option<String>,
+    /// Anomalies (`reason` names the measure): its value in the minute, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<u64>,
+    /// ... the baseline's mean for that minute, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    /// ... the least value that departs from it, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u64>,
+    /// ... and which baseline: `Mon 09:00-10:00` (that hour of earlier weeks) or `all hours`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compared_with: Option<String>,
 }
 
 /// A limit's name on a human line.
@@ -393,6 +413,10 @@ impl EventRecord {
             removed: Vec::new(),
             changed: Vec::new(),
             confirm_by: None,
+            observed: None,
+            expected: None,
+            threshold: None,
+            compared_with: None,
         }
     }
 
@@ -529,6 +553,16 @@ impl EventRecord {
                 ),
                 None => format!("{reason}: detached"),
             },
+            EventType::Anomaly => format!(
+                "{}/{}: {reason} {} per minute{}, normally {} ({}; departs above {})",
+                proto,
+                self.destination_port.unwrap_or(0),
+                crate::output::group(self.observed.unwrap_or(0)),
+                if who.is_empty() { String::new() } else { format!(" from {who}") },
+                crate::output::group(self.expected.unwrap_or(0)),
+                self.compared_with.as_deref().unwrap_or("?"),
+                crate::output::group(self.threshold.unwrap_or(0)),
+            ),
             EventType::Unknown => String::new(),
         };
         format!("{} {details}", self.event.label(monitor))

@@ -3,6 +3,7 @@
 //! command go through `load`; only the loader touches the kernel.
 
 pub mod alerts;
+pub mod anomaly;
 pub mod compile;
 pub mod crowdsec;
 pub mod diagnostic;
@@ -21,6 +22,7 @@ use std::{
 };
 
 pub use alerts::{Alerts, WebhookFormat};
+pub use anomaly::AnomalyDetection;
 pub use crowdsec::CrowdSec;
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
 pub use feeds::Feeds;
@@ -229,6 +231,9 @@ pub struct Limits {
     /// Open connections counted against caps, over every source; when full, a new
     /// connection is not counted (fails open, counted).
     pub connections: u32,
+    /// (port, source network) pairs the per-port statistics keep (LRU: the least recently
+    /// seen are forgotten, and `learn` says so).
+    pub port_sources: u32,
     /// Automatic blocks (scans, trap ports) the packet path may add per second; the rest are
     /// counted as not admitted. Bounds what a flood of forged sources can do to the table.
     pub new_blocks_per_second: u32,
@@ -246,6 +251,7 @@ impl Default for Limits {
             limited_sources: 65536,
             connected_sources: 65536,
             connections: 65536,
+            port_sources: 65536,
             new_blocks_per_second: 200,
         }
     }
@@ -428,6 +434,8 @@ pub struct Policy {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `[crowdsec]`: the Local API whose decisions are enforced.
     pub crowdsec: Option<CrowdSec>,
+    /// `[anomaly]`: when a port departs from its baseline (`crate::baseline`).
+    pub anomaly: AnomalyDetection,
 }
 
 impl Mode {

@@ -25,6 +25,7 @@ pub struct RawPolicy {
     pub alerts: Option<RawAlerts>,
     pub metrics: Option<RawMetrics>,
     pub crowdsec: Option<Spanned<super::crowdsec::RawCrowdSec>>,
+    pub anomaly: Option<super::anomaly::RawAnomaly>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,5 +149,6 @@ pub struct RawLimits {
     pub limited_sources: Option<Spanned<i64>>,
     pub connected_sources: Option<Spanned<i64>>,
     pub connections: Option<Spanned<i64>>,
+    pub port_sources: Option<Spanned<i64>>,
     pub new_blocks_per_second: Option<Spanned<i64>>,
 }

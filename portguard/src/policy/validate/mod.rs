@@ -87,6 +87,7 @@ pub fn validate_with(
     let alerts = super::alerts::alerts(&mut report, raw.alerts.as_ref(), path, files);
     let metrics_listen = sections::metrics_listen(&mut report, raw.metrics.as_ref());
     let crowdsec = super::crowdsec::crowdsec(&mut report, raw.crowdsec.as_ref(), path, files);
+    let anomaly = super::anomaly::anomaly(&mut report, raw.anomaly.as_ref());
 
     lints::check_spoofable_blocks(&mut report, &raw, &scan_detection, &trap_ports, &never_block);
     lints::check_defaults(&mut report, &raw, default, &inbound, &rules);
@@ -113,6 +114,7 @@ pub fn validate_with(
             alerts,
             metrics_listen,
             crowdsec,
+            anomaly,
         },
         warnings: report.diagnostics,
     })

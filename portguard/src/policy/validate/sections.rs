@@ -335,6 +335,7 @@ pub(super) fn limits(report: &mut Reporter, raw: Option<&RawLimits>) -> Limits {
     limits.limited_sources = size(&raw.limited_sources, "limited_sources", limits.limited_sources);
     limits.connected_sources = size(&raw.connected_sources, "connected_sources", limits.connected_sources);
     limits.connections = size(&raw.connections, "connections", limits.connections);
+    limits.port_sources = size(&raw.port_sources, "port_sources", limits.port_sources);
     if let Some(value) = &raw.new_blocks_per_second {
         limits.new_blocks_per_second = integer_in(report, value, "new_blocks_per_second", 1..=1_000_000)
             .unwrap_or(limits.new_blocks_per_second);

@@ -1,0 +1,141 @@
+//! Per-port statistics for `portguard learn` and the baselines: what arrives at each TCP and
+//! UDP port, admitted and refused, and who opens connections to it.
+//!
+//! Per packet: one entry of this CPU's copy of the port table (an array read, no hash), three
+//! adds. Per new connection (a TCP SYN without ACK, a UDP datagram) also a lookup in the
+//! source table, a call of its own. Sources dropped for who they are (blocklist, manual and
+//! automatic blocks) cost nothing here: they never reached the port policy.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_get_smp_processor_id};
+use portguard_common::{
+    Config, Reason,
+    config::FLAG_PORT_DROPS_PER_CPU,
+    maps::{
+        PORT_SOURCE_V4_PREFIX, PORT_TABLE_LEN, PROTO_TCP, PROTO_UDP, PortSource, PortSourceKey, PortTraffic,
+    },
+};
+
+use crate::{
+    maps::{PG_PACKET, PG_PORT_SOURCES, PG_PORT_STATS, PG_PORT_STATS_META, SCRATCH_XDP},
+    mem,
+    parse::{TCP_ACK, TCP_SYN},
+    time::now_ns,
+    types::{NO_PORT, Verdict},
+};
+
+/// Counts a judged frame against its destination port (frames without one, and sources
+/// dropped for who they are, are not counted).
+#[inline(always)]
+pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) {
+    if verdict.port_index == NO_PORT || blocked_source(verdict.reason) {
+        return;
+    }
+    let refused = verdict.is_drop();
+    let new_connection = is_new_connection(verdict.port_index);
+    // This CPU's copy of the port table, as for `PG_PORT_DROPS` (see `Config::port_drop_shards`).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let shard = cpu & (cfg.port_drop_shards.wrapping_sub(1));
+    let index = shard.wrapping_mul(PORT_TABLE_LEN).wrapping_add(verdict.port_index);
+    if let Some(entry) = PG_PORT_STATS.get_ptr_mut(index) {
+        // SAFETY: a value of the array; `PortStats` is plain counters.
+        let traffic = unsafe { if refused { &mut (*entry).refused } else { &mut (*entry).accepted } };
+        add(traffic, frame_len as u64, new_connection as u64, cfg);
+    }
+    if new_connection {
+        record_source(verdict.port_index, refused as u64, frame_len as u64, cfg);
+    }
+}
+
+/// Dropped before the port policy, for who the source is.
+#[inline(always)]
+fn blocked_source(reason: u8) -> bool {
+    reason == Reason::DropBlocklist as u8
+        || reason == Reason::DropManualBlock as u8
+        || reason == Reason::DropAutoBlock as u8
+}
+
+/// A TCP SYN without ACK, or any UDP datagram (read from the packet `judge` parsed).
+#[inline(always)]
+fn is_new_connection(port_index: u32) -> bool {
+    if port_index >= 65536 {
+        return true;
+    }
+    let Some(packet) = PG_PACKET.get_ptr(SCRATCH_XDP) else { return false };
+    // SAFETY: this CPU's slot, written by `judge` for this frame.
+    let flags = unsafe { (*packet).tcp_flags };
+    flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+fn add(traffic: &mut PortTraffic, bytes: u64, connections: u64, cfg: &Config) {
+    if cfg.has(FLAG_PORT_DROPS_PER_CPU) {
+        // This CPU's own copy: nobody else writes it.
+        traffic.packets += 1;
+        traffic.bytes += bytes;
+        traffic.connections += connections;
+    } else {
+        // A copy shared by several CPUs: BPF's atomic add (see `counters::count`).
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut traffic.packets, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut traffic.bytes, bytes);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut traffic.connections, connections);
+        }
+    }
+}
+
+/// Adds a new connection to its source network's entry for the port, or makes the entry. A
+/// call of its own: new connections are a small share of packets, and its key and value stay
+/// off the entry point's stack. Scalars only (the verifier loses track of pointers passed
+/// to a BPF-to-BPF call).
+#[inline(never)]
+fn record_source(port_index: u32, refused: u64, bytes: u64, cfg: &Config) {
+    let Some(packet) = PG_PACKET.get_ptr(SCRATCH_XDP) else { return };
+    // SAFETY: this CPU's slot, written by `judge` for this frame.
+    let packet = unsafe { &*packet };
+    let [hi, lo] = mem::addr_words(&packet.src);
+    let (words, prefix_len) = if packet.is_v6 {
+        let [mask_hi, mask_lo] = mem::addr_words(&cfg.v6_source_mask);
+        ([hi & mask_hi, lo & mask_lo], cfg.v6_source_prefix as u8)
+    } else {
+        // The IPv4 address is the mapped address's last 4 bytes: clear the last.
+        ([hi, lo & u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0])], PORT_SOURCE_V4_PREFIX)
+    };
+    let mut key = PortSourceKey {
+        addr: [0; 16],
+        port: (port_index & 0xffff) as u16,
+        proto: if port_index < 65536 { PROTO_TCP } else { PROTO_UDP },
+        prefix_len,
+        _pad: 0,
+    };
+    // SAFETY: `PortSourceKey` is 8-aligned and starts with the address.
+    unsafe { *(key.addr.as_mut_ptr() as *mut [u64; 2]) = words };
+    let now = now_ns();
+    if let Some(source) = PG_PORT_SOURCES.get_ptr_mut(&key) {
+        add_to_source(source, refused, bytes, now);
+        return;
+    }
+    let source = PortSource { connections: 1, refused, bytes, first_seen_ns: now, last_seen_ns: now };
+    if PG_PORT_SOURCES.insert(&key, &source, BPF_NOEXIST as u64).is_ok() {
+        if let Some(meta) = PG_PORT_STATS_META.get_ptr_mut(0) {
+            // Per-CPU: plain add.
+            unsafe { (*meta).sources_added += 1 };
+        }
+    } else if let Some(source) = PG_PORT_SOURCES.get_ptr_mut(&key) {
+        // Another CPU made the entry in the meantime.
+        add_to_source(source, refused, bytes, now);
+    }
+}
+
+#[inline(always)]
+fn add_to_source(source: *mut PortSource, refused: u64, bytes: u64, now: u64) {
+    // SAFETY: a value of the table; shared by CPUs, hence the atomic adds. The last-seen time
+    // is a plain store: any CPU's recent time will do.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*source).connections, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*source).refused, refused);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*source).bytes, bytes);
+        (*source).last_seen_ns = now;
+    }
+}
