@@ -109,6 +109,8 @@ pub fn attach(options: &AttachOptions) -> Result<Attached> {
     let iface = options.iface;
     let source = PolicySource::read(options.policy)?;
     let mut loaded = source.load(LoadOptions { strict: options.strict })?;
+    // The feeds' saved copies: enforced from the start, fetched or not.
+    crate::feeds::add_to(&mut loaded.policy, iface, None)?;
     // What the policy would do to this host (SSH, its own networks): said, and refused unless
     // the operator gave their word, before anything changes.
     let operator = Operator {
@@ -592,7 +594,7 @@ fn reload_directly(
             "{iface} is NOT PROTECTED: {problem}; `portguard attach {iface} --policy FILE` attaches afresh"
         );
     }
-    let (ebpf, loaded, next) = manager::apply_generation(&state, source, strict, operator)?;
+    let (ebpf, loaded, next) = manager::apply_generation(&state, source, strict, operator, None)?;
     // The links reference the new programs now; our handles can go.
     drop(ebpf);
     Ok((next.generation, crate::maps::kept_sizes_message(iface, &loaded.policy), loaded.warnings))

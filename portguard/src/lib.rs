@@ -22,6 +22,7 @@ pub mod doctor;
 pub mod durations;
 pub mod events;
 pub mod exit;
+pub mod feeds;
 pub mod files;
 pub mod hostnet;
 pub mod journal;

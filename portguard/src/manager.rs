@@ -75,16 +75,19 @@ fn names_a_descriptor(path: &Path) -> bool {
 /// Loads `source` as the generation after `current` and switches the running programs to it
 /// atomically, recorded ahead and after (`switch_recorded`). Nothing changes if anything fails
 /// before the switch, or if the policy would lock the host out without the operator's word
-/// (`safety::review`). Returns the new generation's record.
+/// (`safety::review`). The feeds enforce their saved copies, or `fresh` for its own feed.
+/// Returns the new generation's record.
 pub fn apply_generation(
     current: &RunState,
     source: &PolicySource,
     strict: bool,
     operator: &Operator,
+    fresh: Option<&crate::feeds::FeedList>,
 ) -> Result<(Ebpf, Loaded, RunState)> {
     let iface = current.iface.as_str();
     let generation = current.generation + 1;
     let mut loaded = source.load(LoadOptions { strict })?;
+    crate::feeds::add_to(&mut loaded.policy, iface, fresh)?;
     safety::review(&mut loaded, iface, operator, "reload")?;
     let image = compile(&loaded.policy, generation)?;
     let mut ebpf = loader::load(&image, &loaded.policy, Some(&paths::pin_dir(iface)))?;

@@ -45,6 +45,8 @@ pub struct LoaderCounts {
     pub crowdsec: Option<crate::crowdsec::PullStatus>,
     /// What the per-port baselines know (`[anomaly]`).
     pub baseline: Option<crate::baseline::Summary>,
+    /// How the fetches of the `[blocklist] urls` feeds go, one per feed.
+    pub feeds: Vec<crate::feeds::FeedStatus>,
 }
 
 /// What a scrape of one attachment reads.
@@ -200,6 +202,42 @@ fn baseline_families(registry: &Registry, iface: &str, known: &crate::baseline::
     )
     .row(&[], u64::from(known.error.is_some()))
     .gauge(registry)
+}
+
+/// `[blocklist] urls`: each feed's entries in force and how its fetches go (label `feed`: the
+/// URL; at most `policy::feeds::MAX_FEEDS`).
+fn feed_families(registry: &Registry, iface: &str, feeds: &[crate::feeds::FeedStatus]) -> Result<()> {
+    let mut entries = Family::new("feed_entries", "Entries of the blocklist feed's copy in force.", iface);
+    let mut failures = Family::new(
+        "feed_fetch_failures",
+        "Fetches of the blocklist feed that failed, or lists refused.",
+        iface,
+    );
+    let mut up = Family::new(
+        "feed_up",
+        "1 when the last fetch of the blocklist feed left its list current, 0 when it failed.",
+        iface,
+    );
+    let mut last = Family::new(
+        "feed_last_success_timestamp_seconds",
+        "When a fetch of the blocklist feed last left its list current (Unix time).",
+        iface,
+    );
+    for feed in feeds {
+        let label = [("feed", feed.url.as_str())];
+        entries.push(&label, feed.entries as u64);
+        failures.push(&label, feed.failures);
+        up.push(&label, u64::from(feed.last_error.is_none() && feed.last_success.is_some()));
+        // Absent until a fetch succeeds: a zero would claim one at 1970.
+        if let Some(at) = feed.last_success {
+            last.push(&label, at);
+        }
+    }
+    entries.gauge(registry)?;
+    failures.counter(registry)?;
+    up.gauge(registry)?;
+    last.gauge(registry)?;
+    Ok(())
 }
 
 /// `[crowdsec]`: the decisions in force and how the pulls from the LAPI go.
@@ -468,6 +506,9 @@ pub fn render(source: &Source) -> Result<String> {
     }
     if let Some(known) = &counts.baseline {
         baseline_families(&registry, iface, known)?;
+    }
+    if !counts.feeds.is_empty() {
+        feed_families(&registry, iface, &counts.feeds)?;
     }
     Family::new("policy_generation", "The running policy generation (1 at attach, +1 per reload).", iface)
         .row(&[], state.as_ref().map_or(0, |s| s.generation))

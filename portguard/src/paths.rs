@@ -125,6 +125,17 @@ pub fn crowdsec_status(iface: &str) -> PathBuf {
     run_dir().join(format!("{iface}.crowdsec-status.json"))
 }
 
+/// The last good copy of each `[blocklist] urls` feed an attachment enforces, kept across
+/// loader restarts and reboots: `ID.list` (the list as served) and `ID.json` (its validators).
+pub fn feed_copies(iface: &str) -> PathBuf {
+    namespace_state_dir().join("feeds").join(iface)
+}
+
+/// How the loader's fetches of its feeds went, for `stats`.
+pub fn feeds_status(iface: &str) -> PathBuf {
+    run_dir().join(format!("{iface}.feeds-status.json"))
+}
+
 /// The journals of this namespace's attachments (`crate::journal`), one directory each.
 pub fn journal_root() -> PathBuf {
     namespace_state_dir().join("journal")

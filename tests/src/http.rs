@@ -1,5 +1,5 @@
-//! Just enough HTTP for the tests: scrape a `/metrics` page and receive webhook posts, each
-//! inside a lab namespace and bounded in time.
+//! Just enough HTTP for the tests: scrape a `/metrics` page, receive webhook posts and serve a
+//! blocklist feed, each inside a lab namespace and bounded in time.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -133,26 +133,12 @@ impl Receiver {
 
     /// Waits up to `wait` until `done` holds for the requests received; returns them.
     pub fn wait_for_requests(&self, wait: Duration, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let requests = self.requests();
-            if done(&requests) || Instant::now() >= deadline {
-                return requests;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(wait, || self.requests(), |requests| done(requests))
     }
 
     /// Waits up to `wait` until `done` holds for the bodies received; returns them.
     pub fn wait_for(&self, wait: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let bodies = self.bodies();
-            if done(&bodies) || Instant::now() >= deadline {
-                return bodies;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll(wait, || self.bodies(), |bodies| done(bodies))
     }
 }
 
@@ -192,6 +178,136 @@ fn read_request(stream: &TcpStream) -> Result<Received> {
     let mut body = vec![0u8; length];
     reader.read_exact(&mut body)?;
     Ok(Received { target, headers, body: String::from_utf8(body)? })
+}
+
+/// What a `FeedServer` answers.
+#[derive(Clone, Debug)]
+pub enum Feed {
+    /// A list with its `ETag` (quoted as sent) and `Last-Modified`; a request whose
+    /// `If-None-Match` names that tag gets 304 Not Modified.
+    List { body: String, etag: String, last_modified: String },
+    /// This status and a short body, whatever is asked.
+    Status(u16),
+}
+
+/// One request a `FeedServer` answered: its headers and the status it got.
+#[derive(Clone, Debug)]
+pub struct Answered {
+    pub request: Received,
+    pub status: u16,
+}
+
+/// A blocklist feed on 127.0.0.1 in a namespace (a real HTTP/1.1 server on a real socket):
+/// serves one list at any path, with validators, honouring `If-None-Match`; what it serves
+/// can be changed while it runs, and stopping it (drop) closes its port.
+pub struct FeedServer {
+    pub address: SocketAddr,
+    serving: Arc<Mutex<Feed>>,
+    answered: Arc<Mutex<Vec<Answered>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FeedServer {
+    pub fn start(netns: &Netns, port: u16, first: Feed) -> Self {
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let serving = Arc::new(Mutex::new(first));
+        let answered = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let (serving, answered, stop) = (serving.clone(), answered.clone(), stop.clone());
+            netns.spawn(move || {
+                let listener = TcpListener::bind(address).expect("binding the feed server");
+                listener.set_nonblocking(true).unwrap();
+                ready_tx.send(()).unwrap();
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < FEED_LIFETIME {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            stream.set_nonblocking(false).unwrap();
+                            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                            let Ok(request) = read_request(&stream) else { continue };
+                            let feed = serving.lock().unwrap().clone();
+                            let (status, head, body) = answer(&feed, &request);
+                            let _ = (&stream).write_all(
+                                format!(
+                                    "HTTP/1.1 {status} {}\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                    if status == 200 { "OK" } else { "Status" },
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            );
+                            answered.lock().unwrap().push(Answered { request, status });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("the feed server did not start");
+        Self { address, serving, answered, stop, thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/drop.txt", self.address)
+    }
+
+    /// Serves `feed` from now on.
+    pub fn serve(&self, feed: Feed) {
+        *self.serving.lock().unwrap() = feed;
+    }
+
+    /// The requests answered so far.
+    pub fn answered(&self) -> Vec<Answered> {
+        self.answered.lock().unwrap().clone()
+    }
+
+    /// Waits up to `wait` until `done` holds for the requests answered; returns them.
+    pub fn wait_for(&self, wait: Duration, done: impl Fn(&[Answered]) -> bool) -> Vec<Answered> {
+        poll(wait, || self.answered(), |answered| done(answered))
+    }
+}
+
+/// Reads `read` every 50 ms until `done` holds for what it read or `wait` has passed; the
+/// last reading.
+fn poll<T>(wait: Duration, read: impl Fn() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + wait;
+    loop {
+        let seen = read();
+        if done(&seen) || Instant::now() >= deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Longest a feed server lives, whatever the test does.
+const FEED_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Status, extra header lines and body for `request`.
+fn answer(feed: &Feed, request: &Received) -> (u16, String, String) {
+    match feed {
+        Feed::List { body, etag, last_modified } => {
+            let head =
+                format!("ETag: {etag}\r\nLast-Modified: {last_modified}\r\nContent-Type: text/plain\r\n");
+            if request.header("if-none-match") == Some(etag.as_str()) {
+                (304, head, String::new())
+            } else {
+                (200, head, body.clone())
+            }
+        }
+        Feed::Status(status) => (*status, String::new(), format!("status {status}\n")),
+    }
+}
+
+impl Drop for FeedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// One sample of a text exposition: name, labels, value.

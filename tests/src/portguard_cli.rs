@@ -201,6 +201,21 @@ impl Attached {
         command
     }
 
+    /// Another loader for this attachment's interface, in its namespace and state directory
+    /// (a restart after a detach): `portguard attach IFACE --policy POLICY EXTRA...`, its
+    /// output discarded; stopped when the guard drops.
+    pub fn attach_again(&self, policy: &std::path::Path, extra: &[&str]) -> Killer {
+        let policy = policy.to_str().expect("a UTF-8 path");
+        let child = self
+            .command(&["attach", &self.iface, "--policy", policy])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting portguard attach");
+        Killer(child)
+    }
+
     /// `portguard events IFACE EXTRA...` beside this attachment (as from another terminal),
     /// once it follows the loader.
     pub fn follow_events(&self, extra: &[&str]) -> Result<Follower> {
@@ -330,6 +345,28 @@ impl Drop for Attached {
         }
         // Whatever is left (a killed loader's pins): remove it. Errors mean nothing was left.
         let _ = self.command(&["detach", &self.iface]).output();
+    }
+}
+
+/// A loader spawned by hand (`Attached::command(["attach", ..])`): stopped with SIGTERM when
+/// dropped (SIGKILL after 10 s), also when the test fails.
+pub struct Killer(pub Child);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

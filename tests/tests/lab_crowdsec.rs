@@ -161,13 +161,7 @@ fn a_lapi_that_goes_away_leaves_the_decisions_in_force() {
     assert!(tcp_connects(&lab.client, Some(client), web(client)), "open while detached");
     let policy = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(policy.path(), format!("{WEB}{}", lapi.policy_section("1s"))).unwrap();
-    let restarted = pg
-        .command(&["attach", &pg.iface, "--policy", policy.path().to_str().unwrap(), "--metrics", METRICS])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let restarted = Killer(restarted);
+    let restarted = pg.attach_again(policy.path(), &["--metrics", METRICS]);
     assert!(becomes(&lab, client, true, Duration::from_secs(10)).is_some(), "not restored after a restart");
 
     // The LAPI is back: new decisions arrive (after the back-off, at most a few seconds here).
@@ -298,25 +292,4 @@ fn a_scanner_blocked_on_one_host_is_refused_by_the_other() {
     assert!(stats["crowdsec"]["push"]["pushed"].as_u64().unwrap() >= 1, "{stats}");
     assert_eq!(stats["crowdsec"]["push"]["unsent"], 0, "{stats}");
     drop(pg_two);
-}
-
-/// Stops a spawned loader with SIGTERM when dropped.
-struct Killer(std::process::Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -194,7 +194,7 @@ fn check_says_the_policy_back_in_its_own_words() {
     assert_eq!(checked["scan_detection"]["block_for_secs"], 900);
     assert_eq!(checked["inbound"]["fragment_timeout_secs"], 30);
     let sources = checked["blocklist_sources"].as_array().unwrap();
-    assert_eq!(sources[0], serde_json::json!({ "file": null, "entries": 1, "bad_lines": 0 }));
+    assert_eq!(sources[0], serde_json::json!({ "file": null, "feed": null, "entries": 1, "bad_lines": 0 }));
     assert_eq!(sources[1]["file"], dir.path().join("list.txt").to_str().unwrap());
     assert_eq!((&sources[1]["entries"], &sources[1]["bad_lines"]), (&Value::from(2), &Value::from(1)));
     let warning = &report["diagnostics"][0];

@@ -20,7 +20,7 @@ use portguard::{
 use portguard_common::Reason;
 use portguard_tests::{
     ADMIN_V4, ADMIN_V6, Attached, CLIENT_V4, CLIENT_V6, Lab, SERVER_V4, SERVER_V6, packets,
-    portguard_cli::{applied, exited},
+    portguard_cli::{Killer, applied, exited},
     require_root,
     traffic::{Servers, tcp_connects},
 };
@@ -110,27 +110,6 @@ fn expiry_is_exact_across_a_loader_restart() {
     }
     assert!(tcp_connects(&lab.client, None, web(false)), "the block ended 6 s after it started");
     drop(restarted);
-}
-
-/// Stops a spawned loader with SIGTERM when dropped.
-struct Killer(std::process::Child);
-
-impl Drop for Killer {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A blocklist like the public ones: mostly single addresses, some networks, IPv6, comments,

@@ -237,7 +237,8 @@ pub fn unblock(items: &[String], iface: Option<&str>) -> Result<ExitCode> {
         eprintln!(
             "{net} was not blocked by hand, automatically or by CrowdSec{}",
             if in_policy {
-                " (if it is in a policy blocklist: edit the policy, then `portguard reload`)"
+                " (if it is in a policy blocklist: edit the policy, then `portguard reload`; a feed's \
+                 entries change with the feed)"
             } else {
                 ""
             }
@@ -269,8 +270,11 @@ struct Row {
     network: Option<IpNet>,
     /// Networks the row stands for: 1, or a policy blocklist's entries.
     entries: u64,
-    /// A policy blocklist read from a file: the file (`None`: the policy's own `sources`).
+    /// A policy blocklist read from a file: the file (`None`, and no `feed`: the policy's own
+    /// `sources`).
     file: Option<std::path::PathBuf>,
+    /// A policy blocklist fetched from a feed (`[blocklist] urls`): its URL.
+    feed: Option<String>,
     /// The attachments it applies to now.
     interfaces: Vec<String>,
     /// A manual block without `--iface`: every attachment of the namespace, later ones too.
@@ -303,6 +307,7 @@ impl Row {
             origin,
             network: None,
             entries: 1,
+            feed: None,
             file: None,
             interfaces,
             every_interface: false,
@@ -371,6 +376,7 @@ pub fn list(json: bool, iface: Option<&str>) -> Result<ExitCode> {
             rows.push(Row {
                 entries: source.entries as u64,
                 file: source.file.clone(),
+                feed: source.feed.clone(),
                 shown_reason: format!("blocklist {}", source.origin()),
                 ..Row::new("policy_blocklist", vec![state.iface.clone()])
             });

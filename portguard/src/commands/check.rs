@@ -94,6 +94,15 @@ pub fn run(path: &Path, strict: bool, json: bool, deny_warnings: bool) -> Result
             }
         );
     }
+    if let Some(feeds) = &policy.feeds {
+        for url in &feeds.urls {
+            println!(
+                "  blocklist feed {}: fetched by the loader every {} (not counted here)",
+                portguard::printable(url),
+                portguard::durations::format(feeds.refresh)
+            );
+        }
+    }
     println!(
         "  kernel entries: {} ports, {} source rules, {} blocked IPv4 /16s, {} IPv4 ranges, {} IPv6 prefixes",
         image.ports.len(),

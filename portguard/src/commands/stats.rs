@@ -13,6 +13,7 @@ use portguard::{
     blocks::{ActiveBlock, active_blocks},
     crowdsec::PullStatus,
     durations,
+    feeds::FeedStatus,
     limits::{self, LimitReport},
     maps::{Counters, PinnedMaps, PortCount, top_ports},
     output::{self, Tone, count, group, noun, paint},
@@ -36,6 +37,8 @@ struct Snapshot {
     crowdsec: Option<PullStatus>,
     /// `[anomaly]`: what the loader's baselines know.
     baseline: Option<portguard::baseline::Summary>,
+    /// `[blocklist] urls`: how the loader's fetches of each feed go.
+    feeds: Vec<FeedStatus>,
     at: Instant,
     /// The wall clock when it was taken, for people and JSON.
     time: SystemTime,
@@ -52,6 +55,7 @@ impl Snapshot {
             limits,
             crowdsec: PullStatus::read(iface),
             baseline: portguard::state::read_status(&portguard::paths::baseline_status(iface)),
+            feeds: FeedStatus::read_all(iface),
             counters: maps.counters()?,
             suppressed: portguard::events::suppressed(&maps.event_budget),
             port_drops: maps.port_drops.snapshot(),
@@ -215,6 +219,9 @@ fn render(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) ->
     if let Some(status) = &now.crowdsec {
         let _ = writeln!(out, "  {}", crowdsec_line(status, portguard::state::now_unix()));
     }
+    for feed in &now.feeds {
+        let _ = writeln!(out, "  {}", feed_line(feed, portguard::state::now_unix()));
+    }
     if !now.blocks.is_empty() {
         let _ = writeln!(out, "  automatic blocks ({}):", group(now.blocks.len() as u64));
         let rows: Vec<Vec<String>> = now
@@ -287,6 +294,7 @@ fn to_json(iface: &str, now: &Snapshot, before: Option<&Snapshot>, top: usize) -
         "rate_limits": now.limits.as_ref().ok(),
         "crowdsec": now.crowdsec.as_ref().map(crowdsec_json),
         "baselines": now.baseline,
+        "feeds": now.feeds.iter().map(feed_json).collect::<Vec<_>>(),
         "rates": rates,
     })
 }
@@ -379,5 +387,47 @@ fn crowdsec_json(status: &PullStatus) -> Value {
         "other_types": status.other_types,
         "full_load_secs": status.full_load_ms.map(|ms| ms as f64 / 1e3),
         "push": status.push,
+    })
+}
+
+/// A feed for people: `feed https://...: 1,204 entries (copy of 2026-12-02T08:00:00Z), last fetch 3m ago`.
+fn feed_line(status: &FeedStatus, now: u64) -> String {
+    let copy = status
+        .copy_fetched_at
+        .and_then(output::rfc3339_unix)
+        .map_or_else(|| "no copy yet".to_string(), |at| format!("copy of {at}"));
+    let last = match status.age(now) {
+        Some(age) => format!("last fetch {} ago", durations::format_secs(age)),
+        None => "no successful fetch yet".to_string(),
+    };
+    let mut line = format!(
+        "feed {}: {} ({copy}), {last}",
+        portguard::printable(&status.url),
+        count(status.entries as u64, "entry", "entries")
+    );
+    if status.failures > 0 {
+        line.push_str(&format!(", {} failed", count(status.failures, "fetch", "fetches")));
+    }
+    if let Some(error) = &status.last_error {
+        line.push_str(&format!(
+            "; LAST FETCH FAILED: {} (the list in force stays)",
+            portguard::printable(error)
+        ));
+    }
+    line
+}
+
+/// A feed in `stats --json`.
+fn feed_json(status: &FeedStatus) -> Value {
+    json!({
+        "url": status.url,
+        "entries": status.entries,
+        "copy_fetched_at": status.copy_fetched_at.and_then(output::rfc3339_unix),
+        "last_success_at": status.last_success.and_then(output::rfc3339_unix),
+        "last_success_age_secs": status.age(portguard::state::now_unix()),
+        "last_attempt_at": status.last_attempt.and_then(output::rfc3339_unix),
+        "failures": status.failures,
+        "not_modified": status.not_modified,
+        "last_error": status.last_error,
     })
 }

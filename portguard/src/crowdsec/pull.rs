@@ -21,7 +21,7 @@ use crate::{
     metrics::LoaderCounts,
     paths,
     policy::CrowdSec,
-    state::{now_unix, write_atomically},
+    state::{now_unix, read_status, record_status},
 };
 
 /// How the pulls went: `stats` reads it from the run directory, `/metrics` from the loader.
@@ -51,17 +51,11 @@ pub struct PullStatus {
 impl PullStatus {
     /// What the loader of `iface` last wrote; `None` without `[crowdsec]` or a running loader.
     pub fn read(iface: &str) -> Option<Self> {
-        let text = crate::files::read_text_capped(&paths::crowdsec_status(iface), 1 << 20).ok()?;
-        serde_json::from_str(&text).ok()
+        read_status(&paths::crowdsec_status(iface))
     }
 
     pub(super) fn write(&self, iface: &str) {
-        if let Err(error) = serde_json::to_vec(self)
-            .map_err(anyhow::Error::from)
-            .and_then(|json| write_atomically(&paths::crowdsec_status(iface), &json))
-        {
-            warn!("recording the CrowdSec pull status: {error:#}");
-        }
+        record_status(&paths::crowdsec_status(iface), self, "the CrowdSec pull status");
     }
 
     /// Seconds since the last successful pull.

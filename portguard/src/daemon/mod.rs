@@ -151,7 +151,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
     let clients = tokio::spawn(control_server::accept_clients(
         listener,
-        Channels { iface: iface.clone(), lines: lines.clone(), reloads: reload_tx, audits: audit_tx },
+        Channels { iface: iface.clone(), lines: lines.clone(), reloads: reload_tx, audits: audit_tx.clone() },
     ));
 
     // `[crowdsec]`: its own task, so a slow LAPI holds up nothing here.
@@ -159,6 +159,14 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
     crowdsec.update(&iface, loader.policy.crowdsec.as_ref(), &loader.counts);
     // `[anomaly]`: a minute of per-port statistics at a time, on a worker thread.
     let mut baselines = crate::baseline::Sampler::new(&iface, &loader.policy.anomaly);
+    // `[blocklist] urls`: fetched by its own task; a changed list comes back to be switched in.
+    let (switch_tx, mut switch_rx) = mpsc::channel::<crate::feeds::follow::Switch>(4);
+    let mut feeds = crate::feeds::Follower::new(
+        &iface,
+        &loader.counts,
+        crate::feeds::follow::ToLoader { switches: switch_tx, events: audit_tx.clone() },
+    );
+    feeds.update(&loader.policy);
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -242,13 +250,17 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
             // One reload at a time: the next request waits in the channel, SIGHUP in its stream.
             call = reload_rx.recv(), if reloading.is_none() => {
                 if let Some((request, reply)) = call {
-                    reloading = Some(reload::start_reload(&loader, request, Some(reply)));
+                    reloading = Some(reload::start_reload(&loader, request, Some(reply), None));
                 }
             }
             _ = hangup.recv(), if reloading.is_none() => {
                 info!("SIGHUP: reloading {}", loader.state.policy.display());
                 let request = ReloadRequest { via: Some("SIGHUP".into()), ..ReloadRequest::default() };
-                reloading = Some(reload::start_reload(&loader, request, None));
+                reloading = Some(reload::start_reload(&loader, request, None, None));
+            }
+            Some(switch) = switch_rx.recv(), if reloading.is_none() => {
+                info!("feed {}: a new list, switching it in", switch.list.info.url);
+                reloading = Some(reload::start_feed_switch(&loader, switch));
             }
             Some(record) = audit_rx.recv() => {
                 publish(&loader, &record);
@@ -256,9 +268,9 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
             done = async { (&mut reloading.as_mut().expect("enabled only while reloading").work).await },
                 if reloading.is_some() =>
             {
-                let ReloadInProgress { request, reply, .. } = reloading.take().expect("reloading");
+                let ReloadInProgress { request, reply, feed, .. } = reloading.take().expect("reloading");
                 let built = done.unwrap_or_else(|error| Err(anyhow::anyhow!("the reload failed: {error}")));
-                let (answer, record) = reload::finish_reload(&mut loader, &request, built, metrics.as_deref());
+                let (answer, record) = reload::finish_reload(&mut loader, &request, built, metrics.as_deref(), feed);
                 if let Some(record) = record {
                     publish(&loader, &record);
                 }
@@ -267,6 +279,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
                 if !loader.policy.anomaly.enabled {
                     lock(&loader.counts).baseline = None;
                 }
+                feeds.update(&loader.policy);
                 match reply {
                     Some(reply) => {
                         let _ = reply.send(answer);
@@ -315,6 +328,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
     }
     clients.abort();
     drop(crowdsec);
+    drop(feeds);
     let _ = std::fs::remove_file(paths::crowdsec_status(&iface));
     let _ = std::fs::remove_file(&socket_path);
     Ok((exit, loader))

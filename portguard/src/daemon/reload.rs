@@ -14,6 +14,7 @@ use super::Loader;
 use crate::{
     control::{ReloadRequest, Reply},
     events::{EventRecord, EventType, Grants},
+    feeds::{FeedList, follow::Switch},
     lock,
     manager::{self, PolicySource, Rollback},
     metrics,
@@ -35,14 +36,19 @@ pub(super) struct ReloadInProgress {
     pub request: ReloadRequest,
     /// Where the answer goes; `None` for SIGHUP.
     pub reply: Option<oneshot::Sender<Reply>>,
+    /// The feed whose new list this generation switches in, if that is why it is built.
+    pub feed: Option<String>,
 }
 
-/// Starts building and switching in the next generation on a worker thread.
+/// Starts building and switching in the next generation on a worker thread; with `fresh`, a
+/// feed's new list, saved as the feed's copy once the generation runs.
 pub(super) fn start_reload(
     loader: &Loader,
     request: ReloadRequest,
     reply: Option<oneshot::Sender<Reply>>,
+    fresh: Option<FeedList>,
 ) -> ReloadInProgress {
+    let feed = fresh.as_ref().map(|list| list.info.url.clone());
     let current = loader.state.clone();
     let running = loader.policy.clone();
     let strict = request.strict || loader.strict;
@@ -58,12 +64,31 @@ pub(super) fn start_reload(
             (_, Some(path)) => PolicySource::read(&path)?,
             (_, None) => PolicySource::read(&current.policy)?,
         };
-        let (ebpf, loaded, next) = manager::apply_generation(&current, &source, strict, &operator)?;
+        let (ebpf, loaded, next) =
+            manager::apply_generation(&current, &source, strict, &operator, fresh.as_ref())?;
+        if let Some(list) = &fresh {
+            // It runs: from now on it is the copy every generation enforces.
+            list.save(&current.iface)
+                .inspect_err(|error| log::warn!("saving the copy of feed {}: {error:#}", list.info.url))
+                .ok();
+        }
         // Here, off the event thread: two blocklists of millions take a while to compare.
         let changes = crate::policy::diff::diff(&running, &loaded.policy);
         Ok((ebpf, loaded, source, next, changes))
     });
-    ReloadInProgress { work, request, reply }
+    ReloadInProgress { work, request, reply, feed }
+}
+
+/// A feed's new list, switched in as the next generation of the policy as it runs (the file
+/// on disk is not read again: a feed changes the feed, nothing else).
+pub(super) fn start_feed_switch(loader: &Loader, switch: Switch) -> ReloadInProgress {
+    let request = ReloadRequest {
+        policy: Some(loader.source.path.clone()),
+        policy_text: Some(loader.source.text.clone()),
+        via: Some(format!("feed {}", switch.list.info.url)),
+        ..ReloadRequest::default()
+    };
+    start_reload(loader, request, Some(switch.reply), Some(switch.list))
 }
 
 /// Takes over a generation the worker switched in (or reports why the running one stays),
@@ -73,9 +98,11 @@ pub(super) fn finish_reload(
     request: &ReloadRequest,
     built: Result<Built>,
     metrics: Option<&metrics::Source>,
+    feed: Option<String>,
 ) -> (Reply, Option<EventRecord>) {
     match built.and_then(|built| take_over(loader, request, built, metrics)) {
-        Ok((message, warnings, record)) => {
+        Ok((message, warnings, mut record)) => {
+            record.feed = feed;
             // A rollback's own line says it (ROLLBACK); a reload's is this one.
             if request.rollback.is_none() {
                 say(&format!("portguard: {message}"));

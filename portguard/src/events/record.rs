@@ -30,6 +30,8 @@ pub enum EventType {
     Unprotected,
     /// They are again.
     Reattached,
+    /// A blocklist feed could not be fetched, or its new list was refused: the list in force stays.
+    FeedFailed,
     /// An `events` client read too slowly and missed some lines.
     ClientLagged,
     // The audit trail: what people (and the rollback guard) did.
@@ -55,7 +57,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type a policy can name (`[alerts] events`).
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Drop,
         Self::ScanDetected,
         Self::AutoBlocked,
@@ -65,6 +67,7 @@ impl EventType {
         Self::EventsLost,
         Self::Unprotected,
         Self::Reattached,
+        Self::FeedFailed,
         Self::ClientLagged,
         Self::Blocked,
         Self::Unblocked,
@@ -87,6 +90,7 @@ impl EventType {
             Self::EventsLost => "events_lost",
             Self::Unprotected => "unprotected",
             Self::Reattached => "reattached",
+            Self::FeedFailed => "feed_failed",
             Self::ClientLagged => "client_lagged",
             Self::Blocked => "blocked",
             Self::Unblocked => "unblocked",
@@ -138,6 +142,7 @@ impl EventType {
                 | Self::BlockExpired
                 | Self::Unprotected
                 | Self::Reattached
+                | Self::FeedFailed
                 | Self::Anomaly
         )
     }
@@ -169,6 +174,7 @@ impl EventType {
             Self::BlockExpired => "UNBLOCK",
             Self::EventsLost => "LOST",
             Self::Unprotected | Self::Reattached => "IFACE",
+            Self::FeedFailed => "FEED",
             Self::ClientLagged => "LAGGED",
             Self::Blocked => "MANUAL-BLOCK",
             Self::Unblocked => "MANUAL-UNBLOCK",
@@ -195,6 +201,7 @@ impl EventType {
             | Self::TrapHit
             | Self::EventsLost
             | Self::Unprotected
+            | Self::FeedFailed
             | Self::Blocked
             | Self::RolledBack => Some(Tone::Bad),
             Self::Anomaly => Some(Tone::Caution),
@@ -331,6 +338,9 @@ pub struct EventRecord {
     /// Reloads and rollbacks: the policy file of that generation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// `feed_failed`, and reloads that switched a feed's new list in: the feed's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<String>,
     /// Reloads and rollbacks: rules and entries the new generation has and the old did not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub added: Vec<String>,
@@ -398,6 +408,7 @@ impl EventRecord {
             uid: None,
             generation: None,
             policy: None,
+            feed: None,
             added: Vec::new(),
             removed: Vec::new(),
             changed: Vec::new(),
@@ -511,6 +522,7 @@ impl EventRecord {
             ),
             EventType::Unprotected => format!("NOT PROTECTED: {reason}"),
             EventType::Reattached => format!("protected again: {reason}"),
+            EventType::FeedFailed => format!("feed {}: {reason}", self.feed.as_deref().unwrap_or("?")),
             EventType::ClientLagged => {
                 format!("{} events missed: this client read too slowly", self.count.unwrap_or(0))
             }

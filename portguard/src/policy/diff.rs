@@ -58,10 +58,11 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     result
 }
 
-/// The rules, `never_block` networks and trap ports, one statement each.
+/// The rules, `never_block` networks, feeds and trap ports, one statement each.
 fn statements(policy: &Policy) -> BTreeSet<String> {
     let mut all: BTreeSet<String> = policy.rules.iter().map(rule).collect();
     all.extend(policy.never_block.iter().map(|net| format!("never_block {net}")));
+    all.extend(policy.feeds.iter().flat_map(|feeds| &feeds.urls).map(|url| format!("blocklist feed {url}")));
     for (proto, ports) in [(Proto::Tcp, &policy.trap_ports.tcp), (Proto::Udp, &policy.trap_ports.udp)] {
         all.extend(ports.iter().map(|range| format!("trap {proto} {}", range_text(range))));
     }

@@ -8,6 +8,7 @@ pub mod compile;
 pub mod crowdsec;
 pub mod diagnostic;
 pub mod diff;
+pub mod feeds;
 mod raw;
 pub mod reach;
 pub mod sources;
@@ -24,6 +25,7 @@ pub use alerts::{Alerts, WebhookFormat};
 pub use anomaly::AnomalyDetection;
 pub use crowdsec::CrowdSec;
 pub use diagnostic::{Diagnostic, PolicyErrors, Severity};
+pub use feeds::Feeds;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -387,17 +389,24 @@ impl Default for Events {
 /// Where the blocklist entries came from, for summaries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BlocklistSource {
-    /// The file they were read from; `None`: the policy's own `[blocklist] sources`.
+    /// The file they were read from; `None` (and no `feed`): the policy's own `[blocklist] sources`.
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// The feed (`[blocklist] urls`) they came from: its last good copy.
+    #[serde(default)]
+    pub feed: Option<String>,
     pub entries: usize,
     pub bad_lines: usize,
 }
 
 impl BlocklistSource {
-    /// For people: `policy`, or the file's path.
+    /// For people: `policy`, the file's path, or `feed URL`.
     pub fn origin(&self) -> String {
-        self.file.as_ref().map_or_else(|| "policy".to_string(), |file| file.display().to_string())
+        match (&self.file, &self.feed) {
+            (Some(file), _) => file.display().to_string(),
+            (None, Some(url)) => format!("feed {url}"),
+            (None, None) => "policy".to_string(),
+        }
     }
 }
 
@@ -410,6 +419,9 @@ pub struct Policy {
     pub never_block: Vec<IpNet>,
     pub blocklist: Vec<IpNet>,
     pub blocklist_sources: Vec<BlocklistSource>,
+    /// `[blocklist] urls`: lists the loader fetches; their entries join `blocklist` in the
+    /// loader only (`crate::feeds::add_saved`), never in `check`.
+    pub feeds: Option<Feeds>,
     pub inbound: Inbound,
     pub limits: Limits,
     pub scan_detection: ScanDetection,

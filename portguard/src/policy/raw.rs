@@ -115,6 +115,10 @@ pub struct RawBlocklist {
     pub sources: Vec<Spanned<String>>,
     #[serde(default)]
     pub files: Vec<Spanned<String>>,
+    /// Published lists the loader fetches (`super::feeds`).
+    #[serde(default)]
+    pub urls: Vec<Spanned<String>>,
+    pub refresh: Option<Spanned<String>>,
     /// Confirms entries that cover a whole address family (checked in `policy::parse`).
     #[serde(default)]
     pub everything: bool,

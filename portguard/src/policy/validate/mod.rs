@@ -76,6 +76,7 @@ pub fn validate_with(
     let (blocklist, blocklist_sources) =
         sections::blocklist(&mut report, raw.blocklist.as_ref(), path, options, files);
     lints::check_blocklist_against_never_block(&mut report, &raw, &blocklist, &never_block);
+    let feeds = raw.blocklist.as_ref().and_then(|raw| super::feeds::feeds(&mut report, raw));
 
     let inbound = sections::inbound(&mut report, raw.inbound.as_ref());
     let limits = sections::limits(&mut report, raw.limits.as_ref());
@@ -103,6 +104,7 @@ pub fn validate_with(
             never_block,
             blocklist,
             blocklist_sources,
+            feeds,
             inbound,
             limits,
             scan_detection,

@@ -225,7 +225,7 @@ pub(super) fn blocklist(
     let mut entries = nets(report, &raw.sources);
     let mut sources = Vec::new();
     if !raw.sources.is_empty() {
-        sources.push(BlocklistSource { file: None, entries: entries.len(), bad_lines: 0 });
+        sources.push(BlocklistSource { file: None, feed: None, entries: entries.len(), bad_lines: 0 });
     }
     let base = policy_path.parent().unwrap_or(Path::new("."));
     for file in &raw.files {
@@ -260,6 +260,7 @@ pub(super) fn blocklist(
         }
         sources.push(BlocklistSource {
             file: Some(path.clone()),
+            feed: None,
             entries: list.entries.len(),
             bad_lines: list.bad_lines.len(),
         });

@@ -513,3 +513,32 @@ fn the_journal_keeps_at_least_one_rotated_file_or_none() {
         "journal_kib = -1 is out of range (0-16777216)",
     );
 }
+
+#[test]
+fn blocklist_feeds_are_http_urls_with_a_sane_refresh() {
+    let policy = |body: &str| format!("default = \"allow\"\n[blocklist]\n{body}");
+    let loaded = parse(
+        &policy("urls = [\"https://www.spamhaus.org/drop/drop.txt\", \"http://127.0.0.1:8000/l.netset\"]\nrefresh = \"2h\"\n"),
+        Path::new("p.toml"),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let feeds = loaded.policy.feeds.expect("feeds");
+    assert_eq!(feeds.urls.len(), 2);
+    assert_eq!(feeds.refresh, Duration::from_secs(7200));
+    assert!(loaded.policy.blocklist.is_empty(), "check never fetches: {:?}", loaded.policy.blocklist);
+    let default =
+        parse(&policy("urls = [\"https://example.org/l\"]\n"), Path::new("p.toml"), LoadOptions::default());
+    assert_eq!(default.unwrap().policy.feeds.unwrap().refresh, Duration::from_secs(3600));
+
+    assert_one(&errors(&policy("urls = [\"ftp://example.org/l\"]\n")), "p.toml:3:");
+    assert_one(&errors(&policy("urls = [\"ftp://example.org/l\"]\n")), "only http:// and https://");
+    assert_one(&errors(&policy("urls = [\"https://u:p@example.org/l\"]\n")), "credentials");
+    assert_one(
+        &errors(&policy("urls = [\"https://example.org/l\",\n  \"https://example.org/l\"]\n")),
+        "p.toml:4:3: error: \"https://example.org/l\" is listed twice",
+    );
+    assert_one(&errors(&policy("urls = [\"https://example.org/l\"]\nrefresh = \"1s\"\n")), "p.toml:4:");
+    assert_one(&errors(&policy("urls = [\"https://example.org/l\"]\nrefresh = \"30d\"\n")), "from 5s to 7d");
+    assert_one(&errors(&policy("refresh = \"1h\"\n")), "there are none");
+}
