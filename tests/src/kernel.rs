@@ -1,6 +1,16 @@
 //! For the tests that run the kernel program under BPF_PROG_TEST_RUN (`portguard::judge`).
 
-use portguard::judge::Judge;
+use portguard::{
+    judge::Judge,
+    policy::{LoadOptions, compile::compile, parse},
+};
+
+/// The kernel program loaded with `policy` (the text of a policy file), not attached anywhere.
+pub fn judge(policy: &str) -> Judge {
+    let loaded = parse(policy, std::path::Path::new("test.toml"), LoadOptions::default()).expect("policy");
+    let image = compile(&loaded.policy, 1).expect("compile");
+    Judge::new(&image, &loaded.policy).expect("load the kernel program")
+}
 
 /// A map of the judge's own program, opened again by id (the way a separate process opens it).
 pub fn own_map(j: &Judge, name: &str) -> aya::maps::MapData {

@@ -43,6 +43,17 @@ pub fn applied(stats: &serde_json::Value, name: &str) -> u64 {
         .sum()
 }
 
+/// Drops (or would-drops) of `proto`/`port` in `stats --json`'s `top_dropped_ports` (0 when the
+/// port is not among them: ask `stats --top` for enough).
+pub fn port_drops(stats: &serde_json::Value, proto: &str, port: u16) -> u64 {
+    stats["top_dropped_ports"]
+        .as_array()
+        .expect("stats has top_dropped_ports")
+        .iter()
+        .find(|p| p["protocol"] == proto && p["port"] == port)
+        .map_or(0, |p| p["drops"].as_u64().expect("a drop count"))
+}
+
 /// A `portguard attach` running in the background; detached (SIGTERM) on drop.
 pub struct Attached {
     child: Option<Child>,

@@ -7,18 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portguard::{
-    judge::{Judge, Outcome, XDP_DROP, XDP_PASS},
-    policy::{LoadOptions, compile::compile, parse},
-};
+use portguard::judge::{Judge, Outcome, XDP_DROP, XDP_PASS};
 use portguard_common::Reason;
-use portguard_tests::{packets::*, require_root};
-
-fn judge(policy: &str) -> Judge {
-    let loaded = parse(policy, std::path::Path::new("test.toml"), LoadOptions::default()).expect("policy");
-    let image = compile(&loaded.policy, 1).expect("compile");
-    Judge::new(&image, &loaded.policy).expect("load the kernel program")
-}
+use portguard_tests::{kernel::judge, packets::*, require_root};
 
 fn v4(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(198, 51, 100, last))

@@ -8,17 +8,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use portguard::{
     judge::Judge,
-    policy::{LoadOptions, Proto, compile::compile, parse},
+    policy::Proto,
     portstats::{PortStatsMaps, Snapshot, SourceUse, Traffic},
 };
 use portguard_common::Reason;
-use portguard_tests::{packets::*, require_root};
-
-fn judge(policy: &str) -> Judge {
-    let loaded = parse(policy, std::path::Path::new("test.toml"), LoadOptions::default()).expect("policy");
-    let image = compile(&loaded.policy, 1).expect("compile");
-    Judge::new(&image, &loaded.policy).expect("load the kernel program")
-}
+use portguard_tests::{kernel::judge, packets::*, require_root};
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))

@@ -4,20 +4,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use portguard::{
-    judge::{Judge, Outcome, XDP_DROP, XDP_PASS},
-    policy::{LoadOptions, compile::compile, parse},
-};
+use portguard::judge::{Outcome, XDP_DROP, XDP_PASS};
 use portguard_common::Reason;
-use portguard_tests::{packets::*, require_root};
+use portguard_tests::{kernel::judge, packets::*, require_root};
 
 const EXAMPLE: &str = include_str!("../../examples/policy.toml");
-
-fn judge(policy: &str) -> Judge {
-    let loaded = parse(policy, std::path::Path::new("test.toml"), LoadOptions::default()).expect("policy");
-    let image = compile(&loaded.policy, 1).expect("compile");
-    Judge::new(&image, &loaded.policy).expect("load the kernel program")
-}
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))

@@ -8,7 +8,9 @@ use std::{
 
 use portguard_tests::{
     ADMIN_V4, ADMIN_V6, Attached, BLOCKED_V4, BLOCKED_V6, CLIENT_V4, CLIENT_V6, Lab, LabOptions, SERVER_V4,
-    SERVER_V6, require_root,
+    SERVER_V6,
+    portguard_cli::port_drops,
+    require_root,
     traffic::{Servers, tcp_connects, udp_echoes},
 };
 use serde_json::Value;
@@ -31,15 +33,6 @@ fn reason(stats: &Value, name: &str, counted_as: &str) -> u64 {
 
 fn applied(stats: &Value, name: &str) -> u64 {
     reason(stats, name, "applied")
-}
-
-fn port_drops(stats: &Value, proto: &str, port: u16) -> u64 {
-    stats["top_dropped_ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["protocol"] == proto && p["port"] == port)
-        .map_or(0, |p| p["drops"].as_u64().unwrap())
 }
 
 #[test]
