@@ -215,17 +215,7 @@ from = ["192.0.2.0/24"]
 
 /// Every event in the judge's ring buffer, oldest first.
 fn drain_events(j: &mut Judge) -> Vec<portguard_common::events::Event> {
-    let map = j.ebpf_mut().map_mut("PG_EVENTS").expect("PG_EVENTS");
-    let mut ring = aya::maps::RingBuf::try_from(map).expect("a ring buffer");
-    let mut events = Vec::new();
-    // Bounded: the ring holds far fewer events than this.
-    for _ in 0..100_000 {
-        let Some(item) = ring.next() else { break };
-        assert_eq!(item.len(), size_of::<portguard_common::events::Event>());
-        // SAFETY: the kernel writes whole `Event`s; read unaligned from the ring's bytes.
-        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-    }
-    events
+    portguard_tests::kernel::drain_ring(j, "PG_EVENTS")
 }
 
 /// The automatic block (and `[brute_force]`'s record) of an IPv4 source.

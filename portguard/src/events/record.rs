@@ -336,6 +336,9 @@ pub struct EventRecord {
     /// `portguard confirm` runs first. Named as `status` names the same moment.
     #[serde(rename = "rollback_at", default, skip_serializing_if = "Option::is_none")]
     pub confirm_by: Option<String>,
+    /// Automatic blocks: the pcap file that keeps the source's first packets (`[evidence]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 /// A limit's name on a human line.
@@ -381,6 +384,7 @@ impl EventRecord {
             added: Vec::new(),
             removed: Vec::new(),
             changed: Vec::new(),
+            evidence: None,
             confirm_by: None,
         }
     }
@@ -446,7 +450,7 @@ impl EventRecord {
                 }
             ),
             EventType::AutoBlocked => format!(
-                "{who} {} {block} ({})",
+                "{who} {} {block} ({}){}",
                 if monitor { "would be blocked (monitor mode: counted, not dropped)" } else { "blocked" },
                 match self.reason.as_deref() {
                     Some("trap") =>
@@ -461,7 +465,11 @@ impl EventRecord {
                         self.count.unwrap_or(0)
                     ),
                     _ => format!("{kind} scan of {} ports", self.distinct_ports.unwrap_or(0)),
-                }
+                },
+                self.evidence
+                    .as_deref()
+                    .map(|path| format!("; its first packets: {path}"))
+                    .unwrap_or_default()
             ),
             EventType::Limited => format!(
                 "{who} -> {target} {proto}: {} of rule {} {}",
