@@ -538,3 +538,14 @@ fn evidence_stops_at_capture_for_and_is_off_with_no_packets() {
     assert!(drain_evidence(&mut j).is_empty(), "packets_per_source = 0 copies nothing");
     assert_eq!(observed(&j, OBS_EVIDENCE_COPIED), 0);
 }
+
+#[test]
+fn a_trap_hit_is_its_blocks_first_evidence() {
+    require_root!();
+    let mut j = judge(&format!("{}[trap_ports]\ntcp = [23]\n", scan_policy("")));
+    let hit = tcp(IpAddr::from([192, 0, 2, 70]), server(false), 40000, 23, SYN);
+    assert_eq!(j.run(&hit).unwrap().reason, Reason::DropAutoBlock);
+    let copied = drain_evidence(&mut j);
+    assert_eq!(copied.len(), 1, "the hit itself");
+    assert_eq!(&copied[0].frame[..copied[0].cap_len as usize], &hit[..]);
+}

@@ -282,6 +282,15 @@ fn a_source_refused_too_often_is_blocked_and_a_repeat_offender_for_longer() {
     let first = auto_block(&j, src).expect("blocked");
     assert_eq!((first.cause, first.kind, first.port), (CAUSE_RATE_LIMIT, 6, 22));
     assert!((0.9..1.1).contains(&block_secs(&first)), "{first:?}");
+    // Its evidence (`[evidence]` is on by default): the refusal that made the block, then the
+    // next packet.
+    let evidence: Vec<portguard_common::events::EvidencePacket> =
+        portguard_tests::kernel::drain_ring(&mut j, "PG_EVIDENCE");
+    let frames: Vec<&[u8]> = evidence.iter().map(|p| &p.frame[..p.cap_len as usize]).collect();
+    assert_eq!(
+        frames,
+        [&tcp(source, server(source), 40000, 22, SYN)[..], &tcp(source, server(source), 40000, 80, SYN)[..]]
+    );
 
     // One `limited` event for the window's first refusal (instead of its drop event), a drop
     // event for the second, then the block with its evidence.
