@@ -112,6 +112,13 @@ pub struct Config {
     /// The network namespace of the attachment (`SO_NETNS_COOKIE`): the `sock_ops` program,
     /// attached to the root cgroup, sees every namespace's sockets and counts only these.
     pub netns_cookie: u64,
+    /// `[evidence] packets_per_source`: packets of a source blocked automatically that are
+    /// copied to `PG_EVIDENCE`, the one that caused the block first; 0: none.
+    pub evidence_packets: u32,
+    /// `[evidence] snaplen`: payload bytes copied after a packet's headers.
+    pub evidence_snaplen: u32,
+    /// `[evidence] capture_for`: how long after the block its packets are still copied.
+    pub evidence_window_ns: u64,
 }
 
 impl Config {
@@ -142,6 +149,9 @@ impl Config {
             brute_force_max_block_ns: 0,
             recidive_ns: 0,
             netns_cookie: 0,
+            evidence_packets: 0,
+            evidence_snaplen: 0,
+            evidence_window_ns: 0,
         }
     }
 
@@ -157,7 +167,7 @@ impl Default for Config {
     }
 }
 
-const _: () = assert!(size_of::<Config>() == 168 + 16 * MAX_BL6_PREFIX_LENS);
+const _: () = assert!(size_of::<Config>() == 184 + 16 * MAX_BL6_PREFIX_LENS);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}

@@ -134,6 +134,11 @@ pub const FAMILY_CONNECTIONS_UNTRACKED: MetricFamily = MetricFamily {
     help: "Connections to a port with a connection cap that were not counted (table full: [limits] connections or connected_sources).",
     label: "",
 };
+pub const FAMILY_EVIDENCE_PACKETS: MetricFamily = MetricFamily {
+    name: "evidence_packets",
+    help: "Packets of automatically blocked sources copied to the loader as evidence, by outcome (lost: the evidence ring buffer was full).",
+    label: "outcome",
+};
 pub const FAMILY_EVENTS_LOST: MetricFamily =
     MetricFamily { name: "events_lost", help: "Events the ring buffer had no room for.", label: "" };
 
@@ -223,12 +228,18 @@ observations! {
     /// Events the ring buffer had no room for (never silently lost: reported by the reader).
     OBS_EVENTS_LOST = OBSERVATION_BASE + 5,
         "events_lost", "events lost (ring buffer full)", FAMILY_EVENTS_LOST;
+    /// Packets of sources blocked automatically copied to `PG_EVIDENCE` (`[evidence]`).
+    OBS_EVIDENCE_COPIED = OBSERVATION_BASE + 16,
+        "evidence_copied", "packets of blocked sources copied as evidence", FAMILY_EVIDENCE_PACKETS = "copied";
+    /// Evidence packets the evidence ring buffer had no room for.
+    OBS_EVIDENCE_LOST = OBSERVATION_BASE + 17,
+        "evidence_lost", "evidence packets lost (evidence ring buffer full)", FAMILY_EVIDENCE_PACKETS = "lost";
 }
 
 /// Observation slots no counter uses (yet): the only ones `OBSERVATIONS` may leave out.
 pub const OBS_UNUSED: [u32; 0] = [];
 /// Entries in `PG_COUNTERS`.
-pub const COUNTER_SLOTS: u32 = OBSERVATION_BASE + 16;
+pub const COUNTER_SLOTS: u32 = OBSERVATION_BASE + 18;
 
 pub const ALL_REASONS: [Reason; 24] = [
     Reason::PassNotIp,

@@ -136,3 +136,38 @@ const _: () = assert!(size_of::<Event>() == 88);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Event {}
+
+/// Bytes of a frame an `EvidencePacket` holds at most: its headers (Ethernet, VLAN tags, IP
+/// with options or extension headers, TCP with options) and up to `EVIDENCE_MAX_SNAPLEN`
+/// bytes of payload; a frame with longer headers is cut here.
+pub const EVIDENCE_FRAME_BYTES: usize = 384;
+/// Most payload bytes `[evidence] snaplen` may keep after a packet's headers.
+pub const EVIDENCE_MAX_SNAPLEN: u32 = 128;
+
+/// One packet of a source blocked automatically, copied with its bytes to the `PG_EVIDENCE`
+/// ring buffer (`[evidence]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvidencePacket {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the packet was copied.
+    pub time_ns: u64,
+    /// The block's `AutoBlock::expires_ns`: with `net`, which block this is evidence for (its
+    /// `auto_blocked` event carries the same two).
+    pub block_expires_ns: u64,
+    /// The blocked network (the `PG_AUTO_BLOCK` key): an IPv4 source, an IPv6 network.
+    pub net: [u8; 16],
+    pub ifindex: u32,
+    /// The frame's length on the wire (as far as XDP sees it).
+    pub frame_len: u32,
+    /// Bytes of `frame` copied: the headers and up to `snaplen` bytes of payload.
+    pub cap_len: u32,
+    /// Prefix length of `net`.
+    pub prefix_len: u8,
+    pub _pad: [u8; 3],
+    pub frame: [u8; EVIDENCE_FRAME_BYTES],
+}
+
+const _: () = assert!(size_of::<EvidencePacket>() == 48 + EVIDENCE_FRAME_BYTES);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for EvidencePacket {}

@@ -55,6 +55,9 @@ pub const MAP_SCAN: &str = "PG_SCAN";
 pub const MAP_AUTO_BLOCK: &str = "PG_AUTO_BLOCK";
 /// `RingBuf` of `Event`s.
 pub const MAP_EVENTS: &str = "PG_EVENTS";
+/// `RingBuf` of `EvidencePacket`s: the first packets of sources blocked automatically, with
+/// their bytes (`[evidence]`); apart from `PG_EVENTS` so evidence cannot crowd out events.
+pub const MAP_EVIDENCE: &str = "PG_EVIDENCE";
 /// `LpmTrie<NetKey, ManualBlock>`: sources blocked by hand (`portguard block`).
 pub const MAP_MANUAL: &str = "PG_MANUAL";
 /// `Array<Runtime>` of one entry: state userspace keeps for the packet path.
@@ -75,7 +78,7 @@ pub const fn flow_port_bit(proto: u8, port: u16) -> (u32, u64) {
 pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 21] = [
+pub const SHARED_MAPS: [&str; 22] = [
     MAP_EVENT_BUDGET,
     MAP_FLOW_PORTS,
     MAP_COUNTERS,
@@ -86,6 +89,7 @@ pub const SHARED_MAPS: [&str; 21] = [
     MAP_AUTO_BLOCK,
     MAP_AUTO_FILTER,
     MAP_EVENTS,
+    MAP_EVIDENCE,
     MAP_MANUAL,
     MAP_RUNTIME,
     MAP_LIMITS,
@@ -621,7 +625,11 @@ pub struct AutoBlock {
     /// Prefix length of the blocked network (the key is its address): 32 for IPv4
     /// sources, the policy's `ipv6_prefix` for IPv6 ones.
     pub prefix_len: u8,
-    pub _pad: [u8; 3],
+    /// Packets of this block still to be copied as evidence (`[evidence]`): set when the
+    /// block is made, spent by the packet path (the block's packets skip the per-CPU memo
+    /// until it is 0).
+    pub evidence_left: u8,
+    pub _pad: [u8; 2],
     /// When a drop event was last sent for this source (one per second at most).
     pub last_event_ns: u64,
 }

@@ -19,21 +19,24 @@ use portguard_common::{
 use crate::{
     blocklist, counters,
     events::{self, Details, Subject},
+    evidence,
     maps::{
         PG_AUTO_BLOCK, PG_AUTO_FILTER, PG_EVENT_BUDGET, PG_LAST_AUTO_BLOCK, PG_MANUAL, PG_RUNTIME,
         PG_SOURCE_KEY,
     },
     mem,
     time::{MEMO_JIFFIES, jiffies, now_ns},
-    types::LastAutoBlock,
+    types::{LastAutoBlock, VERDICT_EVIDENCE, VERDICT_REPORT},
 };
 
 /// At most one drop event per blocked source (or network) per second.
 pub const DROP_EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 
-/// Result bits of the block checks: the source is blocked; a drop event is due.
+/// Result bits of the block checks: the source is blocked; a drop event is due; the packet is
+/// evidence (the last two are the verdict's `report` bits).
 pub const IS_BLOCKED: u32 = 4;
-pub const REPORT: u32 = 1;
+pub const REPORT: u32 = VERDICT_REPORT as u32;
+pub const EVIDENCE: u32 = VERDICT_EVIDENCE as u32;
 
 /// The network a source is counted and blocked as (an IPv4 source itself, an IPv6 source cut
 /// to `ipv6_prefix`), with `proto`, built in this CPU's scratch slot: map memory, so it costs
@@ -81,13 +84,14 @@ pub fn any_automatic() -> bool {
 }
 
 /// Whether `subject.src` is blocked automatically right now (`IS_BLOCKED`, with `REPORT`
-/// when a drop event is due). An expired block is removed, and reported, on the way.
+/// when a drop event is due, `EVIDENCE` when the packet is one the block still copies). An
+/// expired block is removed, and reported, on the way.
 ///
 /// A blocked source's flood is answered from this CPU's memo of the last blocked source
 /// (`PG_LAST_AUTO_BLOCK`) for `MEMO_JIFFIES`: no filter, table lookup or clock read. The memo
-/// is made only for a block with more than a second left, and ends at once when userspace
-/// lifts automatic blocks (`Runtime::auto_blocks_lifted`); the lookup it skips runs again
-/// within a second, for the drop event due each second.
+/// is made only for a block with more than a second left whose evidence is spent, and ends at
+/// once when userspace lifts automatic blocks (`Runtime::auto_blocks_lifted`); the lookup it
+/// skips runs again within a second, for the drop event due each second.
 #[inline(always)]
 pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
     let lifted = PG_RUNTIME.get(RUNTIME_USER).map_or(0, |r| r.auto_blocks_lifted);
@@ -119,15 +123,16 @@ pub fn auto_blocked(cfg: &Config, subject: &Subject) -> u32 {
         if subject.is_v6 && cfg.has(FLAG_NEVER_BLOCK_INSIDE_V6_NET) && exempt(cfg, subject.src) {
             return 0;
         }
-        if expires_ns - now > DROP_EVENT_INTERVAL_NS {
+        let evidence = if evidence::take(entry, &key.addr, now, cfg) { EVIDENCE } else { 0 };
+        if evidence == 0 && expires_ns - now > DROP_EVENT_INTERVAL_NS {
             remember_auto_block(src, lifted);
         }
         let last = unsafe { &mut (*entry).last_event_ns };
         if now.wrapping_sub(*last) >= DROP_EVENT_INTERVAL_NS {
             *last = now;
-            return IS_BLOCKED | REPORT;
+            return IS_BLOCKED | REPORT | evidence;
         }
-        return IS_BLOCKED;
+        return IS_BLOCKED | evidence;
     }
     if PG_AUTO_BLOCK.remove(&key.addr).is_ok() {
         counters::add(OBS_BLOCKS_EXPIRED, 0);
@@ -188,6 +193,7 @@ pub fn block_token_left(cause: u8) -> bool {
 /// Blocks `net` (a `source_key` address) until `expires_ns`, if this CPU's share of
 /// `new_blocks_per_second` for `cause` allows (otherwise counts the block as not admitted and
 /// returns false): a flood of forged sources cannot fill the table and push real blocks out.
+/// The packet being judged is the block's first evidence (`evidence::start`).
 #[inline(always)]
 pub fn block(
     net: &[u8; 16],
@@ -197,6 +203,7 @@ pub fn block(
     cause: u8,
     kind: u8,
     port: u16,
+    cfg: &Config,
 ) -> bool {
     let Some(budget) = PG_EVENT_BUDGET.get_ptr_mut(0) else {
         return false;
@@ -217,7 +224,8 @@ pub fn block(
         kind,
         port,
         prefix_len,
-        _pad: [0; 3],
+        evidence_left: evidence::start(net, prefix_len, expires_ns, cfg),
+        _pad: [0; 2],
         last_event_ns: now,
     };
     if PG_AUTO_BLOCK.insert(net, &entry, 0).is_err() {

@@ -180,7 +180,8 @@ fn escalate(subject: &Subject, cause: u8, refused: u32, now: u64, cfg: &Config) 
     let block_cause = if in_a_row > 1 { CAUSE_RECIDIVE } else { cause };
     let prefix_len = blocks::source_prefix(subject.is_v6, cfg);
     let expires_ns = now + block_ns;
-    if !blocks::block(&key.addr, prefix_len, now, expires_ns, block_cause, subject.proto, subject.dport) {
+    if !blocks::block(&key.addr, prefix_len, now, expires_ns, block_cause, subject.proto, subject.dport, cfg)
+    {
         return false;
     }
     let offender = Offender { last_expires_ns: expires_ns, blocks: in_a_row, prefix_len, _pad: [0; 3] };

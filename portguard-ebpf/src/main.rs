@@ -16,6 +16,7 @@ mod conns;
 mod counters;
 mod egress;
 mod events;
+mod evidence;
 mod flows;
 mod hash;
 mod limits;
@@ -35,6 +36,7 @@ use aya_ebpf::{
     programs::{SockOpsContext, TcContext, XdpContext},
 };
 use portguard_common::Config;
+use types::VERDICT_REPORT;
 
 /// The policy's settings, written by the loader before the program is loaded (read-only to the
 /// verifier, so branches for unused features are pruned).
@@ -58,8 +60,16 @@ pub fn pg_xdp_ingress(ctx: XdpContext) -> u32 {
     let verdict = verdict::opaque(verdict::judge(data, end, ifindex, cfg));
     let enforced = counters::count(&verdict, cfg, end - data);
     portstats::count(&verdict, cfg, end - data);
-    if verdict.is_drop() && verdict.report != 0 && events::drop_event_allowed() {
-        verdict::report_drop(&verdict, ifindex, cfg);
+    if verdict.is_drop() && verdict.report != 0 {
+        // Any other value than a plain report is a blocked source's evidence: the paths of
+        // sources not blocked pay one comparison, on drops with an event due.
+        if verdict.report == VERDICT_REPORT {
+            if events::drop_event_allowed() {
+                verdict::report_drop(&verdict, ifindex, cfg);
+            }
+        } else {
+            verdict::report_evidence(&ctx, &verdict, cfg);
+        }
     }
     if enforced { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
 }

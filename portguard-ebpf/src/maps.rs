@@ -77,6 +77,10 @@ pub static PG_AUTO_FILTER: Array<u64> = Array::with_max_entries(AUTO_FILTER_ENTR
 #[map]
 pub static PG_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
+/// 256 KiB: about 600 packets, a few dozen blocks' evidence between two reads.
+#[map]
+pub static PG_EVIDENCE: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
 #[map]
 pub static PG_MANUAL: LpmTrie<NetKey, ManualBlock> = LpmTrie::with_max_entries(65536, 0);
 
@@ -154,6 +158,10 @@ pub static PG_LAST_REFUSAL: PerCpuArray<crate::types::LastRefusal> = PerCpuArray
 /// See `blocks::auto_blocked`.
 #[map]
 pub static PG_LAST_AUTO_BLOCK: PerCpuArray<crate::types::LastAutoBlock> = PerCpuArray::with_max_entries(1, 0);
+
+/// The block the packet being judged is evidence for (see `evidence.rs`).
+#[map]
+pub static PG_EVIDENCE_NOTE: PerCpuArray<crate::types::EvidenceNote> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drop events this CPU may still send (refilled by the loader; shared, pinned).
 #[map]

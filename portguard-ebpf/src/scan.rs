@@ -361,7 +361,7 @@ pub fn report(cfg: &Config, subject: &Subject, outcome: u32) -> u32 {
     }
     let now = now_ns();
     let expires_ns = now + cfg.scan_block_ns;
-    if !blocks::block(&key.addr, prefix_len, now, expires_ns, cause, dominant, block_count) {
+    if !blocks::block(&key.addr, prefix_len, now, expires_ns, cause, dominant, block_count, cfg) {
         return 0;
     }
     counters::add(OBS_SCAN_BLOCKS, 0);

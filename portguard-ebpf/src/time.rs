@@ -1,12 +1,19 @@
 //! The packet path's clock.
 
-use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 
 /// CLOCK_MONOTONIC at tick resolution (a few ms): windows, expiries and rate limits need no
 /// more, and the coarse clock costs a fraction of `bpf_ktime_get_ns`.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// CLOCK_MONOTONIC to the nanosecond: for the rare paths that stamp a packet for people to
+/// read (evidence), where tick resolution would put a scan's probes at one instant.
+#[inline(always)]
+pub fn precise_now_ns() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// The tick count: `bpf_jiffies64` is inlined by the verifier into one load, where the clock

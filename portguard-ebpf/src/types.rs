@@ -19,11 +19,16 @@ pub struct Verdict {
     pub vlan_tags: u8,
     /// `FRAG_*`.
     pub frag: u8,
-    /// A drop event may be sent (the per-source rate limit allows it, nothing else reported).
+    /// `VERDICT_REPORT`: a drop event may be sent (the per-source rate limit allows it,
+    /// nothing else reported); `VERDICT_EVIDENCE`: the packet is copied as evidence.
     pub report: u8,
     /// `port_index` of the destination port, or `NO_PORT`.
     pub port_index: u32,
 }
+
+/// `Verdict::report` bits. `VERDICT_EVIDENCE` is set only on the blocked-source path.
+pub const VERDICT_REPORT: u8 = 1;
+pub const VERDICT_EVIDENCE: u8 = 2;
 
 impl Verdict {
     #[inline(always)]
@@ -99,4 +104,18 @@ pub struct LastAutoBlock {
     /// `Runtime::auto_blocks_lifted` then: an `unblock` since ends the memo at once.
     pub lifted: u32,
     pub _pad: u32,
+}
+
+/// The block the packet being judged is evidence for: written where the block is made or
+/// found (`evidence::start`, `evidence::take`), read by the entry point's copy of the packet
+/// (`evidence::capture`) on the same CPU right after.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EvidenceNote {
+    /// The block's `AutoBlock::expires_ns`.
+    pub expires_ns: u64,
+    /// The blocked network (the `PG_AUTO_BLOCK` key).
+    pub net: [u8; 16],
+    pub prefix_len: u8,
+    pub _pad: [u8; 7],
 }

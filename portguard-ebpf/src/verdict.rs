@@ -14,7 +14,7 @@
 //!    towards scan detection, an attempt on a trap port blocks its source
 //! 7. ICMP, ICMPv6, other protocols -> the policy's protocol actions
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use portguard_common::{
     Config, Reason,
     config::*,
@@ -30,13 +30,13 @@ use portguard_common::{
 use crate::{
     blocklist, blocks, conns, counters,
     events::{self, Details, Subject},
-    flows, limits,
+    evidence, flows, limits,
     maps::{PG_FRAGS, PG_PACKET, PG_PORTS, PG_SRC_ALLOW, SCRATCH_XDP},
     opaque,
     parse::{FragKind, PARSED_IP, PARSED_MALFORMED, Packet, TCP_ACK, TCP_SYN, parse},
     scan,
     time::now_ns,
-    types::{FRAG_FIRST, FRAG_LATER, FRAG_WHOLE, NO_PORT, Verdict},
+    types::{FRAG_FIRST, FRAG_LATER, FRAG_WHOLE, NO_PORT, VERDICT_EVIDENCE, VERDICT_REPORT, Verdict},
 };
 
 /// The verdict, made opaque to the verifier (see `opaque.rs`): the paths that led to
@@ -53,14 +53,29 @@ pub fn opaque(verdict: Verdict) -> Verdict {
 struct Judged {
     /// `Reason`, as a number: on the scan path it passes through `opaque`.
     reason: u8,
-    /// A drop event may be sent (the per-source rate limit allows it, nothing else reported).
-    report: bool,
+    /// `Verdict::report`: whether a drop event may be sent (the per-source rate limit allows
+    /// it, nothing else reported), whether the packet is evidence.
+    report: u8,
 }
 
 impl Judged {
     #[inline(always)]
     const fn new(reason: Reason) -> Self {
-        Self { reason: reason as u8, report: true }
+        Self { reason: reason as u8, report: VERDICT_REPORT }
+    }
+
+    /// Not reported (something else was, or the rate limit holds it back).
+    #[inline(always)]
+    const fn quiet(reason: u8) -> Self {
+        Self { reason, report: 0 }
+    }
+
+    /// The packet that made an automatic block: its first evidence (when `[evidence]` copies
+    /// any), reported by the block's own event.
+    #[inline(always)]
+    fn blocked_now(cfg: &Config) -> Self {
+        let report = if cfg.evidence_packets != 0 { VERDICT_EVIDENCE } else { 0 };
+        Self { reason: Reason::DropAutoBlock as u8, report }
     }
 }
 
@@ -97,7 +112,7 @@ pub fn judge(data: usize, end: usize, ifindex: u32, cfg: &Config) -> Verdict {
         FragKind::First => (FRAG_FIRST, port_index(packet.proto, packet.dport).unwrap_or(NO_PORT)),
         FragKind::Whole => (FRAG_WHOLE, port_index(packet.proto, packet.dport).unwrap_or(NO_PORT)),
     };
-    Verdict { reason: judged.reason, vlan_tags, frag, report: judged.report as u8, port_index }
+    Verdict { reason: judged.reason, vlan_tags, frag, report: judged.report, port_index }
 }
 
 #[inline(always)]
@@ -123,6 +138,18 @@ pub fn report_drop(verdict: &Verdict, ifindex: u32, cfg: &Config) {
     events::emit(EventKind::Drop, &subject_of(packet, ifindex), &details, cfg);
 }
 
+/// A packet of a blocked source that its block copies as evidence (`evidence.rs`), and its
+/// drop event if one is due. A call of its own: the blocked-source path's first packets only.
+#[inline(never)]
+pub fn report_evidence(ctx: &XdpContext, verdict: &Verdict, cfg: &Config) {
+    if cfg.evidence_packets != 0 && verdict.report & VERDICT_EVIDENCE != 0 {
+        evidence::capture(ctx, cfg);
+    }
+    if verdict.report & VERDICT_REPORT != 0 && events::drop_event_allowed() {
+        report_drop(verdict, ctx.ingress_ifindex() as u32, cfg);
+    }
+}
+
 #[inline(always)]
 fn judge_packet(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if is_neighbor_discovery(packet) {
@@ -133,14 +160,15 @@ fn judge_packet(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     }
     let manual = blocks::manually_blocked(cfg, subject);
     if manual & blocks::IS_BLOCKED != 0 {
-        return Judged { reason: Reason::DropManualBlock as u8, report: manual & blocks::REPORT != 0 };
+        return Judged { reason: Reason::DropManualBlock as u8, report: (manual & blocks::REPORT) as u8 };
     }
     // Skipped until the packet path has blocked someone (and again once the loader has seen
     // the table empty).
     if cfg.has(FLAG_AUTO_BLOCK) && blocks::any_automatic() {
         let blocked = blocks::auto_blocked(cfg, subject);
         if blocked & blocks::IS_BLOCKED != 0 {
-            return Judged { reason: Reason::DropAutoBlock as u8, report: blocked & blocks::REPORT != 0 };
+            let report = (blocked & (blocks::REPORT | blocks::EVIDENCE)) as u8;
+            return Judged { reason: Reason::DropAutoBlock as u8, report };
         }
     }
     match packet.frag {
@@ -187,7 +215,7 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     if flags & PORT_FLAG_TRAP != 0 && attempt && cfg.has(FLAG_TRAPS) {
         if blocks::block_token_left(CAUSE_TRAP) {
             if trap(packet, subject, cfg) {
-                return Judged { reason: Reason::DropAutoBlock as u8, report: false };
+                return Judged::blocked_now(cfg);
             }
         } else {
             // This second's trap blocks are spent: a flood of trap hits (forged sources, most
@@ -217,8 +245,8 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
                 (limits::ADMITTED, _) => {}
                 (limits::REFUSED, reason) => return Judged::new(reason),
                 // Reported already: by a `limited` event, or by the block's.
-                (limits::REFUSED_REPORTED, reason) => return Judged { reason: reason as u8, report: false },
-                _ => return Judged { reason: Reason::DropAutoBlock as u8, report: false },
+                (limits::REFUSED_REPORTED, reason) => return Judged::quiet(reason as u8),
+                _ => return Judged::blocked_now(cfg),
             }
         }
         return Judged::new(decision);
@@ -244,7 +272,7 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
         return Judged::new(reason);
     }
     if scan::repeats_last_refusal(packet) {
-        return Judged { reason: reason as u8, report: false };
+        return Judged::quiet(reason as u8);
     }
     // Both opaque (in one round trip), so the verifier checks the detector once, not once per
     // reason and kind.
@@ -253,11 +281,11 @@ fn port_policy(packet: &Packet, subject: &Subject, cfg: &Config) -> Judged {
     let outcome = scan::failed_attempt(cfg, subject, kind);
     if outcome & scan::DETECTED != 0 {
         if scan::report(cfg, subject, outcome) & scan::BLOCKED_NOW != 0 {
-            return Judged { reason: Reason::DropAutoBlock as u8, report: false };
+            return Judged::blocked_now(cfg);
         }
-        return Judged { reason, report: false };
+        return Judged::quiet(reason);
     }
-    Judged { reason, report: outcome & blocks::REPORT != 0 }
+    Judged { reason, report: (outcome & blocks::REPORT) as u8 }
 }
 
 /// An attempt on a trap port, while this second's trap blocks are not spent (the caller
@@ -285,7 +313,7 @@ fn trap(packet: &Packet, subject: &Subject, cfg: &Config) -> bool {
     };
     let now = now_ns();
     let expires_ns = now + cfg.trap_block_ns;
-    if !blocks::block(&key.addr, prefix_len, now, expires_ns, CAUSE_TRAP, packet.proto, packet.dport) {
+    if !blocks::block(&key.addr, prefix_len, now, expires_ns, CAUSE_TRAP, packet.proto, packet.dport, cfg) {
         return false;
     }
     counters::add(OBS_TRAP_BLOCKS, 0);

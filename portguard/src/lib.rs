@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod durations;
 pub mod events;
+pub mod evidence;
 pub mod exit;
 pub mod feeds;
 pub mod files;

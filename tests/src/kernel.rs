@@ -23,3 +23,18 @@ pub fn own_map(j: &Judge, name: &str) -> aya::maps::MapData {
     };
     aya::maps::MapData::from_id(id).unwrap()
 }
+
+/// Every record of type `T` waiting in the judge's ring buffer `name`, oldest first.
+pub fn drain_ring<T>(j: &mut Judge, name: &str) -> Vec<T> {
+    let map = j.ebpf_mut().map_mut(name).expect(name);
+    let mut ring = aya::maps::RingBuf::try_from(map).expect("a ring buffer");
+    let mut records = Vec::new();
+    // Bounded: the rings hold far fewer records than this.
+    for _ in 0..100_000 {
+        let Some(item) = ring.next() else { break };
+        assert_eq!(item.len(), size_of::<T>(), "{name}: a record of another size");
+        // SAFETY: the kernel writes whole `T`s (repr(C), plain data); read unaligned.
+        records.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    records
+}

@@ -1,7 +1,7 @@
 //! Scan detection and automatic blocks in the real kernel program, run on crafted frames with
 //! BPF_PROG_TEST_RUN: admission (floods allocate nothing), keyed port sets (no public
 //! collisions), the long window, IPv6 networks, per-protocol reports, the new-block budget,
-//! and the host's own resets. The thread is pinned to one CPU, because admission is per CPU.
+//! the host's own resets, and the evidence a block copies. The thread is pinned to one CPU, because admission is per CPU.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -13,8 +13,8 @@ use portguard::{
 use portguard_common::{
     Reason,
     counters::{
-        OBS_BLOCKS_NOT_ADMITTED, OBS_REFUSALS_OWN_FLOWS, OBS_REFUSALS_SENT, OBS_SCAN_BLOCKS,
-        OBS_SCAN_SOURCES_ADMITTED, OBS_SCANS_DETECTED, OBS_TRAP_BLOCKS,
+        OBS_BLOCKS_NOT_ADMITTED, OBS_EVIDENCE_COPIED, OBS_REFUSALS_OWN_FLOWS, OBS_REFUSALS_SENT,
+        OBS_SCAN_BLOCKS, OBS_SCAN_SOURCES_ADMITTED, OBS_SCANS_DETECTED, OBS_TRAP_BLOCKS,
     },
 };
 use portguard_tests::{kernel::own_map, packets::*, require_root};
@@ -421,4 +421,131 @@ fn the_automatic_block_filter_keeps_every_block_through_refills() {
     let late = v4(200);
     assert_eq!(j.run(&tcp(late, server(false), 40000, 23, SYN)).unwrap().reason, Reason::DropAutoBlock);
     assert_eq!(j.run(&tcp(late, server(false), 1, 80, SYN)).unwrap().reason, Reason::DropAutoBlock);
+}
+
+/// `scan_policy` with `[evidence]`: `packets` per block, 16 bytes of payload, for `capture_for`.
+fn evidence_policy(packets: u32, capture_for: &str) -> String {
+    format!(
+        "{}\n[evidence]\npackets_per_source = {packets}\nsnaplen = 16\ncapture_for = \"{capture_for}\"\n",
+        scan_policy("")
+    )
+}
+
+/// Every evidence packet in the judge's evidence ring buffer, oldest first.
+fn drain_evidence(j: &mut Judge) -> Vec<portguard_common::events::EvidencePacket> {
+    portguard_tests::kernel::drain_ring(j, "PG_EVIDENCE")
+}
+
+fn blocked_until(j: &Judge, src: Ipv4Addr) -> u64 {
+    let map = own_map(j, "PG_AUTO_BLOCK");
+    let blocks: aya::maps::HashMap<_, [u8; 16], portguard_common::maps::AutoBlock> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).unwrap();
+    blocks.get(&portguard_common::maps::v4_mapped(src.octets()), 0).expect("blocked").expires_ns
+}
+
+#[test]
+fn a_blocked_sources_first_packets_are_copied_with_their_bytes_and_no_more() {
+    require_root!();
+    let mut j = judge(&evidence_policy(4, "1h"));
+    let server = server(false);
+    let scanner = Ipv4Addr::new(192, 0, 2, 66);
+    let bystander = IpAddr::from([192, 0, 2, 99]);
+    // Sources not blocked copy nothing: refused attempts (below the threshold), a flood of
+    // one refused port, an allowed connection.
+    for port in 1000..1010 {
+        j.run(&tcp(bystander, server, 40000, port, SYN)).unwrap();
+    }
+    for _ in 0..100 {
+        j.run(&tcp(bystander, server, 40000, 1000, SYN)).unwrap();
+    }
+    assert_eq!(j.run(&tcp(bystander, server, 40000, 22, SYN)).unwrap().reason, Reason::PassPortAllowed);
+    let probes: Vec<Vec<u8>> =
+        (2000..2020).map(|port| tcp(scanner.into(), server, 40000, port, SYN)).collect();
+    for probe in &probes[..19] {
+        assert_eq!(j.run(probe).unwrap().reason, Reason::DropDefaultDeny);
+    }
+    assert!(drain_evidence(&mut j).is_empty(), "sources not blocked must copy nothing");
+
+    // The 20th port blocks the scanner: that probe is the first evidence.
+    assert_eq!(j.run(&probes[19]).unwrap().reason, Reason::DropAutoBlock);
+    // A segment with 100 bytes of payload: kept to its headers and 16 bytes of it.
+    let mut l4 = tcp_header(40000, 80, ACK | PSH);
+    l4.extend_from_slice(&[0xab; 100]);
+    let with_payload = frame(&Ip::new(scanner.into(), server, TCP), &l4);
+    assert_eq!(j.run(&with_payload).unwrap().reason, Reason::DropAutoBlock);
+    // More than the bound.
+    let later: Vec<Vec<u8>> =
+        (3000..3010).map(|port| tcp(scanner.into(), server, 40000, port, SYN)).collect();
+    for packet in &later {
+        assert_eq!(j.run(packet).unwrap().reason, Reason::DropAutoBlock);
+    }
+    j.run(&tcp(bystander, server, 40000, 1001, SYN)).unwrap();
+
+    let copied = drain_evidence(&mut j);
+    assert_eq!(copied.len(), 4, "packets_per_source = 4: the blocking probe and the next three");
+    let bytes = |i: usize| &copied[i].frame[..copied[i].cap_len as usize];
+    assert_eq!(bytes(0), &probes[19][..], "the probe that made the block, whole");
+    let headers = 14 + 20 + 20;
+    assert_eq!(bytes(1), &with_payload[..headers + 16], "headers and snaplen bytes of payload");
+    assert_eq!(copied[1].frame_len as usize, with_payload.len(), "the length on the wire");
+    assert_eq!(bytes(2), &later[0][..]);
+    assert_eq!(bytes(3), &later[1][..]);
+    let expires_ns = blocked_until(&j, scanner);
+    for packet in &copied {
+        assert_eq!(packet.net, portguard_common::maps::v4_mapped(scanner.octets()));
+        assert_eq!(packet.prefix_len, 32);
+        assert_eq!(packet.block_expires_ns, expires_ns, "names the block its event names");
+    }
+    assert!(copied.windows(2).all(|w| w[0].time_ns <= w[1].time_ns));
+    assert_eq!(observed(&j, OBS_EVIDENCE_COPIED), 4);
+
+    // Spent: the block's flood is answered as before, copying nothing.
+    for packet in &later {
+        assert_eq!(j.run(packet).unwrap().reason, Reason::DropAutoBlock);
+    }
+    assert!(drain_evidence(&mut j).is_empty());
+}
+
+#[test]
+fn evidence_stops_at_capture_for_and_is_off_with_no_packets() {
+    require_root!();
+    let scanner = Ipv4Addr::new(192, 0, 2, 66);
+    let server = server(false);
+    let scan = |j: &mut Judge| ports_until_blocked(j, scanner.into(), 2000..2100).expect("blocked");
+
+    let mut j = judge(&evidence_policy(16, "1s"));
+    scan(&mut j);
+    assert_eq!(j.run(&tcp(scanner.into(), server, 40000, 5000, SYN)).unwrap().reason, Reason::DropAutoBlock);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for port in 5001..5010 {
+        assert_eq!(
+            j.run(&tcp(scanner.into(), server, 40000, port, SYN)).unwrap().reason,
+            Reason::DropAutoBlock
+        );
+    }
+    let copied = drain_evidence(&mut j);
+    assert_eq!(copied.len(), 2, "the blocking probe and the one within capture_for, none after");
+    drop(j);
+
+    let mut j = judge(&evidence_policy(0, "1h"));
+    scan(&mut j);
+    for port in 5000..5010 {
+        assert_eq!(
+            j.run(&tcp(scanner.into(), server, 40000, port, SYN)).unwrap().reason,
+            Reason::DropAutoBlock
+        );
+    }
+    assert!(drain_evidence(&mut j).is_empty(), "packets_per_source = 0 copies nothing");
+    assert_eq!(observed(&j, OBS_EVIDENCE_COPIED), 0);
+}
+
+#[test]
+fn a_trap_hit_is_its_blocks_first_evidence() {
+    require_root!();
+    let mut j = judge(&format!("{}[trap_ports]\ntcp = [23]\n", scan_policy("")));
+    let hit = tcp(IpAddr::from([192, 0, 2, 70]), server(false), 40000, 23, SYN);
+    assert_eq!(j.run(&hit).unwrap().reason, Reason::DropAutoBlock);
+    let copied = drain_evidence(&mut j);
+    assert_eq!(copied.len(), 1, "the hit itself");
+    assert_eq!(&copied[0].frame[..copied[0].cap_len as usize], &hit[..]);
 }

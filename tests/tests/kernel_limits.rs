@@ -206,17 +206,7 @@ from = ["192.0.2.0/24"]
 
 /// Every event in the judge's ring buffer, oldest first.
 fn drain_events(j: &mut Judge) -> Vec<portguard_common::events::Event> {
-    let map = j.ebpf_mut().map_mut("PG_EVENTS").expect("PG_EVENTS");
-    let mut ring = aya::maps::RingBuf::try_from(map).expect("a ring buffer");
-    let mut events = Vec::new();
-    // Bounded: the ring holds far fewer events than this.
-    for _ in 0..100_000 {
-        let Some(item) = ring.next() else { break };
-        assert_eq!(item.len(), size_of::<portguard_common::events::Event>());
-        // SAFETY: the kernel writes whole `Event`s; read unaligned from the ring's bytes.
-        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-    }
-    events
+    portguard_tests::kernel::drain_ring(j, "PG_EVENTS")
 }
 
 /// The automatic block (and `[brute_force]`'s record) of an IPv4 source.
@@ -283,6 +273,15 @@ fn a_source_refused_too_often_is_blocked_and_a_repeat_offender_for_longer() {
     let first = auto_block(&j, src).expect("blocked");
     assert_eq!((first.cause, first.kind, first.port), (CAUSE_RATE_LIMIT, 6, 22));
     assert!((0.9..1.1).contains(&block_secs(&first)), "{first:?}");
+    // Its evidence (`[evidence]` is on by default): the refusal that made the block, then the
+    // next packet.
+    let evidence: Vec<portguard_common::events::EvidencePacket> =
+        portguard_tests::kernel::drain_ring(&mut j, "PG_EVIDENCE");
+    let frames: Vec<&[u8]> = evidence.iter().map(|p| &p.frame[..p.cap_len as usize]).collect();
+    assert_eq!(
+        frames,
+        [&tcp(source, server(source), 40000, 22, SYN)[..], &tcp(source, server(source), 40000, 80, SYN)[..]]
+    );
 
     // One `limited` event for the window's first refusal (instead of its drop event), a drop
     // event for the second, then the block with its evidence.

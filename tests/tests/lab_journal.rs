@@ -2,19 +2,23 @@
 //! only, rotated and bounded; `events --since` reads it back after the loader is gone and says
 //! where the journal cannot vouch for the window (before it starts, after a loader was killed);
 //! `report` tells an nmap scan's story from it, as text, JSON and a page rendered by headless
-//! Chromium.
+//! Chromium; a blocked scanner's first packets are kept as a pcap file the block's event, the
+//! journal and `report` name, and `verify` replays.
 
 use std::{
+    collections::BTreeSet,
+    net::IpAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use portguard_tests::{
     ADMIN_V4, Attached, BLOCKED_V4, CLIENT_V4, Lab, SERVER_V4,
     flood::{self, Bound, Flood},
     portguard_cli::succeeded,
-    require_root, require_tools,
+    require_root, require_tools, schemas,
     traffic::{Servers, tcp_connects},
 };
 use serde_json::Value;
@@ -100,11 +104,13 @@ fn the_journal_keeps_what_happened_and_says_where_it_cannot() {
     pg.wait_for_event(Duration::from_secs(10), |e| e["event"] == "reloaded")
         .expect("the reload is published");
 
-    // Root only: the directory and every file in it.
+    // Root only: the directory, every file in it, and the evidence directory's files.
     let dir = journal_dir(&pg, &lab);
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    let evidence = dir.join("evidence");
+    assert_eq!(std::fs::metadata(&evidence).unwrap().permissions().mode() & 0o777, 0o700);
+    let files = std::fs::read_dir(&dir).unwrap().chain(std::fs::read_dir(&evidence).unwrap());
+    for path in files.map(|entry| entry.unwrap().path()).filter(|path| *path != evidence) {
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600,
@@ -367,4 +373,159 @@ fn the_report_tells_the_story_of_a_scan() {
         let _ = std::fs::copy(&shot, keep.join("report.png"));
         let _ = std::fs::copy(&page, keep.join("report.html"));
     }
+}
+
+/// `policy` with 12 packets of evidence per block.
+const PACKETS: usize = 12;
+
+fn evidence_policy() -> String {
+    // `policy` ends with the `[events]` table: another table may follow it.
+    policy(&format!("\n[evidence]\npackets_per_source = {PACKETS}\nsnaplen = 128\ncapture_for = \"10s\"\n"))
+}
+
+/// One packet of an evidence file, as far as the test looks: who sent it to whom, TCP flags
+/// and destination port.
+#[derive(Debug)]
+struct Probe {
+    source: IpAddr,
+    destination: IpAddr,
+    syn_only: bool,
+    port: u16,
+}
+
+fn read_pcap(path: &Path) -> Vec<Probe> {
+    let file = std::fs::File::open(path).expect("the evidence file opens");
+    let mut reader = pcap_file::pcap::PcapReader::new(file).expect("a pcap file");
+    assert_eq!(reader.header().datalink, pcap_file::DataLink::ETHERNET);
+    let mut probes = Vec::new();
+    // Bounded: the file holds at most PACKETS.
+    for _ in 0..1000 {
+        let Some(packet) = reader.next_packet() else { break };
+        let packet = packet.expect("a whole record");
+        let sliced = SlicedPacket::from_ethernet(&packet.data).expect("Ethernet, IP, TCP");
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (sliced.net, sliced.transport)
+        else {
+            panic!("not IPv4 and TCP: {packet:?}");
+        };
+        probes.push(Probe {
+            source: ip.header().source_addr().into(),
+            destination: ip.header().destination_addr().into(),
+            syn_only: tcp.syn() && !tcp.ack(),
+            port: tcp.destination_port(),
+        });
+    }
+    probes
+}
+
+#[test]
+fn a_blocked_scanners_first_packets_are_kept_named_and_replayable() {
+    require_root!();
+    require_tools!("nmap");
+    let lab = Lab::new().unwrap();
+    let _servers = Servers::start(&lab.server, &[80], &[]);
+    let mut pg = Attached::start(&lab.server, &lab.server_if, &evidence_policy(), &["--json"]).unwrap();
+    let iface = pg.iface.clone();
+
+    lab.nmap(&["-sS"]);
+    let block = pg
+        .wait_for_event(Duration::from_secs(10), |e| e["event"] == "auto_blocked")
+        .expect("the scanner is blocked");
+    schemas::assert_valid("event", &block);
+    assert_eq!(block["source"], CLIENT_V4.to_string());
+    let path = PathBuf::from(block["evidence"].as_str().expect("the block's event names its evidence"));
+
+    // Under the journal, root only.
+    let dir = journal_dir(&pg, &lab).join("evidence");
+    assert_eq!(path.parent(), Some(dir.as_path()), "{}", path.display());
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // The scan went on after the block (nmap sends ~300 probes): the file fills to its bound
+    // within moments of the block, and not beyond.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let probes = loop {
+        let probes = read_pcap(&path);
+        if probes.len() >= PACKETS || Instant::now() > deadline {
+            break probes;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(probes.len(), PACKETS, "{probes:#?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(read_pcap(&path).len(), PACKETS, "no more than packets_per_source");
+    for probe in &probes {
+        assert_eq!(probe.source, IpAddr::from(CLIENT_V4), "{probe:?}");
+        assert_eq!(probe.destination, IpAddr::from(SERVER_V4), "{probe:?}");
+    }
+    // The probe that made the block first; nmap's SYNs to the ports it scans (1-300).
+    assert!(probes[0].syn_only, "{:?}", probes[0]);
+    let syns: Vec<&Probe> = probes.iter().filter(|p| p.syn_only).collect();
+    assert!(syns.len() >= PACKETS - 2, "the scanner's SYNs: {probes:#?}");
+    assert!(syns.iter().all(|p| (1..=300).contains(&p.port)), "{probes:#?}");
+    let ports: BTreeSet<u16> = syns.iter().map(|p| p.port).collect();
+    assert!(ports.len() >= PACKETS / 2, "distinct ports scanned: {ports:?}");
+
+    // The journal's BLOCK names it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let journaled = loop {
+        let (events, _) = read_back(&pg, "10m");
+        let found = of_type(&events, "auto_blocked").first().map(|e| (*e).clone());
+        if found.is_some() || Instant::now() > deadline {
+            break found.expect("the block is journaled");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(journaled["evidence"], block["evidence"]);
+    let human = succeeded(pg.run(&["events", &iface, "--since", "10m"]));
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains(" BLOCK ") && l.contains(&format!("its first packets: {}", path.display()))),
+        "{human}"
+    );
+
+    // So does the report, as JSON and as text.
+    let report: Value =
+        serde_json::from_str(&succeeded(pg.run(&["report", &iface, "--since", "10m", "--json"]))).unwrap();
+    let blocks = report["blocks"].as_array().unwrap();
+    let automatic = blocks.iter().find(|b| b["origin"] == "automatic").expect("the scanner's block");
+    assert_eq!(automatic["evidence"]["path"], block["evidence"], "{automatic:#}");
+    assert_eq!(automatic["evidence"]["kept"], true);
+    let text = succeeded(pg.run(&["report", &iface, "--since", "10m"]));
+    assert!(text.contains(&path.display().to_string()), "{text}");
+
+    // `verify` replays it against the policy: the probes to closed ports are dropped.
+    let policy_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy_file.path(), evidence_policy()).unwrap();
+    let output = pg.run(&[
+        "verify",
+        "--policy",
+        policy_file.path().to_str().unwrap(),
+        "--pcap",
+        path.to_str().unwrap(),
+        "--host",
+        &SERVER_V4.to_string(),
+        "--json",
+    ]);
+    let verified: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("verify printed no report ({e}): {}", String::from_utf8_lossy(&output.stderr))
+    });
+    schemas::assert_valid("verify", &verified);
+    assert_eq!(verified["packets"], PACKETS, "{verified:#}");
+    assert_eq!(verified["inbound"], PACKETS, "{verified:#}");
+    let closed = syns.iter().filter(|p| p.port != 22 && p.port != 80).count() as u64;
+    assert!(verified["would_drop"].as_u64().unwrap() >= closed, "{verified:#}");
+    let denied: u64 = verified["drop"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["reason"] == "default_deny")
+        .map(|row| row["packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(denied, closed, "every SYN to a closed port is dropped by the default: {verified:#}");
+    eprintln!(
+        "{}: {} packets, SYNs to ports {ports:?}; verify drops {denied} by the default",
+        path.display(),
+        probes.len()
+    );
 }

@@ -5,6 +5,7 @@
 //! trail of what changed, and stops on SIGINT/SIGTERM.
 
 mod control_server;
+mod evidence;
 pub mod pump;
 mod reload;
 mod watch;
@@ -132,6 +133,7 @@ pub fn run(loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loader)> {
 async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loader)> {
     let iface = loader.state.iface.clone();
     let mut source = EventSource::from_pins(&iface)?.watch()?;
+    let (mut evidence, mut evidence_source) = evidence::open(&iface, &loader.policy);
     let metrics = match loader.metrics.take() {
         Some((listener, source)) => {
             listener.set_nonblocking(true)?;
@@ -194,12 +196,28 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
         tokio::select! {
             ready = source.readable_mut() => {
                 let mut guard = ready?;
-                for record in guard.get_inner_mut().drain() {
+                for record in evidence::name_files(guard.get_inner_mut(), evidence.as_mut()) {
                     publish(&loader, &record);
                 }
                 guard.clear_ready();
             }
+            ready = evidence::readable(evidence_source.as_mut()) => {
+                // The events first: a block's event makes and names its file before its
+                // packets are written into it.
+                for record in evidence::name_files(source.get_mut(), evidence.as_mut()) {
+                    publish(&loader, &record);
+                }
+                let mut guard = ready?;
+                let packets = guard.get_inner_mut().drain();
+                if let Some(evidence) = &mut evidence {
+                    evidence.add(&packets, &crate::events::Clock::now());
+                }
+                guard.clear_ready();
+            }
             _ = tick.tick() => {
+                if let Some(evidence) = &mut evidence {
+                    evidence.upkeep();
+                }
                 let Upkeep { records, errors } = pump::upkeep(source.get_mut(), loader.grants);
                 for record in &records {
                     publish(&loader, record);
@@ -274,6 +292,7 @@ async fn serve(mut loader: Loader, ready: impl FnOnce()) -> Result<(Ended, Loade
                 if let Some(record) = record {
                     publish(&loader, &record);
                 }
+                evidence::reconfigure(&iface, &loader.policy, &mut evidence);
                 crowdsec.update(&iface, loader.policy.crowdsec.as_ref(), &loader.counts);
                 baselines.configure(&loader.policy.anomaly).await;
                 if !loader.policy.anomaly.enabled {

@@ -366,6 +366,9 @@ pub struct EventRecord {
     /// ... and which baseline: `Mon 09:00-10:00` (that hour of earlier weeks) or `all hours`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compared_with: Option<String>,
+    /// Automatic blocks: the pcap file that keeps the source's first packets (`[evidence]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
 }
 
 /// A limit's name on a human line.
@@ -412,6 +415,7 @@ impl EventRecord {
             added: Vec::new(),
             removed: Vec::new(),
             changed: Vec::new(),
+            evidence: None,
             confirm_by: None,
             observed: None,
             expected: None,
@@ -481,7 +485,7 @@ impl EventRecord {
                 }
             ),
             EventType::AutoBlocked => format!(
-                "{who} {} {block} ({})",
+                "{who} {} {block} ({}){}",
                 if monitor { "would be blocked (monitor mode: counted, not dropped)" } else { "blocked" },
                 match self.reason.as_deref() {
                     Some("trap") =>
@@ -496,7 +500,11 @@ impl EventRecord {
                         self.count.unwrap_or(0)
                     ),
                     _ => format!("{kind} scan of {} ports", self.distinct_ports.unwrap_or(0)),
-                }
+                },
+                self.evidence
+                    .as_deref()
+                    .map(|path| format!("; its first packets: {path}"))
+                    .unwrap_or_default()
             ),
             EventType::Limited => format!(
                 "{who} -> {target} {proto}: {} of rule {} {}",

@@ -85,6 +85,12 @@ impl EventSource {
 
     /// Every event waiting in the ring buffer, decoded.
     pub fn drain(&mut self) -> Vec<EventRecord> {
+        self.drain_with_kernel_events().into_iter().map(|(_, record)| record).collect()
+    }
+
+    /// The same, each with the kernel's record it was decoded from (what the loader matches
+    /// evidence by).
+    pub fn drain_with_kernel_events(&mut self) -> Vec<(Event, EventRecord)> {
         let clock = Clock::now();
         let mut records = Vec::new();
         while let Some(item) = self.ring.next() {
@@ -94,7 +100,7 @@ impl EventSource {
             // SAFETY: the kernel wrote an `Event` (repr(C), plain data); read unaligned.
             let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             match decode(&event, &self.interface, &clock) {
-                Ok(record) => records.push(record),
+                Ok(record) => records.push((event, record)),
                 Err(error) => log::warn!("skipping an event: {error}"),
             }
         }

@@ -399,6 +399,9 @@ fn config(policy: &Policy, image: &MapImage, generation: u64, cpus: u32) -> Conf
         recidive_ns: brute_force.map_or(0, |b| kernel_ns(b.recidive_within)),
         // Known only where the program is loaded (`loader::load`).
         netns_cookie: 0,
+        evidence_packets: if policy.evidence.enabled() { policy.evidence.packets_per_source } else { 0 },
+        evidence_snaplen: policy.evidence.snaplen,
+        evidence_window_ns: kernel_ns(policy.evidence.capture_for),
     }
 }
 

@@ -129,6 +129,7 @@ fn settings(policy: &Policy) -> Vec<(String, String)> {
             ),
         ),
         ("events", serde_json::to_value(&policy.events).unwrap_or_default()),
+        ("evidence", serde_json::to_value(&policy.evidence).unwrap_or_default()),
         ("alerts", alerts),
         ("metrics", serde_json::json!({ "listen": policy.metrics_listen.map(|a| a.to_string()) })),
     ];

@@ -410,6 +410,34 @@ impl BlocklistSource {
     }
 }
 
+/// `[evidence]`: the first packets of each source blocked automatically, kept as a pcap file
+/// per block beside the journal (`crate::evidence`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Evidence {
+    /// Packets copied per block, the one that caused it first; 0: none.
+    pub packets_per_source: u32,
+    /// Payload bytes kept after each packet's headers.
+    pub snaplen: u32,
+    /// How long after the block its packets are still copied.
+    #[serde(rename = "capture_for_secs", with = "secs")]
+    pub capture_for: Duration,
+    /// The capture files together; the oldest are deleted to stay within it.
+    pub total_kib: u32,
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        Self { packets_per_source: 16, snaplen: 128, capture_for: Duration::from_secs(10), total_kib: 16384 }
+    }
+}
+
+impl Evidence {
+    /// Whether anything is captured: packets to copy, and room to keep them.
+    pub fn enabled(&self) -> bool {
+        self.packets_per_source != 0 && self.total_kib != 0
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Policy {
     pub path: PathBuf,
@@ -429,6 +457,7 @@ pub struct Policy {
     /// `[brute_force]`; `None`: limits refuse, nothing more.
     pub brute_force: Option<BruteForce>,
     pub events: Events,
+    pub evidence: Evidence,
     pub alerts: Alerts,
     /// `[metrics] listen`: where to serve Prometheus metrics (`attach --metrics` overrides).
     pub metrics_listen: Option<std::net::SocketAddr>,

@@ -22,6 +22,7 @@ pub struct RawPolicy {
     pub trap_ports: Option<RawTrapPorts>,
     pub brute_force: Option<RawBruteForce>,
     pub events: Option<RawEvents>,
+    pub evidence: Option<RawEvidence>,
     pub alerts: Option<RawAlerts>,
     pub metrics: Option<RawMetrics>,
     pub crowdsec: Option<Spanned<super::crowdsec::RawCrowdSec>>,
@@ -87,6 +88,15 @@ pub struct RawEvents {
     pub ring_buffer_kib: Option<Spanned<i64>>,
     pub journal_kib: Option<Spanned<i64>>,
     pub journal_file_kib: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvidence {
+    pub packets_per_source: Option<Spanned<i64>>,
+    pub snaplen: Option<Spanned<i64>>,
+    pub capture_for: Option<Spanned<String>>,
+    pub total_kib: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -176,6 +176,24 @@ pub struct Block {
     pub ended: String,
     /// How long it lasted in the window, in seconds, where known.
     pub lasted_secs: Option<u64>,
+    /// Automatic blocks: the pcap file of the source's first packets (`[evidence]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceFile>,
+}
+
+/// A block's evidence file, as its event named it.
+#[derive(Debug, Serialize)]
+pub struct EvidenceFile {
+    pub path: String,
+    /// Whether it is still there (the oldest are deleted to stay within `[evidence]
+    /// total_kib`).
+    pub kept: bool,
+}
+
+impl EvidenceFile {
+    fn of(path: &str) -> Self {
+        Self { path: path.to_owned(), kept: std::path::Path::new(path).exists() }
+    }
 }
 
 impl Block {
@@ -486,6 +504,7 @@ fn blocks(records: &[&EventRecord], until: SystemTime) -> Vec<Block> {
                     ended_at: None,
                     ended: String::new(),
                     lasted_secs: None,
+                    evidence: record.evidence.as_deref().map(EvidenceFile::of),
                 });
             }
             EventType::BlockExpired | EventType::Unblocked => {
@@ -509,6 +528,7 @@ fn blocks(records: &[&EventRecord], until: SystemTime) -> Vec<Block> {
                         ended_at: None,
                         ended: String::new(),
                         lasted_secs: None,
+                        evidence: None,
                     });
                     blocks.len() - 1
                 });

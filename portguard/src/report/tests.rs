@@ -167,3 +167,36 @@ fn the_page_escapes_and_says_what_it_does_not_cover() {
     assert!(text.contains("Coverage: INCOMPLETE"), "{text}");
     assert!(text.contains("to now: not journaled: its loader is not running"), "{text}");
 }
+
+#[test]
+fn an_automatic_blocks_evidence_is_named_in_every_rendering_and_a_deleted_one_said_so() {
+    let window = Window { since: at(0), until: at(600) };
+    let dir = tempfile::tempdir().unwrap();
+    let kept = dir.path().join("20261202T081512.345Z-203.0.113.8.pcap");
+    std::fs::write(&kept, b"").unwrap();
+    let gone = dir.path().join("20261202T080000.000Z-203.0.113.9.pcap");
+    let mut blocks = Vec::new();
+    for (secs, source, file) in [(100, "203.0.113.8", &kept), (200, "203.0.113.9", &gone)] {
+        let mut block = record(secs, EventType::AutoBlocked);
+        block.source = Some(source.parse().unwrap());
+        block.reason = Some("scan".into());
+        block.evidence = Some(file.display().to_string());
+        blocks.push(block);
+    }
+    let report = build(&[reading(blocks, Vec::new())], &window);
+    let evidence: Vec<(&str, bool)> =
+        report.blocks.iter().filter_map(|b| b.evidence.as_ref()).map(|e| (e.path.as_str(), e.kept)).collect();
+    assert_eq!(evidence, [(kept.to_str().unwrap(), true), (gone.to_str().unwrap(), false)]);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["blocks"][0]["evidence"]["path"], kept.to_str().unwrap());
+    let text = text::render(&report).join("\n");
+    assert!(text.contains(&format!(
+        "203.0.113.8 at {}: {}",
+        report.blocks[0].at.as_ref().unwrap(),
+        kept.display()
+    )));
+    assert!(text.contains(&format!("{} (deleted since", gone.display())), "{text}");
+    let page = html::render(&report).unwrap();
+    assert!(page.contains(&format!("<code>{}</code>", kept.display())), "the page names the file");
+    assert!(page.contains("deleted since ([evidence] total_kib)"));
+}

@@ -150,6 +150,20 @@ pub fn render(report: &Report) -> Vec<String> {
             })
             .collect();
         out.extend(indent(table(&["NETWORK", "AT", "CAUSE", "BY", "FOR", "ENDED", "LASTED"], &rows)));
+        let evidence: Vec<String> = report
+            .blocks
+            .iter()
+            .filter_map(|b| {
+                let file = b.evidence.as_ref()?;
+                let gone =
+                    if file.kept { "" } else { " (deleted since, to stay within [evidence] total_kib)" };
+                Some(format!("  {} at {}: {}{gone}", b.network, b.at.as_deref().unwrap_or("-"), file.path))
+            })
+            .collect();
+        if !evidence.is_empty() {
+            out.push("Evidence (pcap files of the blocked sources' first packets; `portguard verify POLICY FILE` replays one):".into());
+            out.extend(evidence);
+        }
     }
     out.push(String::new());
     if report.changes.is_empty() {

@@ -84,6 +84,7 @@ pub fn validate_with(
     let trap_ports = sections::trap_ports(&mut report, raw.trap_ports.as_ref(), &rules);
     let brute_force = sections::brute_force(&mut report, raw.brute_force.as_ref(), &rules);
     let events = sections::events(&mut report, raw.events.as_ref());
+    let evidence = sections::evidence(&mut report, raw.evidence.as_ref());
     let alerts = super::alerts::alerts(&mut report, raw.alerts.as_ref(), path, files);
     let metrics_listen = sections::metrics_listen(&mut report, raw.metrics.as_ref());
     let crowdsec = super::crowdsec::crowdsec(&mut report, raw.crowdsec.as_ref(), path, files);
@@ -111,6 +112,7 @@ pub fn validate_with(
             trap_ports,
             brute_force,
             events,
+            evidence,
             alerts,
             metrics_listen,
             crowdsec,

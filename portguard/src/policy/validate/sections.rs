@@ -3,16 +3,16 @@
 use std::{path::Path, time::Duration};
 
 use ipnet::IpNet;
-use portguard_common::maps::MAX_LIMITED_RULES;
+use portguard_common::{events::EVIDENCE_MAX_SNAPLEN, maps::MAX_LIMITED_RULES};
 use toml::Spanned;
 
 use super::super::{
-    Action, BlocklistSource, BruteForce, Events, Inbound, Limits, LoadOptions, Proto, Rate, Response, Rule,
-    RuleKind, ScanDetection, SourceLimit, TcpNonSyn, TrapPorts,
+    Action, BlocklistSource, BruteForce, Events, Evidence, Inbound, Limits, LoadOptions, Proto, Rate,
+    Response, Rule, RuleKind, ScanDetection, SourceLimit, TcpNonSyn, TrapPorts,
     diagnostic::{Diagnostic, Reporter, Severity},
     raw::{
-        RawBlocklist, RawBruteForce, RawEvents, RawInbound, RawLimits, RawMetrics, RawRule, RawScanDetection,
-        RawSourceLimit, RawTrapPorts,
+        RawBlocklist, RawBruteForce, RawEvents, RawEvidence, RawInbound, RawLimits, RawMetrics, RawRule,
+        RawScanDetection, RawSourceLimit, RawTrapPorts,
     },
 };
 use super::{
@@ -522,6 +522,32 @@ fn journal(report: &mut Reporter, raw: &RawEvents, events: &mut Events) {
             ),
         );
     }
+}
+
+/// `[evidence]`: how many packets of each automatic block are kept, how much of each, for how
+/// long after the block, and the room the files may take.
+pub(super) fn evidence(report: &mut Reporter, raw: Option<&RawEvidence>) -> Evidence {
+    let mut evidence = Evidence::default();
+    let Some(raw) = raw else {
+        return evidence;
+    };
+    // The kernel counts a block's packets in a byte.
+    if let Some(value) = &raw.packets_per_source {
+        evidence.packets_per_source =
+            integer_in(report, value, "packets_per_source", 0..=255).unwrap_or(evidence.packets_per_source);
+    }
+    if let Some(value) = &raw.snaplen {
+        evidence.snaplen = integer_in(report, value, "snaplen", 0..=i64::from(EVIDENCE_MAX_SNAPLEN))
+            .unwrap_or(evidence.snaplen);
+    }
+    if let Some(value) = &raw.capture_for {
+        evidence.capture_for = duration(report, value, "capture_for").unwrap_or(evidence.capture_for);
+    }
+    if let Some(value) = &raw.total_kib {
+        evidence.total_kib =
+            integer_in(report, value, "total_kib", 0..=16_777_216).unwrap_or(evidence.total_kib);
+    }
+    evidence
 }
 
 pub(super) fn metrics_listen(

@@ -542,3 +542,27 @@ fn blocklist_feeds_are_http_urls_with_a_sane_refresh() {
     assert_one(&errors(&policy("urls = [\"https://example.org/l\"]\nrefresh = \"30d\"\n")), "from 5s to 7d");
     assert_one(&errors(&policy("refresh = \"1h\"\n")), "there are none");
 }
+
+#[test]
+fn evidence_settings_are_read_and_checked() {
+    let evidence =
+        |text: &str| parse(text, Path::new("p.toml"), LoadOptions::default()).unwrap().policy.evidence;
+    let defaults = evidence("default = \"allow\"\n");
+    assert_eq!((defaults.packets_per_source, defaults.snaplen, defaults.total_kib), (16, 128, 16384));
+    assert_eq!(defaults.capture_for, Duration::from_secs(10));
+    assert!(defaults.enabled());
+    let written = evidence(
+        "default = \"allow\"\n[evidence]\npackets_per_source = 4\nsnaplen = 0\ncapture_for = \"2s\"\ntotal_kib = 64\n",
+    );
+    assert_eq!((written.packets_per_source, written.snaplen, written.total_kib), (4, 0, 64));
+    assert_eq!(written.capture_for, Duration::from_secs(2));
+    assert!(!evidence("default = \"allow\"\n[evidence]\npackets_per_source = 0\n").enabled());
+    assert!(!evidence("default = \"allow\"\n[evidence]\ntotal_kib = 0\n").enabled());
+    assert_one(
+        &errors("[evidence]\npackets_per_source = 256\n"),
+        "p.toml:2:22: error: packets_per_source = 256 is out of range (0-255)",
+    );
+    assert_one(&errors("[evidence]\nsnaplen = 129\n"), "snaplen = 129 is out of range (0-128)");
+    assert_one(&errors("[evidence]\ncapture_for = \"soon\"\n"), "capture_for = \"soon\" is not a duration");
+    assert_one(&errors("[evidence]\npcap = true\n"), "unknown field `pcap`");
+}
