@@ -175,6 +175,6 @@ mod tests {
                 "{file}: internal verbs"
             );
         }
-        assert_eq!(written.len(), 1 + 14 + 3, "{written:#?}");
+        assert_eq!(written.len(), 1 + 15 + 3, "{written:#?}");
     }
 }
