@@ -2,8 +2,8 @@
 //! UDP port, admitted and refused, and who opens connections to it.
 //!
 //! Per packet: one entry of this CPU's copy of the port table (an array read, no hash), three
-//! adds. Per new connection (a TCP SYN without ACK, a UDP datagram) also a lookup in the
-//! source table, a call of its own. Sources dropped for who they are (blocklist, manual and
+//! adds. Per new connection (a TCP SYN without ACK, a UDP datagram) the policy admits, or any
+//! in monitor mode, also a lookup in the source table, a call of its own. Sources dropped for who they are (blocklist, manual and
 //! automatic blocks) cost nothing here: they never reached the port policy.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -11,7 +11,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_get_smp_processor_id};
 use portguard_common::{
     Config, Reason,
-    config::FLAG_PORT_DROPS_PER_CPU,
+    config::{FLAG_MONITOR, FLAG_PORT_DROPS_PER_CPU},
     maps::{
         PORT_SOURCE_V4_PREFIX, PORT_TABLE_LEN, PROTO_TCP, PROTO_UDP, PortSource, PortSourceKey, PortTraffic,
     },
@@ -43,7 +43,10 @@ pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) {
         let traffic = unsafe { if refused { &mut (*entry).refused } else { &mut (*entry).accepted } };
         add(traffic, frame_len as u64, new_connection as u64, cfg);
     }
-    if new_connection {
+    // Refused attempts are summarised by source only in monitor mode, where learning happens
+    // and nothing is dropped: enforcing, a flood of forged sources to a closed port costs
+    // the array adds above and no table writes.
+    if new_connection && (!refused || cfg.has(FLAG_MONITOR)) {
         record_source(verdict.port_index, refused as u64, frame_len as u64, cfg);
     }
 }
