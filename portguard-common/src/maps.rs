@@ -698,7 +698,8 @@ pub struct EventBudget {
 pub const MAP_PORT_STATS: &str = "PG_PORT_STATS";
 /// `LruHashMap<PortSourceKey, PortSource>` (shared, sized by `[limits] port_sources`): who
 /// opens connections to each port, by source network. Written only by new connections (a TCP
-/// SYN without ACK) and UDP datagrams, never by the other segments of a connection.
+/// SYN without ACK) and UDP datagrams, never by the other segments of a connection; those the
+/// policy refuses only in monitor mode (enforcing, a flood to a closed port writes nothing).
 pub const MAP_PORT_SOURCES: &str = "PG_PORT_SOURCES";
 /// `PerCpuArray<PortStatsMeta>` of one entry: what tells a reader how far the statistics go
 /// back and whether `PG_PORT_SOURCES` has lost entries.
@@ -746,7 +747,8 @@ pub struct PortSourceKey {
 pub struct PortSource {
     /// New connections (TCP SYNs without ACK, UDP datagrams), admitted or refused.
     pub connections: u64,
-    /// Of which the policy dropped or, in monitor mode, would have dropped.
+    /// Of which the policy would have dropped (monitor mode; enforcing, refused attempts are
+    /// not summarised by source).
     pub refused: u64,
     /// Bytes of the frames counted in `connections` (for UDP, every datagram's; for TCP only
     /// the SYNs').

@@ -84,7 +84,8 @@ pub struct SourceUse {
     /// An IPv4 source's /24, an IPv6 source's network of the policy's `ipv6_prefix`.
     pub network: IpNet,
     pub connections: u64,
-    /// Of which the policy refused (or, in monitor mode, would have).
+    /// Of which the policy would have refused (monitor mode; enforcing, refused attempts are
+    /// counted per port only).
     pub refused: u64,
     /// Bytes of the frames counted in `connections` (UDP: every datagram; TCP: the SYNs).
     pub bytes: u64,
