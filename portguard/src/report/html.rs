@@ -177,6 +177,7 @@ pub fn render(report: &Report) -> anyhow::Result<String> {
         (group(t.automatic_blocks), "automatic blocks"),
         (group(t.manual_blocks), "manual blocks"),
         (group(t.trap_hits), "trap hits"),
+        (group(t.anomalies), "anomalies"),
         (group(t.policy_changes), "policy changes"),
         (group(t.distinct_sources), "sources"),
         (group(t.lost_events), "events lost"),

@@ -50,6 +50,7 @@ pub struct Report {
     pub networks: Vec<Network>,
     pub ports: Vec<Port>,
     pub blocks: Vec<Block>,
+    pub anomalies: Vec<Anomaly>,
     pub changes: Vec<Change>,
 }
 
@@ -81,6 +82,8 @@ pub struct Totals {
     pub manual_blocks: u64,
     pub unblocks: u64,
     pub trap_hits: u64,
+    /// Ports that departed from their baselines (`anomaly` events).
+    pub anomalies: u64,
     pub policy_changes: u64,
     /// Events the kernel's ring buffer or the journal lost.
     pub lost_events: u64,
@@ -108,7 +111,7 @@ pub struct Bucket {
 #[derive(Debug, Serialize)]
 pub struct Mark {
     pub time: String,
-    /// `scan`, `block`, `manual_block`, `unblock`, `change`, `trap`, `unprotected`.
+    /// `scan`, `block`, `manual_block`, `unblock`, `change`, `trap`, `unprotected`, `anomaly`.
     pub kind: &'static str,
     pub label: String,
     #[serde(skip)]
@@ -208,6 +211,24 @@ impl Block {
     }
 }
 
+/// A port's minute that departed from its baseline.
+#[derive(Debug, Serialize)]
+pub struct Anomaly {
+    pub time: String,
+    pub interface: String,
+    /// `udp/53`.
+    pub port: String,
+    /// `new_connections`, `sources`, `bytes`, `drops`, `source_bytes`.
+    pub measure: String,
+    pub observed: Option<u64>,
+    pub expected: Option<u64>,
+    pub compared_with: Option<String>,
+    /// `source_bytes`: the source network.
+    pub source: Option<String>,
+    /// The event's line, for people.
+    pub summary: String,
+}
+
 /// A change of the policy or of the attachment.
 #[derive(Debug, Serialize)]
 pub struct Change {
@@ -251,8 +272,27 @@ pub fn build(readings: &[Reading], window: &Window) -> Report {
         ports: ports(&records),
         sources: sources.into_iter().take(TOP_SOURCES).collect(),
         blocks,
+        anomalies: anomalies(&records),
         changes: changes(&records),
     }
+}
+
+fn anomalies(records: &[&EventRecord]) -> Vec<Anomaly> {
+    records
+        .iter()
+        .filter(|r| r.event == EventType::Anomaly)
+        .map(|r| Anomaly {
+            time: r.time.clone(),
+            interface: r.interface.clone(),
+            port: format!("{}/{}", r.protocol.as_deref().unwrap_or("?"), r.destination_port.unwrap_or(0)),
+            measure: r.reason.clone().unwrap_or_default(),
+            observed: r.observed,
+            expected: r.expected,
+            compared_with: r.compared_with.clone(),
+            source: r.source.map(|s| network_text(s, r.prefix_len)),
+            summary: r.summary(),
+        })
+        .collect()
 }
 
 fn totals(records: &[&EventRecord], coverage: &Coverage, distinct_sources: usize) -> Totals {
@@ -272,6 +312,7 @@ fn totals(records: &[&EventRecord], coverage: &Coverage, distinct_sources: usize
             EventType::Blocked => totals.manual_blocks += 1,
             EventType::Unblocked => totals.unblocks += 1,
             EventType::TrapHit => totals.trap_hits += 1,
+            EventType::Anomaly => totals.anomalies += 1,
             EventType::Reloaded | EventType::RolledBack | EventType::Confirmed => totals.policy_changes += 1,
             _ => {}
         }
@@ -318,6 +359,7 @@ fn timeline(records: &[&EventRecord], window: &Window) -> Timeline {
             EventType::TrapHit => Some(("trap", format!("trap hit by {who}"))),
             EventType::Reloaded | EventType::RolledBack => Some(("change", record.event.to_string())),
             EventType::Unprotected => Some(("unprotected", "not protected".into())),
+            EventType::Anomaly => Some(("anomaly", record.summary())),
             _ => None,
         };
         if let Some((kind, label)) = mark {

@@ -200,3 +200,38 @@ fn an_automatic_blocks_evidence_is_named_in_every_rendering_and_a_deleted_one_sa
     assert!(page.contains(&format!("<code>{}</code>", kept.display())), "the page names the file");
     assert!(page.contains("deleted since ([evidence] total_kib)"));
 }
+
+#[test]
+fn anomalies_are_listed_marked_and_counted_in_every_rendering() {
+    let tunnel = crate::baseline::Anomaly {
+        port: crate::baseline::PortKey { proto: crate::policy::Proto::Udp, port: 53 },
+        measure: crate::baseline::Measure::SourceBytes,
+        observed: 2_100_000,
+        expected: 4_000.0,
+        threshold: 16_000.0,
+        compared_with: "Wed 09:00-10:00".into(),
+        source: Some("198.51.100.0/24".parse().unwrap()),
+    };
+    let mut records = incident();
+    records.push(tunnel.record(at(400), "eth0"));
+    let report = build(&[reading(records, Vec::new())], &Window { since: at(0), until: at(3600) });
+    assert_eq!(report.totals.anomalies, 1);
+    let row = &report.anomalies[0];
+    assert_eq!((row.port.as_str(), row.measure.as_str()), ("udp/53", "source_bytes"));
+    assert_eq!((row.observed, row.expected), (Some(2_100_000), Some(4_000)));
+    assert_eq!(row.source.as_deref(), Some("198.51.100.0/24"));
+    assert!(report.timeline.marks.iter().any(|m| m.kind == "anomaly"), "{:?}", report.timeline.marks);
+    let text = text::render(&report).join("\n");
+    assert!(text.contains("Anomalies (ports that departed from their baselines):"), "{text}");
+    assert!(
+        text.contains("udp/53: source_bytes 2,100,000 per minute from 198.51.100.0/24, normally 4,000"),
+        "{text}"
+    );
+    let page = html::render(&report).unwrap();
+    assert!(
+        page.contains("<section id=\"anomalies\">") && page.contains("<code>198.51.100.0/24</code>"),
+        "{page}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["anomalies"][0]["compared_with"], "Wed 09:00-10:00");
+}

@@ -42,7 +42,7 @@ pub fn render(report: &Report) -> Vec<String> {
     out.push(String::new());
     out.push(format!(
         "Events: {} ({} drop events, sampled{}; {} scans, {} automatic blocks, {} manual blocks, {} unblocks, \
-         {} trap hits, {} policy changes) from {}",
+         {} trap hits, {} anomalies, {} policy changes) from {}",
         group(t.events),
         group(t.drop_events),
         if t.would_drop_events > 0 { format!(", {} in monitor mode", group(t.would_drop_events)) } else { String::new() },
@@ -51,6 +51,7 @@ pub fn render(report: &Report) -> Vec<String> {
         t.manual_blocks,
         t.unblocks,
         t.trap_hits,
+        t.anomalies,
         t.policy_changes,
         count(t.distinct_sources, "source", "sources"),
     ));
@@ -163,6 +164,13 @@ pub fn render(report: &Report) -> Vec<String> {
         if !evidence.is_empty() {
             out.push("Evidence (pcap files of the blocked sources' first packets; `portguard verify POLICY FILE` replays one):".into());
             out.extend(evidence);
+        }
+    }
+    if !report.anomalies.is_empty() {
+        out.push(String::new());
+        out.push("Anomalies (ports that departed from their baselines):".into());
+        for anomaly in &report.anomalies {
+            out.push(format!("  {} {}: {}", anomaly.time, anomaly.interface, anomaly.summary));
         }
     }
     out.push(String::new());
