@@ -26,11 +26,15 @@ use crate::{
     types::{NO_PORT, Verdict},
 };
 
-/// Counts a judged frame against its destination port (frames without one, and sources
-/// dropped for who they are, are not counted).
+/// Counts a judged frame against its destination port. Not counted: frames without one,
+/// sources dropped for who they are, and replies to the host's own traffic (a flow's frames
+/// go to its ephemeral port: no use of a service, and a UDP reply is no new connection).
 #[inline(always)]
 pub fn count(verdict: &Verdict, cfg: &Config, frame_len: usize) {
-    if verdict.port_index == NO_PORT || blocked_source(verdict.reason) {
+    if verdict.port_index == NO_PORT
+        || blocked_source(verdict.reason)
+        || verdict.reason == Reason::PassFlow as u8
+    {
         return;
     }
     let refused = verdict.is_drop();

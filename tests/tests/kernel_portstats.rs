@@ -204,3 +204,18 @@ fn a_full_source_table_says_it_forgot_and_a_reset_starts_again() {
     assert_eq!(between.len(), 1);
     assert_eq!(between[0].accepted.connections, 1);
 }
+
+#[test]
+fn replies_to_the_hosts_own_traffic_are_not_use_of_a_port() {
+    require_root!();
+    let mut j = judge(POLICY);
+    let resolver = v4(198, 51, 100, 53);
+    let host = server(resolver);
+    // The host asks a resolver; the answer comes back to its ephemeral port as a flow.
+    j.run_egress(&udp(host, resolver, 53_000, 53)).unwrap();
+    send(&mut j, &udp(resolver, host, 53, 53_000), Reason::PassFlow);
+    j.run_egress(&tcp(host, resolver, 53_001, 443, SYN)).unwrap();
+    send(&mut j, &tcp(resolver, host, 443, 53_001, SYN | ACK), Reason::PassFlow);
+    let stats = j.port_statistics().unwrap();
+    assert!(stats.ports.is_empty() && stats.sources.is_empty(), "{stats:?}");
+}
