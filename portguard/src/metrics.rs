@@ -170,9 +170,13 @@ impl<'a> Family<'a> {
 /// `[anomaly]`: how much the baselines have seen, and the anomalies held back (those reported
 /// are in `portguard_events_total{event="anomaly"}`).
 fn baseline_families(registry: &Registry, iface: &str, known: &crate::baseline::Summary) -> Result<()> {
-    Family::new("baseline_minutes_observed", "Minutes the per-port baselines have learned.", iface)
-        .row(&[], known.minutes_observed)
-        .gauge(registry)?;
+    Family::new(
+        "baseline_learned_seconds",
+        "Time the per-port baselines have learned, in whole minutes.",
+        iface,
+    )
+    .row(&[], known.minutes_observed * 60)
+    .gauge(registry)?;
     Family::new(
         "baseline_warming_up",
         "1 while the baselines have seen less than [anomaly] warm_up: no anomaly is reported yet.",
