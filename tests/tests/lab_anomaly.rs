@@ -114,7 +114,10 @@ fn a_dns_tunnel_departs_from_the_baseline_of_udp_53() {
     let observed = tunnel["observed"].as_u64().unwrap();
     let expected = tunnel["expected"].as_u64().unwrap();
     assert!(observed >= 1500 * 1400, "{tunnel}");
-    assert!(expected < 20_000, "the baseline is the questions, about 4 kB a minute: {tunnel}");
+    assert!(
+        (1_000..20_000).contains(&expected),
+        "the baseline is the questions, about 4 kB a minute: {tunnel}"
+    );
     assert!(tunnel["threshold"].as_u64().unwrap() < observed);
     // With a one-minute warm-up, this hour of the week has enough minutes already.
     let compared = tunnel["compared_with"].as_str().unwrap();

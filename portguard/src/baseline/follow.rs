@@ -35,6 +35,7 @@ pub fn minute_between(earlier: &Snapshot, later: &Snapshot) -> BTreeMap<PortKey,
                 new_connections: port.accepted.connections,
                 bytes: port.accepted.bytes,
                 drops: port.refused.packets,
+                accepted_packets: port.accepted.packets,
                 ..PortMinute::default()
             },
         );

@@ -4,11 +4,11 @@
 //! connections, distinct sources, bytes, drops, and the most any one source sent). Each port
 //! keeps, per measure, a running mean and mean deviation for every hour of the week (Monday
 //! 9:00 is compared with Mondays at 9:00) and one over all hours. A minute is an anomaly when a
-//! measure is at least its floor and above both `factor` times the mean and the mean plus four
+//! measure is above its floor and above both `factor` times the mean and the mean plus four
 //! deviations, once the baseline has seen enough minutes (the warm-up).
 //!
-//! Only ports with accepted traffic, or a measure at its floor, are tracked: a scan's one probe
-//! to each of thousands of ports is not a baseline. A port seen for the first time was silent
+//! Only ports used beyond a probe, or with a measure at its floor, are tracked: a scan's one
+//! probe to each of thousands of ports is not a baseline, even where monitor mode accepts it. A port seen for the first time was silent
 //! in every minute observed before: it starts with that many minutes of zeros, so a silent port
 //! that suddenly gets traffic stands out. The clock is a parameter, so tests can drive weeks of
 //! minutes in milliseconds.
@@ -114,6 +114,8 @@ pub struct PortMinute {
     pub sources: u64,
     pub bytes: u64,
     pub drops: u64,
+    /// Packets accepted (not a measure: it tells use from a probe).
+    pub accepted_packets: u64,
     /// The source network that sent the most bytes, and how many.
     pub busiest_source: Option<(IpNet, u64)>,
 }
@@ -129,9 +131,16 @@ impl PortMinute {
         }
     }
 
-    /// Traffic the port accepted: reason enough to learn what is normal for it.
+    /// Traffic the port accepted: its last use.
     fn accepted_any(&self) -> bool {
         self.new_connections > 0 || self.bytes > 0
+    }
+
+    /// Accepted use beyond a probe, reason enough to learn what is normal for the port: a
+    /// second new connection, or packets past the first (a handshake's next ones). A scan's
+    /// one probe per port is not, also in monitor mode where the policy accepts it.
+    fn used(&self) -> bool {
+        self.new_connections >= 2 || self.accepted_packets > self.new_connections
     }
 }
 
@@ -303,13 +312,15 @@ impl Baselines {
         for (&port, seen) in minute {
             for measure in Measure::ALL {
                 let observed = seen.value(measure);
-                if observed < settings.floor(measure) {
+                let floor = settings.floor(measure);
+                if observed <= floor {
                     continue;
                 }
                 let Some((running, compared_with)) = self.reference(port, measure, hour, warm_up) else {
                     continue;
                 };
-                let threshold = running.threshold(settings.factor);
+                // The floor is part of the threshold the event reports.
+                let threshold = running.threshold(settings.factor).max(floor as f64);
                 if (observed as f64) > threshold {
                     found.push(Anomaly {
                         port,
@@ -384,16 +395,18 @@ impl Baselines {
         settings: &AnomalyDetection,
     ) {
         let unix = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        // New ports: those with accepted traffic or a measure at its floor, while there is room.
-        for (&port, seen) in minute {
-            if self.ports.contains_key(&port) {
-                continue;
-            }
-            let notable =
-                seen.accepted_any() || Measure::ALL.iter().any(|&m| seen.value(m) >= settings.floor(m));
-            if !notable {
-                continue;
-            }
+        // New ports: those used beyond a probe or with a measure at its floor, the busiest
+        // first, while there is room.
+        let mut new_ports: Vec<(PortKey, &PortMinute)> = minute
+            .iter()
+            .filter(|(port, seen)| {
+                !self.ports.contains_key(port)
+                    && (seen.used() || Measure::ALL.iter().any(|&m| seen.value(m) >= settings.floor(m)))
+            })
+            .map(|(&port, seen)| (port, seen))
+            .collect();
+        new_ports.sort_by_key(|(_, seen)| std::cmp::Reverse((seen.bytes, seen.new_connections)));
+        for (port, _) in new_ports {
             if self.ports.len() >= settings.max_ports as usize {
                 self.ports_untracked.insert(port);
                 continue;

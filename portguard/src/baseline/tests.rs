@@ -53,6 +53,7 @@ fn dns_clients(sources: u64, bytes: u64) -> PortMinute {
         sources,
         bytes: sources * bytes,
         drops: 0,
+        accepted_packets: sources * 10,
         busiest_source: Some(("198.51.100.7/32".parse().unwrap(), bytes * 2)),
     }
 }
@@ -179,6 +180,53 @@ fn a_scans_one_probe_per_port_tracks_no_ports() {
         .collect();
     clock.run(1, |_| scan.clone());
     assert_eq!(clock.baselines.summary(&clock.settings).ports_tracked, 0);
+}
+
+#[test]
+fn a_scan_accepted_in_monitor_mode_leaves_room_for_the_ports_in_use() {
+    // Monitor mode accepts a scan's probe of every port (one SYN each); a DNS client asks in
+    // the same minute. The probes get no baselines, so they cannot take DNS's place.
+    let mut clock = Clock::new();
+    clock.settings.max_ports = 16;
+    let probe = PortMinute { new_connections: 1, bytes: 58, accepted_packets: 1, ..Default::default() };
+    let mut minute: BTreeMap<_, _> =
+        (1..=1024).map(|port| (PortKey { proto: Proto::Tcp, port }, probe.clone())).collect();
+    minute.insert(DNS, dns_clients(1, 6000));
+    clock.run(1, |_| minute.clone());
+    assert!(clock.baselines.tracks(DNS));
+    assert_eq!(clock.baselines.summary(&clock.settings).ports_tracked, 1);
+    assert_eq!(clock.baselines.summary(&clock.settings).ports_untracked, 0);
+}
+
+#[test]
+fn when_ports_fill_the_table_the_busiest_get_baselines() {
+    let mut clock = Clock::new();
+    clock.settings.max_ports = 1;
+    let quiet = PortMinute { new_connections: 2, bytes: 120, accepted_packets: 2, ..Default::default() };
+    let mut minute = one(PortKey { proto: Proto::Tcp, port: 1 }, quiet);
+    minute.insert(DNS, dns_clients(3, 6000));
+    clock.run(1, |_| minute.clone());
+    assert!(clock.baselines.tracks(DNS));
+    assert_eq!(clock.baselines.summary(&clock.settings).ports_untracked, 1);
+}
+
+#[test]
+fn an_anomaly_reports_its_floor_as_the_threshold_when_the_floor_is_higher() {
+    // A quiet DNS port: its baseline threshold is far below the floor, so the floor is what
+    // the tunnel had to pass, and what the event says.
+    let mut clock = Clock::new();
+    clock.run(60, |_| one(DNS, dns_clients(1, 100)));
+    let floor = u64::from(clock.settings.min_source_bytes);
+    let found = clock.run(1, |_| one(DNS, dns_clients(1, floor * 2)));
+    let tunnel = found.iter().find(|a| a.measure == Measure::SourceBytes).expect("the tunnel departs");
+    assert_eq!(tunnel.threshold, floor as f64);
+    assert!(tunnel.expected > 0.0 && tunnel.expected < 1000.0, "{tunnel:?}");
+    // At the floor itself nothing departs.
+    let mut clock = Clock::new();
+    clock.run(60, |_| one(DNS, dns_clients(1, 100)));
+    // (`dns_clients`' busiest source sends twice its `bytes`.)
+    let found = clock.run(1, |_| one(DNS, dns_clients(1, floor / 2)));
+    assert!(found.iter().all(|a| a.measure != Measure::SourceBytes), "{found:?}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::baseline::Measure;
 pub struct AnomalyDetection {
     pub enabled: bool,
     /// A minute departs when a measure is above this many times its baseline's mean (and
-    /// above the mean plus four mean deviations, and at least its floor).
+    /// above the mean plus four mean deviations, and above its floor).
     pub factor: f64,
     /// Minutes a baseline must have seen before it is compared with.
     #[serde(rename = "warm_up_secs", with = "super::secs")]
@@ -27,7 +27,7 @@ pub struct AnomalyDetection {
     pub alert_every: Duration,
     /// Ports with a baseline of their own; others are judged against silence.
     pub max_ports: u32,
-    /// Per minute: below these a measure is never an anomaly, whatever its baseline.
+    /// Per minute: at or below these a measure is never an anomaly, whatever its baseline.
     pub min_new_connections: u32,
     pub min_sources: u32,
     pub min_bytes: u32,
