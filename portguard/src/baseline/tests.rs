@@ -219,7 +219,7 @@ fn an_anomaly_reports_its_floor_as_the_threshold_when_the_floor_is_higher() {
     let floor = u64::from(clock.settings.min_source_bytes);
     let found = clock.run(1, |_| one(DNS, dns_clients(1, floor * 2)));
     let tunnel = found.iter().find(|a| a.measure == Measure::SourceBytes).expect("the tunnel departs");
-    assert_eq!(tunnel.threshold, floor as f64);
+    assert!((tunnel.threshold - floor as f64).abs() < 0.5, "{tunnel:?}");
     assert!(tunnel.expected > 0.0 && tunnel.expected < 1000.0, "{tunnel:?}");
     // At the floor itself nothing departs.
     let mut clock = Clock::new();
