@@ -15,6 +15,7 @@ pub mod packets;
 pub mod portguard_cli;
 pub mod schemas;
 pub mod traffic;
+pub mod walkthrough;
 
 use std::{
     fs::File,

@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -99,6 +99,25 @@ impl Attached {
         policy: Option<NamedTempFile>,
     ) -> Result<Self> {
         let state_dir = tempfile::Builder::new().prefix("pgt-state-").tempdir()?;
+        Self::start_in(netns, iface, policy_path, extra, policy, state_dir)
+    }
+
+    /// Like `start_file`, with its state directory (journal, evidence, baselines) made in
+    /// `parent` and left there after the loader stops, for a reader to look at.
+    pub fn start_keeping_state(netns: &Netns, iface: &str, policy_path: &str, parent: &Path) -> Result<Self> {
+        let mut state_dir = tempfile::Builder::new().prefix("state-").tempdir_in(parent)?;
+        state_dir.disable_cleanup(true);
+        Self::start_in(netns, iface, policy_path, &[], None, state_dir)
+    }
+
+    fn start_in(
+        netns: &Netns,
+        iface: &str,
+        policy_path: &str,
+        extra: &[&str],
+        policy: Option<NamedTempFile>,
+        state_dir: tempfile::TempDir,
+    ) -> Result<Self> {
         let mut child = Command::new(binary())
             .env("PORTGUARD_STATE_DIR", state_dir.path())
             .args(["--netns", &netns.name, "attach", iface, "--policy", policy_path])
@@ -215,7 +234,7 @@ impl Attached {
     /// Another loader for this attachment's interface, in its namespace and state directory
     /// (a restart after a detach): `portguard attach IFACE --policy POLICY EXTRA...`, its
     /// output discarded; stopped when the guard drops.
-    pub fn attach_again(&self, policy: &std::path::Path, extra: &[&str]) -> Killer {
+    pub fn attach_again(&self, policy: &Path, extra: &[&str]) -> Killer {
         let policy = policy.to_str().expect("a UTF-8 path");
         let child = self
             .command(&["attach", &self.iface, "--policy", policy])

@@ -34,6 +34,11 @@ pub struct Servers {
 
 impl Servers {
     pub fn start(netns: &Netns, tcp_ports: &[u16], udp_ports: &[u16]) -> Self {
+        Self::start_for(netns, tcp_ports, udp_ports, SERVER_LIFETIME)
+    }
+
+    /// Like `start`, for up to `lifetime` instead of the tests' five minutes.
+    pub fn start_for(netns: &Netns, tcp_ports: &[u16], udp_ports: &[u16], lifetime: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(Mutex::new(HashMap::new()));
         let echoed = Arc::new(Mutex::new(HashMap::new()));
@@ -48,7 +53,7 @@ impl Servers {
                 ready_tx.send(()).unwrap();
                 let started = Instant::now();
                 let mut buffer = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) && started.elapsed() < SERVER_LIFETIME {
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < lifetime {
                     let mut idle = true;
                     for (port, listener) in &listeners {
                         // Accept and close: the handshake is what the tests look at.

@@ -44,7 +44,12 @@ enum Task {
     },
     /// Run the demo: attach a policy in a namespace lab, send allowed and denied traffic,
     /// show the counters.
-    Demo,
+    Demo {
+        /// Instead, the README's walkthrough (about four minutes): monitor mode, learn, check,
+        /// enforce, a scan blocked with its evidence, a DNS tunnel's anomaly, the report.
+        #[arg(long)]
+        walkthrough: bool,
+    },
     /// Benchmarks beside the alternatives (xdp-filter, nftables, iptables); writes
     /// docs/BENCHMARKS.md.
     Bench,
@@ -85,7 +90,9 @@ fn main() {
     let result = match cli.task {
         Task::Setup { check } => setup::run(check, Needs::Tests),
         Task::Build { release } => setup::run(false, Needs::Build).and_then(|()| build(release)),
-        Task::Demo => setup::run(false, Needs::Tests).and_then(|()| build(false)).and_then(|()| demo()),
+        Task::Demo { walkthrough } => {
+            setup::run(false, Needs::Tests).and_then(|()| build(false)).and_then(|()| demo(walkthrough))
+        }
         Task::Test { tier, args } => {
             let needs = if tier == Some(Tier::Unit) { Needs::Build } else { Needs::Tests };
             setup::run(false, needs).and_then(|()| tiers::test(tier, &args))
@@ -141,13 +148,18 @@ pub fn build(release: bool) -> Result<()> {
 
 /// The demo lives in the tests crate (it drives the same namespace lab as the tests); xtask
 /// itself must build without the BPF toolchain, since it is what installs it.
-fn demo() -> Result<()> {
+fn demo(walkthrough: bool) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "the demo creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask demo)"
         );
     }
-    cargo(&["run", "--locked", "--quiet", "--package", "portguard-tests", "--bin", "portguard-demo"])
+    let mut args =
+        vec!["run", "--locked", "--quiet", "--package", "portguard-tests", "--bin", "portguard-demo"];
+    if walkthrough {
+        args.extend(["--", "--walkthrough"]);
+    }
+    cargo(&args)
 }
 
 fn bench() -> Result<()> {

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: portguard on a namespace lab. Two network namespaces joined by a veth
 //! pair stand in for "the internet" and "your server"; no real interface is touched, and
-//! everything is deleted at the end (or on Ctrl-C, by the guards' Drop).
+//! everything is deleted at the end (or on Ctrl-C, by the guards' Drop). With `--walkthrough`,
+//! the README's walkthrough from monitor mode to an incident report (about four minutes).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -16,6 +17,7 @@ use portguard_tests::{
 
 const POLICY: &str = include_str!("../../../examples/edge-host.toml");
 const POLICY_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/edge-host.toml");
+const WALKTHROUGH_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/walkthrough");
 
 struct Probe {
     proto: &'static str,
@@ -31,7 +33,15 @@ fn main() -> ExitCode {
         eprintln!("the demo needs root (network namespaces, XDP): sudo -E cargo xtask demo");
         return ExitCode::FAILURE;
     }
-    match run() {
+    let result = match std::env::args().nth(1).as_deref() {
+        None => run(),
+        Some("--walkthrough") => walkthrough(),
+        Some(other) => {
+            eprintln!("unknown argument {other:?}: the demo takes none, or --walkthrough");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -172,6 +182,29 @@ fn run() -> anyhow::Result<bool> {
         println!("\ndemo: some probes did not behave as the policy says (see UNEXPECTED above)");
     }
     Ok(all_as_expected)
+}
+
+/// The README's walkthrough (`portguard_tests::walkthrough`), its files left in
+/// target/walkthrough/ for the reader.
+fn walkthrough() -> anyhow::Result<bool> {
+    let dir = std::path::Path::new(WALKTHROUGH_DIR);
+    // Only what an earlier walkthrough left: its policies, report and state directories.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    println!("== portguard walkthrough: a first week in ten minutes, on a namespace lab ==");
+    let outcome = portguard_tests::walkthrough::run(dir)?;
+    if outcome.unexpected.is_empty() {
+        println!("\nwalkthrough: every step did what the README says");
+        Ok(true)
+    } else {
+        println!("\nwalkthrough: {} step(s) did not do what the README says:", outcome.unexpected.len());
+        for what in &outcome.unexpected {
+            println!("  - {what}");
+        }
+        Ok(false)
+    }
 }
 
 /// Prints what `attach` printed (its alerts) since the last call.
