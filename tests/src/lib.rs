@@ -339,6 +339,12 @@ impl Lab {
     /// Runs nmap from the client against `target` with `args` (timing, ports, scan kind);
     /// bounded by nmap's own host timeout and ours.
     pub fn nmap_at(&self, target: IpAddr, args: &[&str]) {
+        let output = self.nmap_output(target, args).expect("nmap runs");
+        assert!(output.status.success(), "nmap failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Like `nmap_at`, returning what nmap printed (for the demo and the walkthrough).
+    pub fn nmap_output(&self, target: IpAddr, args: &[&str]) -> Result<Output> {
         let target = target.to_string();
         let mut full = vec!["60", "nmap", "-n", "-Pn", "--max-retries", "1", "--host-timeout", "40s"];
         if target.contains(':') {
@@ -346,8 +352,7 @@ impl Lab {
         }
         full.extend_from_slice(args);
         full.push(&target);
-        let output = self.client.exec("timeout", &full).expect("nmap runs");
-        assert!(output.status.success(), "nmap failed: {}", String::from_utf8_lossy(&output.stderr));
+        self.client.exec("timeout", &full)
     }
 
     pub fn server_addr(v6: bool) -> IpAddr {

@@ -107,29 +107,10 @@ fn run() -> anyhow::Result<bool> {
     print_new_lines(&mut attached);
 
     println!("\n== a port scan: nmap -sS -p 1000-1300 from {SCANNER_V4} ==");
-    let target = SERVER_V4.to_string();
     let scanner = SCANNER_V4.to_string();
-    let nmap = lab.client.exec(
-        "timeout",
-        &[
-            "60",
-            "nmap",
-            "-n",
-            "-Pn",
-            "-sS",
-            "-T5",
-            "--max-retries",
-            "1",
-            "--host-timeout",
-            "30s",
-            "-p",
-            "1000-1300",
-            "-S",
-            &scanner,
-            "-e",
-            &lab.client_if,
-            &target,
-        ],
+    let nmap = lab.nmap_output(
+        SERVER_V4.into(),
+        &["-sS", "-T5", "-p", "1000-1300", "-S", &scanner, "-e", &lab.client_if],
     )?;
     let summary = String::from_utf8_lossy(&nmap.stdout);
     for line in
@@ -193,6 +174,7 @@ fn walkthrough() -> anyhow::Result<bool> {
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
+    let dir = &dir.canonicalize()?;
     println!("== portguard walkthrough: a first week in ten minutes, on a namespace lab ==");
     let outcome = portguard_tests::walkthrough::run(dir)?;
     if outcome.unexpected.is_empty() {
