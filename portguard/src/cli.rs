@@ -192,9 +192,9 @@ pub enum Command {
     /// Propose a policy from the traffic the attachment has seen (run it in monitor mode for
     /// a while first): every port with real use and a listener opened, to the networks that
     /// used it where they are few, SSH kept reachable, with the evidence in comments. Prints
-    /// the policy file on stdout.
+    /// the policy file on stdout (`--json`: the same proposal as JSON, the file in it).
     #[command(
-        after_help = "Example:\n  sudo portguard learn eth0 > proposed.toml && portguard check proposed.toml\n  sudo portguard learn eth0 --since 24h --min-connections 10\n  sudo portguard learn eth0 --reset"
+        after_help = "Example:\n  sudo portguard learn eth0 > proposed.toml && portguard check proposed.toml\n  sudo portguard learn eth0 --since 24h --min-connections 10\n  sudo portguard learn eth0 --json | jq -r .policy > proposed.toml\n  sudo portguard learn eth0 --reset"
     )]
     Learn {
         /// The attached interface whose statistics to read.
@@ -211,8 +211,14 @@ pub enum Command {
         /// Most networks a rule is narrowed to; a port used from more is opened to everyone.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
         max_networks: u64,
+        /// Print the proposal as JSON: the policy file, every rule with its evidence, the ports
+        /// left closed, idle listeners, what the statistics cover (schema:
+        /// docs/schemas/learn.schema.json).
+        #[arg(long)]
+        json: bool,
         /// Start the statistics afresh (every count at zero, counting from now) and exit.
-        #[arg(long, conflicts_with_all = ["since", "min_connections", "max_networks"])]
+        /// Proposes nothing, so it takes none of the other options (`--json` included).
+        #[arg(long, conflicts_with_all = ["since", "min_connections", "max_networks", "json"])]
         reset: bool,
     },
     /// Validate a policy without touching the kernel; explains every error with its line.
@@ -336,13 +342,13 @@ impl Command {
             | Self::Status { json }
             | Self::Stats { json, .. }
             | Self::Doctor { json, .. }
+            | Self::Learn { json, .. }
             | Self::Report { json, .. } => *json,
             Self::Reload { .. }
             | Self::Confirm { .. }
             | Self::Block { .. }
             | Self::Unblock { .. }
             | Self::RollbackGuard { .. }
-            | Self::Learn { .. }
             | Self::GenerateDocs { .. }
             | Self::Detach { .. } => false,
         }
