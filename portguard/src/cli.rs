@@ -174,7 +174,9 @@ pub enum Command {
         since: Option<std::time::SystemTime>,
     },
     /// What happened, from the journal: timeline, top sources and ports, blocks, changes.
-    #[command(after_help = "Example:\n  sudo portguard report --since 24h --html report.html")]
+    #[command(
+        after_help = "Exit status: 0, or 8 when the journal does not cover the whole window or has lines it cannot read (the report is given in full; 1: report failed).\n\nExample:\n  sudo portguard report --since 24h --html report.html"
+    )]
     Report {
         /// Interface (default: every interface with a journal in this namespace).
         #[arg(value_parser = iface_name)]

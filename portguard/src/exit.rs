@@ -28,7 +28,9 @@ pub enum Exit {
     RolledBack = 6,
     /// `doctor --fail-on`: findings at or above that severity exist.
     Findings = 7,
-    /// `verify`: part of the capture could not be read (the rest is judged and reported).
+    /// `verify`: part of the capture could not be read (the rest is judged and reported);
+    /// `report`: the journals do not cover the whole window, or have unreadable lines (the rest
+    /// is reported).
     IncompleteInput = 8,
 }
 
