@@ -266,8 +266,9 @@ pub enum Command {
         json: bool,
     },
     /// List attached interfaces: policy, modes, uptime, whether the loader runs. Exits 3 when
-    /// nothing is attached, a loader is not running or an interface is not protected, 5 when a
-    /// change waits for confirmation (as `systemctl is-active` does).
+    /// nothing is attached, a loader is not running, an interface is not protected or its
+    /// connection caps are not enforced, 5 when a change waits for confirmation (as
+    /// `systemctl is-active` does).
     Status {
         /// Print the list as JSON (schema: docs/schemas/status.schema.json).
         #[arg(long)]

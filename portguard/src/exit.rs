@@ -18,7 +18,7 @@ pub enum Exit {
     /// The command line is wrong (clap's own code).
     Usage = 2,
     /// `status`: nothing is attached, an attachment's loader is not running, or an interface
-    /// is not protected.
+    /// is not protected (or its connection caps are not enforced).
     NotRunning = 3,
     /// The command needs root (or a capability) it does not have: nothing was looked at.
     NeedsPrivileges = 4,
