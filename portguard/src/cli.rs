@@ -174,7 +174,9 @@ pub enum Command {
         since: Option<std::time::SystemTime>,
     },
     /// What happened, from the journal: timeline, top sources and ports, blocks, changes.
-    #[command(after_help = "Example:\n  sudo portguard report --since 24h --html report.html")]
+    #[command(
+        after_help = "Exit status: 0, or 8 when the journal does not cover the whole window or has lines it cannot read (the report is given in full; 1: report failed).\n\nExample:\n  sudo portguard report --since 24h --html report.html"
+    )]
     Report {
         /// Interface (default: every interface with a journal in this namespace).
         #[arg(value_parser = iface_name)]
@@ -192,9 +194,9 @@ pub enum Command {
     /// Propose a policy from the traffic the attachment has seen (run it in monitor mode for
     /// a while first): every port with real use and a listener opened, to the networks that
     /// used it where they are few, SSH kept reachable, with the evidence in comments. Prints
-    /// the policy file on stdout.
+    /// the policy file on stdout (`--json`: the same proposal as JSON, the file in it).
     #[command(
-        after_help = "Example:\n  sudo portguard learn eth0 > proposed.toml && portguard check proposed.toml\n  sudo portguard learn eth0 --since 24h --min-connections 10\n  sudo portguard learn eth0 --reset"
+        after_help = "Example:\n  sudo portguard learn eth0 > proposed.toml && portguard check proposed.toml\n  sudo portguard learn eth0 --since 24h --min-connections 10\n  sudo portguard learn eth0 --json | jq -r .policy > proposed.toml\n  sudo portguard learn eth0 --reset"
     )]
     Learn {
         /// The attached interface whose statistics to read.
@@ -211,8 +213,14 @@ pub enum Command {
         /// Most networks a rule is narrowed to; a port used from more is opened to everyone.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
         max_networks: u64,
+        /// Print the proposal as JSON: the policy file, every rule with its evidence, the ports
+        /// left closed, idle listeners, what the statistics cover (schema:
+        /// docs/schemas/learn.schema.json).
+        #[arg(long)]
+        json: bool,
         /// Start the statistics afresh (every count at zero, counting from now) and exit.
-        #[arg(long, conflicts_with_all = ["since", "min_connections", "max_networks"])]
+        /// Proposes nothing, so it takes none of the other options (`--json` included).
+        #[arg(long, conflicts_with_all = ["since", "min_connections", "max_networks", "json"])]
         reset: bool,
     },
     /// Validate a policy without touching the kernel; explains every error with its line.
@@ -258,8 +266,9 @@ pub enum Command {
         json: bool,
     },
     /// List attached interfaces: policy, modes, uptime, whether the loader runs. Exits 3 when
-    /// nothing is attached, a loader is not running or an interface is not protected, 5 when a
-    /// change waits for confirmation (as `systemctl is-active` does).
+    /// nothing is attached, a loader is not running, an interface is not protected or its
+    /// connection caps are not enforced, 5 when a change waits for confirmation (as
+    /// `systemctl is-active` does).
     Status {
         /// Print the list as JSON (schema: docs/schemas/status.schema.json).
         #[arg(long)]
@@ -336,13 +345,13 @@ impl Command {
             | Self::Status { json }
             | Self::Stats { json, .. }
             | Self::Doctor { json, .. }
+            | Self::Learn { json, .. }
             | Self::Report { json, .. } => *json,
             Self::Reload { .. }
             | Self::Confirm { .. }
             | Self::Block { .. }
             | Self::Unblock { .. }
             | Self::RollbackGuard { .. }
-            | Self::Learn { .. }
             | Self::GenerateDocs { .. }
             | Self::Detach { .. } => false,
         }

@@ -116,7 +116,7 @@ pub fn sync(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
 }
 
 /// Forgets every count and every counted socket.
-fn clear_counts(ebpf: &mut Ebpf) -> Result<()> {
+pub fn clear_counts(ebpf: &mut Ebpf) -> Result<()> {
     let mut sockets: HashMap<&mut MapData, u64, ConnKey> =
         HashMap::try_from(ebpf.map_mut(MAP_CONN_SOCKETS).context(MAP_CONN_SOCKETS)?)?;
     let cookies: Vec<u64> = sockets.keys().filter_map(Result::ok).collect();

@@ -18,7 +18,7 @@ pub enum Exit {
     /// The command line is wrong (clap's own code).
     Usage = 2,
     /// `status`: nothing is attached, an attachment's loader is not running, or an interface
-    /// is not protected.
+    /// is not protected (or its connection caps are not enforced).
     NotRunning = 3,
     /// The command needs root (or a capability) it does not have: nothing was looked at.
     NeedsPrivileges = 4,
@@ -28,7 +28,9 @@ pub enum Exit {
     RolledBack = 6,
     /// `doctor --fail-on`: findings at or above that severity exist.
     Findings = 7,
-    /// `verify`: part of the capture could not be read (the rest is judged and reported).
+    /// `verify`: part of the capture could not be read (the rest is judged and reported);
+    /// `report`: the journals do not cover the whole window, or have unreadable lines (the rest
+    /// is reported).
     IncompleteInput = 8,
 }
 

@@ -388,6 +388,88 @@ pub fn render(proposal: &Proposal, iface: &str, snapshot: &Snapshot, options: &O
     out
 }
 
+/// The proposal as one JSON document (`learn --json`, docs/schemas/learn.schema.json): the
+/// policy file `render` wrote from the same proposal (`policy`), and as data what its comments
+/// say: every rule with its evidence, every port left closed (all of them, where the text
+/// lists the most tried), the idle listeners and what the statistics cover.
+pub fn to_json(
+    proposal: &Proposal,
+    policy: &str,
+    iface: &str,
+    snapshot: &Snapshot,
+    options: &Options,
+) -> serde_json::Value {
+    use serde_json::json;
+    let time = |t: Option<SystemTime>| t.map(rfc3339);
+    let rules: Vec<serde_json::Value> = proposal
+        .rules
+        .iter()
+        .map(|rule| {
+            json!({
+                "name": rule.name,
+                "protocol": rule.protocol,
+                "port": rule.port,
+                "program": rule.program,
+                "ssh": rule.ssh,
+                "from": rule.from.as_ref().map(|from| from.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                "open_because": rule.open_because,
+                "keeps_session": rule.keeps_session,
+                "note": narrowing_note(rule, options),
+                "connections": rule.connections,
+                "refused": rule.refused,
+                "networks": rule.networks,
+                "first_seen_at": time(rule.first_seen),
+                "last_seen_at": time(rule.last_seen),
+                "left_out": rule
+                    .left_out
+                    .iter()
+                    .map(|(network, connections)| json!({ "network": network.to_string(), "connections": connections }))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let closed = |list: &[NotOpened]| -> Vec<serde_json::Value> {
+        let mut list: Vec<&NotOpened> = list.iter().collect();
+        list.sort_by_key(|p| (p.protocol, p.port));
+        list.iter()
+            .map(|p| {
+                json!({
+                    "protocol": p.protocol,
+                    "port": p.port,
+                    "connections": p.connections,
+                    "networks": p.networks,
+                })
+            })
+            .collect()
+    };
+    let began = snapshot.since;
+    json!({
+        "interface": iface,
+        "generated_at": rfc3339(snapshot.taken_at),
+        "min_connections": options.min_connections,
+        "max_networks": options.max_networks,
+        "policy": policy,
+        "coverage": {
+            "counting_since_at": time(began),
+            "counted_secs": began.map(|began| snapshot.taken_at.duration_since(began).unwrap_or_default().as_secs()),
+            "since_at": time(options.since),
+            "since_before_counting": options.since.and_then(|since| began.map(|began| began > since)),
+            "source_capacity": snapshot.source_capacity,
+            "sources_added": snapshot.sources_added,
+            "sources_forgotten": snapshot.sources_forgotten(),
+        },
+        "notes": proposal.caveats,
+        "rules": rules,
+        "tried_without_listener": closed(&proposal.probed),
+        "little_used": closed(&proposal.little_used),
+        "idle_listeners": proposal
+            .unused
+            .iter()
+            .map(|l| json!({ "protocol": l.protocol, "port": l.port, "program": l.program }))
+            .collect::<Vec<_>>(),
+    })
+}
+
 /// Ports listed one by one under a heading of ports left closed (those with the most
 /// connections); the rest are counted.
 const PORTS_LISTED: usize = 20;
@@ -658,6 +740,116 @@ mod tests {
         assert_eq!((web.from.clone(), web.connections), (Some(vec![net("198.51.100.0/24")]), 10));
         assert!(proposal.rules.iter().all(|r| r.port != 8080), "8080 was not used since: {proposal:?}");
         assert!(proposal.caveats.iter().any(|c| c.contains("the counts are not kept by time")));
+    }
+
+    #[test]
+    fn the_json_carries_the_rendered_policy_and_its_evidence_as_data() {
+        let mut uses = vec![
+            (Proto::Tcp, 443, "198.51.100.0/24", 40, 10),
+            (Proto::Tcp, 443, "203.0.113.0/24", 1, 20),
+            (Proto::Tcp, 80, "198.51.100.0/24", 10, 1),
+            (Proto::Tcp, 80, "203.0.113.0/24", 5, 1),
+            (Proto::Udp, 161, "203.0.113.0/24", 2, 1),
+        ];
+        // More ports tried than the text lists one by one: the JSON lists them all.
+        let probes: Vec<u16> = (1000..1000 + PORTS_LISTED as u16 + 5).collect();
+        uses.extend(probes.iter().map(|port| (Proto::Tcp, *port, "203.0.113.0/24", 1, 30)));
+        let stats = snapshot(&uses);
+        let mut listeners =
+            listening(&[(Proto::Tcp, 443), (Proto::Tcp, 80), (Proto::Udp, 161), (Proto::Tcp, 3306)]);
+        listeners[3].program = Some("mysqld (pid 7)".to_owned());
+        let options = Options { since: Some(at(0)), max_networks: 1, ..Options::default() };
+        let proposal = propose(&stats, &listeners, &Ssh::default(), &options);
+        let text = render(&proposal, "eth0", &stats, &options);
+        let json = to_json(&proposal, &text, "eth0", &stats, &options);
+
+        assert_eq!(json["policy"], text.as_str(), "the file as `learn` prints it");
+        assert_eq!(json["interface"], "eth0");
+        assert_eq!(json["generated_at"], rfc3339(at(3600)));
+        assert_eq!((json["min_connections"].as_u64(), json["max_networks"].as_u64()), (Some(3), Some(1)));
+        let coverage = &json["coverage"];
+        assert_eq!(coverage["counting_since_at"], rfc3339(at(0)));
+        assert_eq!(coverage["counted_secs"], 3600);
+        assert_eq!(coverage["since_at"], rfc3339(at(0)));
+        assert_eq!(coverage["since_before_counting"], false);
+        assert_eq!(coverage["sources_forgotten"], 0);
+        assert_eq!(coverage["source_capacity"], 65536);
+        assert_eq!(json["notes"].as_array().map(Vec::len), Some(proposal.caveats.len()));
+
+        let rules = json["rules"].as_array().expect("rules");
+        assert_eq!(rules.len(), 2, "{json:#}");
+        let web = rules.iter().find(|r| r["port"] == 443).expect("tcp/443");
+        assert_eq!(web["protocol"], "tcp");
+        assert_eq!(web["name"], "tcp-443");
+        assert_eq!(web["from"], serde_json::json!(["198.51.100.0/24"]));
+        assert_eq!(web["open_because"], serde_json::Value::Null);
+        assert_eq!(web["left_out"], serde_json::json!([{ "network": "203.0.113.0/24", "connections": 1 }]));
+        assert_eq!((web["connections"].as_u64(), web["networks"].as_u64()), (Some(41), Some(2)));
+        assert_eq!(web["refused"], 0);
+        assert_eq!(
+            (web["first_seen_at"].as_str(), web["last_seen_at"].as_str()),
+            (Some(&*rfc3339(at(0))), Some(&*rfc3339(at(20))))
+        );
+        assert!(web["note"].as_str().is_some_and(|n| n.starts_with("Narrowed")), "{web}");
+        let plain = rules.iter().find(|r| r["port"] == 80).expect("tcp/80");
+        assert_eq!(
+            (&plain["from"], &plain["open_because"]),
+            (&serde_json::Value::Null, &serde_json::json!("many_networks"))
+        );
+        assert!(plain["note"].as_str().is_some_and(|n| n.contains("--max-networks")), "{plain}");
+
+        let tried = json["tried_without_listener"].as_array().expect("tried");
+        let ports: Vec<u64> = tried.iter().filter_map(|p| p["port"].as_u64()).collect();
+        assert_eq!(ports, probes.iter().map(|p| u64::from(*p)).collect::<Vec<_>>(), "every one, by port");
+        assert_eq!(
+            tried[0],
+            serde_json::json!({ "protocol": "tcp", "port": 1000, "connections": 1, "networks": 1 })
+        );
+        assert!(text.contains("and 5 more ports"), "while the text counts the rest:\n{text}");
+        assert_eq!(
+            json["little_used"],
+            serde_json::json!([{ "protocol": "udp", "port": 161, "connections": 2, "networks": 1 }])
+        );
+        assert_eq!(
+            json["idle_listeners"],
+            serde_json::json!([{ "protocol": "tcp", "port": 3306, "program": "mysqld (pid 7)" }])
+        );
+    }
+
+    #[test]
+    fn the_json_says_what_is_not_known_with_nulls() {
+        let mut stats = snapshot(&[]);
+        stats.since = None;
+        stats.sources_added = 70_000;
+        let options = Options { since: Some(at(10)), ..Options::default() };
+        let proposal = propose(&stats, &[], &Ssh { ports: vec![22], session: None }, &options);
+        let json = to_json(&proposal, "", "eth0", &stats, &options);
+        let coverage = &json["coverage"];
+        assert_eq!(coverage["counting_since_at"], serde_json::Value::Null);
+        assert_eq!(coverage["counted_secs"], serde_json::Value::Null);
+        assert_eq!(coverage["since_before_counting"], serde_json::Value::Null, "unknown, not false");
+        assert_eq!(coverage["sources_forgotten"], 70_000, "none held, all added forgotten");
+        let ssh = &json["rules"][0];
+        assert_eq!((ssh["ssh"].as_bool(), ssh["name"].as_str()), (Some(true), Some("ssh-22")));
+        assert_eq!(
+            (&ssh["from"], &ssh["open_because"]),
+            (&serde_json::Value::Null, &serde_json::json!("sources_forgotten"))
+        );
+        assert_eq!(
+            (&ssh["first_seen_at"], &ssh["last_seen_at"]),
+            (&serde_json::Value::Null, &serde_json::Value::Null)
+        );
+        // Without --since, and with counting begun after it: said apart.
+        let json = to_json(&proposal, "", "eth0", &snapshot(&[]), &Options::default());
+        assert_eq!(
+            (&json["coverage"]["since_at"], &json["coverage"]["since_before_counting"]),
+            (&serde_json::Value::Null, &serde_json::Value::Null)
+        );
+        let later = Options { since: Some(at(0) - Duration::from_secs(60)), ..Options::default() };
+        assert_eq!(
+            to_json(&proposal, "", "eth0", &snapshot(&[]), &later)["coverage"]["since_before_counting"],
+            true
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! What the kernel says about an attachment's pinned links: the program each one runs and the
 //! interface it is attached to. A pinned link outlives its interface: when the interface is
 //! deleted the kernel detaches the link (its ifindex becomes 0) but the pin stays, so a pin
-//! alone never proves that anything is protected.
+//! alone never proves that anything is protected. The `sock_ops` link of the connection caps
+//! hangs on the cgroup v2 root instead; it is checked apart (`sock_ops`), since ports are
+//! judged without it.
 
 use std::{
     ffi::CString,
@@ -80,6 +82,61 @@ fn parse_fdinfo(info: &str) -> Result<LinkState> {
         bail!("no program or interface in its fdinfo");
     };
     Ok(LinkState { program_id, ifindex: (ifindex != 0).then_some(ifindex) })
+}
+
+/// The `sock_ops` link of an attachment whose policy caps connections (`conns`), as the
+/// kernel reports it: it hangs on a cgroup, not on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLinkState {
+    pub program_id: u32,
+    /// `None` once the link was detached from its cgroup (`bpftool link detach`).
+    pub cgroup_id: Option<u64>,
+}
+
+/// The `sock_ops` link pinned for `iface`; `None` if none is pinned.
+pub fn sock_ops(iface: &str) -> Result<Option<CgroupLinkState>> {
+    let path = paths::link_pin(iface, crate::conns::SOCK_OPS_LINK);
+    let fd = match obj_get(&path) {
+        Ok(fd) => fd,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("opening {}", path.display())),
+    };
+    let info = std::fs::read_to_string(paths::fdinfo(fd.as_raw_fd()))
+        .with_context(|| format!("reading what the kernel says about {}", path.display()))?;
+    parse_cgroup_fdinfo(&info).map(Some).with_context(|| format!("{} is not a cgroup link", path.display()))
+}
+
+fn parse_cgroup_fdinfo(info: &str) -> Result<CgroupLinkState> {
+    let field =
+        |name: &str| info.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok());
+    let (Some(program_id), Some(cgroup_id)) = (field("prog_id:"), field("cgroup_id:")) else {
+        bail!("no program or cgroup in its fdinfo");
+    };
+    Ok(CgroupLinkState {
+        program_id: u32::try_from(program_id).context("a program id beyond 32 bits")?,
+        cgroup_id: (cgroup_id != 0).then_some(cgroup_id),
+    })
+}
+
+/// Why the connection caps of an attachment are not enforced; `None` when they are, or when
+/// its policy caps nothing and nothing counts. `capped`: the running policy has a
+/// `connections_per_source`; `link`: its `sock_ops` link (`sock_ops`).
+pub fn connection_caps_problem(capped: bool, link: Option<CgroupLinkState>) -> Option<String> {
+    match (capped, link) {
+        (true, None) => Some(
+            "the policy caps connections (connections_per_source) but no sock_ops link is pinned: open connections are not counted and no cap is enforced"
+                .into(),
+        ),
+        (true, Some(CgroupLinkState { cgroup_id: None, .. })) => Some(
+            "the policy caps connections (connections_per_source) but its sock_ops link was detached from the cgroup: open connections are not counted and no cap is enforced"
+                .into(),
+        ),
+        (false, Some(CgroupLinkState { cgroup_id: Some(_), .. })) => Some(
+            "a sock_ops link still counts connections although the policy caps none (nothing releases the counts)"
+                .into(),
+        ),
+        _ => None,
+    }
 }
 
 /// `BPF_OBJ_GET`: aya 0.14 opens pins but keeps the descriptor private, and the link info it
@@ -203,6 +260,31 @@ mod tests {
         let tcx = "link_type:\ttcx\nlink_id:\t3\nprog_tag:\tab\nprog_id:\t9\nifindex:\t7\nattach_type:\t47 (tcx_egress)\n";
         assert_eq!(parse_fdinfo(tcx).unwrap(), LinkState { program_id: 9, ifindex: Some(7) });
         assert!(parse_fdinfo("map_type:\t1\n").is_err(), "a map is not a link");
+    }
+
+    #[test]
+    fn a_cgroup_links_fdinfo_names_program_and_cgroup() {
+        let info =
+            "link_type:\tcgroup\nlink_id:\t14\nprog_tag:\tab\nprog_id:\t41\ncgroup_id:\t1\nattach_type:\t3\n";
+        assert_eq!(
+            parse_cgroup_fdinfo(info).unwrap(),
+            CgroupLinkState { program_id: 41, cgroup_id: Some(1) }
+        );
+        let detached = info.replace("cgroup_id:\t1", "cgroup_id:\t0");
+        assert_eq!(parse_cgroup_fdinfo(&detached).unwrap().cgroup_id, None);
+        assert!(parse_cgroup_fdinfo(XDP_INFO).is_err(), "an XDP link is not a cgroup link");
+    }
+
+    #[test]
+    fn connection_caps_need_an_attached_sock_ops_link_and_only_then() {
+        let attached = Some(CgroupLinkState { program_id: 4, cgroup_id: Some(1) });
+        let detached = Some(CgroupLinkState { program_id: 4, cgroup_id: None });
+        assert_eq!(connection_caps_problem(true, attached), None);
+        assert_eq!(connection_caps_problem(false, None), None);
+        assert_eq!(connection_caps_problem(false, detached), None, "a detached link counts nothing");
+        assert!(connection_caps_problem(true, None).unwrap().contains("no sock_ops link is pinned"));
+        assert!(connection_caps_problem(true, detached).unwrap().contains("detached from the cgroup"));
+        assert!(connection_caps_problem(false, attached).unwrap().contains("caps none"));
     }
 
     #[test]

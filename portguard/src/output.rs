@@ -37,10 +37,14 @@ pub fn json_stdout() -> bool {
     JSON_STDOUT.load(Ordering::Relaxed)
 }
 
-/// A line for the person watching: on stdout, or on stderr when stdout carries JSON. A closed
-/// stdout or stderr is shrugged off: a loader whose terminal went away keeps enforcing.
+/// An informational line for the person watching (what was done: the `attach` banner, a
+/// reload, a restore): left out with `-q`; on stdout, or on stderr when stdout carries JSON.
+/// A closed stdout or stderr is shrugged off: a loader whose terminal went away keeps enforcing.
 pub fn say(line: &str) {
     use std::io::Write as _;
+    if quiet() {
+        return;
+    }
     let _ = if json_stdout() {
         writeln!(std::io::stderr(), "{line}")
     } else {
@@ -67,9 +71,7 @@ pub fn emit(line: &str) {
 #[macro_export]
 macro_rules! inform {
     ($($arg:tt)*) => {
-        if !$crate::output::quiet() {
-            $crate::output::say(&format!($($arg)*));
-        }
+        $crate::output::say(&format!($($arg)*))
     };
 }
 

@@ -255,3 +255,58 @@ fn blocks_fit_ipv6_durations_print_one_way_plurals_agree_and_quiet_is_quiet() {
     let detached = ok(pg.run(&["detach", iface]));
     assert!(detached.contains("1 manual block is kept in"), "{detached}");
 }
+
+#[test]
+fn quiet_leaves_out_what_attach_reload_and_events_did() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let iface = lab.server_if.as_str();
+    let state = tempfile::Builder::new().prefix("pgt-state-").tempdir().unwrap();
+    let mut policy = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::io::Write::write_all(&mut policy, WEB.as_bytes()).unwrap();
+    let portguard = |args: &[&str]| {
+        let mut command = Command::new(binary());
+        command.env("PORTGUARD_STATE_DIR", state.path()).args(["--netns", &lab.server.name]).args(args);
+        command
+    };
+    // attach -q: no banner, and nothing when it detaches; it runs all the same.
+    let mut attach = portguard(&["-q", "attach", iface, "--policy", policy.path().to_str().unwrap()]);
+    let child = attach.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting attach");
+    let mut loader = portguard_tests::portguard_cli::Killer(child);
+    let (mut stdout, mut stderr) = (loader.0.stdout.take().unwrap(), loader.0.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let running = loop {
+        let status = portguard(&["status", "--json"]).output().unwrap();
+        let listed: Value = serde_json::from_slice(&status.stdout).unwrap_or(Value::Null);
+        let running = listed
+            .as_array()
+            .is_some_and(|all| all.iter().any(|a| a["interface"] == iface && a["loader_running"] == true));
+        if running || Instant::now() > deadline || loader.0.try_wait().unwrap().is_some() {
+            break running;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(loader); // SIGTERM: it detaches
+    let (mut out, mut err) = (String::new(), String::new());
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    let _ = portguard(&["detach", iface]).output();
+    assert!(running, "attach -q did not start:\n{out}{err}");
+    // The policy's warning stays (WEB has one): only what was done goes.
+    let warnings_only = |text: &str| text.lines().all(|line| line.contains(": warning: "));
+    assert!(out.is_empty() && warnings_only(&err), "attach -q said what it did:\n{out}{err}");
+    assert!(err.contains("warning: default deny"), "{err}");
+
+    // reload -q and events -q: nothing when they work; without -q they say it.
+    let pg = Attached::start(&lab.server, &lab.server_if, WEB, &[]).unwrap();
+    assert!(ok(pg.run(&["reload", iface])).contains("reloaded"));
+    let quiet = pg.run(&["-q", "reload", iface]);
+    assert!(quiet.status.success(), "{quiet:?}");
+    assert!(quiet.stdout.is_empty() && warnings_only(&String::from_utf8_lossy(&quiet.stderr)), "{quiet:?}");
+    let loud = run_for(pg.command(&["events", iface]), Duration::from_secs(2));
+    assert!(String::from_utf8_lossy(&loud.stderr).contains("following the events of"), "{loud:?}");
+    let quiet = run_for(pg.command(&["-q", "events", iface]), Duration::from_secs(2));
+    assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty(), "{quiet:?}");
+    let (stopped, stderr) = pg.stop();
+    assert!(stopped, "{stderr}");
+}

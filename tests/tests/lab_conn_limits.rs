@@ -1,7 +1,8 @@
 //! Caps on the connections a source holds open (`limit = { connections_per_source = N }`) on
 //! real TCP connections between two namespaces, with `portguard attach` on the server's veth:
 //! the count follows the server's own TCP state (closes, resets, the server's closes), and
-//! survives reloads.
+//! survives reloads. A lost `sock_ops` link is said by `status` and put right by the loader
+//! or a reload.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -10,7 +11,7 @@ use std::{
 
 use portguard_tests::{
     ADMIN_V6, Attached, CLIENT_V4, CLIENT_V6, INTRUDER_V4, Lab, Netns,
-    portguard_cli::{applied, succeeded},
+    portguard_cli::{applied, pin_dir, succeeded},
     require_root,
     traffic::{HoldingServer, tcp_open},
 };
@@ -305,4 +306,63 @@ fn never_block_sources_are_exempt_and_monitor_mode_only_counts() {
     drop(held);
     let (ok, stderr) = pg.stop();
     assert!(ok, "{stderr}");
+}
+
+/// The `status --json` row of the lab attachment, and the exit status.
+fn status_row(pg: &Attached) -> (Option<i32>, Value) {
+    let output = pg.run(&["status", "--json"]);
+    let rows: Value = serde_json::from_slice(&output.stdout).expect("status --json");
+    let row =
+        rows.as_array().and_then(|rows| rows.iter().find(|r| r["interface"] == pg.iface.as_str())).cloned();
+    (output.status.code(), row.unwrap_or_else(|| panic!("{} not in {rows}", pg.iface)))
+}
+
+#[test]
+fn a_lost_sock_ops_link_is_said_by_status_and_put_right() {
+    require_root!();
+    let lab = Lab::new().unwrap();
+    let _server = HoldingServer::start(&lab.server, PORT);
+    let mut pg = Attached::start(
+        &lab.server,
+        &lab.server_if,
+        &policy("{ connections_per_source = 2 }", "[inbound]\nother_protocols = \"allow\"\n"),
+        &["--json"],
+    )
+    .unwrap();
+    let client = IpAddr::from(CLIENT_V4);
+    let link = pin_dir(&lab.server, &lab.server_if).join("sock_ops_link");
+    let (code, row) = status_row(&pg);
+    assert_eq!(
+        (code, &row["connection_caps"], &row["connection_caps_problem"]),
+        (Some(0), &Value::Bool(true), &Value::Null),
+        "{row}"
+    );
+
+    // Its pin removed by hand: nothing holds the link, the kernel detaches it; the loader
+    // notices within a second or two and attaches it again, counting from then.
+    std::fs::remove_file(&link).unwrap();
+    let event = pg
+        .wait_for_event(Duration::from_secs(10), |e| e["event"] == "reattached")
+        .expect("the loader puts the sock_ops link right");
+    assert!(event["reason"].as_str().is_some_and(|d| d.contains("no sock_ops link is pinned")), "{event}");
+    assert!(link.exists());
+    let held = open(&lab.client, client, ssh(false), 2);
+    assert_eq!(completed(&held), [true; 2]);
+    assert_eq!(wait_open(&pg, 2), 2, "counted again");
+    assert!(tcp_open(&lab.client, Some(client), ssh(false)).is_none(), "and the cap holds");
+    drop(held);
+    assert_eq!(wait_open(&pg, 0), 0);
+
+    // With no loader to put it right, `status` says the caps are not enforced (exit 3), and a
+    // reload attaches it again.
+    pg.kill();
+    std::fs::remove_file(&link).unwrap();
+    let (code, row) = status_row(&pg);
+    assert_eq!(code, Some(3), "{row}");
+    assert!(row["connection_caps_problem"].as_str().is_some_and(|p| p.contains("no sock_ops link")), "{row}");
+    let text = String::from_utf8_lossy(&pg.run(&["status"]).stdout).into_owned();
+    assert!(text.contains("CONNECTION CAPS NOT ENFORCED"), "{text}");
+    succeeded(pg.run(&["reload", &pg.iface]));
+    assert_eq!(status_row(&pg).1["connection_caps_problem"], Value::Null);
+    assert!(link.exists());
 }

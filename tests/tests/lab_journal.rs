@@ -14,10 +14,11 @@ use std::{
 };
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use portguard::exit::Exit;
 use portguard_tests::{
     ADMIN_V4, Attached, BLOCKED_V4, CLIENT_V4, Lab, SERVER_V4,
     flood::{self, Bound, Flood},
-    portguard_cli::succeeded,
+    portguard_cli::{exited, succeeded},
     require_root, require_tools, schemas,
     traffic::{Servers, tcp_connects},
 };
@@ -327,8 +328,9 @@ fn the_report_tells_the_story_of_a_scan() {
     assert_eq!(drops, report["totals"]["drop_events"].as_u64().unwrap());
     assert!(drops >= 2, "the prober's and the scanner's: {drops}");
 
-    // Text, over ten minutes: the part before the journal began is said first.
-    let text = succeeded(pg.run(&["report", &iface, "--since", "10m"]));
+    // Text, over ten minutes: the part before the journal began is said first, and the exit
+    // status says it too (8, incomplete input; 0 above, where the journal covers the window).
+    let text = exited(pg.run(&["report", &iface, "--since", "10m"]), Exit::IncompleteInput);
     assert!(text.contains("Coverage: INCOMPLETE"), "{text}");
     assert!(text.contains("nothing journaled before"), "{text}");
     assert!(text.contains("Top sources:") && text.contains(&CLIENT_V4.to_string()), "{text}");
@@ -336,7 +338,10 @@ fn the_report_tells_the_story_of_a_scan() {
     // The page, rendered by a real browser.
     let out = tempfile::tempdir().unwrap();
     let page = out.path().join("report.html");
-    succeeded(pg.run(&["report", &iface, "--since", "3m", "--html", page.to_str().unwrap()]));
+    exited(
+        pg.run(&["report", &iface, "--since", "3m", "--html", page.to_str().unwrap()]),
+        Exit::IncompleteInput,
+    );
     assert_eq!(std::fs::metadata(&page).unwrap().permissions().mode() & 0o777, 0o600);
     let html = std::fs::read_to_string(&page).unwrap();
     for external in ["src=", "href=", "url(", "@import", "<link", "<script"] {
@@ -485,13 +490,17 @@ fn a_blocked_scanners_first_packets_are_kept_named_and_replayable() {
     );
 
     // So does the report, as JSON and as text.
-    let report: Value =
-        serde_json::from_str(&succeeded(pg.run(&["report", &iface, "--since", "10m", "--json"]))).unwrap();
+    let report: Value = serde_json::from_str(&exited(
+        pg.run(&["report", &iface, "--since", "10m", "--json"]),
+        Exit::IncompleteInput,
+    ))
+    .unwrap();
+    assert_eq!(report["coverage"]["complete"], false, "the journal began less than 10m ago");
     let blocks = report["blocks"].as_array().unwrap();
     let automatic = blocks.iter().find(|b| b["origin"] == "automatic").expect("the scanner's block");
     assert_eq!(automatic["evidence"]["path"], block["evidence"], "{automatic:#}");
     assert_eq!(automatic["evidence"]["kept"], true);
-    let text = succeeded(pg.run(&["report", &iface, "--since", "10m"]));
+    let text = exited(pg.run(&["report", &iface, "--since", "10m"]), Exit::IncompleteInput);
     assert!(text.contains(&path.display().to_string()), "{text}");
 
     // `verify` replays it against the policy: the probes to closed ports are dropped.

@@ -47,7 +47,7 @@ fn one_json(output: &std::process::Output, what: &str) -> Value {
 fn every_schema_compiles_and_its_keys_follow_the_naming_rules() {
     let all = schemas::all();
     let names: Vec<&str> = all.iter().map(|(name, _)| name.as_str()).collect();
-    for wanted in ["common", "status", "stats", "check", "blocks", "verify", "event", "doctor"] {
+    for wanted in ["common", "status", "stats", "check", "blocks", "verify", "event", "doctor", "learn"] {
         assert!(names.contains(&wanted), "docs/schemas/{wanted}.schema.json is missing: {names:?}");
     }
     for (name, schema) in &all {
@@ -219,6 +219,63 @@ fn check_says_the_policy_back_in_its_own_words() {
     let report = one_json(&output, "check --json of a missing file");
     schemas::assert_valid("check", &report);
     assert_eq!(report["diagnostics"][0]["line"], Value::Null, "{report}");
+}
+
+/// `learn --json` in the shapes a lab run does not reach (the lab's is checked in
+/// `lab_learn.rs`): rules open to everyone with their reason, forgotten sources, unknown times.
+#[test]
+fn learn_json_follows_its_schema_in_every_branch() {
+    use portguard::{
+        learn::{self, Listener, Options, Ssh},
+        policy::Proto,
+        portstats::{PortUse, Snapshot, SourceUse, Traffic},
+    };
+    let at = |secs: u64| std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs);
+    let used = |port: u16, network: &str, connections: u64| SourceUse {
+        protocol: Proto::Tcp,
+        port,
+        network: network.parse().unwrap(),
+        connections,
+        refused: 1,
+        bytes: 60 * connections,
+        first_seen: at(0),
+        last_seen: at(60),
+    };
+    let sources = vec![
+        used(443, "198.51.100.0/24", 40),
+        used(443, "2001:db8:1::/64", 1),
+        used(80, "198.51.100.0/24", 10),
+        used(80, "203.0.113.0/24", 5),
+        used(23, "203.0.113.0/24", 1),
+    ];
+    let port = |port: u16, connections: u64| PortUse {
+        protocol: Proto::Tcp,
+        port,
+        accepted: Traffic { packets: connections, bytes: 60 * connections, connections },
+        refused: Traffic::default(),
+    };
+    let listener =
+        |port: u16| Listener { protocol: Proto::Tcp, port, program: Some(format!("d{port} (pid 1)")) };
+    let listeners = [listener(443), listener(80), listener(3306)];
+    let ssh = Ssh { ports: vec![22], session: None };
+    for (since, forgotten, options) in [
+        (Some(at(0)), 0, Options { max_networks: 1, ..Options::default() }),
+        (None, 100_000, Options { since: Some(at(30)), ..Options::default() }),
+    ] {
+        let snapshot = Snapshot {
+            taken_at: at(3600),
+            since,
+            ports: vec![port(23, 1), port(80, 15), port(443, 41)],
+            sources_added: sources.len() as u64 + forgotten,
+            sources: sources.clone(),
+            source_capacity: 65536,
+        };
+        let proposal = learn::propose(&snapshot, &listeners, &ssh, &options);
+        let text = learn::render(&proposal, "eth0", &snapshot, &options);
+        let json = learn::to_json(&proposal, &text, "eth0", &snapshot, &options);
+        schemas::assert_valid("learn", &json);
+        assert!(json["rules"].as_array().is_some_and(|rules| rules.len() == 3), "{json:#}");
+    }
 }
 
 // ---- Everything else, on a lab attachment. ----

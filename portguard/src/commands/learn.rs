@@ -1,6 +1,7 @@
 //! `portguard learn IFACE [--min-connections N] [--since WHEN] [--max-networks N]`: a policy
 //! proposed from the attachment's per-port statistics (`portguard::learn`), printed as a policy
-//! file; `--reset` starts the statistics afresh instead.
+//! file (`--json`: the same proposal as one JSON document, the file in it); `--reset` starts the
+//! statistics afresh instead.
 
 use std::{process::ExitCode, time::SystemTime};
 
@@ -12,7 +13,7 @@ use portguard::{
     system,
 };
 
-pub fn run(iface: &str, options: Options, reset: bool) -> Result<ExitCode> {
+pub fn run(iface: &str, options: Options, reset: bool, json: bool) -> Result<ExitCode> {
     system::require_root_to_look("portguard learn")?;
     let mut maps = PortStatsMaps::open(iface).context(
         "the per-port statistics are kept by attachments made by this version of portguard; an older \
@@ -35,6 +36,12 @@ pub fn run(iface: &str, options: Options, reset: bool) -> Result<ExitCode> {
         snapshot.sources.iter().find(|s| s.network.addr().is_ipv6()).map_or(64, |s| s.network.prefix_len());
     let (listeners, ssh) = learn::host_facts(ipv6_prefix)?;
     let proposal = learn::propose(&snapshot, &listeners, &ssh, &options);
-    print!("{}", learn::render(&proposal, iface, &snapshot, &options));
+    let policy = learn::render(&proposal, iface, &snapshot, &options);
+    if json {
+        let document = learn::to_json(&proposal, &policy, iface, &snapshot, &options);
+        portguard::output::emit(&serde_json::to_string_pretty(&document)?);
+    } else {
+        print!("{policy}");
+    }
     Ok(ExitCode::SUCCESS)
 }

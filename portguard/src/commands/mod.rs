@@ -67,10 +67,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             check::run(&policy, strict, json, deny_warnings)
         }
         Command::Status { json } => status::run(json),
-        Command::Learn { iface, min_connections, since, max_networks, reset } => learn::run(
+        Command::Learn { iface, min_connections, since, max_networks, reset, json } => learn::run(
             &iface,
             portguard::learn::Options { min_connections, since, max_networks: max_networks as usize },
             reset,
+            json,
         ),
         Command::Stats { iface, json, watch, top } => stats::run(iface.as_deref(), json, watch, top),
         Command::Doctor { policy, iface, json, html, fail_on } => doctor::run(doctor::Options {

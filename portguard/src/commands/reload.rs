@@ -6,6 +6,7 @@ use std::{path::Path, process::ExitCode, time::Duration};
 use anyhow::Result;
 use portguard::{
     attachment::{self, Reload, Reloaded, WhenNone},
+    inform,
     safety::Session,
     system,
 };
@@ -45,15 +46,16 @@ pub fn run(
         for warning in &answer.warnings {
             eprintln!("{warning}");
         }
+        // What was done: left out with -q (the policy's warnings above and refusals stay).
         match answer.outcome {
-            Ok(Reloaded::ByLoader { message }) => println!("{message}"),
+            Ok(Reloaded::ByLoader { message }) => inform!("{message}"),
             Ok(Reloaded::Directly { generation, kept, rolls_back_in }) => {
-                println!("reloaded {iface} (no loader running): generation {generation}");
+                inform!("reloaded {iface} (no loader running): generation {generation}");
                 if let Some(kept) = kept {
-                    println!("{kept}");
+                    inform!("{kept}");
                 }
                 if let Some(within) = rolls_back_in {
-                    println!(
+                    inform!(
                         "rolls back in {} unless `portguard confirm {iface}`",
                         portguard::durations::format(within)
                     );

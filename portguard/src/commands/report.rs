@@ -1,5 +1,7 @@
 //! `portguard report [IFACE] [--since WHEN] [--html FILE] [--json]`: what the journals of this
-//! namespace say about a window (`report`), for a terminal, as JSON, or as a page.
+//! namespace say about a window (`report`), for a terminal, as JSON, or as a page. The exit
+//! status is 8 (incomplete input, as `verify`'s for a damaged capture) when the journals do not
+//! cover the whole window or have lines that cannot be read: the report is still given in full.
 
 use std::{
     io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path, process::ExitCode, time::SystemTime,
@@ -7,6 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use portguard::{
+    exit::Exit,
     inform,
     journal::{self, Reading},
     netns::Netns,
@@ -56,5 +59,5 @@ pub fn run(iface: Option<&str>, since: SystemTime, html: Option<&Path>, json: bo
             inform!("\nHTML report: {}", path.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.coverage.complete { Exit::Ok } else { Exit::IncompleteInput }.into())
 }

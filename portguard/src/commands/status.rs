@@ -1,4 +1,6 @@
-//! `portguard status`: every attachment found under /sys/fs/bpf/portguard.
+//! `portguard status`: every attachment found under /sys/fs/bpf/portguard, and whether its
+//! connection caps are enforced (the `sock_ops` link on the cgroup, checked apart from the
+//! interface's links).
 
 use std::process::ExitCode;
 
@@ -6,6 +8,8 @@ use anyhow::Result;
 use portguard::{
     attachment::{self, Standing},
     durations,
+    exit::Exit,
+    links,
     loader::attached_interfaces,
     manager::Pending,
     note,
@@ -26,16 +30,37 @@ fn report_left_behind() {
     }
 }
 
+/// Whether the running policy caps open connections (`None`: no record says), and why the
+/// caps are not enforced (the `sock_ops` link on the cgroup, which the interface's links say
+/// nothing about).
+fn connection_caps(iface: &str, state: Option<&RunState>) -> (Option<bool>, Option<String>) {
+    let capped = state.map(|s| s.limited_rules.iter().any(|r| r.connections_per_source.is_some()));
+    let problem = match links::sock_ops(iface) {
+        Ok(link) => capped.and_then(|capped| links::connection_caps_problem(capped, link)),
+        Err(error) => capped.unwrap_or(true).then(|| format!("{error:#}")),
+    };
+    (capped, problem)
+}
+
 pub fn run(json: bool) -> Result<ExitCode> {
     system::require_root_to_look("portguard status")?;
     let rows: Vec<Standing> =
         attached_interfaces()?.iter().map(|iface| attachment::standing(iface)).collect();
     report_left_behind();
-    let exit = attachment::exit_of(&rows);
+    let caps: Vec<(Option<bool>, Option<String>)> =
+        rows.iter().map(|row| connection_caps(&row.iface, row.state.as_ref())).collect();
+    // Caps not enforced are protection missing, as an interface not protected is: 3 before 5.
+    let exit = match attachment::exit_of(&rows) {
+        Exit::Ok | Exit::ConfirmationPending if caps.iter().any(|(_, problem)| problem.is_some()) => {
+            Exit::NotRunning
+        }
+        exit => exit,
+    };
     if json {
         let list: Vec<_> = rows
             .iter()
-            .map(|Standing { iface, state, problem, note, running, pending }| {
+            .zip(&caps)
+            .map(|(Standing { iface, state, problem, note, running, pending }, (capped, caps_problem))| {
                 json!({
                     "interface": iface,
                     "enforcing": problem.is_none(),
@@ -54,6 +79,8 @@ pub fn run(json: bool) -> Result<ExitCode> {
                     "pinned": state.as_ref().map(|s| s.pinned),
                     "rollback_at": pending.as_ref().and_then(|p| output::rfc3339_unix(p.deadline)),
                     "rollback_remaining_secs": pending.as_ref().map(Pending::seconds_left),
+                    "connection_caps": capped,
+                    "connection_caps_problem": caps_problem,
                 })
             })
             .collect();
@@ -73,7 +100,9 @@ pub fn run(json: bool) -> Result<ExitCode> {
         println!("portguard is not attached anywhere in {}", portguard::netns::Netns::current());
         return Ok(exit.into());
     }
-    for Standing { iface, state, problem, note, running, pending } in rows {
+    for (Standing { iface, state, problem, note, running, pending }, (_, caps_problem)) in
+        rows.into_iter().zip(caps)
+    {
         let loader = match (running, &state) {
             (true, Some(state)) => format!("{} (pid {})", paint(Tone::Good, "loader running"), state.pid),
             (true, None) => paint(Tone::Good, "loader running").to_string(),
@@ -93,6 +122,13 @@ pub fn run(json: bool) -> Result<ExitCode> {
                 )
             };
             println!("  {}: {problem}; {remedy}", paint(Tone::Bad, "NOT PROTECTED"));
+        }
+        if let Some(caps_problem) = &caps_problem {
+            println!(
+                "  {}: {caps_problem}; `portguard reload {iface}` puts the sock_ops link right{}",
+                paint(Tone::Bad, "CONNECTION CAPS NOT ENFORCED"),
+                if running { "" } else { " (or `portguard attach` adopting the attachment)" }
+            );
         }
         if let Some(note) = note {
             println!("  note: {note}");

@@ -57,7 +57,7 @@ pub fn upkeep(source: &mut EventSource, grants: Grants) -> Upkeep {
 pub async fn follow(iface: String, output: Output) -> Result<()> {
     if loader_running(&iface) {
         let stream = control::subscribe(&iface).await?;
-        eprintln!("following the events of {iface} (from its loader)");
+        crate::note!("following the events of {iface} (from its loader)");
         let mut lines = BufReader::new(stream).lines();
         while let Some(line) = lines.next_line().await? {
             if output.json {
@@ -68,10 +68,10 @@ pub async fn follow(iface: String, output: Output) -> Result<()> {
                 println!("{line}");
             }
         }
-        eprintln!("{iface}: the loader stopped");
+        crate::note!("{iface}: the loader stopped");
         return Ok(());
     }
-    eprintln!("following the events of {iface} (its loader is not running: reading the kernel directly)");
+    crate::note!("following the events of {iface} (its loader is not running: reading the kernel directly)");
     let mut source = EventSource::from_pins(&iface)?.watch()?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -92,7 +92,7 @@ pub async fn follow(iface: String, output: Output) -> Result<()> {
                     return Err(errors.swap_remove(0));
                 }
                 if !paths::pin_dir(&iface).exists() {
-                    eprintln!("{iface}: detached");
+                    crate::note!("{iface}: detached");
                     return Ok(());
                 }
             }

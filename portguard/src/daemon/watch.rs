@@ -29,7 +29,7 @@ pub(super) fn watch_interface(loader: &mut Loader, said: &mut Option<String>) ->
         }
     };
     let Some(mut problem) = found.problem(&iface) else {
-        return Vec::new();
+        return watch_connection_caps(loader, said);
     };
     if let Some(ifindex) = found.ifindex_now {
         match loader::adopt(&mut loader.ebpf, &iface, loader.xdp_choice, &found) {
@@ -64,6 +64,42 @@ pub(super) fn watch_interface(loader: &mut Loader, said: &mut Option<String>) ->
     }
     *said = Some(problem.clone());
     vec![EventRecord::lifecycle(SystemTime::now(), &iface, EventType::Unprotected, problem)]
+}
+
+/// The `sock_ops` link of the connection caps hangs on the cgroup, not on the interface: put
+/// right when it is missing or detached (a pin removed by hand, `bpftool link detach`), or
+/// counts with no cap, as a reload would. The counts start again from zero: sockets closed
+/// while nothing counted would hold theirs for ever, and connections open before are not
+/// counted (as after an attach).
+fn watch_connection_caps(loader: &mut Loader, said: &mut Option<String>) -> Vec<EventRecord> {
+    let iface = loader.state.iface.clone();
+    let capped = loader.state.limited_rules.iter().any(|r| r.connections_per_source.is_some());
+    let problem = match crate::links::sock_ops(&iface) {
+        Ok(link) => crate::links::connection_caps_problem(capped, link),
+        Err(error) => Some(format!("{error:#}")),
+    };
+    let Some(problem) = problem else {
+        return Vec::new();
+    };
+    let repaired = crate::conns::clear_counts(&mut loader.ebpf)
+        .and_then(|()| crate::conns::sync(&mut loader.ebpf, &iface));
+    let (event, detail) = match repaired {
+        Ok(()) if capped => (
+            EventType::Reattached,
+            format!(
+                "{problem}; attached the sock_ops program of generation {} again (counting from now: \
+                 connections open before are not counted)",
+                loader.state.generation
+            ),
+        ),
+        Ok(()) => (EventType::Reattached, format!("{problem}; removed the sock_ops link")),
+        Err(error) => (EventType::Unprotected, format!("{problem}; putting it right failed: {error:#}")),
+    };
+    if event == EventType::Unprotected && said.as_ref() == Some(&detail) {
+        return Vec::new();
+    }
+    *said = (event == EventType::Unprotected).then(|| detail.clone());
+    vec![EventRecord::lifecycle(SystemTime::now(), &iface, event, detail)]
 }
 
 /// Drops expired manual blocks from the saved list and from the map (the packet path already

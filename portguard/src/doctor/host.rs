@@ -10,7 +10,7 @@ use crate::{loader, paths};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
-    /// `bpf_xdp`, `btf`, `bpffs`, `kernel`, `memlock`, `interface`.
+    /// `bpf_xdp`, `btf`, `bpffs`, `kernel`, `memlock`, `cgroup2`, `interface`.
     pub name: &'static str,
     /// The same for people: `BPF and XDP`.
     #[serde(skip)]
@@ -19,7 +19,9 @@ pub struct Check {
     pub detail: String,
 }
 
-pub(super) fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
+/// `caps_connections`: the policy in force or the one audited caps open connections
+/// (`connections_per_source`), which needs a cgroup v2 hierarchy.
+pub(super) fn readiness(findings: &mut Vec<Finding>, caps_connections: bool) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut check = |(name, label): (&'static str, &'static str),
                      ok: bool,
@@ -95,7 +97,35 @@ pub(super) fn readiness(findings: &mut Vec<Finding>) -> Vec<Check> {
         Severity::Medium,
         "LimitMEMLOCK=infinity in the service",
     );
+    let root = crate::conns::cgroup2_root().ok();
+    let (ok, detail, severity) = cgroup2(root.as_deref(), caps_connections);
+    check(
+        ("cgroup2", "cgroup v2"),
+        ok,
+        detail,
+        severity,
+        "mount one (`mount -t cgroup2 none /sys/fs/cgroup`, or /sys/fs/cgroup/unified on hybrid hosts)",
+    );
     checks
+}
+
+/// The cgroup v2 check: the connection caps' `sock_ops` program hangs on its root. Missing, it
+/// matters only to a policy that caps connections (attach and reload refuse it): high then, a
+/// note otherwise.
+fn cgroup2(root: Option<&Path>, caps_connections: bool) -> (bool, String, Severity) {
+    match root {
+        Some(root) => (
+            true,
+            format!("mounted at {} (connections_per_source can count)", root.display()),
+            Severity::Info,
+        ),
+        None => (
+            false,
+            "no cgroup v2 hierarchy is mounted: a policy with connections_per_source cannot be attached"
+                .into(),
+            if caps_connections { Severity::High } else { Severity::Info },
+        ),
+    }
 }
 
 /// Drivers with native XDP support (the common ones).
@@ -204,4 +234,25 @@ fn attached_xdp_program(link: &serde_json::Value) -> Option<String> {
     let prog = if xdp["prog"].is_object() { &xdp["prog"] } else { &xdp["attached"][0]["prog"] };
     let id = prog["id"].as_u64()?;
     Some(format!("{} id {id}", prog["name"].as_str().unwrap_or("?")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_cgroup2_is_a_note_unless_the_policy_caps_connections() {
+        assert_eq!(cgroup2(None, false).2, Severity::Info);
+        assert_eq!(cgroup2(None, true).2, Severity::High);
+        assert!(!cgroup2(None, true).0);
+        assert!(cgroup2(None, false).1.contains("connections_per_source cannot be attached"));
+        let (ok, detail, _) = cgroup2(Some(Path::new("/sys/fs/cgroup")), true);
+        assert!(ok && detail.starts_with("mounted at /sys/fs/cgroup"), "{detail}");
+        // This host: the check is there and a finding exactly when it fails.
+        let mut findings = Vec::new();
+        let checks = readiness(&mut findings, true);
+        let check = checks.iter().find(|c| c.name == "cgroup2").expect("a cgroup2 check");
+        assert_eq!(check.ok, crate::conns::cgroup2_root().is_ok());
+        assert_eq!(findings.iter().any(|f| f.title.starts_with("cgroup v2")), !check.ok);
+    }
 }

@@ -132,9 +132,12 @@ fn audit_policies(options: &Options) -> Result<Audit> {
 
 pub fn run(options: &Options) -> Result<Report> {
     let mut findings = Vec::new();
-    let mut readiness = readiness(&mut findings);
-    readiness.extend(interfaces(options.iface, &mut findings));
     let audit = audit_policies(options)?;
+    let caps_connections = [&audit.enforced, &audit.audited].into_iter().flatten().any(|(_, policy)| {
+        policy.rules.iter().any(|rule| rule.limit.is_some_and(|limit| limit.connections_per_source.is_some()))
+    });
+    let mut readiness = readiness(&mut findings, caps_connections);
+    readiness.extend(interfaces(options.iface, &mut findings));
     let sockets = sockets::read_all()?;
     let policies =
         Policies { enforced: as_ref(audit.enforced.as_ref()), audited: as_ref(audit.audited.as_ref()) };
