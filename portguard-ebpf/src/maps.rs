@@ -134,6 +134,11 @@ pub const SCRATCH_TC: u32 = 1;
 #[map]
 pub static PG_PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(2, 0);
 
+/// The coarse clock as the per-port statistics last read it on this CPU, and the tick
+/// (`jiffies`) it was read in (see `portstats::tick_time`).
+#[map]
+pub static PG_TICK_TIME: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// A zero the verifier cannot know (see `opaque.rs`): writable by programs as far as the
 /// verifier is concerned, but none writes it, and userspace may not (`BPF_F_RDONLY`).
 #[map]

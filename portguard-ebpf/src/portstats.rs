@@ -3,9 +3,15 @@
 //!
 //! Per packet: one entry of this CPU's copy of the port table (an array read, no hash), three
 //! adds. Per new connection (a TCP SYN without ACK, a UDP datagram) admitted, or refused while
-//! the policy only monitors, also a lookup in the source table, a call of its own. Sources
-//! dropped for who they are (blocklist, manual and automatic blocks) cost nothing here: they
-//! never reached the port policy.
+//! the policy only monitors, also the source network's slot in this CPU's cache of the source
+//! table (an array entry and plain adds when the network holds it); only a network that does
+//! not hold its slot pays a call, a lookup in the shared table `PG_PORT_SOURCES` (an insert
+//! for a network it does not hold) and its atomic adds, for the network it pushes out.
+//! Measured per admitted SYN (BPF_PROG_TEST_RUN, one network repeated) before the cache: the
+//! shared table's key and lookup about 16 ns, its three atomic adds 13, the call 3, of 32;
+//! the cache's hit with the clock read once a tick (`tick_time`) leaves a few. Sources dropped
+//! for who they are (blocklist, manual and automatic blocks) cost nothing here: they never
+//! reached the port policy.
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -25,11 +31,11 @@ use portguard_common::{
 use crate::{
     maps::{
         PG_PACKET, PG_PORT_SOURCE_CACHE, PG_PORT_SOURCE_FLUSHES, PG_PORT_SOURCES, PG_PORT_STATS,
-        PG_PORT_STATS_META, SCRATCH_XDP,
+        PG_PORT_STATS_META, PG_TICK_TIME, SCRATCH_XDP,
     },
     mem,
     parse::{TCP_ACK, TCP_SYN},
-    time::now_ns,
+    time::{jiffies, now_ns},
     types::{NO_PORT, Verdict},
 };
 
@@ -108,7 +114,7 @@ fn add(traffic: &mut PortTraffic, bytes: u64, connections: u64, cfg: &Config) {
 fn record_source(port_index: u32, refused: u64, bytes: u64, cfg: &Config) {
     let Some(words) = source_key_words(port_index, cfg) else { return };
     let Some(slot) = PG_PORT_SOURCE_CACHE.get_ptr_mut(port_source_slot(words)) else { return };
-    let now = now_ns();
+    let now = tick_time();
     // SAFETY: this CPU's slot; `PortSourceSlot` starts with the 8-aligned key.
     unsafe {
         let held = &mut (*slot).source;
@@ -123,6 +129,25 @@ fn record_source(port_index: u32, refused: u64, bytes: u64, cfg: &Config) {
         }
     }
     take_slot(port_index, refused, bytes, now, cfg);
+}
+
+/// The coarse clock (`now_ns`), read once a tick on this CPU: the tick count is a load where
+/// the clock is a helper call, and the coarse clock moves only at ticks anyway (first and last
+/// seen are to the tick).
+#[inline(always)]
+fn tick_time() -> u64 {
+    let Some(memo) = PG_TICK_TIME.get_ptr_mut(0) else { return now_ns() };
+    let tick = jiffies();
+    // SAFETY: this CPU's entry; nothing else writes it meanwhile.
+    unsafe {
+        let [read_in, time] = *memo;
+        if read_in == tick && time != 0 {
+            return time;
+        }
+        let now = now_ns();
+        *memo = [tick, now];
+        now
+    }
 }
 
 /// The connection's `PortSourceKey` as three words: the source's network (IPv4: its /24 in
