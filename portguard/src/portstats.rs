@@ -171,7 +171,7 @@ struct SourceCache {
 }
 
 /// Reads of the two source tables tried before a snapshot settles for one during which a
-/// CPU changed a slot (see `PortStatsMaps::snapshot`).
+/// CPU changed a slot (see `PortStatsMaps::read_sources`).
 const CONSISTENT_READ_TRIES: usize = 8;
 
 impl PortStatsMaps {
@@ -305,8 +305,9 @@ impl PortStatsMaps {
     /// the CPUs' change counts: while they stay even and equal, no slot moved to the table in
     /// between, so nothing is counted twice or missed. Under a flood of new networks a slot
     /// may move during every try; the last is taken then, in which a slot that moved between
-    /// the two reads is missing (its network counted as forgotten when it was in no other
-    /// entry), never counted twice.
+    /// the two reads is missing (and its network may count as forgotten), never counted twice.
+    /// The table's walk may see an entry twice (it starts again when the LRU removes the entry
+    /// it stands on): the second sight replaces the first.
     fn read_sources(&self) -> Result<(StdHashMap<PortSourceKey, PortSource>, PortStatsMeta)> {
         let mut tries = 0;
         loop {
@@ -325,7 +326,10 @@ impl PortStatsMaps {
                         .slots
                         .get(&slot, 0)
                         .with_context(|| format!("reading {MAP_PORT_SOURCE_CACHE}"))?;
-                    for held in per_cpu.iter().filter(|held| held.source.connections != 0) {
+                    // A slot a reset zeroed under a CPU's adds may hold counts and no key.
+                    let occupied =
+                        |held: &&PortSourceSlot| held.source.connections != 0 && held.key.proto != 0;
+                    for held in per_cpu.iter().filter(occupied) {
                         match merged.entry(held.key) {
                             Entry::Occupied(mut entry) => merge(entry.get_mut(), &held.source),
                             Entry::Vacant(entry) => {
