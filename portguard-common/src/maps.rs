@@ -78,7 +78,7 @@ pub const fn flow_port_bit(proto: u8, port: u16) -> (u32, u64) {
 pub const MAP_EVENT_BUDGET: &str = "PG_EVENT_BUDGET";
 
 /// Maps shared by every generation of an attachment.
-pub const SHARED_MAPS: [&str; 22] = [
+pub const SHARED_MAPS: [&str; 24] = [
     MAP_EVENT_BUDGET,
     MAP_FLOW_PORTS,
     MAP_COUNTERS,
@@ -101,6 +101,8 @@ pub const SHARED_MAPS: [&str; 22] = [
     MAP_PORT_STATS,
     MAP_PORT_SOURCES,
     MAP_PORT_STATS_META,
+    MAP_PORT_SOURCE_CACHE,
+    MAP_PORT_SOURCE_FLUSHES,
 ];
 
 // The per-port tables are indexed by protocol: the numbers live in `net`.
@@ -704,6 +706,17 @@ pub const MAP_PORT_SOURCES: &str = "PG_PORT_SOURCES";
 /// `PerCpuArray<PortStatsMeta>` of one entry: what tells a reader how far the statistics go
 /// back and whether `PG_PORT_SOURCES` has lost entries.
 pub const MAP_PORT_STATS_META: &str = "PG_PORT_STATS_META";
+/// `PerCpuArray<PortSourceSlot>` of `PORT_SOURCE_CACHE_SLOTS`: each CPU's direct-mapped cache
+/// in front of `PG_PORT_SOURCES`. A new connection whose (port, network) holds its slot costs
+/// an array entry and plain adds; any other takes the slot, first adding what the slot held
+/// to `PG_PORT_SOURCES`. So the source table is `PG_PORT_SOURCES` plus every CPU's slots,
+/// which a reader merges (counts summed, earliest first seen, latest last seen).
+pub const MAP_PORT_SOURCE_CACHE: &str = "PG_PORT_SOURCE_CACHE";
+/// `PerCpuArray<u64>` of one entry: each CPU's count of slot changes in
+/// `PG_PORT_SOURCE_CACHE`, odd while one is under way (a sequence lock): a reader that saw
+/// the same even counts before and after reading both tables read them whole and counted
+/// nothing twice.
+pub const MAP_PORT_SOURCE_FLUSHES: &str = "PG_PORT_SOURCE_FLUSHES";
 
 /// Traffic of one kind to one port.
 #[repr(C)]
@@ -742,6 +755,15 @@ pub struct PortSourceKey {
     pub _pad: u32,
 }
 
+impl PortSourceKey {
+    /// The key as three words, what `port_source_slot` hashes and a cache slot compares.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 3] {
+        // SAFETY: 24 bytes of plain data, 8-aligned.
+        unsafe { *core::ptr::from_ref(self).cast::<[u64; 3]>() }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortSource {
@@ -768,6 +790,30 @@ pub struct PortStatsMeta {
     /// Written by userspace (the same in every CPU's copy): when counting began, the maps'
     /// creation or the last reset, as nanoseconds since the Unix epoch.
     pub since_unix_ns: u64,
+}
+
+/// Slots of each CPU's `PG_PORT_SOURCE_CACHE` (a power of two: 64 KiB a CPU). Enough for the
+/// networks a busy service sees at once to keep their slots; a source network that shares its
+/// slot with another costs the `PG_PORT_SOURCES` path when they alternate, as without a cache.
+pub const PORT_SOURCE_CACHE_SLOTS: u32 = 1024;
+
+/// One slot of `PG_PORT_SOURCE_CACHE`: what this CPU counted for `key` since it took the slot
+/// (`source.connections` is 0 in an empty slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSourceSlot {
+    pub key: PortSourceKey,
+    pub source: PortSource,
+}
+
+/// The slot of `PG_PORT_SOURCE_CACHE` for a key, from its three words (`PortSourceKey` read
+/// as `[u64; 3]`): a multiplicative hash, no secret (a sender who picks colliding sources
+/// only gets the uncached path, which every forged source takes anyway).
+#[inline(always)]
+pub fn port_source_slot(words: [u64; 3]) -> u32 {
+    let mixed =
+        (words[0] ^ words[1].rotate_left(21) ^ words[2].rotate_left(42)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> (64 - PORT_SOURCE_CACHE_SLOTS.trailing_zeros())) as u32
 }
 
 /// `::ffff:0:0/96`, the prefix of IPv4-mapped addresses.
@@ -799,6 +845,8 @@ const _: () = assert!(size_of::<PortStats>() == 48);
 const _: () = assert!(size_of::<PortSourceKey>() == 24);
 const _: () = assert!(size_of::<PortSource>() == 40);
 const _: () = assert!(size_of::<PortStatsMeta>() == 16);
+const _: () = assert!(size_of::<PortSourceSlot>() == 64);
+const _: () = assert!(PORT_SOURCE_CACHE_SLOTS.is_power_of_two());
 
 #[cfg(feature = "user")]
 mod pod {
@@ -824,6 +872,7 @@ mod pod {
     unsafe impl aya::Pod for PortSourceKey {}
     unsafe impl aya::Pod for PortSource {}
     unsafe impl aya::Pod for PortStatsMeta {}
+    unsafe impl aya::Pod for PortSourceSlot {}
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ use portguard_common::{
     counters::COUNTER_SLOTS,
     maps::{
         AUTO_FILTER_ENTRIES, AutoBlock, Bl6Key, ConnKey, EventBudget, FLOW_PORT_WORDS, FlowKey, FragKey,
-        FragVerdict, LIMIT_COUNTER_SLOTS, LimitState, ManualBlock, NetKey, Offender, PORT_TABLE_LEN,
-        PortRule, PortSource, PortSourceKey, PortStats, PortStatsMeta, RuleLimit, Runtime, SCAN_ADMIT_SLOTS,
-        ScanKey, ScanState, SrcAllowKey,
+        FragVerdict, LIMIT_COUNTER_SLOTS, LimitState, ManualBlock, NetKey, Offender, PORT_SOURCE_CACHE_SLOTS,
+        PORT_TABLE_LEN, PortRule, PortSource, PortSourceKey, PortSourceSlot, PortStats, PortStatsMeta,
+        RuleLimit, Runtime, SCAN_ADMIT_SLOTS, ScanKey, ScanState, SrcAllowKey,
     },
 };
 
@@ -112,6 +112,15 @@ pub static PG_PORT_SOURCES: LruHashMap<PortSourceKey, PortSource> = LruHashMap::
 #[map]
 pub static PG_PORT_STATS_META: PerCpuArray<PortStatsMeta> = PerCpuArray::with_max_entries(1, 0);
 
+/// See `portguard_common::maps::MAP_PORT_SOURCE_CACHE`.
+#[map]
+pub static PG_PORT_SOURCE_CACHE: PerCpuArray<PortSourceSlot> =
+    PerCpuArray::with_max_entries(PORT_SOURCE_CACHE_SLOTS, 0);
+
+/// See `portguard_common::maps::MAP_PORT_SOURCE_FLUSHES`.
+#[map]
+pub static PG_PORT_SOURCE_FLUSHES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 pub static PG_RUNTIME: Array<Runtime> = Array::with_max_entries(2, 0);
 
@@ -124,6 +133,11 @@ pub const SCRATCH_TC: u32 = 1;
 
 #[map]
 pub static PG_PACKET: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(2, 0);
+
+/// The coarse clock as the per-port statistics last read it on this CPU, and the tick
+/// (`jiffies`) it was read in (see `portstats::tick_time`).
+#[map]
+pub static PG_TICK_TIME: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// A zero the verifier cannot know (see `opaque.rs`): writable by programs as far as the
 /// verifier is concerned, but none writes it, and userspace may not (`BPF_F_RDONLY`).

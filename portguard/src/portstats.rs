@@ -3,9 +3,15 @@
 //! proposes a policy from a `Snapshot`; anything that samples traffic over time (baselines)
 //! takes snapshots and subtracts them (`Snapshot::since`). Reading and resetting only: the
 //! kernel side is `portguard-ebpf/src/portstats.rs`, the layouts `portguard_common::maps`.
+//!
+//! The source table is two tables the kernel keeps: `PG_PORT_SOURCES` (shared, LRU) and each
+//! CPU's direct-mapped cache in front of it (`PG_PORT_SOURCE_CACHE`), which holds what that
+//! CPU counted for a network since it took its slot and adds it to `PG_PORT_SOURCES` when
+//! another network takes the slot. A snapshot merges the two.
 
 use std::{
     borrow::Borrow,
+    collections::{HashMap as StdHashMap, hash_map::Entry},
     net::{IpAddr, Ipv6Addr},
     os::fd::AsFd as _,
     time::{Duration, SystemTime},
@@ -18,8 +24,9 @@ use aya::{
 };
 use ipnet::IpNet;
 use portguard_common::maps::{
-    MAP_PORT_SOURCES, MAP_PORT_STATS, MAP_PORT_STATS_META, PORT_TABLE_LEN, PortSource, PortSourceKey,
-    PortStats, PortStatsMeta, PortTraffic,
+    MAP_PORT_SOURCE_CACHE, MAP_PORT_SOURCE_FLUSHES, MAP_PORT_SOURCES, MAP_PORT_STATS, MAP_PORT_STATS_META,
+    PORT_SOURCE_CACHE_SLOTS, PORT_TABLE_LEN, PortSource, PortSourceKey, PortSourceSlot, PortStats,
+    PortStatsMeta, PortTraffic,
 };
 use serde::Serialize;
 
@@ -104,9 +111,11 @@ pub struct Snapshot {
     pub ports: Vec<PortUse>,
     /// Every (port, source network) entry the table holds.
     pub sources: Vec<SourceUse>,
-    /// Entries the source table holds at most.
+    /// Entries `PG_PORT_SOURCES` holds at most (`[limits] port_sources`); the CPUs' caches
+    /// hold more, but only networks that `PG_PORT_SOURCES` takes in when they leave them.
     pub source_capacity: u32,
-    /// Entries the kernel has added to the source table since counting began.
+    /// Entries the kernel has added to the source table since counting began (to
+    /// `PG_PORT_SOURCES`, or held only in a CPU's cache so far).
     pub sources_added: u64,
 }
 
@@ -151,15 +160,38 @@ pub struct PortStatsMaps {
     sources: HashMap<MapData, PortSourceKey, PortSource>,
     source_capacity: u32,
     meta: PerCpuArray<MapData, PortStatsMeta>,
+    /// `None` for an attachment made by a portguard without the caches (its pins lack them).
+    cache: Option<SourceCache>,
 }
+
+/// The CPUs' caches in front of `PG_PORT_SOURCES` and their change counts.
+struct SourceCache {
+    slots: PerCpuArray<MapData, PortSourceSlot>,
+    changes: PerCpuArray<MapData, u64>,
+}
+
+/// Reads of the two source tables tried before a snapshot settles for one during which a
+/// CPU changed a slot (see `PortStatsMaps::read_sources`).
+const CONSISTENT_READ_TRIES: usize = 8;
 
 impl PortStatsMaps {
     /// The maps of the attachment to `iface` (in this network namespace).
     pub fn open(iface: &str) -> Result<Self> {
+        let cache = match (
+            crate::paths::map_pin(iface, MAP_PORT_SOURCE_CACHE).exists(),
+            crate::paths::map_pin(iface, MAP_PORT_SOURCE_FLUSHES).exists(),
+        ) {
+            (true, true) => Some((
+                open_pinned(iface, MAP_PORT_SOURCE_CACHE)?,
+                open_pinned(iface, MAP_PORT_SOURCE_FLUSHES)?,
+            )),
+            _ => None,
+        };
         Self::from_maps(
             open_pinned(iface, MAP_PORT_STATS)?,
             open_pinned(iface, MAP_PORT_SOURCES)?,
             open_pinned(iface, MAP_PORT_STATS_META)?,
+            cache,
         )
     }
 
@@ -172,10 +204,15 @@ impl PortStatsMaps {
             };
             Ok(Map::from_map_data(MapData::from_id(data.info()?.id())?)?)
         };
-        Self::from_maps(reopen(MAP_PORT_STATS)?, reopen(MAP_PORT_SOURCES)?, reopen(MAP_PORT_STATS_META)?)
+        Self::from_maps(
+            reopen(MAP_PORT_STATS)?,
+            reopen(MAP_PORT_SOURCES)?,
+            reopen(MAP_PORT_STATS_META)?,
+            Some((reopen(MAP_PORT_SOURCE_CACHE)?, reopen(MAP_PORT_SOURCE_FLUSHES)?)),
+        )
     }
 
-    fn from_maps(table_map: Map, sources: Map, meta: Map) -> Result<Self> {
+    fn from_maps(table_map: Map, sources: Map, meta: Map, cache: Option<(Map, Map)>) -> Result<Self> {
         let table = match &table_map {
             Map::Array(data) => {
                 let entries = data.info()?.max_entries();
@@ -196,6 +233,13 @@ impl PortStatsMaps {
             sources: HashMap::try_from(sources)?,
             source_capacity,
             meta: PerCpuArray::try_from(meta)?,
+            cache: match cache {
+                Some((slots, changes)) => Some(SourceCache {
+                    slots: PerCpuArray::try_from(slots)?,
+                    changes: PerCpuArray::try_from(changes)?,
+                }),
+                None => None,
+            },
         })
     }
 
@@ -221,10 +265,9 @@ impl PortStatsMaps {
                 refused,
             })
             .collect();
+        let (merged, meta) = self.read_sources()?;
         let mut sources = Vec::new();
-        for entry in &self.sources {
-            // An entry the LRU removed while we walked the table: skip it.
-            let Ok((key, value)) = entry else { continue };
+        for (key, value) in merged {
             let Some(protocol) = Proto::from_number(key.proto) else { continue };
             sources.push(SourceUse {
                 protocol,
@@ -245,7 +288,6 @@ impl PortStatsMaps {
                 b.network,
             ))
         });
-        let meta = read_meta(&self.meta)?;
         Ok(Snapshot {
             taken_at,
             since: (meta.since_unix_ns != 0)
@@ -257,12 +299,83 @@ impl PortStatsMaps {
         })
     }
 
+    /// `PG_PORT_SOURCES` merged with every CPU's cache (counts summed, the earliest first seen,
+    /// the latest last seen), and the meta entry with `sources_added` counting the networks
+    /// held only in a cache so far. The table is read before the caches, between two reads of
+    /// the CPUs' change counts: while they stay even and equal, no slot moved to the table in
+    /// between, so nothing is counted twice or missed. Under a flood of new networks a slot
+    /// may move during every try; the last is taken then, in which a slot that moved between
+    /// the two reads is missing (and its network may count as forgotten), never counted twice.
+    /// The table's walk may see an entry twice (it starts again when the LRU removes the entry
+    /// it stands on): the second sight replaces the first.
+    fn read_sources(&self) -> Result<(StdHashMap<PortSourceKey, PortSource>, PortStatsMeta)> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let before = self.cache_changes()?;
+            let mut merged = StdHashMap::new();
+            // An entry the LRU removed while we walked the table: skip it.
+            for (key, value) in self.sources.iter().filter_map(Result::ok) {
+                merged.insert(key, value);
+            }
+            let held_in_table = merged.len() as u64;
+            let mut meta = read_meta(&self.meta)?;
+            if let Some(cache) = &self.cache {
+                for slot in 0..PORT_SOURCE_CACHE_SLOTS {
+                    let per_cpu = cache
+                        .slots
+                        .get(&slot, 0)
+                        .with_context(|| format!("reading {MAP_PORT_SOURCE_CACHE}"))?;
+                    // A slot a reset zeroed under a CPU's adds may hold counts and no key.
+                    let occupied =
+                        |held: &&PortSourceSlot| held.source.connections != 0 && held.key.proto != 0;
+                    for held in per_cpu.iter().filter(occupied) {
+                        match merged.entry(held.key) {
+                            Entry::Occupied(mut entry) => merge(entry.get_mut(), &held.source),
+                            Entry::Vacant(entry) => {
+                                entry.insert(held.source);
+                            }
+                        }
+                    }
+                }
+            }
+            // Held only in a cache: added to the source table, not yet to `PG_PORT_SOURCES`.
+            meta.sources_added += merged.len() as u64 - held_in_table;
+            let after = self.cache_changes()?;
+            let settled = before == after && before.iter().all(|changes| changes % 2 == 0);
+            if settled || tries == CONSISTENT_READ_TRIES {
+                return Ok((merged, meta));
+            }
+        }
+    }
+
+    /// Each CPU's count of cache slot changes (none without caches).
+    fn cache_changes(&self) -> Result<Vec<u64>> {
+        let Some(cache) = &self.cache else { return Ok(Vec::new()) };
+        let per_cpu =
+            cache.changes.get(&0, 0).with_context(|| format!("reading {MAP_PORT_SOURCE_FLUSHES}"))?;
+        Ok(per_cpu.iter().copied().collect())
+    }
+
     /// Starts the statistics afresh: every counter at zero, the source table empty, counting
     /// from now. The kernel keeps counting meanwhile; what arrives during the reset may be
     /// counted or not.
     pub fn reset(&mut self) -> Result<()> {
         let Map::Array(data) = &self.table_map else { bail!("{MAP_PORT_STATS} is not an array") };
         zero_mapped_array::<PortStats>(data.fd().as_fd(), self.table.values().len() as u32, MAP_PORT_STATS)?;
+        // The caches before the table: a slot a CPU moves to the table meanwhile is removed
+        // with it.
+        if let Some(cache) = &mut self.cache {
+            let cpus =
+                cache.slots.get(&0, 0).with_context(|| format!("reading {MAP_PORT_SOURCE_CACHE}"))?.len();
+            for slot in 0..PORT_SOURCE_CACHE_SLOTS {
+                let empty = PerCpuValues::try_from(vec![PortSourceSlot::default(); cpus])?;
+                cache
+                    .slots
+                    .set(slot, empty, 0)
+                    .with_context(|| format!("writing {MAP_PORT_SOURCE_CACHE}"))?;
+            }
+        }
         let keys: Vec<PortSourceKey> = self.sources.keys().filter_map(Result::ok).collect();
         for key in keys {
             // Already pushed out by the LRU: as good as removed.
@@ -270,6 +383,15 @@ impl PortStatsMaps {
         }
         write_since(&mut self.meta, SystemTime::now(), true)
     }
+}
+
+/// Adds a cache slot's counts to a table entry, as the kernel does when it moves one.
+fn merge(entry: &mut PortSource, held: &PortSource) {
+    entry.connections += held.connections;
+    entry.refused += held.refused;
+    entry.bytes += held.bytes;
+    entry.first_seen_ns = entry.first_seen_ns.min(held.first_seen_ns);
+    entry.last_seen_ns = entry.last_seen_ns.max(held.last_seen_ns);
 }
 
 fn network_of(key: &PortSourceKey) -> Result<IpNet> {
