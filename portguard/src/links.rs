@@ -64,20 +64,31 @@ pub struct LinkState {
 
 /// The link pinned at `path`; `None` if nothing is pinned there.
 pub fn pinned(path: &Path) -> Result<Option<LinkState>> {
+    // The link's fdinfo names its program and interface (`ifindex: 0` once detached).
+    let Some(info) = pinned_fdinfo(path)? else { return Ok(None) };
+    parse_fdinfo(&info).map(Some).with_context(|| format!("{} is not a link", path.display()))
+}
+
+/// What the kernel says about the object pinned at `path` (its fdinfo); `None` if nothing is
+/// pinned there.
+fn pinned_fdinfo(path: &Path) -> Result<Option<String>> {
     let fd = match obj_get(path) {
         Ok(fd) => fd,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error).with_context(|| format!("opening {}", path.display())),
     };
-    // The link's fdinfo names its program and interface (`ifindex: 0` once detached).
-    let info = std::fs::read_to_string(paths::fdinfo(fd.as_raw_fd()))
-        .with_context(|| format!("reading what the kernel says about {}", path.display()))?;
-    parse_fdinfo(&info).map(Some).with_context(|| format!("{} is not a link", path.display()))
+    std::fs::read_to_string(paths::fdinfo(fd.as_raw_fd()))
+        .map(Some)
+        .with_context(|| format!("reading what the kernel says about {}", path.display()))
+}
+
+/// A numeric `name:` line of an fdinfo.
+fn fdinfo_field<T: std::str::FromStr>(info: &str, name: &str) -> Option<T> {
+    info.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<T>().ok())
 }
 
 fn parse_fdinfo(info: &str) -> Result<LinkState> {
-    let field =
-        |name: &str| info.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u32>().ok());
+    let field = |name: &str| fdinfo_field::<u32>(info, name);
     let (Some(program_id), Some(ifindex)) = (field("prog_id:"), field("ifindex:")) else {
         bail!("no program or interface in its fdinfo");
     };
@@ -96,19 +107,12 @@ pub struct CgroupLinkState {
 /// The `sock_ops` link pinned for `iface`; `None` if none is pinned.
 pub fn sock_ops(iface: &str) -> Result<Option<CgroupLinkState>> {
     let path = paths::link_pin(iface, crate::conns::SOCK_OPS_LINK);
-    let fd = match obj_get(&path) {
-        Ok(fd) => fd,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error).with_context(|| format!("opening {}", path.display())),
-    };
-    let info = std::fs::read_to_string(paths::fdinfo(fd.as_raw_fd()))
-        .with_context(|| format!("reading what the kernel says about {}", path.display()))?;
+    let Some(info) = pinned_fdinfo(&path)? else { return Ok(None) };
     parse_cgroup_fdinfo(&info).map(Some).with_context(|| format!("{} is not a cgroup link", path.display()))
 }
 
 fn parse_cgroup_fdinfo(info: &str) -> Result<CgroupLinkState> {
-    let field =
-        |name: &str| info.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok());
+    let field = |name: &str| fdinfo_field::<u64>(info, name);
     let (Some(program_id), Some(cgroup_id)) = (field("prog_id:"), field("cgroup_id:")) else {
         bail!("no program or cgroup in its fdinfo");
     };
